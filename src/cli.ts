@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { describeConfig, loadConfig } from './config/config.js';
+import { ConfigError, ProxyError } from './errors.js';
+import { createLogger } from './logger.js';
+import { Proxy } from './proxy.js';
+
+/** Exit codes (README "Running"): stable, for service managers. */
+const EXIT = {
+  ok: 0,
+  /** The config file is unreadable or invalid. */
+  config: 2,
+  /** A listener could not bind, or TLS credentials could not be loaded. */
+  startup: 3,
+  /** Shutdown did not finish within the grace period plus a margin; the process was forced out. */
+  forced: 4,
+  /** Wrong command-line usage. */
+  usage: 64,
+} as const;
+
+const USAGE = `usage: smacks-proxy [--check] [config-file]
+
+  config-file   path of proxy.config.json (default: ./proxy.config.json)
+  --check       validate the config, print the effective config (secrets elided), exit
+  --help        this text`;
+
+async function main(): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ allowPositionals: true, options: { check: { type: 'boolean' }, help: { type: 'boolean' } } });
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    return EXIT.usage;
+  }
+  if (parsed.values.help === true) {
+    process.stdout.write(`${USAGE}\n`);
+    return EXIT.ok;
+  }
+  if (parsed.positionals.length > 1) {
+    process.stderr.write(`${USAGE}\n`);
+    return EXIT.usage;
+  }
+  const path = parsed.positionals[0] ?? 'proxy.config.json';
+
+  let config;
+  try {
+    config = await loadConfig(path);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${err.code}: ${err.message}\n`);
+    for (const problem of err.problems) process.stderr.write(`  ${problem}\n`);
+    return EXIT.config;
+  }
+  if (parsed.values.check === true) {
+    process.stdout.write(`${describeConfig(config)}\n`);
+    process.stderr.write(`${path}: valid\n`);
+    return EXIT.ok;
+  }
+
+  const log = createLogger(config.log);
+  const proxy = new Proxy(config, log);
+  try {
+    await proxy.start();
+  } catch (err) {
+    const code = err instanceof ProxyError ? err.code : undefined;
+    log.fatal({ code, err: (err as Error).message }, 'start-up failed');
+    await proxy.stop();
+    return err instanceof ConfigError ? EXIT.config : EXIT.startup;
+  }
+
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      log.info({ signal }, 'signal received');
+      const force = setTimeout(() => resolve(EXIT.forced), (config.shutdownGraceSeconds + 5) * 1000);
+      force.unref();
+      void proxy.stop().then(() => {
+        clearTimeout(force);
+        resolve(EXIT.ok);
+      });
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+    // Sockets still unref'd or timers from dependencies must not keep a stopped proxy alive.
+    setTimeout(() => process.exit(code), 100).unref();
+  },
+  (err: unknown) => {
+    process.stderr.write(`smacks-proxy: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,201 @@
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { findDomain, type ProxyConfig } from './config/config.js';
+import { ErrorCode, StreamError } from './errors.js';
+import { SmEvents } from './session/events.js';
+import type { FeaturesFindings } from './session/features.js';
+import { Session, type SessionSettings } from './session/session.js';
+import { SessionRegistry } from './session/session-registry.js';
+import { MemoryBudget } from './sm/memory-budget.js';
+import type { ClientLink } from './transport/client-link.js';
+import { TcpListener } from './transport/tcp-listener.js';
+import { createTlsCredentials, type TlsCredentials } from './transport/tls-credentials.js';
+import { probeUpstream } from './upstream/upstream-probe.js';
+import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
+
+/** A bound listener, as reported after start. */
+export interface BoundListener {
+  readonly type: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Optional seams, for tests and embedding. */
+export interface ProxyOptions {
+  /** Replaces how upstream links are opened (tests inject faults a real server cannot produce). */
+  readonly connectUpstream?: (target: UpstreamTarget, log: Logger) => Promise<UpstreamLink>;
+  /** Skip the start-up probe of each legacy server. */
+  readonly skipProbe?: boolean;
+  readonly now?: () => number;
+}
+
+/**
+ * The composition root: reads the config, builds the listeners, the session registry and the
+ * shared memory budget, and owns start and stop. Nothing else reads the config.
+ */
+export class Proxy {
+  /** Stream-management events for integrations (push, metrics). */
+  readonly events = new SmEvents();
+  readonly registry: SessionRegistry;
+  private readonly budget: MemoryBudget;
+  private readonly settings: SessionSettings;
+  private readonly listeners: TcpListener[] = [];
+  private readonly reportedFindings = new Set<string>();
+  private readonly now: () => number;
+  private credentials: TlsCredentials | undefined;
+  private stopping: Promise<void> | undefined;
+
+  constructor(
+    private readonly config: ProxyConfig,
+    private readonly log: Logger,
+    private readonly options: ProxyOptions = {},
+  ) {
+    const sm = config.streamManagement;
+    this.now = options.now ?? Date.now;
+    this.registry = new SessionRegistry({ rememberEndedMs: sm.rememberExpiredSeconds * 1000, maxRememberedEnded: sm.maxRememberedExpired });
+    this.budget = new MemoryBudget(sm.globalQueueBytes);
+    this.settings = {
+      maxStanzaBytes: config.limits.maxStanzaBytes,
+      maxStanzaBytesPreAuth: config.limits.maxStanzaBytesPreAuth,
+      maxDepth: config.limits.maxDepth,
+      authTimeoutMs: config.limits.authTimeoutSeconds * 1000,
+      hibernationMs: sm.hibernationSeconds * 1000,
+      maxHibernationMs: sm.maxHibernationSeconds * 1000,
+      maxUnackedStanzas: sm.maxUnackedStanzas,
+      maxAckDelayMs: sm.maxAckDelaySeconds * 1000,
+      ackRequestIntervalMs: sm.ackRequestIntervalSeconds * 1000,
+      maxQueueStanzas: sm.maxQueueStanzas,
+      maxQueueBytes: sm.maxQueueBytes,
+      expiryPolicy: sm.expiryPolicy,
+      upstreamKeepaliveMs: sm.upstreamKeepaliveSeconds * 1000,
+    };
+  }
+
+  /** Loads the certificates, binds every listener, and probes the legacy servers (in the background). */
+  async start(): Promise<BoundListener[]> {
+    const domains = Object.keys(this.config.domains);
+    this.credentials = await createTlsCredentials(this.config.tls, domains, this.log.child({ component: 'tls' }));
+    const bound: BoundListener[] = [];
+    for (const listenerConfig of this.config.listeners) {
+      if (listenerConfig.type === 'websocket') {
+        this.log.warn({ port: listenerConfig.port }, 'websocket listeners are not available in this version; skipped');
+        continue;
+      }
+      const listener = new TcpListener({
+        type: listenerConfig.type,
+        host: listenerConfig.host,
+        port: listenerConfig.port,
+        credentials: this.credentials,
+        limits: { maxStanzaBytes: this.config.limits.maxStanzaBytesPreAuth, maxDepth: this.config.limits.maxDepth },
+        isServedDomain: (domain) => findDomain(this.config, domain) !== undefined,
+        log: this.log.child({ listener: `${listenerConfig.type}:${listenerConfig.port}` }),
+        onLink: (link, log) => this.onLink(link, log),
+        newSid,
+      });
+      this.listeners.push(listener);
+      const address = await listener.listen();
+      bound.push({ type: listenerConfig.type, ...address });
+    }
+    if (this.options.skipProbe !== true) {
+      for (const domain of domains) void this.probe(domain);
+    }
+    return bound;
+  }
+
+  /**
+   * Stops listening and ends every session: `<system-shutdown/>` to attached clients, hibernating
+   * sessions expire (their unacked stanzas are answered), upstream streams close cleanly. After
+   * `shutdownGraceSeconds` whatever is left is destroyed.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    this.log.info({ sessions: this.registry.size }, 'shutting down');
+    const closing = Promise.all(this.listeners.map((listener) => listener.stopAccepting()));
+    for (const session of [...this.registry.sessions()]) session.shutdown();
+    const graceMs = this.config.shutdownGraceSeconds * 1000;
+    const timedOut = await Promise.race([closing.then(() => false), delay(graceMs).then(() => true)]);
+    if (timedOut) this.log.warn({ graceMs }, 'connections still open after the grace period; destroying them');
+    for (const listener of this.listeners) listener.destroyAll();
+    await closing;
+    this.log.info('stopped');
+  }
+
+  private onLink(link: ClientLink, log: Logger): void {
+    if (this.stopping !== undefined) {
+      link.fail(new StreamError(ErrorCode.SHUTDOWN, 'system-shutdown', 'the proxy is shutting down'));
+      return;
+    }
+    if (this.registry.size >= this.config.limits.maxSessions) {
+      log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, limit: this.config.limits.maxSessions }, 'session limit reached; connection refused');
+      link.fail(new StreamError(ErrorCode.TOO_MANY_SESSIONS, 'resource-constraint', `the proxy holds its maximum of ${this.config.limits.maxSessions} sessions`));
+      return;
+    }
+    new Session({
+      sid: (log.bindings().sid as string | undefined) ?? newSid(),
+      link,
+      log,
+      settings: this.settings,
+      registry: this.registry,
+      events: this.events,
+      budget: this.budget,
+      upstreamFor: (domain) => this.upstreamTarget(domain),
+      connectUpstream: this.options.connectUpstream ?? ((target, upstreamLog) => UpstreamLink.connect(target, upstreamLog)),
+      reportFindings: (domain, findings) => this.reportFindings(domain, findings),
+      now: this.now,
+    });
+  }
+
+  private upstreamTarget(domain: string): UpstreamTarget | undefined {
+    const entry = findDomain(this.config, domain);
+    if (entry === undefined) return undefined;
+    const upstream = entry.upstream;
+    return {
+      domain,
+      host: upstream.host,
+      port: upstream.port,
+      security: upstream.security,
+      connectTimeoutMs: upstream.connectTimeoutSeconds * 1000,
+      rejectUnauthorized: upstream.rejectUnauthorized,
+      serverName: upstream.serverName,
+    };
+  }
+
+  private async probe(domain: string): Promise<void> {
+    const target = this.upstreamTarget(domain);
+    if (target === undefined) return;
+    const log = this.log.child({ domain, upstream: `${target.host}:${target.port}` });
+    const result = await probeUpstream(target, log);
+    if (!result.ok) {
+      log.warn({ code: ErrorCode.UPSTREAM_CONNECT, err: result.error }, 'legacy server probe failed; clients will get remote-connection-failed until it answers');
+      return;
+    }
+    log.info({ mechanisms: result.mechanisms }, 'legacy server reachable');
+    this.reportFindings(domain, result.findings);
+  }
+
+  /**
+   * DESIGN §4: -PLUS mechanisms or XEP-0440 channel-binding types on the hop are said loudly.
+   * Clients that pin them will see a downgrade; the README explains the fix (a plaintext hop).
+   */
+  private reportFindings(domain: string, findings: FeaturesFindings): void {
+    if (findings.channelBindingMechanisms.length === 0 && !findings.channelBindingTypes) return;
+    if (this.reportedFindings.has(domain)) return;
+    this.reportedFindings.add(domain);
+    this.log.warn(
+      { domain, mechanisms: findings.channelBindingMechanisms, channelBindingTypes: findings.channelBindingTypes },
+      'legacy server advertises SASL channel binding, which cannot work through a TLS-terminating proxy: clients that use it will fail to authenticate (see README, Security)',
+    );
+  }
+}
+
+function newSid(): string {
+  return randomBytes(6).toString('base64url');
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}

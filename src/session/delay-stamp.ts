@@ -1,0 +1,41 @@
+import { escapeXml } from '../xml/escape.js';
+import { NS } from '../xml/namespaces.js';
+
+/**
+ * Adds a XEP-0203 `<delay/>` to the original bytes of a top-level `<message/>` without
+ * re-serialising it (XEP-0198 §5: resent stanzas SHOULD carry the original time). The bytes come
+ * from the stream scanner, so the element is well-formed: it ends either with `/>` (no children)
+ * or with its own end tag.
+ */
+export function addDelay(stanza: Buffer, stampMs: number, from: string): Buffer {
+  const delay = Buffer.from(
+    `<delay xmlns='${NS.delay}' from='${escapeXml(from)}' stamp='${new Date(stampMs).toISOString()}'/>`,
+  );
+  const len = stanza.length;
+  if (stanza[len - 2] === 0x2f /* / */) {
+    const name = elementName(stanza);
+    return Buffer.concat([stanza.subarray(0, len - 2), Buffer.from('>'), delay, Buffer.from(`</${name}>`)]);
+  }
+  const endTag = stanza.lastIndexOf('</');
+  return Buffer.concat([stanza.subarray(0, endTag), delay, stanza.subarray(endTag)]);
+}
+
+/** The qualified name of the element whose bytes start at offset 0. */
+function elementName(bytes: Buffer): string {
+  let end = 1;
+  while (end < bytes.length) {
+    const c = bytes[end];
+    if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x2f || c === 0x3e) break;
+    end++;
+  }
+  return bytes.toString('latin1', 1, end);
+}
+
+/** True when the stanza bytes are a `<message`: only messages are delay-stamped on replay. */
+export function isMessage(stanza: Buffer): boolean {
+  return stanza.length > 8 && stanza.toString('latin1', 0, 8) === '<message' && isNameEnd(stanza[8]);
+}
+
+function isNameEnd(c: number | undefined): boolean {
+  return c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x2f || c === 0x3e;
+}

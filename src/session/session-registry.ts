@@ -1,0 +1,82 @@
+import type { Session } from './session.js';
+
+/** Why an SM session can no longer be resumed; shown to clients in `<failed/>` texts. */
+export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown';
+
+export interface EndedSession {
+  readonly h: number;
+  readonly bareJid: string;
+  readonly reason: EndedReason;
+  readonly endedAtMs: number;
+}
+
+export interface RegistryLimits {
+  /** How long an ended session's h is remembered for `<failed h/>` (XEP-0198 §5). */
+  readonly rememberEndedMs: number;
+  /** At most this many ended sessions are remembered; the oldest are forgotten first. */
+  readonly maxRememberedEnded: number;
+}
+
+/**
+ * Every live session of a proxy (for limits and shutdown), the resumable ones by SM-ID, and the
+ * final h of sessions that ended, so that a late `<resume/>` gets `<failed h='…'/>`.
+ */
+export class SessionRegistry {
+  private readonly live = new Set<Session>();
+  private readonly resumable = new Map<string, Session>();
+  /** Insertion-ordered: the first entry is the oldest. */
+  private readonly ended = new Map<string, EndedSession>();
+
+  constructor(private readonly limits: RegistryLimits) {}
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  get resumableCount(): number {
+    return this.resumable.size;
+  }
+
+  sessions(): IterableIterator<Session> {
+    return this.live.values();
+  }
+
+  add(session: Session): void {
+    this.live.add(session);
+  }
+
+  delete(session: Session): void {
+    this.live.delete(session);
+  }
+
+  registerResumable(smId: string, session: Session): void {
+    this.resumable.set(smId, session);
+  }
+
+  findResumable(smId: string): Session | undefined {
+    return this.resumable.get(smId);
+  }
+
+  /** Forgets a resumable session and remembers how it ended. */
+  endResumable(smId: string, ended: EndedSession): void {
+    this.resumable.delete(smId);
+    if (this.limits.rememberEndedMs <= 0 || this.limits.maxRememberedEnded <= 0) return;
+    this.ended.delete(smId);
+    this.ended.set(smId, ended);
+    this.prune(ended.endedAtMs);
+  }
+
+  /** The remembered end of a session, if it is not too old. */
+  recallEnded(smId: string, nowMs: number): EndedSession | undefined {
+    this.prune(nowMs);
+    return this.ended.get(smId);
+  }
+
+  private prune(nowMs: number): void {
+    for (const [smId, entry] of this.ended) {
+      const tooMany = this.ended.size > this.limits.maxRememberedEnded;
+      if (!tooMany && nowMs - entry.endedAtMs <= this.limits.rememberEndedMs) break;
+      this.ended.delete(smId);
+    }
+  }
+}

@@ -1,0 +1,1071 @@
+import type { Logger } from 'pino';
+import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError } from '../errors.js';
+import type { MemoryBudget } from '../sm/memory-budget.js';
+import { parseH } from '../sm/sequence.js';
+import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
+import type { UpstreamHandler, UpstreamLink, UpstreamTarget } from '../upstream/upstream-link.js';
+import { parseElement, type Element } from '../xml/element.js';
+import { escapeXml } from '../xml/escape.js';
+import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
+import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
+import { bounceFor } from './bounce.js';
+import { addDelay, isMessage } from './delay-stamp.js';
+import type { HibernationEnd, SmEvents } from './events.js';
+import { rewriteFeatures, type FeaturesFindings } from './features.js';
+import type { EndedReason, SessionRegistry } from './session-registry.js';
+import { StreamManagement, type SmSettings } from './stream-management.js';
+
+/** Limits and timings a session applies, in the units the code uses. Built from the config. */
+export interface SessionSettings extends SmSettings {
+  readonly maxStanzaBytes: number;
+  readonly maxStanzaBytesPreAuth: number;
+  readonly maxDepth: number;
+  /** An unauthenticated (or unbound) client is closed with `connection-timeout` after this. */
+  readonly authTimeoutMs: number;
+  /** Whitespace keepalive on the upstream link while hibernating. */
+  readonly upstreamKeepaliveMs: number;
+  /** `bounce` answers unacked stanzas at expiry; `drop` discards them quietly. */
+  readonly expiryPolicy: 'bounce' | 'drop';
+}
+
+/** What a session is built from; only the composition root (proxy.ts) fills this in. */
+export interface SessionDeps {
+  readonly sid: string;
+  readonly link: ClientLink;
+  readonly log: Logger;
+  readonly settings: SessionSettings;
+  readonly registry: SessionRegistry;
+  readonly events: SmEvents;
+  readonly budget: MemoryBudget;
+  /** The upstream for a domain the client named, or undefined if it is not served. */
+  readonly upstreamFor: (domain: string) => UpstreamTarget | undefined;
+  readonly connectUpstream: (target: UpstreamTarget, log: Logger) => Promise<UpstreamLink>;
+  /** Called once when the upstream advertises channel binding (the operator must hear it). */
+  readonly reportFindings: (domain: string, findings: FeaturesFindings) => void;
+  readonly now: () => number;
+}
+
+/**
+ * The lifecycle of a session (STYLE "State"). Each variant carries what is valid in it; timers
+ * belong to a variant and are cleared by `transition`.
+ */
+type State =
+  /** TLS is done (or in progress); waiting for the client's stream header. */
+  | { readonly name: 'opening'; readonly authTimer: NodeJS.Timeout }
+  /** Connecting to the legacy server; client elements are held in order. */
+  | { readonly name: 'connecting'; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
+  /** Relaying the stream before SASL success. */
+  | { readonly name: 'authenticating'; readonly authTimer: NodeJS.Timeout; readonly upstream: UpstreamLink }
+  /** SASL succeeded; the client may bind, or resume another session. */
+  | {
+      readonly name: 'authenticated';
+      readonly authTimer: NodeJS.Timeout;
+      readonly upstream: UpstreamLink;
+      /** Set when a failed resume bound a resource for the identity check (DESIGN §5). */
+      readonly boundJid: string | undefined;
+    }
+  /** A `<resume/>` is waiting for the legacy server's answer to the identity check. */
+  | {
+      readonly name: 'resuming';
+      readonly authTimer: NodeJS.Timeout;
+      readonly upstream: UpstreamLink;
+      readonly request: ResumeRequest;
+      readonly held: ScannedElement[];
+    }
+  /** Bound: everything is relayed; stream management may be on. */
+  | {
+      readonly name: 'active';
+      readonly upstream: UpstreamLink;
+      readonly jid: string;
+      readonly sm: StreamManagement | undefined;
+      readonly ackTimer: NodeJS.Timeout | undefined;
+      readonly requestTimer: NodeJS.Timeout | undefined;
+    }
+  /** The client is away; the upstream is kept alive and stanzas are queued (DESIGN §5). */
+  | {
+      readonly name: 'hibernating';
+      readonly upstream: UpstreamLink;
+      readonly jid: string;
+      readonly sm: StreamManagement;
+      readonly sinceMs: number;
+      readonly expiryTimer: NodeJS.Timeout;
+      readonly keepaliveTimer: NodeJS.Timeout;
+    }
+  /** The client closed cleanly; waiting for the legacy server to close its stream. */
+  | { readonly name: 'closing'; readonly upstream: UpstreamLink }
+  | { readonly name: 'closed' };
+
+type StateName = State['name'];
+
+/** STYLE "State": one table of allowed transitions; anything else is a bug. */
+const TRANSITIONS: Record<StateName, readonly StateName[]> = {
+  opening: ['connecting', 'closed'],
+  connecting: ['authenticating', 'closed'],
+  authenticating: ['authenticated', 'closed'],
+  authenticated: ['active', 'resuming', 'closed'],
+  resuming: ['authenticated', 'closed'],
+  active: ['active', 'hibernating', 'closing', 'closed'],
+  hibernating: ['active', 'closed'],
+  closing: ['closed'],
+  closed: [],
+};
+
+interface ResumeRequest {
+  readonly ns: SmNamespace;
+  readonly previd: string;
+  readonly h: number;
+  readonly target: Session;
+  readonly bindId: string;
+}
+
+/** Outcome of asking a session to take over a client link on resumption. */
+export type ResumeOutcome = { ok: true } | { ok: false; condition: string; text: string; h: number | undefined };
+
+/** Counters for the summary line logged when the session ends. */
+interface SessionStats {
+  fromClient: number;
+  toClient: number;
+  resumes: number;
+  peakQueue: number;
+}
+
+const BIND_ID_PREFIX = 'smacks-proxy-bind-';
+
+/**
+ * One client stream and its upstream stream to the legacy server (DESIGN §1). Relays SASL and
+ * binding unchanged, forwards every other element as its original bytes, and does XEP-0198 itself.
+ */
+export class Session {
+  readonly sid: string;
+  private state: State;
+  private link: ClientLink | undefined;
+  private log: Logger;
+  private domain: string | undefined;
+  private readonly startedMs: number;
+  private readonly stats: SessionStats = { fromClient: 0, toClient: 0, resumes: 0, peakQueue: 0 };
+  private readonly deps: SessionDeps;
+  private ackCheckScheduled = false;
+  private clientPaused = false;
+  private upstreamPaused = false;
+
+  constructor(deps: SessionDeps) {
+    this.deps = deps;
+    this.sid = deps.sid;
+    this.log = deps.log;
+    this.link = deps.link;
+    this.startedMs = deps.now();
+    this.state = { name: 'opening', authTimer: this.armAuthTimer() };
+    deps.link.setHandler(this.clientHandler(deps.link));
+    deps.registry.add(this);
+    this.log.debug('session opened');
+  }
+
+  /** The current state's name, for tests and for the registry's shutdown logic. */
+  get stateName(): StateName {
+    return this.state.name;
+  }
+
+  /** The bare JID once bound (logs, identity check on resumption). */
+  get bareJid(): string | undefined {
+    const s = this.state;
+    return s.name === 'active' || s.name === 'hibernating' ? bare(s.jid) : undefined;
+  }
+
+  // --- transitions ---
+
+  private transition(next: State): void {
+    const from = this.state;
+    if (!TRANSITIONS[from.name].includes(next.name)) {
+      throw new InvariantError(`session transition ${from.name} → ${next.name} is not allowed`);
+    }
+    clearStateTimers(from, next);
+    this.state = next;
+    if (from.name !== next.name) this.log.debug({ from: from.name, to: next.name }, 'session state');
+  }
+
+  private armAuthTimer(): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      const s = this.state;
+      // The timer re-checks the state it was armed for (STYLE "State").
+      if (!('authTimer' in s) || s.authTimer !== timer) return;
+      this.fail(new StreamError(ErrorCode.CONNECTION_TIMEOUT, 'connection-timeout', `no authentication and bind within ${this.deps.settings.authTimeoutMs} ms`));
+    }, this.deps.settings.authTimeoutMs);
+    timer.unref();
+    return timer;
+  }
+
+  // --- client side ---
+
+  private clientHandler(link: ClientLink): ClientLinkHandler {
+    return {
+      onStreamOpen: (header) => this.guard(() => this.onClientStreamOpen(header)),
+      onElement: (element) => this.guard(() => this.onClientElement(element)),
+      onStreamClose: () => this.guard(() => this.onClientStreamClose()),
+      onProtocolError: (error) => this.guard(() => this.fail(error)),
+      onEnd: (end) => this.guard(() => this.onClientEnd(link, end)),
+      onDrain: () => {
+        if (this.link !== link || !this.upstreamPaused) return;
+        this.upstreamPaused = false;
+        const s = this.state;
+        if ('upstream' in s) s.upstream.resume();
+      },
+    };
+  }
+
+  /** Every event handler runs inside this: a bug in one session ends that session only. */
+  private guard(action: () => void): void {
+    try {
+      action();
+    } catch (err) {
+      const error = asProxyError(err);
+      this.log.error({ code: error.code, err: error.message, stack: err instanceof Error ? err.stack : undefined }, 'session failed');
+      this.fail(error instanceof StreamError ? error : new InvariantError(error.message));
+    }
+  }
+
+  private onClientStreamOpen(header: StreamHeader): void {
+    const s = this.state;
+    if (s.name === 'opening') {
+      this.openUpstream(header, s.authTimer);
+      return;
+    }
+    if (s.name === 'authenticated' || s.name === 'resuming') {
+      // RFC 6120 §6.4.6: after SASL success the client restarts the stream; so does the hop.
+      s.upstream.sendHeader(headerAttrs(header));
+    }
+  }
+
+  private openUpstream(header: StreamHeader, authTimer: NodeJS.Timeout): void {
+    const link = this.requireLink();
+    const version = header.attrs.version;
+    const to = header.attrs.to?.toLowerCase();
+    if (version === undefined || !version.startsWith('1.')) {
+      // RFC 6120 §4.7.5: the proxy speaks XMPP 1.0 only.
+      this.fail(new StreamError(ErrorCode.UNSUPPORTED_VERSION, 'unsupported-version', `stream version '${version ?? '(none)'}' is not 1.x`));
+      return;
+    }
+    const target = to === undefined ? undefined : this.deps.upstreamFor(to);
+    if (to === undefined || target === undefined) {
+      this.fail(new StreamError(ErrorCode.HOST_UNKNOWN, 'host-unknown', `stream to '${to ?? ''}' names no domain this proxy serves`));
+      return;
+    }
+    this.domain = to;
+    this.transition({ name: 'connecting', authTimer, held: [] });
+    link.setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytesPreAuth });
+    this.log.debug({ domain: to, upstream: `${target.host}:${target.port}` }, 'connecting upstream');
+    this.deps.connectUpstream(target, this.log).then(
+      (upstream) => this.guard(() => this.onUpstreamConnected(upstream, header)),
+      (err: unknown) =>
+        this.guard(() => {
+          const error = err instanceof StreamError ? err : new UpstreamError(ErrorCode.UPSTREAM_CONNECT, asProxyError(err).message);
+          this.log.warn({ code: error.code, err: error.message }, 'upstream connect failed');
+          this.fail(error);
+        }),
+    );
+  }
+
+  private onUpstreamConnected(upstream: UpstreamLink, header: StreamHeader): void {
+    const s = this.state;
+    if (s.name !== 'connecting') {
+      // The client went away while we were connecting.
+      upstream.destroy();
+      return;
+    }
+    upstream.setHandler(this.upstreamHandler(upstream));
+    this.transition({ name: 'authenticating', authTimer: s.authTimer, upstream });
+    upstream.sendHeader(headerAttrs(header));
+    for (const element of s.held) this.onClientElement(element);
+  }
+
+  private onClientElement(element: ScannedElement): void {
+    const s = this.state;
+    switch (s.name) {
+      case 'connecting':
+      case 'resuming':
+        s.held.push(element);
+        return;
+      case 'active':
+        if (isStanza(element)) {
+          this.stats.fromClient++;
+          this.toUpstream(s.upstream, element.bytes);
+          // DESIGN §5: a client stanza counts as handled once written to the upstream socket.
+          s.sm?.inbound.handled();
+          return;
+        }
+        if (isSmNamespace(element.ns)) {
+          this.onSmNonza(element, element.ns);
+          return;
+        }
+        this.forwardOther(s.upstream, element);
+        return;
+      case 'authenticating':
+      case 'authenticated':
+        if (isSmNamespace(element.ns)) {
+          this.onSmNonza(element, element.ns);
+          return;
+        }
+        if (s.name === 'authenticated' && s.boundJid !== undefined && this.answerRebind(element, s.boundJid)) return;
+        this.forwardOther(s.upstream, element);
+        return;
+      case 'opening':
+        // The scanner only delivers elements after a stream header.
+        throw new InvariantError('client element before the stream header');
+      case 'hibernating':
+      case 'closing':
+      case 'closed':
+        return;
+    }
+  }
+
+  /** Elements other than stanzas and SM nonzas: refused if they would break the proxy, else relayed. */
+  private forwardOther(upstream: UpstreamLink, element: ScannedElement): void {
+    if (element.localName === 'starttls' && element.ns === NS.tls) {
+      // TLS already ends at the proxy: RFC 6120 §5.4.2.2 failure case, then the stream closes.
+      this.sendToClient(`<failure xmlns='${NS.tls}'/>`);
+      this.closeEverything('client asked for STARTTLS twice');
+      return;
+    }
+    if (element.localName === 'compress' && element.ns === NS.compress) {
+      // XEP-0138 §6: the proxy must see plain XML; the feature is never offered.
+      this.sendToClient(`<failure xmlns='${NS.compress}'><unsupported-method/></failure>`);
+      return;
+    }
+    this.toUpstream(upstream, element.bytes);
+  }
+
+  private onClientStreamClose(): void {
+    const s = this.state;
+    if (s.name === 'active' || s.name === 'authenticating' || s.name === 'authenticated' || s.name === 'resuming') {
+      // XEP-0198 §6 (v1.5.2): an `<a/>` before a graceful close lets the peer trim its queue.
+      if (s.name === 'active' && s.sm !== undefined) this.sendToClient(s.sm.ackElement());
+      this.endSm(s.name === 'active' ? s.sm : undefined, 'closed');
+      s.upstream.close();
+      this.transition({ name: 'closing', upstream: s.upstream });
+      return;
+    }
+    this.closeEverything('client closed the stream');
+  }
+
+  private onClientEnd(link: ClientLink, end: LinkEnd): void {
+    if (this.link !== link) return;
+    this.link = undefined;
+    const s = this.state;
+    if (s.name === 'active' && end.kind !== 'clean' && s.sm !== undefined && s.sm.resumable) {
+      this.hibernate(s, end.kind === 'lost' ? end.reason : `link closed: ${end.reason}`);
+      return;
+    }
+    // Closing: the legacy server's close (or the upstream close timer) finishes the session.
+    if (s.name === 'closing' || s.name === 'closed') return;
+    this.log.debug({ end: end.kind }, 'client link ended');
+    this.closeEverything(`client link ended (${end.kind})`);
+  }
+
+  // --- stream management nonzas (XEP-0198) ---
+
+  private onSmNonza(element: ScannedElement, ns: SmNamespace): void {
+    const s = this.state;
+    const name = element.localName;
+    if (name === 'r' || name === 'a') {
+      if (s.name !== 'active' || s.sm === undefined) {
+        // XEP-0198 §4: acks only exist once SM is enabled; a stray one is ignored.
+        this.log.debug({ element: name }, 'SM ack element before enable ignored');
+        return;
+      }
+      if (name === 'r') this.sendToClient(s.sm.ackElement());
+      else this.onClientAck(s, parseElement(element.bytes));
+      return;
+    }
+    if (name === 'enable') {
+      this.onEnable(parseElement(element.bytes), ns);
+      return;
+    }
+    if (name === 'resume') {
+      this.onResume(parseElement(element.bytes), ns);
+      return;
+    }
+    this.sendToClient(failed(ns, 'feature-not-implemented', `<${name}/> is not a stream management request the proxy knows`));
+  }
+
+  private onEnable(enable: Element, ns: SmNamespace): void {
+    const s = this.state;
+    if (s.name !== 'active') {
+      // XEP-0198 §3: "the client MUST NOT attempt to enable stream management until after it
+      // has completed resource binding"; the server "SHALL enforce this order".
+      this.sendToClient(failed(ns, 'unexpected-request', 'bind a resource before enabling stream management'));
+      return;
+    }
+    if (s.sm !== undefined) {
+      // XEP-0198 §3: the client SHALL enable at most once; the stream stays usable (Prosody, ejabberd).
+      this.sendToClient(failed(ns, 'unexpected-request', 'stream management is already enabled'));
+      return;
+    }
+    const result = StreamManagement.enable({
+      ns,
+      resumeAttr: enable.attrs.resume as string | undefined,
+      maxAttr: enable.attrs.max as string | undefined,
+      settings: this.deps.settings,
+      budget: this.deps.budget,
+    });
+    if (!result.ok) {
+      this.sendToClient(failed(ns, 'bad-request', result.text));
+      return;
+    }
+    const sm = result.sm;
+    this.transition({ ...s, sm });
+    if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
+    this.sendToClient(sm.enabledElement());
+    this.log.info({ smId: sm.resumable ? sm.id : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 }, 'stream management enabled');
+    this.armRequestTimer();
+  }
+
+  private onClientAck(s: Extract<State, { name: 'active' }>, a: Element): void {
+    const sm = s.sm;
+    if (sm === undefined) return;
+    const h = parseH(a.attrs.h as string | undefined);
+    if (h === undefined) {
+      this.fail(new StreamError(ErrorCode.SM_INVALID_H, 'invalid-xml', `<a/> without a valid h (got '${String(a.attrs.h ?? '')}'); XEP-0198 §4: h is REQUIRED, an xs:unsignedInt`));
+      return;
+    }
+    const result = sm.queue.ack(h);
+    switch (result.kind) {
+      case 'acked':
+        sm.policy.answered();
+        this.scheduleAckCheck();
+        return;
+      case 'backwards':
+        // Tolerated (ejabberd, Openfire): a late duplicate ack must not kill the session.
+        this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
+        return;
+      case 'too-high':
+        // XEP-0198 §5: "the receiving party SHOULD send a stream error ... <handled-count-too-high/>".
+        this.fail(
+          new StreamError(ErrorCode.SM_HANDLED_COUNT_TOO_HIGH, 'undefined-condition', `client acked h=${result.h} but only ${result.sendCount} stanzas were sent`, {
+            appCondition: { name: 'handled-count-too-high', xmlns: NS.sm3, attrs: { h: String(result.h), 'send-count': String(result.sendCount) } },
+          }),
+        );
+        return;
+    }
+  }
+
+  /** The client-requested `<r/>` policy, checked once per write burst and on each ack (DESIGN §5). */
+  private scheduleAckCheck(): void {
+    if (this.ackCheckScheduled) return;
+    this.ackCheckScheduled = true;
+    process.nextTick(() => {
+      this.ackCheckScheduled = false;
+      this.guard(() => this.checkAckRequest(false));
+    });
+  }
+
+  private checkAckRequest(periodic: boolean): void {
+    const s = this.state;
+    if (s.name !== 'active' || s.sm === undefined) return;
+    const sm = s.sm;
+    const due = periodic ? sm.queue.length > 0 && sm.policy.outstandingSinceMs === undefined : sm.policy.shouldRequest({ sent: sm.queue.sent, acked: sm.queue.acked });
+    if (due) this.requestAck();
+  }
+
+  private requestAck(): void {
+    const s = this.state;
+    if (s.name !== 'active' || s.sm === undefined) return;
+    s.sm.policy.requested(s.sm.queue.sent, this.deps.now());
+    this.sendToClient(s.sm.requestElement());
+    if (s.ackTimer === undefined) this.transition({ ...s, ackTimer: this.armAckTimer() });
+  }
+
+  private armAckTimer(): NodeJS.Timeout {
+    const timer = setTimeout(() => this.guard(() => this.onAckTimer(timer)), this.deps.settings.maxAckDelayMs);
+    timer.unref();
+    return timer;
+  }
+
+  private onAckTimer(timer: NodeJS.Timeout): void {
+    const s = this.state;
+    if (s.name !== 'active' || s.ackTimer !== timer || s.sm === undefined) return;
+    const sm = s.sm;
+    const since = sm.policy.outstandingSinceMs;
+    if (since === undefined) {
+      this.transition({ ...s, ackTimer: undefined });
+      return;
+    }
+    if (!sm.policy.isOverdue(this.deps.now(), this.deps.settings.maxAckDelayMs)) {
+      this.transition({ ...s, ackTimer: this.armAckTimer() });
+      return;
+    }
+    const waitedMs = this.deps.now() - since;
+    this.deps.events.emit('ackDelayed', { sid: this.sid, jid: s.jid, unacked: sm.queue.length, waitedMs });
+    this.log.info({ unacked: sm.queue.length, waitedMs }, 'ack delayed; treating the client connection as dead');
+    this.transition({ ...s, ackTimer: undefined });
+    // The seed's "smacks-ack-delayed", then hibernation: the link is dropped as a dead connection.
+    this.link?.destroy('ack delayed');
+  }
+
+  private armRequestTimer(): void {
+    const s = this.state;
+    if (s.name !== 'active' || s.requestTimer !== undefined) return;
+    const timer = setInterval(() => {
+      const now = this.state;
+      if (now.name !== 'active' || now.requestTimer !== timer) return;
+      this.guard(() => this.checkAckRequest(true));
+    }, this.deps.settings.ackRequestIntervalMs);
+    timer.unref();
+    this.transition({ ...s, requestTimer: timer });
+  }
+
+  // --- resumption (XEP-0198 §5, DESIGN §5) ---
+
+  private onResume(resume: Element, ns: SmNamespace): void {
+    const s = this.state;
+    if (s.name !== 'authenticated') {
+      const why = s.name === 'authenticating' ? 'authenticate before resuming' : 'resume must come before resource binding';
+      this.sendToClient(failed(ns, 'unexpected-request', why));
+      return;
+    }
+    const previd = (resume.attrs.previd as string | undefined) ?? '';
+    const h = parseH(resume.attrs.h as string | undefined);
+    if (h === undefined) {
+      this.sendToClient(failed(ns, 'bad-request', "<resume/> needs an h attribute (XEP-0198 §5)"));
+      return;
+    }
+    const target = this.deps.registry.findResumable(previd);
+    if (target === undefined || target === this) {
+      const ended = this.deps.registry.recallEnded(previd, this.deps.now());
+      const text = ended === undefined ? 'unknown or expired session id' : `the session ${ENDED_TEXT[ended.reason]}`;
+      this.log.info({ previd: shortId(previd), reason: ended?.reason ?? 'unknown' }, 'resume failed');
+      this.sendToClient(failed(ns, 'item-not-found', text, ended?.h));
+      return;
+    }
+    // DESIGN §5: the identity is the legacy server's own answer. Bind a throwaway resource on
+    // this (temporary) upstream stream and compare bare JIDs.
+    const bindId = BIND_ID_PREFIX + this.sid;
+    s.upstream.send(`<iq type='set' id='${bindId}'><bind xmlns='${NS.bind}'/></iq>`);
+    this.transition({ name: 'resuming', authTimer: s.authTimer, upstream: s.upstream, request: { ns, previd, h, target, bindId }, held: [] });
+  }
+
+  private onIdentityBound(s: Extract<State, { name: 'resuming' }>, jid: string | undefined): void {
+    const { request } = s;
+    const link = this.requireLink();
+    const targetJid = request.target.bareJid;
+    if (jid === undefined || targetJid === undefined || bare(jid) !== targetJid) {
+      const text = jid === undefined ? 'the legacy server refused the identity check' : 'the session belongs to another account';
+      this.log.info({ previd: shortId(request.previd), reason: text }, 'resume failed');
+      this.sendToClient(failed(request.ns, 'item-not-found', text));
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid });
+      for (const element of s.held) this.onClientElement(element);
+      return;
+    }
+    const outcome = request.target.takeOver(link, request);
+    if (!outcome.ok) {
+      this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
+      this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h));
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid });
+      for (const element of s.held) this.onClientElement(element);
+      return;
+    }
+    // The client now belongs to the resumed session: the temporary stream closes cleanly, and
+    // what the client pipelined after <resume/> goes to the resumed session, in order.
+    this.link = undefined;
+    s.upstream.close();
+    this.log.info({ into: request.target.sid }, 'client resumed another session; temporary stream closed');
+    this.transition({ name: 'closed' });
+    this.deps.registry.delete(this);
+    request.target.acceptHeld(s.held);
+  }
+
+  /**
+   * Called on the hibernated (or still attached) session by the new connection's session once
+   * the identity matched. Validates before touching anything (a failed resume leaves this session
+   * as it was), then takes the link: `<resumed/>`, replay of unacked stanzas, normal flow.
+   */
+  takeOver(link: ClientLink, request: ResumeRequest): ResumeOutcome {
+    const s = this.state;
+    if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined || !s.sm.resumable) {
+      return { ok: false, condition: 'item-not-found', text: 'the session can no longer be resumed', h: undefined };
+    }
+    const sm = s.sm;
+    const resumed = sm.queue.resume(request.h);
+    if (resumed.ack.kind === 'too-high') {
+      // XEP-0198 §5 handled-count-too-high on resume: refuse, and keep the session untouched (Openfire).
+      return { ok: false, condition: 'undefined-condition', text: `h=${request.h} acks more than the ${resumed.ack.sendCount} stanzas sent`, h: sm.inbound.h };
+    }
+    if (s.name === 'active') {
+      // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
+      const old = this.link;
+      this.link = undefined;
+      old?.fail(new StreamError(ErrorCode.SM_TAKEOVER, 'conflict', 'the session was resumed from another connection'));
+      this.log.info('session taken over by a newer connection');
+    }
+    const hibernatedMs = s.name === 'hibernating' ? this.deps.now() - s.sinceMs : 0;
+    this.link = link;
+    link.setHandler(this.clientHandler(link));
+    this.stats.resumes++;
+    sm.policy.answered();
+    this.transition({ name: 'active', upstream: s.upstream, jid: s.jid, sm, ackTimer: undefined, requestTimer: undefined });
+    // XEP-0198 §5: <resumed/> first, then every unacked stanza in its original order.
+    this.sendToClient(sm.resumedElement());
+    const from = bare(s.jid);
+    for (const entry of resumed.replay) {
+      // XEP-0203: replayed messages carry their original time.
+      this.sendToClient(isMessage(entry.bytes) ? addDelay(entry.bytes, entry.sentAtMs, from) : entry.bytes);
+    }
+    this.log.info({ replayed: resumed.replay.length, hibernatedMs, h: request.h }, 'session resumed');
+    this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
+    if (this.upstreamPaused) {
+      this.upstreamPaused = false;
+      s.upstream.resume();
+    }
+    this.armRequestTimer();
+    // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
+    if (resumed.replay.length > 0) this.requestAck();
+    return { ok: true };
+  }
+
+  /** Elements the client pipelined after `<resume/>` (Monal), delivered after the replay. */
+  acceptHeld(held: readonly ScannedElement[]): void {
+    for (const element of held) this.guard(() => this.onClientElement(element));
+  }
+
+  /** COMPAT(DESIGN §5): after a failed resume bound a resource, the client's own bind is answered with it. */
+  private answerRebind(element: ScannedElement, jid: string): boolean {
+    if (element.localName !== 'iq' || !element.bytes.includes(NS.bind)) return false;
+    const iq = parseElement(element.bytes);
+    if (iq.attrs.type !== 'set' || iq.getChild('bind', NS.bind) === undefined) return false;
+    const id = escapeXml((iq.attrs.id as string | undefined) ?? '');
+    this.sendToClient(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${escapeXml(jid)}</jid></bind></iq>`);
+    this.becomeActive(jid);
+    return true;
+  }
+
+  // --- hibernation and expiry ---
+
+  private hibernate(s: Extract<State, { name: 'active' }>, reason: string): void {
+    const sm = s.sm;
+    if (sm === undefined) throw new InvariantError('hibernate without stream management');
+    const timeoutMs = sm.hibernationMs;
+    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
+    const keepaliveTimer = setInterval(() => {
+      const now = this.state;
+      if (now.name === 'hibernating' && now.keepaliveTimer === keepaliveTimer) now.upstream.keepalive();
+    }, this.deps.settings.upstreamKeepaliveMs);
+    expiryTimer.unref();
+    keepaliveTimer.unref();
+    sm.policy.answered();
+    this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer, keepaliveTimer });
+    if (this.upstreamPaused) {
+      this.upstreamPaused = false;
+      s.upstream.resume();
+    }
+    this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
+    this.deps.events.emit('hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
+  }
+
+  private onExpiryTimer(timer: NodeJS.Timeout): void {
+    const s = this.state;
+    if (s.name !== 'hibernating' || s.expiryTimer !== timer) return;
+    this.log.info({ queued: s.sm.queue.length }, 'hibernation expired');
+    this.endHibernation(s, 'expired');
+  }
+
+  /** Ends a hibernating session: dispose of the queue (DESIGN §5 "Expiry"), close the upstream cleanly. */
+  private endHibernation(s: Extract<State, { name: 'hibernating' }>, reason: HibernationEnd & EndedReason): void {
+    this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
+    this.disposeUnacked(s.sm, s.upstream);
+    this.endSm(s.sm, reason);
+    s.upstream.close();
+    this.transition({ name: 'closed' });
+    this.finish(reason);
+  }
+
+  /** Unacked stanzas are answered on the user's behalf (or dropped, per `expiryPolicy`). */
+  private disposeUnacked(sm: StreamManagement, upstream: UpstreamLink | undefined, extra?: Buffer): void {
+    const entries = sm.queue.drain().map((entry) => entry.bytes);
+    if (extra !== undefined) entries.push(extra);
+    if (entries.length === 0) return;
+    if (this.deps.settings.expiryPolicy === 'drop' || upstream === undefined || upstream.ended) {
+      this.log.info({ dropped: entries.length }, 'unacked stanzas dropped');
+      return;
+    }
+    let bounced = 0;
+    for (const bytes of entries) {
+      const bounce = bounceFor(bytes);
+      if (bounce === undefined) continue;
+      upstream.send(bounce);
+      bounced++;
+    }
+    this.log.info({ unacked: entries.length, bounced }, 'unacked stanzas answered to their senders');
+  }
+
+  private endSm(sm: StreamManagement | undefined, reason: EndedReason): void {
+    if (sm === undefined || !sm.resumable) return;
+    this.deps.registry.endResumable(sm.id, { h: sm.inbound.h, bareJid: this.bareJid ?? '', reason, endedAtMs: this.deps.now() });
+  }
+
+  // --- upstream side ---
+
+  private upstreamHandler(upstream: UpstreamLink): UpstreamHandler {
+    return {
+      onStreamOpen: (header) => this.guard(() => this.onUpstreamStreamOpen(upstream, header)),
+      onElement: (element) => this.guard(() => this.onUpstreamElement(upstream, element)),
+      onStreamClose: () => this.guard(() => this.onUpstreamStreamClose(upstream)),
+      onProtocolError: (error) =>
+        this.guard(() => {
+          if (this.upstreamOf(this.state) !== upstream) return;
+          this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, `legacy server sent invalid XML: ${error.message}`, { text: 'legacy server sent invalid XML' }));
+        }),
+      onEnd: (clean) =>
+        this.guard(() => {
+          if (this.upstreamOf(this.state) !== upstream) return;
+          if (this.state.name === 'closing') {
+            this.link?.close();
+            this.transition({ name: 'closed' });
+            this.finish('closed');
+            return;
+          }
+          this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', { text: 'legacy server connection lost' }));
+        }),
+      onDrain: () => {
+        if (!this.clientPaused) return;
+        this.clientPaused = false;
+        this.link?.resume();
+      },
+    };
+  }
+
+  private upstreamOf(s: State): UpstreamLink | undefined {
+    return 'upstream' in s ? s.upstream : undefined;
+  }
+
+  private onUpstreamStreamOpen(upstream: UpstreamLink, header: StreamHeader): void {
+    if (this.upstreamOf(this.state) !== upstream) return;
+    this.link?.sendHeader({
+      from: header.attrs.from ?? this.domain,
+      id: header.attrs.id,
+      version: header.attrs.version ?? '1.0',
+      lang: header.attrs['xml:lang'],
+    });
+  }
+
+  private onUpstreamElement(upstream: UpstreamLink, element: ScannedElement): void {
+    const s = this.state;
+    if (this.upstreamOf(s) !== upstream) return;
+    if (s.name === 'active' && isStanza(element)) {
+      this.stanzaToClient(s, element.bytes);
+      return;
+    }
+    if (s.name === 'hibernating') {
+      this.onUpstreamWhileHibernating(s, element);
+      return;
+    }
+    if (element.localName === 'error' && element.ns === NS.stream) {
+      this.relayStreamError(element);
+      return;
+    }
+    if (element.localName === 'features' && element.ns === NS.stream) {
+      this.relayFeatures(s, element);
+      return;
+    }
+    if (element.localName === 'success' && element.ns === NS.sasl && s.name === 'authenticating') {
+      this.sendToClient(element.bytes);
+      this.onSaslSuccess(s);
+      return;
+    }
+    if (element.localName === 'iq' && (s.name === 'authenticated' || s.name === 'resuming')) {
+      if (this.onIqBeforeBound(s, element)) return;
+    }
+    this.sendToClient(element.bytes);
+  }
+
+  private onSaslSuccess(s: Extract<State, { name: 'authenticating' }>): void {
+    // RFC 6120 §6.4.6: both streams restart; SASL payloads are never logged.
+    this.requireLink().expectRestart();
+    s.upstream.expectRestart();
+    this.requireLink().setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
+    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined });
+    this.log.debug('authenticated');
+  }
+
+  /** Learns the full JID from the bind result; consumes the answer to a throwaway identity bind. */
+  private onIqBeforeBound(s: Extract<State, { name: 'authenticated' | 'resuming' }>, element: ScannedElement): boolean {
+    if (!element.bytes.includes(NS.bind) && s.name !== 'resuming') return false;
+    const iq = parseElement(element.bytes);
+    const jid = iq.attrs.type === 'result' ? iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined : undefined;
+    if (s.name === 'resuming' && iq.attrs.id === s.request.bindId) {
+      this.onIdentityBound(s, jid);
+      return true;
+    }
+    if (s.name === 'authenticated' && jid !== undefined) {
+      this.sendToClient(element.bytes);
+      this.becomeActive(jid);
+      return true;
+    }
+    return false;
+  }
+
+  private becomeActive(jid: string): void {
+    const s = this.state;
+    if (s.name !== 'authenticated') return;
+    this.transition({ name: 'active', upstream: s.upstream, jid, sm: undefined, ackTimer: undefined, requestTimer: undefined });
+    this.log = this.log.child({ jid });
+    this.log.info('bound');
+  }
+
+  private relayFeatures(s: State, element: ScannedElement): void {
+    const phase = s.name === 'authenticating' ? 'pre-auth' : 'post-auth';
+    const { features, findings } = rewriteFeatures(parseElement(element.bytes), phase);
+    if (findings.channelBindingMechanisms.length > 0 || findings.channelBindingTypes) {
+      this.deps.reportFindings(this.domain ?? '', findings);
+    }
+    this.sendToClient(features.toString());
+  }
+
+  private stanzaToClient(s: Extract<State, { name: 'active' }>, bytes: Buffer): void {
+    this.stats.toClient++;
+    const sm = s.sm;
+    if (sm !== undefined) {
+      const pushed = sm.queue.push(bytes, this.deps.now());
+      if (!pushed.ok) {
+        this.queueOverflow(sm, s.upstream, bytes, `${pushed.reason} limit ${pushed.limit}`);
+        return;
+      }
+      if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
+      this.scheduleAckCheck();
+    }
+    this.sendToClient(bytes);
+  }
+
+  private onUpstreamWhileHibernating(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): void {
+    if (element.localName === 'error' && element.ns === NS.stream) {
+      this.log.info('legacy server ended the stream while hibernating');
+      this.endHibernation(s, 'upstream-lost');
+      return;
+    }
+    if (!isStanza(element)) return;
+    if (element.localName === 'iq' && element.bytes.includes(NS.ping) && this.answerPing(s, element)) return;
+    const pushed = s.sm.queue.push(element.bytes, this.deps.now());
+    if (!pushed.ok) {
+      this.queueOverflow(s.sm, s.upstream, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
+      return;
+    }
+    this.stats.toClient++;
+    if (s.sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = s.sm.queue.length;
+    this.deps.events.emit('stanzaQueuedWhileHibernating', { sid: this.sid, jid: s.jid, smId: s.sm.id, queued: s.sm.queue.length, kind: element.localName });
+  }
+
+  /** XEP-0199 §4.2: the legacy server pings the client; while it is away the proxy answers. */
+  private answerPing(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): boolean {
+    const iq = parseElement(element.bytes);
+    if (iq.attrs.type !== 'get' || iq.getChild('ping', NS.ping) === undefined) return false;
+    const to = iq.attrs.from as string | undefined;
+    const attrs = `${to === undefined ? '' : ` to='${escapeXml(to)}'`} id='${escapeXml((iq.attrs.id as string | undefined) ?? '')}'`;
+    s.upstream.send(`<iq type='result'${attrs}/>`);
+    return true;
+  }
+
+  /** DESIGN §5 "Queue": the session stops being resumable and the client is told (`resource-constraint`). */
+  private queueOverflow(sm: StreamManagement, upstream: UpstreamLink, overflowing: Buffer, why: string): void {
+    this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
+    const s = this.state;
+    if (s.name === 'hibernating') {
+      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'queue-overflow', hibernatedMs: this.deps.now() - s.sinceMs });
+    }
+    this.disposeUnacked(sm, upstream, overflowing);
+    this.endSm(sm, 'queue-overflow');
+    upstream.close();
+    const link = this.link;
+    this.link = undefined;
+    link?.fail(new StreamError(ErrorCode.SM_QUEUE_OVERFLOW, 'resource-constraint', `too many unacknowledged stanzas (${why})`));
+    this.transition({ name: 'closed' });
+    this.finish('queue-overflow');
+  }
+
+  private relayStreamError(element: ScannedElement): void {
+    const s = this.state;
+    const upstream = this.upstreamOf(s);
+    this.log.info({ code: ErrorCode.UPSTREAM_STREAM_ERROR }, 'legacy server sent a stream error; relayed');
+    const sm = s.name === 'active' ? s.sm : undefined;
+    if (sm !== undefined) this.disposeUnacked(sm, undefined);
+    this.endSm(sm, 'upstream-lost');
+    const link = this.link;
+    this.link = undefined;
+    link?.send(element.bytes);
+    link?.close();
+    upstream?.close();
+    this.transition({ name: 'closed' });
+    this.finish('upstream-lost');
+  }
+
+  private onUpstreamStreamClose(upstream: UpstreamLink): void {
+    const s = this.state;
+    if (this.upstreamOf(s) !== upstream) return;
+    if (s.name === 'closing') {
+      upstream.finish();
+      this.link?.close();
+      this.transition({ name: 'closed' });
+      this.finish('closed');
+      return;
+    }
+    // The legacy server ended the user's stream: the session ends, and so does the client's.
+    this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, 'legacy server closed the stream', { text: 'legacy server closed the stream' }));
+    upstream.finish();
+  }
+
+  /** DESIGN §5 "Upstream loss": the session ends; a later resume fails fast with the reason. */
+  private upstreamLost(error: UpstreamError): void {
+    const s = this.state;
+    if (s.name === 'closed') return;
+    this.log.info({ code: error.code, err: error.message }, 'upstream lost');
+    const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
+    if (s.name === 'hibernating') {
+      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: 'upstream-lost', hibernatedMs: this.deps.now() - s.sinceMs });
+    }
+    if (sm !== undefined) this.disposeUnacked(sm, undefined);
+    this.endSm(sm, 'upstream-lost');
+    const link = this.link;
+    this.link = undefined;
+    link?.fail(error);
+    this.upstreamOf(s)?.destroy();
+    this.transition({ name: 'closed' });
+    this.finish('upstream-lost');
+  }
+
+  // --- shared endings ---
+
+  /** Ends the session with a stream error to the client (the session, not only the socket). */
+  fail(error: StreamError): void {
+    const s = this.state;
+    if (s.name === 'closed') return;
+    this.log.info({ code: error.code, condition: error.condition, err: error.message }, 'stream error sent to client');
+    const link = this.link;
+    this.link = undefined;
+    link?.fail(error);
+    this.endUpstreamSide(s, 'error');
+    this.transition({ name: 'closed' });
+    this.finish('error');
+  }
+
+  /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */
+  shutdown(): void {
+    const s = this.state;
+    if (s.name === 'hibernating') {
+      this.log.info({ queued: s.sm.queue.length }, 'hibernating session ends at shutdown');
+      this.endHibernation(s, 'shutdown');
+      return;
+    }
+    this.fail(new StreamError(ErrorCode.SHUTDOWN, 'system-shutdown', 'the proxy is shutting down'));
+  }
+
+  private closeEverything(reason: string): void {
+    const s = this.state;
+    if (s.name === 'closed') return;
+    this.log.debug({ reason }, 'closing session');
+    const link = this.link;
+    this.link = undefined;
+    link?.close();
+    this.endUpstreamSide(s, 'closed');
+    this.transition({ name: 'closed' });
+    this.finish('closed');
+  }
+
+  /** Disposes of what the session holds upstream when it ends for good. */
+  private endUpstreamSide(s: State, reason: EndedReason): void {
+    const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
+    const upstream = this.upstreamOf(s);
+    if (s.name === 'hibernating') {
+      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: 'shutdown', hibernatedMs: this.deps.now() - s.sinceMs });
+    }
+    if (sm !== undefined) this.disposeUnacked(sm, upstream);
+    this.endSm(sm, reason);
+    upstream?.close();
+  }
+
+  private finish(reason: string): void {
+    this.deps.registry.delete(this);
+    const s = this.state;
+    if (s.name !== 'closed') throw new InvariantError(`finish() in state ${s.name}`);
+    this.log.info(
+      {
+        reason,
+        stanzasFromClient: this.stats.fromClient,
+        stanzasToClient: this.stats.toClient,
+        resumes: this.stats.resumes,
+        peakQueue: this.stats.peakQueue,
+        durationMs: this.deps.now() - this.startedMs,
+      },
+      'session ended',
+    );
+  }
+
+  // --- writing ---
+
+  private sendToClient(data: Buffer | string): void {
+    const link = this.link;
+    if (link === undefined) return;
+    if (!link.send(data) && !this.upstreamPaused) {
+      // Backpressure: a slow client pauses the legacy server's side until the link drains.
+      const upstream = this.upstreamOf(this.state);
+      if (upstream !== undefined) {
+        this.upstreamPaused = true;
+        upstream.pause();
+      }
+    }
+  }
+
+  private toUpstream(upstream: UpstreamLink, bytes: Buffer): void {
+    if (!upstream.send(bytes) && !this.clientPaused) {
+      this.clientPaused = true;
+      this.link?.pause();
+    }
+  }
+
+  private requireLink(): ClientLink {
+    if (this.link === undefined) throw new InvariantError(`no client link in state ${this.state.name}`);
+    return this.link;
+  }
+}
+
+const ENDED_TEXT: Record<EndedReason, string> = {
+  expired: 'expired: the client did not come back within the hibernation time',
+  closed: 'was closed by the client',
+  'upstream-lost': 'ended because the legacy server closed it',
+  'queue-overflow': 'ended because too many stanzas went unacknowledged',
+  error: 'ended with a stream error',
+  shutdown: 'ended when the proxy restarted',
+};
+
+/** XEP-0198 §2: only iq, message and presence in the content namespace are counted. */
+export function isStanza(element: ScannedElement): boolean {
+  const name = element.localName;
+  return (name === 'message' || name === 'presence' || name === 'iq') && element.ns === NS.client;
+}
+
+function bare(jid: string): string {
+  const slash = jid.indexOf('/');
+  return slash === -1 ? jid : jid.slice(0, slash);
+}
+
+function headerAttrs(header: StreamHeader): { to?: string; from?: string; version?: string; lang?: string } {
+  return { to: header.attrs.to, from: header.attrs.from, version: header.attrs.version, lang: header.attrs['xml:lang'] };
+}
+
+/** XEP-0198 `<failed/>` with a stanza error condition and a text saying why (users need it). */
+function failed(ns: SmNamespace, condition: string, text: string, h?: number): string {
+  const hAttr = h === undefined ? '' : ` h='${h}'`;
+  return `<failed xmlns='${ns}'${hAttr}><${condition} xmlns='${NS.stanzas}'/><text xmlns='${NS.stanzas}' xml:lang='en'>${escapeXml(text)}</text></failed>`;
+}
+
+/** SM-IDs are secrets of their session: logs carry only a prefix. */
+function shortId(id: string): string {
+  return id.slice(0, 6);
+}
+
+function clearStateTimers(from: State, to: State): void {
+  const timers: (NodeJS.Timeout | undefined)[] = [];
+  if ('authTimer' in from && !('authTimer' in to && to.authTimer === from.authTimer)) timers.push(from.authTimer);
+  if (from.name === 'active') {
+    if (to.name !== 'active' || to.ackTimer !== from.ackTimer) timers.push(from.ackTimer);
+    if (to.name !== 'active' || to.requestTimer !== from.requestTimer) timers.push(from.requestTimer);
+  }
+  if (from.name === 'hibernating') timers.push(from.expiryTimer, from.keepaliveTimer);
+  for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
+}
+

@@ -1,0 +1,81 @@
+import { AckPolicy } from '../sm/ack-policy.js';
+import { negotiateMax, newSmId, parseResumeFlag } from '../sm/enable-decision.js';
+import { InboundCounter } from '../sm/inbound-counter.js';
+import type { MemoryBudget } from '../sm/memory-budget.js';
+import { UnackedQueue } from '../sm/unacked-queue.js';
+import type { SmNamespace } from '../xml/namespaces.js';
+
+/** Stream-management settings, from config `streamManagement` (durations in ms here). */
+export interface SmSettings {
+  /** Hibernation time when the client asks for none (`hibernationSeconds`); 0 disables resumption. */
+  readonly hibernationMs: number;
+  /** Upper bound for the client's `max` (`maxHibernationSeconds`). */
+  readonly maxHibernationMs: number;
+  readonly maxUnackedStanzas: number;
+  readonly maxAckDelayMs: number;
+  readonly ackRequestIntervalMs: number;
+  readonly maxQueueStanzas: number;
+  readonly maxQueueBytes: number;
+}
+
+export type EnableResult = { ok: true; sm: StreamManagement } | { ok: false; text: string };
+
+/**
+ * The XEP-0198 state of one session once enabled: the pure core's counters, queue and ack policy,
+ * plus the namespace the client chose (answers use it, XEP-0198 §2) and the SM-ID. Survives
+ * hibernation and resumption; the session does the I/O.
+ */
+export class StreamManagement {
+  /** Inbound h: stanzas handled from the client; starts at the received `<enable/>` (XEP-0198 §4). */
+  readonly inbound = new InboundCounter();
+
+  private constructor(
+    readonly ns: SmNamespace,
+    readonly id: string,
+    readonly resumable: boolean,
+    readonly hibernationMs: number,
+    readonly queue: UnackedQueue,
+    readonly policy: AckPolicy,
+  ) {}
+
+  /** Decides on an `<enable/>` (XEP-0198 §3) from its attributes and the settings. */
+  static enable(request: {
+    ns: SmNamespace;
+    resumeAttr: string | undefined;
+    maxAttr: string | undefined;
+    settings: SmSettings;
+    budget: MemoryBudget;
+  }): EnableResult {
+    const resume = parseResumeFlag(request.resumeAttr);
+    if (resume === 'invalid') return { ok: false, text: `resume='${request.resumeAttr ?? ''}' is not an xs:boolean` };
+    const { settings } = request;
+    const seconds = negotiateMax(request.maxAttr, settings.hibernationMs / 1000, settings.maxHibernationMs / 1000);
+    const resumable = resume && seconds > 0;
+    const queue = new UnackedQueue({ maxStanzas: settings.maxQueueStanzas, maxBytes: settings.maxQueueBytes }, request.budget);
+    const policy = new AckPolicy({ maxUnackedStanzas: settings.maxUnackedStanzas });
+    return { ok: true, sm: new StreamManagement(request.ns, newSmId(), resumable, seconds * 1000, queue, policy) };
+  }
+
+  /** `<enabled/>`: `id` and `resume='true'` only when resumption is allowed (XEP-0198 §3). */
+  enabledElement(): string {
+    if (!this.resumable) return `<enabled xmlns='${this.ns}'/>`;
+    return `<enabled xmlns='${this.ns}' id='${this.id}' resume='true' max='${Math.floor(this.hibernationMs / 1000)}'/>`;
+  }
+
+  /** `<a h/>` with the inbound count (XEP-0198 §4: answer every `<r/>` promptly). */
+  ackElement(): string {
+    return `<a xmlns='${this.ns}' h='${this.inbound.h}'/>`;
+  }
+
+  requestElement(): string {
+    return `<r xmlns='${this.ns}'/>`;
+  }
+
+  /**
+   * `<resumed/>` echoes previd exactly (it is this session's id, found by it) and always carries
+   * h: libstrophe and Conversations reject it otherwise.
+   */
+  resumedElement(): string {
+    return `<resumed xmlns='${this.ns}' previd='${this.id}' h='${this.inbound.h}'/>`;
+  }
+}

@@ -1,0 +1,283 @@
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import { ErrorCode, StreamError } from '../errors.js';
+import { NS } from '../xml/namespaces.js';
+import { renderStreamError } from '../xml/stream-error.js';
+import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
+import { StreamScanner, type ScannedElement, type ScannerLimits, type StreamHeader } from '../xml/stream-scanner.js';
+import { STARTTLS_REQUIRED_FEATURES } from '../session/features.js';
+import type { ClientLink, ClientLinkHandler, LinkEnd, TransportKind } from './client-link.js';
+import type { TlsCredentials } from './tls-credentials.js';
+
+/** How long a closing link waits for the client to close its side before dropping the socket. */
+const CLOSE_WAIT_MS = 2000;
+
+/** What a STARTTLS link needs before TLS: certificates and the list of served domains. */
+export interface StartTlsOptions {
+  readonly credentials: TlsCredentials;
+  readonly isServedDomain: (domain: string) => boolean;
+}
+
+export interface SocketClientLinkOptions {
+  /** A plain socket for `starttls`; an established TLS socket for `directtls`. */
+  readonly socket: Socket;
+  readonly transport: Extract<TransportKind, 'starttls' | 'directtls'>;
+  readonly limits: ScannerLimits;
+  readonly log: Logger;
+  /** Present for `starttls`: the link negotiates TLS itself before the session sees a stream. */
+  readonly startTls?: StartTlsOptions;
+}
+
+/** Where a socket link stands. `pre-tls` only exists on the STARTTLS transport. */
+type LinkPhase = 'pre-tls' | 'tls-handshake' | 'stream' | 'closing' | 'ended';
+
+/**
+ * A client connection over TCP: STARTTLS (RFC 6120 §5) or direct TLS (XEP-0368). Before TLS the
+ * link answers the client itself, with its own stream id and `<starttls><required/>`; the legacy
+ * server is not contacted before TLS (DESIGN §2).
+ */
+export class SocketClientLink implements ClientLink {
+  readonly transport: SocketClientLinkOptions['transport'];
+  readonly remote: string;
+
+  private socket: Socket;
+  private scanner: StreamScanner;
+  private handler: ClientLinkHandler | undefined;
+  private phase: LinkPhase;
+  private headerSent = false;
+  private peerClosedStream = false;
+  private localEndReason: string | undefined;
+  private corked = false;
+  private closeTimer: NodeJS.Timeout | undefined;
+  /** The domain the client named before TLS: picks the certificate when it sends no SNI. */
+  private tlsServerName: string | undefined;
+  private limits: ScannerLimits;
+  private readonly log: Logger;
+  private readonly startTls: StartTlsOptions | undefined;
+
+  constructor(options: SocketClientLinkOptions) {
+    this.transport = options.transport;
+    this.socket = options.socket;
+    this.remote = `${options.socket.remoteAddress ?? '?'}:${options.socket.remotePort ?? '?'}`;
+    this.limits = options.limits;
+    this.log = options.log;
+    this.startTls = options.startTls;
+    this.phase = options.startTls !== undefined ? 'pre-tls' : 'stream';
+    this.scanner = this.phase === 'pre-tls' ? this.preTlsScanner() : this.streamScanner();
+    this.attachSocket(this.socket);
+  }
+
+  get ended(): boolean {
+    return this.phase === 'ended';
+  }
+
+  setHandler(handler: ClientLinkHandler): void {
+    this.handler = handler;
+  }
+
+  sendHeader(attrs: StreamHeaderAttrs): void {
+    this.headerSent = true;
+    this.write(renderStreamHeader(attrs));
+  }
+
+  send(element: Buffer | string): boolean {
+    if (this.phase !== 'stream') return true;
+    return this.write(element);
+  }
+
+  fail(error: StreamError): void {
+    if (this.phase === 'closing' || this.phase === 'ended') return;
+    if (!this.headerSent) this.sendHeader({ id: newStreamId(), version: '1.0' });
+    this.write(renderStreamError(error) + STREAM_CLOSE);
+    this.beginClose(`stream error ${error.condition}`);
+  }
+
+  close(): void {
+    if (this.phase === 'closing' || this.phase === 'ended') return;
+    this.write(STREAM_CLOSE);
+    this.beginClose('closed by proxy');
+  }
+
+  destroy(reason: string): void {
+    if (this.phase === 'ended') return;
+    this.localEndReason ??= reason;
+    this.socket.destroy();
+  }
+
+  expectRestart(): void {
+    this.scanner.restart();
+  }
+
+  setLimits(limits: Partial<ScannerLimits>): void {
+    this.limits = { ...this.limits, ...limits };
+    this.scanner.setLimits(limits);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  private attachSocket(socket: Socket): void {
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 60_000);
+    socket.on('data', this.onData);
+    socket.on('drain', this.onDrain);
+    socket.on('error', this.onSocketError);
+    socket.on('close', this.onSocketClose);
+  }
+
+  private detachSocket(socket: Socket): void {
+    socket.off('data', this.onData);
+    socket.off('drain', this.onDrain);
+    socket.off('error', this.onSocketError);
+    socket.off('close', this.onSocketClose);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.scanner.write(chunk);
+  };
+
+  private readonly onDrain = (): void => {
+    this.handler?.onDrain();
+  };
+
+  private readonly onSocketError = (err: Error): void => {
+    this.log.debug({ err: err.message, code: (err as NodeJS.ErrnoException).code }, 'client socket error');
+  };
+
+  private readonly onSocketClose = (): void => {
+    if (this.phase === 'ended') return;
+    const wasClosing = this.phase === 'closing';
+    this.phase = 'ended';
+    clearTimeout(this.closeTimer);
+    let end: LinkEnd;
+    if (this.peerClosedStream) end = { kind: 'clean' };
+    else if (wasClosing || this.localEndReason !== undefined) end = { kind: 'local', reason: this.localEndReason ?? 'closed by proxy' };
+    else end = { kind: 'lost', reason: 'connection lost without stream close' };
+    this.handler?.onEnd(end);
+  };
+
+  private write(data: Buffer | string): boolean {
+    if (this.phase === 'ended' || this.socket.destroyed) return true;
+    if (!this.corked) {
+      // Coalesce the elements written in one tick into one TLS record / TCP segment.
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
+    return this.socket.write(data);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  private beginClose(reason: string): void {
+    this.phase = 'closing';
+    this.localEndReason ??= reason;
+    // RFC 6120 §4.4: the closing entity waits for the peer's close, but not forever.
+    this.socket.end();
+    this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
+    this.closeTimer.unref();
+  }
+
+  // --- before TLS (STARTTLS transport only) ---
+
+  private preTlsScanner(): StreamScanner {
+    return new StreamScanner(
+      {
+        onStreamOpen: (header) => this.onPreTlsHeader(header),
+        onElement: (element) => this.onPreTlsElement(element),
+        onStreamClose: () => this.close(),
+        onError: (error) => this.fail(error),
+      },
+      this.limits,
+    );
+  }
+
+  private onPreTlsHeader(header: StreamHeader): void {
+    const to = header.attrs.to?.toLowerCase();
+    const attrs = { from: to, id: newStreamId(), version: '1.0' };
+    if (to === undefined || !this.startTls?.isServedDomain(to)) {
+      this.sendHeader(attrs);
+      this.fail(new StreamError(ErrorCode.HOST_UNKNOWN, 'host-unknown', `stream to '${to ?? ''}' names no domain this proxy serves`));
+      return;
+    }
+    this.sendHeader(attrs);
+    this.write(STARTTLS_REQUIRED_FEATURES);
+    this.tlsServerName = to;
+  }
+
+  private onPreTlsElement(element: ScannedElement): void {
+    if (this.phase !== 'pre-tls') return;
+    if (element.localName !== 'starttls' || element.ns !== NS.tls) {
+      // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate on this listener.
+      this.fail(new StreamError(ErrorCode.UNEXPECTED_ELEMENT, 'policy-violation', 'STARTTLS is required before anything else'));
+      return;
+    }
+    this.write(`<proceed xmlns='${NS.tls}'/>`);
+    this.upgradeToTls();
+  }
+
+  private upgradeToTls(): void {
+    const startTls = this.startTls;
+    if (startTls === undefined) return;
+    this.phase = 'tls-handshake';
+    const plain = this.socket;
+    this.detachSocket(plain);
+    // COMPAT(several clients): bytes sent after <starttls/> before <proceed/> arrived are dropped,
+    // as RFC 6120 §5.4.3.3 leaves them undefined; the old scanner is discarded with them.
+    this.uncork();
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: startTls.credentials.contextFor(this.tlsServerName),
+      SNICallback: startTls.credentials.sniCallback,
+    });
+    this.socket = secure;
+    this.headerSent = false;
+    secure.once('secure', () => {
+      if (this.phase !== 'tls-handshake') return;
+      this.phase = 'stream';
+      this.log.debug({ protocol: secure.getProtocol(), servername: (secure as { servername?: string }).servername }, 'client TLS established');
+    });
+    this.scanner = this.streamScanner();
+    this.attachSocket(secure);
+    secure.on('error', (err) => {
+      if (this.phase === 'tls-handshake') {
+        this.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message }, 'client TLS handshake failed');
+      }
+    });
+  }
+
+  // --- the XML stream after TLS ---
+
+  private streamScanner(): StreamScanner {
+    return new StreamScanner(
+      {
+        onStreamOpen: (header) => {
+          this.headerSent = false;
+          this.handler?.onStreamOpen(header);
+        },
+        onElement: (element) => this.handler?.onElement(element),
+        onStreamClose: () => {
+          this.peerClosedStream = true;
+          this.handler?.onStreamClose();
+        },
+        onError: (error) => this.handler?.onProtocolError(error),
+      },
+      this.limits,
+    );
+  }
+}
+
+/** A fresh stream id (RFC 6120 §4.7.3: unique and unpredictable). */
+export function newStreamId(): string {
+  return randomBytes(12).toString('base64url');
+}

@@ -1,0 +1,98 @@
+import { createServer as createNetServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import { ErrorCode, ProxyError } from '../errors.js';
+import type { ScannerLimits } from '../xml/stream-scanner.js';
+import type { ClientLink } from './client-link.js';
+import { SocketClientLink } from './socket-client-link.js';
+import type { TlsCredentials } from './tls-credentials.js';
+
+/** TLS handshakes that take longer than this are abandoned (slowloris before TLS). */
+const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
+
+export interface TcpListenerOptions {
+  readonly type: 'starttls' | 'directtls';
+  readonly host: string;
+  readonly port: number;
+  readonly credentials: TlsCredentials;
+  /** Limits before authentication (the session raises them after SASL success). */
+  readonly limits: ScannerLimits;
+  readonly isServedDomain: (domain: string) => boolean;
+  readonly log: Logger;
+  /** Called with each new client link and its session logger. */
+  readonly onLink: (link: ClientLink, log: Logger) => void;
+  /** Returns a fresh session id. */
+  readonly newSid: () => string;
+}
+
+/**
+ * A TCP listener for XMPP clients: `starttls` (RFC 6120 §5, the client upgrades after the first
+ * stream header) or `directtls` (XEP-0368, TLS from the first byte, ALPN `xmpp-client`).
+ */
+export class TcpListener {
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(private readonly options: TcpListenerOptions) {
+    const { credentials } = options;
+    if (options.type === 'directtls') {
+      this.server = createTlsServer({
+        ...credentials.serverOptions,
+        ALPNProtocols: ['xmpp-client'],
+        handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
+      });
+      this.server.on('secureConnection', (socket: TLSSocket) => this.accept(socket));
+      this.server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
+        options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
+        socket.destroy();
+      });
+    } else {
+      this.server = createNetServer((socket) => this.accept(socket));
+    }
+    this.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
+  }
+
+  /** Binds the address; rejects with PROXY_ERR_LISTEN. */
+  listen(): Promise<{ host: string; port: number }> {
+    const { host, port, type, log } = this.options;
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (${type}): ${err.message}`, { cause: err }));
+      };
+      this.server.once('error', onError);
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', onError);
+        const address = this.server.address();
+        const bound = typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : { host, port };
+        log.info({ ...bound, type }, 'listening');
+        resolve(bound);
+      });
+    });
+  }
+
+  /** Stops accepting; existing connections stay until the sessions close them. */
+  stopAccepting(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Drops every connection still open (end of the shutdown grace period). */
+  destroyAll(): void {
+    for (const socket of this.sockets) socket.destroy();
+  }
+
+  private accept(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    const { type, limits, log, credentials, isServedDomain } = this.options;
+    const sid = this.options.newSid();
+    const sessionLog = log.child({ sid, transport: type, remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` });
+    const link = new SocketClientLink({
+      socket,
+      transport: type,
+      limits,
+      log: sessionLog,
+      ...(type === 'starttls' ? { startTls: { credentials, isServedDomain } } : {}),
+    });
+    this.options.onLink(link, sessionLog);
+  }
+}

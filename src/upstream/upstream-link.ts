@@ -1,0 +1,255 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import type { Logger } from 'pino';
+import { ErrorCode, StreamError, UpstreamError } from '../errors.js';
+import { NS } from '../xml/namespaces.js';
+import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
+import { StreamScanner, type ScannedElement, type StreamHeader } from '../xml/stream-scanner.js';
+
+/**
+ * The legacy server is trusted, and sends what clients asked for (a large roster, a vCard with a
+ * photo): its elements are limited far above the client limit, only to bound memory.
+ */
+export const UPSTREAM_MAX_STANZA_BYTES = 16 * 1024 * 1024;
+const UPSTREAM_MAX_DEPTH = 256;
+/** How long a closing upstream link waits for the server's `</stream:stream>`. */
+const CLOSE_WAIT_MS = 2000;
+
+/** Where and how to reach the legacy server for one domain (config `domains.*.upstream`). */
+export interface UpstreamTarget {
+  readonly domain: string;
+  readonly host: string;
+  readonly port: number;
+  /** `plain` on loopback, `starttls` or `tls` across a network. */
+  readonly security: 'plain' | 'starttls' | 'tls';
+  readonly connectTimeoutMs: number;
+  readonly rejectUnauthorized: boolean;
+  readonly serverName?: string | undefined;
+}
+
+/** What the upstream link reports to the session that owns it. */
+export interface UpstreamHandler {
+  onStreamOpen(header: StreamHeader): void;
+  onElement(element: ScannedElement): void;
+  onStreamClose(): void;
+  /** The legacy server broke the XML rules: the link is being torn down. */
+  onProtocolError(error: StreamError): void;
+  /** The socket is gone. `clean` when the server had closed its stream first. Called once. */
+  onEnd(clean: boolean): void;
+  onDrain(): void;
+}
+
+/**
+ * One XML stream to the legacy server, on behalf of one client session. Created connected (and
+ * with TLS negotiated on the hop if configured) by `UpstreamLink.connect`; the session then opens
+ * the stream with the client's header.
+ */
+export class UpstreamLink {
+  private handler: UpstreamHandler | undefined;
+  private readonly scanner: StreamScanner;
+  private corked = false;
+  private closing = false;
+  private streamClosed = false;
+  private endedFlag = false;
+  private closeTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly log: Logger,
+  ) {
+    this.scanner = new StreamScanner(
+      {
+        onStreamOpen: (header) => this.handler?.onStreamOpen(header),
+        onElement: (element) => this.handler?.onElement(element),
+        onStreamClose: () => {
+          this.streamClosed = true;
+          this.handler?.onStreamClose();
+        },
+        onError: (error) => {
+          this.log.warn({ code: error.code, err: error.message }, 'legacy server sent invalid XML');
+          this.handler?.onProtocolError(error);
+          this.socket.destroy();
+        },
+      },
+      { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
+    );
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 60_000);
+    socket.on('data', (chunk: Buffer) => this.scanner.write(chunk));
+    socket.on('drain', () => this.handler?.onDrain());
+    socket.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
+    socket.on('close', () => {
+      if (this.endedFlag) return;
+      this.endedFlag = true;
+      clearTimeout(this.closeTimer);
+      this.handler?.onEnd(this.streamClosed);
+    });
+  }
+
+  /**
+   * Connects to the legacy server; negotiates STARTTLS on the hop first when configured
+   * (RFC 6120 §5). Rejects with an UpstreamError (`remote-connection-failed`) on refusal,
+   * timeout or a failed TLS negotiation.
+   */
+  static async connect(target: UpstreamTarget, log: Logger): Promise<UpstreamLink> {
+    const socket = await connectSocket(target);
+    try {
+      const ready = target.security === 'starttls' ? await negotiateStartTls(socket, target) : socket;
+      return new UpstreamLink(ready, log);
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
+  }
+
+  get ended(): boolean {
+    return this.endedFlag;
+  }
+
+  setHandler(handler: UpstreamHandler): void {
+    this.handler = handler;
+  }
+
+  /** Opens (or, after SASL success, restarts) the XML stream towards the server. */
+  sendHeader(attrs: StreamHeaderAttrs): void {
+    this.write(renderStreamHeader(attrs));
+  }
+
+  send(element: Buffer | string): boolean {
+    return this.write(element);
+  }
+
+  /** RFC 6120 §4.6.1 whitespace keepalive, for hibernating sessions. */
+  keepalive(): void {
+    this.write(' ');
+  }
+
+  /** The next thing the server sends is a new stream header (after SASL success). */
+  expectRestart(): void {
+    this.scanner.restart();
+  }
+
+  /** Closes the stream cleanly and waits, for a bounded time, for the server to close its side. */
+  close(): void {
+    if (this.closing || this.endedFlag) return;
+    this.closing = true;
+    this.write(STREAM_CLOSE);
+    if (this.streamClosed) this.socket.end();
+    this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
+    this.closeTimer.unref();
+  }
+
+  /** Called once the server closed its stream after ours: end the socket. */
+  finish(): void {
+    this.socket.end();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  private write(data: Buffer | string): boolean {
+    if (this.endedFlag || this.socket.destroyed) return true;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    return this.socket.write(data);
+  }
+}
+
+function connectSocket(target: UpstreamTarget): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const where = `${target.host}:${target.port}`;
+    const socket =
+      target.security === 'tls'
+        ? tlsConnect({
+            host: target.host,
+            port: target.port,
+            servername: target.serverName ?? target.domain,
+            rejectUnauthorized: target.rejectUnauthorized,
+            ALPNProtocols: ['xmpp-client'],
+          })
+        : netConnect({ host: target.host, port: target.port });
+    const readyEvent = target.security === 'tls' ? 'secureConnect' : 'connect';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `legacy server ${where} did not accept within ${target.connectTimeoutMs} ms`, { text: 'legacy server unreachable' }));
+    }, target.connectTimeoutMs);
+    socket.once(readyEvent, () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    // Stays installed: an error after the promise settled must not become an uncaught exception
+    // before the link installs its own listener (a settled promise ignores the reject).
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `cannot connect to legacy server ${where}: ${err.message}`, { cause: err, text: 'legacy server unreachable' }));
+    });
+  });
+}
+
+/**
+ * STARTTLS on the hop (RFC 6120 §5.4): open a stream, read the features, send `<starttls/>`,
+ * wait for `<proceed/>`, then upgrade. The session later opens a fresh stream over TLS.
+ */
+function negotiateStartTls(socket: Socket, target: UpstreamTarget): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const fail = (message: string, cause?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.removeAllListeners('data');
+      reject(new UpstreamError(ErrorCode.UPSTREAM_TLS, `STARTTLS with legacy server ${target.host}:${target.port}: ${message}`, { cause, text: 'legacy server TLS failed' }));
+    };
+    const timer = setTimeout(() => fail(`no answer within ${target.connectTimeoutMs} ms`), target.connectTimeoutMs);
+    const scanner = new StreamScanner(
+      {
+        onStreamOpen: () => undefined,
+        onElement: (element) => {
+          if (element.localName === 'features') {
+            if (!element.bytes.includes('urn:ietf:params:xml:ns:xmpp-tls')) {
+              fail('the server does not offer STARTTLS');
+              return;
+            }
+            socket.write(`<starttls xmlns='${NS.tls}'/>`);
+          } else if (element.localName === 'proceed' && element.ns === NS.tls) {
+            clearTimeout(timer);
+            socket.removeAllListeners('data');
+            const secure = tlsConnect({
+              socket,
+              servername: target.serverName ?? target.domain,
+              rejectUnauthorized: target.rejectUnauthorized,
+            });
+            secure.once('secureConnect', () => {
+              settled = true;
+              resolve(secure);
+            });
+            secure.on('error', (err) => fail(err.message, err));
+          } else {
+            fail(`unexpected <${element.name}/>`);
+          }
+        },
+        onStreamClose: () => fail('the server closed the stream'),
+        onError: (error) => fail(error.message, error),
+      },
+      { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
+    );
+    socket.on('data', (chunk: Buffer) => scanner.write(chunk));
+    socket.once('close', () => fail('connection closed'));
+    socket.write(renderStreamHeader({ to: target.domain, version: '1.0' }));
+  });
+}

@@ -1,0 +1,30 @@
+/** XML namespaces the proxy reads or writes. */
+export const NS = {
+  client: 'jabber:client',
+  stream: 'http://etherx.jabber.org/streams',
+  streams: 'urn:ietf:params:xml:ns:xmpp-streams',
+  stanzas: 'urn:ietf:params:xml:ns:xmpp-stanzas',
+  tls: 'urn:ietf:params:xml:ns:xmpp-tls',
+  sasl: 'urn:ietf:params:xml:ns:xmpp-sasl',
+  bind: 'urn:ietf:params:xml:ns:xmpp-bind',
+  session: 'urn:ietf:params:xml:ns:xmpp-session',
+  compressFeature: 'http://jabber.org/features/compress',
+  compress: 'http://jabber.org/protocol/compress',
+  sm3: 'urn:xmpp:sm:3',
+  sm2: 'urn:xmpp:sm:2',
+  /** jabberd2's pre-standard XEP-0198 draft feature. */
+  smDraft: 'http://www.xmpp.org/extensions/xep-0198.html#ns',
+  saslChannelBinding: 'urn:xmpp:sasl-cb:0',
+  delay: 'urn:xmpp:delay',
+  ping: 'urn:xmpp:ping',
+  carbons: 'urn:xmpp:carbons:2',
+  errors: 'urn:xmpp:errors',
+  framing: 'urn:ietf:params:xml:ns:xmpp-framing',
+} as const;
+
+/** The XEP-0198 namespaces a client may use; the proxy answers in the one the client used. */
+export type SmNamespace = typeof NS.sm3 | typeof NS.sm2;
+
+export function isSmNamespace(ns: string | undefined): ns is SmNamespace {
+  return ns === NS.sm3 || ns === NS.sm2;
+}

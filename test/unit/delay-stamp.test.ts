@@ -1,0 +1,39 @@
+import { describe, expect, it } from 'vitest';
+import { addDelay, isMessage } from '../../src/session/delay-stamp.js';
+import { parseElement } from '../../src/xml/element.js';
+
+const STAMP = Date.UTC(2026, 10, 25, 8, 30, 0);
+
+describe('addDelay', () => {
+  it('inserts <delay/> before the end tag and keeps the original bytes', () => {
+    const original = "<message to='a@x/r' id='m1'><body>caf\u00e9 &amp; \u{1F600}</body></message>";
+    const out = addDelay(Buffer.from(original), STAMP, 'b@x').toString();
+    expect(out).toBe(
+      "<message to='a@x/r' id='m1'><body>caf\u00e9 &amp; \u{1F600}</body>" +
+        "<delay xmlns='urn:xmpp:delay' from='b@x' stamp='2026-11-25T08:30:00.000Z'/></message>",
+    );
+  });
+
+  it('expands a self-closing message', () => {
+    const out = addDelay(Buffer.from("<message id='x'/>"), STAMP, 'b@x').toString();
+    expect(parseElement(out).getChild('delay', 'urn:xmpp:delay')?.attrs.stamp).toBe('2026-11-25T08:30:00.000Z');
+    expect(out.endsWith('</message>')).toBe(true);
+  });
+
+  it('keeps a prefixed end tag', () => {
+    const out = addDelay(Buffer.from("<c:message xmlns:c='jabber:client'><c:body>x</c:body></c:message>"), STAMP, 'b@x').toString();
+    expect(out.endsWith("/></c:message>")).toBe(true);
+  });
+});
+
+describe('isMessage', () => {
+  it.each([
+    ["<message to='a'/>", true],
+    ['<message>', true],
+    ['<messages/>', false],
+    ["<presence to='a'/>", false],
+    ['<iq/>', false],
+  ])('%s → %s', (xml, expected) => {
+    expect(isMessage(Buffer.from(xml))).toBe(expected);
+  });
+});
