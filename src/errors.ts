@@ -52,7 +52,7 @@ export const ErrorCode = {
   /** The upstream hop's STARTTLS negotiation failed: `remote-connection-failed`. */
   UPSTREAM_TLS: 'PROXY_ERR_UPSTREAM_TLS',
 
-  /** The client acked more stanzas than were sent (XEP-0198 §5): `undefined-condition` + `<handled-count-too-high/>`. */
+  /** The client acked more stanzas than were sent (XEP-0198 §6): `undefined-condition` + `<handled-count-too-high/>`. */
   SM_HANDLED_COUNT_TOO_HIGH: 'PROXY_ERR_SM_HANDLED_COUNT_TOO_HIGH',
   /** An `<a/>` or `<resume/>` whose `h` is not an xs:unsignedInt: `invalid-xml`. */
   SM_INVALID_H: 'PROXY_ERR_SM_INVALID_H',

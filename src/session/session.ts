@@ -336,7 +336,7 @@ export class Session {
   private onClientStreamClose(): void {
     const s = this.state;
     if (s.name === 'active' || s.name === 'authenticating' || s.name === 'authenticated' || s.name === 'resuming') {
-      // XEP-0198 §6 (v1.5.2): an `<a/>` before a graceful close lets the peer trim its queue.
+      // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its queue.
       if (s.name === 'active' && s.sm !== undefined) this.sendToClient(s.sm.ackElement());
       this.endSm(s.name === 'active' ? s.sm : undefined, 'closed');
       s.upstream.close();
@@ -437,7 +437,7 @@ export class Session {
         this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
         return;
       case 'too-high':
-        // XEP-0198 §5: "the receiving party SHOULD send a stream error ... <handled-count-too-high/>".
+        // XEP-0198 §6: on an h above what was sent the receiver SHOULD send `undefined-condition` with <handled-count-too-high/>.
         this.fail(
           new StreamError(ErrorCode.SM_HANDLED_COUNT_TOO_HIGH, 'undefined-condition', `client acked h=${result.h} but only ${result.sendCount} stanzas were sent`, {
             appCondition: { name: 'handled-count-too-high', xmlns: NS.sm3, attrs: { h: String(result.h), 'send-count': String(result.sendCount) } },
@@ -585,7 +585,7 @@ export class Session {
     const sm = s.sm;
     const resumed = sm.queue.resume(request.h);
     if (resumed.ack.kind === 'too-high') {
-      // XEP-0198 §5 handled-count-too-high on resume: refuse, and keep the session untouched (Openfire).
+      // XEP-0198 §6 handled-count-too-high on resume: refuse, and keep the session untouched (Openfire).
       return { ok: false, condition: 'undefined-condition', text: `h=${request.h} acks more than the ${resumed.ack.sendCount} stanzas sent`, h: sm.inbound.h };
     }
     if (s.name === 'active') {
