@@ -57,7 +57,6 @@ export class Proxy {
     this.settings = {
       maxStanzaBytes: config.limits.maxStanzaBytes,
       maxStanzaBytesPreAuth: config.limits.maxStanzaBytesPreAuth,
-      maxDepth: config.limits.maxDepth,
       authTimeoutMs: config.limits.authTimeoutSeconds * 1000,
       hibernationMs: sm.hibernationSeconds * 1000,
       maxHibernationMs: sm.maxHibernationSeconds * 1000,

@@ -151,7 +151,7 @@ export interface StreamManagementConfig {
   readonly rememberExpiredSeconds: number;
   /** Most expired sessions remembered at once, oldest forgotten first. Default 100000, range 0..10000000. */
   readonly maxRememberedExpired: number;
-  /** Seconds between whitespace keepalives on a hibernating session's upstream link. Default 60, range 0.05..3600. */
+  /** Seconds of upstream idleness after which a whitespace keepalive is written, once bound. Default 60, range 0.05..3600. */
   readonly upstreamKeepaliveSeconds: number;
 }
 

@@ -7,6 +7,7 @@ import type { UpstreamHandler, UpstreamLink, UpstreamTarget } from '../upstream/
 import { parseElement, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
+import { sanitizeForLog } from '../xml/sanitize.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
@@ -19,10 +20,9 @@ import { StreamManagement, type SmSettings } from './stream-management.js';
 export interface SessionSettings extends SmSettings {
   readonly maxStanzaBytes: number;
   readonly maxStanzaBytesPreAuth: number;
-  readonly maxDepth: number;
   /** An unauthenticated (or unbound) client is closed with `connection-timeout` after this. */
   readonly authTimeoutMs: number;
-  /** Whitespace keepalive on the upstream link while hibernating. */
+  /** Whitespace keepalive on the upstream link once bound, when it was idle that long. */
   readonly upstreamKeepaliveMs: number;
   /** `bounce` answers unacked stanzas at expiry; `drop` discards them quietly. */
   readonly expiryPolicy: 'bounce' | 'drop';
@@ -89,7 +89,6 @@ type State =
       readonly sm: StreamManagement;
       readonly sinceMs: number;
       readonly expiryTimer: NodeJS.Timeout;
-      readonly keepaliveTimer: NodeJS.Timeout;
     }
   /** The client closed cleanly; waiting for the legacy server to close its stream. */
   | { readonly name: 'closing'; readonly upstream: UpstreamLink }
@@ -147,12 +146,15 @@ export class Session {
   private ackCheckScheduled = false;
   private clientPaused = false;
   private upstreamPaused = false;
+  /** XML is logged only at trace (STYLE "Logs"); checked once, not per element. */
+  private readonly traceXml: boolean;
 
   constructor(deps: SessionDeps) {
     this.deps = deps;
     this.sid = deps.sid;
     this.log = deps.log;
     this.link = deps.link;
+    this.traceXml = deps.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
     this.state = { name: 'opening', authTimer: this.armAuthTimer() };
     deps.link.setHandler(this.clientHandler(deps.link));
@@ -278,6 +280,7 @@ export class Session {
   }
 
   private onClientElement(element: ScannedElement): void {
+    if (this.traceXml) this.log.trace({ fromClient: sanitizeForLog(element) }, 'element');
     const s = this.state;
     switch (s.name) {
       case 'connecting':
@@ -337,8 +340,13 @@ export class Session {
     const s = this.state;
     if (s.name === 'active' || s.name === 'authenticating' || s.name === 'authenticated' || s.name === 'resuming') {
       // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its queue.
-      if (s.name === 'active' && s.sm !== undefined) this.sendToClient(s.sm.ackElement());
-      this.endSm(s.name === 'active' ? s.sm : undefined, 'closed');
+      const sm = s.name === 'active' ? s.sm : undefined;
+      if (sm !== undefined) {
+        this.sendToClient(sm.ackElement());
+        // Stanzas the client did not ack before closing are answered like at expiry (XEP-0198 §5).
+        this.disposeUnacked(sm, s.upstream);
+      }
+      this.endSm(sm, 'closed');
       s.upstream.close();
       this.transition({ name: 'closing', upstream: s.upstream });
       return;
@@ -643,14 +651,9 @@ export class Session {
     if (sm === undefined) throw new InvariantError('hibernate without stream management');
     const timeoutMs = sm.hibernationMs;
     const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
-    const keepaliveTimer = setInterval(() => {
-      const now = this.state;
-      if (now.name === 'hibernating' && now.keepaliveTimer === keepaliveTimer) now.upstream.keepalive();
-    }, this.deps.settings.upstreamKeepaliveMs);
     expiryTimer.unref();
-    keepaliveTimer.unref();
     sm.policy.answered();
-    this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer, keepaliveTimer });
+    this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
     if (this.upstreamPaused) {
       this.upstreamPaused = false;
       s.upstream.resume();
@@ -746,6 +749,7 @@ export class Session {
   }
 
   private onUpstreamElement(upstream: UpstreamLink, element: ScannedElement): void {
+    if (this.traceXml) this.log.trace({ fromUpstream: sanitizeForLog(element) }, 'element');
     const s = this.state;
     if (this.upstreamOf(s) !== upstream) return;
     if (s.name === 'active' && isStanza(element)) {
@@ -805,6 +809,7 @@ export class Session {
     const s = this.state;
     if (s.name !== 'authenticated') return;
     this.transition({ name: 'active', upstream: s.upstream, jid, sm: undefined, ackTimer: undefined, requestTimer: undefined });
+    s.upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
     this.log = this.log.child({ jid });
     this.log.info('bound');
   }
@@ -1065,7 +1070,7 @@ function clearStateTimers(from: State, to: State): void {
     if (to.name !== 'active' || to.ackTimer !== from.ackTimer) timers.push(from.ackTimer);
     if (to.name !== 'active' || to.requestTimer !== from.requestTimer) timers.push(from.requestTimer);
   }
-  if (from.name === 'hibernating') timers.push(from.expiryTimer, from.keepaliveTimer);
+  if (from.name === 'hibernating') timers.push(from.expiryTimer);
   for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
 }
 

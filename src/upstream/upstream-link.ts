@@ -52,6 +52,8 @@ export class UpstreamLink {
   private streamClosed = false;
   private endedFlag = false;
   private closeTimer: NodeJS.Timeout | undefined;
+  private keepaliveTimer: NodeJS.Timeout | undefined;
+  private wroteSinceKeepalive = false;
 
   private constructor(
     private readonly socket: Socket,
@@ -82,6 +84,7 @@ export class UpstreamLink {
       if (this.endedFlag) return;
       this.endedFlag = true;
       clearTimeout(this.closeTimer);
+      clearInterval(this.keepaliveTimer);
       this.handler?.onEnd(this.streamClosed);
     });
   }
@@ -119,9 +122,19 @@ export class UpstreamLink {
     return this.write(element);
   }
 
-  /** RFC 6120 §4.6.1 whitespace keepalive, for hibernating sessions. */
-  keepalive(): void {
-    this.write(' ');
+  /**
+   * RFC 6120 §4.6.1 whitespace keepalive: from now on, a space is written whenever nothing was
+   * written for `intervalMs`. Needed once bound: the proxy answers the client's `<r/>` pings
+   * itself and keeps the stream while the client hibernates, so the legacy server may otherwise
+   * see an idle connection. Never before authentication (RFC 6120 §6.3.5: no whitespace in SASL).
+   */
+  startKeepalive(intervalMs: number): void {
+    if (this.keepaliveTimer !== undefined || this.endedFlag) return;
+    this.keepaliveTimer = setInterval(() => {
+      if (!this.wroteSinceKeepalive && !this.closing) this.write(' ');
+      this.wroteSinceKeepalive = false;
+    }, intervalMs);
+    this.keepaliveTimer.unref();
   }
 
   /** The next thing the server sends is a new stream header (after SASL success). */
@@ -133,6 +146,7 @@ export class UpstreamLink {
   close(): void {
     if (this.closing || this.endedFlag) return;
     this.closing = true;
+    clearInterval(this.keepaliveTimer);
     this.write(STREAM_CLOSE);
     if (this.streamClosed) this.socket.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
@@ -158,6 +172,7 @@ export class UpstreamLink {
 
   private write(data: Buffer | string): boolean {
     if (this.endedFlag || this.socket.destroyed) return true;
+    this.wroteSinceKeepalive = true;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
