@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { findDomain, type ProxyConfig } from './config/config.js';
+import { findDomain, type ListenerConfig, type ProxyConfig } from './config/config.js';
 import { ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
@@ -8,7 +8,9 @@ import { Session, type SessionSettings } from './session/session.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { MemoryBudget } from './sm/memory-budget.js';
 import type { ClientLink } from './transport/client-link.js';
+import type { Listener } from './transport/listener.js';
 import { TcpListener } from './transport/tcp-listener.js';
+import { WebSocketListener } from './transport/websocket-listener.js';
 import { createTlsCredentials, type TlsCredentials } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
 import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
@@ -39,7 +41,7 @@ export class Proxy {
   readonly registry: SessionRegistry;
   private readonly budget: MemoryBudget;
   private readonly settings: SessionSettings;
-  private readonly listeners: TcpListener[] = [];
+  private readonly listeners: Listener[] = [];
   private readonly reportedFindings = new Set<string>();
   private readonly now: () => number;
   private credentials: TlsCredentials | undefined;
@@ -76,21 +78,7 @@ export class Proxy {
     this.credentials = await createTlsCredentials(this.config.tls, domains, this.log.child({ component: 'tls' }));
     const bound: BoundListener[] = [];
     for (const listenerConfig of this.config.listeners) {
-      if (listenerConfig.type === 'websocket') {
-        this.log.warn({ port: listenerConfig.port }, 'websocket listeners are not available in this version; skipped');
-        continue;
-      }
-      const listener = new TcpListener({
-        type: listenerConfig.type,
-        host: listenerConfig.host,
-        port: listenerConfig.port,
-        credentials: this.credentials,
-        limits: { maxStanzaBytes: this.config.limits.maxStanzaBytesPreAuth, maxDepth: this.config.limits.maxDepth },
-        isServedDomain: (domain) => findDomain(this.config, domain) !== undefined,
-        log: this.log.child({ listener: `${listenerConfig.type}:${listenerConfig.port}` }),
-        onLink: (link, log) => this.onLink(link, log),
-        newSid,
-      });
+      const listener = this.createListener(listenerConfig, this.credentials);
       this.listeners.push(listener);
       const address = await listener.listen();
       bound.push({ type: listenerConfig.type, ...address });
@@ -99,6 +87,32 @@ export class Proxy {
       for (const domain of domains) void this.probe(domain);
     }
     return bound;
+  }
+
+  private createListener(config: ListenerConfig, credentials: TlsCredentials): Listener {
+    const common = {
+      host: config.host,
+      port: config.port,
+      credentials,
+      // Before authentication; the session raises maxStanzaBytes after SASL success.
+      limits: { maxStanzaBytes: this.config.limits.maxStanzaBytesPreAuth, maxDepth: this.config.limits.maxDepth },
+      log: this.log.child({ listener: `${config.type}:${config.port}` }),
+      onLink: (link: ClientLink, log: Logger) => this.onLink(link, log),
+      newSid,
+    };
+    if (config.type === 'websocket') {
+      return new WebSocketListener({
+        ...common,
+        tls: config.tls,
+        path: config.path,
+        allowedOrigins: config.allowedOrigins,
+        pingIntervalMs: config.pingIntervalSeconds * 1000,
+        trustedProxies: config.trustedProxies,
+        // RFC 7395 framing: one element per message, so the message limit is the stanza limit.
+        maxPayloadBytes: this.config.limits.maxStanzaBytes,
+      });
+    }
+    return new TcpListener({ ...common, type: config.type, isServedDomain: (domain) => findDomain(this.config, domain) !== undefined });
   }
 
   /**

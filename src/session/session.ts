@@ -710,10 +710,9 @@ export class Session {
       onStreamOpen: (header) => this.guard(() => this.onUpstreamStreamOpen(upstream, header)),
       onElement: (element) => this.guard(() => this.onUpstreamElement(upstream, element)),
       onStreamClose: () => this.guard(() => this.onUpstreamStreamClose(upstream)),
-      onProtocolError: (error) =>
+      onFailure: (error) =>
         this.guard(() => {
-          if (this.upstreamOf(this.state) !== upstream) return;
-          this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, `legacy server sent invalid XML: ${error.message}`, { text: 'legacy server sent invalid XML' }));
+          if (this.upstreamOf(this.state) === upstream) this.upstreamLost(error);
         }),
       onEnd: (clean) =>
         this.guard(() => {

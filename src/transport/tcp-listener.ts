@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { ErrorCode, ProxyError } from '../errors.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
+import type { Listener } from './listener.js';
 import { SocketClientLink } from './socket-client-link.js';
 import type { TlsCredentials } from './tls-credentials.js';
 
@@ -29,7 +30,7 @@ export interface TcpListenerOptions {
  * A TCP listener for XMPP clients: `starttls` (RFC 6120 §5, the client upgrades after the first
  * stream header) or `directtls` (XEP-0368, TLS from the first byte, ALPN `xmpp-client`).
  */
-export class TcpListener {
+export class TcpListener implements Listener {
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
 

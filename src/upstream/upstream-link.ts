@@ -1,7 +1,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { Logger } from 'pino';
-import { ErrorCode, StreamError, UpstreamError } from '../errors.js';
+import { ErrorCode, UpstreamError } from '../errors.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
 import { StreamScanner, type ScannedElement, type StreamHeader } from '../xml/stream-scanner.js';
@@ -32,8 +32,8 @@ export interface UpstreamHandler {
   onStreamOpen(header: StreamHeader): void;
   onElement(element: ScannedElement): void;
   onStreamClose(): void;
-  /** The legacy server broke the XML rules: the link is being torn down. */
-  onProtocolError(error: StreamError): void;
+  /** The legacy server sent invalid XML, or did not answer a stream header in time: the link is being torn down. */
+  onFailure(error: UpstreamError): void;
   /** The socket is gone. `clean` when the server had closed its stream first. Called once. */
   onEnd(clean: boolean): void;
   onDrain(): void;
@@ -53,15 +53,21 @@ export class UpstreamLink {
   private endedFlag = false;
   private closeTimer: NodeJS.Timeout | undefined;
   private keepaliveTimer: NodeJS.Timeout | undefined;
+  private headerTimer: NodeJS.Timeout | undefined;
   private wroteSinceKeepalive = false;
 
   private constructor(
     private readonly socket: Socket,
+    private readonly target: UpstreamTarget,
     private readonly log: Logger,
   ) {
     this.scanner = new StreamScanner(
       {
-        onStreamOpen: (header) => this.handler?.onStreamOpen(header),
+        onStreamOpen: (header) => {
+          clearTimeout(this.headerTimer);
+          this.headerTimer = undefined;
+          this.handler?.onStreamOpen(header);
+        },
         onElement: (element) => this.handler?.onElement(element),
         onStreamClose: () => {
           this.streamClosed = true;
@@ -69,8 +75,7 @@ export class UpstreamLink {
         },
         onError: (error) => {
           this.log.warn({ code: error.code, err: error.message }, 'legacy server sent invalid XML');
-          this.handler?.onProtocolError(error);
-          this.socket.destroy();
+          this.failWith(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, `legacy server sent invalid XML: ${error.message}`, { cause: error, text: 'legacy server sent invalid XML' }));
         },
       },
       { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
@@ -84,6 +89,7 @@ export class UpstreamLink {
       if (this.endedFlag) return;
       this.endedFlag = true;
       clearTimeout(this.closeTimer);
+      clearTimeout(this.headerTimer);
       clearInterval(this.keepaliveTimer);
       this.handler?.onEnd(this.streamClosed);
     });
@@ -98,7 +104,7 @@ export class UpstreamLink {
     const socket = await connectSocket(target);
     try {
       const ready = target.security === 'starttls' ? await negotiateStartTls(socket, target) : socket;
-      return new UpstreamLink(ready, log);
+      return new UpstreamLink(ready, target, log);
     } catch (err) {
       socket.destroy();
       throw err;
@@ -113,9 +119,24 @@ export class UpstreamLink {
     this.handler = handler;
   }
 
-  /** Opens (or, after SASL success, restarts) the XML stream towards the server. */
+  /**
+   * Opens (or, after SASL success, restarts) the XML stream towards the server. A server that
+   * does not answer with its own header within the connect timeout fails the link.
+   */
   sendHeader(attrs: StreamHeaderAttrs): void {
     this.write(renderStreamHeader(attrs));
+    clearTimeout(this.headerTimer);
+    const timeoutMs = this.target.connectTimeoutMs;
+    this.headerTimer = setTimeout(() => {
+      this.failWith(new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `legacy server ${this.target.host}:${this.target.port} sent no stream header within ${timeoutMs} ms`, { text: 'legacy server did not answer' }));
+    }, timeoutMs);
+    this.headerTimer.unref();
+  }
+
+  private failWith(error: UpstreamError): void {
+    if (this.endedFlag) return;
+    this.handler?.onFailure(error);
+    this.socket.destroy();
   }
 
   send(element: Buffer | string): boolean {

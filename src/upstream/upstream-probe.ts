@@ -41,7 +41,7 @@ export async function probeUpstream(target: UpstreamTarget, log: Logger): Promis
         done({ ok: true, mechanisms, findings: rewriteFeatures(features, 'pre-auth').findings });
       },
       onStreamClose: () => done({ ok: false, error: 'the server closed the stream' }),
-      onProtocolError: (error) => done({ ok: false, error: error.message }),
+      onFailure: (error) => done({ ok: false, error: error.message }),
       onEnd: () => done({ ok: false, error: 'connection closed' }),
       onDrain: () => undefined,
     });

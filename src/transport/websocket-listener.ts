@@ -1,0 +1,401 @@
+/**
+ * The XMPP-over-WebSocket listener (RFC 7395): an HTTP or HTTPS server that upgrades requests on
+ * one path to WebSocket connections speaking the `xmpp` subprotocol, and serves XEP-0156 discovery
+ * (`/.well-known/host-meta` and `host-meta.json`) on the same port.
+ */
+import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { BlockList, isIP, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
+import { escapeXml } from '../xml/escape.js';
+import type { ScannerLimits } from '../xml/stream-scanner.js';
+import type { ClientLink } from './client-link.js';
+import type { Listener } from './listener.js';
+import type { TlsCredentials } from './tls-credentials.js';
+import { WebSocketClientLink } from './websocket-link.js';
+
+/** TLS handshakes that take longer than this are abandoned (slowloris before TLS). */
+const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
+/** HTTP requests (headers included) that take longer than this are abandoned. */
+const HTTP_REQUEST_TIMEOUT_MS = 30_000;
+
+/** RFC 7395 §3.1: the WebSocket subprotocol of XMPP. */
+export const XMPP_SUBPROTOCOL = 'xmpp';
+/** XEP-0156 §3: the link relation of an XMPP-over-WebSocket endpoint. */
+export const WEBSOCKET_LINK_REL = 'urn:xmpp:alt-connections:websocket';
+const HOST_META_PATH = '/.well-known/host-meta';
+const HOST_META_JSON_PATH = '/.well-known/host-meta.json';
+
+export interface WebSocketListenerOptions {
+  /** Local address to bind. */
+  readonly host: string;
+  /** TCP port to bind; 0 = ephemeral. */
+  readonly port: number;
+  /** `true`: HTTPS (wss://) with `credentials`; `false`: plain HTTP (ws://), for a TLS-terminating reverse proxy in front. */
+  readonly tls: boolean;
+  /** Client TLS credentials; used when `tls` is true. */
+  readonly credentials: TlsCredentials;
+  /** URL path of the WebSocket endpoint, starting with `/` (other paths get 404). */
+  readonly path: string;
+  /** Allowed `Origin` values (`scheme://host[:port]`, compared case-insensitively); empty = any. A handshake without Origin is always allowed. */
+  readonly allowedOrigins: readonly string[];
+  /** Milliseconds between WebSocket pings to each client; 0 = none. */
+  readonly pingIntervalMs: number;
+  /** Reverse proxies (IP addresses, or `address/prefix` subnets) whose forwarding headers are believed. */
+  readonly trustedProxies: readonly string[];
+  /** Scanner limits before authentication (the session raises `maxStanzaBytes` after SASL success). */
+  readonly limits: ScannerLimits;
+  /** Largest WebSocket message accepted at all: the post-authentication stanza limit (`limits.maxStanzaBytes` of the config). */
+  readonly maxPayloadBytes: number;
+  readonly log: Logger;
+  /** Called with each new client link and its session logger. */
+  readonly onLink: (link: ClientLink, log: Logger) => void;
+  /** Returns a fresh session id. */
+  readonly newSid: () => string;
+}
+
+/** Who is at the other end of a request, as far as the listener may believe it. */
+interface ClientAddress {
+  /** For logs: `address:port` of the peer, or the forwarded client address. */
+  readonly remote: string;
+  /** The trusted reverse proxy the request came through, when a forwarded address was used. */
+  readonly via: string | undefined;
+}
+
+/**
+ * An XMPP-over-WebSocket listener (RFC 7395) with XEP-0156 discovery, same life cycle as
+ * {@link TcpListener}: `listen()`, `stopAccepting()`, `destroyAll()`.
+ */
+export class WebSocketListener implements Listener {
+  private readonly server: Server;
+  private readonly wss: WebSocketServer;
+  private readonly sockets = new Set<WebSocket>();
+  private readonly trusted: BlockList;
+  private readonly allowedOrigins: ReadonlySet<string>;
+
+  constructor(private readonly options: WebSocketListenerOptions) {
+    if (!options.path.startsWith('/')) {
+      throw new ConfigError(ErrorCode.CONFIG_INVALID, `websocket path '${options.path}' does not start with '/'`);
+    }
+    this.trusted = trustedProxyList(options.trustedProxies);
+    this.allowedOrigins = new Set(options.allowedOrigins.map((origin) => origin.toLowerCase()));
+    const httpOptions = { headersTimeout: HTTP_REQUEST_TIMEOUT_MS, requestTimeout: HTTP_REQUEST_TIMEOUT_MS };
+    if (options.tls) {
+      this.server = createHttpsServer({ ...options.credentials.serverOptions, ...httpOptions, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS });
+      this.server.on('tlsClientError', (err: Error, socket: Socket) => {
+        options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
+        socket.destroy();
+      });
+    } else {
+      this.server = createHttpServer(httpOptions);
+    }
+    this.wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      // DESIGN §7: ws enforces the stanza limit on whole messages before buffering more.
+      maxPayload: options.maxPayloadBytes,
+      // Compression over TLS invites CRIME/BREACH-style attacks and costs memory per connection.
+      perMessageDeflate: false,
+      handleProtocols: (protocols) => (protocols.has(XMPP_SUBPROTOCOL) ? XMPP_SUBPROTOCOL : false),
+    });
+    this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
+  }
+
+  /** Binds the address; rejects with PROXY_ERR_LISTEN. */
+  listen(): Promise<{ host: string; port: number }> {
+    const { host, port, log, path, tls } = this.options;
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (websocket): ${err.message}`, { cause: err }));
+      };
+      this.server.once('error', onError);
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', onError);
+        const address = this.server.address();
+        const bound = typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : { host, port };
+        log.info({ ...bound, type: 'websocket', path, tls }, 'listening');
+        if (!tls && this.options.trustedProxies.length === 0) {
+          // XEP-0156 §3: clients fetch host-meta over HTTPS and accept only wss:// URLs.
+          log.warn({ ...bound, path }, 'plain ws:// listener without trustedProxies: host-meta announces ws:// URLs, which XEP-0156 clients ignore');
+        }
+        resolve(bound);
+      });
+    });
+  }
+
+  /** Stops accepting; existing WebSocket connections stay until the sessions close them. */
+  stopAccepting(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Drops every connection still open (end of the shutdown grace period). */
+  destroyAll(): void {
+    for (const ws of this.sockets) ws.terminate();
+    this.server.closeAllConnections();
+  }
+
+  // --- plain HTTP: discovery, and refusals ---
+
+  private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const pathname = requestPath(req);
+    if (pathname === HOST_META_PATH || pathname === HOST_META_JSON_PATH) {
+      this.serveHostMeta(req, res, pathname === HOST_META_JSON_PATH);
+      return;
+    }
+    if (pathname === this.options.path) {
+      if (req.method === 'GET' || req.method === 'HEAD') {
+        // RFC 7231 §6.5.15: 426 names the protocol to switch to in an Upgrade header.
+        respond(res, 426, `RFC 7395 §3.1: ${this.options.path} is an XMPP WebSocket endpoint; upgrade to WebSocket with subprotocol 'xmpp'\n`, {
+          Upgrade: 'websocket',
+        });
+        return;
+      }
+      respond(res, 405, 'only GET (a WebSocket upgrade) is allowed here\n', { Allow: 'GET' });
+      return;
+    }
+    respond(res, 404, 'not found\n');
+  }
+
+  /**
+   * XEP-0156 §3: host-meta (XRD, REQUIRED) and host-meta.json (JRD) with the WebSocket endpoint.
+   * The URL is built from the request's Host, so one listener serves every domain it fronts.
+   */
+  private serveHostMeta(req: IncomingMessage, res: ServerResponse, json: boolean): void {
+    // XEP-0156 §3: "Access-Control-Allow-Origin: *" is acceptable for these files.
+    const cors = { 'Access-Control-Allow-Origin': '*' };
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, { ...cors, 'Access-Control-Allow-Methods': 'GET, HEAD, OPTIONS', 'Access-Control-Max-Age': '86400' }).end();
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      respond(res, 405, 'only GET is allowed here\n', { ...cors, Allow: 'GET, HEAD, OPTIONS' });
+      return;
+    }
+    const host = this.publicHost(req);
+    if (host === undefined) {
+      respond(res, 400, 'a valid Host header is required\n', cors);
+      return;
+    }
+    const scheme = this.publicScheme(req);
+    const href = `${scheme}://${host}${this.options.path}`;
+    const body = json
+      ? JSON.stringify({ links: [{ rel: WEBSOCKET_LINK_REL, href }] }) + '\n'
+      : "<?xml version='1.0' encoding='utf-8'?>\n" +
+        "<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n" +
+        `  <Link rel='${WEBSOCKET_LINK_REL}' href='${escapeXml(href)}'/>\n` +
+        '</XRD>\n';
+    res.writeHead(200, {
+      ...cors,
+      'Content-Type': json ? 'application/json' : 'application/xrd+xml',
+      'Content-Length': Buffer.byteLength(body),
+      // The body depends on the Host header (and on forwarding headers behind a trusted proxy).
+      Vary: 'Host, X-Forwarded-Host, X-Forwarded-Proto, Forwarded',
+    });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  }
+
+  /** The Host the client used: X-Forwarded-Host (or Forwarded host=) from a trusted proxy, else Host. */
+  private publicHost(req: IncomingMessage): string | undefined {
+    let host = req.headers.host;
+    if (this.isTrustedPeer(req)) {
+      host = firstValue(req.headers['x-forwarded-host']) ?? lastForwardedParam(req, 'host') ?? host;
+    }
+    return host !== undefined && HOST_PATTERN.test(host) ? host.toLowerCase() : undefined;
+  }
+
+  /** `wss` on a TLS listener, or when a trusted proxy says the client used HTTPS; else `ws`. */
+  private publicScheme(req: IncomingMessage): 'ws' | 'wss' {
+    if (this.options.tls) return 'wss';
+    if (!this.isTrustedPeer(req)) return 'ws';
+    const proto = firstValue(req.headers['x-forwarded-proto']) ?? lastForwardedParam(req, 'proto');
+    return proto?.toLowerCase() === 'https' ? 'wss' : 'ws';
+  }
+
+  // --- the WebSocket handshake ---
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const { log } = this.options;
+    socket.on('error', (err) => log.debug({ err: err.message }, 'client socket error during the WebSocket handshake'));
+    if (requestPath(req) !== this.options.path) {
+      refuseHandshake(socket, 404, 'not found\n');
+      return;
+    }
+    const origin = req.headers.origin;
+    if (origin !== undefined && this.allowedOrigins.size > 0 && !this.allowedOrigins.has(origin.toLowerCase())) {
+      log.info({ origin, remote: req.socket.remoteAddress }, 'WebSocket handshake refused: origin not allowed');
+      refuseHandshake(socket, 403, `origin ${origin} is not allowed\n`);
+      return;
+    }
+    if (!offeredProtocols(req).includes(XMPP_SUBPROTOCOL)) {
+      // RFC 7395 §3.1: "the client MUST include 'xmpp' in the list of protocols"; a server that does
+      // not accept the subprotocol fails the handshake (RFC 6455 §4.2.2).
+      refuseHandshake(socket, 400, "RFC 7395 §3.1: the WebSocket subprotocol 'xmpp' is required (Sec-WebSocket-Protocol: xmpp)\n");
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
+  }
+
+  private accept(ws: WebSocket, req: IncomingMessage): void {
+    this.sockets.add(ws);
+    ws.once('close', () => this.sockets.delete(ws));
+    const { limits, log, maxPayloadBytes, pingIntervalMs } = this.options;
+    const sid = this.options.newSid();
+    const client = this.clientAddress(req);
+    const sessionLog = log.child({ sid, transport: 'websocket', remote: client.remote, ...(client.via !== undefined ? { via: client.via } : {}) });
+    const link = new WebSocketClientLink({ ws, remote: client.remote, limits, maxPayloadBytes, pingIntervalMs, log: sessionLog });
+    this.options.onLink(link, sessionLog);
+  }
+
+  // --- who the client is (for logs) ---
+
+  private isTrustedPeer(req: IncomingMessage): boolean {
+    const peer = normalizeAddress(req.socket.remoteAddress);
+    return peer !== undefined && isTrusted(this.trusted, peer);
+  }
+
+  /**
+   * The peer's address, or, when the peer is a trusted reverse proxy, the first untrusted hop of its
+   * X-Forwarded-For (else Forwarded `for=`, RFC 7239 §5.2), read from the right: each proxy appends
+   * the address it saw, so only the hops after the last trusted one can be forged by the client.
+   * Never read from an untrusted peer.
+   */
+  private clientAddress(req: IncomingMessage): ClientAddress {
+    const socket = req.socket;
+    const peerRemote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    const peer = normalizeAddress(socket.remoteAddress);
+    if (peer === undefined || !isTrusted(this.trusted, peer)) return { remote: peerRemote, via: undefined };
+    const xff = req.headers['x-forwarded-for'];
+    const hops = xff !== undefined ? splitList(Array.isArray(xff) ? xff.join(',') : xff) : forwardedParams(req, 'for');
+    let client = peer;
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = normalizeAddress(hops[i]);
+      // An unparsable hop ("unknown", an obfuscated identifier) ends what can be known.
+      if (hop === undefined) break;
+      client = hop;
+      if (!isTrusted(this.trusted, hop)) break;
+    }
+    if (client === peer) return { remote: peerRemote, via: undefined };
+    return { remote: client, via: peerRemote };
+  }
+}
+
+/** A host name or IP literal with an optional port, nothing that could break a URL or the XRD. */
+const HOST_PATTERN = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::[0-9]{1,5})?$/;
+
+function requestPath(req: IncomingMessage): string | undefined {
+  try {
+    return new URL(req.url ?? '/', 'http://localhost').pathname;
+  } catch {
+    // A request target that is not a URL path matches no route (404).
+    return undefined;
+  }
+}
+
+function offeredProtocols(req: IncomingMessage): string[] {
+  const header = req.headers['sec-websocket-protocol'];
+  return header === undefined ? [] : splitList(header);
+}
+
+function splitList(value: string): string[] {
+  return value
+    .split(',')
+    .map((item) => item.trim())
+    .filter((item) => item !== '');
+}
+
+function firstValue(header: string | string[] | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  return splitList(Array.isArray(header) ? header.join(',') : header)[0];
+}
+
+/** The values of one parameter across the elements of the Forwarded header (RFC 7239 §4), in order. */
+function forwardedParams(req: IncomingMessage, name: string): string[] {
+  const header = req.headers.forwarded;
+  if (header === undefined) return [];
+  const values: string[] = [];
+  for (const element of splitList(header)) {
+    for (const pair of element.split(';')) {
+      const eq = pair.indexOf('=');
+      if (eq < 0 || pair.slice(0, eq).trim().toLowerCase() !== name) continue;
+      values.push(unquote(pair.slice(eq + 1).trim()));
+    }
+  }
+  return values;
+}
+
+/** The parameter as set by the proxy nearest to us (the last element that has it). */
+function lastForwardedParam(req: IncomingMessage, name: string): string | undefined {
+  const values = forwardedParams(req, name);
+  return values[values.length - 1];
+}
+
+function unquote(value: string): string {
+  return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value;
+}
+
+/**
+ * An IP address from a socket or a forwarding header, without port, brackets or the IPv4-mapped
+ * IPv6 prefix; `undefined` when it is not an IP address.
+ */
+function normalizeAddress(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let address = unquote(value.trim());
+  if (address.startsWith('[')) {
+    const end = address.indexOf(']');
+    if (end < 0) return undefined;
+    address = address.slice(1, end);
+  } else if (/^[0-9.]+:[0-9]+$/.test(address)) {
+    address = address.slice(0, address.indexOf(':'));
+  }
+  const mapped = /^::ffff:([0-9.]+)$/i.exec(address);
+  if (mapped?.[1] !== undefined) address = mapped[1];
+  return isIP(address) === 0 ? undefined : address;
+}
+
+function isTrusted(list: BlockList, address: string): boolean {
+  return list.check(address, isIP(address) === 6 ? 'ipv6' : 'ipv4');
+}
+
+function trustedProxyList(entries: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of entries) {
+    const [address, prefix] = entry.split('/');
+    const normalized = normalizeAddress(address);
+    const family = normalized === undefined ? 0 : isIP(normalized);
+    const bits = prefix === undefined ? undefined : Number(prefix);
+    if (normalized === undefined || (bits !== undefined && (!Number.isInteger(bits) || bits < 0 || bits > (family === 6 ? 128 : 32)))) {
+      throw new ConfigError(ErrorCode.CONFIG_INVALID, `trustedProxies entry '${entry}' is not an IP address or address/prefix`);
+    }
+    const type = family === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(normalized, type);
+    else list.addSubnet(normalized, bits, type);
+  }
+  return list;
+}
+
+function respond(res: ServerResponse, status: number, body: string, headers: OutgoingHttpHeaders = {}): void {
+  res.writeHead(status, { ...headers, 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/** Answers an upgrade request with an HTTP error and closes the connection (as ws's own refusals do). */
+function refuseHandshake(socket: Duplex, status: number, body: string): void {
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  socket.once('finish', () => socket.destroy());
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n` +
+      'Connection: close\r\n' +
+      'Content-Type: text/plain; charset=utf-8\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      '\r\n' +
+      body,
+  );
+}

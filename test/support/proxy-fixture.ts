@@ -1,0 +1,110 @@
+import { pino } from 'pino';
+import { parseConfig } from '../../src/config/config.js';
+import { Proxy, type ProxyOptions } from '../../src/proxy.js';
+import { startProsody, type ProsodyServer, type ProsodyUser } from './prosody.js';
+import { RawClient, type RawTransport } from './raw-client.js';
+
+/** Accounts every fixture registers on its legacy Prosody. */
+export const USERS = {
+  alice: { username: 'alice', password: 'alice-secret' },
+  bob: { username: 'bob', password: 'bob-secret' },
+  carol: { username: 'carol', password: 'carol-secret' },
+} as const satisfies Record<string, ProsodyUser>;
+
+export interface FixtureOptions {
+  /** Merged into the proxy config's `limits`. */
+  readonly limits?: Record<string, unknown>;
+  /** Merged into the proxy config's `streamManagement`. */
+  readonly streamManagement?: Record<string, unknown>;
+  /** Extra served domains (e.g. one whose upstream is down), merged into `domains`. */
+  readonly domains?: Record<string, unknown>;
+  readonly proxyOptions?: ProxyOptions;
+  /** Reuse a running Prosody instead of starting one. */
+  readonly prosody?: ProsodyServer;
+}
+
+/** A legacy Prosody (mod_smacks off) with the proxy in front of it, in this process, on loopback. */
+export interface ProxyFixture {
+  readonly prosody: ProsodyServer;
+  readonly proxy: Proxy;
+  readonly domain: string;
+  readonly ports: Readonly<Record<RawTransport, number>>;
+  /** A TLS connection to the proxy with the stream opened (post-TLS features received). */
+  connect(transport: RawTransport, options?: { timeoutMs?: number; openStream?: boolean }): Promise<RawClient>;
+  /** connect + login (PLAIN) + bind; with `sm`, also `<enable resume='true'/>`. */
+  login(transport: RawTransport, user: ProsodyUser, options?: { resource?: string; sm?: boolean }): Promise<LoggedIn>;
+  stop(): Promise<void>;
+}
+
+export interface LoggedIn {
+  readonly client: RawClient;
+  readonly jid: string;
+  /** The SM-ID when stream management was enabled with resumption. */
+  readonly smId: string | undefined;
+}
+
+/**
+ * Proxy logs are silent unless SMACKS_TEST_LOG names a level (`SMACKS_TEST_LOG=debug npx vitest …`).
+ */
+function testLogger() {
+  const level = process.env.SMACKS_TEST_LOG ?? 'silent';
+  return pino({ level });
+}
+
+export async function startProxyFixture(options: FixtureOptions = {}): Promise<ProxyFixture> {
+  const prosody = options.prosody ?? (await startProsody({ users: Object.values(USERS) }));
+  const config = parseConfig(
+    {
+      listeners: [
+        { type: 'starttls', host: '127.0.0.1', port: 0 },
+        { type: 'directtls', host: '127.0.0.1', port: 0 },
+      ],
+      tls: { selfSigned: true },
+      domains: { [prosody.domain]: { upstream: { host: prosody.host, port: prosody.c2sPort, connectTimeoutSeconds: 2 } }, ...options.domains },
+      limits: { authTimeoutSeconds: 10, ...options.limits },
+      streamManagement: { ...options.streamManagement },
+      shutdownGraceSeconds: 1,
+    },
+    process.cwd(),
+  );
+  const proxy = new Proxy(config, testLogger(), { skipProbe: true, ...options.proxyOptions });
+  const bound = await proxy.start();
+  const portOf = (type: RawTransport): number => {
+    const listener = bound.find((b) => b.type === type);
+    if (listener === undefined) throw new Error(`no ${type} listener bound`);
+    return listener.port;
+  };
+  const ports = { starttls: portOf('starttls'), directtls: portOf('directtls') };
+  const domain = prosody.domain;
+  const clients: RawClient[] = [];
+
+  const connect: ProxyFixture['connect'] = async (transport, connectOptions = {}) => {
+    const client = await RawClient.connect({ host: '127.0.0.1', port: ports[transport], transport, domain, ...connectOptions });
+    clients.push(client);
+    return client;
+  };
+
+  return {
+    prosody,
+    proxy,
+    domain,
+    ports,
+    connect,
+    async login(transport, user, loginOptions = {}) {
+      const client = await connect(transport);
+      const jid = await client.login(user.username, user.password, loginOptions.resource === undefined ? {} : { resource: loginOptions.resource });
+      let smId: string | undefined;
+      if (loginOptions.sm === true) {
+        const enabled = await client.enableSm({ resume: true });
+        if (enabled.name !== 'enabled') throw new Error(`stream management refused: ${enabled.toString()}`);
+        smId = enabled.attrs.id as string | undefined;
+      }
+      return { client, jid, smId };
+    },
+    async stop() {
+      for (const client of clients) client.drop();
+      await proxy.stop();
+      if (options.prosody === undefined) await prosody.stop();
+    },
+  };
+}
