@@ -544,10 +544,16 @@ export class Session {
       return;
     }
     // DESIGN §5: the identity is the legacy server's own answer. Bind a throwaway resource on
-    // this (temporary) upstream stream and compare bare JIDs.
+    // this (temporary) upstream stream and compare bare JIDs; a stream that already bound one
+    // (an earlier resume attempt failed) uses that answer again.
     const bindId = BIND_ID_PREFIX + this.sid;
+    const resuming: Extract<State, { name: 'resuming' }> = { name: 'resuming', authTimer: s.authTimer, upstream: s.upstream, request: { ns, previd, h, target, bindId }, held: [] };
+    this.transition(resuming);
+    if (s.boundJid !== undefined) {
+      this.onIdentityBound(resuming, s.boundJid);
+      return;
+    }
     s.upstream.send(`<iq type='set' id='${bindId}'><bind xmlns='${NS.bind}'/></iq>`);
-    this.transition({ name: 'resuming', authTimer: s.authTimer, upstream: s.upstream, request: { ns, previd, h, target, bindId }, held: [] });
   }
 
   private onIdentityBound(s: Extract<State, { name: 'resuming' }>, jid: string | undefined): void {
