@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# What the end-to-end tests need from Debian: `prosody` (the legacy server the proxy fronts; the
+# tests start their own instances on their own ports) and `chromium` (the browser test drives it
+# headless). Installs what is missing when we are root, with every daemon kept from starting:
+# policy-rc.d exiting 101 tells invoke-rc.d not to start services during the install; whatever
+# policy-rc.d was there before is put back. Used by `npm test`, `npm run demo` and .ci/run.
+set -euo pipefail
+
+missing=()
+command -v prosody >/dev/null 2>&1 || missing+=(prosody)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "The end-to-end tests need: ${missing[*]}. Run 'sudo apt-get install ${missing[*]}' (Debian/Ubuntu), then 'npm test' again." >&2
+  exit 1
+fi
+
+echo "installing Debian's ${missing[*]} for the tests (no daemon is started)"
+policy=/usr/sbin/policy-rc.d
+saved_policy=""
+if [ -e "$policy" ]; then
+  saved_policy="$(mktemp)"
+  cp -p "$policy" "$saved_policy"
+fi
+restore_policy() {
+  if [ -n "$saved_policy" ]; then
+    cp -p "$saved_policy" "$policy" && rm -f "$saved_policy"
+  else
+    rm -f "$policy"
+  fi
+}
+trap restore_policy EXIT
+printf '#!/bin/sh\n# smacks-proxy: no service starts during package installs\nexit 101\n' >"$policy"
+chmod 755 "$policy"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq </dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
