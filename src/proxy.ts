@@ -15,6 +15,9 @@ import { createTlsCredentials, type TlsCredentials } from './transport/tls-crede
 import { probeUpstream } from './upstream/upstream-probe.js';
 import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
 
+/** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
+const WEBSOCKET_PAYLOAD_MARGIN_BYTES = 64 * 1024;
+
 /** A bound listener, as reported after start. */
 export interface BoundListener {
   readonly type: string;
@@ -108,8 +111,10 @@ export class Proxy {
         allowedOrigins: config.allowedOrigins,
         pingIntervalMs: config.pingIntervalSeconds * 1000,
         trustedProxies: config.trustedProxies,
-        // RFC 7395 framing: one element per message, so the message limit is the stanza limit.
-        maxPayloadBytes: this.config.limits.maxStanzaBytes,
+        // RFC 7395 framing: one element per message. ws closes with 1009 on its own, before the
+        // proxy could send a stream error; so it only stops what is far over the limit, and the
+        // scanner refuses a stanza over maxStanzaBytes with policy-violation + stanza-too-big.
+        maxPayloadBytes: this.config.limits.maxStanzaBytes + WEBSOCKET_PAYLOAD_MARGIN_BYTES,
       });
     }
     return new TcpListener({ ...common, type: config.type, isServedDomain: (domain) => findDomain(this.config, domain) !== undefined });

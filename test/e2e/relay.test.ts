@@ -8,7 +8,7 @@ import { waitUntil } from '../support/wait.js';
 
 // The core relay (issue "smacks-proxy core") against a real legacy Prosody 0.12, mod_smacks off.
 
-const TRANSPORTS: RawTransport[] = ['starttls', 'directtls'];
+const TRANSPORTS: RawTransport[] = ['starttls', 'directtls', 'websocket'];
 
 let prosody: ProsodyServer;
 let fixture: ProxyFixture;

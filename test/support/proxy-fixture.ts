@@ -18,6 +18,8 @@ export interface FixtureOptions {
   readonly streamManagement?: Record<string, unknown>;
   /** Extra served domains (e.g. one whose upstream is down), merged into `domains`. */
   readonly domains?: Record<string, unknown>;
+  /** Merged into the websocket listener's config (e.g. `allowedOrigins`, `pingIntervalSeconds`). */
+  readonly websocket?: Record<string, unknown>;
   readonly proxyOptions?: ProxyOptions;
   /** Reuse a running Prosody instead of starting one. */
   readonly prosody?: ProsodyServer;
@@ -28,8 +30,11 @@ export interface ProxyFixture {
   readonly prosody: ProsodyServer;
   readonly proxy: Proxy;
   readonly domain: string;
+  /** The bound port of each listener: STARTTLS, direct TLS, and wss:// on `websocketPath`. */
   readonly ports: Readonly<Record<RawTransport, number>>;
-  /** A TLS connection to the proxy with the stream opened (post-TLS features received). */
+  /** The URL path of the WebSocket endpoint. */
+  readonly websocketPath: string;
+  /** A TLS connection to the proxy (over WebSocket: wss://, subprotocol xmpp) with the stream opened (post-TLS features received). */
   connect(transport: RawTransport, options?: { timeoutMs?: number; openStream?: boolean }): Promise<RawClient>;
   /** connect + login (PLAIN) + bind; with `sm`, also `<enable resume='true'/>`. */
   login(transport: RawTransport, user: ProsodyUser, options?: { resource?: string; sm?: boolean }): Promise<LoggedIn>;
@@ -58,6 +63,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
       listeners: [
         { type: 'starttls', host: '127.0.0.1', port: 0 },
         { type: 'directtls', host: '127.0.0.1', port: 0 },
+        { type: 'websocket', host: '127.0.0.1', port: 0, tls: true, ...options.websocket },
       ],
       tls: { selfSigned: true },
       domains: { [prosody.domain]: { upstream: { host: prosody.host, port: prosody.c2sPort, connectTimeoutSeconds: 2 } }, ...options.domains },
@@ -74,12 +80,15 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
     if (listener === undefined) throw new Error(`no ${type} listener bound`);
     return listener.port;
   };
-  const ports = { starttls: portOf('starttls'), directtls: portOf('directtls') };
+  const ports = { starttls: portOf('starttls'), directtls: portOf('directtls'), websocket: portOf('websocket') };
+  const websocketListener = config.listeners.find((listener) => listener.type === 'websocket');
+  if (websocketListener?.type !== 'websocket') throw new Error('no websocket listener configured');
+  const websocketPath = websocketListener.path;
   const domain = prosody.domain;
   const clients: RawClient[] = [];
 
   const connect: ProxyFixture['connect'] = async (transport, connectOptions = {}) => {
-    const client = await RawClient.connect({ host: '127.0.0.1', port: ports[transport], transport, domain, ...connectOptions });
+    const client = await RawClient.connect({ host: '127.0.0.1', port: ports[transport], transport, domain, path: websocketPath, ...connectOptions });
     clients.push(client);
     return client;
   };
@@ -89,6 +98,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
     proxy,
     domain,
     ports,
+    websocketPath,
     connect,
     async login(transport, user, loginOptions = {}) {
       const client = await connect(transport);

@@ -9,11 +9,21 @@
  *   const h = await client.ackRequest();
  *   client.drop();                                           // a network cut
  *
- * Incoming bytes are decoded with a StringDecoder (a UTF-8 character split between TLS records is
- * kept whole) and parsed with `sax` in strict mode into ltx `Element`s. Strict on purpose: this
- * client is the oracle for what the proxy writes, so anything not well-formed, a DOCTYPE, a comment
- * or a processing instruction after the XML declaration (RFC 6120 §11) fails every pending wait
- * instead of being skipped as ltx's lenient parser would.
+ * The same verbs work over every transport the proxy serves: 'starttls', 'directtls' and
+ * 'websocket' (RFC 7395, wss:// with subprotocol `xmpp`). Only the framing differs, and the client
+ * hides it: over WebSocket the stream header is `<open/>`, the stream close is `<close/>`, and every
+ * element travels in its own text message as a standalone document (RFC 7395 §3.3.3), so `send()`
+ * splits what it is given into elements and declares the namespaces they inherited from the stream
+ * (`jabber:client`, the `stream:` prefix). `sendRaw()` writes its bytes unchanged (one message over
+ * WebSocket) and `sendBinary()` sends a binary WebSocket message, for testing refusals.
+ *
+ * Incoming TCP bytes are decoded with a StringDecoder (a UTF-8 character split between TLS records is
+ * kept whole) and parsed with `sax` in strict mode into ltx `Element`s; each incoming WebSocket
+ * message is parsed the same way as a document of its own. Strict on purpose: this client is the
+ * oracle for what the proxy writes, so anything not well-formed, a DOCTYPE, a comment or a
+ * processing instruction after the XML declaration (RFC 6120 §11) fails every pending wait instead of
+ * being skipped as ltx's lenient parser would; over WebSocket so does a binary message, a message
+ * that is not exactly one element starting with '<', or an element without a namespace.
  *
  * Every top-level element received is appended to `received` and, until a wait consumes it, kept in
  * an inbox; `expect()` matches the inbox first, in arrival order, then waits. Every wait has a
@@ -25,6 +35,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { Element } from 'ltx';
 import sax from 'sax';
+import { WebSocket, type RawData } from 'ws';
 
 export { Element };
 
@@ -39,23 +50,49 @@ export const NS = {
   sm3: 'urn:xmpp:sm:3',
   sm2: 'urn:xmpp:sm:2',
   delay: 'urn:xmpp:delay',
+  /** RFC 7395 §3.4, §3.6: the namespace of `<open/>` and `<close/>` over WebSocket. */
+  framing: 'urn:ietf:params:xml:ns:xmpp-framing',
 } as const;
 
 export type SmNamespace = typeof NS.sm3 | typeof NS.sm2;
-export type RawTransport = 'starttls' | 'directtls';
+/** 'starttls' and 'directtls': RFC 6120 over TCP; 'websocket': RFC 7395 over wss://. */
+export type RawTransport = 'starttls' | 'directtls' | 'websocket';
 export type ElementPredicate = (element: Element) => boolean;
 
 export interface RawConnectOptions {
   host: string;
   port: number;
-  /** 'starttls': TCP, `<starttls/>`, TLS upgrade. 'directtls': TLS from the first byte (XEP-0368), ALPN xmpp-client. */
+  /**
+   * 'starttls': TCP, `<starttls/>`, TLS upgrade. 'directtls': TLS from the first byte (XEP-0368),
+   * ALPN xmpp-client. 'websocket': TLS, then a WebSocket handshake (RFC 7395 §3.1) on `path`.
+   */
   transport: RawTransport;
   /** The stream's `to` and the TLS SNI name. */
   domain: string;
   /** Default for every wait of this client, in milliseconds. Default 5000. */
   timeoutMs?: number;
-  /** Stop once TLS is up, before the (re)started stream header: call openStream() yourself. Default true. */
+  /** Stop once TLS (or the WebSocket handshake) is done, before the stream header: call openStream() yourself. Default true. */
   openStream?: boolean;
+  /** WebSocket only: the endpoint's URL path. Default '/xmpp-websocket'. */
+  path?: string;
+  /** WebSocket only: the subprotocols offered (Sec-WebSocket-Protocol). Default ['xmpp']. */
+  protocols?: string[];
+  /** WebSocket only: the Origin header, as a browser would send it. Default none. */
+  origin?: string;
+}
+
+/** The WebSocket handshake was answered with an HTTP response other than 101 (RFC 6455 §4.1). */
+export class WebSocketHandshakeError extends Error {
+  constructor(
+    readonly url: string,
+    /** The HTTP status code of the refusal. */
+    readonly status: number,
+    /** The response body (its first 4 KiB). */
+    readonly body: string,
+  ) {
+    super(`WebSocket handshake with ${url} refused: HTTP ${status} ${JSON.stringify(body.slice(0, 200))}`);
+    this.name = 'WebSocketHandshakeError';
+  }
 }
 
 export interface RawPlainOptions {
@@ -74,6 +111,10 @@ export interface EnableSmOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 5_000;
+const DEFAULT_WEBSOCKET_PATH = '/xmpp-websocket';
+/** RFC 7395 §3.1. */
+const XMPP_SUBPROTOCOL = 'xmpp';
+const MAX_REFUSAL_BODY_CHARS = 4096;
 const SHOWN_ELEMENTS = 5;
 const SHOWN_CHARS = 300;
 const STANZA_NAMES = new Set(['message', 'presence', 'iq']);
@@ -85,6 +126,13 @@ interface Waiter {
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
 }
+
+/** What carries the XML stream. */
+type Connection =
+  /** RFC 6120 over TCP: `socket` is `tcp`, then the TLS socket over it once TLS is up. */
+  | { readonly kind: 'tcp'; readonly tcp: Socket; socket: Socket; tls: TLSSocket | undefined }
+  /** RFC 7395: a WebSocket over TLS over `tcp`; one element per text message. */
+  | { readonly kind: 'websocket'; readonly tcp: Socket; readonly tls: TLSSocket; readonly ws: WebSocket };
 
 /** One stream's parse state: a restart (RFC 6120 §4.3.3) replaces it. */
 interface StreamParser {
@@ -106,15 +154,15 @@ export class RawClient {
   stanzasReceived = 0;
   /** Stanzas sent on this connection since `<enable/>` or `<resume/>`: what the peer's `<a h/>` should reach. */
   stanzasSent = 0;
-  /** True once the peer sent `</stream:stream>`. */
+  /** True once the peer sent `</stream:stream>` (over WebSocket: `<close/>`). */
   streamClosedByPeer = false;
   readonly defaultTimeoutMs: number;
 
-  /** The TCP connection, under TLS once TLS is up. */
-  private readonly tcp: Socket;
-  /** What we read and write: `tcp`, then the TLS socket over it. */
-  private socket: Socket;
-  private tlsSocket: TLSSocket | undefined;
+  private readonly connection: Connection;
+  /** What connect() was asked for; 'starttls' for a connectPlain() connection (plain TCP so far). */
+  private transportName: RawTransport;
+  /** WebSocket only: the close code and reason once the WebSocket is closed (1006: no close frame). */
+  private wsClose: { code: number; reason: string } | undefined;
   private readonly domain: string;
   private decoder = new StringDecoder('utf8');
   private parser: StreamParser;
@@ -135,18 +183,25 @@ export class RawClient {
   private resumeH = 0;
   private nextId = 1;
 
-  private constructor(tcp: Socket, domain: string, timeoutMs: number) {
-    this.tcp = tcp;
-    this.socket = tcp;
+  private constructor(connection: Connection, transport: RawTransport, domain: string, timeoutMs: number) {
+    this.connection = connection;
+    this.transportName = transport;
     this.domain = domain;
     this.defaultTimeoutMs = timeoutMs;
     this.parser = this.newParser();
-    this.attach(tcp);
+    if (connection.kind === 'tcp') this.attach(connection.socket);
+    else this.attachWebSocket(connection.ws);
   }
 
-  /** Connects with TLS (STARTTLS or direct TLS) and, unless `openStream: false`, opens the stream. */
+  /**
+   * Connects with TLS (STARTTLS, direct TLS, or wss:// with subprotocol `xmpp`) and, unless
+   * `openStream: false`, opens the stream. A refused WebSocket handshake rejects with a
+   * {@link WebSocketHandshakeError} carrying the HTTP status.
+   */
   static async connect(options: RawConnectOptions): Promise<RawClient> {
+    if (options.transport === 'websocket') return RawClient.connectWebSocket(options);
     const client = await RawClient.connectPlain({ ...options, timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS });
+    client.transportName = options.transport;
     try {
       if (options.transport === 'starttls') {
         await client.openStream();
@@ -171,12 +226,50 @@ export class RawClient {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const tcp = netConnect({ host: options.host, port: options.port });
     await waitForSocketEvent(tcp, 'connect', timeoutMs, `TCP connect to ${options.host}:${options.port}`);
-    return new RawClient(tcp, options.domain, timeoutMs);
+    return new RawClient({ kind: 'tcp', tcp, socket: tcp, tls: undefined }, 'starttls', options.domain, timeoutMs);
+  }
+
+  /**
+   * RFC 7395 §3.1: TLS to host:port (SNI `domain`, certificate not verified: the proxy's is
+   * self-signed), then the WebSocket handshake on `path` offering `protocols`.
+   */
+  private static async connectWebSocket(options: RawConnectOptions): Promise<RawClient> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const host = options.host.includes(':') ? `[${options.host}]` : options.host;
+    const url = `wss://${host}:${options.port}${options.path ?? DEFAULT_WEBSOCKET_PATH}`;
+    const tcp = netConnect({ host: options.host, port: options.port });
+    // Our own TCP socket under the TLS one, so that drop('reset') can reset it.
+    const tls = tlsConnect({ socket: tcp, servername: options.domain, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    const ws = new WebSocket(url, options.protocols ?? [XMPP_SUBPROTOCOL], {
+      createConnection: () => tls,
+      perMessageDeflate: false,
+      handshakeTimeout: timeoutMs,
+      ...(options.origin !== undefined ? { origin: options.origin } : {}),
+    });
+    const client = new RawClient({ kind: 'websocket', tcp, tls, ws }, 'websocket', options.domain, timeoutMs);
+    try {
+      await waitForHandshake(ws, url, timeoutMs);
+      if (options.openStream ?? true) await client.openStream();
+    } catch (err) {
+      client.drop();
+      throw err;
+    }
+    return client;
   }
 
   /** The TLS socket once TLS is up (peer certificate, ALPN, protocol), else undefined. */
   get tls(): TLSSocket | undefined {
-    return this.tlsSocket;
+    return this.connection.tls;
+  }
+
+  /** The transport this client was connected with. */
+  get transport(): RawTransport {
+    return this.transportName;
+  }
+
+  /** WebSocket only: the close code and reason once the WebSocket closed (1006 when it closed without a close frame). */
+  get webSocketClose(): { code: number; reason: string } | undefined {
+    return this.wsClose;
   }
 
   get isClosed(): boolean {
@@ -185,17 +278,35 @@ export class RawClient {
 
   // ---- sending -------------------------------------------------------------------------------
 
-  /** Sends one or more well-formed elements (checked: use sendRaw() for anything that is not). */
+  /**
+   * Sends one or more well-formed elements (checked: use sendRaw() for anything that is not). Over
+   * TCP the text is written unchanged; over WebSocket each element goes in a message of its own,
+   * re-serialised with the namespaces it inherited from the stream declared (RFC 7395 §3.3.3).
+   */
   send(data: string | Element): void {
     const text = typeof data === 'string' ? data : data.toString();
+    if (this.connection.kind === 'websocket') {
+      const elements = standaloneElements(text);
+      if (this.countingSent) this.stanzasSent += elements.filter((el) => STANZA_NAMES.has(el.name)).length;
+      for (const element of elements) this.write(element.toString());
+      return;
+    }
     const names = topLevelNames(text);
     if (this.countingSent) this.stanzasSent += names.filter((name) => STANZA_NAMES.has(name)).length;
     this.write(text);
   }
 
-  /** Writes bytes as they are: no framing, no counting. */
+  /** Writes bytes as they are (over WebSocket: one text message, even if not valid UTF-8): no framing, no counting. */
   sendRaw(bytes: Buffer | string): void {
     this.write(bytes);
+  }
+
+  /** WebSocket only: sends `bytes` as one binary message (RFC 7395 §3.2 allows only text). */
+  sendBinary(bytes: Buffer | string): void {
+    const connection = this.connection;
+    if (connection.kind !== 'websocket') throw new Error(`sendBinary() needs a WebSocket connection, not ${this.transport}`);
+    if (this.closed) throw new Error('cannot send a binary message: the connection is closed');
+    connection.ws.send(bytes, { binary: true });
   }
 
   // ---- waiting -------------------------------------------------------------------------------
@@ -274,7 +385,12 @@ export class RawClient {
     const attrText = Object.entries(headerAttrs)
       .map(([name, value]) => ` ${name}='${escapeAttr(value)}'`)
       .join('');
-    this.write(`<?xml version='1.0'?><stream:stream${attrText} xmlns='${NS.client}' xmlns:stream='${NS.stream}'>`);
+    if (this.connection.kind === 'websocket') {
+      // RFC 7395 §3.4: the stream header is an <open/> element in the framing namespace.
+      this.write(`<open xmlns='${NS.framing}'${attrText}/>`);
+    } else {
+      this.write(`<?xml version='1.0'?><stream:stream${attrText} xmlns='${NS.client}' xmlns:stream='${NS.stream}'>`);
+    }
     await withTimeout(header, this.defaultTimeoutMs, () => this.waitError("the peer's stream header", 'timed out'));
     this.features = await this.expectFeatures();
     return this.features;
@@ -283,7 +399,7 @@ export class RawClient {
   /**
    * The next bytes from the peer start a new stream (RFC 6120 §4.3.3): a fresh parser. openStream()
    * does this itself; call it when you write the new header yourself with sendRaw(), e.g. to
-   * pipeline a header with `<resume/>`.
+   * pipeline a header with `<resume/>`. Over WebSocket every message is parsed on its own anyway.
    */
   restartParser(): void {
     this.parser = this.newParser();
@@ -299,11 +415,13 @@ export class RawClient {
 
   /** TLS over the TCP socket; the proxy's certificate is self-signed, so it is not verified. */
   private async upgradeToTls(options: Pick<ConnectionOptions, 'ALPNProtocols'>, what: string): Promise<void> {
-    this.detach(this.socket);
-    const tlsSocket = tlsConnect({ ...options, socket: this.tcp, servername: this.domain, rejectUnauthorized: false });
+    const connection = this.connection;
+    if (connection.kind !== 'tcp') throw new Error(`${what}: there is no TLS upgrade over WebSocket (wss:// is TLS from the start)`);
+    this.detach(connection.socket);
+    const tlsSocket = tlsConnect({ ...options, socket: connection.tcp, servername: this.domain, rejectUnauthorized: false });
     await waitForSocketEvent(tlsSocket, 'secureConnect', this.defaultTimeoutMs, what);
-    this.tlsSocket = tlsSocket;
-    this.socket = tlsSocket;
+    connection.tls = tlsSocket;
+    connection.socket = tlsSocket;
     this.decoder = new StringDecoder('utf8');
     this.attach(tlsSocket);
   }
@@ -457,20 +575,26 @@ export class RawClient {
   // ---- ending --------------------------------------------------------------------------------
 
   /**
-   * A network cut: the socket is destroyed without `</stream:stream>`. 'fin' closes TCP normally,
-   * 'reset' sends a TCP RST.
+   * A network cut: the socket is destroyed without `</stream:stream>` (over WebSocket: without
+   * `<close/>` and without a WebSocket close frame). 'fin' closes TCP normally, 'reset' sends a TCP RST.
    */
   drop(how: 'fin' | 'reset' = 'fin'): void {
     this.closed = true;
-    if (how === 'reset') this.tcp.resetAndDestroy();
-    this.socket.destroy();
-    this.tcp.destroy();
+    const connection = this.connection;
+    if (how === 'reset') connection.tcp.resetAndDestroy();
+    if (connection.kind === 'websocket') connection.ws.terminate();
+    else connection.socket.destroy();
+    connection.tcp.destroy();
   }
 
-  /** RFC 6120 §4.4: sends `</stream:stream>`, waits for the peer's close or the socket's end, then ends the socket. */
+  /**
+   * RFC 6120 §4.4: sends `</stream:stream>`, waits for the peer's close or the socket's end, then ends
+   * the socket. Over WebSocket (RFC 7395 §3.6): `<close/>`, the peer's `<close/>`, then the
+   * WebSocket closing handshake.
+   */
   async close(timeoutMs = this.defaultTimeoutMs): Promise<void> {
     if (this.closed) return;
-    this.write('</stream:stream>');
+    this.write(this.connection.kind === 'websocket' ? `<close xmlns='${NS.framing}'/>` : '</stream:stream>');
     const streamEnd = new Promise<void>((resolve) => {
       if (this.streamClosedByPeer || this.closed) resolve();
       else this.streamEndWaiters.push(resolve);
@@ -478,7 +602,12 @@ export class RawClient {
     await withTimeout(streamEnd, timeoutMs, () =>
       this.waitError("the peer's </stream:stream> or the socket's end", `timed out after ${timeoutMs} ms`),
     );
-    this.socket.end();
+    const connection = this.connection;
+    if (connection.kind === 'websocket') {
+      if (connection.ws.readyState === WebSocket.OPEN) connection.ws.close(1000);
+    } else {
+      connection.socket.end();
+    }
     await this.expectClosed(timeoutMs);
   }
 
@@ -505,7 +634,16 @@ export class RawClient {
 
   private write(data: Buffer | string): void {
     if (this.closed) throw new Error(`cannot send ${JSON.stringify(String(data).slice(0, 100))}: the connection is closed`);
-    this.socket.write(data);
+    const connection = this.connection;
+    if (connection.kind === 'tcp') {
+      connection.socket.write(data);
+      return;
+    }
+    if (connection.ws.readyState !== WebSocket.OPEN) {
+      throw new Error(`cannot send ${JSON.stringify(String(data).slice(0, 100))}: the WebSocket is ${WS_STATES[connection.ws.readyState] ?? connection.ws.readyState}`);
+    }
+    // RFC 7395 §3.3.3: one element per message, always a text message.
+    connection.ws.send(data, { binary: false });
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -513,7 +651,7 @@ export class RawClient {
   };
 
   private readonly onClose = (): void => {
-    this.feed(this.decoder.end());
+    if (this.connection.kind === 'tcp') this.feed(this.decoder.end());
     this.closed = true;
     this.end('the connection closed');
     for (const resolve of this.closeWaiters) resolve();
@@ -561,6 +699,48 @@ export class RawClient {
     socket.off('close', this.onClose);
     socket.off('error', this.onError);
   }
+
+  private attachWebSocket(ws: WebSocket): void {
+    ws.on('message', this.onWebSocketMessage);
+    ws.on('close', (code: number, reason: Buffer) => {
+      this.wsClose = { code, reason: reason.toString('utf8') };
+      this.onClose();
+    });
+    // Handshake errors are reported by waitForHandshake(); later ones end the stream.
+    ws.on('error', (err) => {
+      if (ws.readyState !== WebSocket.CONNECTING) this.onError(err);
+    });
+  }
+
+  /**
+   * RFC 7395 §3.3.3: each message is one standalone element: `<open/>` (the stream header),
+   * `<close/>` (the stream close), or a top-level element of the stream.
+   */
+  private readonly onWebSocketMessage = (data: RawData, isBinary: boolean): void => {
+    if (isBinary) {
+      this.end('a binary WebSocket message from the peer: RFC 7395 §3.2 allows only text messages');
+      return;
+    }
+    // ws has checked that a text message is valid UTF-8 (RFC 6455 §8.1) before emitting it.
+    const text = rawDataToBuffer(data).toString('utf8');
+    let element: Element;
+    try {
+      element = parseWebSocketMessage(text);
+    } catch (err) {
+      this.end(`a bad WebSocket message from the peer: ${(err as Error).message}: ${JSON.stringify(text.slice(0, SHOWN_CHARS))}`);
+      return;
+    }
+    if (element.getNS() !== NS.framing) {
+      this.onElement(element);
+    } else if (element.name === 'open') {
+      this.onHeader(element);
+    } else if (element.name === 'close') {
+      this.streamClosedByPeer = true;
+      this.end("the peer closed the stream (<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>)");
+    } else {
+      this.end(`<${element.name}/> in the framing namespace: RFC 7395 defines only <open/> and <close/>`);
+    }
+  };
 
   private newParser(): StreamParser {
     const parser: StreamParser = { sax: sax.parser(true, { xmlns: false }), cursor: undefined, depth: 0, seenRoot: false };
@@ -614,8 +794,9 @@ export class RawClient {
   }
 
   private onHeader(header: Element): void {
-    if (!header.is('stream', NS.stream)) {
-      this.end(`expected a stream header, got <${header.name}>`);
+    const [name, ns] = this.connection.kind === 'websocket' ? ['open', NS.framing] : ['stream', NS.stream];
+    if (!header.is(name, ns)) {
+      this.end(`expected a stream header <${name} xmlns='${ns}'>, got <${header.name}>`);
       return;
     }
     this.streamHeader = header;
@@ -651,7 +832,8 @@ export class RawClient {
   private waitError(what: string, reason: string): Error {
     const inbox = this.inbox.length === 0 ? '(empty)' : this.inbox.slice(-SHOWN_ELEMENTS).map(show).join('\n    ');
     const last = this.received.length === 0 ? '(nothing)' : this.received.slice(-SHOWN_ELEMENTS).map(show).join('\n    ');
-    const state = this.closed ? 'closed' : this.streamClosedByPeer ? 'stream closed by peer' : 'open';
+    const wsClose = this.wsClose === undefined ? '' : `, WebSocket close ${this.wsClose.code}${this.wsClose.reason === '' ? '' : ` '${this.wsClose.reason}'`}`;
+    const state = (this.closed ? 'closed' : this.streamClosedByPeer ? 'stream closed by peer' : 'open') + wsClose;
     return new Error(
       `expected ${what}: ${reason} (connection ${state}, ${this.received.length} elements received)` +
         `\n  unconsumed inbox:\n    ${inbox}\n  last received:\n    ${last}`,
@@ -695,6 +877,151 @@ function waitForSocketEvent(socket: Socket, event: 'connect' | 'secureConnect', 
     socket.once('error', onError);
     socket.once('close', onClose);
   });
+}
+
+const WS_STATES = ['connecting', 'open', 'closing', 'closed'];
+
+/** Resolves once the WebSocket is open; a refusal rejects with a WebSocketHandshakeError. */
+function waitForHandshake(ws: WebSocket, url: string, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const settle = (err?: Error): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+    const timer = setTimeout(() => settle(new Error(`WebSocket handshake with ${url}: timed out after ${timeoutMs} ms`)), timeoutMs);
+    ws.once('open', () => {
+      // RFC 7395 §3.1: the server accepts by echoing the 'xmpp' subprotocol (ws checks it was offered).
+      if (ws.protocol === '' || ws.protocol === undefined) settle(new Error(`WebSocket handshake with ${url}: the server selected no subprotocol`));
+      else settle();
+    });
+    ws.once('unexpected-response', (request, response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => {
+        if (body.length < MAX_REFUSAL_BODY_CHARS) body += chunk;
+      });
+      const refuse = (): void => {
+        settle(new WebSocketHandshakeError(url, response.statusCode ?? 0, body.slice(0, MAX_REFUSAL_BODY_CHARS)));
+        request.destroy();
+      };
+      response.once('end', refuse);
+      response.once('error', refuse);
+      response.once('close', refuse);
+    });
+    ws.once('error', (err) => settle(new Error(`WebSocket handshake with ${url}: ${err.message}`, { cause: err })));
+    ws.once('close', (code) => settle(new Error(`WebSocket handshake with ${url}: the connection closed (${code})`)));
+  });
+}
+
+function rawDataToBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/**
+ * Builds ltx elements from sax events in strict mode: `onRoot` gets each element opened at depth 0,
+ * `onTopLevel` each element completed at depth 1 (`onRoot` and depth-0 closes are the caller's).
+ * Comments, DOCTYPEs, CDATA outside elements and processing instructions other than a leading XML
+ * declaration are refused (RFC 6120 §11.1).
+ */
+function strictDocumentParser(rootDepth: 0 | 1, onElement: (element: Element) => void): { parser: sax.SAXParser; errors: string[]; roots: () => number } {
+  const parser = sax.parser(true, { xmlns: false });
+  const errors: string[] = [];
+  let depth = 0;
+  let roots = 0;
+  let seenStart = false;
+  let cursor: Element | undefined;
+  parser.onopentag = (tag) => {
+    seenStart = true;
+    const element = new Element(tag.name, { ...(tag.attributes as Record<string, string>) });
+    if (depth === rootDepth) {
+      roots++;
+      cursor = element;
+    } else if (depth > rootDepth) {
+      cursor = cursor!.cnode(element);
+    }
+    depth++;
+  };
+  parser.onclosetag = () => {
+    depth--;
+    if (depth === rootDepth) {
+      onElement(cursor!);
+      cursor = undefined;
+    } else if (depth > rootDepth) {
+      cursor = cursor!.parent ?? undefined;
+    }
+  };
+  parser.ontext = (text) => {
+    if (cursor !== undefined) cursor.t(text);
+    else if (text.trim() !== '') errors.push(`text outside any element: ${JSON.stringify(text.slice(0, 50))}`);
+  };
+  parser.oncdata = (text) => {
+    if (cursor !== undefined) cursor.t(text);
+    else errors.push('CDATA outside any element');
+  };
+  parser.oncomment = (comment) => errors.push(`restricted XML: a comment <!--${comment.slice(0, 50)}-->`);
+  parser.ondoctype = (doctype) => errors.push(`restricted XML: a DOCTYPE ${doctype.slice(0, 50)}`);
+  parser.onprocessinginstruction = (pi) => {
+    if (pi.name !== 'xml' || seenStart) errors.push(`restricted XML: a processing instruction <?${pi.name} ${pi.body.slice(0, 50)}?>`);
+  };
+  parser.onerror = (err) => {
+    errors.push(`not well-formed: ${err.message.replaceAll('\n', ' ')}`);
+  };
+  return { parser, errors, roots: () => roots };
+}
+
+/**
+ * RFC 7395 §3.3.3: every message is one complete element starting with '<', a standalone document,
+ * so it declares its own namespace. Throws saying which rule the message breaks.
+ */
+function parseWebSocketMessage(text: string): Element {
+  if (!text.startsWith('<')) throw new Error("RFC 7395 §3.3.3: a message must start with '<'");
+  const elements: Element[] = [];
+  const { parser, errors, roots } = strictDocumentParser(0, (element) => elements.push(element));
+  try {
+    parser.write(text).close();
+  } catch {
+    // sax reported the error to onerror first; it is in `errors`.
+  }
+  if (errors.length > 0) throw new Error(errors[0]);
+  if (roots() !== 1 || elements.length !== 1) throw new Error(`RFC 7395 §3.3.3: a message must hold exactly one element, this one holds ${roots()}`);
+  const element = elements[0]!;
+  if (element.getNS() === undefined) {
+    throw new Error(`RFC 7395 §3.3.3: <${element.name}> declares no namespace, but every message is a standalone document`);
+  }
+  return element;
+}
+
+/**
+ * Splits a fragment of well-formed XML into its top-level elements and makes each a standalone
+ * document (RFC 7395 §3.3.3): an unprefixed element without xmlns gets `jabber:client` (its
+ * namespace on a TCP stream), and `xmlns:stream` is declared where the `stream:` prefix is used.
+ */
+function standaloneElements(fragment: string): Element[] {
+  const elements: Element[] = [];
+  const { parser, errors } = strictDocumentParser(1, (element) => elements.push(element));
+  try {
+    parser.write(`<fragment xmlns:stream='${NS.stream}'>`).write(fragment).write('</fragment>').close();
+  } catch {
+    // In `errors`.
+  }
+  if (errors.length > 0) throw new Error(`send(): ${errors[0]} in ${JSON.stringify(fragment.slice(0, 100))}; use sendRaw() for bytes that are not`);
+  for (const element of elements) {
+    if (!element.name.includes(':') && element.attrs.xmlns === undefined) element.attrs.xmlns = NS.client;
+    if (element.attrs['xmlns:stream'] === undefined && usesPrefix(element, 'stream')) element.attrs['xmlns:stream'] = NS.stream;
+  }
+  return elements;
+}
+
+function usesPrefix(element: Element, prefix: string): boolean {
+  const marker = `${prefix}:`;
+  if (element.name.startsWith(marker) || Object.keys(element.attrs).some((name) => name.startsWith(marker))) return true;
+  return element.getChildElements().some((child) => child.attrs[`xmlns:${prefix}`] === undefined && usesPrefix(child, prefix));
 }
 
 function withTimeout<T>(promise: Promise<T>, timeoutMs: number, error: () => Error): Promise<T> {
