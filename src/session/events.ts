@@ -1,7 +1,8 @@
+import type { EndedReason } from './session-registry.js';
 import { EventEmitter } from 'node:events';
 
-/** Why a hibernation ended. */
-export type HibernationEnd = 'resumed' | 'expired' | 'upstream-lost' | 'queue-overflow' | 'shutdown';
+/** Why a hibernation ended: resumed, or one of the ways a session ends for good. */
+export type HibernationEnd = 'resumed' | EndedReason;
 
 /**
  * Stream-management events for integrations (push notifications, metrics), the proxy's equivalent

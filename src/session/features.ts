@@ -23,6 +23,7 @@ export interface RewrittenFeatures {
  * - `<starttls/>`: TLS towards the client ends at the proxy; the hop is the operator's business.
  * - `<compression/>` (XEP-0138): the proxy must see plain XML to frame and count stanzas.
  * - `<sm/>` of any version and jabberd2's draft `<ack/>`: the proxy owns stream management.
+ * - SASL2 `<authentication/>`: see below.
  */
 function isRemoved(child: Element): boolean {
   const ns = child.attrs.xmlns as string | undefined;
@@ -30,6 +31,10 @@ function isRemoved(child: Element): boolean {
   if (child.name === 'compression' && ns === NS.compressFeature) return true;
   if (child.name === 'sm' && ns !== undefined && ns.startsWith('urn:xmpp:sm:')) return true;
   if (ns === NS.smDraft) return true;
+  // SASL2 (XEP-0388), and Bind2/FAST within it, end authentication without the stream restart
+  // the proxy follows and would need inline stream management: offer classic SASL only (clients
+  // then resume with a classic <resume/>, as Conversations does when SASL2 has no inline SM).
+  if (ns === NS.sasl2) return true;
   return false;
 }
 

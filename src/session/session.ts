@@ -11,7 +11,7 @@ import { sanitizeForLog } from '../xml/sanitize.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
-import type { HibernationEnd, SmEvents } from './events.js';
+import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
 import type { EndedReason, SessionRegistry } from './session-registry.js';
 import { StreamManagement, type SmSettings } from './stream-management.js';
@@ -63,6 +63,11 @@ type State =
       readonly upstream: UpstreamLink;
       /** Set when a failed resume bound a resource for the identity check (DESIGN §5). */
       readonly boundJid: string | undefined;
+      /**
+       * The client's bind request, forwarded and not answered yet: only the answer to this id
+       * binds the session, and what the client pipelines behind it (an `<enable/>`) waits for it.
+       */
+      readonly pendingBind: { readonly id: string; readonly held: ScannedElement[] } | undefined;
     }
   /** A `<resume/>` is waiting for the legacy server's answer to the identity check. */
   | {
@@ -100,9 +105,9 @@ type StateName = State['name'];
 const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   opening: ['connecting', 'closed'],
   connecting: ['authenticating', 'closed'],
-  authenticating: ['authenticated', 'closed'],
-  authenticated: ['active', 'resuming', 'closed'],
-  resuming: ['authenticated', 'closed'],
+  authenticating: ['authenticated', 'closing', 'closed'],
+  authenticated: ['authenticated', 'active', 'resuming', 'closing', 'closed'],
+  resuming: ['authenticated', 'closing', 'closed'],
   active: ['active', 'hibernating', 'closing', 'closed'],
   hibernating: ['active', 'closed'],
   closing: ['closed'],
@@ -144,7 +149,14 @@ export class Session {
   private readonly stats: SessionStats = { fromClient: 0, toClient: 0, resumes: 0, peakQueue: 0 };
   private readonly deps: SessionDeps;
   private ackCheckScheduled = false;
-  private clientPaused = false;
+  /**
+   * Why reading from the client is paused (STYLE "State": backpressure, not a cluster of flags):
+   * the upstream cannot take more, the client does not read what the proxy writes to it, or the
+   * session is waiting for the legacy server (connecting, identity check, bind result) and holds
+   * what the client sends meanwhile. Reading resumes when no reason is left.
+   */
+  private readonly clientHolds = new Set<'upstream-full' | 'client-full' | 'waiting'>();
+  /** Reading from the legacy server is paused because the client does not read. */
   private upstreamPaused = false;
   /** XML is logged only at trace (STYLE "Logs"); checked once, not per element. */
   private readonly traceXml: boolean;
@@ -198,20 +210,44 @@ export class Session {
 
   // --- client side ---
 
+  /**
+   * Events from `link` reach the session only while it is the session's link: after a takeover
+   * the old connection "must no longer deliver anything" (a stanza or a stream close still in
+   * flight on it must not touch the resumed session).
+   */
   private clientHandler(link: ClientLink): ClientLinkHandler {
+    const current = (): boolean => this.link === link;
     return {
-      onStreamOpen: (header) => this.guard(() => this.onClientStreamOpen(header)),
-      onElement: (element) => this.guard(() => this.onClientElement(element)),
-      onStreamClose: () => this.guard(() => this.onClientStreamClose()),
-      onProtocolError: (error) => this.guard(() => this.fail(error)),
-      onEnd: (end) => this.guard(() => this.onClientEnd(link, end)),
+      onStreamOpen: (header) => current() && this.guard(() => this.onClientStreamOpen(header)),
+      onElement: (element) => current() && this.guard(() => this.onClientElement(element)),
+      onStreamClose: () => current() && this.guard(() => this.onClientStreamClose()),
+      onProtocolError: (error) => current() && this.guard(() => this.fail(error)),
+      onEnd: (end) => current() && this.guard(() => this.onClientEnd(end)),
       onDrain: () => {
-        if (this.link !== link || !this.upstreamPaused) return;
+        if (!current()) return;
+        this.releaseClient('client-full');
+        if (!this.upstreamPaused) return;
         this.upstreamPaused = false;
-        const s = this.state;
-        if ('upstream' in s) s.upstream.resume();
+        this.upstreamOf(this.state)?.resume();
       },
     };
+  }
+
+  private holdClient(reason: 'upstream-full' | 'client-full' | 'waiting'): void {
+    if (this.clientHolds.size === 0) this.link?.pause();
+    this.clientHolds.add(reason);
+  }
+
+  private releaseClient(reason: 'upstream-full' | 'client-full' | 'waiting'): void {
+    if (!this.clientHolds.delete(reason) || this.clientHolds.size > 0) return;
+    this.link?.resume();
+  }
+
+  /** A link changes hands (resumption, hibernation): no hold of the old link carries over. */
+  private releaseAllClientHolds(): void {
+    if (this.clientHolds.size === 0) return;
+    this.clientHolds.clear();
+    this.link?.resume();
   }
 
   /** Every event handler runs inside this: a bug in one session ends that session only. */
@@ -253,6 +289,7 @@ export class Session {
     }
     this.domain = to;
     this.transition({ name: 'connecting', authTimer, held: [] });
+    this.holdClient('waiting');
     link.setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytesPreAuth });
     this.log.debug({ domain: to, upstream: `${target.host}:${target.port}` }, 'connecting upstream');
     this.deps.connectUpstream(target, this.log).then(
@@ -277,6 +314,7 @@ export class Session {
     this.transition({ name: 'authenticating', authTimer: s.authTimer, upstream });
     upstream.sendHeader(headerAttrs(header));
     for (const element of s.held) this.onClientElement(element);
+    this.releaseClient('waiting');
   }
 
   private onClientElement(element: ScannedElement): void {
@@ -303,11 +341,22 @@ export class Session {
         return;
       case 'authenticating':
       case 'authenticated':
+        if (s.name === 'authenticated' && s.pendingBind !== undefined) {
+          s.pendingBind.held.push(element);
+          return;
+        }
         if (isSmNamespace(element.ns)) {
           this.onSmNonza(element, element.ns);
           return;
         }
-        if (s.name === 'authenticated' && s.boundJid !== undefined && this.answerRebind(element, s.boundJid)) return;
+        if (s.name === 'authenticated') {
+          if (s.boundJid !== undefined && this.answerRebind(element, s.boundJid)) return;
+          const bindId = bindRequestId(element);
+          if (bindId !== undefined) {
+            this.transition({ ...s, pendingBind: { id: bindId, held: [] } });
+            this.holdClient('waiting');
+          }
+        }
         this.forwardOther(s.upstream, element);
         return;
       case 'opening':
@@ -354,9 +403,9 @@ export class Session {
     this.closeEverything('client closed the stream');
   }
 
-  private onClientEnd(link: ClientLink, end: LinkEnd): void {
-    if (this.link !== link) return;
+  private onClientEnd(end: LinkEnd): void {
     this.link = undefined;
+    this.clientHolds.clear();
     const s = this.state;
     if (s.name === 'active' && end.kind !== 'clean' && s.sm !== undefined && s.sm.resumable) {
       this.hibernate(s, end.kind === 'lost' ? end.reason : `link closed: ${end.reason}`);
@@ -422,7 +471,7 @@ export class Session {
     this.transition({ ...s, sm });
     if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
     this.sendToClient(sm.enabledElement());
-    this.log.info({ smId: sm.resumable ? sm.id : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 }, 'stream management enabled');
+    this.log.info({ smId: sm.resumable ? shortId(sm.id) : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 }, 'stream management enabled');
     this.armRequestTimer();
   }
 
@@ -481,8 +530,8 @@ export class Session {
     if (s.ackTimer === undefined) this.transition({ ...s, ackTimer: this.armAckTimer() });
   }
 
-  private armAckTimer(): NodeJS.Timeout {
-    const timer = setTimeout(() => this.guard(() => this.onAckTimer(timer)), this.deps.settings.maxAckDelayMs);
+  private armAckTimer(delayMs = this.deps.settings.maxAckDelayMs): NodeJS.Timeout {
+    const timer = setTimeout(() => this.guard(() => this.onAckTimer(timer)), Math.max(0, delayMs));
     timer.unref();
     return timer;
   }
@@ -497,7 +546,8 @@ export class Session {
       return;
     }
     if (!sm.policy.isOverdue(this.deps.now(), this.deps.settings.maxAckDelayMs)) {
-      this.transition({ ...s, ackTimer: this.armAckTimer() });
+      // A newer request is outstanding: wait for what is left of its delay, not a full one.
+      this.transition({ ...s, ackTimer: this.armAckTimer(since + this.deps.settings.maxAckDelayMs - this.deps.now()) });
       return;
     }
     const waitedMs = this.deps.now() - since;
@@ -549,6 +599,7 @@ export class Session {
     const bindId = BIND_ID_PREFIX + this.sid;
     const resuming: Extract<State, { name: 'resuming' }> = { name: 'resuming', authTimer: s.authTimer, upstream: s.upstream, request: { ns, previd, h, target, bindId }, held: [] };
     this.transition(resuming);
+    this.holdClient('waiting');
     if (s.boundJid !== undefined) {
       this.onIdentityBound(resuming, s.boundJid);
       return;
@@ -561,10 +612,18 @@ export class Session {
     const link = this.requireLink();
     const targetJid = request.target.bareJid;
     if (jid === undefined || targetJid === undefined || bare(jid) !== targetJid) {
-      const text = jid === undefined ? 'the legacy server refused the identity check' : 'the session belongs to another account';
+      // The target may have ended during the bind round trip: then say how, with its h.
+      const ended = targetJid === undefined ? this.deps.registry.recallEnded(request.previd, this.deps.now()) : undefined;
+      const text =
+        jid === undefined ? 'the legacy server refused the identity check'
+        : ended !== undefined ? `the session ${ENDED_TEXT[ended.reason]}`
+        : targetJid === undefined ? 'the session can no longer be resumed'
+        : 'the session belongs to another account';
       this.log.info({ previd: shortId(request.previd), reason: text }, 'resume failed');
-      this.sendToClient(failed(request.ns, 'item-not-found', text));
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid });
+      const sameAccount = ended !== undefined && jid !== undefined && ended.bareJid === bare(jid);
+      this.sendToClient(failed(request.ns, 'item-not-found', text, sameAccount ? ended.h : undefined));
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid, pendingBind: undefined });
+      this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
     }
@@ -572,12 +631,14 @@ export class Session {
     if (!outcome.ok) {
       this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
       this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h));
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid });
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid, pendingBind: undefined });
+      this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
     }
     // The client now belongs to the resumed session: the temporary stream closes cleanly, and
     // what the client pipelined after <resume/> goes to the resumed session, in order.
+    this.releaseAllClientHolds();
     this.link = undefined;
     s.upstream.close();
     this.log.info({ into: request.target.sid }, 'client resumed another session; temporary stream closed');
@@ -610,6 +671,7 @@ export class Session {
       this.log.info('session taken over by a newer connection');
     }
     const hibernatedMs = s.name === 'hibernating' ? this.deps.now() - s.sinceMs : 0;
+    this.clientHolds.clear();
     this.link = link;
     link.setHandler(this.clientHandler(link));
     this.stats.resumes++;
@@ -641,10 +703,9 @@ export class Session {
 
   /** COMPAT(DESIGN §5): after a failed resume bound a resource, the client's own bind is answered with it. */
   private answerRebind(element: ScannedElement, jid: string): boolean {
-    if (element.localName !== 'iq' || !element.bytes.includes(NS.bind)) return false;
-    const iq = parseElement(element.bytes);
-    if (iq.attrs.type !== 'set' || iq.getChild('bind', NS.bind) === undefined) return false;
-    const id = escapeXml((iq.attrs.id as string | undefined) ?? '');
+    const bindId = bindRequestId(element);
+    if (bindId === undefined) return false;
+    const id = escapeXml(bindId);
     this.sendToClient(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${escapeXml(jid)}</jid></bind></iq>`);
     this.becomeActive(jid);
     return true;
@@ -676,7 +737,7 @@ export class Session {
   }
 
   /** Ends a hibernating session: dispose of the queue (DESIGN §5 "Expiry"), close the upstream cleanly. */
-  private endHibernation(s: Extract<State, { name: 'hibernating' }>, reason: HibernationEnd & EndedReason): void {
+  private endHibernation(s: Extract<State, { name: 'hibernating' }>, reason: EndedReason): void {
     this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
     this.disposeUnacked(s.sm, s.upstream);
     this.endSm(s.sm, reason);
@@ -732,9 +793,7 @@ export class Session {
           this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', { text: 'legacy server connection lost' }));
         }),
       onDrain: () => {
-        if (!this.clientPaused) return;
-        this.clientPaused = false;
-        this.link?.resume();
+        if (this.upstreamOf(this.state) === upstream) this.releaseClient('upstream-full');
       },
     };
   }
@@ -789,25 +848,32 @@ export class Session {
     this.requireLink().expectRestart();
     s.upstream.expectRestart();
     this.requireLink().setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
-    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined });
+    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined, pendingBind: undefined });
     this.log.debug('authenticated');
   }
 
-  /** Learns the full JID from the bind result; consumes the answer to a throwaway identity bind. */
+  /**
+   * Learns the full JID from the answer to the client's own bind request (matched by id, and
+   * from the server itself: no `from`), or consumes the answer to a throwaway identity bind.
+   */
   private onIqBeforeBound(s: Extract<State, { name: 'authenticated' | 'resuming' }>, element: ScannedElement): boolean {
-    if (!element.bytes.includes(NS.bind) && s.name !== 'resuming') return false;
+    const expectedId = s.name === 'resuming' ? s.request.bindId : s.pendingBind?.id;
+    if (expectedId === undefined) return false;
     const iq = parseElement(element.bytes);
-    const jid = iq.attrs.type === 'result' ? iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined : undefined;
-    if (s.name === 'resuming' && iq.attrs.id === s.request.bindId) {
+    if (iq.attrs.id !== expectedId || iq.attrs.from !== undefined) return false;
+    const jid = iq.attrs.type === 'result' ? (iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined) : undefined;
+    if (s.name === 'resuming') {
       this.onIdentityBound(s, jid);
       return true;
     }
-    if (s.name === 'authenticated' && jid !== undefined) {
-      this.sendToClient(element.bytes);
-      this.becomeActive(jid);
-      return true;
-    }
-    return false;
+    this.sendToClient(element.bytes);
+    const held = s.pendingBind?.held ?? [];
+    if (jid !== undefined) this.becomeActive(jid);
+    // A refused bind leaves the stream authenticated; the client may try again.
+    else this.transition({ ...s, pendingBind: undefined });
+    this.releaseClient('waiting');
+    for (const pipelined of held) this.onClientElement(pipelined);
+    return true;
   }
 
   private becomeActive(jid: string): void {
@@ -981,7 +1047,7 @@ export class Session {
     const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
     const upstream = this.upstreamOf(s);
     if (s.name === 'hibernating') {
-      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: 'shutdown', hibernatedMs: this.deps.now() - s.sinceMs });
+      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
     }
     if (sm !== undefined) this.disposeUnacked(sm, upstream);
     this.endSm(sm, reason);
@@ -1010,21 +1076,19 @@ export class Session {
   private sendToClient(data: Buffer | string): void {
     const link = this.link;
     if (link === undefined) return;
-    if (!link.send(data) && !this.upstreamPaused) {
-      // Backpressure: a slow client pauses the legacy server's side until the link drains.
-      const upstream = this.upstreamOf(this.state);
-      if (upstream !== undefined) {
-        this.upstreamPaused = true;
-        upstream.pause();
-      }
+    if (link.send(data)) return;
+    // Backpressure: a client that does not read pauses the legacy server's side, and its own
+    // requests (each <r/> or <enable/> is answered by the proxy) until the link drains.
+    this.holdClient('client-full');
+    const upstream = this.upstreamOf(this.state);
+    if (upstream !== undefined && !this.upstreamPaused) {
+      this.upstreamPaused = true;
+      upstream.pause();
     }
   }
 
   private toUpstream(upstream: UpstreamLink, bytes: Buffer): void {
-    if (!upstream.send(bytes) && !this.clientPaused) {
-      this.clientPaused = true;
-      this.link?.pause();
-    }
+    if (!upstream.send(bytes)) this.holdClient('upstream-full');
   }
 
   private requireLink(): ClientLink {
@@ -1041,6 +1105,14 @@ const ENDED_TEXT: Record<EndedReason, string> = {
   error: 'ended with a stream error',
   shutdown: 'ended when the proxy restarted',
 };
+
+/** The id of a client `<iq type='set'><bind/></iq>` (RFC 6120 §7.6), or undefined for anything else. */
+function bindRequestId(element: ScannedElement): string | undefined {
+  if (element.localName !== 'iq' || !element.bytes.includes(NS.bind)) return undefined;
+  const iq = parseElement(element.bytes);
+  if (iq.attrs.type !== 'set' || iq.getChild('bind', NS.bind) === undefined) return undefined;
+  return (iq.attrs.id as string | undefined) ?? '';
+}
 
 /** XEP-0198 §2: only iq, message and presence in the content namespace are counted. */
 export function isStanza(element: ScannedElement): boolean {

@@ -6,6 +6,7 @@ export const NS = {
   stanzas: 'urn:ietf:params:xml:ns:xmpp-stanzas',
   tls: 'urn:ietf:params:xml:ns:xmpp-tls',
   sasl: 'urn:ietf:params:xml:ns:xmpp-sasl',
+  sasl2: 'urn:xmpp:sasl:2',
   bind: 'urn:ietf:params:xml:ns:xmpp-bind',
   session: 'urn:ietf:params:xml:ns:xmpp-session',
   compressFeature: 'http://jabber.org/features/compress',

@@ -303,6 +303,39 @@ describe('hibernation and resumption', () => {
     await bob.client.close();
   });
 
+  it('ignores whatever the old connection still sends after <conflict/>', async () => {
+    const old = await fixture.login('directtls', USERS.alice, { resource: 'late-old', sm: true });
+    const { client, answer } = await resumeWith(fixture, USERS.alice, old.smId!, 0);
+    expect(answer.name).toBe('resumed');
+    await old.client.expectStreamError('conflict');
+    // A stanza in flight and the stream close RFC 6120 §4.4 asks for, on the old connection.
+    old.client.sendRaw(`<message to='bob@${fixture.domain}'><body>late</body></message></stream:stream>`);
+    await old.client.expectClosed();
+    expect(await client.ackRequest()).toBe(0);
+    await client.expectNone((el) => el.is('error', NS.stream) || el.is('a', NS.sm3), 'the old connection touching the new one', 300);
+    client.send(`<message to='bob@${fixture.domain}'><body>new</body></message>`);
+    expect(await client.ackRequest()).toBe(1);
+    await client.close();
+  });
+
+  it('accepts <enable/> pipelined right behind the bind request', async () => {
+    const client = await fixture.connect('directtls');
+    await client.authenticatePlain('bob', USERS.bob.password);
+    client.send(`<iq type='set' id='pb'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>pipelined</resource></bind></iq><enable xmlns='${NS.sm3}' resume='true'/>`);
+    const bound = await client.expect((el) => el.is('iq') && el.attrs.id === 'pb', 'the bind result');
+    expect(bound.attrs.type).toBe('result');
+    await client.expect((el) => el.is('enabled', NS.sm3), '<enabled/>');
+    await client.close();
+  });
+
+  it('closes cleanly when the client ends its stream before binding', async () => {
+    const client = await fixture.connect('directtls');
+    await client.authenticatePlain('bob', USERS.bob.password);
+    await client.close();
+    expect(client.streamClosedByPeer).toBe(true);
+    expect(client.received.some((el) => el.is('error', NS.stream))).toBe(false);
+  });
+
   it('refuses another account with item-not-found, lets it bind, and keeps the session for its owner', async () => {
     const alice = await fixture.login('directtls', USERS.alice, { resource: 'victim', sm: true });
     alice.client.drop();

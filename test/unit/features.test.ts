@@ -16,6 +16,7 @@ describe('rewriteFeatures', () => {
     ['sm:3', "<sm xmlns='urn:xmpp:sm:3'><optional/></sm>"],
     ['sm:2', "<sm xmlns='urn:xmpp:sm:2'/>"],
     ['jabberd2 draft ack', "<ack xmlns='http://www.xmpp.org/extensions/xep-0198.html#ns'/>"],
+    ['SASL2 with Bind2 and FAST inline', "<authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism><inline><bind xmlns='urn:xmpp:bind:0'/><fast xmlns='urn:xmpp:fast:0'/></inline></authentication>"],
   ])('removes upstream %s in both phases', (_label, child) => {
     const xml = `<stream:features xmlns:stream='http://etherx.jabber.org/streams'>${child}${MECHS}</stream:features>`;
     expect(names(xml, 'pre-auth')).toEqual(['mechanisms@urn:ietf:params:xml:ns:xmpp-sasl']);
