@@ -4,7 +4,7 @@ import { findDomain, type ListenerConfig, type ProxyConfig } from './config/conf
 import { ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
-import { Session, type SessionSettings } from './session/session.js';
+import { Session, type SessionDeps } from './session/session.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { MemoryBudget } from './sm/memory-budget.js';
 import type { ClientLink } from './transport/client-link.js';
@@ -42,8 +42,8 @@ export class Proxy {
   /** Stream-management events for integrations (push, metrics). */
   readonly events = new SmEvents();
   readonly registry: SessionRegistry;
-  private readonly budget: MemoryBudget;
-  private readonly settings: SessionSettings;
+  /** What every session shares (one object, not one per connection). */
+  private readonly sessionDeps: SessionDeps;
   private readonly listeners: Listener[] = [];
   private readonly reportedFindings = new Set<string>();
   private readonly now: () => number;
@@ -58,8 +58,7 @@ export class Proxy {
     const sm = config.streamManagement;
     this.now = options.now ?? Date.now;
     this.registry = new SessionRegistry({ rememberEndedMs: sm.rememberExpiredSeconds * 1000, maxRememberedEnded: sm.maxRememberedExpired });
-    this.budget = new MemoryBudget(sm.globalQueueBytes);
-    this.settings = {
+    const settings = {
       maxStanzaBytes: config.limits.maxStanzaBytes,
       maxStanzaBytesPreAuth: config.limits.maxStanzaBytesPreAuth,
       authTimeoutMs: config.limits.authTimeoutSeconds * 1000,
@@ -72,6 +71,17 @@ export class Proxy {
       maxQueueBytes: sm.maxQueueBytes,
       expiryPolicy: sm.expiryPolicy,
       upstreamKeepaliveMs: sm.upstreamKeepaliveSeconds * 1000,
+    };
+    const connectUpstream = options.connectUpstream ?? ((target: UpstreamTarget, upstreamLog: Logger) => UpstreamLink.connect(target, upstreamLog));
+    this.sessionDeps = {
+      settings,
+      registry: this.registry,
+      events: this.events,
+      budget: new MemoryBudget(sm.globalQueueBytes),
+      upstreamFor: (domain) => this.upstreamTarget(domain),
+      connectUpstream,
+      reportFindings: (domain, findings) => this.reportFindings(domain, findings),
+      now: this.now,
     };
   }
 
@@ -152,19 +162,7 @@ export class Proxy {
       link.fail(new StreamError(ErrorCode.TOO_MANY_SESSIONS, 'resource-constraint', `the proxy holds its maximum of ${this.config.limits.maxSessions} sessions`));
       return;
     }
-    new Session({
-      sid: (log.bindings().sid as string | undefined) ?? newSid(),
-      link,
-      log,
-      settings: this.settings,
-      registry: this.registry,
-      events: this.events,
-      budget: this.budget,
-      upstreamFor: (domain) => this.upstreamTarget(domain),
-      connectUpstream: this.options.connectUpstream ?? ((target, upstreamLog) => UpstreamLink.connect(target, upstreamLog)),
-      reportFindings: (domain, findings) => this.reportFindings(domain, findings),
-      now: this.now,
-    });
+    new Session(this.sessionDeps, { sid: (log.bindings().sid as string | undefined) ?? newSid(), link, log });
   }
 
   private upstreamTarget(domain: string): UpstreamTarget | undefined {

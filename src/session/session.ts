@@ -28,11 +28,12 @@ export interface SessionSettings extends SmSettings {
   readonly expiryPolicy: 'bounce' | 'drop';
 }
 
-/** What a session is built from; only the composition root (proxy.ts) fills this in. */
+/**
+ * What every session shares; the composition root (proxy.ts) builds it once. A session keeps a
+ * reference to it for its whole life, so nothing per-connection belongs here (a hibernating
+ * session must not pin the client link it lost).
+ */
 export interface SessionDeps {
-  readonly sid: string;
-  readonly link: ClientLink;
-  readonly log: Logger;
   readonly settings: SessionSettings;
   readonly registry: SessionRegistry;
   readonly events: SmEvents;
@@ -43,6 +44,13 @@ export interface SessionDeps {
   /** Called once when the upstream advertises channel binding (the operator must hear it). */
   readonly reportFindings: (domain: string, findings: FeaturesFindings) => void;
   readonly now: () => number;
+}
+
+/** What one session starts from: its id, the client link that opened it, and its logger. */
+export interface SessionStart {
+  readonly sid: string;
+  readonly link: ClientLink;
+  readonly log: Logger;
 }
 
 /**
@@ -161,15 +169,15 @@ export class Session {
   /** XML is logged only at trace (STYLE "Logs"); checked once, not per element. */
   private readonly traceXml: boolean;
 
-  constructor(deps: SessionDeps) {
+  constructor(deps: SessionDeps, start: SessionStart) {
     this.deps = deps;
-    this.sid = deps.sid;
-    this.log = deps.log;
-    this.link = deps.link;
-    this.traceXml = deps.log.isLevelEnabled('trace');
+    this.sid = start.sid;
+    this.log = start.log;
+    this.link = start.link;
+    this.traceXml = start.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
     this.state = { name: 'opening', authTimer: this.armAuthTimer() };
-    deps.link.setHandler(this.clientHandler(deps.link));
+    start.link.setHandler(this.clientHandler(start.link));
     deps.registry.add(this);
     this.log.debug('session opened');
   }
