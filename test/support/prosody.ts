@@ -256,6 +256,8 @@ function prosodyConfig(v: ConfigValues): string {
     'https_ports = {}',
     '',
     '-- The hop from the proxy is plain TCP on loopback: no TLS in Prosody at all (mod_tls not loaded).',
+    '-- Nagle off (Prosody 0.12 defaults to on): loopback round trips are not held back by it.',
+    'network_settings = { nagle = false }',
     'c2s_require_encryption = false',
     's2s_require_encryption = false',
     'allow_unencrypted_plain_auth = true',
