@@ -1,3 +1,4 @@
+import { parseElement } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
 
@@ -6,8 +7,14 @@ import { NS } from '../xml/namespaces.js';
  * re-serialising it (XEP-0198 §5: resent stanzas SHOULD carry the original time). The bytes come
  * from the stream scanner, so the element is well-formed: it ends either with `/>` (no children)
  * or with its own end tag.
+ *
+ * A message that already carries a `<delay/>` child (an offline message, XEP-0160) is returned
+ * unchanged: its stamp is the older, true one, and a second `<delay/>` leaves clients to guess
+ * which to show. A `<delay/>` nested deeper (inside a carbon's `<forwarded/>`) is the forwarded
+ * stanza's own and does not count.
  */
 export function addDelay(stanza: Buffer, stampMs: number, from: string): Buffer {
+  if (hasDelay(stanza)) return stanza;
   const delay = Buffer.from(
     `<delay xmlns='${NS.delay}' from='${escapeXml(from)}' stamp='${new Date(stampMs).toISOString()}'/>`,
   );
@@ -18,6 +25,11 @@ export function addDelay(stanza: Buffer, stampMs: number, from: string): Buffer 
   }
   const endTag = stanza.lastIndexOf('</');
   return Buffer.concat([stanza.subarray(0, endTag), delay, stanza.subarray(endTag)]);
+}
+
+/** True when the stanza has a XEP-0203 `<delay/>` child; parses only stanzas naming the namespace. */
+function hasDelay(stanza: Buffer): boolean {
+  return stanza.includes(NS.delay) && parseElement(stanza).getChild('delay', NS.delay) !== undefined;
 }
 
 /** The qualified name of the element whose bytes start at offset 0. */

@@ -1,5 +1,6 @@
-import type { EndedReason } from './session-registry.js';
+import type { Logger } from 'pino';
 import { EventEmitter } from 'node:events';
+import type { EndedReason } from './session-registry.js';
 
 /** Why a hibernation ended: resumed, or one of the ways a session ends for good. */
 export type HibernationEnd = 'resumed' | EndedReason;
@@ -20,5 +21,25 @@ export interface SmEventMap {
   stanzaQueuedWhileHibernating: [{ sid: string; jid: string; smId: string; queued: number; kind: string }];
 }
 
-/** One typed in-process emitter for every SM event of a proxy instance. */
-export class SmEvents extends EventEmitter<SmEventMap> {}
+/**
+ * One typed in-process emitter for every SM event of a proxy instance. Integrations subscribe with
+ * `on`; the proxy emits with {@link SmEvents.notify}, never `emit`.
+ */
+export class SmEvents extends EventEmitter<SmEventMap> {
+  /**
+   * Calls every listener of `event` in order, each in its own try/catch: a listener that throws is
+   * logged on `log` (the emitting session's logger) with the event name and does not stop the
+   * other listeners nor reach the session, which emits from inside its own state changes and
+   * timers (a throw there would end or crash it). `once` listeners are removed as with `emit`.
+   */
+  notify<K extends keyof SmEventMap>(log: Logger, event: K, ...args: SmEventMap[K]): void {
+    // rawListeners: a `once` wrapper removes itself when called, as emit() does.
+    for (const listener of this.rawListeners(event) as ((...a: SmEventMap[K]) => unknown)[]) {
+      try {
+        listener.apply(this, args);
+      } catch (err) {
+        log.error({ event, err: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined }, 'SM event listener threw; ignored');
+      }
+    }
+  }
+}

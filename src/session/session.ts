@@ -131,7 +131,16 @@ interface ResumeRequest {
 }
 
 /** Outcome of asking a session to take over a client link on resumption. */
-export type ResumeOutcome = { ok: true } | { ok: false; condition: string; text: string; h: number | undefined };
+export type ResumeOutcome =
+  | { ok: true }
+  | {
+      ok: false;
+      condition: string;
+      text: string;
+      h: number | undefined;
+      /** An application-specific child of `<failed/>` (`<handled-count-too-high/>`), as XML. */
+      detail?: string;
+    };
 
 /** Counters for the summary line logged when the session ends. */
 interface SessionStats {
@@ -498,8 +507,12 @@ export class Session {
         this.scheduleAckCheck();
         return;
       case 'backwards':
-        // Tolerated (ejabberd, Openfire): a late duplicate ack must not kill the session.
+        // Tolerated (ejabberd, Openfire): a late duplicate ack must not kill the session. It still
+        // answers the outstanding <r/> (AckPolicy: any <a/> shows the client is alive), or that
+        // request would block every later one until maxAckDelay declared the link dead.
         this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
+        sm.policy.answered();
+        this.scheduleAckCheck();
         return;
       case 'too-high':
         // XEP-0198 §6: on an h above what was sent the receiver SHOULD send `undefined-condition` with <handled-count-too-high/>.
@@ -559,7 +572,7 @@ export class Session {
       return;
     }
     const waitedMs = this.deps.now() - since;
-    this.deps.events.emit('ackDelayed', { sid: this.sid, jid: s.jid, unacked: sm.queue.length, waitedMs });
+    this.deps.events.notify(this.log, 'ackDelayed', { sid: this.sid, jid: s.jid, unacked: sm.queue.length, waitedMs });
     this.log.info({ unacked: sm.queue.length, waitedMs }, 'ack delayed; treating the client connection as dead');
     this.transition({ ...s, ackTimer: undefined });
     // The seed's "smacks-ack-delayed", then hibernation: the link is dropped as a dead connection.
@@ -638,7 +651,7 @@ export class Session {
     const outcome = request.target.takeOver(link, request);
     if (!outcome.ok) {
       this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
-      this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h));
+      this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h, outcome.detail));
       this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
@@ -668,8 +681,24 @@ export class Session {
     const sm = s.sm;
     const resumed = sm.queue.resume(request.h);
     if (resumed.ack.kind === 'too-high') {
-      // XEP-0198 §6 handled-count-too-high on resume: refuse, and keep the session untouched (Openfire).
-      return { ok: false, condition: 'undefined-condition', text: `h=${request.h} acks more than the ${resumed.ack.sendCount} stanzas sent`, h: sm.inbound.h };
+      // XEP-0198 §6: on an h above what was sent "the local entity SHOULD generate an
+      // undefined-condition ... that includes a <handled-count-too-high/> element"; on resume that
+      // is a <failed/>, and the session is kept untouched (Openfire).
+      const { h, sendCount } = resumed.ack;
+      return {
+        ok: false,
+        condition: 'undefined-condition',
+        text: `h=${h} acks more than the ${sendCount} stanzas sent`,
+        h: sm.inbound.h,
+        detail: `<handled-count-too-high xmlns='${NS.sm3}' h='${h}' send-count='${sendCount}'/>`,
+      };
+    }
+    if (resumed.ack.kind === 'backwards') {
+      // XEP-0198 §5 replays "any stanzas that are still marked as unhandled" counted from h; those
+      // between h and the last accepted ack are gone, and replaying from the ack would leave the
+      // client's counter behind for good. Refused like too-high; the session is kept untouched.
+      const { h, previous } = resumed.ack;
+      return { ok: false, condition: 'undefined-condition', text: `h=${h} is below the last acknowledged count ${previous}`, h: sm.inbound.h };
     }
     if (s.name === 'active') {
       // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
@@ -686,14 +715,14 @@ export class Session {
     sm.policy.answered();
     this.transition({ name: 'active', upstream: s.upstream, jid: s.jid, sm, ackTimer: undefined, requestTimer: undefined });
     // XEP-0198 §5: <resumed/> first, then every unacked stanza in its original order.
-    this.sendToClient(sm.resumedElement());
+    this.sendToClient(sm.resumedElement(request.ns));
     const from = bare(s.jid);
     for (const entry of resumed.replay) {
       // XEP-0203: replayed messages carry their original time.
       this.sendToClient(isMessage(entry.bytes) ? addDelay(entry.bytes, entry.sentAtMs, from) : entry.bytes);
     }
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h: request.h }, 'session resumed');
-    this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
+    this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
     if (this.upstreamPaused) {
       this.upstreamPaused = false;
       s.upstream.resume();
@@ -734,7 +763,7 @@ export class Session {
       s.upstream.resume();
     }
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
-    this.deps.events.emit('hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
+    this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
   }
 
   private onExpiryTimer(timer: NodeJS.Timeout): void {
@@ -746,21 +775,31 @@ export class Session {
 
   /** Ends a hibernating session: dispose of the queue (DESIGN §5 "Expiry"), close the upstream cleanly. */
   private endHibernation(s: Extract<State, { name: 'hibernating' }>, reason: EndedReason): void {
-    this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
-    this.disposeUnacked(s.sm, s.upstream);
+    this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
+    // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces written
+    // behind it would never be processed, so with the upstream lost they are dropped (and logged).
+    this.disposeUnacked(s.sm, reason === 'upstream-lost' ? undefined : s.upstream);
     this.endSm(s.sm, reason);
     s.upstream.close();
     this.transition({ name: 'closed' });
     this.finish(reason);
   }
 
-  /** Unacked stanzas are answered on the user's behalf (or dropped, per `expiryPolicy`). */
+  /**
+   * Unacked stanzas are answered on the user's behalf (or dropped, per `expiryPolicy`). `upstream`
+   * is undefined when the legacy server's stream is gone or going: nothing written to it would
+   * be processed, so the stanzas are lost and the senders get no error; that is a warning.
+   */
   private disposeUnacked(sm: StreamManagement, upstream: UpstreamLink | undefined, extra?: Buffer): void {
     const entries = sm.queue.drain().map((entry) => entry.bytes);
     if (extra !== undefined) entries.push(extra);
     if (entries.length === 0) return;
-    if (this.deps.settings.expiryPolicy === 'drop' || upstream === undefined || upstream.ended) {
-      this.log.info({ dropped: entries.length }, 'unacked stanzas dropped');
+    if (this.deps.settings.expiryPolicy === 'drop') {
+      this.log.info({ dropped: entries.length }, 'unacked stanzas dropped (expiryPolicy drop)');
+      return;
+    }
+    if (upstream === undefined || upstream.ended) {
+      this.log.warn({ dropped: entries.length }, 'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on');
       return;
     }
     let bounced = 0;
@@ -932,7 +971,8 @@ export class Session {
     }
     this.stats.toClient++;
     if (s.sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = s.sm.queue.length;
-    this.deps.events.emit('stanzaQueuedWhileHibernating', { sid: this.sid, jid: s.jid, smId: s.sm.id, queued: s.sm.queue.length, kind: element.localName });
+    this.log.debug({ queued: s.sm.queue.length, kind: element.localName }, 'stanza queued while hibernating');
+    this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', { sid: this.sid, jid: s.jid, smId: s.sm.id, queued: s.sm.queue.length, kind: element.localName });
   }
 
   /** XEP-0199 §4.2: the legacy server pings the client; while it is away the proxy answers. */
@@ -950,7 +990,7 @@ export class Session {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
     const s = this.state;
     if (s.name === 'hibernating') {
-      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'queue-overflow', hibernatedMs: this.deps.now() - s.sinceMs });
+      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'queue-overflow', hibernatedMs: this.deps.now() - s.sinceMs });
     }
     this.disposeUnacked(sm, upstream, overflowing);
     this.endSm(sm, 'queue-overflow');
@@ -1000,7 +1040,7 @@ export class Session {
     this.log.info({ code: error.code, err: error.message }, 'upstream lost');
     const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
     if (s.name === 'hibernating') {
-      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: 'upstream-lost', hibernatedMs: this.deps.now() - s.sinceMs });
+      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: 'upstream-lost', hibernatedMs: this.deps.now() - s.sinceMs });
     }
     if (sm !== undefined) this.disposeUnacked(sm, undefined);
     this.endSm(sm, 'upstream-lost');
@@ -1055,7 +1095,7 @@ export class Session {
     const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
     const upstream = this.upstreamOf(s);
     if (s.name === 'hibernating') {
-      this.deps.events.emit('hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
+      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
     }
     if (sm !== undefined) this.disposeUnacked(sm, upstream);
     this.endSm(sm, reason);
@@ -1137,10 +1177,13 @@ function headerAttrs(header: StreamHeader): { to?: string; from?: string; versio
   return { to: header.attrs.to, from: header.attrs.from, version: header.attrs.version, lang: header.attrs['xml:lang'] };
 }
 
-/** XEP-0198 `<failed/>` with a stanza error condition and a text saying why (users need it). */
-function failed(ns: SmNamespace, condition: string, text: string, h?: number): string {
+/**
+ * XEP-0198 `<failed/>` with a stanza error condition, a text saying why (users need it) and, like
+ * an RFC 6120 §8.3.2 stanza error, an optional application-specific element after the text.
+ */
+function failed(ns: SmNamespace, condition: string, text: string, h?: number, detail = ''): string {
   const hAttr = h === undefined ? '' : ` h='${h}'`;
-  return `<failed xmlns='${ns}'${hAttr}><${condition} xmlns='${NS.stanzas}'/><text xmlns='${NS.stanzas}' xml:lang='en'>${escapeXml(text)}</text></failed>`;
+  return `<failed xmlns='${ns}'${hAttr}><${condition} xmlns='${NS.stanzas}'/><text xmlns='${NS.stanzas}' xml:lang='en'>${escapeXml(text)}</text>${detail}</failed>`;
 }
 
 /** SM-IDs are secrets of their session: logs carry only a prefix. */

@@ -56,10 +56,15 @@ export class StreamManagement {
     return { ok: true, sm: new StreamManagement(request.ns, newSmId(), resumable, seconds * 1000, queue, policy) };
   }
 
-  /** `<enabled/>`: `id` and `resume='true'` only when resumption is allowed (XEP-0198 §3). */
+  /**
+   * `<enabled/>`: `id` and `resume='true'` only when resumption is allowed (XEP-0198 §3). `max` is
+   * an xs:positiveInteger (XEP-0198 §13 schema), so a fractional hibernation time (tests, or a
+   * configured `0.5`) is rounded up to whole seconds, at least 1.
+   */
   enabledElement(): string {
     if (!this.resumable) return `<enabled xmlns='${this.ns}'/>`;
-    return `<enabled xmlns='${this.ns}' id='${this.id}' resume='true' max='${Math.floor(this.hibernationMs / 1000)}'/>`;
+    const maxSeconds = Math.max(1, Math.ceil(this.hibernationMs / 1000));
+    return `<enabled xmlns='${this.ns}' id='${this.id}' resume='true' max='${maxSeconds}'/>`;
   }
 
   /** `<a h/>` with the inbound count (XEP-0198 §4: answer every `<r/>` promptly). */
@@ -73,9 +78,12 @@ export class StreamManagement {
 
   /**
    * `<resumed/>` echoes previd exactly (it is this session's id, found by it) and always carries
-   * h: libstrophe and Conversations reject it otherwise.
+   * h: libstrophe and Conversations reject it otherwise. Like every SM answer (XEP-0198 §2; servers
+   * offering both namespaces answer in the one the client used) it is in the namespace of the
+   * `<resume/>` request, which may differ from the one `<enable/>` used.
+   * @param ns the namespace of the `<resume/>` element.
    */
-  resumedElement(): string {
-    return `<resumed xmlns='${this.ns}' previd='${this.id}' h='${this.inbound.h}'/>`;
+  resumedElement(ns: SmNamespace): string {
+    return `<resumed xmlns='${ns}' previd='${this.id}' h='${this.inbound.h}'/>`;
   }
 }

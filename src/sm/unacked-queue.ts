@@ -230,16 +230,18 @@ export class UnackedQueue {
    * (§5: "The sequence values are carried over from the previous session and are not reset for the
    * new stream").
    *
-   * On `too-high` the replay is empty and nothing changes: the caller answers `<failed/>` and
-   * decides what becomes of the hibernated session. On `backwards` the rest is replayed from the
-   * last accepted ack (what was acked before is gone).
+   * On `too-high` and on `backwards` the replay is empty and nothing changes: the caller answers
+   * `<failed/>` and decides what becomes of the hibernated session. A backwards `h` cannot be
+   * honoured: the stanzas between it and the last accepted ack are gone, and replaying from the
+   * last ack would leave the client's counter behind the proxy's for good (the next replay would
+   * then repeat stanzas).
    *
    * @throws InvariantError if {@link drain} removed entries the client has not acked: a resume
    *   after drain would replay with a gap.
    */
   resume(h: number): { ack: AckResult; replay: UnackedEntry[] } {
     const ack = this.ack(h);
-    if (ack.kind === 'too-high') return { ack, replay: [] };
+    if (ack.kind !== 'acked') return { ack, replay: [] };
     if (this.#drainedAhead > 0) {
       throw new InvariantError(`resume of a drained unacked queue: ${this.#drainedAhead} stanzas were disposed of`);
     }

@@ -151,15 +151,23 @@ describe('acks', () => {
     expect(detail?.attrs).toMatchObject({ h: '7', 'send-count': '0' });
   });
 
-  it('tolerates an ack lower than the previous one', async () => {
+  it('tolerates an ack lower than the previous one, and takes it as the answer to the outstanding <r/>', async () => {
     const alice = await fixture.login('directtls', USERS.alice, { resource: 'backwards', sm: true });
     const bob = await fixture.login('directtls', USERS.bob, { resource: 'backwards' });
     bob.client.sendMessage(alice.jid, 'a');
     bob.client.sendMessage(alice.jid, 'b');
     await collectMessages(alice.client, 2, 'two messages');
+    await alice.client.expect((el) => el.is('r', NS.sm3), "the proxy's <r/> for a and b");
     alice.client.ack(2);
+    bob.client.sendMessage(alice.jid, 'c');
+    await alice.client.expectMessage((m) => m.getChildText('body') === 'c');
+    await alice.client.expect((el) => el.is('r', NS.sm3), "the proxy's <r/> for c");
     alice.client.ack(1);
     expect(await alice.client.ackRequest()).toBe(0);
+    // The backwards <a/> answered the request for c: the next stanza is asked about at once.
+    bob.client.sendMessage(alice.jid, 'd');
+    await alice.client.expectMessage((m) => m.getChildText('body') === 'd');
+    await alice.client.expect((el) => el.is('r', NS.sm3), "a new <r/> for d", 2000);
     await alice.client.close();
     await bob.client.close();
   });
@@ -222,6 +230,43 @@ describe('hibernation and resumption', () => {
     await client.expectNone((el) => el.is('message'), 'more', 300);
     await client.close();
     await bob.client.close();
+  });
+
+  it.each([
+    ['below the last ack', 2, /h=2 is below the last acknowledged count 4/, undefined],
+    ['above what was sent', 11, /h=11 acks more than the 10 stanzas sent/, { h: '11', 'send-count': '10' }],
+  ])('refuses a resume whose h is %s with undefined-condition, and keeps the session', async (_label, h, text, tooHigh) => {
+    const alice = await fixture.login('directtls', USERS.alice, { resource: `bad-h-${h}`, sm: true });
+    const bob = await fixture.login('directtls', USERS.bob, { resource: `bad-h-${h}` });
+    for (let i = 1; i <= 10; i++) bob.client.sendMessage(alice.jid, `p${i}`);
+    await collectMessages(alice.client, 10, 'ten messages');
+    alice.client.ack(4);
+    expect(await alice.client.ackRequest()).toBe(0);
+    alice.client.drop();
+    const { client, answer } = await resumeWith(fixture, USERS.alice, alice.smId!, h);
+    expect(answer.name).toBe('failed');
+    expect(failedCondition(answer)).toBe('undefined-condition');
+    expect(answer.getChildText('text')).toMatch(text);
+    expect(answer.attrs.h).toBe('0');
+    expect(answer.getChild('handled-count-too-high', NS.sm3)?.attrs).toEqual(tooHigh === undefined ? undefined : { xmlns: NS.sm3, ...tooHigh });
+    await client.close();
+    // The hibernated session is untouched: the right h resumes it and replays exactly the rest.
+    const { client: again, answer: resumed } = await resumeWith(fixture, USERS.alice, alice.smId!, 4);
+    expect(resumed.name).toBe('resumed');
+    expect(bodies(await collectMessages(again, 6, 'the rest'))).toEqual(['p5', 'p6', 'p7', 'p8', 'p9', 'p10']);
+    await again.expectNone((el) => el.is('message'), 'more', 300);
+    await again.close();
+    await bob.client.close();
+  });
+
+  it('answers <resumed/> in the namespace of <resume/>, not of <enable/>', async () => {
+    const alice = await fixture.login('directtls', USERS.alice, { resource: 'resume-ns', sm: true });
+    alice.client.drop();
+    const client = await fixture.connect('directtls');
+    await client.authenticatePlain('alice', USERS.alice.password);
+    const answer = await client.resume(alice.smId!, 0, NS.sm2);
+    expect(answer.is('resumed', NS.sm2)).toBe(true);
+    await client.close();
   });
 
   it('counts the client\'s stanzas across the resume (the h in <resumed/>)', async () => {
@@ -477,6 +522,28 @@ describe('dead connections, expiry and limits', () => {
     expect(answer.getChildText('text')).toMatch(/unacknowledged/);
     await client.close();
     await bob.client.close();
+  });
+
+  it("keeps sessions working when an integration's event listener throws", async () => {
+    const names = ['ackDelayed', 'hibernationStarted', 'hibernationEnded', 'stanzaQueuedWhileHibernating'] as const;
+    const thrower = (): never => {
+      throw new Error('integration bug');
+    };
+    for (const name of names) fast.proxy.events.on(name, thrower);
+    try {
+      const alice = await fast.login('directtls', USERS.alice, { resource: 'throwing', sm: true });
+      const bob = await fast.login('directtls', USERS.bob, { resource: 'throwing' });
+      alice.client.drop();
+      await waitUntil(() => (events.hibernationStarted ?? []).some((e) => e.jid === alice.jid), 'alice to hibernate');
+      bob.client.sendMessage(alice.jid, 'while away', 'T1');
+      // The expiry timer emits hibernationEnded: the session still bounces and ends.
+      await bob.client.expect((el) => el.is('message') && el.attrs.id === 'T1' && el.attrs.type === 'error', 'the bounce of T1', 4000);
+      expect((events.stanzaQueuedWhileHibernating ?? []).some((e) => e.jid === alice.jid)).toBe(true);
+      expect((events.hibernationEnded ?? []).some((e) => e.jid === alice.jid && e.reason === 'expired')).toBe(true);
+      await bob.client.close();
+    } finally {
+      for (const name of names) fast.proxy.events.off(name, thrower);
+    }
   });
 
   it('drops unacked stanzas quietly with expiryPolicy "drop"', async () => {

@@ -258,12 +258,14 @@ describe('UnackedQueue resume (XEP-0198 §5)', () => {
     if (expectedAck.kind === 'too-high') expect(ids(queue.entries())).toEqual(before);
   });
 
-  it('backwards: replays everything after the last accepted ack', () => {
+  it('backwards: no replay, nothing changes (the caller refuses the resume)', () => {
     const { queue } = queueWith(4);
     queue.ack(2);
     const { ack, replay } = queue.resume(1);
     expect(ack).toEqual({ kind: 'backwards', h: 1, previous: 2 });
-    expect(ids(replay)).toEqual(['m2', 'm3']);
+    expect(replay).toEqual([]);
+    expect(ids(queue.entries())).toEqual(['m2', 'm3']);
+    expect(queue.acked).toBe(2);
   });
 
   it('replays across the wrap', () => {
