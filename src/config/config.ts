@@ -9,10 +9,10 @@
  * Schema cannot express, live in `crossFieldProblems` below.
  */
 import { readFile } from 'node:fs/promises';
-import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { ConfigError, ErrorCode } from '../errors.js';
+import { parseIpRange } from '../transport/ip-range.js';
 import schema from './proxy.schema.json' with { type: 'json' };
 
 /** Listener kinds: STARTTLS on plain TCP (RFC 6120 §5), direct TLS (XEP-0368), WebSocket (RFC 7395). */
@@ -48,7 +48,11 @@ export interface WebSocketListenerConfig {
   readonly allowedOrigins: readonly string[];
   /** Seconds between WebSocket pings to the client. Default 25, range 0.05..3600. */
   readonly pingIntervalSeconds: number;
-  /** IP addresses of reverse proxies whose X-Forwarded-For is believed (for logs). Default `[]` = never. */
+  /**
+   * Reverse proxies whose X-Forwarded-For / Forwarded headers are believed (for logs): IPv4 or IPv6
+   * addresses, or CIDR ranges `address/prefix` (prefix 0..32 for IPv4, 0..128 for IPv6).
+   * Default `[]` = never.
+   */
   readonly trustedProxies: readonly string[];
 }
 
@@ -314,9 +318,11 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
       }
     }
     if (listener.type === 'websocket') {
-      asArray(listener.trustedProxies).forEach((address, k) => {
-        if (typeof address === 'string' && address !== '' && isIP(address) === 0) {
-          problems.push(`/listeners/${i}/trustedProxies/${k}: ${JSON.stringify(address)} is not an IP address`);
+      asArray(listener.trustedProxies).forEach((entry, k) => {
+        if (typeof entry !== 'string' || entry === '') return;
+        const parsed = parseIpRange(entry);
+        if (!parsed.ok) {
+          problems.push(`/listeners/${i}/trustedProxies/${k}: ${JSON.stringify(entry)} is not an IP address or CIDR range: ${parsed.reason}`);
         }
       });
     }

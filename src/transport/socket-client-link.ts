@@ -13,6 +13,10 @@ import type { TlsCredentials } from './tls-credentials.js';
 
 /** How long a closing link waits for the client to close its side before dropping the socket. */
 const CLOSE_WAIT_MS = 2000;
+/** RFC 8446 §5.1 / RFC 5246 §6.2.1: ContentType `handshake`, the first byte of a ClientHello record. */
+const TLS_HANDSHAKE_RECORD = 0x16;
+/** '>': every element, and so `<starttls/>`, ends at one. */
+const GT = 0x3e;
 
 /** What a STARTTLS link needs before TLS: certificates and the list of served domains. */
 export interface StartTlsOptions {
@@ -30,8 +34,11 @@ export interface SocketClientLinkOptions {
   readonly startTls?: StartTlsOptions;
 }
 
-/** Where a socket link stands. `pre-tls` only exists on the STARTTLS transport. */
-type LinkPhase = 'pre-tls' | 'tls-handshake' | 'stream' | 'closing' | 'ended';
+/**
+ * Where a socket link stands. `pre-tls` and `awaiting-client-hello` (after `<proceed/>`, until
+ * the first byte of the client's TLS handshake) only exist on the STARTTLS transport.
+ */
+type LinkPhase = 'pre-tls' | 'awaiting-client-hello' | 'tls-handshake' | 'stream' | 'closing' | 'ended';
 
 /**
  * A client connection over TCP: STARTTLS (RFC 6120 §5) or direct TLS (XEP-0368). Before TLS the
@@ -53,6 +60,8 @@ export class SocketClientLink implements ClientLink {
   private closeTimer: NodeJS.Timeout | undefined;
   /** The domain the client named before TLS: picks the certificate when it sends no SNI. */
   private tlsServerName: string | undefined;
+  /** Bytes the client sent between `<starttls/>` and its ClientHello, dropped (for the log). */
+  private droppedBeforeTls = 0;
   private limits: ScannerLimits;
   private readonly log: Logger;
   private readonly startTls: StartTlsOptions | undefined;
@@ -140,7 +149,9 @@ export class SocketClientLink implements ClientLink {
   }
 
   private readonly onData = (chunk: Buffer): void => {
-    this.scanner.write(chunk);
+    if (this.phase === 'pre-tls') this.scanPreTls(chunk);
+    else if (this.phase === 'awaiting-client-hello') this.awaitClientHello(chunk);
+    else this.scanner.write(chunk);
   };
 
   private readonly onDrain = (): void => {
@@ -195,14 +206,34 @@ export class SocketClientLink implements ClientLink {
       {
         onStreamOpen: (header) => this.onPreTlsHeader(header),
         onElement: (element) => this.onPreTlsElement(element),
-        onStreamClose: () => this.close(),
-        onError: (error) => this.fail(error),
+        onStreamClose: () => {
+          if (this.phase === 'pre-tls') this.close();
+        },
+        onError: (error) => {
+          if (this.phase === 'pre-tls') this.fail(error);
+        },
       },
       this.limits,
     );
   }
 
+  /**
+   * Feeds the pre-TLS scanner one piece at a time, each ending at a '>', so that when
+   * `<starttls/>` has ended, the rest of the read is known and is not parsed as XML.
+   */
+  private scanPreTls(chunk: Buffer): void {
+    let start = 0;
+    while (start < chunk.length && this.phase === 'pre-tls') {
+      const gt = chunk.indexOf(GT, start);
+      const end = gt < 0 ? chunk.length : gt + 1;
+      this.scanner.write(chunk.subarray(start, end));
+      start = end;
+    }
+    if (this.phase === 'awaiting-client-hello' && start < chunk.length) this.awaitClientHello(chunk.subarray(start));
+  }
+
   private onPreTlsHeader(header: StreamHeader): void {
+    if (this.phase !== 'pre-tls') return;
     const to = header.attrs.to?.toLowerCase();
     const attrs = { from: to, id: newStreamId(), version: '1.0' };
     if (to === undefined || !this.startTls?.isServedDomain(to)) {
@@ -223,18 +254,40 @@ export class SocketClientLink implements ClientLink {
       return;
     }
     this.write(`<proceed xmlns='${NS.tls}'/>`);
-    this.upgradeToTls();
+    this.phase = 'awaiting-client-hello';
   }
 
-  private upgradeToTls(): void {
+  /**
+   * COMPAT(several clients; whitespace keepalives): some clients send a few bytes after
+   * `<starttls/>` (a space, a newline), in the same read or in a segment of their own, before their
+   * ClientHello. RFC 6120 §5.4.3.3: after `<proceed/>` "the receiving entity MUST consider the
+   * TLS negotiation to have begun", and the stream's XML is over, so these bytes belong to neither
+   * the stream nor TLS: everything up to the first byte of a TLS handshake record is dropped, and
+   * the rest is TLS.
+   */
+  private awaitClientHello(bytes: Buffer): void {
+    const at = bytes.indexOf(TLS_HANDSHAKE_RECORD);
+    if (at < 0) {
+      this.droppedBeforeTls += bytes.length;
+      return;
+    }
+    this.droppedBeforeTls += at;
+    this.upgradeToTls(bytes.subarray(at));
+  }
+
+  /** Starts TLS over the plain socket; `first` holds the first bytes of the client's TLS handshake. */
+  private upgradeToTls(first: Buffer): void {
     const startTls = this.startTls;
     if (startTls === undefined) return;
     this.phase = 'tls-handshake';
+    if (this.droppedBeforeTls > 0) this.log.debug({ bytes: this.droppedBeforeTls }, 'dropped bytes between <starttls/> and the TLS handshake');
     const plain = this.socket;
     this.detachSocket(plain);
-    // COMPAT(several clients): bytes sent after <starttls/> before <proceed/> arrived are dropped,
-    // as RFC 6120 §5.4.3.3 leaves them undefined; the old scanner is discarded with them.
     this.uncork();
+    // The TLS socket reads what is buffered on the plain socket first: hand back the part of this
+    // read that is TLS. Paused, so that nothing flows out of the buffer before it does.
+    plain.pause();
+    plain.unshift(first);
     const secure = new TLSSocket(plain, {
       isServer: true,
       secureContext: startTls.credentials.contextFor(this.tlsServerName),

@@ -32,6 +32,9 @@ export interface TcpListenerOptions {
  */
 export class TcpListener implements Listener {
   private readonly server: Server;
+  /** Accepted sockets: the raw TCP ones, before any TLS (a direct TLS handshake in progress is in no link yet). */
+  private readonly rawSockets = new Set<Socket>();
+  /** The sockets handed to client links (the TLS socket for direct TLS). */
   private readonly sockets = new Set<Socket>();
 
   constructor(private readonly options: TcpListenerOptions) {
@@ -50,6 +53,10 @@ export class TcpListener implements Listener {
     } else {
       this.server = createNetServer((socket) => this.accept(socket));
     }
+    this.server.on('connection', (socket: Socket) => {
+      this.rawSockets.add(socket);
+      socket.once('close', () => this.rawSockets.delete(socket));
+    });
     this.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
   }
 
@@ -76,9 +83,10 @@ export class TcpListener implements Listener {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  /** Drops every connection still open (end of the shutdown grace period). */
+  /** Drops every connection still open (end of the shutdown grace period), TLS handshakes in progress included. */
   destroyAll(): void {
     for (const socket of this.sockets) socket.destroy();
+    for (const socket of this.rawSockets) socket.destroy();
   }
 
   private accept(socket: Socket): void {

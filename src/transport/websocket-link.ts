@@ -261,7 +261,7 @@ export class WebSocketClientLink implements ClientLink {
   }
 
   private readonly onWsError = (err: Error & { code?: string }): void => {
-    // ws reports refused frames here after it has already sent its close frame (1002, 1007, 1009).
+    // ws reports refused frames here after it has already sent its close frame (1002, 1007, 1008, 1009).
     if (this.phase !== 'awaiting-open' && this.phase !== 'stream') {
       this.log.debug({ err: err.message, wsCode: err.code }, 'client WebSocket error after the stream ended');
       return;
@@ -272,6 +272,13 @@ export class WebSocketClientLink implements ClientLink {
           new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `WebSocket message of more than ${this.maxPayloadBytes} bytes exceeds maxStanzaBytes ${this.maxPayloadBytes}`, {
             appCondition: { name: 'stanza-too-big', xmlns: NS.errors },
           }),
+        );
+        return;
+      case 'WS_ERR_TOO_MANY_BUFFERED_PARTS':
+        // The listener's maxFragments of 1: RFC 7395 §3.3.3 "one complete element per message",
+        // and this proxy takes each message in one frame.
+        this.protocolError(
+          new StreamError(ErrorCode.UNEXPECTED_ELEMENT, 'policy-violation', 'fragmented WebSocket message refused: each message must be one unfragmented frame (RFC 7395 §3.3.3)'),
         );
         return;
       case 'WS_ERR_INVALID_UTF8':

@@ -13,6 +13,7 @@ import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
 import { escapeXml } from '../xml/escape.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
+import { parseIpRange } from './ip-range.js';
 import type { Listener } from './listener.js';
 import type { TlsCredentials } from './tls-credentials.js';
 import { WebSocketClientLink } from './websocket-link.js';
@@ -73,6 +74,8 @@ export class WebSocketListener implements Listener {
   private readonly server: Server;
   private readonly wss: WebSocketServer;
   private readonly sockets = new Set<WebSocket>();
+  /** Every accepted TCP connection, from before its TLS handshake (the HTTP server tracks it only after). */
+  private readonly rawSockets = new Set<Socket>();
   private readonly trusted: BlockList;
   private readonly allowedOrigins: ReadonlySet<string>;
 
@@ -97,12 +100,20 @@ export class WebSocketListener implements Listener {
       clientTracking: false,
       // DESIGN §7: ws enforces the stanza limit on whole messages before buffering more.
       maxPayload: options.maxPayloadBytes,
+      // RFC 7395 §3.3.3: one complete element per message; the proxy takes each message unfragmented
+      // (RFC 6455 §5.4 FIN set on its only frame). ws refuses a message's second fragment with
+      // close 1008 and WS_ERR_TOO_MANY_BUFFERED_PARTS, before buffering it.
+      maxFragments: 1,
       // Compression over TLS invites CRIME/BREACH-style attacks and costs memory per connection.
       perMessageDeflate: false,
       handleProtocols: (protocols) => (protocols.has(XMPP_SUBPROTOCOL) ? XMPP_SUBPROTOCOL : false),
     });
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res));
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.server.on('connection', (socket: Socket) => {
+      this.rawSockets.add(socket);
+      socket.once('close', () => this.rawSockets.delete(socket));
+    });
     this.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
   }
 
@@ -137,6 +148,7 @@ export class WebSocketListener implements Listener {
   destroyAll(): void {
     for (const ws of this.sockets) ws.terminate();
     this.server.closeAllConnections();
+    for (const socket of this.rawSockets) socket.destroy();
   }
 
   // --- plain HTTP: discovery, and refusals ---
@@ -361,19 +373,17 @@ function isTrusted(list: BlockList, address: string): boolean {
   return list.check(address, isIP(address) === 6 ? 'ipv6' : 'ipv4');
 }
 
+/** The trusted proxies as a BlockList; entries are parsed as the config validation parsed them. */
 function trustedProxyList(entries: readonly string[]): BlockList {
   const list = new BlockList();
   for (const entry of entries) {
-    const [address, prefix] = entry.split('/');
-    const normalized = normalizeAddress(address);
-    const family = normalized === undefined ? 0 : isIP(normalized);
-    const bits = prefix === undefined ? undefined : Number(prefix);
-    if (normalized === undefined || (bits !== undefined && (!Number.isInteger(bits) || bits < 0 || bits > (family === 6 ? 128 : 32)))) {
-      throw new ConfigError(ErrorCode.CONFIG_INVALID, `trustedProxies entry '${entry}' is not an IP address or address/prefix`);
+    const parsed = parseIpRange(entry);
+    if (!parsed.ok) {
+      throw new ConfigError(ErrorCode.CONFIG_INVALID, `trustedProxies entry '${entry}' is not an IP address or address/prefix: ${parsed.reason}`);
     }
-    const type = family === 6 ? 'ipv6' : 'ipv4';
-    if (bits === undefined) list.addAddress(normalized, type);
-    else list.addSubnet(normalized, bits, type);
+    const { address, prefix, family } = parsed.range;
+    if (prefix === undefined) list.addAddress(address, family);
+    else list.addSubnet(address, prefix, family);
   }
   return list;
 }

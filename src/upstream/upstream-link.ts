@@ -71,6 +71,9 @@ export class UpstreamLink {
         onElement: (element) => this.handler?.onElement(element),
         onStreamClose: () => {
           this.streamClosed = true;
+          // RFC 6120 §4.4: both streams are closed once the server answers our close; the TCP
+          // connection can go now, whatever the session (perhaps closed already) does with the event.
+          if (this.closing) this.socket.end();
           this.handler?.onStreamClose();
         },
         onError: (error) => {
@@ -163,7 +166,10 @@ export class UpstreamLink {
     this.scanner.restart();
   }
 
-  /** Closes the stream cleanly and waits, for a bounded time, for the server to close its side. */
+  /**
+   * Closes the stream cleanly and waits, for a bounded time, for the server to close its side; the
+   * socket is ended as soon as the server's `</stream:stream>` is there (or at once if it already was).
+   */
   close(): void {
     if (this.closing || this.endedFlag) return;
     this.closing = true;
@@ -239,19 +245,27 @@ function connectSocket(target: UpstreamTarget): Promise<Socket> {
 
 /**
  * STARTTLS on the hop (RFC 6120 §5.4): open a stream, read the features, send `<starttls/>`,
- * wait for `<proceed/>`, then upgrade. The session later opens a fresh stream over TLS.
+ * wait for `<proceed/>`, then upgrade. The session later opens a fresh stream over TLS. The whole
+ * negotiation, TLS handshake included, must finish within the connect timeout; on failure both
+ * sockets are destroyed.
  */
 function negotiateStartTls(socket: Socket, target: UpstreamTarget): Promise<Socket> {
   return new Promise((resolve, reject) => {
     let settled = false;
+    let secure: Socket | undefined;
     const fail = (message: string, cause?: unknown): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.removeAllListeners('data');
+      secure?.destroy();
+      socket.destroy();
       reject(new UpstreamError(ErrorCode.UPSTREAM_TLS, `STARTTLS with legacy server ${target.host}:${target.port}: ${message}`, { cause, text: 'legacy server TLS failed' }));
     };
-    const timer = setTimeout(() => fail(`no answer within ${target.connectTimeoutMs} ms`), target.connectTimeoutMs);
+    const timer = setTimeout(() => {
+      const step = secure === undefined ? 'no answer' : 'TLS handshake not complete';
+      fail(`${step} within ${target.connectTimeoutMs} ms`);
+    }, target.connectTimeoutMs);
     const scanner = new StreamScanner(
       {
         onStreamOpen: () => undefined,
@@ -263,18 +277,20 @@ function negotiateStartTls(socket: Socket, target: UpstreamTarget): Promise<Sock
             }
             socket.write(`<starttls xmlns='${NS.tls}'/>`);
           } else if (element.localName === 'proceed' && element.ns === NS.tls) {
-            clearTimeout(timer);
             socket.removeAllListeners('data');
-            const secure = tlsConnect({
+            const tls = tlsConnect({
               socket,
               servername: target.serverName ?? target.domain,
               rejectUnauthorized: target.rejectUnauthorized,
             });
-            secure.once('secureConnect', () => {
+            secure = tls;
+            tls.once('secureConnect', () => {
+              if (settled) return;
               settled = true;
-              resolve(secure);
+              clearTimeout(timer);
+              resolve(tls);
             });
-            secure.on('error', (err) => fail(err.message, err));
+            tls.on('error', (err) => fail(err.message, err));
           } else {
             fail(`unexpected <${element.name}/>`);
           }

@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:net';
+import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
@@ -14,6 +14,10 @@ let prosody: ProsodyServer;
 let fixture: ProxyFixture;
 let silentServer: Server;
 let silentPort: number;
+/** A "legacy server" that offers STARTTLS, says `<proceed/>`, and then never does TLS. */
+let stallingTlsServer: Server;
+/** Its connections, open or not. */
+const stallingTlsSockets: Socket[] = [];
 
 beforeAll(async () => {
   prosody = await startProsody({ users: Object.values(USERS) });
@@ -21,12 +25,29 @@ beforeAll(async () => {
   silentServer = createServer(() => undefined);
   await new Promise<void>((resolve) => silentServer.listen(0, '127.0.0.1', resolve));
   silentPort = (silentServer.address() as { port: number }).port;
+  stallingTlsServer = createServer((socket) => {
+    stallingTlsSockets.push(socket);
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      if (text.includes('<stream:stream')) {
+        socket.write(
+          "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='stall' from='stalltls.localhost' version='1.0'>" +
+            `<stream:features><starttls xmlns='${NS.tls}'><required/></starttls></stream:features>`,
+        );
+      }
+      if (text.includes('<starttls')) socket.write(`<proceed xmlns='${NS.tls}'/>`);
+    });
+  });
+  await new Promise<void>((resolve) => stallingTlsServer.listen(0, '127.0.0.1', resolve));
+  const stallingTlsPort = (stallingTlsServer.address() as { port: number }).port;
   const closedPort = await unusedPort();
   fixture = await startProxyFixture({
     prosody,
     domains: {
       'down.localhost': { upstream: { host: '127.0.0.1', port: closedPort, connectTimeoutSeconds: 1 } },
       'silent.localhost': { upstream: { host: '127.0.0.1', port: silentPort, connectTimeoutSeconds: 0.5 } },
+      'stalltls.localhost': { upstream: { host: '127.0.0.1', port: stallingTlsPort, security: 'starttls', connectTimeoutSeconds: 0.5 } },
     },
   });
 }, 30_000);
@@ -34,6 +55,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await fixture?.stop();
   silentServer?.close();
+  stallingTlsServer?.close();
   await prosody?.stop();
 });
 
@@ -165,6 +187,15 @@ describe('bad input gets a clear answer and leaves other sessions alone', () => 
     await client.expectStreamError('remote-connection-failed');
   });
 
+  it('answers remote-connection-failed and drops the hop when the legacy server stalls in the STARTTLS handshake', async () => {
+    const client = await RawClient.connect({ host: '127.0.0.1', port: fixture.ports.directtls, transport: 'directtls', domain: 'stalltls.localhost', openStream: false });
+    client.sendRaw("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='stalltls.localhost' version='1.0'>");
+    await client.expectStreamError('remote-connection-failed', 3000);
+    await client.expectClosed();
+    expect(stallingTlsSockets.length).toBeGreaterThan(0);
+    await waitUntil(() => stallingTlsSockets.every((socket) => socket.closed), 'the stalled upstream socket to be closed by the proxy', 3000);
+  });
+
   it('survives TLS garbage, half-open sockets and resets without leaking sessions', async () => {
     // Its own proxy, so that the session count says only what this test did.
     const fixture = await startProxyFixture({ prosody });
@@ -182,6 +213,49 @@ describe('bad input gets a clear answer and leaves other sessions alone', () => 
     await after.client.close();
     await waitUntil(() => fixture.proxy.registry.size === 0, 'every session to end', 5000);
     await fixture.stop();
+  });
+});
+
+describe('shutdown', () => {
+  it('ends within shutdownGraceSeconds even with TLS handshakes in progress (direct TLS, wss, STARTTLS)', async () => {
+    const own = await startProxyFixture({ prosody });
+    const graceMs = 1000;
+    // TCP connections that never send a ClientHello: the TLS handshake timeout (30 s) is far off.
+    const stalled = await Promise.all(
+      (['directtls', 'websocket', 'starttls'] as const).map(
+        (transport) =>
+          new Promise<Socket>((resolve, reject) => {
+            const socket = netConnect({ host: '127.0.0.1', port: own.ports[transport] }, () => resolve(socket));
+            socket.on('error', reject);
+            // Read (and ignore) what arrives, so that the peer's end is seen.
+            socket.resume();
+          }),
+      ),
+    );
+    const startedMs = Date.now();
+    await own.stop();
+    const tookMs = Date.now() - startedMs;
+    expect(tookMs, `stop() took ${tookMs} ms with a grace period of ${graceMs} ms`).toBeLessThan(graceMs + 1000);
+    await waitUntil(() => stalled.every((socket) => socket.closed), 'the stalled client sockets to be closed', 2000);
+  });
+});
+
+describe('STARTTLS with stray bytes after <starttls/> (RFC 6120 §5.4.3.3)', () => {
+  it.each([
+    ['whitespace in the same write as <starttls/>', { trailing: ' ', mode: 'same-write' }],
+    ['a whitespace keepalive in a write of its own before the ClientHello', { trailing: ' ', mode: 'own-write' }],
+    ['whitespace and the ClientHello in the same write as <starttls/>', { trailing: ' \n', mode: 'with-client-hello' }],
+    ['the ClientHello right after <starttls/>, in the same write', { mode: 'with-client-hello' }],
+  ] as const)('%s: TLS is established and the client logs in', async (_label, options) => {
+    const client = await RawClient.connectPlain({ host: '127.0.0.1', port: fixture.ports.starttls, domain: fixture.domain });
+    await client.openStream();
+    await client.starttls(options);
+    expect(client.tls?.encrypted).toBe(true);
+    await client.openStream();
+    await client.authenticatePlain('alice', USERS.alice.password);
+    expect(await client.bind('stray-bytes')).toBe(`alice@${fixture.domain}/stray-bytes`);
+    await client.close();
+    expect(client.streamClosedByPeer).toBe(true);
   });
 });
 

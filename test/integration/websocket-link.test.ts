@@ -479,6 +479,31 @@ describe('WebSocket link: refused input', () => {
     expect(handler.ofType('element')).toHaveLength(0);
   });
 
+  // Refused by ws itself, which closes before the proxy could answer with a stream error; the session
+  // still learns why, and the link ends as 'local' (never hibernation, so the input is not replayed).
+  it.each([
+    [
+      'a fragmented message (RFC 7395 §3.3.3, listener maxFragments 1)',
+      (ws: WebSocket) => {
+        ws.send(`<message><body>one `, { fin: false });
+        ws.send(`frame</body></message>`, { fin: true });
+      },
+      'policy-violation',
+      1008,
+    ],
+    ['invalid UTF-8 in a text message (RFC 6455 §8.1)', (ws: WebSocket) => ws.send(Buffer.from([0x3c, 0x61, 0xc0, 0x80, 0x2f, 0x3e]), { binary: false }), 'unsupported-encoding', 1007],
+    ['an unmasked client frame (RFC 6455 §5.1)', (ws: WebSocket) => ws.send(`<presence/>`, { mask: false }), 'not-well-formed', 1002],
+  ] as const)('refuses %s: the session sees %s, ws closes with %i', async (_what, send, condition, closeCode) => {
+    const harness = await startListener();
+    const { ws, handler, closed } = await openStream(harness);
+    send(ws);
+    const { error } = await handler.next('protocol-error');
+    expect(error.condition).toBe(condition);
+    expect((await within(closed, 'the WebSocket to close')).code).toBe(closeCode);
+    expect((await handler.endedOnce()).kind).toBe('local');
+    expect(handler.ofType('element')).toHaveLength(0);
+  });
+
   const malformed: Array<[string, string, string]> = [
     ['two elements in one message', `<presence/><presence/>`, 'not-well-formed'],
     ['text only', `hello`, 'not-well-formed'],

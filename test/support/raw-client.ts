@@ -31,6 +31,7 @@
  */
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { Element } from 'ltx';
@@ -100,6 +101,23 @@ export interface RawPlainOptions {
   port: number;
   domain: string;
   timeoutMs?: number;
+}
+
+/**
+ * Bytes some clients send after `<starttls/>` besides TLS, to test the proxy's tolerance
+ * (RFC 6120 §5.4.3.3 leaves them undefined).
+ */
+export interface StartTlsOptions {
+  /** Written after `<starttls/>`, before the ClientHello (e.g. a whitespace keepalive). Default none. */
+  trailing?: string;
+  /**
+   * How `trailing` travels: 'same-write' in one write with `<starttls/>`; 'own-write' alone, once
+   * `<proceed/>` arrived, 50 ms before the ClientHello (so that it reaches the peer in a segment
+   * of its own); 'with-client-hello' in one write with `<starttls/>` and the ClientHello, without
+   * waiting for `<proceed/>` (which is then consumed below TLS, not added to `received`).
+   * Default 'same-write'.
+   */
+  mode?: 'same-write' | 'own-write' | 'with-client-hello';
 }
 
 export interface EnableSmOptions {
@@ -405,20 +423,40 @@ export class RawClient {
     this.parser = this.newParser();
   }
 
-  /** RFC 6120 §5.4.2: `<starttls/>`, `<proceed/>`, then TLS over this socket. The stream must be restarted next. */
-  async starttls(): Promise<void> {
-    this.send(`<starttls xmlns='${NS.tls}'/>`);
+  /**
+   * RFC 6120 §5.4.2: `<starttls/>`, `<proceed/>`, then TLS over this socket. The stream must be
+   * restarted next. `options` adds the stray bytes some clients send (see StartTlsOptions).
+   */
+  async starttls(options: StartTlsOptions = {}): Promise<void> {
+    const starttls = `<starttls xmlns='${NS.tls}'/>`;
+    const trailing = options.trailing ?? '';
+    const mode = options.mode ?? 'same-write';
+    const connection = this.connection;
+    if (mode === 'with-client-hello') {
+      if (connection.kind !== 'tcp') throw new Error('starttls(): there is no STARTTLS over WebSocket');
+      const pipelined = new PipelinedStartTls(connection.tcp, Buffer.from(starttls + trailing, 'utf8'));
+      await this.upgradeToTls({}, 'TLS handshake pipelined with <starttls/>', pipelined);
+      return;
+    }
+    this.send(mode === 'same-write' ? starttls + trailing : starttls);
     const answer = await this.expect((el) => el.getNS() === NS.tls && (el.name === 'proceed' || el.name === 'failure'), '<proceed/>');
     if (answer.name !== 'proceed') throw new Error(`STARTTLS refused: ${show(answer)}`);
+    if (mode === 'own-write' && trailing !== '') {
+      this.sendRaw(trailing);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     await this.upgradeToTls({}, 'TLS handshake after <proceed/>');
   }
 
-  /** TLS over the TCP socket; the proxy's certificate is self-signed, so it is not verified. */
-  private async upgradeToTls(options: Pick<ConnectionOptions, 'ALPNProtocols'>, what: string): Promise<void> {
+  /**
+   * TLS over the TCP socket (or over `over`, a stream on top of it); the proxy's certificate is
+   * self-signed, so it is not verified.
+   */
+  private async upgradeToTls(options: Pick<ConnectionOptions, 'ALPNProtocols'>, what: string, over?: Duplex): Promise<void> {
     const connection = this.connection;
     if (connection.kind !== 'tcp') throw new Error(`${what}: there is no TLS upgrade over WebSocket (wss:// is TLS from the start)`);
     this.detach(connection.socket);
-    const tlsSocket = tlsConnect({ ...options, socket: connection.tcp, servername: this.domain, rejectUnauthorized: false });
+    const tlsSocket = tlsConnect({ ...options, socket: over ?? connection.tcp, servername: this.domain, rejectUnauthorized: false });
     await waitForSocketEvent(tlsSocket, 'secureConnect', this.defaultTimeoutMs, what);
     connection.tls = tlsSocket;
     connection.socket = tlsSocket;
@@ -877,6 +915,68 @@ function waitForSocketEvent(socket: Socket, event: 'connect' | 'secureConnect', 
     socket.once('error', onError);
     socket.once('close', onClose);
   });
+}
+
+/**
+ * A client that does not wait for `<proceed/>`: the first bytes TLS writes (the ClientHello) go out
+ * in one TCP write after `prefix` (`<starttls/>` and stray bytes), and the peer's `<proceed/>` is
+ * taken off the front of what arrives before TLS sees it.
+ */
+class PipelinedStartTls extends Duplex {
+  private prefix: Buffer | undefined;
+  /** Bytes received while `<proceed/>` is not complete yet; undefined once it was taken off. */
+  private beforeProceed: Buffer | undefined = Buffer.alloc(0);
+
+  constructor(
+    private readonly tcp: Socket,
+    prefix: Buffer,
+  ) {
+    super();
+    this.prefix = prefix;
+    tcp.on('data', (chunk: Buffer) => this.fromPeer(chunk));
+    tcp.on('end', () => this.push(null));
+    tcp.on('error', (err) => this.destroy(err));
+    tcp.on('close', () => this.destroy());
+  }
+
+  override _read(): void {
+    // Data is pushed as it arrives.
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    const prefix = this.prefix;
+    this.prefix = undefined;
+    this.tcp.write(prefix === undefined ? chunk : Buffer.concat([prefix, chunk]), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.tcp.end(callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.tcp.destroy();
+    callback(error);
+  }
+
+  private fromPeer(chunk: Buffer): void {
+    if (this.beforeProceed === undefined) {
+      this.push(chunk);
+      return;
+    }
+    const held = Buffer.concat([this.beforeProceed, chunk]);
+    const text = held.toString('latin1');
+    const end = text.indexOf('/>');
+    if (end < 0) {
+      this.beforeProceed = held;
+      return;
+    }
+    if (!/^\s*<proceed\s[^>]*xmlns=['"]urn:ietf:params:xml:ns:xmpp-tls['"]/.test(text.slice(0, end))) {
+      this.destroy(new Error(`expected <proceed/> before TLS, got ${JSON.stringify(text.slice(0, 200))}`));
+      return;
+    }
+    this.beforeProceed = undefined;
+    if (end + 2 < held.length) this.push(held.subarray(end + 2));
+  }
 }
 
 const WS_STATES = ['connecting', 'open', 'closing', 'closed'];

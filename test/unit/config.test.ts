@@ -130,6 +130,12 @@ describe('parseConfig: defaults', () => {
     expect(config.listeners[1]).toEqual(websocket);
   });
 
+  it('accepts trusted proxies as IPv4 and IPv6 addresses and CIDR ranges', () => {
+    const trustedProxies = ['127.0.0.1', '::1', '10.0.0.0/8', '192.0.2.7/32', '0.0.0.0/0', 'fd00::/8', '2001:db8::/128', '::/0', '::ffff:10.0.0.0/104'];
+    const config = parseConfig(withPatch({ listeners: [{ type: 'websocket', port: 5443, trustedProxies }] }), '/etc/smacks-proxy');
+    expect((config.listeners[0] as WebSocketListenerConfig).trustedProxies).toEqual(trustedProxies);
+  });
+
   it('keeps values that are given, fractional seconds included', () => {
     const config = parseConfig(
       withPatch({
@@ -477,7 +483,28 @@ const invalidCases: readonly InvalidCase[] = [
   {
     name: 'trusted proxy that is not an IP address',
     raw: withPatch({ listeners: [{ type: 'websocket', port: 5443, trustedProxies: ['127.0.0.1', 'proxy.lan', '::1'] }] }),
-    problems: ['/listeners/0/trustedProxies/1: "proxy.lan" is not an IP address'],
+    problems: ['/listeners/0/trustedProxies/1: "proxy.lan" is not an IP address or CIDR range: \'proxy.lan\' is not an IPv4 or IPv6 address'],
+  },
+  {
+    name: 'trusted proxy CIDR ranges with a bad prefix or address',
+    raw: withPatch({
+      listeners: [
+        {
+          type: 'websocket',
+          port: 5443,
+          trustedProxies: ['10.0.0.0/8', '10.0.0.0/33', 'fd00::/129', '192.0.2.0/', '192.0.2.0/-1', '192.0.2.0/8.5', 'proxy.lan/24', '10.0.0.0/8/8'],
+        },
+      ],
+    }),
+    problems: [
+      "/listeners/0/trustedProxies/1: \"10.0.0.0/33\" is not an IP address or CIDR range: prefix '/33' is not a whole number of bits in 0..32 for an IPv4 address",
+      "/listeners/0/trustedProxies/2: \"fd00::/129\" is not an IP address or CIDR range: prefix '/129' is not a whole number of bits in 0..128 for an IPv6 address",
+      "/listeners/0/trustedProxies/3: \"192.0.2.0/\" is not an IP address or CIDR range: prefix '/' is not a whole number of bits in 0..32 for an IPv4 address",
+      "/listeners/0/trustedProxies/4: \"192.0.2.0/-1\" is not an IP address or CIDR range: prefix '/-1' is not a whole number of bits in 0..32 for an IPv4 address",
+      "/listeners/0/trustedProxies/5: \"192.0.2.0/8.5\" is not an IP address or CIDR range: prefix '/8.5' is not a whole number of bits in 0..32 for an IPv4 address",
+      "/listeners/0/trustedProxies/6: \"proxy.lan/24\" is not an IP address or CIDR range: 'proxy.lan' is not an IPv4 or IPv6 address",
+      "/listeners/0/trustedProxies/7: \"10.0.0.0/8/8\" is not an IP address or CIDR range: prefix '/8/8' is not a whole number of bits in 0..32 for an IPv4 address",
+    ],
   },
 
   // --- several problems at once: all reported, schema and cross-field alike

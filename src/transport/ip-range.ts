@@ -1,0 +1,41 @@
+import { isIP } from 'node:net';
+
+/** One IP address, or a subnet in CIDR notation (RFC 4632 §3.1 for IPv4, RFC 4291 §2.3 for IPv6). */
+export interface IpRange {
+  readonly family: 'ipv4' | 'ipv6';
+  readonly address: string;
+  /** Prefix length in bits; undefined for a single address. */
+  readonly prefix: number | undefined;
+}
+
+/** What parseIpRange found: the range, or why the entry is not one (for the config error message). */
+export type IpRangeResult = { readonly ok: true; readonly range: IpRange } | { readonly ok: false; readonly reason: string };
+
+const IPV4_MAPPED = /^::ffff:([0-9.]+)$/i;
+const PREFIX = /^[0-9]{1,3}$/;
+
+/**
+ * Parses `address` or `address/prefix` (IPv4 prefix 0..32, IPv6 prefix 0..128). An IPv4-mapped
+ * IPv6 address (`::ffff:192.0.2.1`, prefix 96..128) is read as the IPv4 address it maps, since
+ * peer addresses are compared in that form.
+ */
+export function parseIpRange(entry: string): IpRangeResult {
+  const slash = entry.indexOf('/');
+  const addressPart = slash < 0 ? entry : entry.slice(0, slash);
+  const prefixPart = slash < 0 ? undefined : entry.slice(slash + 1);
+  const family = isIP(addressPart);
+  if (family === 0) return { ok: false, reason: `'${addressPart}' is not an IPv4 or IPv6 address` };
+  const maxBits = family === 6 ? 128 : 32;
+  let prefix: number | undefined;
+  if (prefixPart !== undefined) {
+    prefix = PREFIX.test(prefixPart) ? Number(prefixPart) : Number.NaN;
+    if (!(prefix >= 0 && prefix <= maxBits)) {
+      return { ok: false, reason: `prefix '/${prefixPart}' is not a whole number of bits in 0..${maxBits} for an IPv${family} address` };
+    }
+  }
+  const mapped = family === 6 ? IPV4_MAPPED.exec(addressPart)?.[1] : undefined;
+  if (mapped !== undefined && isIP(mapped) === 4 && (prefix === undefined || prefix >= 96)) {
+    return { ok: true, range: { family: 'ipv4', address: mapped, prefix: prefix === undefined ? undefined : prefix - 96 } };
+  }
+  return { ok: true, range: { family: family === 6 ? 'ipv6' : 'ipv4', address: addressPart, prefix } };
+}
