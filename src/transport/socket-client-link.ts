@@ -8,6 +8,7 @@ import { renderStreamError } from '../xml/stream-error.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
 import { StreamScanner, type ScannedElement, type ScannerLimits, type StreamHeader } from '../xml/stream-scanner.js';
 import { STARTTLS_REQUIRED_FEATURES } from '../session/features.js';
+import { CoalescingWriter } from './coalescing-writer.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd, TransportKind } from './client-link.js';
 import type { TlsCredentials } from './tls-credentials.js';
 
@@ -56,7 +57,7 @@ export class SocketClientLink implements ClientLink {
   private headerSent = false;
   private peerClosedStream = false;
   private localEndReason: string | undefined;
-  private corked = false;
+  private writer: CoalescingWriter;
   private closeTimer: NodeJS.Timeout | undefined;
   /** The domain the client named before TLS: picks the certificate when it sends no SNI. */
   private tlsServerName: string | undefined;
@@ -69,6 +70,7 @@ export class SocketClientLink implements ClientLink {
   constructor(options: SocketClientLinkOptions) {
     this.transport = options.transport;
     this.socket = options.socket;
+    this.writer = new CoalescingWriter(options.socket);
     this.remote = `${options.socket.remoteAddress ?? '?'}:${options.socket.remotePort ?? '?'}`;
     this.limits = options.limits;
     this.log = options.log;
@@ -176,19 +178,8 @@ export class SocketClientLink implements ClientLink {
 
   private write(data: Buffer | string): boolean {
     if (this.phase === 'ended' || this.socket.destroyed) return true;
-    if (!this.corked) {
-      // Coalesce the elements written in one tick into one TLS record / TCP segment.
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
-    }
-    return this.socket.write(data);
+    return this.writer.write(data);
   }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
 
   private beginClose(reason: string): void {
     this.phase = 'closing';
@@ -283,7 +274,7 @@ export class SocketClientLink implements ClientLink {
     if (this.droppedBeforeTls > 0) this.log.debug({ bytes: this.droppedBeforeTls }, 'dropped bytes between <starttls/> and the TLS handshake');
     const plain = this.socket;
     this.detachSocket(plain);
-    this.uncork();
+    this.writer.flush();
     // The TLS socket reads what is buffered on the plain socket first: hand back the part of this
     // read that is TLS. Paused, so that nothing flows out of the buffer before it does.
     plain.pause();
@@ -294,6 +285,7 @@ export class SocketClientLink implements ClientLink {
       SNICallback: startTls.credentials.sniCallback,
     });
     this.socket = secure;
+    this.writer = new CoalescingWriter(secure);
     this.headerSent = false;
     secure.once('secure', () => {
       if (this.phase !== 'tls-handshake') return;

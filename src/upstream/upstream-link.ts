@@ -2,6 +2,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { Logger } from 'pino';
 import { ErrorCode, UpstreamError } from '../errors.js';
+import { CoalescingWriter } from '../transport/coalescing-writer.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
 import { StreamScanner, type ScannedElement, type StreamHeader } from '../xml/stream-scanner.js';
@@ -47,7 +48,7 @@ export interface UpstreamHandler {
 export class UpstreamLink {
   private handler: UpstreamHandler | undefined;
   private readonly scanner: StreamScanner;
-  private corked = false;
+  private readonly writer: CoalescingWriter;
   private closing = false;
   private streamClosed = false;
   private endedFlag = false;
@@ -83,6 +84,7 @@ export class UpstreamLink {
       },
       { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
     );
+    this.writer = new CoalescingWriter(socket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 60_000);
     socket.on('data', (chunk: Buffer) => this.scanner.write(chunk));
@@ -200,15 +202,7 @@ export class UpstreamLink {
   private write(data: Buffer | string): boolean {
     if (this.endedFlag || this.socket.destroyed) return true;
     this.wroteSinceKeepalive = true;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    return this.socket.write(data);
+    return this.writer.write(data);
   }
 }
 

@@ -600,6 +600,16 @@ export class RawClient {
     return id;
   }
 
+  /**
+   * A round trip to the server itself (a XEP-0030 disco#info query of the stream's domain): once
+   * it is answered, the server has handled everything this client sent before it.
+   */
+  async syncWithServer(): Promise<void> {
+    const id = this.id('sync');
+    this.send(new Element('iq', { type: 'get', id, to: this.domain }).c('query', { xmlns: 'http://jabber.org/protocol/disco#info' }).root());
+    await this.expectIqResult(id, 'the server\'s answer to a disco#info query');
+  }
+
   /** The next `<message/>` (inbox first) that satisfies `predicate`. */
   expectMessage(predicate: ElementPredicate = () => true, timeoutMs = this.defaultTimeoutMs): Promise<Element> {
     return this.expect((el) => el.name === 'message' && predicate(el), '<message/>', timeoutMs);

@@ -76,11 +76,24 @@ describe('UnackedQueue push', () => {
     expect(buffers[2]).not.toBe(buffers[0]); // queues never share one
   });
 
-  it('gives a large stanza an exact-size buffer', () => {
+  it('gives a stanza above a quarter of the slab an exact-size buffer while the queue holds little', () => {
     const queue = new UnackedQueue(UNLIMITED, new MemoryBudget(Infinity));
     queue.push(Buffer.alloc(600, 0x61), T0);
     const [entry] = [...queue.entries()];
     expect(entry?.bytes.buffer.byteLength).toBe(600);
+  });
+
+  it('grows its slabs with the bytes queued, up to 16 KiB, so a busy queue shares allocations', () => {
+    const queue = new UnackedQueue(UNLIMITED, new MemoryBudget(Infinity));
+    for (let i = 0; i < 400; i++) queue.push(Buffer.alloc(600, 0x61), T0); // 240 000 bytes unacked
+    const buffers = [...queue.entries()].map((entry) => entry.bytes.buffer);
+    const distinct = new Set(buffers);
+    expect(Math.max(...[...distinct].map((buffer) => buffer.byteLength))).toBe(16 * 1024);
+    expect(distinct.size).toBeLessThan(40); // 27 stanzas to a full slab
+    queue.ack(400);
+    queue.push(Buffer.alloc(200, 0x62), T0); // emptied: small slabs again
+    const [entry] = [...queue.entries()];
+    expect(entry?.bytes.buffer.byteLength).toBe(1024);
   });
 
   it('keeps every stanza intact across slab boundaries and sizes', () => {
