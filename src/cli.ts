@@ -47,8 +47,8 @@ async function main(): Promise<number> {
     config = await loadConfig(path);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
+    // The message lists every problem already (one per line, with its JSON path).
     process.stderr.write(`${err.code}: ${err.message}\n`);
-    for (const problem of err.problems) process.stderr.write(`  ${problem}\n`);
     return EXIT.config;
   }
   if (parsed.values.check === true) {
@@ -65,7 +65,8 @@ async function main(): Promise<number> {
     const code = err instanceof ProxyError ? err.code : undefined;
     log.fatal({ code, err: (err as Error).message }, 'start-up failed');
     await proxy.stop();
-    return err instanceof ConfigError ? EXIT.config : EXIT.startup;
+    // The file was valid; what failed is the machine's side (a port, a certificate file).
+    return EXIT.startup;
   }
 
   return new Promise((resolve) => {

@@ -1,0 +1,625 @@
+/**
+ * The command line as an operator meets it (README "Set-up": `smacks-proxy [--check] [config-file]`
+ * and its exit codes): the built CLI (`node dist/src/cli.js`, built by `npm test` before vitest runs)
+ * runs as a child process with a config file written to a temp dir; everything on 127.0.0.1.
+ *
+ * Shutdown cases put a real legacy Prosody (mod_smacks off) behind the proxy, with a recording TCP
+ * relay between them, so that the test sees what the proxy writes to the legacy server and how it
+ * ends each upstream connection.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startProsody, type ProsodyServer } from '../support/prosody.js';
+import { USERS } from '../support/proxy-fixture.js';
+import { NS, RawClient } from '../support/raw-client.js';
+import { waitUntil } from '../support/wait.js';
+
+const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
+const CLI = join(REPO_ROOT, 'dist', 'src', 'cli.js');
+const STANZA_ERRORS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
+
+/** Exit codes from the README's table. */
+const EXIT = { ok: 0, config: 2, startup: 3, forced: 4, usage: 64 } as const;
+
+/** How long a short-lived CLI run (`--check`, a refused start) may take. */
+const QUICK_RUN_MS = 10_000;
+/** How long the proxy may take to log that all its listeners are bound. */
+const START_TIMEOUT_MS = 10_000;
+/** Slack over `shutdownGraceSeconds` for a clean shutdown (process start-up excluded: it is already running). */
+const SHUTDOWN_MARGIN_MS = 1_500;
+
+let workDir: string;
+/** CLI children still running: killed (SIGKILL, by their own pid) after each test. */
+const children = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  workDir = await mkdtemp(join(tmpdir(), 'smacks-proxy-cli-'));
+});
+
+afterEach(() => {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+  children.clear();
+});
+
+afterAll(async () => {
+  if (workDir !== undefined) await rm(workDir, { recursive: true, force: true });
+});
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+let fileCounter = 0;
+
+/** Writes `content` (an object is JSON-encoded) to a fresh file in the temp dir; returns its path. */
+async function configFile(content: unknown, name = `config-${++fileCounter}.json`): Promise<string> {
+  const path = join(workDir, name);
+  await writeFile(path, typeof content === 'string' ? content : JSON.stringify(content, null, 2));
+  return path;
+}
+
+interface Exit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/** A running `node dist/src/cli.js …`, its output collected as it arrives. */
+class CliProcess {
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<Exit>;
+  private outcome: Exit | undefined;
+
+  constructor(readonly args: readonly string[]) {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: workDir, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    this.child = child;
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (this.stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
+    // 'close', not 'exit': every byte of stdout and stderr has been read by then.
+    this.exited = new Promise((resolveExit, reject) => {
+      child.once('error', reject);
+      child.once('close', (code, signal) => {
+        this.outcome = { code, signal };
+        resolveExit(this.outcome);
+      });
+    });
+  }
+
+  readonly child: ChildProcess;
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get hasExited(): boolean {
+    return this.outcome !== undefined;
+  }
+
+  /** stdout's lines that are JSON objects (pino's lines), in order. */
+  get logLines(): Array<Record<string, unknown>> {
+    const lines: Array<Record<string, unknown>> = [];
+    for (const line of this.stdout.split('\n')) {
+      if (!line.startsWith('{')) continue;
+      try {
+        lines.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // A line cut by a read boundary: complete on a later call.
+      }
+    }
+    return lines;
+  }
+
+  /** Everything the process printed, for failure messages. */
+  describe(): string {
+    const state = this.outcome === undefined ? 'still running' : `exited with code ${this.outcome.code}, signal ${this.outcome.signal}`;
+    return `node dist/src/cli.js ${this.args.join(' ')} (${state})\n--- stdout ---\n${this.stdout}\n--- stderr ---\n${this.stderr}`;
+  }
+
+  /** Resolves with the exit once the process has ended; fails saying what was expected after `timeoutMs`. */
+  async expectExit(timeoutMs: number, expected: string): Promise<Exit> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`expected the CLI to exit (${expected}) within ${timeoutMs} ms; ${this.describe()}`)), timeoutMs);
+    });
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Waits for a log line whose `msg` is `msg` and that satisfies `where`; fails if the process exits first. */
+  async expectLog(msg: string, where: (line: Record<string, unknown>) => boolean = () => true, timeoutMs = 5_000): Promise<Record<string, unknown>> {
+    const find = (): Record<string, unknown> | undefined => this.logLines.find((line) => line.msg === msg && where(line));
+    try {
+      await waitUntil(() => find() !== undefined || this.hasExited, `a log line '${msg}'`, timeoutMs);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}; ${this.describe()}`, { cause: err });
+    }
+    const line = find();
+    if (line === undefined) throw new Error(`expected a log line '${msg}' but the CLI exited first; ${this.describe()}`);
+    return line;
+  }
+}
+
+/** Runs the CLI to completion. */
+async function runCli(args: readonly string[], expected: string): Promise<CliProcess & { exit: Exit }> {
+  const cli = new CliProcess(args);
+  const exit = await cli.expectExit(QUICK_RUN_MS, expected);
+  return Object.assign(cli, { exit });
+}
+
+/** Starts the proxy with `config` and waits until every listener is bound; returns the bound ports by listener type. */
+async function startCli(config: Record<string, unknown>): Promise<{ cli: CliProcess; ports: Record<string, number> }> {
+  const cli = new CliProcess([await configFile(config)]);
+  const listenerCount = (config.listeners as unknown[]).length;
+  try {
+    await waitUntil(
+      () => cli.hasExited || cli.logLines.filter((line) => line.msg === 'listening').length === listenerCount,
+      `${listenerCount} 'listening' log lines`,
+      START_TIMEOUT_MS,
+    );
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; ${cli.describe()}`, { cause: err });
+  }
+  if (cli.hasExited) throw new Error(`expected the proxy to keep running after start-up; ${cli.describe()}`);
+  const ports: Record<string, number> = {};
+  for (const line of cli.logLines.filter((l) => l.msg === 'listening')) ports[String(line.type)] = Number(line.port);
+  return { cli, ports };
+}
+
+/** A port that nothing listens on (bound, then released). */
+async function unusedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolveClose) => server.close(() => resolveClose()));
+  return port;
+}
+
+/** Resolves true when a TCP connect to the port is refused, false when it is accepted; bounded. */
+function connectRefused(port: number, timeoutMs = 1_000): Promise<boolean> {
+  return new Promise((resolveProbe, reject) => {
+    const socket = netConnect({ host: '127.0.0.1', port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`expected a TCP connect to 127.0.0.1:${port} to be accepted or refused within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolveProbe(false);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (err.code === 'ECONNREFUSED') resolveProbe(true);
+      else reject(err);
+    });
+  });
+}
+
+/** One connection through the {@link UpstreamSpy}: what the proxy wrote, and how it ended its side. */
+interface SpiedConnection {
+  /** Bytes from the proxy to the legacy server, as text. */
+  fromProxy: string;
+  /** The proxy ended its side with a FIN. */
+  proxyEnded: boolean;
+  /** The proxy's side failed (e.g. ECONNRESET): not a clean close. */
+  proxyError: string | undefined;
+  /** Both sockets are closed. */
+  closed: boolean;
+}
+
+/**
+ * A TCP relay between the proxy and the legacy Prosody that records, per connection, what the
+ * proxy sent and whether it closed with a FIN or a reset. Prosody never sees a difference.
+ */
+class UpstreamSpy {
+  readonly connections: SpiedConnection[] = [];
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+
+  private constructor(private readonly target: { host: string; port: number }) {
+    this.server = createServer((fromProxy) => this.relay(fromProxy));
+  }
+
+  static async start(target: { host: string; port: number }): Promise<UpstreamSpy> {
+    const spy = new UpstreamSpy(target);
+    await new Promise<void>((resolveListen) => spy.server.listen(0, '127.0.0.1', resolveListen));
+    return spy;
+  }
+
+  get port(): number {
+    return (this.server.address() as { port: number }).port;
+  }
+
+  /** The connections of sessions (those that carried SASL), leaving out the start-up probe. */
+  sessionConnections(): SpiedConnection[] {
+    return this.connections.filter((c) => c.fromProxy.includes(`xmlns='${NS.sasl}'`) || c.fromProxy.includes(`xmlns="${NS.sasl}"`));
+  }
+
+  async stop(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolveClose) => this.server.close(() => resolveClose()));
+  }
+
+  private relay(fromProxy: Socket): void {
+    const record: SpiedConnection = { fromProxy: '', proxyEnded: false, proxyError: undefined, closed: false };
+    this.connections.push(record);
+    const toServer = netConnect(this.target);
+    for (const socket of [fromProxy, toServer]) {
+      this.sockets.add(socket);
+      socket.once('close', () => {
+        this.sockets.delete(socket);
+        record.closed = fromProxy.destroyed && toServer.destroyed;
+      });
+    }
+    fromProxy.on('data', (chunk: Buffer) => {
+      record.fromProxy += chunk.toString('utf8');
+      toServer.write(chunk);
+    });
+    toServer.on('data', (chunk: Buffer) => fromProxy.write(chunk));
+    fromProxy.once('end', () => {
+      record.proxyEnded = true;
+      toServer.end();
+    });
+    toServer.once('end', () => fromProxy.end());
+    fromProxy.once('error', (err) => {
+      record.proxyError = err.message;
+      toServer.destroy();
+    });
+    toServer.once('error', () => fromProxy.destroy());
+  }
+}
+
+// ---- --check ---------------------------------------------------------------------------------
+
+describe('--check', () => {
+  it('exits 0 and prints the effective config: defaults filled, paths resolved, the passphrase elided', async () => {
+    const secret = 'correct horse battery staple';
+    // The certificate files need not exist: --check validates the file, it does not load keys.
+    const path = await configFile({
+      $schema: './src/config/proxy.schema.json',
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
+      tls: { certificates: [{ cert: 'certs/fullchain.pem', key: 'certs/privkey.pem', passphrase: secret }] },
+      domains: { localhost: { upstream: { host: '127.0.0.1' } } },
+    });
+    const run = await runCli(['--check', path], 'exit 0 after --check on a valid config');
+
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(run.stdout).not.toContain(secret);
+    expect(run.stderr).not.toContain(secret);
+    const effective = JSON.parse(run.stdout) as Record<string, any>;
+    expect(effective.tls.certificates).toEqual([
+      { cert: join(workDir, 'certs/fullchain.pem'), key: join(workDir, 'certs/privkey.pem'), passphrase: '<elided>' },
+    ]);
+    expect(effective.tls).toMatchObject({ defaultCertificate: 0, selfSigned: false, minVersion: 'TLSv1.2' });
+    expect(effective.domains.localhost.upstream).toEqual({
+      host: '127.0.0.1',
+      port: 5222,
+      security: 'plain',
+      connectTimeoutSeconds: 10,
+      rejectUnauthorized: true,
+    });
+    expect(effective.limits).toEqual({
+      maxStanzaBytes: 262144,
+      maxStanzaBytesPreAuth: 16384,
+      maxDepth: 64,
+      authTimeoutSeconds: 60,
+      maxSessions: 100000,
+    });
+    expect(effective.streamManagement).toMatchObject({ hibernationSeconds: 300, expiryPolicy: 'bounce', maxQueueStanzas: 1000 });
+    expect(effective.shutdownGraceSeconds).toBe(5);
+    expect(effective.log).toEqual({ level: 'info', format: 'auto' });
+    // `$schema` is for editors; it is not part of the effective config.
+    expect(effective).not.toHaveProperty('$schema');
+    expect(run.stderr).toContain('valid');
+  });
+
+  it('exits 2 and lists every problem of an invalid config with its JSON path', async () => {
+    const path = await configFile({
+      listeners: [{ type: 'starttls', host: '127.0.0.1', port: 99999 }],
+      tls: { selfSigned: true, minVersion: 'TLSv1.1' },
+      domains: { localhost: { upstream: { host: '127.0.0.1', security: 'none' } } },
+      limits: { maxStanzaByte: 1 },
+      streamManagement: { hibernationSeconds: 600, maxHibernationSeconds: 300 },
+    });
+    const run = await runCli(['--check', path], 'exit 2 after --check on an invalid config');
+
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.config, signal: null });
+    expect(run.stdout).toBe('');
+    expect(run.stderr).toContain('PROXY_ERR_CONFIG_INVALID');
+    expect(run.stderr).toContain(path);
+    for (const problem of [
+      '/listeners/0/port: must be <= 65535',
+      '/tls/minVersion: must be one of "TLSv1.2", "TLSv1.3"',
+      '/domains/localhost/upstream/security: must be one of "plain", "starttls", "tls"',
+      "/limits: unknown key 'maxStanzaByte'",
+      '/streamManagement/maxHibernationSeconds: 300 is less than streamManagement.hibernationSeconds 600',
+    ]) {
+      expect(run.stderr, run.describe()).toContain(problem);
+    }
+  });
+
+  it.each([
+    ['a file that does not exist', async () => join(workDir, 'missing.json'), /cannot read config file .*missing\.json/],
+    ['a directory', async () => {
+      const dir = join(workDir, 'a-directory.json');
+      await mkdir(dir, { recursive: true });
+      return dir;
+    }, /cannot read config file .*a-directory\.json/],
+    ['a file that is not JSON', async () => configFile('{ "listeners": [ ', 'truncated.json'), /truncated\.json is not valid JSON/],
+    ['an empty file', async () => configFile('', 'empty.json'), /empty\.json is not valid JSON/],
+  ] as const)('exits 2 with PROXY_ERR_CONFIG_READ for %s', async (_label, makePath, message) => {
+    const run = await runCli(['--check', await makePath()], 'exit 2 for an unreadable config');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.config, signal: null });
+    expect(run.stderr).toContain('PROXY_ERR_CONFIG_READ');
+    expect(run.stderr).toMatch(message);
+  });
+
+  it('exits 2 for an invalid config without --check too, before binding anything', async () => {
+    const port = await unusedPort();
+    const path = await configFile({ listeners: [{ type: 'starttls', host: '127.0.0.1', port }], domains: {} });
+    const run = await runCli([path], 'exit 2 on start with an invalid config');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.config, signal: null });
+    expect(run.stderr).toContain('/domains: must NOT have fewer than 1 properties');
+    expect(run.stderr).toContain('/listeners/0: a starttls listener needs a TLS certificate');
+  });
+});
+
+// ---- usage -----------------------------------------------------------------------------------
+
+describe('command-line usage', () => {
+  it.each([
+    ['an unknown flag', ['--verbose']],
+    ['an unknown flag with --check', ['--check', '--port=5222', 'proxy.config.json']],
+    ['two config files', ['a.json', 'b.json']],
+    ['a value given to --check', ['--check=yes']],
+  ])('exits 64 and prints the usage for %s', async (_label, args) => {
+    const run = await runCli(args, 'exit 64 for wrong usage');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.usage, signal: null });
+    expect(run.stderr).toContain('usage: smacks-proxy [--check] [config-file]');
+  });
+
+  it('prints the usage and exits 0 for --help', async () => {
+    const run = await runCli(['--help'], 'exit 0 for --help');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(run.stdout).toContain('usage: smacks-proxy [--check] [config-file]');
+  });
+});
+
+// ---- start-up failures -----------------------------------------------------------------------
+
+describe('start-up failure', () => {
+  let held: Server;
+  let heldPort: number;
+
+  beforeAll(async () => {
+    held = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolveListen) => held.listen(0, '127.0.0.1', resolveListen));
+    heldPort = (held.address() as { port: number }).port;
+  });
+
+  afterAll(async () => {
+    await new Promise<void>((resolveClose) => held?.close(() => resolveClose()));
+  });
+
+  it('exits 3 with PROXY_ERR_LISTEN when a listener cannot bind its address (port held by the test)', async () => {
+    const free = await unusedPort();
+    const path = await configFile({
+      // The first listener binds; the second cannot: the first must be released, not left open.
+      listeners: [
+        { type: 'directtls', host: '127.0.0.1', port: free },
+        { type: 'starttls', host: '127.0.0.1', port: heldPort },
+      ],
+      tls: { selfSigned: true },
+      domains: { localhost: { upstream: { host: '127.0.0.1', port: await unusedPort(), connectTimeoutSeconds: 0.5 } } },
+      log: { format: 'json' },
+    });
+    const run = await runCli([path], 'exit 3 when a port is taken');
+
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.startup, signal: null });
+    const output = run.stdout + run.stderr;
+    expect(output).toContain('PROXY_ERR_LISTEN');
+    expect(output).toContain(`127.0.0.1:${heldPort}`);
+    const fatal = run.logLines.find((line) => line.code === 'PROXY_ERR_LISTEN' && line.level === 60);
+    expect(fatal, run.describe()).toBeDefined();
+    expect(await connectRefused(free)).toBe(true);
+  });
+
+  it('exits 3 with PROXY_ERR_TLS_CREDENTIALS when a certificate file is missing', async () => {
+    // README: exit 3 = "a certificate could not be loaded"; Errors: PROXY_ERR_TLS_CREDENTIALS "(exit 3)".
+    const path = await configFile({
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
+      tls: { certificates: [{ cert: 'nowhere/fullchain.pem', key: 'nowhere/privkey.pem' }] },
+      domains: { localhost: { upstream: { host: '127.0.0.1', port: await unusedPort() } } },
+      log: { format: 'json' },
+    });
+    const run = await runCli([path], 'exit 3 when a certificate cannot be loaded');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.startup, signal: null });
+    expect(run.stdout + run.stderr).toContain('PROXY_ERR_TLS_CREDENTIALS');
+  });
+});
+
+// ---- shutdown --------------------------------------------------------------------------------
+
+describe('shutdown on a signal', () => {
+  let prosody: ProsodyServer;
+  let spy: UpstreamSpy;
+
+  beforeAll(async () => {
+    prosody = await startProsody({ users: Object.values(USERS) });
+    spy = await UpstreamSpy.start({ host: prosody.host, port: prosody.c2sPort });
+  }, 30_000);
+
+  afterAll(async () => {
+    await spy?.stop();
+    await prosody?.stop();
+  });
+
+  afterEach(() => {
+    spy.connections.length = 0;
+  });
+
+  function proxyConfig(shutdownGraceSeconds: number): Record<string, unknown> {
+    return {
+      listeners: [
+        { type: 'starttls', host: '127.0.0.1', port: 0 },
+        { type: 'directtls', host: '127.0.0.1', port: 0 },
+      ],
+      tls: { selfSigned: true },
+      domains: { [prosody.domain]: { upstream: { host: '127.0.0.1', port: spy.port, connectTimeoutSeconds: 2 } } },
+      // Hibernation far longer than the test: only the shutdown may end the hibernating session.
+      streamManagement: { hibernationSeconds: 300, maxHibernationSeconds: 300 },
+      shutdownGraceSeconds,
+      // debug: the test waits for 'stanza queued while hibernating'.
+      log: { level: 'debug', format: 'json' },
+    };
+  }
+
+  /** Connects through the proxy and logs in; with `sm`, enables stream management with resumption. */
+  async function login(port: number, transport: 'starttls' | 'directtls', user: { username: string; password: string }, resource: string, sm: boolean): Promise<{ client: RawClient; jid: string }> {
+    const client = await RawClient.connect({ host: '127.0.0.1', port, transport, domain: prosody.domain });
+    const jid = await client.login(user.username, user.password, { resource });
+    if (sm) {
+      const enabled = await client.enableSm({ resume: true });
+      if (enabled.name !== 'enabled') throw new Error(`expected <enabled/>, got ${enabled.toString()}`);
+    }
+    return { client, jid };
+  }
+
+  it.each(['SIGTERM', 'SIGINT'] as const)(
+    '%s: system-shutdown and a stream close to each client, a clean close upstream, hibernating sessions answered and ended, exit 0 in time',
+    async (signal) => {
+      const graceSeconds = 3;
+      const { cli, ports } = await startCli(proxyConfig(graceSeconds));
+      const starttlsPort = ports.starttls!;
+      const directtlsPort = ports.directtls!;
+
+      // alice: connected and logged in (no SM). bob: SM enabled and connected. carol: SM enabled,
+      // then her connection is cut: she hibernates, with a stanza queued for her.
+      const alice = await login(starttlsPort, 'starttls', USERS.alice, `${signal}-a`, false);
+      const bob = await login(directtlsPort, 'directtls', USERS.bob, `${signal}-b`, true);
+      const carol = await login(directtlsPort, 'directtls', USERS.carol, `${signal}-c`, true);
+      carol.client.drop();
+      await cli.expectLog('hibernating', (line) => line.jid === carol.jid);
+      // A sender talking to the legacy server directly: the bounce at shutdown comes back to it.
+      const sender = await RawClient.connectPlain({ host: prosody.host, port: prosody.c2sPort, domain: prosody.domain });
+      await sender.openStream();
+      const senderJid = await sender.login(USERS.alice.username, USERS.alice.password, { resource: `${signal}-direct` });
+      sender.sendMessage(carol.jid, 'sent while carol was away', 'away-1');
+      await cli.expectLog('stanza queued while hibernating', (line) => line.jid === carol.jid);
+      expect(spy.sessionConnections(), 'three sessions through the proxy').toHaveLength(3);
+
+      const signalledAt = Date.now();
+      expect(process.kill(cli.pid, signal)).toBe(true);
+
+      // RFC 6120 §4.9.3.20: <system-shutdown/>, then the stream's close (§4.4).
+      for (const { client } of [alice, bob]) {
+        await client.expectStreamError('system-shutdown');
+        await waitUntil(() => client.streamClosedByPeer, "the proxy's </stream:stream> after <system-shutdown/>", 3_000);
+      }
+      // Carol's queue is answered as at expiry: the sender gets recipient-unavailable from carol's JID.
+      const bounce = await sender.expect((el) => el.is('message') && el.attrs.id === 'away-1' && el.attrs.type === 'error', "the bounce of the message queued for carol", 5_000);
+      expect(bounce.attrs.from).toBe(carol.jid);
+      expect(bounce.attrs.to).toBe(senderJid);
+      expect(bounce.getChild('error')?.getChild('recipient-unavailable', STANZA_ERRORS)).toBeDefined();
+      // Well-behaved clients answer the close (RFC 6120 §4.4).
+      await Promise.all([alice.client.close(), bob.client.close()]);
+
+      const exit = await cli.expectExit(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS, `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms after ${signal}`);
+      const elapsedMs = Date.now() - signalledAt;
+      expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
+      expect(elapsedMs).toBeLessThan(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS);
+
+      expect(cli.logLines.find((line) => line.msg === 'signal received')?.signal).toBe(signal);
+      expect(cli.logLines.some((line) => line.msg === 'hibernating session ends at shutdown' && line.jid === carol.jid), cli.describe()).toBe(true);
+      expect(cli.logLines.some((line) => line.msg === 'stopped'), cli.describe()).toBe(true);
+      // Nothing had to be destroyed: every session closed within the grace period.
+      expect(cli.logLines.some((line) => line.level === 40 && String(line.msg).includes('grace period')), cli.describe()).toBe(false);
+
+      // Every upstream stream of a session, the hibernating one included, was closed cleanly:
+      // </stream:stream> as the last thing written, then a FIN, never a reset.
+      await waitUntil(() => spy.sessionConnections().every((c) => c.closed), 'every upstream connection through the spy to close', 3_000);
+      for (const connection of spy.sessionConnections()) {
+        expect(connection.fromProxy.trimEnd(), 'the last bytes the proxy wrote upstream').toMatch(/<\/stream:stream>$/);
+        expect(connection.proxyError, 'the proxy reset its upstream connection').toBeUndefined();
+        expect(connection.proxyEnded, 'the proxy ended its upstream connection with a FIN').toBe(true);
+      }
+      expect(await connectRefused(starttlsPort)).toBe(true);
+      expect(await connectRefused(directtlsPort)).toBe(true);
+      await sender.close();
+    },
+    30_000,
+  );
+
+  it('stops listening at once and drops a connection stuck before TLS when the grace period ends, then exits 0', async () => {
+    const graceSeconds = 1.5;
+    const { cli, ports } = await startCli(proxyConfig(graceSeconds));
+    const directtlsPort = ports.directtls!;
+    // A client that connects to the direct TLS port and never sends its ClientHello.
+    const stuck = netConnect({ host: '127.0.0.1', port: directtlsPort });
+    stuck.on('error', () => undefined);
+    let stuckClosed = false;
+    stuck.once('close', () => (stuckClosed = true));
+    await new Promise<void>((resolveConnect, reject) => {
+      const timer = setTimeout(() => reject(new Error(`expected a TCP connect to the direct TLS port ${directtlsPort} within 2000 ms`)), 2_000);
+      stuck.once('connect', () => {
+        clearTimeout(timer);
+        resolveConnect();
+      });
+    });
+
+    const signalledAt = Date.now();
+    process.kill(cli.pid, 'SIGTERM');
+    await cli.expectLog('shutting down');
+    // The listeners close before the grace period is over: new clients are refused while the stuck one is still held.
+    let refused = false;
+    const deadline = signalledAt + graceSeconds * 1000 - 300;
+    while (!refused && Date.now() < deadline) refused = await connectRefused(directtlsPort);
+    expect(refused, 'a new connection refused during the grace period').toBe(true);
+    expect(stuckClosed, 'the stuck connection is held until the grace period ends').toBe(false);
+
+    const exit = await cli.expectExit(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS, `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms`);
+    const elapsedMs = Date.now() - signalledAt;
+    expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(elapsedMs).toBeGreaterThanOrEqual(graceSeconds * 1000 - 100);
+    expect(elapsedMs).toBeLessThan(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS);
+    await waitUntil(() => stuckClosed, 'the stuck connection to be closed by the proxy', 1_000);
+    expect(cli.logLines.some((line) => line.msg === 'connections still open after the grace period; destroying them'), cli.describe()).toBe(true);
+  }, 20_000);
+
+  it('does not wait for a client that never answers the stream close: it is dropped, exit 0 in time', async () => {
+    const graceSeconds = 1.5;
+    const { cli, ports } = await startCli(proxyConfig(graceSeconds));
+    const mute = await login(ports.directtls!, 'directtls', USERS.bob, 'mute', true);
+    const signalledAt = Date.now();
+    process.kill(cli.pid, 'SIGTERM');
+    await mute.client.expectStreamError('system-shutdown');
+    await waitUntil(() => mute.client.streamClosedByPeer, "the proxy's </stream:stream> after <system-shutdown/>", 3_000);
+    // The client neither answers </stream:stream> nor closes its socket.
+    const exit = await cli.expectExit(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS, `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms`);
+    expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(Date.now() - signalledAt).toBeLessThan(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS);
+    await mute.client.expectClosed(1_000);
+    await waitUntil(() => spy.sessionConnections().every((c) => c.closed), 'the upstream connection through the spy to close', 3_000);
+    const [upstream] = spy.sessionConnections();
+    expect(upstream?.fromProxy.trimEnd(), 'the last bytes the proxy wrote upstream').toMatch(/<\/stream:stream>$/);
+    expect(upstream?.proxyError, 'the proxy reset its upstream connection').toBeUndefined();
+  }, 20_000);
+
+  it('exits 0 on a signal with no session at all, at once', async () => {
+    const { cli } = await startCli(proxyConfig(5));
+    const signalledAt = Date.now();
+    process.kill(cli.pid, 'SIGINT');
+    const exit = await cli.expectExit(SHUTDOWN_MARGIN_MS, `exit 0 within ${SHUTDOWN_MARGIN_MS} ms: nothing to wait for`);
+    expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(Date.now() - signalledAt).toBeLessThan(SHUTDOWN_MARGIN_MS);
+  });
+});
