@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SmEventMap } from '../../src/session/events.js';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
-import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
-import { NS, RawClient, type Element } from '../support/raw-client.js';
+import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
+import { NS } from '../support/raw-client.js';
+import { bodies, collectMessages, failedCondition, resumeWith, subscribe } from '../support/sm-steps.js';
 import { waitUntil } from '../support/wait.js';
 
 // XEP-0198 done by the proxy in front of a real legacy Prosody 0.12 (mod_smacks off).
@@ -21,30 +22,6 @@ afterAll(async () => {
   await fixture?.stop();
   await prosody?.stop();
 });
-
-/** Messages with the given ids, in arrival order, as they are in `received`. */
-function bodies(messages: Element[]): string[] {
-  return messages.map((m) => m.getChildText('body') ?? '');
-}
-
-async function collectMessages(client: RawClient, count: number, what: string): Promise<Element[]> {
-  const messages: Element[] = [];
-  for (let i = 0; i < count; i++) messages.push(await client.expectMessage(() => true, 5000).catch((err: Error) => {
-    throw new Error(`${what}: got ${messages.length} of ${count}: ${err.message}`);
-  }));
-  return messages;
-}
-
-function failedCondition(failed: Element): string | undefined {
-  return failed.getChildElements().find((c) => c.getNS() === STANZAS && c.name !== 'text')?.name;
-}
-
-async function resumeWith(fx: ProxyFixture, user: { username: string; password: string }, previd: string, h: number, transport: 'starttls' | 'directtls' = 'directtls') {
-  const client = await fx.connect(transport);
-  await client.authenticatePlain(user.username, user.password);
-  const answer = await client.resume(previd, h);
-  return { client, answer };
-}
 
 describe('enabling stream management', () => {
   it('refuses <enable/> before bind with unexpected-request, and the stream stays usable', async () => {
@@ -562,15 +539,3 @@ describe('dead connections, expiry and limits', () => {
     }
   });
 });
-
-/**
- * Makes `watcher` subscribed to `target`'s presence (RFC 6121 §3); both must be available. Done
- * when the target's available presence reaches the watcher.
- */
-async function subscribe(watcher: LoggedIn, target: LoggedIn): Promise<void> {
-  const watcherBare = watcher.jid.split('/')[0]!;
-  watcher.client.presence({ to: target.jid.split('/')[0]!, type: 'subscribe' });
-  await target.client.expect((el) => el.is('presence') && el.attrs.type === 'subscribe', 'the subscription request');
-  target.client.presence({ to: watcherBare, type: 'subscribed' });
-  await watcher.client.expect((el) => el.is('presence') && el.attrs.from === target.jid && el.attrs.type === undefined, "the target's available presence");
-}
