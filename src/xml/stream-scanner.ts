@@ -332,12 +332,25 @@ const XML_DECL =
 
 /** A top-level element name decoded once and reused (most streams use a handful of names). */
 interface NameEntry {
-  readonly bytes: Buffer;
+  /**
+   * The name's bytes as a latin1 string (one char per byte). A string and not a Buffer: a small
+   * Buffer is a slice of Node's shared 8 KiB pool, and a long-lived cache entry would pin a pool
+   * slab of its own in every hibernating session.
+   */
+  readonly bytes: string;
   readonly name: string;
   readonly prefix: string | undefined;
   readonly localName: string;
 }
 const NAME_CACHE_SIZE = 16;
+/** Nesting depth the scanner has room for at first (XMPP stanzas rarely go deeper than 8). */
+const INITIAL_DEPTH_CAPACITY = 16;
+/**
+ * Bytes the scanner has room for at first for the names of the open elements, and for the
+ * attribute names of one tag; both grow on demand. Small, because every session has two scanners
+ * for its whole life (hibernation included).
+ */
+const INITIAL_NAME_BYTES = 128;
 
 // Module-private members for scanFragment (not part of the public API).
 const kResetForFragment = Symbol('resetForFragment');
@@ -380,7 +393,7 @@ export class StreamScanner {
 
   // Open elements, the stream header at index 0. Names are copied into nameStack back to back.
   private depth = 0;
-  private nameStack: Buffer = Buffer.allocUnsafe(256);
+  private nameStack: Buffer = Buffer.allocUnsafe(INITIAL_NAME_BYTES);
   private nameTop = 0;
   private nameStarts: Int32Array;
   /** End of the name of the start tag being scanned; it starts at nameTop. */
@@ -390,7 +403,7 @@ export class StreamScanner {
   private endBadName: number[] = [];
 
   // Attributes of the start tag being scanned, for the duplicate check (XML 1.0 §3.1 WFC: Unique Att Spec).
-  private attrNames: Buffer = Buffer.allocUnsafe(256);
+  private attrNames: Buffer = Buffer.allocUnsafe(INITIAL_NAME_BYTES);
   private attrLen = 0;
   private attrHash = FNV_OFFSET;
   private attrCount = 0;
@@ -432,7 +445,7 @@ export class StreamScanner {
     this.maxDepth = limits.maxDepth;
     this.curMaxStanza = limits.maxStanzaBytes;
     this.curMaxDepth = limits.maxDepth;
-    this.nameStarts = new Int32Array(limits.maxDepth + 2);
+    this.nameStarts = new Int32Array(INITIAL_DEPTH_CAPACITY);
   }
 
   /** True while bytes of an unfinished element/header are held (useful for tests and for deciding if an EOF was mid-element). */
@@ -462,11 +475,6 @@ export class StreamScanner {
     checkLimits(next);
     this.maxStanzaBytes = next.maxStanzaBytes;
     this.maxDepth = next.maxDepth;
-    if (next.maxDepth + 2 > this.nameStarts.length) {
-      const grown = new Int32Array(next.maxDepth + 2);
-      grown.set(this.nameStarts);
-      this.nameStarts = grown;
-    }
   }
 
   /** Feed bytes. Calls handlers synchronously, in stream order. */
@@ -1242,6 +1250,12 @@ export class StreamScanner {
 
   /** Opens the element whose start tag just ended at depth d. */
   private push(d: number): void {
+    if (d >= this.nameStarts.length) {
+      // Deep nesting is rare and bounded by maxDepth: grow on demand rather than size for the limit.
+      const grown = new Int32Array(this.nameStarts.length * 2);
+      grown.set(this.nameStarts);
+      this.nameStarts = grown;
+    }
     this.nameStarts[d] = this.nameTop;
     this.nameTop = this.tagNameEnd;
     this.depth = d + 1;
@@ -1437,13 +1451,13 @@ export class StreamScanner {
       const cb = c.bytes;
       if (cb.length !== len) continue;
       let k = 0;
-      while (k < len && cb[k] === stack[s + k]) k++;
+      while (k < len && cb.charCodeAt(k) === stack[s + k]) k++;
       if (k === len) return c;
     }
     const name = stack.toString('utf8', s, e);
     const colon = name.indexOf(':');
     const entry: NameEntry = {
-      bytes: Buffer.from(stack.subarray(s, e)),
+      bytes: stack.toString('latin1', s, e),
       name,
       prefix: colon < 0 ? undefined : name.slice(0, colon),
       localName: colon < 0 ? name : name.slice(colon + 1),

@@ -127,7 +127,9 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
         }
       }
     }
-    if (ctx.profile) heapText = await hibernatedComposition(ctx, client, upstreamPort, counts[0]!);
+    if (ctx.profile) {
+      heapText = (await sessionComposition(ctx, client, upstreamPort, counts[0]!, 'connected')) + (await sessionComposition(ctx, client, upstreamPort, counts[0]!, 'hibernated'));
+    }
   } finally {
     await client.stop();
     await upstream.stop();
@@ -170,39 +172,44 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
   ].join('\n');
 }
 
-/** --profile: one more round, with heap snapshots before and after N sessions hibernate. */
-async function hibernatedComposition(ctx: BenchContext, client: Peer, upstreamPort: number, n: number): Promise<string> {
-  ctx.progress(`memory: heap snapshots of ${n} hibernated sessions`);
+/** --profile: one more round, with heap snapshots before and after N sessions are connected or hibernate. */
+async function sessionComposition(ctx: BenchContext, client: Peer, upstreamPort: number, n: number, scenario: 'connected' | 'hibernated'): Promise<string> {
+  ctx.progress(`memory: heap snapshots of ${n} ${scenario} sessions`);
   const proxy = await startProxy(ctx, proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }));
   try {
     const at = { host: '127.0.0.1', port: proxy.port, tls: true, domain: DOMAIN, concurrency: 64, sm: true, resume: true };
     await client.call('sessionsOpen', { ...at, count: BATCH });
     await client.call('sessionsClose');
     await sleep(300);
-    const basePath = join(ctx.dir, 'heap-base.heapsnapshot');
-    const afterPath = join(ctx.dir, 'heap-hibernated.heapsnapshot');
+    const basePath = join(ctx.dir, `heap-base-${scenario}.heapsnapshot`);
+    const afterPath = join(ctx.dir, `heap-${scenario}.heapsnapshot`);
     await proxy.peer.call('memoryUsage');
     await proxy.peer.call('heapSnapshot', { path: basePath });
-    for (let done = 0; done < n; done += BATCH) {
-      await client.call('sessionsOpen', { ...at, count: Math.min(BATCH, n - done) });
-      await client.call('sessionsDrop');
+    if (scenario === 'connected') {
+      await client.call('sessionsOpen', { ...at, count: n });
+    } else {
+      for (let done = 0; done < n; done += BATCH) {
+        await client.call('sessionsOpen', { ...at, count: Math.min(BATCH, n - done) });
+        await client.call('sessionsDrop');
+      }
+      await waitForState(proxy.peer, 'hibernating', n, 30_000);
     }
-    await waitForState(proxy.peer, 'hibernating', n, 30_000);
     await proxy.peer.call('memoryUsage');
     await proxy.peer.call('heapSnapshot', { path: afterPath });
-    return heapComposition(basePath, afterPath, n);
+    await client.call('sessionsDrop');
+    return heapComposition(basePath, afterPath, n, scenario);
   } finally {
     await proxy.peer.stop();
   }
 }
 
 /** Per-session V8 heap by object type between two snapshots (bytes and objects per session). */
-function heapComposition(basePath: string, afterPath: string, n: number): string {
+function heapComposition(basePath: string, afterPath: string, n: number, scenario: string): string {
   const base = new Map(heapByType(basePath, 100_000).map((e) => [e.name, e]));
   const diff = heapByType(afterPath, 100_000)
     .map((e) => ({ name: e.name, count: (e.count - (base.get(e.name)?.count ?? 0)) / n, bytes: (e.bytes - (base.get(e.name)?.bytes ?? 0)) / n }))
     .sort((a, b) => b.bytes - a.bytes);
   const total = diff.reduce((sum, e) => sum + e.bytes, 0);
   const lines = diff.slice(0, 20).map((e) => `    ${fmt(e.bytes, 0).padStart(6)} B  ${fmt(e.count, 2).padStart(6)} × ${e.name}`);
-  return `\nOne hibernated session in the V8 heap (snapshots, ${fmtInt(n)} sessions; total ${fmt(total / 1024, 1)} KiB; "native system / JSArrayBufferData" is Buffer and typed-array memory):\n\n${lines.join('\n')}\n`;
+  return `\nOne ${scenario} session in the V8 heap (snapshots, ${fmtInt(n)} sessions; total ${fmt(total / 1024, 1)} KiB; "native system / JSArrayBufferData" is Buffer and typed-array memory):\n\n${lines.join('\n')}\n`;
 }

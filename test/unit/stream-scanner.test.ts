@@ -573,6 +573,16 @@ describe('StreamScanner: limits', () => {
     expect(errorOf(events).message).toBe('XML declaration of more than 20 bytes exceeds maxStanzaBytes 20');
   });
 
+  it('grows its name and attribute scratch space beyond the first few hundred bytes and depth 16', () => {
+    const names = Array.from({ length: 24 }, (_, i) => `n${i}${'x'.repeat(60)}`); // 1.5 KB of open names
+    const attrs = Array.from({ length: 20 }, (_, i) => ` a${i}${'y'.repeat(30)}='v'`).join(''); // 700 bytes of attribute names
+    const inner = `${names.map((n) => `<${n}>`).join('')}${names.map((n) => `</${n}>`).reverse().join('')}`;
+    const stanza = `<message${attrs}>${inner}</message>`;
+    expect(feedEveryWay(`${HEADER}${stanza}`, { limits: { maxDepth: 64 } })).toEqual([openEvent(), el(stanza, 'message', 'jabber:client')]);
+    const mismatched = `<message${attrs}>${inner.slice(0, -(names[0]!.length + 3))}</n0${'x'.repeat(59)}></message>`;
+    expect(errorOf(feedEveryWay(`${HEADER}${mismatched}`, { limits: { maxDepth: 64 } })).message).toBe(`end tag </n0${'x'.repeat(59)}> does not match <${names[0]}>`);
+  });
+
   it('does not limit whitespace keepalives between stanzas', () => {
     const events = feedEveryWay(`${HEADER}${' '.repeat(500)}<a/>${'\n'.repeat(500)}`, {});
     expect(events).toEqual([openEvent(), el('<a/>', 'a', 'jabber:client')]);
