@@ -271,6 +271,11 @@ describe('stream management over WebSocket', () => {
 });
 
 // --- bad input ----------------------------------------------------------------------------------
+//
+// The bad inputs every transport shares (malformed and restricted XML, limits, UTF-8, stream
+// headers, idle streams) run as one table over STARTTLS, direct TLS and WebSocket in
+// relay.test.ts. Here: what only WebSocket has (binary messages, framing, the handshake) and what
+// an ended session means for stream management (no resumption).
 
 describe('bad WebSocket input ends only the offending session', () => {
   let bystander: LoggedIn;

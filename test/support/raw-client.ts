@@ -397,10 +397,24 @@ export class RawClient {
    * `<stream:features/>`, and returns the features.
    */
   async openStream(attrs: Record<string, string> = {}): Promise<Element> {
-    this.restartParser();
     const header = new Promise<Element>((resolve, reject) => (this.headerWaiter = { resolve, reject }));
-    const headerAttrs = { to: this.domain, version: '1.0', 'xml:lang': 'en', ...attrs };
-    const attrText = Object.entries(headerAttrs)
+    this.sendStreamHeader({ to: this.domain, version: '1.0', 'xml:lang': 'en', ...attrs });
+    await withTimeout(header, this.defaultTimeoutMs, () => this.waitError("the peer's stream header", 'timed out'));
+    this.features = await this.expectFeatures();
+    return this.features;
+  }
+
+  /**
+   * Starts a new stream (a fresh parser) with a stream header carrying exactly `attrs` (an
+   * undefined value leaves the attribute out), in this transport's framing: `<stream:stream>`
+   * over TCP (RFC 6120 §4.2), `<open/>` over WebSocket (RFC 7395 §3.4). Waits for nothing: for
+   * headers the peer must refuse (unknown `to`, no `version`); openStream() sends the usual one
+   * and waits for the answer.
+   */
+  sendStreamHeader(attrs: Record<string, string | undefined>): void {
+    this.restartParser();
+    const attrText = Object.entries(attrs)
+      .filter((entry): entry is [string, string] => entry[1] !== undefined)
       .map(([name, value]) => ` ${name}='${escapeAttr(value)}'`)
       .join('');
     if (this.connection.kind === 'websocket') {
@@ -409,9 +423,6 @@ export class RawClient {
     } else {
       this.write(`<?xml version='1.0'?><stream:stream${attrText} xmlns='${NS.client}' xmlns:stream='${NS.stream}'>`);
     }
-    await withTimeout(header, this.defaultTimeoutMs, () => this.waitError("the peer's stream header", 'timed out'));
-    this.features = await this.expectFeatures();
-    return this.features;
   }
 
   /**
