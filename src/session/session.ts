@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError } from '../errors.js';
+import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, type AppCondition } from '../errors.js';
 import type { MemoryBudget } from '../sm/memory-budget.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
@@ -8,6 +8,7 @@ import { parseElement, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
 import { sanitizeForLog } from '../xml/sanitize.js';
+import { renderAppCondition } from '../xml/stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
@@ -138,8 +139,8 @@ export type ResumeOutcome =
       condition: string;
       text: string;
       h: number | undefined;
-      /** An application-specific child of `<failed/>` (`<handled-count-too-high/>`), as XML. */
-      detail?: string;
+      /** An application-specific child of `<failed/>` (`<handled-count-too-high/>`). */
+      appCondition?: AppCondition;
     };
 
 /** Counters for the summary line logged when the session ends. */
@@ -502,15 +503,12 @@ export class Session {
     }
     const result = sm.queue.ack(h);
     switch (result.kind) {
-      case 'acked':
-        sm.policy.answered();
-        this.scheduleAckCheck();
-        return;
       case 'backwards':
-        // Tolerated (ejabberd, Openfire): a late duplicate ack must not kill the session. It still
-        // answers the outstanding <r/> (AckPolicy: any <a/> shows the client is alive), or that
-        // request would block every later one until maxAckDelay declared the link dead.
-        this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
+      case 'acked':
+        // A backwards h is tolerated (ejabberd, Openfire): a late duplicate ack must not kill the
+        // session. It still answers the outstanding <r/> (AckPolicy: any <a/> shows the client is
+        // alive), or that request would block every later one until maxAckDelay declared the link dead.
+        if (result.kind === 'backwards') this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
         sm.policy.answered();
         this.scheduleAckCheck();
         return;
@@ -651,7 +649,7 @@ export class Session {
     const outcome = request.target.takeOver(link, request);
     if (!outcome.ok) {
       this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
-      this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h, outcome.detail));
+      this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h, outcome.appCondition));
       this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
@@ -690,7 +688,7 @@ export class Session {
         condition: 'undefined-condition',
         text: `h=${h} acks more than the ${sendCount} stanzas sent`,
         h: sm.inbound.h,
-        detail: `<handled-count-too-high xmlns='${NS.sm3}' h='${h}' send-count='${sendCount}'/>`,
+        appCondition: { name: 'handled-count-too-high', xmlns: NS.sm3, attrs: { h: String(h), 'send-count': String(sendCount) } },
       };
     }
     if (resumed.ack.kind === 'backwards') {
@@ -757,6 +755,7 @@ export class Session {
     const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
     expiryTimer.unref();
     sm.policy.answered();
+    sm.queue.compact();
     this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
     if (this.upstreamPaused) {
       this.upstreamPaused = false;
@@ -1022,7 +1021,6 @@ export class Session {
     const s = this.state;
     if (this.upstreamOf(s) !== upstream) return;
     if (s.name === 'closing') {
-      upstream.finish();
       this.link?.close();
       this.transition({ name: 'closed' });
       this.finish('closed');
@@ -1030,7 +1028,6 @@ export class Session {
     }
     // The legacy server ended the user's stream: the session ends, and so does the client's.
     this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, 'legacy server closed the stream', { text: 'legacy server closed the stream' }));
-    upstream.finish();
   }
 
   /** DESIGN §5 "Upstream loss": the session ends; a later resume fails fast with the reason. */
@@ -1181,9 +1178,10 @@ function headerAttrs(header: StreamHeader): { to?: string; from?: string; versio
  * XEP-0198 `<failed/>` with a stanza error condition, a text saying why (users need it) and, like
  * an RFC 6120 §8.3.2 stanza error, an optional application-specific element after the text.
  */
-function failed(ns: SmNamespace, condition: string, text: string, h?: number, detail = ''): string {
+function failed(ns: SmNamespace, condition: string, text: string, h?: number, appCondition?: AppCondition): string {
   const hAttr = h === undefined ? '' : ` h='${h}'`;
-  return `<failed xmlns='${ns}'${hAttr}><${condition} xmlns='${NS.stanzas}'/><text xmlns='${NS.stanzas}' xml:lang='en'>${escapeXml(text)}</text>${detail}</failed>`;
+  const app = appCondition === undefined ? '' : renderAppCondition(appCondition);
+  return `<failed xmlns='${ns}'${hAttr}><${condition} xmlns='${NS.stanzas}'/><text xmlns='${NS.stanzas}' xml:lang='en'>${escapeXml(text)}</text>${app}</failed>`;
 }
 
 /** SM-IDs are secrets of their session: logs carry only a prefix. */

@@ -281,8 +281,9 @@ export class UnackedQueue {
    * out by {@link entries}, {@link resume} and {@link drain} may still be in a socket's write
    * queue). A new slab is sized from the bytes queued (a quarter of them, 1-16 KiB): with 256 KiB
    * in flight one allocation holds about 27 stanzas of 600 bytes (a native allocation costs about
-   * 0.8 µs, a copy into a slab 0.1 µs), while a hibernating session with a few small stanzas holds
-   * at most about 2 KiB beyond them.
+   * 0.8 µs, a copy into a slab 0.1 µs). Memory held beyond the queued bytes: the unused tails of
+   * full slabs (under a third of what they hold), the rest of the current slab and the acked head
+   * of the oldest, each at most 16 KiB; {@link compact} gives it back when the session hibernates.
    */
   #store(bytes: Buffer): void {
     const size = bytes.length;
@@ -295,9 +296,7 @@ export class UnackedQueue {
       this.#offsets.push(0);
     } else {
       let slab = this.#slab;
-      // A slab larger than the queue now calls for is left to its entries (it goes when they are
-      // acked), so a queue that shrinks, say when its session hibernates, stops pinning it.
-      if (slab === undefined || slab.length > slabBytes || this.#slabUsed + size > slab.length) {
+      if (slab === undefined || this.#slabUsed + size > slab.length) {
         slab = this.#slab = Buffer.allocUnsafeSlow(slabBytes);
         this.#slabUsed = 0;
       }
@@ -308,6 +307,36 @@ export class UnackedQueue {
       this.#offsets.push(start);
     }
     this.#lengths.push(size);
+  }
+
+  /**
+   * Copies what is queued into one buffer of exactly its size and forgets the slabs, so the memory
+   * held is the queued bytes and no more. For a session that goes idle for long (hibernation): its
+   * slabs were sized for traffic, and a 16 KiB slab may hold a single unacked stanza. Views handed
+   * out before stay valid (slabs are never written twice).
+   */
+  compact(): void {
+    this.#slab = undefined;
+    this.#slabUsed = 0;
+    const count = this.length;
+    if (count === 0) return;
+    const all = Buffer.allocUnsafeSlow(this.#bytes);
+    const chunks: Buffer[] = [];
+    const offsets: number[] = [];
+    let at = 0;
+    for (let i = this.#head; i < this.#chunks.length; i++) {
+      const offset = this.#offsets[i] as number;
+      const length = this.#lengths[i] as number;
+      (this.#chunks[i] as Buffer).copy(all, at, offset, offset + length);
+      chunks.push(all);
+      offsets.push(at);
+      at += length;
+    }
+    this.#chunks = chunks;
+    this.#offsets = offsets;
+    this.#lengths = this.#lengths.slice(this.#head);
+    this.#sentAt = this.#sentAt.slice(this.#head);
+    this.#head = 0;
   }
 
   /** The entry at index `i` (at or after the head), as a view into its buffer. */
@@ -338,7 +367,8 @@ export class UnackedQueue {
     this.#bytes -= released;
     this.#budget.release(released);
     if (this.#head === this.#chunks.length) {
-      // Empty: start over with fresh arrays so an idle (hibernating) session keeps no capacity.
+      // Empty: start over with fresh arrays and no slab, so an idle session keeps no capacity.
+      this.#slab = undefined;
       this.#chunks = [];
       this.#offsets = [];
       this.#lengths = [];

@@ -27,6 +27,7 @@ export class CoalescingWriter {
   }
 
   write(data: Buffer | string): boolean {
+    if (this.socket.destroyed || this.socket.writableEnded) return true;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
@@ -56,11 +57,17 @@ export class CoalescingWriter {
     this.socket.uncork();
   };
 
+  /** Hands everything to the socket, then ends it (a FIN once the buffer is written). */
+  end(): void {
+    this.flush();
+    this.socket.end();
+  }
+
   private writeRun(): boolean {
     const run = this.run;
     if (run === undefined) return true;
     this.run = undefined;
-    if (this.socket.destroyed) return true;
+    if (this.socket.destroyed || this.socket.writableEnded) return true;
     return this.socket.write(this.runLength === run.length ? run : Buffer.from(run.buffer, run.byteOffset, this.runLength));
   }
 }

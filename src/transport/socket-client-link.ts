@@ -16,6 +16,11 @@ import type { TlsCredentials } from './tls-credentials.js';
 const CLOSE_WAIT_MS = 2000;
 /** RFC 8446 §5.1 / RFC 5246 §6.2.1: ContentType `handshake`, the first byte of a ClientHello record. */
 const TLS_HANDSHAKE_RECORD = 0x16;
+
+/** XML 1.0 §2.3 S: space, tab, CR, LF. */
+function isXmlWhitespace(byte: number): boolean {
+  return byte === 0x20 || byte === 0x09 || byte === 0x0d || byte === 0x0a;
+}
 /** '>': every element, and so `<starttls/>`, ends at one. */
 const GT = 0x3e;
 
@@ -185,7 +190,7 @@ export class SocketClientLink implements ClientLink {
     this.phase = 'closing';
     this.localEndReason ??= reason;
     // RFC 6120 §4.4: the closing entity waits for the peer's close, but not forever.
-    this.socket.end();
+    this.writer.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
     this.closeTimer.unref();
   }
@@ -249,20 +254,26 @@ export class SocketClientLink implements ClientLink {
   }
 
   /**
-   * COMPAT(several clients; whitespace keepalives): some clients send a few bytes after
+   * COMPAT(several clients; whitespace keepalives): some clients send whitespace after
    * `<starttls/>` (a space, a newline), in the same read or in a segment of their own, before their
-   * ClientHello. RFC 6120 §5.4.3.3: after `<proceed/>` "the receiving entity MUST consider the
-   * TLS negotiation to have begun", and the stream's XML is over, so these bytes belong to neither
-   * the stream nor TLS: everything up to the first byte of a TLS handshake record is dropped, and
-   * the rest is TLS.
+   * ClientHello, although RFC 6120 §5.3.3 says "During STARTTLS negotiation, the entities MUST NOT
+   * send any whitespace as separators between XML elements". After `<proceed/>` the stream's XML is
+   * over (§5.4.2.3: the receiving entity "MUST consider the TLS negotiation to have begun"), so the
+   * whitespace belongs to neither the stream nor TLS and is dropped; the first byte of a TLS
+   * handshake record starts TLS. Anything else is neither, and the connection is dropped: no XML
+   * may be sent after `<proceed/>`, so there is no stream error to give.
    */
   private awaitClientHello(bytes: Buffer): void {
-    const at = bytes.indexOf(TLS_HANDSHAKE_RECORD);
-    if (at < 0) {
-      this.droppedBeforeTls += bytes.length;
+    let at = 0;
+    while (at < bytes.length && isXmlWhitespace(bytes[at]!)) at++;
+    this.droppedBeforeTls += at;
+    if (at === bytes.length) return;
+    if (bytes[at] !== TLS_HANDSHAKE_RECORD) {
+      this.log.info({ code: ErrorCode.TLS_HANDSHAKE, byte: bytes[at] }, 'client sent neither whitespace nor a TLS handshake after <proceed/>');
+      this.writer.flush(); // <proceed/> may still be corked when both arrive in one read
+      this.destroy('not TLS after <proceed/>');
       return;
     }
-    this.droppedBeforeTls += at;
     this.upgradeToTls(bytes.subarray(at));
   }
 

@@ -274,13 +274,6 @@ export class WebSocketClientLink implements ClientLink {
           }),
         );
         return;
-      case 'WS_ERR_TOO_MANY_BUFFERED_PARTS':
-        // The listener's maxFragments of 1: RFC 7395 §3.3.3 "one complete element per message",
-        // and this proxy takes each message in one frame.
-        this.protocolError(
-          new StreamError(ErrorCode.UNEXPECTED_ELEMENT, 'policy-violation', 'fragmented WebSocket message refused: each message must be one unfragmented frame (RFC 7395 §3.3.3)'),
-        );
-        return;
       case 'WS_ERR_INVALID_UTF8':
         this.protocolError(new StreamError(ErrorCode.XML_ENCODING, 'unsupported-encoding', 'WebSocket text message is not valid UTF-8 (RFC 7395 §3.2, RFC 6120 §11.6)'));
         return;

@@ -100,10 +100,10 @@ export class WebSocketListener implements Listener {
       clientTracking: false,
       // DESIGN §7: ws enforces the stanza limit on whole messages before buffering more.
       maxPayload: options.maxPayloadBytes,
-      // RFC 7395 §3.3.3: one complete element per message; the proxy takes each message unfragmented
-      // (RFC 6455 §5.4 FIN set on its only frame). ws refuses a message's second fragment with
-      // close 1008 and WS_ERR_TOO_MANY_BUFFERED_PARTS, before buffering it.
-      maxFragments: 1,
+      // RFC 7395 §3.3.3 asks for one complete element per *message*; how a message is cut into
+      // frames is not the client's to choose alone: RFC 6455 §5.4 "Clients and servers MUST support
+      // receiving both fragmented and unfragmented messages" (intermediaries may refragment), and
+      // ws applies maxPayload to the whole message, so fragments cost no extra memory.
       // Compression over TLS invites CRIME/BREACH-style attacks and costs memory per connection.
       perMessageDeflate: false,
       handleProtocols: (protocols) => (protocols.has(XMPP_SUBPROTOCOL) ? XMPP_SUBPROTOCOL : false),

@@ -74,7 +74,7 @@ export class UpstreamLink {
           this.streamClosed = true;
           // RFC 6120 §4.4: both streams are closed once the server answers our close; the TCP
           // connection can go now, whatever the session (perhaps closed already) does with the event.
-          if (this.closing) this.socket.end();
+          if (this.closing) this.writer.end();
           this.handler?.onStreamClose();
         },
         onError: (error) => {
@@ -177,14 +177,9 @@ export class UpstreamLink {
     this.closing = true;
     clearInterval(this.keepaliveTimer);
     this.write(STREAM_CLOSE);
-    if (this.streamClosed) this.socket.end();
+    if (this.streamClosed) this.writer.end();
     this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
     this.closeTimer.unref();
-  }
-
-  /** Called once the server closed its stream after ours: end the socket. */
-  finish(): void {
-    this.socket.end();
   }
 
   destroy(): void {

@@ -1,4 +1,4 @@
-import { StreamError } from '../errors.js';
+import type { AppCondition, StreamError } from '../errors.js';
 import { NS } from './namespaces.js';
 import { escapeXml, renderAttrs } from './escape.js';
 
@@ -11,9 +11,11 @@ export function renderStreamError(error: StreamError): string {
   if (error.text !== undefined) {
     children += `<text xmlns='${NS.streams}' xml:lang='en'>${escapeXml(error.text)}</text>`;
   }
-  const app = error.appCondition;
-  if (app !== undefined) {
-    children += `<${app.name}${renderAttrs({ xmlns: app.xmlns, ...app.attrs })}/>`;
-  }
+  if (error.appCondition !== undefined) children += renderAppCondition(error.appCondition);
   return `<stream:error>${children}</stream:error>`;
+}
+
+/** An application-specific condition element (RFC 6120 §4.9.4, §8.3.4), e.g. `<handled-count-too-high/>`. */
+export function renderAppCondition(app: AppCondition): string {
+  return `<${app.name}${renderAttrs({ xmlns: app.xmlns, ...app.attrs })}/>`;
 }

@@ -393,7 +393,7 @@ export class StreamScanner {
 
   // Open elements, the stream header at index 0. Names are copied into nameStack back to back.
   private depth = 0;
-  private nameStack: Buffer = Buffer.allocUnsafe(INITIAL_NAME_BYTES);
+  private nameStack: Buffer;
   private nameTop = 0;
   private nameStarts: Int32Array;
   /** End of the name of the start tag being scanned; it starts at nameTop. */
@@ -403,7 +403,7 @@ export class StreamScanner {
   private endBadName: number[] = [];
 
   // Attributes of the start tag being scanned, for the duplicate check (XML 1.0 §3.1 WFC: Unique Att Spec).
-  private attrNames: Buffer = Buffer.allocUnsafe(INITIAL_NAME_BYTES);
+  private attrNames: Buffer;
   private attrLen = 0;
   private attrHash = FNV_OFFSET;
   private attrCount = 0;
@@ -425,7 +425,7 @@ export class StreamScanner {
   private refReturn: S = S.Text;
   private refLen = 0;
   private refVal = 0;
-  private readonly refName: Buffer = Buffer.allocUnsafe(MESSAGE_NAME_MAX);
+  private readonly refName: Buffer;
   private cdataMatched = 0;
 
   // Namespace declarations of the stream header (RFC 6120 §4.8), used for top-level elements.
@@ -446,6 +446,12 @@ export class StreamScanner {
     this.curMaxStanza = limits.maxStanzaBytes;
     this.curMaxDepth = limits.maxDepth;
     this.nameStarts = new Int32Array(INITIAL_DEPTH_CAPACITY);
+    // One allocation of the scanner's own for its scratch space, not slices of Node's shared 8 KiB
+    // pool: a scanner lives as long as its session, and a pool slice would pin a whole pool slab.
+    const scratch = Buffer.allocUnsafeSlow(2 * INITIAL_NAME_BYTES + MESSAGE_NAME_MAX);
+    this.nameStack = scratch.subarray(0, INITIAL_NAME_BYTES);
+    this.attrNames = scratch.subarray(INITIAL_NAME_BYTES, 2 * INITIAL_NAME_BYTES);
+    this.refName = scratch.subarray(2 * INITIAL_NAME_BYTES);
   }
 
   /** True while bytes of an unfinished element/header are held (useful for tests and for deciding if an EOF was mid-element). */
@@ -1235,14 +1241,14 @@ export class StreamScanner {
   }
 
   private growNameStack(): Buffer {
-    const grown = Buffer.allocUnsafe(this.nameStack.length * 2);
+    const grown = Buffer.allocUnsafeSlow(this.nameStack.length * 2);
     this.nameStack.copy(grown);
     this.nameStack = grown;
     return grown;
   }
 
   private growAttrNames(): Buffer {
-    const grown = Buffer.allocUnsafe(this.attrNames.length * 2);
+    const grown = Buffer.allocUnsafeSlow(this.attrNames.length * 2);
     this.attrNames.copy(grown);
     this.attrNames = grown;
     return grown;

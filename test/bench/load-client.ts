@@ -372,7 +372,7 @@ async function resumeSetup(args: Endpoint & { username: string; password: string
   return { jid: client.jid! };
 }
 
-interface CycleTimes {
+export interface CycleTimes {
   /** ms from the connect call: TCP up, TLS up, SASL success, `<resumed/>`, first replayed stanza. */
   tcp: number[];
   tls: number[];

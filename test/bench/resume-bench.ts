@@ -16,15 +16,7 @@ import { dirname, join } from 'node:path';
 import { startProsody } from '../support/prosody.js';
 import { findPidByCmdline, fmt, Peer, percentiles, procCpuSeconds, table, verdict } from './bench-util.js';
 import { DOMAIN, proxyConfig, proxyLogProblems, startProxy, type BenchContext } from './bench-context.js';
-
-interface CycleTimes {
-  tcp: number[];
-  tls: number[];
-  auth: number[];
-  resumed: number[];
-  replay: number[];
-  tlsReused: number;
-}
+import type { CycleTimes } from './load-client.js';
 
 const GAP_MS = 10;
 const PASSWORD = 'secret';

@@ -482,7 +482,7 @@ describe('shutdown', () => {
   });
 });
 
-describe('STARTTLS with stray bytes after <starttls/> (RFC 6120 §5.4.3.3)', () => {
+describe('STARTTLS with stray bytes after <starttls/> (RFC 6120 §5.3.3)', () => {
   it.each([
     ['whitespace in the same write as <starttls/>', { trailing: ' ', mode: 'same-write' }],
     ['a whitespace keepalive in a write of its own before the ClientHello', { trailing: ' ', mode: 'own-write' }],
@@ -498,6 +498,14 @@ describe('STARTTLS with stray bytes after <starttls/> (RFC 6120 §5.4.3.3)', () 
     expect(await client.bind('stray-bytes')).toBe(`alice@${fixture.domain}/stray-bytes`);
     await client.close();
     expect(client.streamClosedByPeer).toBe(true);
+  });
+
+  it('drops a connection that sends neither whitespace nor TLS after <proceed/>', async () => {
+    const client = await RawClient.connectPlain({ host: '127.0.0.1', port: fixture.ports.starttls, domain: fixture.domain });
+    await client.openStream();
+    client.sendRaw(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> <presence/>`);
+    await client.expect((el) => el.name === 'proceed', '<proceed/>');
+    await client.expectClosed();
   });
 });
 

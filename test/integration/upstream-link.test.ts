@@ -69,7 +69,7 @@ function recordingHandler(): UpstreamHandler & { events: string[]; endedClean: b
 }
 
 describe('UpstreamLink.close (RFC 6120 §4.4)', () => {
-  it("ends the socket as soon as the server's </stream:stream> answers ours, even when nobody calls finish()", async () => {
+  it("ends the socket as soon as the server's </stream:stream> answers ours", async () => {
     let serverEndedAtMs: number | undefined;
     const server = await startServer((socket, text) => {
       if (text.includes('<stream:stream')) socket.write(SERVER_HEADER);

@@ -341,6 +341,22 @@ describe('WebSocket link: framing (RFC 7395 §3.3-§3.6)', () => {
     ]);
   });
 
+  it('takes a message that arrives in several frames as the one element it is (RFC 6455 §5.4)', async () => {
+    const harness = await startListener();
+    const { ws, handler } = await openStream(harness);
+    ws.send(`<message id='f'><body>one `, { fin: false });
+    ws.send(`frame, `, { fin: false });
+    ws.send(`three</body></message>`, { fin: true });
+    await within(
+      (async () => {
+        while (handler.ofType('element').length < 1 && handler.ofType('protocol-error').length === 0) await delay(10);
+      })(),
+      'the fragmented message as one element',
+    );
+    expect(handler.ofType('protocol-error').map((e) => e.error.message)).toEqual([]);
+    expect(handler.ofType('element').map((e) => e.text)).toEqual([`<message id='f'><body>one frame, three</body></message>`]);
+  });
+
   it('maps a restart <open/> after SASL to a second onStreamOpen (expectRestart is a no-op)', async () => {
     const harness = await startListener();
     const { ws, handler, link } = await openStream(harness);
@@ -482,15 +498,6 @@ describe('WebSocket link: refused input', () => {
   // Refused by ws itself, which closes before the proxy could answer with a stream error; the session
   // still learns why, and the link ends as 'local' (never hibernation, so the input is not replayed).
   it.each([
-    [
-      'a fragmented message (RFC 7395 §3.3.3, listener maxFragments 1)',
-      (ws: WebSocket) => {
-        ws.send(`<message><body>one `, { fin: false });
-        ws.send(`frame</body></message>`, { fin: true });
-      },
-      'policy-violation',
-      1008,
-    ],
     ['invalid UTF-8 in a text message (RFC 6455 §8.1)', (ws: WebSocket) => ws.send(Buffer.from([0x3c, 0x61, 0xc0, 0x80, 0x2f, 0x3e]), { binary: false }), 'unsupported-encoding', 1007],
     ['an unmasked client frame (RFC 6455 §5.1)', (ws: WebSocket) => ws.send(`<presence/>`, { mask: false }), 'not-well-formed', 1002],
   ] as const)('refuses %s: the session sees %s, ws closes with %i', async (_what, send, condition, closeCode) => {

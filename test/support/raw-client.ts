@@ -105,7 +105,7 @@ export interface RawPlainOptions {
 
 /**
  * Bytes some clients send after `<starttls/>` besides TLS, to test the proxy's tolerance
- * (RFC 6120 §5.4.3.3 leaves them undefined).
+ * (RFC 6120 §5.3.3 forbids whitespace there; some clients send it anyway).
  */
 export interface StartTlsOptions {
   /** Written after `<starttls/>`, before the ClientHello (e.g. a whitespace keepalive). Default none. */

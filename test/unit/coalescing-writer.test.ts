@@ -73,6 +73,19 @@ describe('CoalescingWriter', () => {
     expect(writer.write(chunk.subarray(80))).toBe(true);
   });
 
+  it('end() hands over the pending run before the socket ends, and nothing is written after', async () => {
+    const { socket, writes, wire } = recordingSocket();
+    const writer = new CoalescingWriter(socket);
+    writer.write(Buffer.from('<presence/>'));
+    writer.end();
+    writer.write(Buffer.from('<message/>'));
+    writer.write('</stream:stream>');
+    await tick();
+    expect(writes.map(String)).toEqual(['<presence/>']);
+    expect(wire()).toBe('<presence/>');
+    expect(socket.writableEnded).toBe(true);
+  });
+
   it('writes nothing to a destroyed socket', async () => {
     const { socket, writes } = recordingSocket();
     const writer = new CoalescingWriter(socket);

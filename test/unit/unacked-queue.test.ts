@@ -96,6 +96,25 @@ describe('UnackedQueue push', () => {
     expect(entry?.bytes.buffer.byteLength).toBe(1024);
   });
 
+  it('compacts what is queued into one buffer of exactly its size, and goes on counting', () => {
+    const queue = new UnackedQueue(UNLIMITED, new MemoryBudget(Infinity));
+    for (let i = 0; i < 200; i++) queue.push(Buffer.from(`<message id='m${i}'>${'x'.repeat(500)}</message>`), T0 + i);
+    queue.ack(197); // three left, in a 16 KiB slab
+    const before = [...queue.entries()].map((entry) => [entry.bytes.toString(), entry.sentAtMs]);
+    queue.compact();
+    const after = [...queue.entries()];
+    expect(after.map((entry) => [entry.bytes.toString(), entry.sentAtMs])).toEqual(before);
+    expect(new Set(after.map((entry) => entry.bytes.buffer)).size).toBe(1);
+    expect(after[0]!.bytes.buffer.byteLength).toBe(queue.bytes);
+    queue.push(Buffer.from("<message id='late'/>"), T0 + 500);
+    expect(queue.sent).toBe(201);
+    expect(queue.resume(198).replay.map((entry) => entry.bytes.toString().slice(0, 22))).toEqual([
+      "<message id='m198'>xxx",
+      "<message id='m199'>xxx",
+      "<message id='late'/>",
+    ]);
+  });
+
   it('keeps every stanza intact across slab boundaries and sizes', () => {
     const queue = new UnackedQueue(UNLIMITED, new MemoryBudget(Infinity));
     const source = Buffer.alloc(2000);
