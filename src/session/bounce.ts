@@ -2,25 +2,33 @@ import type { Element } from '../xml/element.js';
 import { parseElement, xml } from '../xml/element.js';
 import { NS } from '../xml/namespaces.js';
 
+/** XEP-0313 archive results, in the namespaces servers have used (mam:2 current, 0 and 1 older). */
+const MAM_NAMESPACES = new Set(['urn:xmpp:mam:2', 'urn:xmpp:mam:1', 'urn:xmpp:mam:0']);
+
 /**
  * What happens to an unacked stanza when its session expires (DESIGN §5 "Expiry", XEP-0198 §5:
  * "treat unacked stanzas as if sent to an unavailable resource"): the legacy server already
  * considers them delivered, so the proxy answers them on the user's behalf, through the user's
  * own upstream stream, addressed to the original sender.
  *
- * - message (not error, not a carbon copy): error `recipient-unavailable` (RFC 6120 §8.3.3.13)
+ * - message: error `recipient-unavailable` (RFC 6120 §8.3.3.13), except
+ *   - headline: dropped (RFC 6121 §8.5.3.2.1: for a resource that is gone, "the server MUST
+ *     silently ignore the message");
+ *   - carbon copies (XEP-0280 §6: never bounce copies) and XEP-0313 archive results: dropped,
+ *     they are copies of what the user's account already has;
  * - iq get/set: error `service-unavailable` (RFC 6120 §8.3.3.19)
- * - presence, any error, iq result, carbons (XEP-0280 §6: never bounce copies): dropped
+ * - presence, any error, iq result: dropped
+ * - anything the user's own session sent (from its full JID, as Prosody): dropped.
  *
  * Returns the error stanza to send upstream, or undefined when the stanza is dropped.
  */
-export function bounceFor(stanzaBytes: Buffer): string | undefined {
+export function bounceFor(stanzaBytes: Buffer, ownJid: string): string | undefined {
   const stanza = parseElement(stanzaBytes);
   const from = stanza.attrs.from as string | undefined;
   const type = stanza.attrs.type as string | undefined;
-  if (from === undefined || type === 'error') return undefined;
+  if (from === undefined || from === ownJid || type === 'error') return undefined;
   if (stanza.name === 'message') {
-    if (isCarbon(stanza)) return undefined;
+    if (type === 'headline' || isCopy(stanza)) return undefined;
     return errorReply(stanza, 'wait', 'recipient-unavailable');
   }
   if (stanza.name === 'iq' && (type === 'get' || type === 'set')) {
@@ -29,8 +37,15 @@ export function bounceFor(stanzaBytes: Buffer): string | undefined {
   return undefined;
 }
 
-function isCarbon(message: Element): boolean {
-  return message.getChildElements().some((child) => child.attrs.xmlns === NS.carbons);
+/**
+ * A carbon copy (XEP-0280 `<sent/>` or `<received/>`, not the `<private/>` opt-out marker) or an
+ * archive result (XEP-0313 `<result/>`).
+ */
+function isCopy(message: Element): boolean {
+  return message.getChildElements().some((child) => {
+    const ns = child.attrs.xmlns as string | undefined;
+    return (ns === NS.carbons && (child.name === 'sent' || child.name === 'received')) || (ns !== undefined && child.name === 'result' && MAM_NAMESPACES.has(ns));
+  });
 }
 
 function errorReply(stanza: Element, errorType: string, condition: string): string {

@@ -408,10 +408,10 @@ export class Session {
     if (s.name === 'active' || s.name === 'authenticating' || s.name === 'authenticated' || s.name === 'resuming') {
       // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its queue.
       const sm = s.name === 'active' ? s.sm : undefined;
-      if (sm !== undefined) {
+      if (s.name === 'active' && sm !== undefined) {
         this.sendToClient(sm.ackElement());
         // Stanzas the client did not ack before closing are answered like at expiry (XEP-0198 §5).
-        this.disposeUnacked(sm, s.upstream);
+        this.disposeUnacked(sm, { upstream: s.upstream, jid: s.jid });
       }
       this.endSm(sm, 'closed');
       s.upstream.close();
@@ -777,7 +777,7 @@ export class Session {
     this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
     // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces written
     // behind it would never be processed, so with the upstream lost they are dropped (and logged).
-    this.disposeUnacked(s.sm, reason === 'upstream-lost' ? undefined : s.upstream);
+    this.disposeUnacked(s.sm, reason === 'upstream-lost' ? undefined : { upstream: s.upstream, jid: s.jid });
     this.endSm(s.sm, reason);
     s.upstream.close();
     this.transition({ name: 'closed' });
@@ -785,11 +785,12 @@ export class Session {
   }
 
   /**
-   * Unacked stanzas are answered on the user's behalf (or dropped, per `expiryPolicy`). `upstream`
-   * is undefined when the legacy server's stream is gone or going: nothing written to it would
-   * be processed, so the stanzas are lost and the senders get no error; that is a warning.
+   * Unacked stanzas are answered on the user's behalf (or dropped, per `expiryPolicy`) through the
+   * user's (full `jid`) upstream stream. `via` is undefined when the legacy server's stream is gone
+   * or going: nothing written to it would be processed, so the stanzas are lost and the senders
+   * get no error; that is a warning.
    */
-  private disposeUnacked(sm: StreamManagement, upstream: UpstreamLink | undefined, extra?: Buffer): void {
+  private disposeUnacked(sm: StreamManagement, via: { upstream: UpstreamLink; jid: string } | undefined, extra?: Buffer): void {
     const entries = sm.queue.drain().map((entry) => entry.bytes);
     if (extra !== undefined) entries.push(extra);
     if (entries.length === 0) return;
@@ -797,15 +798,15 @@ export class Session {
       this.log.info({ dropped: entries.length }, 'unacked stanzas dropped (expiryPolicy drop)');
       return;
     }
-    if (upstream === undefined || upstream.ended) {
+    if (via === undefined || via.upstream.ended) {
       this.log.warn({ dropped: entries.length }, 'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on');
       return;
     }
     let bounced = 0;
     for (const bytes of entries) {
-      const bounce = bounceFor(bytes);
+      const bounce = bounceFor(bytes, via.jid);
       if (bounce === undefined) continue;
-      upstream.send(bounce);
+      via.upstream.send(bounce);
       bounced++;
     }
     this.log.info({ unacked: entries.length, bounced }, 'unacked stanzas answered to their senders');
@@ -946,7 +947,7 @@ export class Session {
     if (sm !== undefined) {
       const pushed = sm.queue.push(bytes, this.deps.now());
       if (!pushed.ok) {
-        this.queueOverflow(sm, s.upstream, bytes, `${pushed.reason} limit ${pushed.limit}`);
+        this.queueOverflow(sm, { upstream: s.upstream, jid: s.jid }, bytes, `${pushed.reason} limit ${pushed.limit}`);
         return;
       }
       if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
@@ -965,7 +966,7 @@ export class Session {
     if (element.localName === 'iq' && element.bytes.includes(NS.ping) && this.answerPing(s, element)) return;
     const pushed = s.sm.queue.push(element.bytes, this.deps.now());
     if (!pushed.ok) {
-      this.queueOverflow(s.sm, s.upstream, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
+      this.queueOverflow(s.sm, { upstream: s.upstream, jid: s.jid }, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
       return;
     }
     this.stats.toClient++;
@@ -985,15 +986,15 @@ export class Session {
   }
 
   /** DESIGN §5 "Queue": the session stops being resumable and the client is told (`resource-constraint`). */
-  private queueOverflow(sm: StreamManagement, upstream: UpstreamLink, overflowing: Buffer, why: string): void {
+  private queueOverflow(sm: StreamManagement, via: { upstream: UpstreamLink; jid: string }, overflowing: Buffer, why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
     const s = this.state;
     if (s.name === 'hibernating') {
       this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'queue-overflow', hibernatedMs: this.deps.now() - s.sinceMs });
     }
-    this.disposeUnacked(sm, upstream, overflowing);
+    this.disposeUnacked(sm, via, overflowing);
     this.endSm(sm, 'queue-overflow');
-    upstream.close();
+    via.upstream.close();
     const link = this.link;
     this.link = undefined;
     link?.fail(new StreamError(ErrorCode.SM_QUEUE_OVERFLOW, 'resource-constraint', `too many unacknowledged stanzas (${why})`));
@@ -1094,7 +1095,7 @@ export class Session {
     if (s.name === 'hibernating') {
       this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
     }
-    if (sm !== undefined) this.disposeUnacked(sm, upstream);
+    if ((s.name === 'active' || s.name === 'hibernating') && sm !== undefined) this.disposeUnacked(sm, { upstream: s.upstream, jid: s.jid });
     this.endSm(sm, reason);
     upstream?.close();
   }
