@@ -42,6 +42,7 @@ export const ErrorCode = {
   TLS_HANDSHAKE: 'PROXY_ERR_TLS_HANDSHAKE',
   /** The proxy is at `maxSessions`: `resource-constraint`. */
   TOO_MANY_SESSIONS: 'PROXY_ERR_TOO_MANY_SESSIONS',
+  TOO_MANY_FROM_ADDRESS: 'PROXY_ERR_TOO_MANY_FROM_ADDRESS',
 
   /** The legacy server could not be reached or did not answer in time: `remote-connection-failed`. */
   UPSTREAM_CONNECT: 'PROXY_ERR_UPSTREAM_CONNECT',

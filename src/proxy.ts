@@ -162,6 +162,13 @@ export class Proxy {
       link.fail(new StreamError(ErrorCode.TOO_MANY_SESSIONS, 'resource-constraint', `the proxy holds its maximum of ${this.config.limits.maxSessions} sessions`));
       return;
     }
+    const perAddress = this.config.limits.maxSessionsPerAddress;
+    if (perAddress > 0 && this.registry.countFrom(link.address) >= perAddress) {
+      // RFC 6120 §4.9.3.14 policy-violation: "the server MAY choose to specify the policy in the <text/> element".
+      log.warn({ code: ErrorCode.TOO_MANY_FROM_ADDRESS, address: link.address, limit: perAddress }, 'session limit per address reached; connection refused');
+      link.fail(new StreamError(ErrorCode.TOO_MANY_FROM_ADDRESS, 'policy-violation', `${perAddress} sessions from your address are open already (maxSessionsPerAddress)`));
+      return;
+    }
     new Session(this.sessionDeps, { sid: (log.bindings().sid as string | undefined) ?? newSid(), link, log });
   }
 

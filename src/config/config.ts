@@ -126,6 +126,11 @@ export interface LimitsConfig {
   readonly authTimeoutSeconds: number;
   /** Most sessions (connected plus hibernating) at once. Default 100000, range 1..10000000. */
   readonly maxSessions: number;
+  /**
+   * Most sessions (connected plus hibernating) opened from one client IP address (for WebSocket
+   * behind a trusted reverse proxy, the forwarded one). 0 = no limit. Default 0, range 0..10000000.
+   */
+  readonly maxSessionsPerAddress: number;
 }
 
 /** What happens to unacked stanzas of an expired session. */

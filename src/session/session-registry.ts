@@ -18,11 +18,15 @@ export interface RegistryLimits {
 }
 
 /**
- * Every live session of a proxy (for limits and shutdown), the resumable ones by SM-ID, and the
- * final h of sessions that ended, so that a late `<resume/>` gets `<failed h='…'/>`.
+ * Every live session of a proxy (for limits and shutdown) with the client address that opened it,
+ * the resumable ones by SM-ID, and the final h of sessions that ended, so that a late `<resume/>`
+ * gets `<failed h='…'/>`.
  */
 export class SessionRegistry {
-  private readonly live = new Set<Session>();
+  /** Live sessions and the client address each was opened from. */
+  private readonly live = new Map<Session, string>();
+  /** Live sessions per client address (entries at 0 are removed). */
+  private readonly perAddress = new Map<string, number>();
   private readonly resumable = new Map<string, Session>();
   /** Insertion-ordered: the first entry is the oldest. */
   private readonly ended = new Map<string, EndedSession>();
@@ -38,15 +42,27 @@ export class SessionRegistry {
   }
 
   sessions(): IterableIterator<Session> {
-    return this.live.values();
+    return this.live.keys();
   }
 
-  add(session: Session): void {
-    this.live.add(session);
+  /** Live sessions opened from `address` (connected or hibernating), for `maxSessionsPerAddress`. */
+  countFrom(address: string): number {
+    return this.perAddress.get(address) ?? 0;
+  }
+
+  add(session: Session, address: string): void {
+    if (this.live.has(session)) return;
+    this.live.set(session, address);
+    this.perAddress.set(address, this.countFrom(address) + 1);
   }
 
   delete(session: Session): void {
+    const address = this.live.get(session);
+    if (address === undefined) return;
     this.live.delete(session);
+    const left = this.countFrom(address) - 1;
+    if (left > 0) this.perAddress.set(address, left);
+    else this.perAddress.delete(address);
   }
 
   registerResumable(smId: string, session: Session): void {

@@ -188,7 +188,7 @@ export class Session {
     this.startedMs = deps.now();
     this.state = { name: 'opening', authTimer: this.armAuthTimer() };
     start.link.setHandler(this.clientHandler(start.link));
-    deps.registry.add(this);
+    deps.registry.add(this, start.link.address);
     this.log.debug('session opened');
   }
 

@@ -42,6 +42,11 @@ export interface ClientLink {
   readonly transport: TransportKind;
   /** `address:port` of the client, for logs. */
   readonly remote: string;
+  /**
+   * The client's IP address, for per-address limits: the TCP peer, or for WebSocket behind a
+   * trusted reverse proxy the client it names (X-Forwarded-For / Forwarded).
+   */
+  readonly address: string;
   /** Installs the receiver of this link's events (see ClientLinkHandler). */
   setHandler(handler: ClientLinkHandler): void;
   /** Answers the client's stream header (RFC 6120 §4.7). */

@@ -39,3 +39,23 @@ export function parseIpRange(entry: string): IpRangeResult {
   }
   return { ok: true, range: { family: family === 6 ? 'ipv6' : 'ipv4', address: addressPart, prefix } };
 }
+
+/**
+ * An IP address from a socket or a forwarding header, without port, brackets, quotes or the
+ * IPv4-mapped IPv6 prefix; `undefined` when it is not an IP address.
+ */
+export function normalizeAddress(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let address = value.trim();
+  if (address.length >= 2 && address.startsWith('"') && address.endsWith('"')) address = address.slice(1, -1);
+  if (address.startsWith('[')) {
+    const end = address.indexOf(']');
+    if (end < 0) return undefined;
+    address = address.slice(1, end);
+  } else if (/^[0-9.]+:[0-9]+$/.test(address)) {
+    address = address.slice(0, address.indexOf(':'));
+  }
+  const mapped = IPV4_MAPPED.exec(address);
+  if (mapped?.[1] !== undefined) address = mapped[1];
+  return isIP(address) === 0 ? undefined : address;
+}

@@ -9,6 +9,7 @@ import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml
 import { StreamScanner, type ScannedElement, type ScannerLimits, type StreamHeader } from '../xml/stream-scanner.js';
 import { STARTTLS_REQUIRED_FEATURES } from '../session/features.js';
 import { CoalescingWriter } from './coalescing-writer.js';
+import { normalizeAddress } from './ip-range.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd, TransportKind } from './client-link.js';
 import type { TlsCredentials } from './tls-credentials.js';
 
@@ -54,6 +55,7 @@ type LinkPhase = 'pre-tls' | 'awaiting-client-hello' | 'tls-handshake' | 'stream
 export class SocketClientLink implements ClientLink {
   readonly transport: SocketClientLinkOptions['transport'];
   readonly remote: string;
+  readonly address: string;
 
   private socket: Socket;
   private scanner: StreamScanner;
@@ -77,6 +79,7 @@ export class SocketClientLink implements ClientLink {
     this.socket = options.socket;
     this.writer = new CoalescingWriter(options.socket);
     this.remote = `${options.socket.remoteAddress ?? '?'}:${options.socket.remotePort ?? '?'}`;
+    this.address = normalizeAddress(options.socket.remoteAddress) ?? this.remote;
     this.limits = options.limits;
     this.log = options.log;
     this.startTls = options.startTls;

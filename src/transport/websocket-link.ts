@@ -46,6 +46,8 @@ export interface WebSocketClientLinkOptions {
   readonly ws: WebSocket;
   /** The client's address for logs (`address:port`, or the forwarded address behind a trusted proxy). */
   readonly remote: string;
+  /** The client's IP address (forwarded by a trusted reverse proxy, or the peer's). */
+  readonly address: string;
   /** Scanner limits before authentication; the session raises `maxStanzaBytes` after SASL success. */
   readonly limits: ScannerLimits;
   /** The WebSocket server's `maxPayload` (the post-authentication stanza limit), named in the error when ws refuses a message. */
@@ -77,6 +79,7 @@ type LinkPhase =
 export class WebSocketClientLink implements ClientLink {
   readonly transport = 'websocket' as const;
   readonly remote: string;
+  readonly address: string;
 
   private readonly ws: WebSocket;
   private readonly log: Logger;
@@ -99,6 +102,7 @@ export class WebSocketClientLink implements ClientLink {
   constructor(options: WebSocketClientLinkOptions) {
     this.ws = options.ws;
     this.remote = options.remote;
+    this.address = options.address;
     this.limits = { ...options.limits };
     this.maxPayloadBytes = options.maxPayloadBytes;
     this.log = options.log;

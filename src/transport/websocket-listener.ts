@@ -13,7 +13,7 @@ import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
 import { escapeXml } from '../xml/escape.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
-import { parseIpRange } from './ip-range.js';
+import { normalizeAddress, parseIpRange } from './ip-range.js';
 import type { Listener } from './listener.js';
 import type { TlsCredentials } from './tls-credentials.js';
 import { WebSocketClientLink } from './websocket-link.js';
@@ -62,6 +62,8 @@ export interface WebSocketListenerOptions {
 interface ClientAddress {
   /** For logs: `address:port` of the peer, or the forwarded client address. */
   readonly remote: string;
+  /** The client's IP address (the peer's, or the forwarded one), for per-address limits. */
+  readonly address: string;
   /** The trusted reverse proxy the request came through, when a forwarded address was used. */
   readonly via: string | undefined;
 }
@@ -259,7 +261,7 @@ export class WebSocketListener implements Listener {
     const sid = this.options.newSid();
     const client = this.clientAddress(req);
     const sessionLog = log.child({ sid, transport: 'websocket', remote: client.remote, ...(client.via !== undefined ? { via: client.via } : {}) });
-    const link = new WebSocketClientLink({ ws, remote: client.remote, limits, maxPayloadBytes, pingIntervalMs, log: sessionLog });
+    const link = new WebSocketClientLink({ ws, remote: client.remote, address: client.address, limits, maxPayloadBytes, pingIntervalMs, log: sessionLog });
     this.options.onLink(link, sessionLog);
   }
 
@@ -280,7 +282,7 @@ export class WebSocketListener implements Listener {
     const socket = req.socket;
     const peerRemote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     const peer = normalizeAddress(socket.remoteAddress);
-    if (peer === undefined || !isTrusted(this.trusted, peer)) return { remote: peerRemote, via: undefined };
+    if (peer === undefined || !isTrusted(this.trusted, peer)) return { remote: peerRemote, address: peer ?? peerRemote, via: undefined };
     const xff = req.headers['x-forwarded-for'];
     const hops = xff !== undefined ? splitList(Array.isArray(xff) ? xff.join(',') : xff) : forwardedParams(req, 'for');
     let client = peer;
@@ -291,8 +293,8 @@ export class WebSocketListener implements Listener {
       client = hop;
       if (!isTrusted(this.trusted, hop)) break;
     }
-    if (client === peer) return { remote: peerRemote, via: undefined };
-    return { remote: client, via: peerRemote };
+    if (client === peer) return { remote: peerRemote, address: peer, via: undefined };
+    return { remote: client, address: client, via: peerRemote };
   }
 }
 
@@ -348,25 +350,6 @@ function lastForwardedParam(req: IncomingMessage, name: string): string | undefi
 
 function unquote(value: string): string {
   return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value;
-}
-
-/**
- * An IP address from a socket or a forwarding header, without port, brackets or the IPv4-mapped
- * IPv6 prefix; `undefined` when it is not an IP address.
- */
-function normalizeAddress(value: string | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  let address = unquote(value.trim());
-  if (address.startsWith('[')) {
-    const end = address.indexOf(']');
-    if (end < 0) return undefined;
-    address = address.slice(1, end);
-  } else if (/^[0-9.]+:[0-9]+$/.test(address)) {
-    address = address.slice(0, address.indexOf(':'));
-  }
-  const mapped = /^::ffff:([0-9.]+)$/i.exec(address);
-  if (mapped?.[1] !== undefined) address = mapped[1];
-  return isIP(address) === 0 ? undefined : address;
 }
 
 function isTrusted(list: BlockList, address: string): boolean {

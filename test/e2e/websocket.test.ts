@@ -394,3 +394,40 @@ describe('bad WebSocket input ends only the offending session', () => {
     }
   });
 });
+
+describe('limits.maxSessionsPerAddress', () => {
+  it('refuses a session over the limit from one address, counts hibernating sessions, and counts forwarded clients apart', async () => {
+    const limited = await startProxyFixture({
+      prosody,
+      limits: { maxSessionsPerAddress: 2 },
+      websocket: { trustedProxies: ['127.0.0.1'] },
+      streamManagement: { maxHibernationSeconds: 600 },
+    });
+    try {
+      const refused = async (transport: 'directtls' | 'websocket', headers?: Record<string, string>): Promise<void> => {
+        // Refused at accept, before the client says anything: the proxy opens the stream to say why.
+        const client = await limited.connect(transport, { openStream: false, ...(headers === undefined ? {} : { headers }) });
+        const error = await client.expectStreamError('policy-violation');
+        expect(error.getChildText('text', NS.streamErrors)).toContain('maxSessionsPerAddress');
+        await client.expectClosed();
+      };
+      // 127.0.0.1 directly: two sessions, one of them hibernating, fill the limit.
+      const alice = await limited.login('directtls', USERS.alice, { sm: true, resource: 'limit-a' });
+      await limited.login('websocket', USERS.bob, { resource: 'limit-b' });
+      alice.client.drop();
+      await waitUntil(() => [...limited.proxy.registry.sessions()].some((session) => session.stateName === 'hibernating'), 'alice hibernating');
+      await refused('directtls');
+      // Behind the trusted proxy (127.0.0.1), the forwarded client is what counts.
+      const forwarded = { 'X-Forwarded-For': '198.51.100.7' };
+      const carol = await limited.connect('websocket', { headers: forwarded });
+      await carol.login(USERS.alice.username, USERS.alice.password, { resource: 'limit-c' });
+      const dave = await limited.connect('websocket', { headers: forwarded });
+      await dave.login(USERS.bob.username, USERS.bob.password, { resource: 'limit-d' });
+      await refused('websocket', forwarded);
+      await refused('websocket', { 'X-Forwarded-For': '127.0.0.1' });
+    } finally {
+      await limited.stop();
+    }
+  });
+});
+

@@ -35,7 +35,7 @@ export interface ProxyFixture {
   /** The URL path of the WebSocket endpoint. */
   readonly websocketPath: string;
   /** A TLS connection to the proxy (over WebSocket: wss://, subprotocol xmpp) with the stream opened (post-TLS features received). */
-  connect(transport: RawTransport, options?: { timeoutMs?: number; openStream?: boolean }): Promise<RawClient>;
+  connect(transport: RawTransport, options?: { timeoutMs?: number; openStream?: boolean; headers?: Record<string, string> }): Promise<RawClient>;
   /** connect + login (PLAIN) + bind; with `sm`, also `<enable resume='true'/>`. */
   login(transport: RawTransport, user: ProsodyUser, options?: { resource?: string; sm?: boolean }): Promise<LoggedIn>;
   stop(): Promise<void>;

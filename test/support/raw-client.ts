@@ -80,6 +80,8 @@ export interface RawConnectOptions {
   protocols?: string[];
   /** WebSocket only: the Origin header, as a browser would send it. Default none. */
   origin?: string;
+  /** WebSocket only: more request headers (X-Forwarded-For, as a reverse proxy would add). */
+  headers?: Record<string, string>;
 }
 
 /** The WebSocket handshake was answered with an HTTP response other than 101 (RFC 6455 §4.1). */
@@ -263,6 +265,7 @@ export class RawClient {
       perMessageDeflate: false,
       handshakeTimeout: timeoutMs,
       ...(options.origin !== undefined ? { origin: options.origin } : {}),
+      ...(options.headers !== undefined ? { headers: options.headers } : {}),
     });
     const client = new RawClient({ kind: 'websocket', tcp, tls, ws }, 'websocket', options.domain, timeoutMs);
     try {

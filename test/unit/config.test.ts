@@ -89,6 +89,7 @@ describe('parseConfig: defaults', () => {
         maxDepth: 64,
         authTimeoutSeconds: 60,
         maxSessions: 100000,
+        maxSessionsPerAddress: 0,
       },
       streamManagement: {
         hibernationSeconds: 300,

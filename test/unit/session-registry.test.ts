@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { SessionRegistry } from '../../src/session/session-registry.js';
+import type { Session } from '../../src/session/session.js';
 
 const ended = (h: number, at: number) => ({ h, bareJid: 'u@x', reason: 'expired' as const, endedAtMs: at });
 
@@ -25,5 +26,24 @@ describe('SessionRegistry: remembered ended sessions', () => {
     const registry = new SessionRegistry({ rememberEndedMs: 0, maxRememberedEnded: 10 });
     registry.endResumable('a', ended(1, 0));
     expect(registry.recallEnded('a', 0)).toBeUndefined();
+  });
+});
+
+describe('SessionRegistry: sessions per client address', () => {
+  it('counts live sessions by the address that opened them, once each, and forgets empty addresses', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 0, maxRememberedEnded: 0 });
+    // The registry only keys on identity; any object stands in for a Session here.
+    const [a, b, c] = [{}, {}, {}] as unknown as Session[];
+    registry.add(a!, '192.0.2.1');
+    registry.add(b!, '192.0.2.1');
+    registry.add(b!, '192.0.2.1');
+    registry.add(c!, '2001:db8::1');
+    expect([registry.countFrom('192.0.2.1'), registry.countFrom('2001:db8::1'), registry.size]).toEqual([2, 1, 3]);
+    registry.delete(a!);
+    registry.delete(a!);
+    expect(registry.countFrom('192.0.2.1')).toBe(1);
+    registry.delete(b!);
+    registry.delete(c!);
+    expect([registry.countFrom('192.0.2.1'), registry.countFrom('2001:db8::1'), registry.size]).toEqual([0, 0, 0]);
   });
 });
