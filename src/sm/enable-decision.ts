@@ -39,13 +39,15 @@ export function parseResumeFlag(value: string | undefined): boolean | 'invalid' 
  * preferred maximum resumption time in seconds" (an xs:positiveInteger, §13). A valid client `max`
  * (digits only, value ≥ 1; leading zeros allowed) is honoured up to `maxSeconds`; an absent or
  * invalid one (`'0'`, `'-5'`, `'1.5'`, `' 30'`, `''`) gives `defaultSeconds`. The result never
- * exceeds `maxSeconds`, even if `defaultSeconds` does.
+ * exceeds `maxSeconds`, even if `defaultSeconds` does. A `defaultSeconds` of 0 is the operator
+ * turning resumption off (config `hibernationSeconds: 0`): no client `max` turns it back on.
  *
  * @param clientMax the `max` attribute of `<enable/>`, if any.
  * @param defaultSeconds hibernation time when the client states no preference.
  * @param maxSeconds the most the proxy grants.
  */
 export function negotiateMax(clientMax: string | undefined, defaultSeconds: number, maxSeconds: number): number {
+  if (defaultSeconds === 0) return 0;
   if (clientMax !== undefined && DIGITS.test(clientMax)) {
     // Very long digit strings become huge numbers or Infinity and are capped below.
     const wanted = Number(clientMax);

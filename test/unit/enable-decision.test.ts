@@ -45,6 +45,9 @@ describe('negotiateMax', () => {
     // a default above the maximum never escapes it
     [undefined, 900, 600, 600],
     ['bad', 900, 600, 600],
+    // a default of 0 is resumption turned off: the client's max does not turn it on
+    [undefined, 0, 600, 0],
+    ['300', 0, 600, 0],
   ])('negotiateMax(%j, %d, %d) = %d', (clientMax, defaultSeconds, maxSeconds, expected) => {
     expect(negotiateMax(clientMax, defaultSeconds, maxSeconds)).toBe(expected);
   });

@@ -11,6 +11,13 @@ describe('sanitizeForLog', () => {
     expect(line).toContain('auth');
   });
 
+  it('shortens the SM-ID of a <resume/> or <enabled/>', () => {
+    const resume = sanitizeForLog(el("<resume xmlns='urn:xmpp:sm:3' previd='Abc123xyzSECRETpart' h='4'/>", 'urn:xmpp:sm:3', 'resume'));
+    expect(resume).toBe("<resume xmlns='urn:xmpp:sm:3' previd='Abc123…' h='4'/>");
+    const enabled = sanitizeForLog(el(`<enabled xmlns="urn:xmpp:sm:2" id="Abc123xyzSECRETpart" resume="true"/>`, 'urn:xmpp:sm:2', 'enabled'));
+    expect(enabled).toBe(`<enabled xmlns="urn:xmpp:sm:2" id="Abc123…" resume="true"/>`);
+  });
+
   it('shows other elements as they are', () => {
     expect(sanitizeForLog(el("<r xmlns='urn:xmpp:sm:3'/>", 'urn:xmpp:sm:3', 'r'))).toBe("<r xmlns='urn:xmpp:sm:3'/>");
   });
