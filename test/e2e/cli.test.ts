@@ -313,6 +313,7 @@ describe('--check', () => {
       maxDepth: 64,
       authTimeoutSeconds: 60,
       maxSessions: 100000,
+      maxSessionsPerAddress: 0,
     });
     expect(effective.streamManagement).toMatchObject({ hibernationSeconds: 300, expiryPolicy: 'bounce', maxQueueStanzas: 1000 });
     expect(effective.shutdownGraceSeconds).toBe(5);
