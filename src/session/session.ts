@@ -705,7 +705,8 @@ export class Session {
       old?.fail(new StreamError(ErrorCode.SM_TAKEOVER, 'conflict', 'the session was resumed from another connection'));
       this.log.info('session taken over by a newer connection');
     }
-    const hibernatedMs = s.name === 'hibernating' ? this.deps.now() - s.sinceMs : 0;
+    const wasHibernating = s.name === 'hibernating';
+    const hibernatedMs = wasHibernating ? this.deps.now() - s.sinceMs : 0;
     this.clientHolds.clear();
     this.link = link;
     link.setHandler(this.clientHandler(link));
@@ -720,7 +721,8 @@ export class Session {
       this.sendToClient(isMessage(entry.bytes) ? addDelay(entry.bytes, entry.sentAtMs, from) : entry.bytes);
     }
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h: request.h }, 'session resumed');
-    this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
+    // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
+    if (wasHibernating) this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
     if (this.upstreamPaused) {
       this.upstreamPaused = false;
       s.upstream.resume();

@@ -55,6 +55,7 @@ describe('takeover of a session with unacked stanzas', () => {
   });
 
   it('sends <conflict/> to the open old connection, replays exactly the unacked messages once and in order to the new one, and routes later messages only to it', async () => {
+    const events = recordSmEvents(fixture.proxy);
     const old = await fixture.login('directtls', USERS.alice, { resource: 'takeover-replay', sm: true });
     const bob = await fixture.login('directtls', USERS.bob, { resource: 'takeover-replay' });
     const sent = ['t1', 't2', 't3', 't4', 't5'];
@@ -68,6 +69,8 @@ describe('takeover of a session with unacked stanzas', () => {
     expect(answer.attrs.previd).toBe(old.smId);
     await old.client.expectStreamError('conflict');
     await old.client.expectClosed();
+    // No hibernation started, so none ends: the events stay paired for whoever counts them.
+    expect(events.of('hibernationEnded').filter((event) => event.jid === old.jid)).toEqual([]);
 
     const replayed = await collectMessages(client, sent.length, 'the replay of the unacked messages');
     expect(bodies(replayed)).toEqual(sent);
