@@ -1058,7 +1058,9 @@ export class Session {
   fail(error: StreamError): void {
     const s = this.state;
     if (s.name === 'closed') return;
-    this.log.info({ code: error.code, condition: error.condition, err: error.message }, 'stream error sent to client');
+    // Which config key set the limit, for the operator: it is raised at SASL success.
+    const limitKey = error.code !== ErrorCode.STANZA_TOO_BIG ? undefined : s.name === 'opening' || s.name === 'connecting' || s.name === 'authenticating' ? 'limits.maxStanzaBytesPreAuth' : 'limits.maxStanzaBytes';
+    this.log.info({ code: error.code, condition: error.condition, err: error.message, limitKey }, 'stream error sent to client');
     const link = this.link;
     this.link = undefined;
     link?.fail(error);

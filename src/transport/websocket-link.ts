@@ -273,7 +273,7 @@ export class WebSocketClientLink implements ClientLink {
     switch (err.code) {
       case 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH':
         this.protocolError(
-          new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `WebSocket message of more than ${this.maxPayloadBytes} bytes exceeds maxStanzaBytes ${this.maxPayloadBytes}`, {
+          new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `WebSocket message exceeds the limit of ${this.maxPayloadBytes} bytes`, {
             appCondition: { name: 'stanza-too-big', xmlns: NS.errors },
           }),
         );

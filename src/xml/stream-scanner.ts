@@ -1340,7 +1340,7 @@ export class StreamScanner {
     const lim = this.curMaxStanza;
     const what =
       this.depth >= 1 ? 'stanza' : this.state === S.LtDecl || this.state === S.Decl || this.state === S.DeclQ ? 'XML declaration' : 'stream header';
-    return new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `${what} of more than ${lim} bytes exceeds maxStanzaBytes ${lim}`, {
+    return new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `${what} exceeds the limit of ${lim} bytes`, {
       appCondition: STANZA_TOO_BIG_CONDITION,
     });
   }
