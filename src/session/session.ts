@@ -3,7 +3,7 @@ import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, ty
 import type { MemoryBudget } from '../sm/memory-budget.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
-import type { UpstreamHandler, UpstreamLink, UpstreamTarget } from '../upstream/upstream-link.js';
+import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
 import { parseElement, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
@@ -41,7 +41,7 @@ export interface SessionDeps {
   readonly budget: MemoryBudget;
   /** The upstream for a domain the client named, or undefined if it is not served. */
   readonly upstreamFor: (domain: string) => UpstreamTarget | undefined;
-  readonly connectUpstream: (target: UpstreamTarget, log: Logger) => Promise<UpstreamLink>;
+  readonly connectUpstream: (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>;
   /** Called once when the upstream advertises channel binding (the operator must hear it). */
   readonly reportFindings: (domain: string, findings: FeaturesFindings) => void;
   readonly now: () => number;
@@ -64,12 +64,12 @@ type State =
   /** Connecting to the legacy server; client elements are held in order. */
   | { readonly name: 'connecting'; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
   /** Relaying the stream before SASL success. */
-  | { readonly name: 'authenticating'; readonly authTimer: NodeJS.Timeout; readonly upstream: UpstreamLink }
+  | { readonly name: 'authenticating'; readonly authTimer: NodeJS.Timeout; readonly upstream: UpstreamStream }
   /** SASL succeeded; the client may bind, or resume another session. */
   | {
       readonly name: 'authenticated';
       readonly authTimer: NodeJS.Timeout;
-      readonly upstream: UpstreamLink;
+      readonly upstream: UpstreamStream;
       /** Set when a failed resume bound a resource for the identity check (DESIGN §5). */
       readonly boundJid: string | undefined;
       /**
@@ -82,14 +82,14 @@ type State =
   | {
       readonly name: 'resuming';
       readonly authTimer: NodeJS.Timeout;
-      readonly upstream: UpstreamLink;
+      readonly upstream: UpstreamStream;
       readonly request: ResumeRequest;
       readonly held: ScannedElement[];
     }
   /** Bound: everything is relayed; stream management may be on. */
   | {
       readonly name: 'active';
-      readonly upstream: UpstreamLink;
+      readonly upstream: UpstreamStream;
       readonly jid: string;
       readonly sm: StreamManagement | undefined;
       readonly ackTimer: NodeJS.Timeout | undefined;
@@ -98,14 +98,14 @@ type State =
   /** The client is away; the upstream is kept alive and stanzas are queued (DESIGN §5). */
   | {
       readonly name: 'hibernating';
-      readonly upstream: UpstreamLink;
+      readonly upstream: UpstreamStream;
       readonly jid: string;
       readonly sm: StreamManagement;
       readonly sinceMs: number;
       readonly expiryTimer: NodeJS.Timeout;
     }
   /** The client closed cleanly; waiting for the legacy server to close its stream. */
-  | { readonly name: 'closing'; readonly upstream: UpstreamLink }
+  | { readonly name: 'closing'; readonly upstream: UpstreamStream }
   | { readonly name: 'closed' };
 
 type StateName = State['name'];
@@ -321,7 +321,7 @@ export class Session {
     );
   }
 
-  private onUpstreamConnected(upstream: UpstreamLink, header: StreamHeader): void {
+  private onUpstreamConnected(upstream: UpstreamStream, header: StreamHeader): void {
     const s = this.state;
     if (s.name !== 'connecting') {
       // The client went away while we were connecting.
@@ -388,7 +388,7 @@ export class Session {
   }
 
   /** Elements other than stanzas and SM nonzas: refused if they would break the proxy, else relayed. */
-  private forwardOther(upstream: UpstreamLink, element: ScannedElement): void {
+  private forwardOther(upstream: UpstreamStream, element: ScannedElement): void {
     if (element.localName === 'starttls' && element.ns === NS.tls) {
       // TLS already ends at the proxy: RFC 6120 §5.4.2.2 failure case, then the stream closes.
       this.sendToClient(`<failure xmlns='${NS.tls}'/>`);
@@ -792,7 +792,7 @@ export class Session {
    * or going: nothing written to it would be processed, so the stanzas are lost and the senders
    * get no error; that is a warning.
    */
-  private disposeUnacked(sm: StreamManagement, via: { upstream: UpstreamLink; jid: string } | undefined, extra?: Buffer): void {
+  private disposeUnacked(sm: StreamManagement, via: { upstream: UpstreamStream; jid: string } | undefined, extra?: Buffer): void {
     const entries = sm.queue.drain().map((entry) => entry.bytes);
     if (extra !== undefined) entries.push(extra);
     if (entries.length === 0) return;
@@ -821,7 +821,7 @@ export class Session {
 
   // --- upstream side ---
 
-  private upstreamHandler(upstream: UpstreamLink): UpstreamHandler {
+  private upstreamHandler(upstream: UpstreamStream): UpstreamHandler {
     return {
       onStreamOpen: (header) => this.guard(() => this.onUpstreamStreamOpen(upstream, header)),
       onElement: (element) => this.guard(() => this.onUpstreamElement(upstream, element)),
@@ -847,11 +847,11 @@ export class Session {
     };
   }
 
-  private upstreamOf(s: State): UpstreamLink | undefined {
+  private upstreamOf(s: State): UpstreamStream | undefined {
     return 'upstream' in s ? s.upstream : undefined;
   }
 
-  private onUpstreamStreamOpen(upstream: UpstreamLink, header: StreamHeader): void {
+  private onUpstreamStreamOpen(upstream: UpstreamStream, header: StreamHeader): void {
     if (this.upstreamOf(this.state) !== upstream) return;
     this.link?.sendHeader({
       from: header.attrs.from ?? this.domain,
@@ -861,7 +861,7 @@ export class Session {
     });
   }
 
-  private onUpstreamElement(upstream: UpstreamLink, element: ScannedElement): void {
+  private onUpstreamElement(upstream: UpstreamStream, element: ScannedElement): void {
     if (this.traceXml) this.log.trace({ fromUpstream: sanitizeForLog(element) }, 'element');
     const s = this.state;
     if (this.upstreamOf(s) !== upstream) return;
@@ -988,7 +988,7 @@ export class Session {
   }
 
   /** DESIGN §5 "Queue": the session stops being resumable and the client is told (`resource-constraint`). */
-  private queueOverflow(sm: StreamManagement, via: { upstream: UpstreamLink; jid: string }, overflowing: Buffer, why: string): void {
+  private queueOverflow(sm: StreamManagement, via: { upstream: UpstreamStream; jid: string }, overflowing: Buffer, why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
     const s = this.state;
     if (s.name === 'hibernating') {
@@ -1020,7 +1020,7 @@ export class Session {
     this.finish('upstream-lost');
   }
 
-  private onUpstreamStreamClose(upstream: UpstreamLink): void {
+  private onUpstreamStreamClose(upstream: UpstreamStream): void {
     const s = this.state;
     if (this.upstreamOf(s) !== upstream) return;
     if (s.name === 'closing') {
@@ -1137,7 +1137,7 @@ export class Session {
     }
   }
 
-  private toUpstream(upstream: UpstreamLink, bytes: Buffer): void {
+  private toUpstream(upstream: UpstreamStream, bytes: Buffer): void {
     if (!upstream.send(bytes)) this.holdClient('upstream-full');
   }
 

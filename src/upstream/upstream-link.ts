@@ -41,11 +41,39 @@ export interface UpstreamHandler {
 }
 
 /**
+ * One XML stream to the legacy server, as the session uses it: the members of {@link UpstreamLink}
+ * that `Session` calls, and nothing about how it is connected. `UpstreamLink` is the one real
+ * implementation; unit tests drive a session through an in-memory one.
+ */
+export interface UpstreamStream {
+  /** True once the connection is gone: nothing written any more reaches the legacy server. */
+  readonly ended: boolean;
+  /** Installs the receiver of this stream's events (see UpstreamHandler). */
+  setHandler(handler: UpstreamHandler): void;
+  /** Opens (or, after SASL success, restarts) the XML stream towards the server. */
+  sendHeader(attrs: StreamHeaderAttrs): void;
+  /** Writes one complete element. Returns false when the caller should pause its source until onDrain. */
+  send(element: Buffer | string): boolean;
+  /** RFC 6120 §4.6.1 whitespace keepalive whenever nothing was written for `intervalMs`; only once bound. */
+  startKeepalive(intervalMs: number): void;
+  /** The next thing the server sends is a new stream header (after SASL success). */
+  expectRestart(): void;
+  /** Closes the stream cleanly; the connection ends once the server closed its side, or after a bounded wait. */
+  close(): void;
+  /** Drops the connection at once, without a stream close. */
+  destroy(): void;
+  /** Stops reading from the server (backpressure from the client side). */
+  pause(): void;
+  /** Reads from the server again. */
+  resume(): void;
+}
+
+/**
  * One XML stream to the legacy server, on behalf of one client session. Created connected (and
  * with TLS negotiated on the hop if configured) by `UpstreamLink.connect`; the session then opens
  * the stream with the client's header.
  */
-export class UpstreamLink {
+export class UpstreamLink implements UpstreamStream {
   private handler: UpstreamHandler | undefined;
   private readonly scanner: StreamScanner;
   private readonly writer: CoalescingWriter;

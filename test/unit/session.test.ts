@@ -1,0 +1,655 @@
+/**
+ * The Session state machine against in-memory peers: a fake client link and a fake legacy server
+ * stream, both framing what the test writes with the real StreamScanner, a real registry, event
+ * emitter and memory budget, and fake timers with the clock injected through `deps.now`. What the
+ * end-to-end files can only approach with real time (an ack arriving 1 ms before its deadline, a
+ * resume racing the expiry timer) is exact here.
+ */
+import { pino } from 'pino';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { StreamError } from '../../src/errors.js';
+import type { SmEventMap } from '../../src/session/events.js';
+import { SmEvents } from '../../src/session/events.js';
+import { SessionRegistry } from '../../src/session/session-registry.js';
+import { Session, type SessionDeps, type SessionSettings } from '../../src/session/session.js';
+import { MemoryBudget } from '../../src/sm/memory-budget.js';
+import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
+import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
+import { parseElement, type Element } from '../../src/xml/element.js';
+import { NS } from '../../src/xml/namespaces.js';
+import { renderStreamError } from '../../src/xml/stream-error.js';
+import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../../src/xml/stream-header.js';
+import { StreamScanner, type ScannerLimits } from '../../src/xml/stream-scanner.js';
+
+const T0 = 1_700_000_000_000;
+const DOMAIN = 'example.com';
+const USER = `user@${DOMAIN}`;
+const SM = NS.sm3;
+const SCANNER_LIMITS: ScannerLimits = { maxStanzaBytes: 1 << 20, maxDepth: 64 };
+
+const SETTINGS: SessionSettings = {
+  hibernationMs: 300_000,
+  maxHibernationMs: 600_000,
+  maxUnackedStanzas: 0,
+  maxAckDelayMs: 30_000,
+  ackRequestIntervalMs: 60_000,
+  maxQueueStanzas: 1000,
+  maxQueueBytes: 1 << 20,
+  maxStanzaBytes: 1 << 18,
+  maxStanzaBytesPreAuth: 1 << 14,
+  authTimeoutMs: 30_000,
+  upstreamKeepaliveMs: 60_000,
+  expiryPolicy: 'bounce',
+};
+const H = SETTINGS.hibernationMs;
+const D = SETTINGS.maxAckDelayMs;
+
+const TARGET: UpstreamTarget = { domain: DOMAIN, host: '127.0.0.1', port: 5222, security: 'plain', connectTimeoutMs: 5000, rejectUnauthorized: true };
+
+/** Lets what the session deferred run: `process.nextTick` (not faked) and promise callbacks. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => process.nextTick(resolve));
+}
+
+/** Moves the fake clock (timers and `deps.now` together), then lets deferred work run. */
+async function advance(ms: number): Promise<void> {
+  vi.advanceTimersByTime(ms);
+  await settle();
+}
+
+function isHeader(written: string): boolean {
+  return written.startsWith('<?xml') || written.startsWith('<stream:stream');
+}
+
+/**
+ * A client connection as the session sees it. The test writes XML as the client would; a real
+ * StreamScanner frames it (stream restarts included). What the session sends is kept as strings;
+ * a stream error is rendered as the real links render it. Links the proxy ends report `onEnd`
+ * later, as a socket's `close` event does.
+ */
+class FakeClientLink implements ClientLink {
+  readonly transport = 'directtls' as const;
+  readonly remote = '192.0.2.1:50000';
+  readonly address = '192.0.2.1';
+  /** Everything written to the client, in order. */
+  readonly received: string[] = [];
+  failure: StreamError | undefined;
+  closed = false;
+  destroyedBecause: string | undefined;
+  paused = false;
+  private handler: ClientLinkHandler | undefined;
+  private isEnded = false;
+  private readonly scanner = new StreamScanner(
+    {
+      onStreamOpen: (header) => this.handler?.onStreamOpen(header),
+      onElement: (element) => this.handler?.onElement(element),
+      onStreamClose: () => this.handler?.onStreamClose(),
+      onError: (error) => this.handler?.onProtocolError(error),
+    },
+    SCANNER_LIMITS,
+  );
+
+  get ended(): boolean {
+    return this.isEnded;
+  }
+
+  setHandler(handler: ClientLinkHandler): void {
+    this.handler = handler;
+  }
+
+  sendHeader(attrs: StreamHeaderAttrs): void {
+    this.received.push(renderStreamHeader(attrs));
+  }
+
+  send(element: Buffer | string): boolean {
+    if (!this.isEnded) this.received.push(element.toString());
+    return true;
+  }
+
+  fail(error: StreamError): void {
+    if (this.isEnded) return;
+    this.failure = error;
+    this.received.push(renderStreamError(error) + STREAM_CLOSE);
+    this.endLater({ kind: 'local', reason: `stream error ${error.condition}` });
+  }
+
+  close(): void {
+    if (this.isEnded) return;
+    this.closed = true;
+    this.received.push(STREAM_CLOSE);
+    this.endLater({ kind: 'local', reason: 'closed by proxy' });
+  }
+
+  destroy(reason: string): void {
+    this.destroyedBecause ??= reason;
+    this.endLater({ kind: 'local', reason });
+  }
+
+  expectRestart(): void {
+    this.scanner.restart();
+  }
+
+  setLimits(limits: Partial<ScannerLimits>): void {
+    this.scanner.setLimits(limits);
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+  }
+
+  // --- what the client does ---
+
+  write(xml: string): void {
+    this.scanner.write(Buffer.from(xml));
+  }
+
+  openStream(): void {
+    this.write(`<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' to='${DOMAIN}' version='1.0'>`);
+  }
+
+  /** The connection is gone without a stream close (a phone losing its network). */
+  drop(): void {
+    if (this.isEnded) return;
+    this.isEnded = true;
+    this.handler?.onEnd({ kind: 'lost', reason: 'connection lost without stream close' });
+  }
+
+  // --- what the client got ---
+
+  /** The elements written to the client (stream headers left out), parsed. */
+  elements(): Element[] {
+    return this.received.filter((written) => !isHeader(written) && written !== STREAM_CLOSE).map((written) => parseElement(written));
+  }
+
+  last(): string | undefined {
+    return this.received.at(-1);
+  }
+
+  /** How many `<r/>` the proxy sent to this client. */
+  requests(): number {
+    return this.received.filter((written) => written === `<r xmlns='${SM}'/>`).length;
+  }
+
+  private endLater(end: LinkEnd): void {
+    if (this.isEnded) return;
+    this.isEnded = true;
+    process.nextTick(() => this.handler?.onEnd(end));
+  }
+}
+
+/**
+ * The legacy server's stream as the session sees it. The test writes XML as the server would;
+ * a real StreamScanner frames it. What the session sends upstream is kept as strings.
+ */
+class FakeUpstream implements UpstreamStream {
+  /** Everything written to the legacy server, in order (headers and `</stream:stream>` included). */
+  readonly sent: string[] = [];
+  closed = false;
+  destroyed = false;
+  keepaliveMs: number | undefined;
+  paused = false;
+  private handler: UpstreamHandler | undefined;
+  private isEnded = false;
+  private readonly scanner = new StreamScanner(
+    {
+      onStreamOpen: (header) => this.handler?.onStreamOpen(header),
+      onElement: (element) => this.handler?.onElement(element),
+      onStreamClose: () => this.handler?.onStreamClose(),
+      onError: (error) => {
+        throw error;
+      },
+    },
+    SCANNER_LIMITS,
+  );
+
+  get ended(): boolean {
+    return this.isEnded;
+  }
+
+  setHandler(handler: UpstreamHandler): void {
+    this.handler = handler;
+  }
+
+  sendHeader(attrs: StreamHeaderAttrs): void {
+    this.sent.push(renderStreamHeader(attrs));
+  }
+
+  send(element: Buffer | string): boolean {
+    if (!this.isEnded) this.sent.push(element.toString());
+    return true;
+  }
+
+  startKeepalive(intervalMs: number): void {
+    this.keepaliveMs = intervalMs;
+  }
+
+  expectRestart(): void {
+    this.scanner.restart();
+  }
+
+  close(): void {
+    if (this.closed || this.isEnded) return;
+    this.sent.push(STREAM_CLOSE);
+    this.closed = true;
+  }
+
+  destroy(): void {
+    this.destroyed = true;
+    this.isEnded = true;
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+  }
+
+  // --- what the legacy server does ---
+
+  write(xml: string): void {
+    this.scanner.write(Buffer.from(xml));
+  }
+
+  openStream(): void {
+    this.write(`<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' from='${DOMAIN}' id='up-${this.sent.length}' version='1.0'>`);
+  }
+
+  /** Answers the last bind request written to it with `jid` (RFC 6120 §7.6.1). */
+  answerBind(jid: string): void {
+    const request = this.sent.findLast((written) => written.startsWith('<iq') && written.includes(NS.bind));
+    if (request === undefined) throw new Error(`no bind request was sent upstream; sent: ${this.sent.join(' ')}`);
+    const id = parseElement(request).attrs.id as string;
+    this.write(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${jid}</jid></bind></iq>`);
+  }
+}
+
+type SeenEvents = { [K in keyof SmEventMap]: SmEventMap[K][0][] };
+
+/** What every session of one test shares: the SessionDeps, with the events recorded. */
+class Rig {
+  readonly registry = new SessionRegistry({ rememberEndedMs: 3_600_000, maxRememberedEnded: 100 });
+  readonly events = new SmEvents();
+  readonly budget = new MemoryBudget(Infinity);
+  readonly seen: SeenEvents = { ackDelayed: [], hibernationStarted: [], hibernationEnded: [], stanzaQueuedWhileHibernating: [] };
+  /** Lines the sessions logged at error level (a session that caught a bug of its own). */
+  readonly errors: string[] = [];
+  readonly deps: SessionDeps;
+  private sessions = 0;
+  private pendingUpstreams: FakeUpstream[] = [];
+
+  constructor(settings: Partial<SessionSettings> = {}) {
+    for (const name of Object.keys(this.seen) as (keyof SmEventMap)[]) {
+      this.events.on(name, (event: unknown) => {
+        (this.seen[name] as unknown[]).push(event);
+      });
+    }
+    this.deps = {
+      settings: { ...SETTINGS, ...settings },
+      registry: this.registry,
+      events: this.events,
+      budget: this.budget,
+      upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
+      connectUpstream: async () => {
+        const upstream = new FakeUpstream();
+        this.pendingUpstreams.push(upstream);
+        return upstream;
+      },
+      reportFindings: () => undefined,
+      now: () => Date.now(),
+    };
+  }
+
+  /** A client connects: a new session on a fresh link. */
+  connect(): Connection {
+    const client = new FakeClientLink();
+    const log = pino({ level: 'error' }, { write: (line: string) => void this.errors.push(line) });
+    const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, log });
+    return new Connection(this, client, session);
+  }
+
+  /** The upstream stream the last connect asked for. */
+  takeUpstream(): FakeUpstream {
+    const upstream = this.pendingUpstreams.shift();
+    if (upstream === undefined) throw new Error('the session did not connect upstream');
+    return upstream;
+  }
+}
+
+/** One client connection, its session, and that session's upstream: the protocol verbs. */
+class Connection {
+  upstream!: FakeUpstream;
+  jid = '';
+
+  constructor(
+    private readonly rig: Rig,
+    readonly client: FakeClientLink,
+    readonly session: Session,
+  ) {}
+
+  /** Stream open and SASL through the proxy, up to the stream restart after `<success/>`. */
+  async authenticate(): Promise<void> {
+    this.client.openStream();
+    await settle();
+    this.upstream = this.rig.takeUpstream();
+    this.upstream.openStream();
+    this.upstream.write(`<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`);
+    this.client.write(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>AHVzZXIAc2VjcmV0</auth>`);
+    this.upstream.write(`<success xmlns='${NS.sasl}'/>`);
+    this.client.openStream();
+    this.upstream.openStream();
+    this.upstream.write(`<stream:features><bind xmlns='${NS.bind}'/></stream:features>`);
+    expect(this.session.stateName).toBe('authenticated');
+  }
+
+  /** Authenticates and binds `resource`: the session is active. */
+  async openAndBind(resource = 'phone'): Promise<this> {
+    await this.authenticate();
+    this.client.write(`<iq type='set' id='bind_1'><bind xmlns='${NS.bind}'><resource>${resource}</resource></bind></iq>`);
+    this.jid = `${USER}/${resource}`;
+    this.upstream.answerBind(this.jid);
+    expect(this.session.stateName).toBe('active');
+    return this;
+  }
+
+  /** `<enable/>`; returns the `<enabled/>` answer. */
+  enableSm(options: { resume?: boolean } = {}): Element {
+    this.client.write(`<enable xmlns='${SM}'${options.resume === true ? " resume='true'" : ''}/>`);
+    const enabled = parseElement(this.client.last() ?? '');
+    expect(enabled.name).toBe('enabled');
+    return enabled;
+  }
+
+  /** `<resume/>` on this (authenticated) connection; the identity check is answered for USER. */
+  resume(previd: string, h: number): void {
+    this.client.write(`<resume xmlns='${SM}' previd='${previd}' h='${h}'/>`);
+    expect(this.session.stateName).toBe('resuming');
+    this.upstream.answerBind(`${USER}/identity-check`);
+  }
+
+  stanzaFromServer(xml: string): void {
+    this.upstream.write(xml);
+  }
+
+  stanzaFromClient(xml: string): void {
+    this.client.write(xml);
+  }
+
+  requestFromClient(): void {
+    this.client.write(`<r xmlns='${SM}'/>`);
+  }
+
+  ackFromClient(h: number): void {
+    this.client.write(`<a xmlns='${SM}' h='${h}'/>`);
+  }
+
+  /** A message from `from` to this connection's JID. */
+  messageTo(id: string, from = `alice@${DOMAIN}/desk`, body = id): string {
+    return `<message from='${from}' to='${this.jid}' id='${id}' type='chat'><body>${body}</body></message>`;
+  }
+}
+
+let rig: Rig;
+
+beforeEach(() => {
+  vi.useFakeTimers();
+  vi.setSystemTime(T0);
+  rig = new Rig();
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+  // Session.guard turns a bug into a closed session; a test must not pass because of one.
+  expect(rig.errors).toEqual([]);
+});
+
+describe('Session: acks the client asks for (XEP-0198 §4)', () => {
+  it('answers <r/> at once, with h counting only message, presence and iq in jabber:client', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm();
+    c.requestFromClient();
+    expect(c.client.last()).toBe(`<a xmlns='${SM}' h='0'/>`);
+
+    c.stanzaFromClient(`<message to='alice@${DOMAIN}' id='c1' type='chat'><body>hi</body></message>`);
+    c.stanzaFromClient(`<presence/>`);
+    c.stanzaFromClient(`<iq type='get' id='c2' to='${DOMAIN}'><ping xmlns='${NS.ping}'/></iq>`);
+    // Relayed, but not stanzas: a nonza, and an element with a stanza's name in another namespace.
+    c.client.write(`<custom xmlns='urn:example:nonza'/>`);
+    c.client.write(`<message xmlns='urn:example:not-a-stanza'/>`);
+    c.requestFromClient();
+    expect(c.client.last()).toBe(`<a xmlns='${SM}' h='3'/>`);
+
+    const relayed = c.upstream.sent.slice(-5).map((written) => parseElement(written).name);
+    expect(relayed).toEqual(['message', 'presence', 'iq', 'custom', 'message']);
+  });
+});
+
+describe('Session: when the proxy sends <r/>', () => {
+  it('with maxUnackedStanzas 0: one <r/> per burst, after it, at most one outstanding; an <a/> clears it', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm();
+    const burst = (ids: string[]): void => ids.forEach((id) => c.stanzaFromServer(c.messageTo(id)));
+
+    burst(['m1', 'm2', 'm3']);
+    expect(c.client.requests()).toBe(0); // decided once the burst is written, not per stanza
+    await settle();
+    expect(c.client.requests()).toBe(1);
+    expect(c.client.received.slice(-4).map((written) => parseElement(written).name)).toEqual(['message', 'message', 'message', 'r']);
+
+    burst(['m4', 'm5']);
+    await settle();
+    expect(c.client.requests()).toBe(1); // the first is still outstanding
+
+    c.ackFromClient(3);
+    await settle();
+    expect(c.client.requests()).toBe(2); // answered, and m4, m5 are unacked
+
+    c.ackFromClient(5);
+    await settle();
+    expect(c.client.requests()).toBe(2); // nothing unacked
+
+    burst(['m6']);
+    await settle();
+    expect(c.client.requests()).toBe(3);
+  });
+
+  it('with maxUnackedStanzas 2: only once more than 2 are unacked', async () => {
+    rig = new Rig({ maxUnackedStanzas: 2 });
+    const c = await rig.connect().openAndBind();
+    c.enableSm();
+    c.stanzaFromServer(c.messageTo('m1'));
+    c.stanzaFromServer(c.messageTo('m2'));
+    await settle();
+    expect(c.client.requests()).toBe(0);
+    c.stanzaFromServer(c.messageTo('m3'));
+    await settle();
+    expect(c.client.requests()).toBe(1);
+  });
+});
+
+describe('Session: maxAckDelayMs', () => {
+  it('an <r/> unanswered for maxAckDelayMs emits ackDelayed, drops the link, and the session hibernates', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle();
+    expect(c.client.requests()).toBe(1);
+
+    await advance(D - 1);
+    expect(rig.seen.ackDelayed).toEqual([]);
+    expect(c.client.destroyedBecause).toBeUndefined();
+
+    await advance(1);
+    expect(rig.seen.ackDelayed).toEqual([{ sid: c.session.sid, jid: c.jid, unacked: 1, waitedMs: D }]);
+    expect(c.client.destroyedBecause).toBe('ack delayed');
+    expect(c.session.stateName).toBe('hibernating');
+    expect(rig.seen.hibernationStarted).toMatchObject([{ sid: c.session.sid, queued: 1, timeoutMs: H }]);
+  });
+
+  it('the timer re-checks: an <a/> 1 ms before it fires keeps the link', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle();
+    await advance(D - 1);
+    c.ackFromClient(1);
+    await advance(1);
+    await advance(3 * D);
+    expect(rig.seen.ackDelayed).toEqual([]);
+    expect(c.client.destroyedBecause).toBeUndefined();
+    expect(c.session.stateName).toBe('active');
+  });
+
+  it('the delay runs from the newest <r/>: an answered one does not shorten the next', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle(); // <r/> at T0
+    await advance(D - 1000);
+    c.ackFromClient(1);
+    c.stanzaFromServer(c.messageTo('m2'));
+    await settle(); // <r/> at T0 + D - 1000
+    expect(c.client.requests()).toBe(2);
+
+    await advance(1000); // the first request's deadline: the timer finds the newer one not overdue
+    await advance(D - 1000 - 1);
+    expect(rig.seen.ackDelayed).toEqual([]);
+    await advance(1);
+    expect(rig.seen.ackDelayed).toEqual([{ sid: c.session.sid, jid: c.jid, unacked: 1, waitedMs: D }]);
+    expect(c.session.stateName).toBe('hibernating');
+  });
+});
+
+describe('Session: hibernation expiry', () => {
+  /** An active resumable session with three unacked stanzas, whose client then vanished. */
+  async function hibernatingWithUnacked(): Promise<{ c: Connection; smId: string }> {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    c.stanzaFromClient(`<presence/>`); // inbound h = 1
+    c.stanzaFromServer(c.messageTo('m1', `alice@${DOMAIN}/desk`, 'one'));
+    c.stanzaFromServer(`<iq from='bob@${DOMAIN}/lap' to='${c.jid}' id='q1' type='get'><query xmlns='jabber:iq:version'/></iq>`);
+    c.stanzaFromServer(`<presence from='carol@${DOMAIN}/x' to='${c.jid}'/>`);
+    await settle();
+    c.client.drop();
+    expect(c.session.stateName).toBe('hibernating');
+    return { c, smId };
+  }
+
+  it('after hibernationMs: unacked stanzas answered to their senders, the upstream closed, hibernationEnded expired', async () => {
+    const { c, smId } = await hibernatingWithUnacked();
+    c.stanzaFromServer(c.messageTo('m2', `dave@${DOMAIN}/y`, 'two'));
+    expect(rig.seen.stanzaQueuedWhileHibernating).toMatchObject([{ smId, queued: 4, kind: 'message' }]);
+    const before = c.upstream.sent.length;
+
+    await advance(H - 1);
+    expect(c.session.stateName).toBe('hibernating');
+    expect(c.upstream.sent.length).toBe(before);
+
+    await advance(1);
+    const written = c.upstream.sent.slice(before);
+    expect(written.at(-1)).toBe(STREAM_CLOSE);
+    const bounces = written.slice(0, -1).map((xml) => parseElement(xml));
+    // The presence is dropped; message and iq get errors with their original ids.
+    expect(bounces.map((b) => [b.name, b.attrs.type, b.attrs.to, b.attrs.id])).toEqual([
+      ['message', 'error', `alice@${DOMAIN}/desk`, 'm1'],
+      ['iq', 'error', `bob@${DOMAIN}/lap`, 'q1'],
+      ['message', 'error', `dave@${DOMAIN}/y`, 'm2'],
+    ]);
+    const conditions = bounces.map((b) => b.getChild('error')?.getChildElements()[0]);
+    expect(conditions.map((el) => [el?.name, el?.attrs.xmlns])).toEqual([
+      ['recipient-unavailable', NS.stanzas],
+      ['service-unavailable', NS.stanzas],
+      ['recipient-unavailable', NS.stanzas],
+    ]);
+    expect(bounces[0]?.getChildText('body')).toBe('one');
+
+    expect(c.upstream.closed).toBe(true);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.hibernationEnded).toEqual([{ sid: c.session.sid, jid: c.jid, smId, reason: 'expired', hibernatedMs: H }]);
+    expect(rig.registry.findResumable(smId)).toBeUndefined();
+    expect(rig.registry.recallEnded(smId, Date.now())).toMatchObject({ reason: 'expired', h: 1, bareJid: USER });
+    expect(rig.registry.size).toBe(0);
+    expect(rig.budget.usedBytes).toBe(0);
+  });
+
+  it('a resume 1 ms before expiry wins, and the old timer does not end a later hibernation', async () => {
+    const { c, smId } = await hibernatingWithUnacked();
+    await advance(H - 1);
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.resume(smId, 0);
+    // <resumed/>, the replay of everything unacked in order, then an <r/> asking whether it arrived.
+    const resumedAt = c2.client.received.indexOf(`<resumed xmlns='${SM}' previd='${smId}' h='1'/>`);
+    expect(resumedAt).toBeGreaterThan(-1);
+    const after = c2.client.received.slice(resumedAt + 1).map((xml) => parseElement(xml));
+    expect(after.map((el) => [el.name, el.attrs.id])).toEqual([
+      ['message', 'm1'],
+      ['iq', 'q1'],
+      ['presence', undefined],
+      ['r', undefined],
+    ]);
+    expect(c.session.stateName).toBe('active');
+    expect(c2.session.stateName).toBe('closed');
+
+    c2.client.drop(); // hibernates again, 1 ms before the first hibernation's expiry
+    expect(c.session.stateName).toBe('hibernating');
+    await advance(1);
+    expect(c.session.stateName).toBe('hibernating');
+    expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['resumed']);
+
+    await advance(H - 2);
+    expect(c.session.stateName).toBe('hibernating');
+    await advance(1);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.hibernationEnded.map((e) => [e.reason, e.hibernatedMs])).toEqual([
+      ['resumed', H - 1],
+      ['expired', H],
+    ]);
+  });
+
+  it('expiry during the resume identity check: the resume fails with the reason and the final h', async () => {
+    const { c, smId } = await hibernatingWithUnacked();
+    await advance(H - 1);
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
+    expect(c2.session.stateName).toBe('resuming'); // the legacy server has not answered the identity bind
+
+    await advance(1);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['expired']);
+
+    c2.upstream.answerBind(`${USER}/identity-check`);
+    const failed = c2.client.elements().at(-1);
+    expect(failed?.name).toBe('failed');
+    expect(failed?.attrs.h).toBe('1');
+    expect(failed?.getChild('item-not-found', NS.stanzas)).toBeDefined();
+    expect(failed?.getChildText('text')).toMatch(/^the session expired/);
+    expect(c2.session.stateName).toBe('authenticated');
+  });
+});
+
+describe('Session: <a h/> above what was sent (XEP-0198 §6)', () => {
+  it('ends the stream with undefined-condition and <handled-count-too-high h send-count/>', async () => {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    c.stanzaFromServer(c.messageTo('m1'));
+    c.stanzaFromServer(c.messageTo('m2'));
+    await settle();
+    c.ackFromClient(2); // all that was sent: fine
+    expect(c.client.failure).toBeUndefined();
+
+    c.ackFromClient(5);
+    expect(c.client.failure?.condition).toBe('undefined-condition');
+    expect(c.client.failure?.appCondition).toEqual({ name: 'handled-count-too-high', xmlns: SM, attrs: { h: '5', 'send-count': '2' } });
+    expect(c.client.last()).toContain(`<handled-count-too-high xmlns='${SM}' h='5' send-count='2'/>`);
+    expect(c.session.stateName).toBe('closed');
+    expect(c.upstream.closed).toBe(true);
+    expect(rig.registry.recallEnded(smId, Date.now())?.reason).toBe('error');
+  });
+});
