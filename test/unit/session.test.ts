@@ -19,7 +19,7 @@ import { parseElement, type Element } from '../../src/xml/element.js';
 import { NS } from '../../src/xml/namespaces.js';
 import { renderStreamError } from '../../src/xml/stream-error.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../../src/xml/stream-header.js';
-import { StreamScanner, type ScannerLimits } from '../../src/xml/stream-scanner.js';
+import { StreamScanner, type ScannerHandlers, type ScannerLimits } from '../../src/xml/stream-scanner.js';
 
 const T0 = 1_700_000_000_000;
 const DOMAIN = 'example.com';
@@ -62,29 +62,21 @@ function isHeader(written: string): boolean {
 }
 
 /**
- * A client connection as the session sees it. The test writes XML as the client would; a real
- * StreamScanner frames it (stream restarts included). What the session sends is kept as strings;
- * a stream error is rendered as the real links render it. Links the proxy ends report `onEnd`
- * later, as a socket's `close` event does.
+ * What both fakes share: the test writes XML as the peer would and a real StreamScanner frames it
+ * (stream restarts included) for the session's handler; what the session writes is kept, in
+ * order, as strings.
  */
-class FakeClientLink implements ClientLink {
-  readonly transport = 'directtls' as const;
-  readonly remote = '192.0.2.1:50000';
-  readonly address = '192.0.2.1';
-  /** Everything written to the client, in order. */
-  readonly received: string[] = [];
-  failure: StreamError | undefined;
-  closed = false;
-  destroyedBecause: string | undefined;
+abstract class ScriptedPeer<H extends Pick<ScannerHandlers, 'onStreamOpen' | 'onElement' | 'onStreamClose'>> {
   paused = false;
-  private handler: ClientLinkHandler | undefined;
-  private isEnded = false;
-  private readonly scanner = new StreamScanner(
+  protected readonly written: string[] = [];
+  protected handler: H | undefined;
+  protected isEnded = false;
+  protected readonly scanner = new StreamScanner(
     {
       onStreamOpen: (header) => this.handler?.onStreamOpen(header),
       onElement: (element) => this.handler?.onElement(element),
       onStreamClose: () => this.handler?.onStreamClose(),
-      onError: (error) => this.handler?.onProtocolError(error),
+      onError: (error) => this.onScanError(error),
     },
     SCANNER_LIMITS,
   );
@@ -93,17 +85,56 @@ class FakeClientLink implements ClientLink {
     return this.isEnded;
   }
 
-  setHandler(handler: ClientLinkHandler): void {
+  setHandler(handler: H): void {
     this.handler = handler;
   }
 
   sendHeader(attrs: StreamHeaderAttrs): void {
-    this.received.push(renderStreamHeader(attrs));
+    this.written.push(renderStreamHeader(attrs));
   }
 
   send(element: Buffer | string): boolean {
-    if (!this.isEnded) this.received.push(element.toString());
+    if (!this.isEnded) this.written.push(element.toString());
     return true;
+  }
+
+  expectRestart(): void {
+    this.scanner.restart();
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+  }
+
+  /** The peer writes `xml` to the session. */
+  write(xml: string): void {
+    this.scanner.write(Buffer.from(xml));
+  }
+
+  protected abstract onScanError(error: StreamError): void;
+}
+
+/**
+ * A client connection as the session sees it. The test writes XML as the client would; a real
+ * StreamScanner frames it (stream restarts included). What the session sends is kept as strings;
+ * a stream error is rendered as the real links render it. Links the proxy ends report `onEnd`
+ * later, as a socket's `close` event does.
+ */
+class FakeClientLink extends ScriptedPeer<ClientLinkHandler> implements ClientLink {
+  readonly transport = 'directtls' as const;
+  readonly remote = '192.0.2.1:50000';
+  readonly address = '192.0.2.1';
+  failure: StreamError | undefined;
+  closed = false;
+  destroyedBecause: string | undefined;
+
+  /** Everything written to the client, in order. */
+  get received(): string[] {
+    return this.written;
   }
 
   fail(error: StreamError): void {
@@ -125,27 +156,15 @@ class FakeClientLink implements ClientLink {
     this.endLater({ kind: 'local', reason });
   }
 
-  expectRestart(): void {
-    this.scanner.restart();
-  }
-
   setLimits(limits: Partial<ScannerLimits>): void {
     this.scanner.setLimits(limits);
   }
 
-  pause(): void {
-    this.paused = true;
-  }
-
-  resume(): void {
-    this.paused = false;
+  protected onScanError(error: StreamError): void {
+    this.handler?.onProtocolError(error);
   }
 
   // --- what the client does ---
-
-  write(xml: string): void {
-    this.scanner.write(Buffer.from(xml));
-  }
 
   openStream(): void {
     this.write(`<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' to='${DOMAIN}' version='1.0'>`);
@@ -185,50 +204,18 @@ class FakeClientLink implements ClientLink {
  * The legacy server's stream as the session sees it. The test writes XML as the server would;
  * a real StreamScanner frames it. What the session sends upstream is kept as strings.
  */
-class FakeUpstream implements UpstreamStream {
-  /** Everything written to the legacy server, in order (headers and `</stream:stream>` included). */
-  readonly sent: string[] = [];
+class FakeUpstream extends ScriptedPeer<UpstreamHandler> implements UpstreamStream {
   closed = false;
   destroyed = false;
   keepaliveMs: number | undefined;
-  paused = false;
-  private handler: UpstreamHandler | undefined;
-  private isEnded = false;
-  private readonly scanner = new StreamScanner(
-    {
-      onStreamOpen: (header) => this.handler?.onStreamOpen(header),
-      onElement: (element) => this.handler?.onElement(element),
-      onStreamClose: () => this.handler?.onStreamClose(),
-      onError: (error) => {
-        throw error;
-      },
-    },
-    SCANNER_LIMITS,
-  );
 
-  get ended(): boolean {
-    return this.isEnded;
-  }
-
-  setHandler(handler: UpstreamHandler): void {
-    this.handler = handler;
-  }
-
-  sendHeader(attrs: StreamHeaderAttrs): void {
-    this.sent.push(renderStreamHeader(attrs));
-  }
-
-  send(element: Buffer | string): boolean {
-    if (!this.isEnded) this.sent.push(element.toString());
-    return true;
+  /** Everything written to the legacy server, in order (headers and `</stream:stream>` included). */
+  get sent(): string[] {
+    return this.written;
   }
 
   startKeepalive(intervalMs: number): void {
     this.keepaliveMs = intervalMs;
-  }
-
-  expectRestart(): void {
-    this.scanner.restart();
   }
 
   close(): void {
@@ -242,19 +229,12 @@ class FakeUpstream implements UpstreamStream {
     this.isEnded = true;
   }
 
-  pause(): void {
-    this.paused = true;
-  }
-
-  resume(): void {
-    this.paused = false;
+  /** The test's own XML from the legacy server is well-formed; anything else is a bug in the test. */
+  protected onScanError(error: StreamError): void {
+    throw error;
   }
 
   // --- what the legacy server does ---
-
-  write(xml: string): void {
-    this.scanner.write(Buffer.from(xml));
-  }
 
   openStream(): void {
     this.write(`<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' from='${DOMAIN}' id='up-${this.sent.length}' version='1.0'>`);
