@@ -43,8 +43,10 @@ export function bounceFor(stanzaBytes: Buffer, ownJid: string): string | undefin
  */
 function isCopy(message: Element): boolean {
   return message.getChildElements().some((child) => {
-    const ns = child.attrs.xmlns as string | undefined;
-    return (ns === NS.carbons && (child.name === 'sent' || child.name === 'received')) || (ns !== undefined && child.name === 'result' && MAM_NAMESPACES.has(ns));
+    // Resolved namespaces and local names: a sender may bind its own prefix.
+    const ns = child.getNS() as string | undefined;
+    const name = child.getName();
+    return (ns === NS.carbons && (name === 'sent' || name === 'received')) || (ns !== undefined && name === 'result' && MAM_NAMESPACES.has(ns));
   });
 }
 

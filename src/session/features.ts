@@ -26,11 +26,18 @@ export interface RewrittenFeatures {
  * - SASL2 `<authentication/>`: see below.
  */
 function isRemoved(child: Element): boolean {
-  const ns = child.attrs.xmlns as string | undefined;
-  if (child.name === 'starttls' && ns === NS.tls) return true;
-  if (child.name === 'compression' && ns === NS.compressFeature) return true;
-  if (child.name === 'sm' && ns !== undefined && ns.startsWith('urn:xmpp:sm:')) return true;
+  // Resolved, not read from the child's own attributes: jabberd2 2.7 writes `<ack:ack/>` with the
+  // prefix declared on its stream header (made explicit on the features element as it was framed).
+  const ns = child.getNS() as string | undefined;
+  const name = child.getName();
+  if (name === 'starttls' && ns === NS.tls) return true;
+  if (name === 'compression' && ns === NS.compressFeature) return true;
+  if (name === 'sm' && ns !== undefined && ns.startsWith('urn:xmpp:sm:')) return true;
   if (ns === NS.smDraft) return true;
+  // XEP-0078 non-SASL authentication (jabberd2 offers it): it binds without SASL or a stream
+  // restart, so a resumption could not authenticate the way XEP-0198 §5 requires; the proxy
+  // refuses it (legacy-auth.ts) and does not offer it. Every legacy server here also offers SASL.
+  if (name === 'auth' && ns === NS.iqAuthFeature) return true;
   // SASL2 (XEP-0388), and Bind2/FAST within it, end authentication without the stream restart
   // the proxy follows and would need inline stream management: offer classic SASL only (clients
   // then resume with a classic <resume/>, as Conversations does when SASL2 has no inline SM).
@@ -46,18 +53,24 @@ function isRemoved(child: Element): boolean {
  * before authentication).
  */
 export function rewriteFeatures(upstream: Element, phase: FeaturesPhase): RewrittenFeatures {
-  const features = xml('stream:features', {});
+  // Declarations the upstream features element carries (made explicit from the server's stream
+  // header when its children use them) stay, so that the children kept can still rely on them.
+  const declarations: Record<string, string> = {};
+  for (const [attr, value] of Object.entries(upstream.attrs as Record<string, unknown>)) {
+    if (attr.startsWith('xmlns:') && typeof value === 'string') declarations[attr] = value;
+  }
+  const features = xml('stream:features', declarations);
   const channelBindingMechanisms: string[] = [];
   let channelBindingTypes = false;
   for (const child of upstream.getChildElements()) {
     if (isRemoved(child)) continue;
-    if (child.name === 'mechanisms' && child.attrs.xmlns === NS.sasl) {
+    if (child.is('mechanisms', NS.sasl)) {
       for (const mechanism of child.getChildren('mechanism')) {
         const name = mechanism.getText().trim();
         if (name.endsWith('-PLUS')) channelBindingMechanisms.push(name);
       }
     }
-    if (child.attrs.xmlns === NS.saslChannelBinding) channelBindingTypes = true;
+    if (child.getNS() === NS.saslChannelBinding) channelBindingTypes = true;
     features.cnode(child);
   }
   if (phase === 'post-auth') {

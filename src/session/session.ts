@@ -8,12 +8,14 @@ import { parseElement, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
 import { sanitizeForLog } from '../xml/sanitize.js';
+import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import { renderAppCondition } from '../xml/stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
+import { refuseLegacyAuth } from './legacy-auth.js';
 import type { EndedReason, SessionRegistry } from './session-registry.js';
 import { StreamManagement, type SmSettings } from './stream-management.js';
 
@@ -366,6 +368,14 @@ export class Session {
         if (isSmNamespace(element.ns)) {
           this.onSmNonza(element, element.ns);
           return;
+        }
+        if (s.name === 'authenticating') {
+          const refusal = refuseLegacyAuth(element);
+          if (refusal !== undefined) {
+            this.log.info('XEP-0078 non-SASL authentication refused');
+            this.sendToClient(refusal);
+            return;
+          }
         }
         if (s.name === 'authenticated') {
           if (s.boundJid !== undefined && this.answerRebind(element, s.boundJid)) return;
@@ -1013,7 +1023,7 @@ export class Session {
     this.endSm(sm, 'upstream-lost');
     const link = this.link;
     this.link = undefined;
-    link?.send(element.bytes);
+    link?.send(toRfc6120StreamError(element.bytes));
     link?.close();
     upstream?.close();
     this.transition({ name: 'closed' });

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { ErrorCode, StreamError } from '../errors.js';
+import { InheritedNamespaces } from '../xml/namespace-declarations.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamError } from '../xml/stream-error.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
@@ -62,6 +63,8 @@ export class SocketClientLink implements ClientLink {
   private handler: ClientLinkHandler | undefined;
   private phase: LinkPhase;
   private headerSent = false;
+  /** What the client's current stream header declares beyond the default namespace and `stream`. */
+  private inherited: InheritedNamespaces | undefined;
   private peerClosedStream = false;
   private localEndReason: string | undefined;
   private writer: CoalescingWriter;
@@ -322,9 +325,12 @@ export class SocketClientLink implements ClientLink {
       {
         onStreamOpen: (header) => {
           this.headerSent = false;
+          this.inherited = InheritedNamespaces.of(header);
           this.handler?.onStreamOpen(header);
         },
-        onElement: (element) => this.handler?.onElement(element),
+        // The proxy writes its own header upstream: prefixes declared on the client's header are
+        // made explicit on each element that uses them, as the legacy server never sees that header.
+        onElement: (element) => this.handler?.onElement(this.inherited === undefined ? element : this.inherited.applyTo(element)),
         onStreamClose: () => {
           this.peerClosedStream = true;
           this.handler?.onStreamClose();

@@ -11,6 +11,7 @@ import { parseElement } from '../xml/element.js';
 import { renderAttrs } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamError } from '../xml/stream-error.js';
+import { declaration, declareOnStartTag, startTagName } from '../xml/namespace-declarations.js';
 import type { StreamHeaderAttrs } from '../xml/stream-header.js';
 import { scanFragment, type ScannedElement, type ScannerLimits, type StreamHeader } from '../xml/stream-scanner.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from './client-link.js';
@@ -374,18 +375,8 @@ function openHeader(element: ScannedElement): StreamHeader {
   return { bytes: element.bytes, name: element.name, attrs };
 }
 
-const LT = 0x3c;
-const GT = 0x3e;
-const SLASH = 0x2f;
-const EQUALS = 0x3d;
-const COLON = 0x3a;
-
-function isXmlSpace(b: number | undefined): boolean {
-  return b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
-}
-
-const DECLARE_CLIENT = Buffer.from(` xmlns='${NS.client}'`, 'utf8');
-const DECLARE_STREAM = Buffer.from(` xmlns:stream='${NS.stream}'`, 'utf8');
+const DECLARE_CLIENT = declaration(undefined, NS.client);
+const DECLARE_STREAM = declaration('stream', NS.stream);
 
 /**
  * RFC 7395 §3.3.3: every message is a standalone document, so an element relayed from a TCP stream
@@ -393,51 +384,24 @@ const DECLARE_STREAM = Buffer.from(` xmlns:stream='${NS.stream}'`, 'utf8');
  * an unprefixed element whose start tag declares no default namespace (stanzas, and anything else
  * unprefixed: on the TCP stream it was in jabber:client too), and
  * ` xmlns:stream='http://etherx.jabber.org/streams'` to a `stream:` element that lacks it
- * (features, error). The declaration is spliced right after the element name; nothing else is
- * touched (no re-serialisation). The attribute walk honours quotes, so `>` inside a value is fine.
+ * (features, error). Any other prefix the legacy server declared on its header was made explicit on
+ * the element as it left the upstream scanner (InheritedNamespaces).
  *
  * Returns the bytes unchanged when nothing is missing (or when they do not start with a start tag
- * this walk understands), and `undefined` for whitespace only (nothing to send).
+ * the walk understands), and `undefined` for whitespace only (nothing to send).
  */
 export function withNamespaceDeclarations(bytes: Buffer): Buffer | undefined {
   let start = 0;
   while (isXmlSpace(bytes[start])) start++;
   if (start === bytes.length) return undefined;
   if (start > 0) bytes = bytes.subarray(start);
-  if (bytes[0] !== LT) return bytes;
-  const length = bytes.length;
-  let i = 1;
-  let colonAt = -1;
-  while (i < length) {
-    const b = bytes[i];
-    if (b === GT || b === SLASH || isXmlSpace(b)) break;
-    if (b === COLON && colonAt < 0) colonAt = i;
-    i++;
-  }
-  const nameEnd = i;
-  if (nameEnd === 1) return bytes;
-  const prefix = colonAt < 0 ? undefined : bytes.toString('utf8', 1, colonAt);
-  if (prefix !== undefined && prefix !== 'stream') return bytes;
-  const wanted = prefix === undefined ? 'xmlns' : 'xmlns:stream';
-  // Walk the attributes: name, '=', quoted value; values may hold '>' (XML 1.0 §2.3 AttValue).
-  while (i < length) {
-    while (isXmlSpace(bytes[i])) i++;
-    const b = bytes[i];
-    if (b === undefined || b === GT || b === SLASH) break;
-    const attrStart = i;
-    while (i < length && bytes[i] !== EQUALS && !isXmlSpace(bytes[i])) i++;
-    const attrEnd = i;
-    while (isXmlSpace(bytes[i])) i++;
-    if (bytes[i] !== EQUALS) return bytes;
-    i++;
-    while (isXmlSpace(bytes[i])) i++;
-    const quote = bytes[i];
-    if (quote !== 0x27 && quote !== 0x22) return bytes;
-    const close = bytes.indexOf(quote, i + 1);
-    if (close < 0) return bytes;
-    if (attrEnd - attrStart === wanted.length && bytes.toString('latin1', attrStart, attrEnd) === wanted) return bytes;
-    i = close + 1;
-  }
-  const declaration = prefix === undefined ? DECLARE_CLIENT : DECLARE_STREAM;
-  return Buffer.concat([bytes.subarray(0, nameEnd), declaration, bytes.subarray(nameEnd)], length + declaration.length);
+  const name = startTagName(bytes);
+  if (name === undefined) return bytes;
+  if (name.prefix === undefined) return declareOnStartTag(bytes, [DECLARE_CLIENT]);
+  if (name.prefix === 'stream') return declareOnStartTag(bytes, [DECLARE_STREAM]);
+  return bytes;
+}
+
+function isXmlSpace(b: number | undefined): boolean {
+  return b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
 }

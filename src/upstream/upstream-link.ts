@@ -3,6 +3,7 @@ import { connect as tlsConnect } from 'node:tls';
 import type { Logger } from 'pino';
 import { ErrorCode, UpstreamError } from '../errors.js';
 import { CoalescingWriter } from '../transport/coalescing-writer.js';
+import { InheritedNamespaces } from '../xml/namespace-declarations.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
 import { StreamScanner, type ScannedElement, type StreamHeader } from '../xml/stream-scanner.js';
@@ -84,6 +85,8 @@ export class UpstreamLink implements UpstreamStream {
   private keepaliveTimer: NodeJS.Timeout | undefined;
   private headerTimer: NodeJS.Timeout | undefined;
   private wroteSinceKeepalive = false;
+  /** What the server's current stream header declares beyond the default namespace and `stream`. */
+  private inherited: InheritedNamespaces | undefined;
 
   private constructor(
     private readonly socket: Socket,
@@ -95,9 +98,12 @@ export class UpstreamLink implements UpstreamStream {
         onStreamOpen: (header) => {
           clearTimeout(this.headerTimer);
           this.headerTimer = undefined;
+          this.inherited = InheritedNamespaces.of(header);
           this.handler?.onStreamOpen(header);
         },
-        onElement: (element) => this.handler?.onElement(element),
+        // The proxy writes its own header to the client: prefixes declared on the server's header
+        // are made explicit on each element that uses them, before anyone reads or queues it.
+        onElement: (element) => this.handler?.onElement(this.inherited === undefined ? element : this.inherited.applyTo(element)),
         onStreamClose: () => {
           this.streamClosed = true;
           // RFC 6120 §4.4: both streams are closed once the server answers our close; the TCP

@@ -15,6 +15,9 @@ export const NS = {
   sm2: 'urn:xmpp:sm:2',
   /** jabberd2's pre-standard XEP-0198 draft feature. */
   smDraft: 'http://www.xmpp.org/extensions/xep-0198.html#ns',
+  /** XEP-0078 non-SASL authentication: the stream feature and the query. */
+  iqAuthFeature: 'http://jabber.org/features/iq-auth',
+  iqAuth: 'jabber:iq:auth',
   saslChannelBinding: 'urn:xmpp:sasl-cb:0',
   delay: 'urn:xmpp:delay',
   ping: 'urn:xmpp:ping',
