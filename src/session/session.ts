@@ -16,6 +16,7 @@ import { addDelay, isMessage } from './delay-stamp.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
 import { refuseLegacyAuth } from './legacy-auth.js';
+import { SaslIdentity } from './sasl-identity.js';
 import type { EndedReason, SessionRegistry } from './session-registry.js';
 import { StreamManagement, type SmSettings } from './stream-management.js';
 
@@ -66,7 +67,7 @@ type State =
   /** Connecting to the legacy server; client elements are held in order. */
   | { readonly name: 'connecting'; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
   /** Relaying the stream before SASL success. */
-  | { readonly name: 'authenticating'; readonly authTimer: NodeJS.Timeout; readonly upstream: UpstreamStream }
+  | { readonly name: 'authenticating'; readonly authTimer: NodeJS.Timeout; readonly upstream: UpstreamStream; readonly sasl: SaslIdentity }
   /** SASL succeeded; the client may bind, or resume another session. */
   | {
       readonly name: 'authenticated';
@@ -74,6 +75,8 @@ type State =
       readonly upstream: UpstreamStream;
       /** Set when a failed resume bound a resource for the identity check (DESIGN §5). */
       readonly boundJid: string | undefined;
+      /** The account the successful SASL exchange named, when it names one for sure (SaslIdentity). */
+      readonly saslJid: string | undefined;
       /**
        * The client's bind request, forwarded and not answered yet: only the answer to this id
        * binds the session, and what the client pipelines behind it (an `<enable/>`) waits for it.
@@ -87,6 +90,7 @@ type State =
       readonly upstream: UpstreamStream;
       readonly request: ResumeRequest;
       readonly held: ScannedElement[];
+      readonly saslJid: string | undefined;
     }
   /** Bound: everything is relayed; stream management may be on. */
   | {
@@ -331,7 +335,7 @@ export class Session {
       return;
     }
     upstream.setHandler(this.upstreamHandler(upstream));
-    this.transition({ name: 'authenticating', authTimer: s.authTimer, upstream });
+    this.transition({ name: 'authenticating', authTimer: s.authTimer, upstream, sasl: new SaslIdentity(this.domain ?? '') });
     upstream.sendHeader(headerAttrs(header));
     for (const element of s.held) this.onClientElement(element);
     this.releaseClient('waiting');
@@ -370,6 +374,7 @@ export class Session {
           return;
         }
         if (s.name === 'authenticating') {
+          s.sasl.fromClient(element);
           const refusal = refuseLegacyAuth(element);
           if (refusal !== undefined) {
             this.log.info('XEP-0078 non-SASL authentication refused');
@@ -622,36 +627,54 @@ export class Session {
       this.sendToClient(failed(ns, 'item-not-found', text, ended?.h));
       return;
     }
-    // DESIGN §5: the identity is the legacy server's own answer. Bind a throwaway resource on
-    // this (temporary) upstream stream and compare bare JIDs; a stream that already bound one
-    // (an earlier resume attempt failed) uses that answer again.
     const bindId = BIND_ID_PREFIX + this.sid;
-    const resuming: Extract<State, { name: 'resuming' }> = { name: 'resuming', authTimer: s.authTimer, upstream: s.upstream, request: { ns, previd, h, target, bindId }, held: [] };
+    const resuming: Extract<State, { name: 'resuming' }> = {
+      name: 'resuming',
+      authTimer: s.authTimer,
+      upstream: s.upstream,
+      request: { ns, previd, h, target, bindId },
+      held: [],
+      saslJid: s.saslJid,
+    };
     this.transition(resuming);
     this.holdClient('waiting');
+    // The SASL exchange named exactly the hibernated session's account: confirmed with no second
+    // resource, which a server allowing one resource per account would trade for the session.
+    if (s.saslJid !== undefined && s.saslJid === target.bareJid) {
+      this.onIdentityKnown(resuming, s.saslJid, s.boundJid);
+      return;
+    }
+    // The identity is the legacy server's own answer. Bind a throwaway resource on this
+    // (temporary) upstream stream and compare bare JIDs; a stream that already bound one (an
+    // earlier resume attempt failed) uses that answer again.
     if (s.boundJid !== undefined) {
-      this.onIdentityBound(resuming, s.boundJid);
+      this.onIdentityKnown(resuming, bare(s.boundJid), s.boundJid);
       return;
     }
     s.upstream.send(`<iq type='set' id='${bindId}'><bind xmlns='${NS.bind}'/></iq>`);
   }
 
-  private onIdentityBound(s: Extract<State, { name: 'resuming' }>, jid: string | undefined): void {
+  /**
+   * The resuming client's account is known: `bareJid` (undefined when the server refused the
+   * identity bind). `boundJid` is what this stream has bound upstream, if anything: a later bind
+   * from the client is answered with it.
+   */
+  private onIdentityKnown(s: Extract<State, { name: 'resuming' }>, bareJid: string | undefined, boundJid: string | undefined): void {
     const { request } = s;
     const link = this.requireLink();
     const targetJid = request.target.bareJid;
-    if (jid === undefined || targetJid === undefined || bare(jid) !== targetJid) {
+    if (bareJid === undefined || targetJid === undefined || bareJid !== targetJid) {
       // The target may have ended during the bind round trip: then say how, with its h.
       const ended = targetJid === undefined ? this.deps.registry.recallEnded(request.previd, this.deps.now()) : undefined;
       const text =
-        jid === undefined ? 'the legacy server refused the identity check'
+        bareJid === undefined ? 'the legacy server refused the identity check'
         : ended !== undefined ? `the session ${ENDED_TEXT[ended.reason]}`
         : targetJid === undefined ? 'the session can no longer be resumed'
         : 'the session belongs to another account';
       this.log.info({ previd: shortId(request.previd), reason: text }, 'resume failed');
-      const sameAccount = ended !== undefined && jid !== undefined && ended.bareJid === bare(jid);
+      const sameAccount = ended !== undefined && bareJid !== undefined && ended.bareJid === bareJid;
       this.sendToClient(failed(request.ns, 'item-not-found', text, sameAccount ? ended.h : undefined));
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid, pendingBind: undefined });
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
@@ -660,7 +683,7 @@ export class Session {
     if (!outcome.ok) {
       this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
       this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h, outcome.appCondition));
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: jid, pendingBind: undefined });
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
@@ -896,6 +919,7 @@ export class Session {
       this.onSaslSuccess(s);
       return;
     }
+    if (element.localName === 'failure' && element.ns === NS.sasl && s.name === 'authenticating') s.sasl.onFailure();
     if (element.localName === 'iq' && (s.name === 'authenticated' || s.name === 'resuming')) {
       if (this.onIqBeforeBound(s, element)) return;
     }
@@ -907,7 +931,7 @@ export class Session {
     this.requireLink().expectRestart();
     s.upstream.expectRestart();
     this.requireLink().setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
-    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined, pendingBind: undefined });
+    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined, saslJid: s.sasl.bareJid, pendingBind: undefined });
     this.log.debug('authenticated');
   }
 
@@ -922,7 +946,7 @@ export class Session {
     if (iq.attrs.id !== expectedId || iq.attrs.from !== undefined) return false;
     const jid = iq.attrs.type === 'result' ? (iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined) : undefined;
     if (s.name === 'resuming') {
-      this.onIdentityBound(s, jid);
+      this.onIdentityKnown(s, jid === undefined ? undefined : bare(jid), jid);
       return true;
     }
     this.sendToClient(element.bytes);

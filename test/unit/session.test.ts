@@ -312,14 +312,19 @@ class Connection {
     readonly session: Session,
   ) {}
 
-  /** Stream open and SASL through the proxy, up to the stream restart after `<success/>`. */
-  async authenticate(): Promise<void> {
+  /**
+   * Stream open and SASL through the proxy, up to the stream restart after `<success/>`. PLAIN as
+   * `user` names USER's account (a resume is then confirmed without an identity bind); `as`
+   * another name, or EXTERNAL (which names no account), leaves the identity to the bind check.
+   */
+  async authenticate(options: { mechanism?: 'PLAIN' | 'EXTERNAL'; as?: string } = {}): Promise<void> {
+    const initial = options.mechanism === 'EXTERNAL' ? '=' : Buffer.from(`\0${options.as ?? 'user'}\0secret`).toString('base64');
     this.client.openStream();
     await settle();
     this.upstream = this.rig.takeUpstream();
     this.upstream.openStream();
     this.upstream.write(`<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`);
-    this.client.write(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>AHVzZXIAc2VjcmV0</auth>`);
+    this.client.write(`<auth xmlns='${NS.sasl}' mechanism='${options.mechanism ?? 'PLAIN'}'>${initial}</auth>`);
     this.upstream.write(`<success xmlns='${NS.sasl}'/>`);
     this.client.openStream();
     this.upstream.openStream();
@@ -345,11 +350,10 @@ class Connection {
     return enabled;
   }
 
-  /** `<resume/>` on this (authenticated) connection; the identity check is answered for USER. */
+  /** `<resume/>` on this (authenticated) connection; an identity bind, if the session asks one, is answered for USER. */
   resume(previd: string, h: number): void {
     this.client.write(`<resume xmlns='${SM}' previd='${previd}' h='${h}'/>`);
-    expect(this.session.stateName).toBe('resuming');
-    this.upstream.answerBind(`${USER}/identity-check`);
+    if (this.session.stateName === 'resuming') this.upstream.answerBind(`${USER}/identity-check`);
   }
 
   stanzaFromServer(xml: string): void {
@@ -596,7 +600,7 @@ describe('Session: hibernation expiry', () => {
     const { c, smId } = await hibernatingWithUnacked();
     await advance(H - 1);
     const c2 = rig.connect();
-    await c2.authenticate();
+    await c2.authenticate({ mechanism: 'EXTERNAL' });
     c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
     expect(c2.session.stateName).toBe('resuming'); // the legacy server has not answered the identity bind
 
@@ -631,5 +635,53 @@ describe('Session: <a h/> above what was sent (XEP-0198 §6)', () => {
     expect(c.session.stateName).toBe('closed');
     expect(c.upstream.closed).toBe(true);
     expect(rig.registry.recallEnded(smId, Date.now())?.reason).toBe('error');
+  });
+});
+
+describe('Session: the resuming account, from SASL or from the legacy server (XEP-0198 §5)', () => {
+  async function hibernating(): Promise<{ c: Connection; smId: string }> {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle();
+    c.client.drop();
+    expect(c.session.stateName).toBe('hibernating');
+    return { c, smId };
+  }
+
+  const identityBinds = (c: Connection) => c.upstream.sent.filter((xml) => xml.includes(NS.bind));
+
+  it('a SASL exchange naming exactly the hibernated account resumes with no second resource bound upstream', async () => {
+    const { c, smId } = await hibernating();
+    const c2 = rig.connect();
+    await c2.authenticate({ as: 'user' });
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
+    expect(identityBinds(c2)).toEqual([]);
+    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(true);
+    expect(c.session.stateName).toBe('active');
+  });
+
+  it('another spelling of the name is left to the server: its bind answer decides (here: the same account)', async () => {
+    const { c, smId } = await hibernating();
+    const c2 = rig.connect();
+    await c2.authenticate({ as: 'USER' });
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
+    expect(c2.session.stateName).toBe('resuming');
+    expect(identityBinds(c2)).toHaveLength(1);
+    c2.upstream.answerBind(`${USER}/identity-check`);
+    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(true);
+    expect(c.session.stateName).toBe('active');
+  });
+
+  it('a SASL name of another account is not trusted either way: the bind answer refuses it', async () => {
+    const { c, smId } = await hibernating();
+    const c2 = rig.connect();
+    await c2.authenticate({ as: 'mallory' });
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
+    c2.upstream.answerBind(`mallory@${DOMAIN}/identity-check`);
+    const failed = c2.client.elements().at(-1);
+    expect(failed?.name).toBe('failed');
+    expect(failed?.getChildText('text')).toBe('the session belongs to another account');
+    expect(c.session.stateName).toBe('hibernating');
   });
 });
