@@ -23,6 +23,7 @@ export interface RewrittenFeatures {
  * - `<starttls/>`: TLS towards the client ends at the proxy; the hop is the operator's business.
  * - `<compression/>` (XEP-0138): the proxy must see plain XML to frame and count stanzas.
  * - `<sm/>` of any version and jabberd2's draft `<ack/>`: the proxy owns stream management.
+ * - XEP-0078 `<auth/>` and jabberd2's `<unbind/>`: see below.
  * - SASL2 `<authentication/>`: see below.
  */
 function isRemoved(child: Element): boolean {
@@ -38,6 +39,9 @@ function isRemoved(child: Element): boolean {
   // restart, so a resumption could not authenticate the way XEP-0198 §5 requires; the proxy
   // refuses it (legacy-auth.ts) and does not offer it. Every legacy server here also offers SASL.
   if (name === 'auth' && ns === NS.iqAuthFeature) return true;
+  // jabberd2's `<unbind/>` (from a draft of multiple resources per stream): the proxy's session is
+  // one stream with one bound resource, whose full JID it tracks for bounces and resumption.
+  if (name === 'unbind' && ns === NS.bind) return true;
   // SASL2 (XEP-0388), and Bind2/FAST within it, end authentication without the stream restart
   // the proxy follows and would need inline stream management: offer classic SASL only (clients
   // then resume with a classic <resume/>, as Conversations does when SASL2 has no inline SM).

@@ -15,7 +15,7 @@ async function main(): Promise<void> {
   say('smacks-proxy demo: XEP-0198 stream management in front of a server that has none.\n');
   const prosody = await startProsody({ users: Object.values(USERS) });
   say(`1. A legacy Prosody runs on 127.0.0.1:${prosody.c2sPort} without mod_smacks.`);
-  const fixture = await startProxyFixture({ prosody });
+  const fixture = await startProxyFixture({ server: prosody });
   say(`   The proxy listens on 127.0.0.1:${fixture.ports.starttls} (STARTTLS) and :${fixture.ports.directtls} (direct TLS).\n`);
   try {
     const alice = await fixture.login('directtls', USERS.alice, { resource: 'phone', sm: true });

@@ -1,14 +1,23 @@
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { legacyServersUnderTest, startLegacyServer, type LegacyServer, type LegacyServerKind } from '../support/legacy-server.js';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
-import { NS, RawClient, type RawTransport } from '../support/raw-client.js';
+import { authenticate, NS, RawClient, type RawTransport, type SaslMechanism } from '../support/raw-client.js';
 import { waitUntil } from '../support/wait.js';
 
-// The core relay (issue "smacks-proxy core") against a real legacy Prosody 0.12, mod_smacks off.
+// The core relay against each real legacy server (Prosody 0.12 without mod_smacks, ejabberd 23.01
+// without mod_stream_mgmt, jabberd2 2.7), and the proxy's own refusals and faults (Prosody).
 
 const TRANSPORTS: RawTransport[] = ['starttls', 'directtls', 'websocket'];
+
+/** The SASL mechanisms each legacy server offers through the proxy, as its test instance is set up. */
+const MECHANISMS: Readonly<Record<LegacyServerKind, readonly SaslMechanism[]>> = {
+  prosody: ['PLAIN', 'SCRAM-SHA-1'],
+  ejabberd: ['PLAIN', 'SCRAM-SHA-1'],
+  jabberd2: ['PLAIN', 'SCRAM-SHA-1', 'DIGEST-MD5'],
+};
 
 let prosody: ProsodyServer;
 let fixture: ProxyFixture;
@@ -43,7 +52,7 @@ beforeAll(async () => {
   const stallingTlsPort = (stallingTlsServer.address() as { port: number }).port;
   const closedPort = await unusedPort();
   fixture = await startProxyFixture({
-    prosody,
+    server: prosody,
     domains: {
       'down.localhost': { upstream: { host: '127.0.0.1', port: closedPort, connectTimeoutSeconds: 1 } },
       'silent.localhost': { upstream: { host: '127.0.0.1', port: silentPort, connectTimeoutSeconds: 0.5 } },
@@ -57,57 +66,6 @@ afterAll(async () => {
   silentServer?.close();
   stallingTlsServer?.close();
   await prosody?.stop();
-});
-
-describe.each(TRANSPORTS)('relay over %s', (transport) => {
-  it('offers SASL from the legacy server after TLS, without starttls or sm before authentication', async () => {
-    const client = await fixture.connect(transport);
-    const features = client.features!;
-    const mechanisms = features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism').map((m) => m.getText());
-    expect(mechanisms).toEqual(expect.arrayContaining(['PLAIN', 'SCRAM-SHA-1']));
-    expect(features.getChild('starttls', NS.tls)).toBeUndefined();
-    expect(features.getChild('sm', NS.sm3)).toBeUndefined();
-    await client.close();
-  });
-
-  it.each(['PLAIN', 'SCRAM-SHA-1'] as const)('logs in with %s, binds, fetches the roster and closes cleanly', async (mechanism) => {
-    const client = await fixture.connect(transport);
-    const postAuth = mechanism === 'PLAIN' ? await client.authenticatePlain('alice', USERS.alice.password) : await client.authenticateScramSha1('alice', USERS.alice.password);
-    expect(postAuth.getChild('bind', NS.bind)).toBeDefined();
-    expect(postAuth.getChild('sm', NS.sm3)).toBeDefined();
-    expect(postAuth.getChild('sm', NS.sm2)).toBeDefined();
-    const jid = await client.bind(`${transport}-${mechanism}`);
-    expect(jid).toBe(`alice@${fixture.domain}/${transport}-${mechanism}`);
-    client.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>");
-    const roster = await client.expect((el) => el.is('iq') && el.attrs.id === 'roster1', 'the roster result');
-    expect(roster.attrs.type).toBe('result');
-    await client.close();
-    expect(client.streamClosedByPeer).toBe(true);
-  });
-
-  it('relays messages and presence between two accounts byte for byte', async () => {
-    const alice = await fixture.login(transport, USERS.alice, { resource: 'chat' });
-    const bob = await fixture.login(transport, USERS.bob, { resource: 'chat' });
-    alice.client.presence();
-    await alice.client.expect((el) => el.is('presence') && el.attrs.from === alice.jid, 'the echo of alice\'s own presence');
-    const body = 'caf\u00e9 \u{1F600} <&> \u20ac';
-    alice.client.sendMessage(bob.jid, body, 'm1');
-    const message = await bob.client.expectMessage((m) => m.attrs.id === 'm1');
-    expect(message.getChildText('body')).toBe(body);
-    expect(message.attrs.from).toBe(alice.jid);
-    bob.client.presence({ to: alice.jid });
-    const presence = await alice.client.expect((el) => el.is('presence') && el.attrs.from === bob.jid, "bob's directed presence");
-    expect(presence.attrs.type).toBeUndefined();
-    await alice.client.close();
-    await bob.client.close();
-  });
-
-  it('relays the legacy server\'s stream error (resource conflict) to the replaced client', async () => {
-    const first = await fixture.login(transport, USERS.carol, { resource: 'same' });
-    await fixture.login(transport, USERS.carol, { resource: 'same' });
-    await first.client.expectStreamError('conflict');
-    await first.client.expectClosed();
-  });
 });
 
 // --- bad input: one table, every transport ----------------------------------------------------------
@@ -330,76 +288,152 @@ function answerText(answer: Answer, transport: RawTransport): string {
   return transport === 'websocket' ? `${condition}, <close/>, close ${answer.webSocketCloseCode}` : `${condition}, </stream:stream>`;
 }
 
-describe.each(TRANSPORTS)('bad input over %s gets a clear answer and leaves other sessions alone', (transport) => {
-  const adapter = BAD_INPUT_ADAPTERS[transport];
-  /** The idle row's proxy: a short authTimeoutSeconds, same legacy Prosody. */
-  let impatient: ProxyFixture;
-  /** One bystander per proxy, on this transport, connected before and after every row. */
-  const bystanders = new Map<ProxyFixture, LoggedIn>();
+describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+  // This legacy server and a proxy in front of it, for the blocks below (the blocks after this one
+  // test the proxy's own refusals, in front of Prosody).
+  let server: LegacyServer;
+  let fixture: ProxyFixture;
 
   beforeAll(async () => {
-    impatient = await startProxyFixture({ prosody, limits: { authTimeoutSeconds: SHORT_AUTH_TIMEOUT_SECONDS } });
-  });
+    server = await startLegacyServer(kind, { users: Object.values(USERS) });
+    fixture = await startProxyFixture({ server });
+  }, 60_000);
 
   afterAll(async () => {
-    for (const bystander of bystanders.values()) if (!bystander.client.isClosed) await bystander.client.close();
-    await impatient?.stop();
+    await fixture?.stop();
+    await server?.stop();
   });
 
-  async function bystanderOn(proxy: ProxyFixture): Promise<LoggedIn> {
-    let bystander = bystanders.get(proxy);
-    if (bystander === undefined) {
-      bystander = await proxy.login(transport, USERS.bob, { resource: `bystander-${transport}` });
-      bystanders.set(proxy, bystander);
-    }
-    return bystander;
-  }
-
-  /** The offending client, at the row's phase, with nothing bad sent yet. */
-  async function offender(proxy: ProxyFixture, phase: Phase): Promise<RawClient> {
-    switch (phase) {
-      case 'stream-header':
-        return proxy.connect(transport, { openStream: false });
-      case 'before-auth':
-      case 'idle':
-        return proxy.connect(transport);
-      case 'after-auth':
-        return (await proxy.login(transport, USERS.alice, { resource: `offender-${transport}` })).client;
-    }
-  }
-
-  for (const row of BAD_INPUTS) {
-    const { input, answer } = adapter.forRow(row);
-    it(`${row.label} → ${answerText(answer, transport)}`, async () => {
-      const proxy = row.phase === 'idle' ? impatient : fixture;
-      const bystander = await bystanderOn(proxy);
-      const sessionsBefore = proxy.proxy.registry.size;
-      const client = await offender(proxy, row.phase);
-      if (row.header !== undefined) client.sendStreamHeader({ to: proxy.domain, version: '1.0', 'xml:lang': 'en', ...row.header });
-      if (input !== undefined) client.sendRaw(input);
-
-      if (answer.kind === 'stream-error') {
-        const error = await client.expectStreamError(answer.condition, 3000);
-        expect(error.getChildText('text', NS.streamErrors), `the <text/> of ${error.toString()}`).toMatch(answer.because);
-        if (answer.appCondition !== undefined) {
-          expect(error.getChild(answer.appCondition, 'urn:xmpp:errors'), `<${answer.appCondition} xmlns='urn:xmpp:errors'/> in ${error.toString()}`).toBeDefined();
-        }
-      }
-      await adapter.expectEnded(client, answer);
-      if (answer.kind === 'websocket-close') {
-        expect(client.received.filter((el) => el.is('error', NS.stream)).map(String), 'no stream error before a WebSocket-layer close').toEqual([]);
-      }
-      // The offending session is gone from the proxy, not only its socket.
-      await waitUntil(() => proxy.proxy.registry.size <= sessionsBefore, `the offending session to leave the registry (${sessionsBefore} sessions before it)`, 3000);
-      // The bystander was connected throughout and still has a working session: a round trip
-      // through the legacy server, which also routed anything of the bad input that got through.
-      const id = `still-here-${bystander.client.received.length}`;
-      bystander.client.sendMessage(bystander.jid, 'still here', id);
-      await bystander.client.expectMessage((m) => m.attrs.id === id, 3000);
-      // Most rows address their stanzas to bob@localhost, the bystander's account: none may arrive.
-      await bystander.client.expectNone((el) => el.is('message') && String(el.attrs.from).startsWith(`${USERS.alice.username}@`), 'a message relayed from the bad input', 0);
+  describe.each(TRANSPORTS)('relay over %s', (transport) => {
+    it('offers SASL from the legacy server after TLS, without starttls, sm, iq-auth or anything unbound before authentication', async () => {
+      const client = await fixture.connect(transport);
+      const features = client.features!;
+      const mechanisms = features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism').map((m) => m.getText());
+      expect(mechanisms).toEqual(expect.arrayContaining([...MECHANISMS[kind]]));
+      expect(features.getChild('starttls', NS.tls)).toBeUndefined();
+      expect(features.getChild('sm', NS.sm3)).toBeUndefined();
+      expect(features.getChild('auth', 'http://jabber.org/features/iq-auth'), 'XEP-0078 is not offered through the proxy').toBeUndefined();
+      await client.close();
     });
-  }
+
+    it.each(MECHANISMS[kind])('logs in with %s, binds, fetches the roster and closes cleanly', async (mechanism) => {
+      const client = await fixture.connect(transport);
+      const postAuth = await authenticate(client, mechanism, 'alice', USERS.alice.password);
+      expect(postAuth.getChild('bind', NS.bind)).toBeDefined();
+      expect(postAuth.getChild('sm', NS.sm3)).toBeDefined();
+      expect(postAuth.getChild('sm', NS.sm2)).toBeDefined();
+      // jabberd2's pre-standard <ack:ack/> (prefix declared on its own stream header) and <unbind/>
+      // never reach the client; the client's strict parser has already checked every prefix is bound.
+      expect(postAuth.getChildElements().map((child) => `${child.getName()}@${String(child.getNS())}`)).not.toEqual(
+        expect.arrayContaining([expect.stringMatching(/^ack@|^unbind@/)]),
+      );
+      const jid = await client.bind(`${transport}-${mechanism}`);
+      expect(jid).toBe(`alice@${fixture.domain}/${transport}-${mechanism}`);
+      client.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>");
+      const roster = await client.expect((el) => el.is('iq') && el.attrs.id === 'roster1', 'the roster result');
+      expect(roster.attrs.type).toBe('result');
+      await client.close();
+      expect(client.streamClosedByPeer).toBe(true);
+    });
+
+    it('relays messages and presence between two accounts byte for byte', async () => {
+      const alice = await fixture.login(transport, USERS.alice, { resource: 'chat' });
+      const bob = await fixture.login(transport, USERS.bob, { resource: 'chat' });
+      alice.client.presence();
+      // RFC 6121 §4.2.2 has the server echo initial presence to the sender; jabberd2 2.7 (RFC 3921
+      // era) does not, so a round trip orders what follows after the presence.
+      await alice.client.syncWithServer();
+      const body = 'caf\u00e9 \u{1F600} <&> \u20ac';
+      alice.client.sendMessage(bob.jid, body, 'm1');
+      const message = await bob.client.expectMessage((m) => m.attrs.id === 'm1');
+      expect(message.getChildText('body')).toBe(body);
+      expect(message.attrs.from).toBe(alice.jid);
+      bob.client.presence({ to: alice.jid });
+      const presence = await alice.client.expect((el) => el.is('presence') && el.attrs.from === bob.jid, "bob's directed presence");
+      expect(presence.attrs.type).toBeUndefined();
+      await alice.client.close();
+      await bob.client.close();
+    });
+
+    it('relays the legacy server\'s stream error (resource conflict) to the replaced client', async () => {
+      const first = await fixture.login(transport, USERS.carol, { resource: 'same' });
+      await fixture.login(transport, USERS.carol, { resource: 'same' });
+      await first.client.expectStreamError('conflict');
+      await first.client.expectClosed();
+    });
+  });
+
+  describe.each(TRANSPORTS)('bad input over %s gets a clear answer and leaves other sessions alone', (transport) => {
+    const adapter = BAD_INPUT_ADAPTERS[transport];
+    /** The idle row's proxy: a short authTimeoutSeconds, same legacy server. */
+    let impatient: ProxyFixture;
+    /** One bystander per proxy, on this transport, connected before and after every row. */
+    const bystanders = new Map<ProxyFixture, LoggedIn>();
+
+    beforeAll(async () => {
+      impatient = await startProxyFixture({ server, limits: { authTimeoutSeconds: SHORT_AUTH_TIMEOUT_SECONDS } });
+    });
+
+    afterAll(async () => {
+      for (const bystander of bystanders.values()) if (!bystander.client.isClosed) await bystander.client.close();
+      await impatient?.stop();
+    });
+
+    async function bystanderOn(proxy: ProxyFixture): Promise<LoggedIn> {
+      let bystander = bystanders.get(proxy);
+      if (bystander === undefined) {
+        bystander = await proxy.login(transport, USERS.bob, { resource: `bystander-${transport}` });
+        bystanders.set(proxy, bystander);
+      }
+      return bystander;
+    }
+
+    /** The offending client, at the row's phase, with nothing bad sent yet. */
+    async function offender(proxy: ProxyFixture, phase: Phase): Promise<RawClient> {
+      switch (phase) {
+        case 'stream-header':
+          return proxy.connect(transport, { openStream: false });
+        case 'before-auth':
+        case 'idle':
+          return proxy.connect(transport);
+        case 'after-auth':
+          return (await proxy.login(transport, USERS.alice, { resource: `offender-${transport}` })).client;
+      }
+    }
+
+    for (const row of BAD_INPUTS) {
+      const { input, answer } = adapter.forRow(row);
+      it(`${row.label} → ${answerText(answer, transport)}`, async () => {
+        const proxy = row.phase === 'idle' ? impatient : fixture;
+        const bystander = await bystanderOn(proxy);
+        const sessionsBefore = proxy.proxy.registry.size;
+        const client = await offender(proxy, row.phase);
+        if (row.header !== undefined) client.sendStreamHeader({ to: proxy.domain, version: '1.0', 'xml:lang': 'en', ...row.header });
+        if (input !== undefined) client.sendRaw(input);
+
+        if (answer.kind === 'stream-error') {
+          const error = await client.expectStreamError(answer.condition, 3000);
+          expect(error.getChildText('text', NS.streamErrors), `the <text/> of ${error.toString()}`).toMatch(answer.because);
+          if (answer.appCondition !== undefined) {
+            expect(error.getChild(answer.appCondition, 'urn:xmpp:errors'), `<${answer.appCondition} xmlns='urn:xmpp:errors'/> in ${error.toString()}`).toBeDefined();
+          }
+        }
+        await adapter.expectEnded(client, answer);
+        if (answer.kind === 'websocket-close') {
+          expect(client.received.filter((el) => el.is('error', NS.stream)).map(String), 'no stream error before a WebSocket-layer close').toEqual([]);
+        }
+        // The offending session is gone from the proxy, not only its socket.
+        await waitUntil(() => proxy.proxy.registry.size <= sessionsBefore, `the offending session to leave the registry (${sessionsBefore} sessions before it)`, 3000);
+        // The bystander was connected throughout and still has a working session: a round trip
+        // through the legacy server, which also routed anything of the bad input that got through.
+        const id = `still-here-${bystander.client.received.length}`;
+        bystander.client.sendMessage(bystander.jid, 'still here', id);
+        await bystander.client.expectMessage((m) => m.attrs.id === id, 3000);
+        // Most rows address their stanzas to bob@localhost, the bystander's account: none may arrive.
+        await bystander.client.expectNone((el) => el.is('message') && String(el.attrs.from).startsWith(`${USERS.alice.username}@`), 'a message relayed from the bad input', 0);
+      });
+    }
+  });
 });
 
 describe('refusals before TLS and legacy server faults', () => {
@@ -440,7 +474,7 @@ describe('refusals before TLS and legacy server faults', () => {
 
   it('survives TLS garbage, half-open sockets and resets without leaking sessions', async () => {
     // Its own proxy, so that the session count says only what this test did.
-    const fixture = await startProxyFixture({ prosody });
+    const fixture = await startProxyFixture({ server: prosody });
     const garbage = tlsConnect({ host: '127.0.0.1', port: fixture.ports.starttls, rejectUnauthorized: false });
     garbage.on('error', () => undefined);
     const raw = await RawClient.connectPlain({ host: '127.0.0.1', port: fixture.ports.directtls, domain: fixture.domain });
@@ -460,7 +494,7 @@ describe('refusals before TLS and legacy server faults', () => {
 
 describe('shutdown', () => {
   it('ends within shutdownGraceSeconds even with TLS handshakes in progress (direct TLS, wss, STARTTLS)', async () => {
-    const own = await startProxyFixture({ prosody });
+    const own = await startProxyFixture({ server: prosody });
     const graceMs = 1000;
     // TCP connections that never send a ClientHello: the TLS handshake timeout (30 s) is far off.
     const stalled = await Promise.all(

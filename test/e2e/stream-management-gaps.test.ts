@@ -47,7 +47,7 @@ describe('takeover of a session with unacked stanzas', () => {
   let fixture: ProxyFixture;
 
   beforeAll(async () => {
-    fixture = await startProxyFixture({ prosody, streamManagement: { maxHibernationSeconds: 600 } });
+    fixture = await startProxyFixture({ server: prosody, streamManagement: { maxHibernationSeconds: 600 } });
   });
 
   afterAll(async () => {
@@ -107,7 +107,7 @@ describe('expiry', () => {
   let events: SmEventLog;
 
   beforeAll(async () => {
-    fixture = await startProxyFixture({ prosody, streamManagement: { hibernationSeconds, maxHibernationSeconds: hibernationSeconds } });
+    fixture = await startProxyFixture({ server: prosody, streamManagement: { hibernationSeconds, maxHibernationSeconds: hibernationSeconds } });
     events = recordSmEvents(fixture.proxy);
   });
 
@@ -169,7 +169,7 @@ describe('the legacy server ends the session', () => {
   beforeAll(async () => {
     relay = await startTcpRelay(prosody.host, prosody.c2sPort);
     fixture = await startProxyFixture({
-      prosody,
+      server: prosody,
       streamManagement: { maxHibernationSeconds: 600 },
       // Upstream through a relay whose connections the test can cut.
       domains: { [prosody.domain]: { upstream: { host: '127.0.0.1', port: relay.port, connectTimeoutSeconds: 2 } } },
@@ -251,7 +251,7 @@ describe('ack requests with maxUnackedStanzas 3', () => {
   let fixture: ProxyFixture;
 
   beforeAll(async () => {
-    fixture = await startProxyFixture({ prosody, streamManagement: { maxUnackedStanzas: 3, maxHibernationSeconds: 600 } });
+    fixture = await startProxyFixture({ server: prosody, streamManagement: { maxUnackedStanzas: 3, maxHibernationSeconds: 600 } });
   });
 
   afterAll(async () => {
@@ -321,7 +321,7 @@ describe('unacked queue limited by bytes', () => {
 
   beforeAll(async () => {
     fixture = await startProxyFixture({
-      prosody,
+      server: prosody,
       // maxQueueBytes may not be below maxStanzaBytes, which may not be below maxStanzaBytesPreAuth.
       limits: { maxStanzaBytes: maxQueueBytes, maxStanzaBytesPreAuth: maxQueueBytes },
       streamManagement: { maxQueueBytes, maxHibernationSeconds: 600 },

@@ -15,7 +15,7 @@ let fixture: ProxyFixture;
 
 beforeAll(async () => {
   prosody = await startProsody({ users: Object.values(USERS) });
-  fixture = await startProxyFixture({ prosody, streamManagement: { maxHibernationSeconds: 600 } });
+  fixture = await startProxyFixture({ server: prosody, streamManagement: { maxHibernationSeconds: 600 } });
 }, 30_000);
 
 afterAll(async () => {
@@ -430,7 +430,7 @@ describe('dead connections, expiry and limits', () => {
 
   beforeAll(async () => {
     fast = await startProxyFixture({
-      prosody,
+      server: prosody,
       streamManagement: { hibernationSeconds: 1, maxHibernationSeconds: 1, maxAckDelaySeconds: 0.3, maxQueueStanzas: 5 },
     });
     record('ackDelayed');
@@ -524,7 +524,7 @@ describe('dead connections, expiry and limits', () => {
   });
 
   it('drops unacked stanzas quietly with expiryPolicy "drop"', async () => {
-    const quiet = await startProxyFixture({ prosody, streamManagement: { hibernationSeconds: 0.5, maxHibernationSeconds: 0.5, expiryPolicy: 'drop' } });
+    const quiet = await startProxyFixture({ server: prosody, streamManagement: { hibernationSeconds: 0.5, maxHibernationSeconds: 0.5, expiryPolicy: 'drop' } });
     try {
       const alice = await quiet.login('directtls', USERS.alice, { resource: 'dropped', sm: true });
       const bob = await quiet.login('directtls', USERS.bob, { resource: 'dropped' });

@@ -21,7 +21,7 @@ const queuedWhileHibernating = new Map<string, number>();
 
 beforeAll(async () => {
   prosody = await startProsody({ users: Object.values(USERS) });
-  fixture = await startProxyFixture({ prosody, streamManagement: { maxHibernationSeconds: 600 } });
+  fixture = await startProxyFixture({ server: prosody, streamManagement: { maxHibernationSeconds: 600 } });
   fixture.proxy.events.on('hibernationStarted', (event) => hibernated.add(event.smId));
   fixture.proxy.events.on('stanzaQueuedWhileHibernating', (event) => queuedWhileHibernating.set(event.smId, (queuedWhileHibernating.get(event.smId) ?? 0) + 1));
 }, 30_000);
@@ -362,7 +362,7 @@ describe('bad WebSocket input ends only the offending session', () => {
 
   it('a handshake from an origin not in allowedOrigins: HTTP 403; an allowed origin and no origin log in', async () => {
     const allowed = 'https://chat.example.org';
-    const strict = await startProxyFixture({ prosody, websocket: { allowedOrigins: [allowed] } });
+    const strict = await startProxyFixture({ server: prosody, websocket: { allowedOrigins: [allowed] } });
     try {
       const connect = (origin: string | undefined): Promise<RawClient> =>
         RawClient.connect({
@@ -398,7 +398,7 @@ describe('bad WebSocket input ends only the offending session', () => {
 describe('limits.maxSessionsPerAddress', () => {
   it('refuses a session over the limit from one address, counts hibernating sessions, and counts forwarded clients apart', async () => {
     const limited = await startProxyFixture({
-      prosody,
+      server: prosody,
       limits: { maxSessionsPerAddress: 2 },
       websocket: { trustedProxies: ['127.0.0.1'] },
       streamManagement: { maxHibernationSeconds: 600 },

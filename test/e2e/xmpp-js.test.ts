@@ -14,7 +14,7 @@ const sessions: XmppJsSession[] = [];
 
 beforeAll(async () => {
   prosody = await startProsody({ users: Object.values(USERS) });
-  fixture = await startProxyFixture({ prosody });
+  fixture = await startProxyFixture({ server: prosody });
 }, 30_000);
 
 afterAll(async () => {

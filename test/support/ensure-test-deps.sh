@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# What the end-to-end tests need from Debian: `prosody` (the legacy server the proxy fronts; the
-# tests start their own instances on their own ports) and `chromium` (the browser test drives it
-# headless). Installs what is missing when we are root, with every daemon kept from starting:
-# policy-rc.d exiting 101 tells invoke-rc.d not to start services during the install; whatever
-# policy-rc.d was there before is put back. Used by `npm test`, `npm run demo` and .ci/run.
+# What the end-to-end tests need from Debian: the three legacy servers the proxy is tested in front
+# of (`prosody`, `ejabberd`, `jabberd2` with `sqlite3` for its accounts; the tests start their own
+# instances on their own ports), and the real clients that nobody here wrote: `chromium` (the
+# browser tests), `python3-slixmpp`, and libstrophe (`libstrophe-dev`, compiled with `gcc` and
+# `pkg-config` by the test). Installs what is missing when we are root, with every daemon kept from
+# starting: policy-rc.d exiting 101 tells invoke-rc.d not to start services during the install;
+# whatever policy-rc.d was there before is put back. Used by `npm test`, `npm run demo` and .ci/run.
 set -euo pipefail
 
+packages=(prosody ejabberd jabberd2 sqlite3 chromium python3-slixmpp libstrophe-dev gcc libc6-dev pkg-config)
 missing=()
-command -v prosody >/dev/null 2>&1 || missing+=(prosody)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+for package in "${packages[@]}"; do
+  status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
+  [ "$status" = "install ok installed" ] || missing+=("$package")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -13,19 +13,17 @@
  *   prosodyctl --config <dir>/prosody.cfg.lua register <user> <domain> <password>   (before start)
  *   prosody --config <dir>/prosody.cfg.lua -F                                     (foreground child)
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, openSync, closeSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { LegacyServer, LegacyUser } from './legacy-server.js';
+import { HOST, describeExecError, findFreePort, readIfExists, spawnSupervised, tail, waitForFeatures } from './server-process.js';
 
 const execFileAsync = promisify(execFile);
 
-export interface ProsodyUser {
-  username: string;
-  password: string;
-}
+export type ProsodyUser = LegacyUser;
 
 export interface ProsodyOptions {
   /** Load mod_smacks (native XEP-0198). Default false: the legacy server, no `<sm/>` feature. */
@@ -40,41 +38,15 @@ export interface ProsodyOptions {
   startTimeoutMs?: number;
 }
 
-export interface ProsodyServer {
-  readonly domain: string;
-  readonly host: '127.0.0.1';
-  readonly c2sPort: number;
+export interface ProsodyServer extends LegacyServer {
+  readonly kind: 'prosody';
   /** Prosody's data_path (accounts, rosters, offline messages). Removed by stop(). */
   readonly dataDir: string;
-  /** Prosody's own log (warn and above). Removed by stop(); read it before, when debugging. */
-  readonly logFile: string;
-  /** Registers one more account on the running server (prosodyctl, internal storage). */
-  addUser(user: ProsodyUser): Promise<void>;
-  /** SIGTERM, then SIGKILL after 5 s; then removes the temp dir. Idempotent. */
-  stop(): Promise<void>;
 }
 
-const HOST = '127.0.0.1' as const;
 const DEFAULT_START_TIMEOUT_MS = 15_000;
-const STOP_GRACE_MS = 5_000;
-const PROBE_INTERVAL_MS = 100;
 /** Ports picked from port 0 can be taken by someone else before Prosody binds them: retry this often. */
 const PORT_ATTEMPTS = 3;
-
-/** Servers not stopped yet: killed synchronously if the test process exits without stopping them. */
-const running = new Set<{ child: ChildProcess; dir: string }>();
-let exitHookInstalled = false;
-
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const { child, dir } of running) {
-      child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
-}
 
 export async function startProsody(options: ProsodyOptions = {}): Promise<ProsodyServer> {
   const attempts = options.c2sPort === undefined ? PORT_ATTEMPTS : 1;
@@ -110,7 +82,8 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
         timeout: 10_000,
       });
     } catch (err) {
-      throw new Error(`prosodyctl register ${username} ${domain} failed: ${describeExecError(err)}`, { cause: err });
+      const hint = "prosodyctl is not on PATH: install Debian's prosody package (apt-get install prosody)";
+      throw new Error(`prosodyctl register ${username} ${domain} failed: ${describeExecError(err, hint)}`, { cause: err });
     }
   };
 
@@ -121,98 +94,42 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
     throw err;
   }
 
-  installExitHook();
-  // Console output (config errors are print()ed before logging is up) goes to a file, not a pipe:
-  // a pipe would keep the test process's event loop alive.
-  const consoleFd = openSync(consoleFile, 'a');
-  const child = spawn('prosody', ['--config', configFile, '-F'], {
-    cwd: dir,
-    stdio: ['ignore', consoleFd, consoleFd],
-  });
-  closeSync(consoleFd);
-  child.unref();
-  const entry = { child, dir };
-  running.add(entry);
-  // Dead man's switch: a test worker killed by a signal runs no 'exit' hook. This shell reads its
-  // stdin, which only ends when we die (or stop() kills it first), then kills Prosody and cleans up.
-  const watchdog = spawn(
-    'sh',
-    ['-c', 'read _ignored; kill -KILL "$1" 2>/dev/null; rm -rf -- "$2"', 'prosody-watchdog', String(child.pid), dir],
-    { stdio: ['pipe', 'ignore', 'ignore'] },
-  );
-  watchdog.unref();
-  (watchdog.stdin as unknown as { unref(): void }).unref();
-
-  const exited = new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve();
-    else child.once('exit', () => resolve());
-  });
-  let spawnError: Error | undefined;
-  child.once('error', (err) => {
-    spawnError = err;
-  });
-
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> =>
-    (stopped ??= (async () => {
-      if (child.exitCode === null && child.signalCode === null && spawnError === undefined) {
-        child.kill('SIGTERM');
-        const killTimer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
-        await exited;
-        clearTimeout(killTimer);
-      }
-      watchdog.kill('SIGKILL');
-      running.delete(entry);
-      rmSync(dir, { recursive: true, force: true });
-    })());
-
+  const server = spawnSupervised('prosody', ['--config', configFile, '-F'], { dir, consoleFile });
   const describe = (): string =>
     `prosody --config ${configFile} -F` +
     `\n--- console (${consoleFile}) ---\n${tail(consoleFile)}` +
     `\n--- log tail (${logFile}) ---\n${tail(logFile)}`;
-
-  const deadline = Date.now() + (options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
-  let lastProbeError = 'no probe yet';
-  for (;;) {
-    if (spawnError !== undefined) {
-      await stop();
-      throw new Error(`could not run prosody (is the Debian package installed?): ${spawnError.message}`);
-    }
-    if (child.exitCode !== null || child.signalCode !== null) {
-      const why = `Prosody exited during start-up (code ${child.exitCode}, signal ${child.signalCode}): ${describe()}`;
-      await stop();
-      throw new Error(why);
-    }
-    // Prosody 0.12 does not exit when its port is taken: it logs this and runs without listening.
-    if (readIfExists(logFile).includes('Failed to open server port')) {
-      const why = `Prosody could not listen on ${HOST}:${c2sPort}: ${describe()}`;
-      await stop();
-      throw new PortInUseError(why);
-    }
-    try {
-      await probeStreamFeatures(HOST, c2sPort, domain, 1_000);
-      break;
-    } catch (err) {
-      lastProbeError = (err as Error).message;
-    }
-    if (Date.now() > deadline) {
-      const why =
-        `Prosody did not answer a stream header with <stream:features> on ${HOST}:${c2sPort} within ` +
-        `${options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS} ms (last probe: ${lastProbeError}): ${describe()}`;
-      await stop();
-      throw new Error(why);
-    }
-    await delay(PROBE_INTERVAL_MS);
+  const timeoutMs = options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+  try {
+    await waitForFeatures(c2sPort, domain, {
+      name: 'Prosody',
+      timeoutMs,
+      describe,
+      failed: () => {
+        const spawnError = server.spawnError();
+        if (spawnError !== undefined) return new Error(`could not run prosody (is the Debian package installed?): ${spawnError.message}`);
+        if (server.hasExited()) {
+          return new Error(`Prosody exited during start-up (code ${server.child.exitCode}, signal ${server.child.signalCode}): ${describe()}`);
+        }
+        // Prosody 0.12 does not exit when its port is taken: it logs this and runs without listening.
+        if (readIfExists(logFile).includes('Failed to open server port')) return new PortInUseError(`Prosody could not listen on ${HOST}:${c2sPort}: ${describe()}`);
+        return undefined;
+      },
+    });
+  } catch (err) {
+    await server.stop();
+    throw err;
   }
 
   return {
+    kind: 'prosody',
     domain,
     host: HOST,
     c2sPort,
     dataDir,
     logFile,
     addUser: registerUser,
-    stop,
+    stop: () => server.stop(),
   };
 }
 
@@ -281,69 +198,4 @@ function lua(value: string): string {
     out += printable ? String.fromCharCode(byte) : `\\${String(byte).padStart(3, '0')}`;
   }
   return `${out}"`;
-}
-
-/** Connects, sends a stream header, resolves once `<stream:features` arrives. */
-function probeStreamFeatures(host: string, port: number, domain: string, timeoutMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let received = '';
-    const socket = connect({ host, port });
-    const finish = (err?: Error): void => {
-      clearTimeout(timer);
-      socket.destroy();
-      if (err) reject(err);
-      else resolve();
-    };
-    const timer = setTimeout(
-      () => finish(new Error(`no <stream:features> within ${timeoutMs} ms, got ${JSON.stringify(received.slice(0, 300))}`)),
-      timeoutMs,
-    );
-    socket.on('connect', () => {
-      socket.write(
-        `<?xml version='1.0'?><stream:stream to='${xmlAttr(domain)}' version='1.0' ` +
-          `xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`,
-      );
-    });
-    socket.on('data', (chunk: Buffer) => {
-      received += chunk.toString('utf8');
-      if (received.includes('<stream:features')) finish();
-    });
-    socket.on('error', (err) => finish(err));
-    socket.on('close', () => finish(new Error(`connection closed, got ${JSON.stringify(received.slice(0, 300))}`)));
-  });
-}
-
-function xmlAttr(value: string): string {
-  return value.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll("'", '&apos;').replaceAll('"', '&quot;');
-}
-
-function findFreePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, HOST, () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => (port > 0 ? resolve(port) : reject(new Error(`no port from ${String(address)}`))));
-    });
-  });
-}
-
-function readIfExists(file: string): string {
-  return existsSync(file) ? readFileSync(file, 'utf8') : '';
-}
-
-function tail(file: string, lines = 30): string {
-  const text = readIfExists(file).trimEnd();
-  return text === '' ? '(empty)' : text.split('\n').slice(-lines).join('\n');
-}
-
-function describeExecError(err: unknown): string {
-  const e = err as { code?: unknown; stdout?: string; stderr?: string; message?: string };
-  if (e.code === 'ENOENT') return "prosodyctl is not on PATH: install Debian's prosody package (apt-get install prosody)";
-  return `exit ${String(e.code)}: ${`${e.stdout ?? ''} ${e.stderr ?? ''}`.trim() || String(e.message)}`;
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

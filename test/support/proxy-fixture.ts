@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { parseConfig } from '../../src/config/config.js';
 import { Proxy, type ProxyOptions } from '../../src/proxy.js';
-import { startProsody, type ProsodyServer, type ProsodyUser } from './prosody.js';
+import { startLegacyServer, type LegacyServer, type LegacyServerKind, type LegacyUser } from './legacy-server.js';
 import { RawClient, type RawTransport } from './raw-client.js';
 
 /** Accounts every fixture registers on its legacy Prosody. */
@@ -9,7 +9,7 @@ export const USERS = {
   alice: { username: 'alice', password: 'alice-secret' },
   bob: { username: 'bob', password: 'bob-secret' },
   carol: { username: 'carol', password: 'carol-secret' },
-} as const satisfies Record<string, ProsodyUser>;
+} as const satisfies Record<string, LegacyUser>;
 
 export interface FixtureOptions {
   /** Merged into the proxy config's `limits`. */
@@ -21,13 +21,15 @@ export interface FixtureOptions {
   /** Merged into the websocket listener's config (e.g. `allowedOrigins`, `pingIntervalSeconds`). */
   readonly websocket?: Record<string, unknown>;
   readonly proxyOptions?: ProxyOptions;
-  /** Reuse a running Prosody instead of starting one. */
-  readonly prosody?: ProsodyServer;
+  /** Reuse a running legacy server instead of starting one. */
+  readonly server?: LegacyServer;
+  /** Which legacy server to start when `server` is not given. Default 'prosody'. */
+  readonly kind?: LegacyServerKind;
 }
 
-/** A legacy Prosody (mod_smacks off) with the proxy in front of it, in this process, on loopback. */
+/** A legacy server (no XEP-0198) with the proxy in front of it, in this process, on loopback. */
 export interface ProxyFixture {
-  readonly prosody: ProsodyServer;
+  readonly server: LegacyServer;
   readonly proxy: Proxy;
   readonly domain: string;
   /** The bound port of each listener: STARTTLS, direct TLS, and wss:// on `websocketPath`. */
@@ -37,7 +39,7 @@ export interface ProxyFixture {
   /** A TLS connection to the proxy (over WebSocket: wss://, subprotocol xmpp) with the stream opened (post-TLS features received). */
   connect(transport: RawTransport, options?: { timeoutMs?: number; openStream?: boolean; headers?: Record<string, string> }): Promise<RawClient>;
   /** connect + login (PLAIN) + bind; with `sm`, also `<enable resume='true'/>`. */
-  login(transport: RawTransport, user: ProsodyUser, options?: { resource?: string; sm?: boolean }): Promise<LoggedIn>;
+  login(transport: RawTransport, user: LegacyUser, options?: { resource?: string; sm?: boolean }): Promise<LoggedIn>;
   stop(): Promise<void>;
 }
 
@@ -57,7 +59,7 @@ function testLogger() {
 }
 
 export async function startProxyFixture(options: FixtureOptions = {}): Promise<ProxyFixture> {
-  const prosody = options.prosody ?? (await startProsody({ users: Object.values(USERS) }));
+  const server = options.server ?? (await startLegacyServer(options.kind ?? 'prosody', { users: Object.values(USERS) }));
   const config = parseConfig(
     {
       listeners: [
@@ -66,7 +68,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
         { type: 'websocket', host: '127.0.0.1', port: 0, tls: true, ...options.websocket },
       ],
       tls: { selfSigned: true },
-      domains: { [prosody.domain]: { upstream: { host: prosody.host, port: prosody.c2sPort, connectTimeoutSeconds: 2 } }, ...options.domains },
+      domains: { [server.domain]: { upstream: { host: server.host, port: server.c2sPort, connectTimeoutSeconds: 2 } }, ...options.domains },
       limits: { authTimeoutSeconds: 10, ...options.limits },
       streamManagement: { ...options.streamManagement },
       shutdownGraceSeconds: 1,
@@ -84,7 +86,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
   const websocketListener = config.listeners.find((listener) => listener.type === 'websocket');
   if (websocketListener?.type !== 'websocket') throw new Error('no websocket listener configured');
   const websocketPath = websocketListener.path;
-  const domain = prosody.domain;
+  const domain = server.domain;
   const clients: RawClient[] = [];
 
   const connect: ProxyFixture['connect'] = async (transport, connectOptions = {}) => {
@@ -94,7 +96,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
   };
 
   return {
-    prosody,
+    server,
     proxy,
     domain,
     ports,
@@ -114,7 +116,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
     async stop() {
       for (const client of clients) client.drop();
       await proxy.stop();
-      if (options.prosody === undefined) await prosody.stop();
+      if (options.server === undefined) await server.stop();
     },
   };
 }

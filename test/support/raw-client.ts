@@ -537,6 +537,42 @@ export class RawClient {
     return this.openStream();
   }
 
+  /**
+   * SASL DIGEST-MD5 (RFC 2831, obsoleted by RFC 6331 but still offered by jabberd2 2.7), qop=auth,
+   * verifying the server's rspauth, then the stream restart: returns the post-auth features.
+   */
+  async authenticateDigestMd5(username: string, password: string): Promise<Element> {
+    this.send(`<auth xmlns='${NS.sasl}' mechanism='DIGEST-MD5'/>`);
+    const challenge = await this.expectSasl(['challenge', 'failure'], 'DIGEST-MD5 digest-challenge');
+    if (challenge.name === 'failure') throw new Error(`SASL DIGEST-MD5 failed: ${show(challenge)}`);
+    const fields = digestFields(unb64(challenge.getText()));
+    const nonce = fields.get('nonce');
+    if (nonce === undefined) throw new Error(`DIGEST-MD5: no nonce in ${JSON.stringify(unb64(challenge.getText()))}`);
+    const realm = fields.get('realm') ?? this.domain;
+    const cnonce = randomBytes(16).toString('hex');
+    const nc = '00000001';
+    const digestUri = `xmpp/${this.domain}`;
+    // RFC 2831 §2.1.2.1: A1 = { H( { username-value, ":", realm-value, ":", passwd } ), ":", nonce-value, ":", cnonce-value }
+    const a1 = Buffer.concat([createHash('md5').update(`${username}:${realm}:${password}`).digest(), Buffer.from(`:${nonce}:${cnonce}`)]);
+    const md5Hex = (data: Buffer | string) => createHash('md5').update(data).digest('hex');
+    const kd = (a2: string) => md5Hex(`${md5Hex(a1)}:${nonce}:${nc}:${cnonce}:auth:${md5Hex(a2)}`);
+    const response =
+      `charset=utf-8,username="${username}",realm="${realm}",nonce="${nonce}",nc=${nc},cnonce="${cnonce}",` +
+      `digest-uri="${digestUri}",response=${kd(`AUTHENTICATE:${digestUri}`)},qop=auth`;
+    this.send(`<response xmlns='${NS.sasl}'>${b64(response)}</response>`);
+    // RFC 2831 §2.1.3: the server proves it knows the password with rspauth (A2 without "AUTHENTICATE").
+    const expectedRspauth = kd(`:${digestUri}`);
+    let outcome = await this.expectSasl(['success', 'failure', 'challenge'], 'DIGEST-MD5 rspauth');
+    const rspauth = outcome.name === 'failure' ? undefined : digestFields(unb64(outcome.getText())).get('rspauth');
+    if (outcome.name === 'challenge') {
+      this.send(`<response xmlns='${NS.sasl}'/>`);
+      outcome = await this.expectSasl(['success', 'failure'], 'DIGEST-MD5 <success/>');
+    }
+    if (outcome.name === 'failure') throw new Error(`SASL DIGEST-MD5 failed: ${show(outcome)}`);
+    if (rspauth !== expectedRspauth) throw new Error(`DIGEST-MD5: rspauth ${String(rspauth)} does not prove the server knows the password`);
+    return this.openStream();
+  }
+
   // ---- session -------------------------------------------------------------------------------
 
   /** Resource binding (RFC 6120 §7): returns the full JID the server assigned. */
@@ -905,6 +941,21 @@ export class RawClient {
 
 // ---- helpers -----------------------------------------------------------------------------------
 
+/** The SASL mechanisms RawClient speaks. */
+export type SaslMechanism = 'PLAIN' | 'SCRAM-SHA-1' | 'DIGEST-MD5';
+
+/** SASL with `mechanism`, then the stream restart: returns the post-auth features. */
+export function authenticate(client: RawClient, mechanism: SaslMechanism, username: string, password: string): Promise<Element> {
+  switch (mechanism) {
+    case 'PLAIN':
+      return client.authenticatePlain(username, password);
+    case 'SCRAM-SHA-1':
+      return client.authenticateScramSha1(username, password);
+    case 'DIGEST-MD5':
+      return client.authenticateDigestMd5(username, password);
+  }
+}
+
 function show(element: Element): string {
   const text = element.toString();
   return text.length > SHOWN_CHARS ? `${text.slice(0, SHOWN_CHARS)}…` : text;
@@ -1202,6 +1253,15 @@ function saslName(username: string): string {
 }
 
 /** `a=1,b=2` → Map; values may contain '='. */
+/** The directives of a DIGEST-MD5 challenge (RFC 2831 §2.1.1): `key=value` or `key="quoted"`, comma-separated. */
+function digestFields(message: string): Map<string, string> {
+  const fields = new Map<string, string>();
+  for (const match of message.matchAll(/([a-zA-Z-]+)=(?:"((?:[^"\\]|\\.)*)"|([^,]*))/g)) {
+    fields.set(match[1]!, match[2] === undefined ? match[3]! : match[2].replace(/\\(.)/g, '$1'));
+  }
+  return fields;
+}
+
 function scramFields(message: string): Map<string, string> {
   const fields = new Map<string, string>();
   for (const part of message.split(',')) {

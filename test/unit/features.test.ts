@@ -18,6 +18,7 @@ describe('rewriteFeatures', () => {
     ['jabberd2 draft ack', "<ack xmlns='http://www.xmpp.org/extensions/xep-0198.html#ns'/>"],
     ['jabberd2 draft ack, prefixed', "<ack:ack xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns'/>"],
     ['XEP-0078 iq-auth', "<auth xmlns='http://jabber.org/features/iq-auth'/>"],
+    ['jabberd2 unbind', "<unbind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"],
     ['SASL2 with Bind2 and FAST inline', "<authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism><inline><bind xmlns='urn:xmpp:bind:0'/><fast xmlns='urn:xmpp:fast:0'/></inline></authentication>"],
   ])('removes upstream %s in both phases', (_label, child) => {
     const xml = `<stream:features xmlns:stream='http://etherx.jabber.org/streams'>${child}${MECHS}</stream:features>`;

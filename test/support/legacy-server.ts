@@ -1,0 +1,62 @@
+/**
+ * The legacy XMPP servers the end-to-end suites run against, behind one interface: Debian 12's
+ * Prosody 0.12 (mod_smacks left out), ejabberd 23.01 (mod_stream_mgmt left out) and jabberd2 2.7.
+ * Each is started by the tests on its own free port under a temporary directory, with its accounts
+ * created before it starts, and stopped (only what was started) at the end.
+ *
+ * `SMACKS_TEST_SERVERS=prosody,jabberd2` limits the suites to some of them (default: all three).
+ */
+export type LegacyServerKind = 'prosody' | 'ejabberd' | 'jabberd2';
+
+export interface LegacyUser {
+  username: string;
+  password: string;
+}
+
+export interface LegacyServer {
+  readonly kind: LegacyServerKind;
+  /** The served domain (virtual host). */
+  readonly domain: string;
+  readonly host: '127.0.0.1';
+  /** Plain c2s port on 127.0.0.1: the proxy's hop (no TLS, PLAIN allowed). */
+  readonly c2sPort: number;
+  /** The server's own log. Removed by stop(); read it before, when debugging. */
+  readonly logFile: string;
+  /** Registers one more account on the running server. */
+  addUser(user: LegacyUser): Promise<void>;
+  /** Stops the server (SIGTERM, then SIGKILL) and removes its temporary directory. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export interface LegacyServerOptions {
+  /** Accounts registered before start. */
+  users?: LegacyUser[];
+  /** The served domain. Default 'localhost'. */
+  domain?: string;
+}
+
+export const ALL_LEGACY_SERVERS: readonly LegacyServerKind[] = ['prosody', 'ejabberd', 'jabberd2'];
+
+/** The servers this run covers: all three, or those named in SMACKS_TEST_SERVERS. */
+export function legacyServersUnderTest(): LegacyServerKind[] {
+  const wanted = process.env.SMACKS_TEST_SERVERS;
+  if (wanted === undefined || wanted.trim() === '') return [...ALL_LEGACY_SERVERS];
+  const kinds = wanted.split(',').map((name) => name.trim());
+  for (const kind of kinds) {
+    if (!(ALL_LEGACY_SERVERS as readonly string[]).includes(kind)) {
+      throw new Error(`SMACKS_TEST_SERVERS names '${kind}'; known servers: ${ALL_LEGACY_SERVERS.join(', ')}`);
+    }
+  }
+  return kinds as LegacyServerKind[];
+}
+
+export async function startLegacyServer(kind: LegacyServerKind, options: LegacyServerOptions = {}): Promise<LegacyServer> {
+  switch (kind) {
+    case 'prosody':
+      return (await import('./prosody.js')).startProsody(options);
+    case 'ejabberd':
+      return (await import('./ejabberd.js')).startEjabberd(options);
+    case 'jabberd2':
+      return (await import('./jabberd2.js')).startJabberd2(options);
+  }
+}
