@@ -77,6 +77,8 @@ type State =
       readonly boundJid: string | undefined;
       /** The account the successful SASL exchange named, when it names one for sure (SaslIdentity). */
       readonly saslJid: string | undefined;
+      /** The restarted stream's features have reached the client: a `<resumed/>` may follow them. */
+      readonly featuresRelayed: boolean;
       /**
        * The client's bind request, forwarded and not answered yet: only the answer to this id
        * binds the session, and what the client pipelines behind it (an `<enable/>`) waits for it.
@@ -91,6 +93,8 @@ type State =
       readonly request: ResumeRequest;
       readonly held: ScannedElement[];
       readonly saslJid: string | undefined;
+      /** The SASL exchange confirmed the account; the answer waits for the restarted stream's features. */
+      readonly awaitingFeatures: boolean;
     }
   /** Bound: everything is relayed; stream management may be on. */
   | {
@@ -628,6 +632,9 @@ export class Session {
       return;
     }
     const bindId = BIND_ID_PREFIX + this.sid;
+    // The SASL exchange named exactly the hibernated session's account: confirmed with no second
+    // resource, which a server allowing one resource per account would trade for the session.
+    const confirmedBySasl = s.saslJid !== undefined && s.saslJid === target.bareJid;
     const resuming: Extract<State, { name: 'resuming' }> = {
       name: 'resuming',
       authTimer: s.authTimer,
@@ -635,13 +642,14 @@ export class Session {
       request: { ns, previd, h, target, bindId },
       held: [],
       saslJid: s.saslJid,
+      awaitingFeatures: confirmedBySasl && !s.featuresRelayed,
     };
     this.transition(resuming);
     this.holdClient('waiting');
-    // The SASL exchange named exactly the hibernated session's account: confirmed with no second
-    // resource, which a server allowing one resource per account would trade for the session.
-    if (s.saslJid !== undefined && s.saslJid === target.bareJid) {
-      this.onIdentityKnown(resuming, s.saslJid, s.boundJid);
+    if (confirmedBySasl) {
+      // XEP-0198 §5: the client resumes "where it would otherwise bind", so `<resumed/>` belongs
+      // after the restarted stream's header and features; a pipelined `<resume/>` waits for them.
+      if (!resuming.awaitingFeatures) this.onIdentityKnown(resuming, target.bareJid, s.boundJid);
       return;
     }
     // The identity is the legacy server's own answer. Bind a throwaway resource on this
@@ -674,7 +682,7 @@ export class Session {
       this.log.info({ previd: shortId(request.previd), reason: text }, 'resume failed');
       const sameAccount = ended !== undefined && bareJid !== undefined && ended.bareJid === bareJid;
       this.sendToClient(failed(request.ns, 'item-not-found', text, sameAccount ? ended.h : undefined));
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, pendingBind: undefined });
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
@@ -683,7 +691,7 @@ export class Session {
     if (!outcome.ok) {
       this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
       this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h, outcome.appCondition));
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, pendingBind: undefined });
+      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
@@ -931,7 +939,7 @@ export class Session {
     this.requireLink().expectRestart();
     s.upstream.expectRestart();
     this.requireLink().setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
-    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined, saslJid: s.sasl.bareJid, pendingBind: undefined });
+    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined, saslJid: s.sasl.bareJid, featuresRelayed: false, pendingBind: undefined });
     this.log.debug('authenticated');
   }
 
@@ -975,6 +983,8 @@ export class Session {
       this.deps.reportFindings(this.domain ?? '', findings);
     }
     this.sendToClient(features.toString());
+    if (s.name === 'authenticated') this.transition({ ...s, featuresRelayed: true });
+    else if (s.name === 'resuming' && s.awaitingFeatures) this.onIdentityKnown(s, s.saslJid, undefined);
   }
 
   private stanzaToClient(s: Extract<State, { name: 'active' }>, bytes: Buffer): void {

@@ -90,7 +90,10 @@ export async function startEjabberd(options: LegacyServerOptions = {}): Promise<
 
 class PortInUseError extends Error {}
 
-/** What `ejabberdctl foreground` runs: the package's erl, with the package's ERL_LIBS. */
+/**
+ * What `ejabberdctl foreground` runs: the package's erl, with the package's ERL_LIBS (the architecture's
+ * lib dir, /usr/lib/x86_64-linux-gnu on amd64, where ejabberd-23.01/ lives), read from the script.
+ */
 interface Erl {
   path: string;
   libs: string;
@@ -142,7 +145,8 @@ async function startOnce(options: LegacyServerOptions, c2sPort: number, erl: Erl
     if (runAs.length > 0) await execFileAsync('chown', ['-R', `${INSTALL_USER}:${INSTALL_USER}`, dir]);
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
-    throw new Error(`chown -R ${INSTALL_USER} ${dir} failed (does the ${INSTALL_USER} user exist?): ${describeExecError(err, 'chown is missing')}`, { cause: err });
+    const detail = describeExecError(err, 'chown is not on PATH');
+    throw new Error(`chown -R ${INSTALL_USER} ${dir} failed (does the ${INSTALL_USER} user exist?): ${detail}`, { cause: err });
   }
 
   // ejabberdctl's environment, for the node and for ejabberdctl itself. HOME is where Erlang finds our cookie.
@@ -156,11 +160,8 @@ async function startOnce(options: LegacyServerOptions, c2sPort: number, erl: Erl
     EJABBERD_CONFIG_PATH: configFile,
     EJABBERD_LOG_PATH: logFile,
   };
-  const [command, ...args] = [
-    ...runAs,
-    erl.path,
-    ...['-sname', node, ...DIST_ON_LOOPBACK, '-shutdown_time', String(SHUTDOWN_TIME_MS), '-mnesia', 'dir', erlangString(spoolDir), '-s', 'ejabberd', '-noinput'],
-  ];
+  const vmArgs = ['-sname', node, ...DIST_ON_LOOPBACK, '-shutdown_time', String(SHUTDOWN_TIME_MS)];
+  const [command, ...args] = [...runAs, erl.path, ...vmArgs, '-mnesia', 'dir', erlangString(spoolDir), '-s', 'ejabberd', '-noinput'];
   const server = spawnSupervised(command, args, { dir, consoleFile, env });
   const describe = (): string =>
     `${[command, ...args].join(' ')}` +

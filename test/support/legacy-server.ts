@@ -35,6 +35,20 @@ export interface LegacyServerOptions {
   domain?: string;
 }
 
+/** Where the servers behave differently, as the suites must expect it (found by running them). */
+export interface LegacyServerBehaviour {
+  /** RFC 6121 §4.2.2: initial presence is also sent to the resource that sent it (jabberd2 2.7, RFC 3921 era, does not). */
+  readonly echoesOwnPresence: boolean;
+  /** The `<text/>` of the `<conflict/>` stream error that ends an older stream binding the same resource (jabberd2 sends none). */
+  readonly conflictText: string | undefined;
+}
+
+export const BEHAVIOUR: Readonly<Record<LegacyServerKind, LegacyServerBehaviour>> = {
+  prosody: { echoesOwnPresence: true, conflictText: 'Replaced by new connection' },
+  ejabberd: { echoesOwnPresence: true, conflictText: 'Replaced by new connection' },
+  jabberd2: { echoesOwnPresence: false, conflictText: undefined },
+};
+
 export const ALL_LEGACY_SERVERS: readonly LegacyServerKind[] = ['prosody', 'ejabberd', 'jabberd2'];
 
 /** The servers this run covers: all three, or those named in SMACKS_TEST_SERVERS. */
