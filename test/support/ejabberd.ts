@@ -58,6 +58,14 @@ export interface EjabberdServer extends LegacyServer {
   readonly kind: 'ejabberd';
 }
 
+export interface EjabberdOptions extends LegacyServerOptions {
+  /**
+   * ejabberd's `max_user_sessions` shaper rule: resources one account may bind at once (ejabberd's
+   * default 10 when unset). At 1, a new bind replaces the account's other session with `<conflict/>`.
+   */
+  maxUserSessions?: number;
+}
+
 const EJABBERDCTL = '/usr/sbin/ejabberdctl';
 /** The user ejabberdctl insists on (its INSTALLUSER); Debian's package creates it. */
 const INSTALL_USER = 'ejabberd';
@@ -75,7 +83,7 @@ const DIST_ON_LOOPBACK = ['-kernel', 'inet_dist_use_interface', '{127,0,0,1}'];
  */
 const SHUTDOWN_TIME_MS = 500;
 
-export async function startEjabberd(options: LegacyServerOptions = {}): Promise<EjabberdServer> {
+export async function startEjabberd(options: EjabberdOptions = {}): Promise<EjabberdServer> {
   const erl = readEjabberdctl();
   const runAs = installUserPrefix();
   for (let attempt = 1; ; attempt++) {
@@ -122,7 +130,7 @@ function installUserPrefix(): string[] {
   throw new Error(`ejabberd must be started as root or as the ${INSTALL_USER} user (ejabberdctl refuses others), not as ${username}`);
 }
 
-async function startOnce(options: LegacyServerOptions, c2sPort: number, erl: Erl, runAs: readonly string[]): Promise<EjabberdServer> {
+async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, runAs: readonly string[]): Promise<EjabberdServer> {
   const domain = options.domain ?? 'localhost';
   const node = `smacks${randomBytes(4).toString('hex')}@localhost`;
   const dir = mkdtempSync(join(tmpdir(), 'smacks-proxy-ejabberd-'));
@@ -135,7 +143,7 @@ async function startOnce(options: LegacyServerOptions, c2sPort: number, erl: Erl
   const inetrcFile = join(dir, 'inetrc');
   mkdirSync(spoolDir);
   mkdirSync(logsDir);
-  writeFileSync(configFile, ejabberdConfig(domain, c2sPort));
+  writeFileSync(configFile, ejabberdConfig(domain, c2sPort, options.maxUserSessions));
   writeFileSync(ctlConfigFile, ejabberdctlConfig(node));
   // erl reports a missing ERL_INETRC on the console; the package's own is in /etc/ejabberd.
   writeFileSync(inetrcFile, '{lookup, ["file", "native"]}.\n');
@@ -224,8 +232,9 @@ const MODULES: Record<string, Record<string, unknown>> = {
 };
 
 /** ejabberd.yml, as JSON (a subset of YAML, so every string is quoted the same way). */
-function ejabberdConfig(domain: string, c2sPort: number): string {
+function ejabberdConfig(domain: string, c2sPort: number, maxUserSessions: number | undefined): string {
   const config = {
+    ...(maxUserSessions === undefined ? {} : { shaper_rules: { max_user_sessions: maxUserSessions } }),
     loglevel: 'warning',
     hosts: [domain],
     certfiles: [],

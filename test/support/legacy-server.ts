@@ -41,12 +41,18 @@ export interface LegacyServerBehaviour {
   readonly echoesOwnPresence: boolean;
   /** The `<text/>` of the `<conflict/>` stream error that ends an older stream binding the same resource (jabberd2 sends none). */
   readonly conflictText: string | undefined;
+  /**
+   * A login as `ALICE` for the account `alice`: authenticated and bound as `alice@…` (Prosody
+   * applies nodeprep), authenticated and bound as typed, `ALICE@…` (ejabberd 23.01), or refused
+   * (jabberd2 2.7 compares user names byte for byte).
+   */
+  readonly upperCaseLogin: 'binds-canonical' | 'binds-as-typed' | 'refused';
 }
 
 export const BEHAVIOUR: Readonly<Record<LegacyServerKind, LegacyServerBehaviour>> = {
-  prosody: { echoesOwnPresence: true, conflictText: 'Replaced by new connection' },
-  ejabberd: { echoesOwnPresence: true, conflictText: 'Replaced by new connection' },
-  jabberd2: { echoesOwnPresence: false, conflictText: undefined },
+  prosody: { echoesOwnPresence: true, conflictText: 'Replaced by new connection', upperCaseLogin: 'binds-canonical' },
+  ejabberd: { echoesOwnPresence: true, conflictText: 'Replaced by new connection', upperCaseLogin: 'binds-as-typed' },
+  jabberd2: { echoesOwnPresence: false, conflictText: undefined, upperCaseLogin: 'refused' },
 };
 
 export const ALL_LEGACY_SERVERS: readonly LegacyServerKind[] = ['prosody', 'ejabberd', 'jabberd2'];
