@@ -13,6 +13,7 @@ import { TcpListener } from './transport/tcp-listener.js';
 import { WebSocketListener } from './transport/websocket-listener.js';
 import { createTlsCredentials, type TlsCredentials } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
+import { RetryingUpstream } from './upstream/retrying-upstream.js';
 import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
 
 /** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
@@ -72,7 +73,11 @@ export class Proxy {
       expiryPolicy: sm.expiryPolicy,
       upstreamKeepaliveMs: sm.upstreamKeepaliveSeconds * 1000,
     };
-    const connectUpstream = options.connectUpstream ?? ((target: UpstreamTarget, upstreamLog: Logger) => UpstreamLink.connect(target, upstreamLog));
+    // COMPAT(jabberd2 2.7): every upstream gets the one retry of RetryingUpstream; its condition
+    // (internal-server-error before the server answered anything) is narrow enough for any server.
+    const connectUpstream =
+      options.connectUpstream ??
+      ((target: UpstreamTarget, upstreamLog: Logger) => RetryingUpstream.connect((t, l) => UpstreamLink.connect(t, l), target, upstreamLog));
     this.sessionDeps = {
       settings,
       registry: this.registry,
