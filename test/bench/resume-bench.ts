@@ -5,9 +5,10 @@
  *     dropped and resumed again and again. Each cycle: the client sends a message to its own full
  *     JID and drops the socket right after it is written (no stream close), waits 10 ms (the server
  *     sends the message back meanwhile; the proxy queues it), then opens a new connection (direct
- *     TLS, TCP_NODELAY) and authenticates (SASL relayed to Prosody), sends `<resume/>`; the proxy
- *     binds a throwaway resource on the temporary stream for the identity check and answers
- *     `<resumed/>`, then replays the queued message. Times are from the connect call.
+ *     TLS, TCP_NODELAY) and authenticates (SASL relayed to Prosody), sends `<resume/>`; the SASL
+ *     exchange names the session's account, so the proxy answers `<resumed/>` once the restarted
+ *     stream's features have reached the client (no identity bind), then replays the queued
+ *     message. Times are from the connect call.
  * (b) No slowdown after thousands of cycles, against the fake upstream (so only the proxy ages): the
  *     proxy's CPU per echoed message on the resumed session before and after N cycles, and the
  *     resume latency and proxy CPU per cycle over the run.
@@ -85,7 +86,7 @@ async function resumeLatency(ctx: BenchContext): Promise<string> {
   const problems = proxyLogProblems(proxy.logFile);
   return [
     '**(a) Latency against legacy Prosody (mod_smacks off)**, ms from the connect call, p50 / p99. Each cycle drops the connection right after writing a message ' +
-      `to the session's own JID, waits ${GAP_MS} ms, then resumes; the proxy binds a throwaway resource at Prosody for the identity check. ` +
+      `to the session's own JID, waits ${GAP_MS} ms, then resumes; the SASL exchange names the account, so the proxy binds no identity-check resource at Prosody. ` +
       `The three clients run in ${blocks} interleaved blocks after 20 warm-up cycles each.`,
     '',
     table(
