@@ -329,12 +329,42 @@ describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
       );
       const jid = await client.bind(`${transport}-${mechanism}`);
       expect(jid).toBe(`alice@${fixture.domain}/${transport}-${mechanism}`);
+      // RFC 3921 §3: the session request of older clients is relayed like any iq (ejabberd offers
+      // it as optional, Prosody and jabberd2 answer it without offering it).
+      client.send("<iq type='set' id='session1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>");
+      const session = await client.expect((el) => el.is('iq') && el.attrs.id === 'session1', 'the session result');
+      expect(session.attrs.type).toBe('result');
       client.send("<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>");
       const roster = await client.expect((el) => el.is('iq') && el.attrs.id === 'roster1', 'the roster result');
       expect(roster.attrs.type).toBe('result');
       await client.close();
       expect(client.streamClosedByPeer).toBe(true);
     });
+
+    it.runIf(transport !== 'websocket')(
+      "declares a prefix the client put on its own stream header on each element that uses it (the legacy server never sees that header)",
+      async () => {
+        const bob = await fixture.login(transport, USERS.bob, { resource: 'prefix-reader' });
+        const alice = await fixture.connect(transport, { openStream: false });
+        const declared = { 'xmlns:ex': 'urn:example:smacks-proxy' };
+        await alice.openStream(declared);
+        alice.send(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${Buffer.from(`\0alice\0${USERS.alice.password}`).toString('base64')}</auth>`);
+        await alice.expect((el) => el.is('success', NS.sasl), 'SASL <success/>');
+        await alice.openStream(declared);
+        await alice.bind('prefix-writer');
+        alice.sendRaw(`<message to='${bob.jid}' id='prefixed-1' type='chat'><body>hi</body><ex:note ex:level='2'>declared on my header</ex:note></message>`);
+        // Bob's client parses namespaces strictly: an unbound prefix would already have failed it,
+        // and the legacy server would have ended alice's stream as not well-formed.
+        const message = await bob.client.expectMessage((m) => m.attrs.id === 'prefixed-1');
+        const note = message.getChildElements().find((child) => child.getName() === 'note');
+        expect(note?.getNS()).toBe('urn:example:smacks-proxy');
+        // Prosody re-serialises stanzas with prefixes of its own choosing: the prefixed attribute
+        // arrives under some prefix, bound (the strict parser checked) to the same namespace.
+        expect(Object.entries(note?.attrs ?? {}).filter(([name]) => name.endsWith(':level'))).toEqual([[expect.any(String), '2']]);
+        await alice.close();
+        await bob.client.close();
+      },
+    );
 
     it('relays messages and presence between two accounts byte for byte', async () => {
       const alice = await fixture.login(transport, USERS.alice, { resource: 'chat' });
