@@ -3,7 +3,7 @@ import pretty from 'pino-pretty';
 import type { LogConfig } from './config/config.js';
 
 /**
- * The proxy's root logger (STYLE "Logs"): JSON lines, or human-readable output on a terminal.
+ * The proxy's root logger (README, Operating it): JSON lines, or human-readable output on a terminal.
  * Only the composition root calls this; everything else receives a child logger.
  */
 export function createLogger(config: LogConfig, destination: NodeJS.WritableStream = process.stdout): Logger {

@@ -206,7 +206,7 @@ export class Proxy {
   }
 
   /**
-   * DESIGN §4: -PLUS mechanisms or XEP-0440 channel-binding types on the hop are said loudly.
+   * README, Security: -PLUS mechanisms or XEP-0440 channel-binding types on the hop are said loudly.
    * Clients that pin them will see a downgrade; the README explains the fix (a plaintext hop).
    */
   private reportFindings(domain: string, findings: FeaturesFindings): void {

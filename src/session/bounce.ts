@@ -6,7 +6,7 @@ import { NS } from '../xml/namespaces.js';
 const MAM_NAMESPACES = new Set(['urn:xmpp:mam:2', 'urn:xmpp:mam:1', 'urn:xmpp:mam:0']);
 
 /**
- * What happens to an unacked stanza when its session expires (DESIGN §5 "Expiry", XEP-0198 §5:
+ * What happens to an unacked stanza when its session expires (README, What it does; XEP-0198 §5:
  * "treat unacked stanzas as if sent to an unavailable resource"): the legacy server already
  * considers them delivered, so the proxy answers them on the user's behalf, through the user's
  * own upstream stream, addressed to the original sender.

@@ -5,7 +5,7 @@ import { NS } from '../xml/namespaces.js';
 /** Which stream the features belong to: before SASL success, or after the SASL restart. */
 export type FeaturesPhase = 'pre-auth' | 'post-auth';
 
-/** What the rewrite found that an operator must hear about (DESIGN §4). */
+/** What the rewrite found that an operator must hear about (README, Security). */
 export interface FeaturesFindings {
   /** SASL mechanisms ending in -PLUS: channel binding cannot cross a TLS-terminating proxy. */
   readonly channelBindingMechanisms: readonly string[];
@@ -50,7 +50,7 @@ function isRemoved(child: Element): boolean {
 }
 
 /**
- * Rewrites the legacy server's `<stream:features/>` for the client (DESIGN §4). SASL mechanisms
+ * Rewrites the legacy server's `<stream:features/>` for the client. SASL mechanisms
  * pass unchanged: editing them would trip clients that pin mechanisms or check XEP-0474 hashes.
  * After authentication the proxy adds `<sm/>` in both namespaces (XEP-0198 §2: the feature is
  * offered once stanzas can flow; Dino resumes as soon as any features contain `<sm/>`, so never

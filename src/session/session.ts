@@ -58,7 +58,7 @@ export interface SessionStart {
 }
 
 /**
- * The lifecycle of a session (STYLE "State"). Each variant carries what is valid in it; timers
+ * The lifecycle of a session. Each variant carries what is valid in it; timers
  * belong to a variant and are cleared by `transition`.
  */
 type State =
@@ -73,7 +73,7 @@ type State =
       readonly name: 'authenticated';
       readonly authTimer: NodeJS.Timeout;
       readonly upstream: UpstreamStream;
-      /** Set when a failed resume bound a resource for the identity check (DESIGN §5). */
+      /** Set when a failed resume bound a resource for the identity check (XEP-0198 §5). */
       readonly boundJid: string | undefined;
       /** The account the successful SASL exchange named, when it names one for sure (SaslIdentity). */
       readonly saslJid: string | undefined;
@@ -105,7 +105,7 @@ type State =
       readonly ackTimer: NodeJS.Timeout | undefined;
       readonly requestTimer: NodeJS.Timeout | undefined;
     }
-  /** The client is away; the upstream is kept alive and stanzas are queued (DESIGN §5). */
+  /** The client is away; the upstream is kept alive and stanzas are queued (README, Hibernation). */
   | {
       readonly name: 'hibernating';
       readonly upstream: UpstreamStream;
@@ -120,7 +120,7 @@ type State =
 
 type StateName = State['name'];
 
-/** STYLE "State": one table of allowed transitions; anything else is a bug. */
+/** One table of allowed transitions; anything else is a bug. */
 const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   opening: ['connecting', 'closed'],
   connecting: ['authenticating', 'closed'],
@@ -164,7 +164,7 @@ interface SessionStats {
 const BIND_ID_PREFIX = 'smacks-proxy-bind-';
 
 /**
- * One client stream and its upstream stream to the legacy server (DESIGN §1). Relays SASL and
+ * One client stream and its upstream stream to the legacy server. Relays SASL and
  * binding unchanged, forwards every other element as its original bytes, and does XEP-0198 itself.
  */
 export class Session {
@@ -178,7 +178,7 @@ export class Session {
   private readonly deps: SessionDeps;
   private ackCheckScheduled = false;
   /**
-   * Why reading from the client is paused (STYLE "State": backpressure, not a cluster of flags):
+   * Why reading from the client is paused (backpressure, not a cluster of flags):
    * the upstream cannot take more, the client does not read what the proxy writes to it, or the
    * session is waiting for the legacy server (connecting, identity check, bind result) and holds
    * what the client sends meanwhile. Reading resumes when no reason is left.
@@ -186,7 +186,7 @@ export class Session {
   private readonly clientHolds = new Set<'upstream-full' | 'client-full' | 'waiting'>();
   /** Reading from the legacy server is paused because the client does not read. */
   private upstreamPaused = false;
-  /** XML is logged only at trace (STYLE "Logs"); checked once, not per element. */
+  /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
 
   constructor(deps: SessionDeps, start: SessionStart) {
@@ -228,7 +228,7 @@ export class Session {
   private armAuthTimer(): NodeJS.Timeout {
     const timer = setTimeout(() => {
       const s = this.state;
-      // The timer re-checks the state it was armed for (STYLE "State").
+      // The timer re-checks the state it was armed for.
       if (!('authTimer' in s) || s.authTimer !== timer) return;
       this.fail(new StreamError(ErrorCode.CONNECTION_TIMEOUT, 'connection-timeout', `no authentication and bind within ${this.deps.settings.authTimeoutMs} ms`));
     }, this.deps.settings.authTimeoutMs);
@@ -357,7 +357,7 @@ export class Session {
         if (isStanza(element)) {
           this.stats.fromClient++;
           this.toUpstream(s.upstream, element.bytes);
-          // DESIGN §5: a client stanza counts as handled once written to the upstream socket.
+          // README, What it does: a client stanza counts as handled once written to the upstream socket.
           s.sm?.inbound.handled();
           return;
         }
@@ -542,7 +542,7 @@ export class Session {
     }
   }
 
-  /** The client-requested `<r/>` policy, checked once per write burst and on each ack (DESIGN §5). */
+  /** The `<r/>` policy (AckPolicy), checked once per write burst and on each ack. */
   private scheduleAckCheck(): void {
     if (this.ackCheckScheduled) return;
     this.ackCheckScheduled = true;
@@ -608,7 +608,7 @@ export class Session {
     this.transition({ ...s, requestTimer: timer });
   }
 
-  // --- resumption (XEP-0198 §5, DESIGN §5) ---
+  // --- resumption (XEP-0198 §5; README, Resumption and the legacy server) ---
 
   private onResume(resume: Element, ns: SmNamespace): void {
     const s = this.state;
@@ -779,7 +779,7 @@ export class Session {
     for (const element of held) this.guard(() => this.onClientElement(element));
   }
 
-  /** COMPAT(DESIGN §5): after a failed resume bound a resource, the client's own bind is answered with it. */
+  /** After a failed resume bound a resource, the client's own bind is answered with it (XEP-0198 §5: the client may bind after a failed resume). */
   private answerRebind(element: ScannedElement, jid: string): boolean {
     const bindId = bindRequestId(element);
     if (bindId === undefined) return false;
@@ -815,7 +815,7 @@ export class Session {
     this.endHibernation(s, 'expired');
   }
 
-  /** Ends a hibernating session: dispose of the queue (DESIGN §5 "Expiry"), close the upstream cleanly. */
+  /** Ends a hibernating session: dispose of the queue (bounce.ts), close the upstream cleanly. */
   private endHibernation(s: Extract<State, { name: 'hibernating' }>, reason: EndedReason): void {
     this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
     // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces written
@@ -1031,7 +1031,7 @@ export class Session {
     return true;
   }
 
-  /** DESIGN §5 "Queue": the session stops being resumable and the client is told (`resource-constraint`). */
+  /** The queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */
   private queueOverflow(sm: StreamManagement, via: { upstream: UpstreamStream; jid: string }, overflowing: Buffer, why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
     const s = this.state;
@@ -1077,7 +1077,7 @@ export class Session {
     this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, 'legacy server closed the stream', { text: 'legacy server closed the stream' }));
   }
 
-  /** DESIGN §5 "Upstream loss": the session ends; a later resume fails fast with the reason. */
+  /** The upstream is gone: the session ends; a later resume fails fast with the reason. */
   private upstreamLost(error: UpstreamError): void {
     const s = this.state;
     if (s.name === 'closed') return;

@@ -4,15 +4,15 @@ import { seqDistance } from './sequence.js';
 /** Options of an {@link AckPolicy}. */
 export interface AckPolicyOptions {
   /**
-   * Request an ack once more than this many stanzas sent to the client are unacked (the seed's
-   * `max_unacked_stanzas`; Prosody's `smacks_max_unacked_stanzas`, default 0 there, meaning "after
-   * any stanza"). A non-negative integer.
+   * Request an ack once more than this many stanzas sent to the client are unacked (mod_smacks's
+   * `smacks_max_unacked_stanzas`, default 0 there, meaning "after any stanza"). A non-negative
+   * integer.
    */
   maxUnackedStanzas: number;
 }
 
 /**
- * When the proxy sends `<r/>` to the client (DESIGN §5 "Acks"), as one pure decision object per
+ * When the proxy sends `<r/>` to the client (README, Configuration: `streamManagement`), as one pure decision object per
  * session. Modelled on Prosody's `should_ack` in `mod_smacks.lua`.
  *
  * XEP-0198 §4 (https://xmpp.org/extensions/xep-0198.html#acking) leaves the timing open: "the
@@ -23,8 +23,8 @@ export interface AckPolicyOptions {
  *   (or acks less than it was asked) would otherwise make the two sides loop (Prosody's
  *   `last_requested_h`, prosody-modules `a21aa8b6`);
  * - re-checked when an `<a/>` arrives, not only after a write burst, so stanzas sent while a
- *   request was outstanding are asked about without waiting for the next burst (the seed README:
- *   "the test #queue > max_unacked_stanzas is done upon receiving an ack as well").
+ *   request was outstanding are asked about without waiting for the next burst (as mod_smacks
+ *   re-checks `#queue > max_unacked_stanzas` upon receiving an ack).
  *
  * Usage: after each write burst, and after each `<a/>` (call {@link answered} first), ask
  * {@link shouldRequest}; if true, send `<r/>` and call {@link requested}. A timer calls
@@ -84,7 +84,7 @@ export class AckPolicy {
 
   /**
    * For the ack timer: true if a request has been outstanding for at least `maxAckDelayMs`
-   * (DESIGN §5: "An ack that stays unanswered past max_ack_delay raises the 'ack delayed' event").
+   * (README, Stream management events: `ackDelayed`).
    * Inclusive, so that a timer armed for exactly `maxAckDelayMs` finds it overdue when it fires.
    */
   isOverdue(nowMs: number, maxAckDelayMs: number): boolean {

@@ -7,7 +7,7 @@ import { isSeq, nextSeq } from './sequence.js';
  * XEP-0198 §4 (https://xmpp.org/extensions/xep-0198.html#acking): "The counter for the received
  * stanzas ('h') is set to zero and started after receiving either <enable/> or <enabled/>", so the
  * session creates this object when `<enable/>` is *received* (a stanza pipelined right behind it
- * already counts) and, per DESIGN §5, calls {@link handled} once the stanza is written to the
+ * already counts) and, as the README promises, calls {@link handled} once the stanza is written to the
  * upstream socket. Only `<message/>`, `<presence/>` and `<iq/>` count; nonzas never do.
  */
 export class InboundCounter {

@@ -24,7 +24,7 @@ export type PushResult = { ok: true } | { ok: false; reason: 'stanzas' | 'bytes'
  *   generate an undefined-condition stream error that includes a <handled-count-too-high/> element"
  *   (with `h` and `send-count` = `sendCount`). The caller ends the stream with `undefined-condition`.
  * - `backwards`: `h` is below the last accepted ack; nothing changed. XEP-0198 does not say what to
- *   do; like ejabberd and Openfire we tolerate it (reference notes, (b) 5).
+ *   do; like ejabberd and Openfire we tolerate it.
  */
 export type AckResult =
   | { kind: 'acked'; count: number }
@@ -64,8 +64,8 @@ const COMPACT_MIN_HEAD = 1024;
  * it was first sent (for the XEP-0203 `<delay/>` on replay and expiry).
  *
  * Pure: no I/O, no timers; time comes in as `nowMs`. Modelled on Prosody's `util/smqueue.lua`, but
- * bounded by refusal instead of a ring that silently drops the oldest stanza (reference notes,
- * (b) 17): a stanza that does not fit is not stored, `sent` does not advance, and the queue stays
+ * bounded by refusal instead of a ring that silently drops the oldest stanza (which would lose an
+ * acknowledged stanza without a trace): a stanza that does not fit is not stored, `sent` does not advance, and the queue stays
  * {@link overflowed} for good, because from then on it could not replay everything.
  *
  * Storage is parallel arrays with a head index: push is amortised O(1), acking k entries is O(k),

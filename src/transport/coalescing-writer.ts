@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 
 /**
- * Writes whole elements to a socket, coalescing what one tick writes (DESIGN §3, the hot path).
+ * Writes whole elements to a socket, coalescing what one tick writes (the hot path).
  *
  * The socket is corked at the first write of a tick and uncorked at the next tick, so the elements
  * of a burst leave in one TLS record or TCP segment. On top of that, elements that lie back to back

@@ -51,7 +51,7 @@ type LinkPhase = 'pre-tls' | 'awaiting-client-hello' | 'tls-handshake' | 'stream
 /**
  * A client connection over TCP: STARTTLS (RFC 6120 §5) or direct TLS (XEP-0368). Before TLS the
  * link answers the client itself, with its own stream id and `<starttls><required/>`; the legacy
- * server is not contacted before TLS (DESIGN §2).
+ * server is not contacted before TLS.
  */
 export class SocketClientLink implements ClientLink {
   readonly transport: SocketClientLinkOptions['transport'];

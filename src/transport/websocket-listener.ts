@@ -100,7 +100,7 @@ export class WebSocketListener implements Listener {
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
-      // DESIGN §7: ws enforces the stanza limit on whole messages before buffering more.
+      // ws enforces the stanza limit on whole messages before buffering more (README, WebSocket).
       maxPayload: options.maxPayloadBytes,
       // RFC 7395 §3.3.3 asks for one complete element per *message*; how a message is cut into
       // frames is not the client's to choose alone: RFC 6455 §5.4 "Clients and servers MUST support

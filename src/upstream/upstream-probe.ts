@@ -13,7 +13,7 @@ export type ProbeResult =
 /**
  * Opens a stream to the legacy server, reads its pre-authentication features and closes again, so
  * that the operator learns at start-up whether the server is reachable and whether it advertises
- * SASL channel binding, which cannot work through a TLS-terminating proxy (DESIGN §4).
+ * SASL channel binding, which cannot work through a TLS-terminating proxy (README, Security).
  */
 export async function probeUpstream(target: UpstreamTarget, log: Logger): Promise<ProbeResult> {
   let link: UpstreamLink;

@@ -6,7 +6,7 @@ const SM_ID_TAIL = /\b((?:previd|id)=(['"])[^'"]{6})[^'"]*\2/g;
 
 /**
  * The text of an element for a `trace` log line. SASL elements (auth, challenge, response,
- * success) carry credentials or proofs: only their name and size are logged (STYLE "Logs").
+ * success) carry credentials or proofs: only their name and size are logged (README, Security: "Logs never contain SASL payloads").
  * SM-IDs are the only thing a resuming client names (a bearer secret of its session): shown
  * shortened, like everywhere else in the logs.
  */

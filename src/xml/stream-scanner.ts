@@ -1,5 +1,5 @@
 /**
- * Byte-level XML stream scanner: the framing hot path (DESIGN.md §3).
+ * Byte-level XML stream scanner: the framing hot path (README, Performance).
  *
  * One scanner per direction of a connection frames the byte stream into the stream header, the
  * top-level elements (children of `<stream:stream>`, RFC 6120 §4.1: stanzas and nonzas) and the stream
@@ -594,7 +594,7 @@ export class StreamScanner {
       if (i >= end) {
         if (end === limEnd && limEnd < len) {
           // The byte at limEnd would make the construct longer than the limit: report now, before
-          // the element is buffered whole (DESIGN.md §3).
+          // the element is buffered whole.
           this.state = state;
           return this.fail(this.tooBig());
         }

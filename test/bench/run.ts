@@ -37,7 +37,7 @@ const BENCHMARKS: readonly Benchmark[] = [
       const scanner = rows[0]?.mbPerSecond ?? Number.NaN;
       return [
         `test/bench/scanner-bench.ts: a deterministic, realistic XMPP stream cut into 1-16 KiB chunks, in this process; median of ${passes} timed passes ` +
-          'after a warm-up (the slower parsers get a quarter of the stream). DESIGN §3 expects about 250 MB/s for the scanner, 110 MB/s for ltx, 40 / 29 MB/s for sax.',
+          'after a warm-up (the slower parsers get a quarter of the stream). The first estimates were about 250 MB/s for the scanner, 110 MB/s for ltx, 40 / 29 MB/s for sax.',
         '',
         table(
           ['parser', 'input MB', 'stanzas', 'MB/s', 'stanzas/s', 'scanner is … × faster'],

@@ -1,5 +1,5 @@
 /**
- * Framing benchmark (DESIGN.md §3): StreamScanner against ltx's parser and sax strict, on a
+ * Framing benchmark: StreamScanner against ltx's parser and sax strict, on a
  * deterministic, realistic XMPP stream cut into 1-16 KiB chunks. Prints figures; never asserts on time.
  *
  *   npx tsc -p . && node dist/test/bench/scanner-bench.js [megabytes]

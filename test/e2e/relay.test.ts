@@ -110,7 +110,7 @@ type Answer =
       readonly condition: string;
       readonly appCondition?: string;
       /**
-       * Matches the error's `<text/>`: the answer names its cause (STYLE "Errors"), and so is the
+       * Matches the error's `<text/>`: the answer names its cause, and so is the
        * proxy's own, not a stream error of the legacy server relayed after the bad input went through.
        */
       readonly because: RegExp;

@@ -189,7 +189,7 @@ describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
       for (let i = 1; i <= 4; i++) bob.client.sendMessage(alice.jid, `down ${i}`);
       expect(bodies(await collectMessages(alice.client, 4, 'bob\'s messages at alice'))).toEqual(['down 1', 'down 2', 'down 3', 'down 4']);
       expect(alice.client.stanzasReceived).toBe(4);
-      // The proxy requests acks itself (DESIGN §5): answered, the connection stays up and the stanzas leave its queue.
+      // The proxy requests acks itself (XEP-0198 §4): answered, the connection stays up and the stanzas leave its queue.
       await alice.client.expect((el) => el.is('r', NS.sm3), "the proxy's <r/>");
       alice.client.ack();
       expect(await alice.client.ackRequest()).toBe(3);

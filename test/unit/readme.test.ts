@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import schema from '../../src/config/proxy.schema.json' with { type: 'json' };
 import { ErrorCode } from '../../src/errors.js';
 
-// STYLE "Comments and docs": the README lists every config key and every error code. This keeps
+// The README lists every config key and every error code. This keeps
 // it true when a key or a code is added.
 
 const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
