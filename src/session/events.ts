@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { EventEmitter } from 'node:events';
-import type { EndedReason } from './session-registry.js';
+import type { EndedReason } from '../sm/failures.js';
 
 /** Why a hibernation ended: resumed, or one of the ways a session ends for good. */
 export type HibernationEnd = 'resumed' | EndedReason;

@@ -1,7 +1,5 @@
+import type { EndedReason } from '../sm/failures.js';
 import type { Session } from './session.js';
-
-/** Why an SM session can no longer be resumed; shown to clients in `<failed/>` texts. */
-export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown';
 
 export interface EndedSession {
   readonly h: number;

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
-import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, type AppCondition } from '../errors.js';
+import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError } from '../errors.js';
 import type { MemoryBudget } from '../sm/memory-budget.js';
+import { renderFailed, smFailure, withH, type EndedReason, type SmFailure } from '../sm/failures.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
 import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
@@ -9,7 +10,6 @@ import { escapeXml } from '../xml/escape.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
 import { sanitizeForLog } from '../xml/sanitize.js';
 import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
-import { renderAppCondition } from '../xml/stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
@@ -17,7 +17,7 @@ import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
 import { refuseLegacyAuth } from './legacy-auth.js';
 import { SaslIdentity } from './sasl-identity.js';
-import type { EndedReason, SessionRegistry } from './session-registry.js';
+import type { SessionRegistry } from './session-registry.js';
 import { StreamManagement, type SmSettings } from './stream-management.js';
 
 /** Limits and timings a session applies, in the units the code uses. Built from the config. */
@@ -142,16 +142,7 @@ interface ResumeRequest {
 }
 
 /** Outcome of asking a session to take over a client link on resumption. */
-export type ResumeOutcome =
-  | { ok: true }
-  | {
-      ok: false;
-      condition: string;
-      text: string;
-      h: number | undefined;
-      /** An application-specific child of `<failed/>` (`<handled-count-too-high/>`). */
-      appCondition?: AppCondition;
-    };
+export type ResumeOutcome = { ok: true } | { ok: false; failure: SmFailure };
 
 /** Counters for the summary line logged when the session ends. */
 interface SessionStats {
@@ -477,7 +468,13 @@ export class Session {
       this.onResume(parseElement(element.bytes), ns);
       return;
     }
-    this.sendToClient(failed(ns, 'feature-not-implemented', `<${name}/> is not a stream management request the proxy knows`));
+    this.refuse(ns, smFailure('unknown-request', name));
+  }
+
+  /** Answers a stream-management request with `<failed/>`; the log line carries the failure's key. */
+  private refuse(ns: SmNamespace, failure: SmFailure, previd?: string): void {
+    this.log.info({ failed: failure.key, previd: previd === undefined ? undefined : shortId(previd) }, previd === undefined ? 'stream management request refused' : 'resume failed');
+    this.sendToClient(renderFailed(ns, failure));
   }
 
   private onEnable(enable: Element, ns: SmNamespace): void {
@@ -485,12 +482,12 @@ export class Session {
     if (s.name !== 'active') {
       // XEP-0198 §3: "the client MUST NOT attempt to enable stream management until after it
       // has completed resource binding"; the server "SHALL enforce this order".
-      this.sendToClient(failed(ns, 'unexpected-request', 'bind a resource before enabling stream management'));
+      this.refuse(ns, smFailure('enable-before-bind'));
       return;
     }
     if (s.sm !== undefined) {
       // XEP-0198 §3: the client SHALL enable at most once; the stream stays usable (Prosody, ejabberd).
-      this.sendToClient(failed(ns, 'unexpected-request', 'stream management is already enabled'));
+      this.refuse(ns, smFailure('enable-twice'));
       return;
     }
     const result = StreamManagement.enable({
@@ -501,7 +498,7 @@ export class Session {
       budget: this.deps.budget,
     });
     if (!result.ok) {
-      this.sendToClient(failed(ns, 'bad-request', result.text));
+      this.refuse(ns, smFailure('enable-invalid', result.text));
       return;
     }
     const sm = result.sm;
@@ -613,22 +610,19 @@ export class Session {
   private onResume(resume: Element, ns: SmNamespace): void {
     const s = this.state;
     if (s.name !== 'authenticated') {
-      const why = s.name === 'authenticating' ? 'authenticate before resuming' : 'resume must come before resource binding';
-      this.sendToClient(failed(ns, 'unexpected-request', why));
+      this.refuse(ns, smFailure(s.name === 'authenticating' ? 'resume-before-auth' : 'resume-after-bind'));
       return;
     }
     const previd = (resume.attrs.previd as string | undefined) ?? '';
     const h = parseH(resume.attrs.h as string | undefined);
     if (h === undefined) {
-      this.sendToClient(failed(ns, 'bad-request', "<resume/> needs an h attribute (XEP-0198 §5)"));
+      this.refuse(ns, smFailure('resume-without-h'));
       return;
     }
     const target = this.deps.registry.findResumable(previd);
     if (target === undefined || target === this) {
       const ended = this.deps.registry.recallEnded(previd, this.deps.now());
-      const text = ended === undefined ? 'unknown or expired session id' : `the session ${ENDED_TEXT[ended.reason]}`;
-      this.log.info({ previd: shortId(previd), reason: ended?.reason ?? 'unknown' }, 'resume failed');
-      this.sendToClient(failed(ns, 'item-not-found', text, ended?.h));
+      this.refuse(ns, ended === undefined ? smFailure('resume-unknown-id') : withH(smFailure('resume-ended', ended.reason), ended.h), previd);
       return;
     }
     const bindId = BIND_ID_PREFIX + this.sid;
@@ -674,14 +668,13 @@ export class Session {
     if (bareJid === undefined || targetJid === undefined || bareJid !== targetJid) {
       // The target may have ended during the bind round trip: then say how, with its h.
       const ended = targetJid === undefined ? this.deps.registry.recallEnded(request.previd, this.deps.now()) : undefined;
-      const text =
-        bareJid === undefined ? 'the legacy server refused the identity check'
-        : ended !== undefined ? `the session ${ENDED_TEXT[ended.reason]}`
-        : targetJid === undefined ? 'the session can no longer be resumed'
-        : 'the session belongs to another account';
-      this.log.info({ previd: shortId(request.previd), reason: text }, 'resume failed');
       const sameAccount = ended !== undefined && bareJid !== undefined && ended.bareJid === bareJid;
-      this.sendToClient(failed(request.ns, 'item-not-found', text, sameAccount ? ended.h : undefined));
+      const failure =
+        bareJid === undefined ? smFailure('resume-identity-refused')
+        : ended !== undefined ? withH(smFailure('resume-ended', ended.reason), sameAccount ? ended.h : undefined)
+        : targetJid === undefined ? smFailure('resume-not-resumable')
+        : smFailure('resume-other-account');
+      this.refuse(request.ns, failure, request.previd);
       this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
@@ -689,8 +682,7 @@ export class Session {
     }
     const outcome = request.target.takeOver(link, request);
     if (!outcome.ok) {
-      this.log.info({ previd: shortId(request.previd), reason: outcome.text }, 'resume failed');
-      this.sendToClient(failed(request.ns, outcome.condition, outcome.text, outcome.h, outcome.appCondition));
+      this.refuse(request.ns, outcome.failure, request.previd);
       this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
@@ -715,7 +707,7 @@ export class Session {
   takeOver(link: ClientLink, request: ResumeRequest): ResumeOutcome {
     const s = this.state;
     if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined || !s.sm.resumable) {
-      return { ok: false, condition: 'item-not-found', text: 'the session can no longer be resumed', h: undefined };
+      return { ok: false, failure: smFailure('resume-not-resumable') };
     }
     const sm = s.sm;
     const resumed = sm.queue.resume(request.h);
@@ -723,21 +715,13 @@ export class Session {
       // XEP-0198 §6: on an h above what was sent "the local entity SHOULD generate an
       // undefined-condition ... that includes a <handled-count-too-high/> element"; on resume that
       // is a <failed/>, and the session is kept untouched (Openfire).
-      const { h, sendCount } = resumed.ack;
-      return {
-        ok: false,
-        condition: 'undefined-condition',
-        text: `h=${h} acks more than the ${sendCount} stanzas sent`,
-        h: sm.inbound.h,
-        appCondition: { name: 'handled-count-too-high', xmlns: NS.sm3, attrs: { h: String(h), 'send-count': String(sendCount) } },
-      };
+      return { ok: false, failure: withH(smFailure('resume-h-too-high', resumed.ack.h, resumed.ack.sendCount), sm.inbound.h) };
     }
     if (resumed.ack.kind === 'backwards') {
       // XEP-0198 §5 replays "any stanzas that are still marked as unhandled" counted from h; those
       // between h and the last accepted ack are gone, and replaying from the ack would leave the
       // client's counter behind for good. Refused like too-high; the session is kept untouched.
-      const { h, previous } = resumed.ack;
-      return { ok: false, condition: 'undefined-condition', text: `h=${h} is below the last acknowledged count ${previous}`, h: sm.inbound.h };
+      return { ok: false, failure: withH(smFailure('resume-h-below-ack', resumed.ack.h, resumed.ack.previous), sm.inbound.h) };
     }
     if (s.name === 'active') {
       // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
@@ -1191,15 +1175,6 @@ export class Session {
   }
 }
 
-const ENDED_TEXT: Record<EndedReason, string> = {
-  expired: 'expired: the client did not come back within the hibernation time',
-  closed: 'was closed by the client',
-  'upstream-lost': 'ended because the legacy server closed it',
-  'queue-overflow': 'ended because too many stanzas went unacknowledged',
-  error: 'ended with a stream error',
-  shutdown: 'ended when the proxy restarted',
-};
-
 /** The id of a client `<iq type='set'><bind/></iq>` (RFC 6120 §7.6), or undefined for anything else. */
 function bindRequestId(element: ScannedElement): string | undefined {
   if (element.localName !== 'iq' || !element.bytes.includes(NS.bind)) return undefined;
@@ -1227,12 +1202,6 @@ function headerAttrs(header: StreamHeader): { to?: string; from?: string; versio
  * XEP-0198 `<failed/>` with a stanza error condition, a text saying why (users need it) and, like
  * an RFC 6120 §8.3.2 stanza error, an optional application-specific element after the text.
  */
-function failed(ns: SmNamespace, condition: string, text: string, h?: number, appCondition?: AppCondition): string {
-  const hAttr = h === undefined ? '' : ` h='${h}'`;
-  const app = appCondition === undefined ? '' : renderAppCondition(appCondition);
-  return `<failed xmlns='${ns}'${hAttr}><${condition} xmlns='${NS.stanzas}'/><text xmlns='${NS.stanzas}' xml:lang='en'>${escapeXml(text)}</text>${app}</failed>`;
-}
-
 /** SM-IDs are secrets of their session: logs carry only a prefix. */
 function shortId(id: string): string {
   return id.slice(0, 6);

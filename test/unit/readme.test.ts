@@ -2,8 +2,9 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import schema from '../../src/config/proxy.schema.json' with { type: 'json' };
 import { ErrorCode } from '../../src/errors.js';
+import { SM_FAILURES } from '../../src/sm/failures.js';
 
-// The README lists every config key and every error code. This keeps
+// The README lists every config key, every error code and every `<failed/>` key. This keeps
 // it true when a key or a code is added.
 
 const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
@@ -48,5 +49,9 @@ describe('README', () => {
 
   it.each(Object.values(ErrorCode))('documents error code %s', (code) => {
     expect(readme).toContain(`| \`${code}\``);
+  });
+
+  it.each(Object.keys(SM_FAILURES))('documents the <failed/> key %s', (key) => {
+    expect(readme).toContain(`| \`${key}\``);
   });
 });
