@@ -62,6 +62,9 @@ export const ErrorCode = {
   /** A newer connection resumed this session (XEP-0198 §5): `conflict`. */
   SM_TAKEOVER: 'PROXY_ERR_SM_TAKEOVER',
 
+  /** A SASL `<auth/>` whose authorization identity names another account (foreign-authzid.ts): SASL `<invalid-authzid/>`. */
+  SASL_FOREIGN_AUTHZID: 'PROXY_ERR_SASL_FOREIGN_AUTHZID',
+
   /** The proxy is shutting down: `system-shutdown`. */
   SHUTDOWN: 'PROXY_ERR_SHUTDOWN',
   /** A bug: a state the code believed impossible: `internal-server-error`. */

@@ -3,8 +3,6 @@ import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
 
-const NEEDLE = Buffer.from(NS.iqAuth, 'utf8');
-
 /**
  * XEP-0078 non-SASL authentication through the proxy is refused, and the legacy server's offer of
  * it is removed from the features (features.ts). It authenticates and binds in one iq, with no SASL
@@ -17,7 +15,9 @@ const NEEDLE = Buffer.from(NS.iqAuth, 'utf8');
  * does not offer the protocol answers `<service-unavailable/>`), or `undefined` for anything else.
  */
 export function refuseLegacyAuth(element: ScannedElement): string | undefined {
-  if (element.localName !== 'iq' || !element.bytes.includes(NEEDLE)) return undefined;
+  // Parsed, not searched for as bytes: `jabber:iq&#58;auth` is the same namespace. Before
+  // authentication iqs are few (this, in-band registration), so the parse costs nothing that matters.
+  if (element.localName !== 'iq') return undefined;
   const iq = parseElement(element.bytes);
   const type = iq.attrs.type as string | undefined;
   if ((type !== 'get' && type !== 'set') || iq.getChild('query', NS.iqAuth) === undefined) return undefined;

@@ -15,6 +15,7 @@ import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
+import { refuseForeignAuthzid } from './foreign-authzid.js';
 import { refuseLegacyAuth } from './legacy-auth.js';
 import { SaslIdentity } from './sasl-identity.js';
 import type { SessionRegistry } from './session-registry.js';
@@ -369,6 +370,12 @@ export class Session {
           return;
         }
         if (s.name === 'authenticating') {
+          const foreign = refuseForeignAuthzid(element, this.domain ?? '');
+          if (foreign !== undefined) {
+            this.log.info({ code: ErrorCode.SASL_FOREIGN_AUTHZID }, 'SASL authorization identity of another account refused');
+            this.sendToClient(foreign);
+            return;
+          }
           s.sasl.fromClient(element);
           const refusal = refuseLegacyAuth(element);
           if (refusal !== undefined) {
@@ -627,8 +634,9 @@ export class Session {
     }
     const bindId = BIND_ID_PREFIX + this.sid;
     // The SASL exchange named exactly the hibernated session's account: confirmed with no second
-    // resource, which a server allowing one resource per account would trade for the session.
-    const confirmedBySasl = s.saslJid !== undefined && s.saslJid === target.bareJid;
+    // resource, which a server allowing one resource per account would trade for the session. A
+    // stream that bound a resource already has the server's own answer, which comes first.
+    const confirmedBySasl = s.boundJid === undefined && s.saslJid !== undefined && s.saslJid === target.bareJid;
     const resuming: Extract<State, { name: 'resuming' }> = {
       name: 'resuming',
       authTimer: s.authTimer,

@@ -118,7 +118,8 @@ export class InheritedNamespaces {
     for (const [attr, uri] of Object.entries(header.attrs)) {
       if (!attr.startsWith('xmlns:')) continue;
       const prefix = attr.slice('xmlns:'.length);
-      if (prefix === 'stream' && uri === NS.stream) continue;
+      // Namespaces in XML 1.0 §3 [NSC: No Prefix Undeclaring]: `xmlns:p=''` binds nothing.
+      if ((prefix === 'stream' && uri === NS.stream) || uri === '') continue;
       declarations.push(declaration(prefix, uri));
     }
     if (declarations.length === 0) return undefined;

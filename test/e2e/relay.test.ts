@@ -15,7 +15,7 @@ const TRANSPORTS: RawTransport[] = ['starttls', 'directtls', 'websocket'];
 /** The SASL mechanisms each legacy server offers through the proxy, as its test instance is set up. */
 const MECHANISMS: Readonly<Record<LegacyServerKind, readonly SaslMechanism[]>> = {
   prosody: ['PLAIN', 'SCRAM-SHA-1'],
-  ejabberd: ['PLAIN', 'SCRAM-SHA-1'],
+  ejabberd: ['PLAIN', 'SCRAM-SHA-1', 'DIGEST-MD5'],
   jabberd2: ['PLAIN', 'SCRAM-SHA-1', 'DIGEST-MD5'],
 };
 

@@ -42,7 +42,7 @@ export interface SupervisedProcess {
 export function spawnSupervised(
   command: string,
   args: readonly string[],
-  options: { dir: string; consoleFile: string; env?: NodeJS.ProcessEnv; detached?: boolean },
+  options: { dir: string; consoleFile: string; env?: NodeJS.ProcessEnv },
 ): SupervisedProcess {
   installExitHook();
   const consoleFd = openSync(options.consoleFile, 'a');

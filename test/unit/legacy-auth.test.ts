@@ -10,6 +10,7 @@ describe('refuseLegacyAuth (XEP-0078)', () => {
   it.each([
     ['get (field discovery)', "<iq type='get' id='a1' to='localhost'><query xmlns='jabber:iq:auth'><username>alice</username></query></iq>"],
     ['set (plaintext login)', "<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice</username><password>x</password><resource>r</resource></query></iq>"],
+    ['set with the namespace written with a character reference', "<iq type='set' id='a1'><query xmlns='jabber:iq&#58;auth'><username>alice</username><password>x</password><resource>r</resource></query></iq>"],
   ])('answers a %s with service-unavailable and the same id', (_label, xml) => {
     const answer = refuseLegacyAuth(scanned(xml));
     expect(answer).toBeDefined();

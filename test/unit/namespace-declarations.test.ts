@@ -66,6 +66,11 @@ describe('InheritedNamespaces', () => {
     expect(InheritedNamespaces.of({ bytes: Buffer.alloc(0), name: 'stream:stream', attrs })).toBeUndefined();
   });
 
+  it("ignores a header's xmlns:p='' (it binds nothing)", () => {
+    const attrs = { xmlns: 'jabber:client', 'xmlns:stream': 'http://etherx.jabber.org/streams', 'xmlns:p': '' };
+    expect(InheritedNamespaces.of({ bytes: Buffer.alloc(0), name: 'stream:stream', attrs })).toBeUndefined();
+  });
+
   it('makes jabberd2 <ack:ack/> in features bound for a client that never saw jabberd2 header, at every split', () => {
     for (let splitAt = 0; splitAt <= JABBERD2_POST_AUTH_FEATURES.length; splitAt++) {
       const [features] = frame(JABBERD2_HEADER, JABBERD2_POST_AUTH_FEATURES, splitAt);

@@ -684,6 +684,47 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     expect(c.session.stateName).toBe('active');
   });
 
+  /** A new connection through SASL success (as `user`) and the client's restart, its `<resume/>` pipelined before the upstream restarted. */
+  async function pipelinedResume(smId: string): Promise<Connection> {
+    const c2 = rig.connect();
+    c2.client.openStream();
+    await settle();
+    c2.upstream = rig.takeUpstream();
+    c2.upstream.openStream();
+    c2.upstream.write(`<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`);
+    c2.client.write(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${Buffer.from('\0user\0secret').toString('base64')}</auth>`);
+    c2.upstream.write(`<success xmlns='${NS.sasl}'/>`);
+    c2.client.openStream();
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
+    return c2;
+  }
+
+  it('the hibernated session expires while the resume waits for the features: <failed/> says so, with its h', async () => {
+    const { c, smId } = await hibernating();
+    await advance(SETTINGS.hibernationMs - 1);
+    const c2 = await pipelinedResume(smId);
+    await advance(1);
+    expect(c.session.stateName).toBe('closed');
+    c2.upstream.openStream();
+    c2.upstream.write(`<stream:features><bind xmlns='${NS.bind}'/></stream:features>`);
+    const failed = c2.client.elements().at(-1);
+    expect(failed?.name).toBe('failed');
+    expect(failed?.attrs.h).toBe('0');
+    expect(failed?.getChildText('text')).toMatch(/^the session expired/);
+    expect(c2.session.stateName).toBe('authenticated');
+  });
+
+  it('the client goes away while its resume waits for the features: the hibernated session is untouched', async () => {
+    const { c, smId } = await hibernating();
+    const c2 = await pipelinedResume(smId);
+    c2.client.drop();
+    c2.upstream.openStream();
+    c2.upstream.write(`<stream:features><bind xmlns='${NS.bind}'/></stream:features>`);
+    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);
+    expect(c.session.stateName).toBe('hibernating');
+    expect(rig.seen.hibernationEnded).toEqual([]);
+  });
+
   it('another spelling of the name is left to the server: its bind answer decides (here: the same account)', async () => {
     const { c, smId } = await hibernating();
     const c2 = rig.connect();
