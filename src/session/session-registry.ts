@@ -1,5 +1,17 @@
+import { InvariantError } from '../errors.js';
 import type { EndedReason } from '../sm/failures.js';
+import type { ResumeCandidate } from '../sm/resumption.js';
+import type { ClientLink } from '../transport/client-link.js';
+import type { SmNamespace } from '../xml/namespaces.js';
+import type { ScannedElement } from '../xml/stream-scanner.js';
 import type { Session } from './session.js';
+
+/** What a resuming connection hands the session it resumes (XEP-0198 §5): its link, the namespace of its `<resume/>` and its `h`. */
+export interface ResumeHandOver {
+  readonly link: ClientLink;
+  readonly ns: SmNamespace;
+  readonly h: number;
+}
 
 export interface EndedSession {
   readonly h: number;
@@ -69,6 +81,27 @@ export class SessionRegistry {
 
   findResumable(smId: string): Session | undefined {
     return this.resumable.get(smId);
+  }
+
+  /** What a `<resume previd h/>` finds: a live session's facts, how a remembered one ended, or nothing (sm/resumption.ts decides). */
+  lookup(smId: string, h: number, nowMs: number): ResumeCandidate {
+    const live = this.resumable.get(smId);
+    if (live !== undefined) return live.resumeCandidate(h);
+    const ended = this.recallEnded(smId, nowMs);
+    return ended === undefined ? { kind: 'unknown' } : { kind: 'ended', reason: ended.reason, bareJid: ended.bareJid, h: ended.h };
+  }
+
+  /**
+   * The broker of a resumption decideResume accepted: the session `smId` names takes the resuming
+   * connection's link (`<resumed/>`, the replay). The resuming connection's own session never holds
+   * the other; it gets back what delivers the elements its client pipelined behind `<resume/>`,
+   * to call once it has closed its temporary stream.
+   */
+  resume(smId: string, handOver: ResumeHandOver): (held: readonly ScannedElement[]) => void {
+    const target = this.resumable.get(smId);
+    if (target === undefined) throw new InvariantError(`resume accepted for ${smId.slice(0, 6)}, which is not resumable`);
+    target.takeOver(handOver);
+    return (held) => target.acceptHeld(held);
   }
 
   /** Forgets a resumable session and remembers how it ended. */

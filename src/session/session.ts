@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
 import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError } from '../errors.js';
 import type { MemoryBudget } from '../sm/memory-budget.js';
-import { renderFailed, smFailure, withH, type EndedReason, type SmFailure } from '../sm/failures.js';
+import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm/failures.js';
+import { decideBeforeIdentity, decideResume, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
 import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
@@ -18,7 +19,7 @@ import { rewriteFeatures, type FeaturesFindings } from './features.js';
 import { refuseForeignAuthzid } from './foreign-authzid.js';
 import { refuseLegacyAuth } from './legacy-auth.js';
 import { SaslIdentity } from './sasl-identity.js';
-import type { SessionRegistry } from './session-registry.js';
+import type { ResumeHandOver, SessionRegistry } from './session-registry.js';
 import { StreamManagement, type SmSettings } from './stream-management.js';
 
 /** Limits and timings a session applies, in the units the code uses. Built from the config. */
@@ -138,12 +139,9 @@ interface ResumeRequest {
   readonly ns: SmNamespace;
   readonly previd: string;
   readonly h: number;
-  readonly target: Session;
   readonly bindId: string;
 }
 
-/** Outcome of asking a session to take over a client link on resumption. */
-export type ResumeOutcome = { ok: true } | { ok: false; failure: SmFailure };
 
 /** Counters for the summary line logged when the session ends. */
 interface SessionStats {
@@ -626,22 +624,22 @@ export class Session {
       this.refuse(ns, smFailure('resume-without-h'));
       return;
     }
-    const target = this.deps.registry.findResumable(previd);
-    if (target === undefined || target === this) {
-      const ended = this.deps.registry.recallEnded(previd, this.deps.now());
-      this.refuse(ns, ended === undefined ? smFailure('resume-unknown-id') : withH(smFailure('resume-ended', ended.reason), ended.h), previd);
+    const candidate = this.deps.registry.lookup(previd, h, this.deps.now());
+    const early = decideBeforeIdentity(candidate);
+    if (early !== undefined) {
+      if (!early.ok) this.refuse(ns, early.failure, previd);
       return;
     }
     const bindId = BIND_ID_PREFIX + this.sid;
     // The SASL exchange named exactly the hibernated session's account: confirmed with no second
     // resource, which a server allowing one resource per account would trade for the session. A
     // stream that bound a resource already has the server's own answer, which comes first.
-    const confirmedBySasl = s.boundJid === undefined && s.saslJid !== undefined && s.saslJid === target.bareJid;
+    const confirmedBySasl = s.boundJid === undefined && s.saslJid !== undefined && candidate.kind === 'live' && s.saslJid === candidate.bareJid;
     const resuming: Extract<State, { name: 'resuming' }> = {
       name: 'resuming',
       authTimer: s.authTimer,
       upstream: s.upstream,
-      request: { ns, previd, h, target, bindId },
+      request: { ns, previd, h, bindId },
       held: [],
       saslJid: s.saslJid,
       awaitingFeatures: confirmedBySasl && !s.featuresRelayed,
@@ -651,7 +649,7 @@ export class Session {
     if (confirmedBySasl) {
       // XEP-0198 §5: the client resumes "where it would otherwise bind", so `<resumed/>` belongs
       // after the restarted stream's header and features; a pipelined `<resume/>` waits for them.
-      if (!resuming.awaitingFeatures) this.onIdentityKnown(resuming, target.bareJid, s.boundJid);
+      if (!resuming.awaitingFeatures) this.onIdentityKnown(resuming, s.saslJid, s.boundJid);
       return;
     }
     // The identity is the legacy server's own answer. Bind a throwaway resource on this
@@ -672,65 +670,46 @@ export class Session {
   private onIdentityKnown(s: Extract<State, { name: 'resuming' }>, bareJid: string | undefined, boundJid: string | undefined): void {
     const { request } = s;
     const link = this.requireLink();
-    const targetJid = request.target.bareJid;
-    if (bareJid === undefined || targetJid === undefined || bareJid !== targetJid) {
-      // The target may have ended during the bind round trip: then say how, with its h.
-      const ended = targetJid === undefined ? this.deps.registry.recallEnded(request.previd, this.deps.now()) : undefined;
-      const sameAccount = ended !== undefined && bareJid !== undefined && ended.bareJid === bareJid;
-      const failure =
-        bareJid === undefined ? smFailure('resume-identity-refused')
-        : ended !== undefined ? withH(smFailure('resume-ended', ended.reason), sameAccount ? ended.h : undefined)
-        : targetJid === undefined ? smFailure('resume-not-resumable')
-        : smFailure('resume-other-account');
-      this.refuse(request.ns, failure, request.previd);
+    // Looked up again: the session may have ended, or its client acked, during the identity check.
+    const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), bareJid);
+    if (!decision.ok) {
+      this.refuse(request.ns, decision.failure, request.previd);
       this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
       this.releaseClient('waiting');
       for (const element of s.held) this.onClientElement(element);
       return;
     }
-    const outcome = request.target.takeOver(link, request);
-    if (!outcome.ok) {
-      this.refuse(request.ns, outcome.failure, request.previd);
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
-      this.releaseClient('waiting');
-      for (const element of s.held) this.onClientElement(element);
-      return;
-    }
+    const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h });
     // The client now belongs to the resumed session: the temporary stream closes cleanly, and
     // what the client pipelined after <resume/> goes to the resumed session, in order.
     this.releaseAllClientHolds();
     this.link = undefined;
     s.upstream.close();
-    this.log.info({ into: request.target.sid }, 'client resumed another session; temporary stream closed');
+    this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
-    request.target.acceptHeld(s.held);
+    deliverHeld(s.held);
+  }
+
+  /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
+  resumeCandidate(h: number): ResumeCandidate {
+    const s = this.state;
+    if (s.name !== 'active' && s.name !== 'hibernating') return { kind: 'live', bareJid: undefined, resumable: false, h: 0, ack: { kind: 'in-range' } };
+    const sm = s.sm;
+    if (sm === undefined) return { kind: 'live', bareJid: bare(s.jid), resumable: false, h: 0, ack: { kind: 'in-range' } };
+    return { kind: 'live', bareJid: bare(s.jid), resumable: sm.resumable, h: sm.inbound.h, ack: sm.queue.checkAck(h) };
   }
 
   /**
-   * Called on the hibernated (or still attached) session by the new connection's session once
-   * the identity matched. Validates before touching anything (a failed resume leaves this session
-   * as it was), then takes the link: `<resumed/>`, replay of unacked stanzas, normal flow.
+   * Called by the registry once decideResume accepted a resume of this (hibernated or still
+   * attached) session: takes the link, `<resumed/>`, replay of unacked stanzas, normal flow.
    */
-  takeOver(link: ClientLink, request: ResumeRequest): ResumeOutcome {
+  takeOver({ link, ns, h }: ResumeHandOver): void {
     const s = this.state;
-    if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined || !s.sm.resumable) {
-      return { ok: false, failure: smFailure('resume-not-resumable') };
-    }
+    if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined) throw new InvariantError(`resume accepted for a session in state ${s.name}`);
     const sm = s.sm;
-    const resumed = sm.queue.resume(request.h);
-    if (resumed.ack.kind === 'too-high') {
-      // XEP-0198 §6: on an h above what was sent "the local entity SHOULD generate an
-      // undefined-condition ... that includes a <handled-count-too-high/> element"; on resume that
-      // is a <failed/>, and the session is kept untouched (Openfire).
-      return { ok: false, failure: withH(smFailure('resume-h-too-high', resumed.ack.h, resumed.ack.sendCount), sm.inbound.h) };
-    }
-    if (resumed.ack.kind === 'backwards') {
-      // XEP-0198 §5 replays "any stanzas that are still marked as unhandled" counted from h; those
-      // between h and the last accepted ack are gone, and replaying from the ack would leave the
-      // client's counter behind for good. Refused like too-high; the session is kept untouched.
-      return { ok: false, failure: withH(smFailure('resume-h-below-ack', resumed.ack.h, resumed.ack.previous), sm.inbound.h) };
-    }
+    const resumed = sm.queue.resume(h);
+    if (resumed.ack.kind !== 'acked') throw new InvariantError(`resume accepted with h=${h}, which the queue refuses (${resumed.ack.kind})`);
     if (s.name === 'active') {
       // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
       const old = this.link;
@@ -747,13 +726,13 @@ export class Session {
     sm.policy.answered();
     this.transition({ name: 'active', upstream: s.upstream, jid: s.jid, sm, ackTimer: undefined, requestTimer: undefined });
     // XEP-0198 §5: <resumed/> first, then every unacked stanza in its original order.
-    this.sendToClient(sm.resumedElement(request.ns));
+    this.sendToClient(sm.resumedElement(ns));
     const from = bare(s.jid);
     for (const entry of resumed.replay) {
       // XEP-0203: replayed messages carry their original time.
       this.sendToClient(isMessage(entry.bytes) ? addDelay(entry.bytes, entry.sentAtMs, from) : entry.bytes);
     }
-    this.log.info({ replayed: resumed.replay.length, hibernatedMs, h: request.h }, 'session resumed');
+    this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
     if (wasHibernating) this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
     if (this.upstreamPaused) {
@@ -763,7 +742,6 @@ export class Session {
     this.armRequestTimer();
     // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
     if (resumed.replay.length > 0) this.requestAck();
-    return { ok: true };
   }
 
   /** Elements the client pipelined after `<resume/>` (Monal), delivered after the replay. */

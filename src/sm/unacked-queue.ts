@@ -26,10 +26,13 @@ export type PushResult = { ok: true } | { ok: false; reason: 'stanzas' | 'bytes'
  * - `backwards`: `h` is below the last accepted ack; nothing changed. XEP-0198 does not say what to
  *   do; like ejabberd and Openfire we tolerate it.
  */
-export type AckResult =
-  | { kind: 'acked'; count: number }
-  | { kind: 'too-high'; h: number; sendCount: number }
-  | { kind: 'backwards'; h: number; previous: number };
+export type AckResult = { kind: 'acked'; count: number } | AckRefusal;
+
+/** An `h` the queue does not take (see {@link AckResult}). */
+export type AckRefusal = { kind: 'too-high'; h: number; sendCount: number } | { kind: 'backwards'; h: number; previous: number };
+
+/** What {@link UnackedQueue.checkAck} finds: `in-range` (an ack would be accepted), or why not. */
+export type AckCheck = { kind: 'in-range' } | AckRefusal;
 
 /** One queued stanza: its bytes (the queue's own copy; do not modify) and when it was first sent. */
 export interface UnackedEntry {
@@ -195,16 +198,9 @@ export class UnackedQueue {
    * Either way nothing changes.
    */
   ack(h: number): AckResult {
+    const check = this.checkAck(h);
+    if (check.kind !== 'in-range') return check;
     const advance = seqDistance(this.#acked, h);
-    const unacked = seqDistance(this.#acked, this.#sent);
-    if (advance > unacked) {
-      const behind = seqDistance(h, this.#acked);
-      const invalidValues = MAX_SEQ - unacked; // 2^32 values minus the unacked + 1 valid ones
-      const backwardsWindow = Math.min(this.#ackedTotal, Math.floor(invalidValues / 2));
-      return behind <= backwardsWindow
-        ? { kind: 'backwards', h, previous: this.#acked }
-        : { kind: 'too-high', h, sendCount: this.#sent };
-    }
     const overDrained = Math.min(advance, this.#drainedAhead);
     this.#drainedAhead -= overDrained;
     const count = advance - overDrained;
@@ -212,6 +208,17 @@ export class UnackedQueue {
     this.#acked = h;
     this.#ackedTotal += advance;
     return { kind: 'acked', count };
+  }
+
+  /** What {@link ack} would say of `h`, changing nothing (for a decision made before acting on it). */
+  checkAck(h: number): AckCheck {
+    const advance = seqDistance(this.#acked, h);
+    const unacked = seqDistance(this.#acked, this.#sent);
+    if (advance <= unacked) return { kind: 'in-range' };
+    const behind = seqDistance(h, this.#acked);
+    const invalidValues = MAX_SEQ - unacked; // 2^32 values minus the unacked + 1 valid ones
+    const backwardsWindow = Math.min(this.#ackedTotal, Math.floor(invalidValues / 2));
+    return behind <= backwardsWindow ? { kind: 'backwards', h, previous: this.#acked } : { kind: 'too-high', h, sendCount: this.#sent };
   }
 
   /** When the oldest unacked entry was first sent, or undefined if none is held. */

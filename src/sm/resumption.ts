@@ -1,0 +1,71 @@
+import { smFailure, withH, type EndedReason, type SmFailure } from './failures.js';
+import type { AckCheck } from './unacked-queue.js';
+
+/**
+ * What a `<resume previd h/>` finds under its SM-ID, as the session registry reports it at the
+ * moment of the decision (XEP-0198 §5). Plain data: the decision below needs no session.
+ */
+export type ResumeCandidate =
+  /** No session with that id, live or remembered. */
+  | { readonly kind: 'unknown' }
+  /** The session ended; the registry remembers how, its account and its final `h`. */
+  | { readonly kind: 'ended'; readonly reason: EndedReason; readonly bareJid: string; readonly h: number }
+  /** A live session (attached or hibernating). */
+  | {
+      readonly kind: 'live';
+      /** Its account, once bound. */
+      readonly bareJid: string | undefined;
+      /** It can still be resumed (its queue never overflowed, it is not ending). */
+      readonly resumable: boolean;
+      /** Its handled count, told to the client in a `<failed/>` about `h`. */
+      readonly h: number;
+      /** The client's `h` against the session's unacked queue. */
+      readonly ack: AckCheck;
+    };
+
+export type ResumeDecision = { readonly ok: true } | { readonly ok: false; readonly failure: SmFailure };
+
+/**
+ * The answer before the resuming client's account is known (it has authenticated, but which
+ * account that is comes from the SASL exchange or the legacy server): refuse at once what is not
+ * a live session, else `undefined` (go on to the identity check).
+ */
+export function decideBeforeIdentity(candidate: ResumeCandidate): ResumeDecision | undefined {
+  switch (candidate.kind) {
+    case 'unknown':
+      return { ok: false, failure: smFailure('resume-unknown-id') };
+    case 'ended':
+      return { ok: false, failure: withH(smFailure('resume-ended', candidate.reason), candidate.h) };
+    case 'live':
+      return undefined;
+  }
+}
+
+/**
+ * The decision once the resuming client's account is known (`account`: its bare JID; `undefined`
+ * when the legacy server refused the identity check). XEP-0198 §5: "the server MUST verify that
+ * the resuming entity is the same as the original entity"; an `h` the queue cannot take
+ * (XEP-0198 §6: above what was sent; or below what the client already acknowledged) refuses the
+ * resume and leaves the session as it was. The same decision serves a `<resume/>` nonza and,
+ * later, a resume inline in SASL2.
+ */
+export function decideResume(candidate: ResumeCandidate, account: string | undefined): ResumeDecision {
+  if (account === undefined) return { ok: false, failure: smFailure('resume-identity-refused') };
+  switch (candidate.kind) {
+    case 'unknown':
+      // It was live when the `<resume/>` arrived, and has gone since without a trace.
+      return { ok: false, failure: smFailure('resume-not-resumable') };
+    case 'ended':
+      // It ended while the identity was checked: how, and its h only to its own account.
+      return { ok: false, failure: withH(smFailure('resume-ended', candidate.reason), candidate.bareJid === account ? candidate.h : undefined) };
+    case 'live': {
+      if (candidate.bareJid === undefined) return { ok: false, failure: smFailure('resume-not-resumable') };
+      if (candidate.bareJid !== account) return { ok: false, failure: smFailure('resume-other-account') };
+      if (!candidate.resumable) return { ok: false, failure: smFailure('resume-not-resumable') };
+      const { ack } = candidate;
+      if (ack.kind === 'too-high') return { ok: false, failure: withH(smFailure('resume-h-too-high', ack.h, ack.sendCount), candidate.h) };
+      if (ack.kind === 'backwards') return { ok: false, failure: withH(smFailure('resume-h-below-ack', ack.h, ack.previous), candidate.h) };
+      return { ok: true };
+    }
+  }
+}
