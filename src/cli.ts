@@ -59,6 +59,13 @@ async function main(): Promise<number> {
 
   const log = createLogger(config.log);
   const proxy = new Proxy(config, log);
+  // Handlers first: a signal that arrives while the proxy is still starting (it logs 'listening'
+  // before its start-up probe of the legacy servers is done) stops it cleanly once started, instead
+  // of ending the process by the signal's default action.
+  const signalled = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
+  });
   try {
     await proxy.start();
   } catch (err) {
@@ -69,18 +76,15 @@ async function main(): Promise<number> {
     return EXIT.startup;
   }
 
+  const signal = await signalled;
+  log.info({ signal }, 'signal received');
   return new Promise((resolve) => {
-    const onSignal = (signal: NodeJS.Signals): void => {
-      log.info({ signal }, 'signal received');
-      const force = setTimeout(() => resolve(EXIT.forced), (config.shutdownGraceSeconds + 5) * 1000);
-      force.unref();
-      void proxy.stop().then(() => {
-        clearTimeout(force);
-        resolve(EXIT.ok);
-      });
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
+    const force = setTimeout(() => resolve(EXIT.forced), (config.shutdownGraceSeconds + 5) * 1000);
+    force.unref();
+    void proxy.stop().then(() => {
+      clearTimeout(force);
+      resolve(EXIT.ok);
+    });
   });
 }
 
