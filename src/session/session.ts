@@ -143,6 +143,38 @@ interface ResumeRequest {
 }
 
 
+/** Why a session ends ({@link Session.end}). */
+type EndCause =
+  /** The client closed, or the link ended without hibernation, or the legacy server answered our close. */
+  | { readonly kind: 'closed' }
+  /** A hibernation ran out (XEP-0198 §5). */
+  | { readonly kind: 'expired' }
+  /** The proxy stops while the session hibernates. */
+  | { readonly kind: 'shutdown' }
+  /** The proxy ends the stream with a stream error (bad input, limits, timeouts, shutdown of an attached session). */
+  | { readonly kind: 'stream-error'; readonly error: StreamError }
+  /** The unacked queue overflowed. */
+  | { readonly kind: 'queue-overflow'; readonly error: StreamError; readonly overflowing: Buffer }
+  /** The legacy server ended the user's stream with a stream error: relayed (RFC 6120 names). */
+  | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
+  /** The legacy server's connection failed or closed. */
+  | { readonly kind: 'upstream-lost'; readonly error: UpstreamError };
+
+/**
+ * What each ending does (the client side is in `end`'s switch): the reason remembered for a late
+ * `<resume/>` and logged, whether the unacked stanzas can still be answered through the user's
+ * upstream stream (README, What it does), and whether that stream is closed or dropped.
+ */
+const HOW_TO_END: Readonly<Record<EndCause['kind'], { readonly reason: EndedReason; readonly unacked: 'answer' | 'lost'; readonly upstream: 'close' | 'destroy' }>> = {
+  closed: { reason: 'closed', unacked: 'answer', upstream: 'close' },
+  expired: { reason: 'expired', unacked: 'answer', upstream: 'close' },
+  shutdown: { reason: 'shutdown', unacked: 'answer', upstream: 'close' },
+  'stream-error': { reason: 'error', unacked: 'answer', upstream: 'close' },
+  'queue-overflow': { reason: 'queue-overflow', unacked: 'answer', upstream: 'close' },
+  'upstream-error': { reason: 'upstream-lost', unacked: 'lost', upstream: 'close' },
+  'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
+};
+
 /** Counters for the summary line logged when the session ends. */
 interface SessionStats {
   fromClient: number;
@@ -782,19 +814,7 @@ export class Session {
     const s = this.state;
     if (s.name !== 'hibernating' || s.expiryTimer !== timer) return;
     this.log.info({ queued: s.sm.queue.length }, 'hibernation expired');
-    this.endHibernation(s, 'expired');
-  }
-
-  /** Ends a hibernating session: dispose of the queue (bounce.ts), close the upstream cleanly. */
-  private endHibernation(s: Extract<State, { name: 'hibernating' }>, reason: EndedReason): void {
-    this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
-    // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces written
-    // behind it would never be processed, so with the upstream lost they are dropped (and logged).
-    this.disposeUnacked(s.sm, reason === 'upstream-lost' ? undefined : { upstream: s.upstream, jid: s.jid });
-    this.endSm(s.sm, reason);
-    s.upstream.close();
-    this.transition({ name: 'closed' });
-    this.finish(reason);
+    this.end({ kind: 'expired' });
   }
 
   /**
@@ -845,9 +865,7 @@ export class Session {
         this.guard(() => {
           if (this.upstreamOf(this.state) !== upstream) return;
           if (this.state.name === 'closing') {
-            this.link?.close();
-            this.transition({ name: 'closed' });
-            this.finish('closed');
+            this.end({ kind: 'closed' });
             return;
           }
           this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', { text: 'legacy server connection lost' }));
@@ -885,7 +903,8 @@ export class Session {
       return;
     }
     if (element.localName === 'error' && element.ns === NS.stream) {
-      this.relayStreamError(element);
+      this.log.info({ code: ErrorCode.UPSTREAM_STREAM_ERROR }, 'legacy server sent a stream error; relayed');
+      this.end({ kind: 'upstream-error', element });
       return;
     }
     if (element.localName === 'features' && element.ns === NS.stream) {
@@ -963,7 +982,7 @@ export class Session {
     if (sm !== undefined) {
       const pushed = sm.queue.push(bytes, this.deps.now());
       if (!pushed.ok) {
-        this.queueOverflow(sm, { upstream: s.upstream, jid: s.jid }, bytes, `${pushed.reason} limit ${pushed.limit}`);
+        this.queueOverflow(sm, bytes, `${pushed.reason} limit ${pushed.limit}`);
         return;
       }
       if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
@@ -975,14 +994,14 @@ export class Session {
   private onUpstreamWhileHibernating(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): void {
     if (element.localName === 'error' && element.ns === NS.stream) {
       this.log.info('legacy server ended the stream while hibernating');
-      this.endHibernation(s, 'upstream-lost');
+      this.end({ kind: 'upstream-error', element });
       return;
     }
     if (!isStanza(element)) return;
     if (element.localName === 'iq' && element.bytes.includes(NS.ping) && this.answerPing(s, element)) return;
     const pushed = s.sm.queue.push(element.bytes, this.deps.now());
     if (!pushed.ok) {
-      this.queueOverflow(s.sm, { upstream: s.upstream, jid: s.jid }, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
+      this.queueOverflow(s.sm, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
       return;
     }
     this.stats.toClient++;
@@ -1002,45 +1021,16 @@ export class Session {
   }
 
   /** The queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */
-  private queueOverflow(sm: StreamManagement, via: { upstream: UpstreamStream; jid: string }, overflowing: Buffer, why: string): void {
+  private queueOverflow(sm: StreamManagement, overflowing: Buffer, why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
-    const s = this.state;
-    if (s.name === 'hibernating') {
-      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'queue-overflow', hibernatedMs: this.deps.now() - s.sinceMs });
-    }
-    this.disposeUnacked(sm, via, overflowing);
-    this.endSm(sm, 'queue-overflow');
-    via.upstream.close();
-    const link = this.link;
-    this.link = undefined;
-    link?.fail(new StreamError(ErrorCode.SM_QUEUE_OVERFLOW, 'resource-constraint', `too many unacknowledged stanzas (${why})`));
-    this.transition({ name: 'closed' });
-    this.finish('queue-overflow');
-  }
-
-  private relayStreamError(element: ScannedElement): void {
-    const s = this.state;
-    const upstream = this.upstreamOf(s);
-    this.log.info({ code: ErrorCode.UPSTREAM_STREAM_ERROR }, 'legacy server sent a stream error; relayed');
-    const sm = s.name === 'active' ? s.sm : undefined;
-    if (sm !== undefined) this.disposeUnacked(sm, undefined);
-    this.endSm(sm, 'upstream-lost');
-    const link = this.link;
-    this.link = undefined;
-    link?.send(toRfc6120StreamError(element.bytes));
-    link?.close();
-    upstream?.close();
-    this.transition({ name: 'closed' });
-    this.finish('upstream-lost');
+    this.end({ kind: 'queue-overflow', overflowing, error: new StreamError(ErrorCode.SM_QUEUE_OVERFLOW, 'resource-constraint', `too many unacknowledged stanzas (${why})`) });
   }
 
   private onUpstreamStreamClose(upstream: UpstreamStream): void {
     const s = this.state;
     if (this.upstreamOf(s) !== upstream) return;
     if (s.name === 'closing') {
-      this.link?.close();
-      this.transition({ name: 'closed' });
-      this.finish('closed');
+      this.end({ kind: 'closed' });
       return;
     }
     // The legacy server ended the user's stream: the session ends, and so does the client's.
@@ -1049,24 +1039,12 @@ export class Session {
 
   /** The upstream is gone: the session ends; a later resume fails fast with the reason. */
   private upstreamLost(error: UpstreamError): void {
-    const s = this.state;
-    if (s.name === 'closed') return;
+    if (this.state.name === 'closed') return;
     this.log.info({ code: error.code, err: error.message }, 'upstream lost');
-    const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
-    if (s.name === 'hibernating') {
-      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: 'upstream-lost', hibernatedMs: this.deps.now() - s.sinceMs });
-    }
-    if (sm !== undefined) this.disposeUnacked(sm, undefined);
-    this.endSm(sm, 'upstream-lost');
-    const link = this.link;
-    this.link = undefined;
-    link?.fail(error);
-    this.upstreamOf(s)?.destroy();
-    this.transition({ name: 'closed' });
-    this.finish('upstream-lost');
+    this.end({ kind: 'upstream-lost', error });
   }
 
-  // --- shared endings ---
+  // --- the end of a session ---
 
   /** Ends the session with a stream error to the client (the session, not only the socket). */
   fail(error: StreamError): void {
@@ -1075,12 +1053,7 @@ export class Session {
     // Which config key set the limit, for the operator: it is raised at SASL success.
     const limitKey = error.code !== ErrorCode.STANZA_TOO_BIG ? undefined : s.name === 'opening' || s.name === 'connecting' || s.name === 'authenticating' ? 'limits.maxStanzaBytesPreAuth' : 'limits.maxStanzaBytes';
     this.log.info({ code: error.code, condition: error.condition, err: error.message, limitKey }, 'stream error sent to client');
-    const link = this.link;
-    this.link = undefined;
-    link?.fail(error);
-    this.endUpstreamSide(s, 'error');
-    this.transition({ name: 'closed' });
-    this.finish('error');
+    this.end({ kind: 'stream-error', error });
   }
 
   /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */
@@ -1088,37 +1061,68 @@ export class Session {
     const s = this.state;
     if (s.name === 'hibernating') {
       this.log.info({ queued: s.sm.queue.length }, 'hibernating session ends at shutdown');
-      this.endHibernation(s, 'shutdown');
+      this.end({ kind: 'shutdown' });
       return;
     }
     this.fail(new StreamError(ErrorCode.SHUTDOWN, 'system-shutdown', 'the proxy is shutting down'));
   }
 
   private closeEverything(reason: string): void {
+    if (this.state.name === 'closed') return;
+    this.log.debug({ reason }, 'closing session');
+    this.end({ kind: 'closed' });
+  }
+
+  /**
+   * The one way a session ends. HOW_TO_END says, per cause, what becomes of the client link, the
+   * upstream stream and the unacked stanzas; this method does it in one order: the hibernation
+   * ends (its event is emitted here and on resumption only), the unacked stanzas are answered or
+   * lost, the SM-ID is remembered with its h, the client is told, the upstream is closed, and the
+   * summary line is logged.
+   */
+  private end(cause: EndCause): void {
     const s = this.state;
     if (s.name === 'closed') return;
-    this.log.debug({ reason }, 'closing session');
+    const how = HOW_TO_END[cause.kind];
+    const upstream = this.upstreamOf(s);
+    const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
+    if (s.name === 'hibernating') {
+      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: how.reason, hibernatedMs: this.deps.now() - s.sinceMs });
+    }
+    if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating')) {
+      // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
+      // written behind it would never be processed, so with the upstream failed they are lost.
+      const via = how.unacked === 'answer' ? { upstream: s.upstream, jid: s.jid } : undefined;
+      this.disposeUnacked(sm, via, cause.kind === 'queue-overflow' ? cause.overflowing : undefined);
+    }
+    this.endSm(sm, how.reason);
     const link = this.link;
     this.link = undefined;
-    link?.close();
-    this.endUpstreamSide(s, 'closed');
-    this.transition({ name: 'closed' });
-    this.finish('closed');
-  }
-
-  /** Disposes of what the session holds upstream when it ends for good. */
-  private endUpstreamSide(s: State, reason: EndedReason): void {
-    const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
-    const upstream = this.upstreamOf(s);
-    if (s.name === 'hibernating') {
-      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs: this.deps.now() - s.sinceMs });
+    switch (cause.kind) {
+      case 'stream-error':
+      case 'upstream-lost':
+      case 'queue-overflow':
+        link?.fail(cause.error);
+        break;
+      case 'upstream-error':
+        link?.send(toRfc6120StreamError(cause.element.bytes));
+        link?.close();
+        break;
+      case 'closed':
+        link?.close();
+        break;
+      case 'expired':
+      case 'shutdown':
+        // Hibernating: no client link.
+        break;
     }
-    if ((s.name === 'active' || s.name === 'hibernating') && sm !== undefined) this.disposeUnacked(sm, { upstream: s.upstream, jid: s.jid });
-    this.endSm(sm, reason);
-    upstream?.close();
+    if (how.upstream === 'destroy') upstream?.destroy();
+    else upstream?.close();
+    this.transition({ name: 'closed' });
+    this.finish(how.reason);
   }
 
-  private finish(reason: string): void {
+  private finish(reason: EndedReason): void {
     this.deps.registry.delete(this);
     const s = this.state;
     if (s.name !== 'closed') throw new InvariantError(`finish() in state ${s.name}`);
