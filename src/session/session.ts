@@ -14,6 +14,7 @@ import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
+import { FlowControl } from './flow-control.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
 import { refuseForeignAuthzid } from './foreign-authzid.js';
@@ -199,15 +200,11 @@ export class Session {
   private readonly stats: SessionStats = { fromClient: 0, toClient: 0, resumes: 0, peakQueue: 0 };
   private readonly deps: SessionDeps;
   private ackCheckScheduled = false;
-  /**
-   * Why reading from the client is paused (backpressure, not a cluster of flags):
-   * the upstream cannot take more, the client does not read what the proxy writes to it, or the
-   * session is waiting for the legacy server (connecting, identity check, bind result) and holds
-   * what the client sends meanwhile. Reading resumes when no reason is left.
-   */
-  private readonly clientHolds = new Set<'upstream-full' | 'client-full' | 'waiting'>();
-  /** Reading from the legacy server is paused because the client does not read. */
-  private upstreamPaused = false;
+  /** Backpressure and protocol waits: when reading from the client or the legacy server pauses. */
+  private readonly flow = new FlowControl(
+    () => this.link,
+    () => this.upstreamOf(this.state),
+  );
   /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
 
@@ -274,30 +271,9 @@ export class Session {
       onProtocolError: (error) => current() && this.guard(() => this.fail(error)),
       onEnd: (end) => current() && this.guard(() => this.onClientEnd(end)),
       onDrain: () => {
-        if (!current()) return;
-        this.releaseClient('client-full');
-        if (!this.upstreamPaused) return;
-        this.upstreamPaused = false;
-        this.upstreamOf(this.state)?.resume();
+        if (current()) this.flow.clientDrained();
       },
     };
-  }
-
-  private holdClient(reason: 'upstream-full' | 'client-full' | 'waiting'): void {
-    if (this.clientHolds.size === 0) this.link?.pause();
-    this.clientHolds.add(reason);
-  }
-
-  private releaseClient(reason: 'upstream-full' | 'client-full' | 'waiting'): void {
-    if (!this.clientHolds.delete(reason) || this.clientHolds.size > 0) return;
-    this.link?.resume();
-  }
-
-  /** A link changes hands (resumption, hibernation): no hold of the old link carries over. */
-  private releaseAllClientHolds(): void {
-    if (this.clientHolds.size === 0) return;
-    this.clientHolds.clear();
-    this.link?.resume();
   }
 
   /** Every event handler runs inside this: a bug in one session ends that session only. */
@@ -339,7 +315,7 @@ export class Session {
     }
     this.domain = to;
     this.transition({ name: 'connecting', authTimer, held: [] });
-    this.holdClient('waiting');
+    this.flow.waitForServer();
     link.setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytesPreAuth });
     this.log.debug({ domain: to, upstream: `${target.host}:${target.port}` }, 'connecting upstream');
     this.deps.connectUpstream(target, this.log).then(
@@ -364,7 +340,7 @@ export class Session {
     this.transition({ name: 'authenticating', authTimer: s.authTimer, upstream, sasl: new SaslIdentity(this.domain ?? '') });
     upstream.sendHeader(headerAttrs(header));
     for (const element of s.held) this.onClientElement(element);
-    this.releaseClient('waiting');
+    this.flow.serverAnswered();
   }
 
   private onClientElement(element: ScannedElement): void {
@@ -419,7 +395,7 @@ export class Session {
           const bindId = bindRequestId(element);
           if (bindId !== undefined) {
             this.transition({ ...s, pendingBind: { id: bindId, held: [] } });
-            this.holdClient('waiting');
+            this.flow.waitForServer();
           }
         }
         this.forwardOther(s.upstream, element);
@@ -470,7 +446,7 @@ export class Session {
 
   private onClientEnd(end: LinkEnd): void {
     this.link = undefined;
-    this.clientHolds.clear();
+    this.flow.clientGone();
     const s = this.state;
     if (s.name === 'active' && end.kind !== 'clean' && s.sm !== undefined && s.sm.resumable) {
       this.hibernate(s, end.kind === 'lost' ? end.reason : `link closed: ${end.reason}`);
@@ -626,7 +602,7 @@ export class Session {
     this.deps.events.notify(this.log, 'ackDelayed', { sid: this.sid, jid: s.jid, unacked: sm.queue.length, waitedMs });
     this.log.info({ unacked: sm.queue.length, waitedMs }, 'ack delayed; treating the client connection as dead');
     this.transition({ ...s, ackTimer: undefined });
-    // The seed's "smacks-ack-delayed", then hibernation: the link is dropped as a dead connection.
+    // Like mod_smacks's "smacks-ack-delayed", then hibernation: the link is dropped as a dead connection.
     this.link?.destroy('ack delayed');
   }
 
@@ -677,7 +653,7 @@ export class Session {
       awaitingFeatures: confirmedBySasl && !s.featuresRelayed,
     };
     this.transition(resuming);
-    this.holdClient('waiting');
+    this.flow.waitForServer();
     if (confirmedBySasl) {
       // XEP-0198 §5: the client resumes "where it would otherwise bind", so `<resumed/>` belongs
       // after the restarted stream's header and features; a pipelined `<resume/>` waits for them.
@@ -707,14 +683,14 @@ export class Session {
     if (!decision.ok) {
       this.refuse(request.ns, decision.failure, request.previd);
       this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
-      this.releaseClient('waiting');
+      this.flow.serverAnswered();
       for (const element of s.held) this.onClientElement(element);
       return;
     }
     const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h });
     // The client now belongs to the resumed session: the temporary stream closes cleanly, and
     // what the client pipelined after <resume/> goes to the resumed session, in order.
-    this.releaseAllClientHolds();
+    this.flow.clientHandedOver();
     this.link = undefined;
     s.upstream.close();
     this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
@@ -751,7 +727,7 @@ export class Session {
     }
     const wasHibernating = s.name === 'hibernating';
     const hibernatedMs = wasHibernating ? this.deps.now() - s.sinceMs : 0;
-    this.clientHolds.clear();
+    this.flow.clientGone();
     this.link = link;
     link.setHandler(this.clientHandler(link));
     this.stats.resumes++;
@@ -767,10 +743,6 @@ export class Session {
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
     if (wasHibernating) this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
-    if (this.upstreamPaused) {
-      this.upstreamPaused = false;
-      s.upstream.resume();
-    }
     this.armRequestTimer();
     // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
     if (resumed.replay.length > 0) this.requestAck();
@@ -802,10 +774,6 @@ export class Session {
     sm.policy.answered();
     sm.queue.compact();
     this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
-    if (this.upstreamPaused) {
-      this.upstreamPaused = false;
-      s.upstream.resume();
-    }
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
     this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
   }
@@ -871,7 +839,7 @@ export class Session {
           this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', { text: 'legacy server connection lost' }));
         }),
       onDrain: () => {
-        if (this.upstreamOf(this.state) === upstream) this.releaseClient('upstream-full');
+        if (this.upstreamOf(this.state) === upstream) this.flow.upstreamDrained();
       },
     };
   }
@@ -951,7 +919,7 @@ export class Session {
     if (jid !== undefined) this.becomeActive(jid);
     // A refused bind leaves the stream authenticated; the client may try again.
     else this.transition({ ...s, pendingBind: undefined });
-    this.releaseClient('waiting');
+    this.flow.serverAnswered();
     for (const pipelined of held) this.onClientElement(pipelined);
     return true;
   }
@@ -1144,19 +1112,11 @@ export class Session {
   private sendToClient(data: Buffer | string): void {
     const link = this.link;
     if (link === undefined) return;
-    if (link.send(data)) return;
-    // Backpressure: a client that does not read pauses the legacy server's side, and its own
-    // requests (each <r/> or <enable/> is answered by the proxy) until the link drains.
-    this.holdClient('client-full');
-    const upstream = this.upstreamOf(this.state);
-    if (upstream !== undefined && !this.upstreamPaused) {
-      this.upstreamPaused = true;
-      upstream.pause();
-    }
+    this.flow.wroteToClient(link.send(data));
   }
 
   private toUpstream(upstream: UpstreamStream, bytes: Buffer): void {
-    if (!upstream.send(bytes)) this.holdClient('upstream-full');
+    this.flow.wroteToUpstream(upstream.send(bytes));
   }
 
   private requireLink(): ClientLink {

@@ -1,8 +1,9 @@
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { legacyServersUnderTest, startLegacyServer, type LegacyServer, type LegacyServerKind } from '../support/legacy-server.js';
+import { startLegacyServer, type LegacyServer, type LegacyServerKind } from '../support/legacy-server.js';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { authenticate, NS, RawClient, type RawTransport, type SaslMechanism } from '../support/raw-client.js';
 import { waitUntil } from '../support/wait.js';
@@ -288,7 +289,7 @@ function answerText(answer: Answer, transport: RawTransport): string {
   return transport === 'websocket' ? `${condition}, <close/>, close ${answer.webSocketCloseCode}` : `${condition}, </stream:stream>`;
 }
 
-describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+describeEachLegacyServer((kind) => {
   // This legacy server and a proxy in front of it, for the blocks below (the blocks after this one
   // test the proxy's own refusals, in front of Prosody).
   let server: LegacyServer;

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BEHAVIOUR, legacyServersUnderTest, startLegacyServer, type LegacyServer, type LegacyUser } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS, type RawClient } from '../support/raw-client.js';
 import { recordSmEvents, resumeWith, subscribe, type SmEventLog } from '../support/sm-steps.js';
@@ -54,7 +55,7 @@ async function stillChatting(resumed: RawClient, { alice, bob }: Hibernated): Pr
   await resumed.expectMessage((m) => m.attrs.id === id);
 }
 
-describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+describeEachLegacyServer((kind) => {
   let server: LegacyServer;
   let relay: TcpRelay;
   let fixture: ProxyFixture;

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BEHAVIOUR, legacyServersUnderTest, startLegacyServer, type LegacyServer, type LegacyUser } from '../support/legacy-server.js';
+import { BEHAVIOUR, startLegacyServer, type LegacyServer, type LegacyUser } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS, type Element } from '../support/raw-client.js';
 import { bodies, collectMessages, failedCondition, recordSmEvents, resumeWith, subscribe, type SmEventLog } from '../support/sm-steps.js';
@@ -10,7 +11,7 @@ import { waitUntil } from '../support/wait.js';
 // a replay, what expiry does to presence and to <failed h/>, the legacy server ending a session
 // (attached or hibernating), ack requests with maxUnackedStanzas, and the queue's byte limit.
 
-describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+describeEachLegacyServer((kind) => {
   let server: LegacyServer;
 
   beforeAll(async () => {

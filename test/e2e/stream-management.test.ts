@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SmEventMap } from '../../src/session/events.js';
-import { legacyServersUnderTest, startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS } from '../support/raw-client.js';
 import { bodies, collectMessages, failedCondition, resumeWith, subscribe } from '../support/sm-steps.js';
@@ -10,7 +11,7 @@ import { waitUntil } from '../support/wait.js';
 
 const STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
-describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+describeEachLegacyServer((kind) => {
   let server: LegacyServer;
   let fixture: ProxyFixture;
 

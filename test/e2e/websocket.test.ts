@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BEHAVIOUR, legacyServersUnderTest, startLegacyServer, type LegacyServer, type LegacyUser } from '../support/legacy-server.js';
+import { BEHAVIOUR, startLegacyServer, type LegacyServer, type LegacyUser } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS, RawClient, WebSocketHandshakeError, type Element, type RawTransport } from '../support/raw-client.js';
 import { waitUntil } from '../support/wait.js';
@@ -12,7 +13,7 @@ const STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 /** The proxy's default limits.maxStanzaBytes: also the WebSocket listener's maxPayload. */
 const MAX_STANZA_BYTES = 262_144;
 
-describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+describeEachLegacyServer((kind) => {
   let server: LegacyServer;
   let fixture: ProxyFixture;
   /** SM-IDs of the sessions that started hibernating. */

@@ -1,6 +1,7 @@
 import { Element } from 'ltx';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { legacyServersUnderTest, startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
 import { connectXmppJs, type XmppJsSession } from '../support/xmpp-client.js';
 import { waitUntil } from '../support/wait.js';
@@ -8,7 +9,7 @@ import { waitUntil } from '../support/wait.js';
 // A real client library, @xmpp/client 0.14 (xmpp.js) with its own XEP-0198 resumption, through
 // the proxy to a real legacy Prosody 0.12 (mod_smacks off).
 
-describe.each(legacyServersUnderTest())('in front of %s', (kind) => {
+describeEachLegacyServer((kind) => {
   let server: LegacyServer;
   let fixture: ProxyFixture;
   const sessions: XmppJsSession[] = [];
