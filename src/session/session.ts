@@ -15,6 +15,7 @@ import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
 import { FlowControl } from './flow-control.js';
+import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
 import { refuseForeignAuthzid } from './foreign-authzid.js';
@@ -697,6 +698,13 @@ export class Session {
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
     deliverHeld(s.held);
+  }
+
+  /** A hibernating session as plain data (hibernated-snapshot.ts writes it out); undefined in any other state. */
+  snapshot(): HibernatedSession | undefined {
+    const s = this.state;
+    if (s.name !== 'hibernating' || this.domain === undefined) return undefined;
+    return { domain: this.domain, jid: s.jid, sinceMs: s.sinceMs, expiresAtMs: s.sinceMs + s.sm.hibernationMs, sm: s.sm.snapshot() };
   }
 
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */

@@ -2,7 +2,7 @@ import { AckPolicy } from '../sm/ack-policy.js';
 import { negotiateMax, newSmId, parseResumeFlag } from '../sm/enable-decision.js';
 import { InboundCounter } from '../sm/inbound-counter.js';
 import type { MemoryBudget } from '../sm/memory-budget.js';
-import { UnackedQueue } from '../sm/unacked-queue.js';
+import { UnackedQueue, type PushResult, type UnackedQueueSnapshot } from '../sm/unacked-queue.js';
 import type { SmNamespace } from '../xml/namespaces.js';
 
 /** Stream-management settings, from config `streamManagement` (durations in ms here). */
@@ -20,15 +20,23 @@ export interface SmSettings {
 
 export type EnableResult = { ok: true; sm: StreamManagement } | { ok: false; text: string };
 
+/** {@link StreamManagement.snapshot}: plain data (the ack policy starts afresh, as at hibernation). */
+export interface StreamManagementSnapshot {
+  readonly ns: SmNamespace;
+  readonly id: string;
+  readonly resumable: boolean;
+  readonly hibernationMs: number;
+  /** The inbound count: stanzas handled from the client. */
+  readonly h: number;
+  readonly queue: UnackedQueueSnapshot;
+}
+
 /**
  * The XEP-0198 state of one session once enabled: the pure core's counters, queue and ack policy,
  * plus the namespace the client chose (answers use it, XEP-0198 §2) and the SM-ID. Survives
  * hibernation and resumption; the session does the I/O.
  */
 export class StreamManagement {
-  /** Inbound h: stanzas handled from the client; starts at the received `<enable/>` (XEP-0198 §4). */
-  readonly inbound = new InboundCounter();
-
   private constructor(
     readonly ns: SmNamespace,
     readonly id: string,
@@ -36,7 +44,22 @@ export class StreamManagement {
     readonly hibernationMs: number,
     readonly queue: UnackedQueue,
     readonly policy: AckPolicy,
+    /** Inbound h: stanzas handled from the client; starts at the received `<enable/>` (XEP-0198 §4). */
+    readonly inbound = new InboundCounter(),
   ) {}
+
+  /** The state as plain data, to hand a hibernated session to another process. */
+  snapshot(): StreamManagementSnapshot {
+    return { ns: this.ns, id: this.id, resumable: this.resumable, hibernationMs: this.hibernationMs, h: this.inbound.h, queue: this.queue.snapshot() };
+  }
+
+  /** The state of `snapshot` under this process's settings and budget; the queue's refusal when it does not fit them. */
+  static restore(snapshot: StreamManagementSnapshot, settings: SmSettings, budget: MemoryBudget): StreamManagement | Extract<PushResult, { ok: false }> {
+    const queue = UnackedQueue.restore({ maxStanzas: settings.maxQueueStanzas, maxBytes: settings.maxQueueBytes }, budget, snapshot.queue);
+    if (!(queue instanceof UnackedQueue)) return queue;
+    const policy = new AckPolicy({ maxUnackedStanzas: settings.maxUnackedStanzas });
+    return new StreamManagement(snapshot.ns, snapshot.id, snapshot.resumable, snapshot.hibernationMs, queue, policy, new InboundCounter(snapshot.h));
+  }
 
   /** Decides on an `<enable/>` (XEP-0198 §3) from its attributes and the settings. */
   static enable(request: {

@@ -34,6 +34,15 @@ export type AckRefusal = { kind: 'too-high'; h: number; sendCount: number } | { 
 /** What {@link UnackedQueue.checkAck} finds: `in-range` (an ack would be accepted), or why not. */
 export type AckCheck = { kind: 'in-range' } | AckRefusal;
 
+/** {@link UnackedQueue.snapshot}: plain data. */
+export interface UnackedQueueSnapshot {
+  readonly sent: number;
+  readonly acked: number;
+  /** How far `acked` advanced since the queue began (the window in which an ack may go backwards). */
+  readonly ackedTotal: number;
+  readonly entries: readonly UnackedEntry[];
+}
+
 /** One queued stanza: its bytes (the queue's own copy; do not modify) and when it was first sent. */
 export interface UnackedEntry {
   bytes: Buffer;
@@ -134,6 +143,38 @@ export class UnackedQueue {
   /** The last `h` accepted from the client (starts at `initialSent`). */
   get acked(): number {
     return this.#acked;
+  }
+
+  /**
+   * The queue as plain data, for handing a hibernated session to another process: the counters and
+   * every unacked entry (the bytes are the queue's own; copy before keeping them beyond the
+   * queue). Only a queue that never overflowed and that drain() never emptied can be handed over:
+   * its entries are then exactly the stanzas between `acked` and `sent`.
+   */
+  snapshot(): UnackedQueueSnapshot {
+    if (this.#drainedAhead > 0) throw new InvariantError(`snapshot of a drained unacked queue: ${this.#drainedAhead} stanzas were disposed of`);
+    if (this.#overflow !== undefined) throw new InvariantError('snapshot of an unacked queue that overflowed');
+    return { sent: this.#sent, acked: this.#acked, ackedTotal: this.#ackedTotal, entries: [...this.entries()] };
+  }
+
+  /**
+   * A queue with `snapshot`'s counters and entries, their bytes reserved in `budget`. Fails (with
+   * the push refusal) when they do not fit this process's limits or budget.
+   */
+  static restore(limits: QueueLimits, budget: MemoryBudget, snapshot: UnackedQueueSnapshot): UnackedQueue | Extract<PushResult, { ok: false }> {
+    const queue = new UnackedQueue(limits, budget, snapshot.acked);
+    for (const entry of snapshot.entries) {
+      const pushed = queue.push(entry.bytes, entry.sentAtMs);
+      if (!pushed.ok) {
+        queue.drain();
+        return pushed;
+      }
+    }
+    if (queue.#sent !== snapshot.sent) {
+      throw new InvariantError(`unacked queue snapshot holds ${snapshot.entries.length} entries, but acked ${snapshot.acked} and sent ${snapshot.sent} say otherwise`);
+    }
+    queue.#ackedTotal = snapshot.ackedTotal;
+    return queue;
   }
 
   /** Entries held unacked. */

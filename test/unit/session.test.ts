@@ -749,3 +749,19 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     expect(c.session.stateName).toBe('hibernating');
   });
 });
+
+describe('Session: a hibernated session written out', () => {
+  it('gives its account, its times and its SM state while hibernating, and nothing otherwise', async () => {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    expect(c.session.snapshot()).toBeUndefined();
+    c.stanzaFromClient(`<presence/>`);
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle();
+    c.client.drop();
+    const snapshot = c.session.snapshot();
+    expect(snapshot).toMatchObject({ domain: DOMAIN, jid: c.jid, sm: { id: smId, h: 1, resumable: true, queue: { sent: 1, acked: 0 } } });
+    expect(snapshot!.expiresAtMs - snapshot!.sinceMs).toBe(SETTINGS.hibernationMs);
+    expect(snapshot!.sm.queue.entries.map((e) => e.bytes.toString())).toEqual([c.messageTo('m1')]);
+  });
+});
