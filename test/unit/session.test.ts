@@ -661,29 +661,6 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     expect(c.session.stateName).toBe('active');
   });
 
-  it('a <resume/> pipelined behind the stream restart is answered after the restarted stream\'s features (Monal)', async () => {
-    const { c, smId } = await hibernating();
-    const c2 = rig.connect();
-    c2.client.openStream();
-    await settle();
-    c2.upstream = rig.takeUpstream();
-    c2.upstream.openStream();
-    c2.upstream.write(`<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`);
-    c2.client.write(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${Buffer.from('\0user\0secret').toString('base64')}</auth>`);
-    c2.upstream.write(`<success xmlns='${NS.sasl}'/>`);
-    c2.client.openStream();
-    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
-    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);
-    c2.upstream.openStream();
-    c2.upstream.write(`<stream:features><bind xmlns='${NS.bind}'/></stream:features>`);
-    const featuresAt = c2.client.received.findIndex((xml) => xml.startsWith('<stream:features') && xml.includes(NS.bind));
-    const resumedAt = c2.client.received.findIndex((xml) => xml.startsWith('<resumed'));
-    expect(featuresAt).toBeGreaterThan(-1);
-    expect(resumedAt).toBeGreaterThan(featuresAt);
-    expect(identityBinds(c2)).toEqual([]);
-    expect(c.session.stateName).toBe('active');
-  });
-
   /** A new connection through SASL success (as `user`) and the client's restart, its `<resume/>` pipelined before the upstream restarted. */
   async function pipelinedResume(smId: string): Promise<Connection> {
     const c2 = rig.connect();
@@ -698,6 +675,20 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
     return c2;
   }
+
+  it('a <resume/> pipelined behind the stream restart is answered after the restarted stream\'s features (Monal)', async () => {
+    const { c, smId } = await hibernating();
+    const c2 = await pipelinedResume(smId);
+    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);
+    c2.upstream.openStream();
+    c2.upstream.write(`<stream:features><bind xmlns='${NS.bind}'/></stream:features>`);
+    const featuresAt = c2.client.received.findIndex((xml) => xml.startsWith('<stream:features') && xml.includes(NS.bind));
+    const resumedAt = c2.client.received.findIndex((xml) => xml.startsWith('<resumed'));
+    expect(featuresAt).toBeGreaterThan(-1);
+    expect(resumedAt).toBeGreaterThan(featuresAt);
+    expect(identityBinds(c2)).toEqual([]);
+    expect(c.session.stateName).toBe('active');
+  });
 
   it('the hibernated session expires while the resume waits for the features: <failed/> says so, with its h', async () => {
     const { c, smId } = await hibernating();
