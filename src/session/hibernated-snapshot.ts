@@ -1,7 +1,7 @@
 import { InvariantError } from '../errors.js';
 import { isSeq } from '../sm/sequence.js';
 import { isSmNamespace } from '../xml/namespaces.js';
-import type { StreamManagementSnapshot } from './stream-management.js';
+import type { StreamManagementSnapshot } from '../sm/stream-management.js';
 
 /**
  * A hibernated session written out for another process of the proxy (an upgrade hands its

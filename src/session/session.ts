@@ -22,7 +22,7 @@ import { refuseForeignAuthzid } from './foreign-authzid.js';
 import { refuseLegacyAuth } from './legacy-auth.js';
 import { SaslIdentity } from './sasl-identity.js';
 import type { ResumeHandOver, SessionRegistry } from './session-registry.js';
-import { StreamManagement, type SmSettings } from './stream-management.js';
+import { StreamManagement, type SmSettings } from '../sm/stream-management.js';
 
 /** Limits and timings a session applies, in the units the code uses. Built from the config. */
 export interface SessionSettings extends SmSettings {

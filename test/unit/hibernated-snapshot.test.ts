@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { readSnapshot, writeSnapshot } from '../../src/session/hibernated-snapshot.js';
-import { StreamManagement, type SmSettings } from '../../src/session/stream-management.js';
+import { StreamManagement, type SmSettings } from '../../src/sm/stream-management.js';
 import { MemoryBudget } from '../../src/sm/memory-budget.js';
 import { MAX_SEQ } from '../../src/sm/sequence.js';
 

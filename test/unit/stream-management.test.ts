@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { StreamManagement, type SmSettings } from '../../src/session/stream-management.js';
+import { StreamManagement, type SmSettings } from '../../src/sm/stream-management.js';
 import { MemoryBudget } from '../../src/sm/memory-budget.js';
 import { parseElement } from '../../src/xml/element.js';
 import { NS, type SmNamespace } from '../../src/xml/namespaces.js';

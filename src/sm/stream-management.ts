@@ -1,8 +1,8 @@
-import { AckPolicy } from '../sm/ack-policy.js';
-import { negotiateMax, newSmId, parseResumeFlag } from '../sm/enable-decision.js';
-import { InboundCounter } from '../sm/inbound-counter.js';
-import type { MemoryBudget } from '../sm/memory-budget.js';
-import { UnackedQueue, type PushResult, type UnackedQueueSnapshot } from '../sm/unacked-queue.js';
+import { AckPolicy } from './ack-policy.js';
+import { negotiateMax, newSmId, parseResumeFlag } from './enable-decision.js';
+import { InboundCounter } from './inbound-counter.js';
+import type { MemoryBudget } from './memory-budget.js';
+import { UnackedQueue, type PushResult, type UnackedQueueSnapshot } from './unacked-queue.js';
 import type { SmNamespace } from '../xml/namespaces.js';
 
 /** Stream-management settings, from config `streamManagement` (durations in ms here). */
