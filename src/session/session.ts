@@ -12,9 +12,9 @@ import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
 import { sanitizeForLog } from '../xml/sanitize.js';
 import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
-import { bounceFor } from './bounce.js';
 import { addDelay, isMessage } from './delay-stamp.js';
 import { FlowControl } from './flow-control.js';
+import { pingAnswer, unackedDisposal } from './hibernation.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
@@ -803,22 +803,19 @@ export class Session {
     const entries = sm.queue.drain().map((entry) => entry.bytes);
     if (extra !== undefined) entries.push(extra);
     if (entries.length === 0) return;
-    if (this.deps.settings.expiryPolicy === 'drop') {
-      this.log.info({ dropped: entries.length }, 'unacked stanzas dropped (expiryPolicy drop)');
-      return;
+    const usable = via !== undefined && !via.upstream.ended ? via : undefined;
+    const disposal = unackedDisposal(entries, this.deps.settings.expiryPolicy, usable?.jid);
+    switch (disposal.kind) {
+      case 'dropped-by-policy':
+        this.log.info({ dropped: disposal.count }, 'unacked stanzas dropped (expiryPolicy drop)');
+        return;
+      case 'lost':
+        this.log.warn({ dropped: disposal.count }, 'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on');
+        return;
+      case 'answered':
+        for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
+        this.log.info({ unacked: disposal.count, bounced: disposal.bounces.length }, 'unacked stanzas answered to their senders');
     }
-    if (via === undefined || via.upstream.ended) {
-      this.log.warn({ dropped: entries.length }, 'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on');
-      return;
-    }
-    let bounced = 0;
-    for (const bytes of entries) {
-      const bounce = bounceFor(bytes, via.jid);
-      if (bounce === undefined) continue;
-      via.upstream.send(bounce);
-      bounced++;
-    }
-    this.log.info({ unacked: entries.length, bounced }, 'unacked stanzas answered to their senders');
   }
 
   private endSm(sm: StreamManagement | undefined, reason: EndedReason): void {
@@ -974,7 +971,11 @@ export class Session {
       return;
     }
     if (!isStanza(element)) return;
-    if (element.localName === 'iq' && element.bytes.includes(NS.ping) && this.answerPing(s, element)) return;
+    const pong = pingAnswer(element);
+    if (pong !== undefined) {
+      s.upstream.send(pong);
+      return;
+    }
     const pushed = s.sm.queue.push(element.bytes, this.deps.now());
     if (!pushed.ok) {
       this.queueOverflow(s.sm, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
@@ -984,16 +985,6 @@ export class Session {
     if (s.sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = s.sm.queue.length;
     this.log.debug({ queued: s.sm.queue.length, kind: element.localName }, 'stanza queued while hibernating');
     this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', { sid: this.sid, jid: s.jid, smId: s.sm.id, queued: s.sm.queue.length, kind: element.localName });
-  }
-
-  /** XEP-0199 §4.2: the legacy server pings the client; while it is away the proxy answers. */
-  private answerPing(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): boolean {
-    const iq = parseElement(element.bytes);
-    if (iq.attrs.type !== 'get' || iq.getChild('ping', NS.ping) === undefined) return false;
-    const to = iq.attrs.from as string | undefined;
-    const attrs = `${to === undefined ? '' : ` to='${escapeXml(to)}'`} id='${escapeXml((iq.attrs.id as string | undefined) ?? '')}'`;
-    s.upstream.send(`<iq type='result'${attrs}/>`);
-    return true;
   }
 
   /** The queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */
