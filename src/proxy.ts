@@ -77,7 +77,8 @@ export class Proxy {
     // (internal-server-error before the server answered anything) is narrow enough for any server.
     const connectUpstream =
       options.connectUpstream ??
-      ((target: UpstreamTarget, upstreamLog: Logger) => RetryingUpstream.connect((t, l) => UpstreamLink.connect(t, l), target, upstreamLog));
+      ((target: UpstreamTarget, upstreamLog: Logger) =>
+        RetryingUpstream.connect((t, l) => UpstreamLink.connect(t, l), target, upstreamLog));
     this.sessionDeps = {
       settings,
       registry: this.registry,
@@ -164,14 +165,29 @@ export class Proxy {
     }
     if (this.registry.size >= this.config.limits.maxSessions) {
       log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, limit: this.config.limits.maxSessions }, 'session limit reached; connection refused');
-      link.fail(new StreamError(ErrorCode.TOO_MANY_SESSIONS, 'resource-constraint', `the proxy holds its maximum of ${this.config.limits.maxSessions} sessions`));
+      link.fail(
+        new StreamError(
+          ErrorCode.TOO_MANY_SESSIONS,
+          'resource-constraint',
+          `the proxy holds its maximum of ${this.config.limits.maxSessions} sessions`,
+        ),
+      );
       return;
     }
     const perAddress = this.config.limits.maxSessionsPerAddress;
     if (perAddress > 0 && this.registry.countFrom(link.address) >= perAddress) {
       // RFC 6120 §4.9.3.14 policy-violation: "the server MAY choose to specify the policy in the <text/> element".
-      log.warn({ code: ErrorCode.TOO_MANY_FROM_ADDRESS, address: link.address, limit: perAddress }, 'session limit per address reached; connection refused');
-      link.fail(new StreamError(ErrorCode.TOO_MANY_FROM_ADDRESS, 'policy-violation', `${perAddress} sessions from your address are open already (maxSessionsPerAddress)`));
+      log.warn(
+        { code: ErrorCode.TOO_MANY_FROM_ADDRESS, address: link.address, limit: perAddress },
+        'session limit per address reached; connection refused',
+      );
+      link.fail(
+        new StreamError(
+          ErrorCode.TOO_MANY_FROM_ADDRESS,
+          'policy-violation',
+          `${perAddress} sessions from your address are open already (maxSessionsPerAddress)`,
+        ),
+      );
       return;
     }
     new Session(this.sessionDeps, { sid: (log.bindings().sid as string | undefined) ?? newSid(), link, log });
@@ -198,7 +214,10 @@ export class Proxy {
     const log = this.log.child({ domain, upstream: `${target.host}:${target.port}` });
     const result = await probeUpstream(target, log);
     if (!result.ok) {
-      log.warn({ code: ErrorCode.UPSTREAM_CONNECT, err: result.error }, 'legacy server probe failed; clients will get remote-connection-failed until it answers');
+      log.warn(
+        { code: ErrorCode.UPSTREAM_CONNECT, err: result.error },
+        'legacy server probe failed; clients will get remote-connection-failed until it answers',
+      );
       return;
     }
     log.info({ mechanisms: result.mechanisms }, 'legacy server reachable');

@@ -217,12 +217,10 @@ function validate(data: unknown): readonly ErrorObject[] {
 /** Plain-words meaning of the schema's patterns, so a problem line never shows a regular expression. */
 const PATTERN_MEANING: Readonly<Record<string, string>> = {
   '^/[^?#\\s]*$': "must be a URL path starting with '/', without query, fragment or spaces",
-  '^[a-z][a-z0-9+.-]*://[^/?#\\s]+$':
-    'must be an origin as browsers send it: lowercase scheme://host[:port], no path or trailing slash',
+  '^[a-z][a-z0-9+.-]*://[^/?#\\s]+$': 'must be an origin as browsers send it: lowercase scheme://host[:port], no path or trailing slash',
   '^(\\*\\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$':
     "must be a lowercase host name, or '*.' followed by one",
-  '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$':
-    'must be a lowercase host name',
+  '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$': 'must be a lowercase host name',
 };
 
 /** JSON pointer for display: the document root is shown as `/` rather than the empty string. */
@@ -289,8 +287,7 @@ function num(value: unknown): number | undefined {
 function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string[] {
   const problems: string[] = [];
   if (!isObject(data)) return problems;
-  const number = (pointer: string, value: unknown): number | undefined =>
-    invalid.has(pointer) ? undefined : num(value);
+  const number = (pointer: string, value: unknown): number | undefined => (invalid.has(pointer) ? undefined : num(value));
   const tls = isObject(data.tls) ? data.tls : {};
   const certificateCount = asArray(tls.certificates).length;
   const certificateSourceKnown = !['/tls', '/tls/certificates', '/tls/selfSigned'].some((p) => invalid.has(p));
@@ -301,9 +298,7 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
   asArray(data.listeners).forEach((listener, i) => {
     if (!isObject(listener)) return;
     const usesTls =
-      listener.type === 'starttls' ||
-      listener.type === 'directtls' ||
-      (listener.type === 'websocket' && listener.tls !== false);
+      listener.type === 'starttls' || listener.type === 'directtls' || (listener.type === 'websocket' && listener.tls !== false);
     if (usesTls && certificateSourceKnown && !hasCertificateSource && !invalid.has(`/listeners/${i}/tls`)) {
       problems.push(
         `/listeners/${i}: a ${String(listener.type)} listener needs a TLS certificate: ` +
@@ -327,7 +322,9 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
         if (typeof entry !== 'string' || entry === '') return;
         const parsed = parseIpRange(entry);
         if (!parsed.ok) {
-          problems.push(`/listeners/${i}/trustedProxies/${k}: ${JSON.stringify(entry)} is not an IP address or CIDR range: ${parsed.reason}`);
+          problems.push(
+            `/listeners/${i}/trustedProxies/${k}: ${JSON.stringify(entry)} is not an IP address or CIDR range: ${parsed.reason}`,
+          );
         }
       });
     }
@@ -345,19 +342,13 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
   const maxStanzaBytes = number('/limits/maxStanzaBytes', limits.maxStanzaBytes);
   const maxStanzaBytesPreAuth = number('/limits/maxStanzaBytesPreAuth', limits.maxStanzaBytesPreAuth);
   if (maxStanzaBytes !== undefined && maxStanzaBytesPreAuth !== undefined && maxStanzaBytesPreAuth > maxStanzaBytes) {
-    problems.push(
-      `/limits/maxStanzaBytesPreAuth: ${maxStanzaBytesPreAuth} exceeds limits.maxStanzaBytes ${maxStanzaBytes}`,
-    );
+    problems.push(`/limits/maxStanzaBytesPreAuth: ${maxStanzaBytesPreAuth} exceeds limits.maxStanzaBytes ${maxStanzaBytes}`);
   }
 
   const sm = isObject(data.streamManagement) ? data.streamManagement : {};
   const hibernationSeconds = number('/streamManagement/hibernationSeconds', sm.hibernationSeconds);
   const maxHibernationSeconds = number('/streamManagement/maxHibernationSeconds', sm.maxHibernationSeconds);
-  if (
-    hibernationSeconds !== undefined &&
-    maxHibernationSeconds !== undefined &&
-    maxHibernationSeconds < hibernationSeconds
-  ) {
+  if (hibernationSeconds !== undefined && maxHibernationSeconds !== undefined && maxHibernationSeconds < hibernationSeconds) {
     problems.push(
       `/streamManagement/maxHibernationSeconds: ${maxHibernationSeconds} is less than ` +
         `streamManagement.hibernationSeconds ${hibernationSeconds}`,
@@ -380,9 +371,7 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
     );
   }
   if (maxQueueBytes !== undefined && globalQueueBytes !== undefined && maxQueueBytes > globalQueueBytes) {
-    problems.push(
-      `/streamManagement/maxQueueBytes: ${maxQueueBytes} exceeds streamManagement.globalQueueBytes ${globalQueueBytes}`,
-    );
+    problems.push(`/streamManagement/maxQueueBytes: ${maxQueueBytes} exceeds streamManagement.globalQueueBytes ${globalQueueBytes}`);
   }
   return problems;
 }

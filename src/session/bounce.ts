@@ -46,7 +46,9 @@ function isCopy(message: Element): boolean {
     // Resolved namespaces and local names: a sender may bind its own prefix.
     const ns = child.getNS() as string | undefined;
     const name = child.getName();
-    return (ns === NS.carbons && (name === 'sent' || name === 'received')) || (ns !== undefined && name === 'result' && MAM_NAMESPACES.has(ns));
+    return (
+      (ns === NS.carbons && (name === 'sent' || name === 'received')) || (ns !== undefined && name === 'result' && MAM_NAMESPACES.has(ns))
+    );
   });
 }
 

@@ -15,9 +15,7 @@ import { NS } from '../xml/namespaces.js';
  */
 export function addDelay(stanza: Buffer, stampMs: number, from: string): Buffer {
   if (hasDelay(stanza)) return stanza;
-  const delay = Buffer.from(
-    `<delay xmlns='${NS.delay}' from='${escapeXml(from)}' stamp='${new Date(stampMs).toISOString()}'/>`,
-  );
+  const delay = Buffer.from(`<delay xmlns='${NS.delay}' from='${escapeXml(from)}' stamp='${new Date(stampMs).toISOString()}'/>`);
   const len = stanza.length;
   if (stanza[len - 2] === 0x2f /* / */) {
     const name = elementName(stanza);

@@ -38,7 +38,10 @@ export class SmEvents extends EventEmitter<SmEventMap> {
       try {
         listener.apply(this, args);
       } catch (err) {
-        log.error({ event, err: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined }, 'SM event listener threw; ignored');
+        log.error(
+          { event, err: err instanceof Error ? err.message : String(err), stack: err instanceof Error ? err.stack : undefined },
+          'SM event listener threw; ignored',
+        );
       }
     }
   }

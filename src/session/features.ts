@@ -85,5 +85,4 @@ export function rewriteFeatures(upstream: Element, phase: FeaturesPhase): Rewrit
 }
 
 /** The proxy's own pre-TLS features (RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here). */
-export const STARTTLS_REQUIRED_FEATURES =
-  `<stream:features><starttls xmlns='${NS.tls}'><required/></starttls></stream:features>`;
+export const STARTTLS_REQUIRED_FEATURES = `<stream:features><starttls xmlns='${NS.tls}'><required/></starttls></stream:features>`;

@@ -85,7 +85,15 @@ export function readSnapshot(value: unknown): HibernatedSession {
   if (!isTime(sm.hibernationMs)) throw bad('sm.hibernationMs');
   if (!isSeq(sm.h)) throw bad('sm.h');
   const { queue } = sm;
-  if (typeof queue !== 'object' || queue === null || !isSeq(queue.sent) || !isSeq(queue.acked) || !isTime(queue.ackedTotal) || !Array.isArray(queue.entries)) throw bad('sm.queue');
+  if (
+    typeof queue !== 'object' ||
+    queue === null ||
+    !isSeq(queue.sent) ||
+    !isSeq(queue.acked) ||
+    !isTime(queue.ackedTotal) ||
+    !Array.isArray(queue.entries)
+  )
+    throw bad('sm.queue');
   const entries = queue.entries.map((entry, i) => {
     if (typeof entry?.bytes !== 'string' || !isTime(entry.sentAtMs)) throw bad(`sm.queue.entries[${i}]`);
     const bytes = Buffer.from(entry.bytes, 'base64');
@@ -97,7 +105,14 @@ export function readSnapshot(value: unknown): HibernatedSession {
     jid,
     sinceMs,
     expiresAtMs,
-    sm: { ns: sm.ns, id: sm.id, resumable: true, hibernationMs: sm.hibernationMs, h: sm.h, queue: { sent: queue.sent, acked: queue.acked, ackedTotal: queue.ackedTotal, entries } },
+    sm: {
+      ns: sm.ns,
+      id: sm.id,
+      resumable: true,
+      hibernationMs: sm.hibernationMs,
+      h: sm.h,
+      queue: { sent: queue.sent, acked: queue.acked, ackedTotal: queue.ackedTotal, entries },
+    },
   };
 }
 

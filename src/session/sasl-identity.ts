@@ -37,7 +37,10 @@ export class SaslIdentity {
    * `<abort/>` makes the exchange unclear until the server's `<failure/>`: nothing is claimed then,
    * so a `<success/>` can never be matched with a name from another exchange.
    */
-  private phase: { readonly name: 'idle' } | { readonly name: 'exchanging'; readonly claimed: string | undefined } | { readonly name: 'unclear' } = { name: 'idle' };
+  private phase:
+    { readonly name: 'idle' } | { readonly name: 'exchanging'; readonly claimed: string | undefined } | { readonly name: 'unclear' } = {
+    name: 'idle',
+  };
 
   constructor(private readonly domain: string) {}
 

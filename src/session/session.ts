@@ -144,7 +144,6 @@ interface ResumeRequest {
   readonly bindId: string;
 }
 
-
 /** Why a session ends ({@link Session.end}). */
 type EndCause =
   /** The client closed, or the link ended without hibernation, or the legacy server answered our close. */
@@ -167,7 +166,9 @@ type EndCause =
  * `<resume/>` and logged, whether the unacked stanzas can still be answered through the user's
  * upstream stream (README, What it does), and whether that stream is closed or dropped.
  */
-const HOW_TO_END: Readonly<Record<EndCause['kind'], { readonly reason: EndedReason; readonly unacked: 'answer' | 'lost'; readonly upstream: 'close' | 'destroy' }>> = {
+const HOW_TO_END: Readonly<
+  Record<EndCause['kind'], { readonly reason: EndedReason; readonly unacked: 'answer' | 'lost'; readonly upstream: 'close' | 'destroy' }>
+> = {
   closed: { reason: 'closed', unacked: 'answer', upstream: 'close' },
   expired: { reason: 'expired', unacked: 'answer', upstream: 'close' },
   shutdown: { reason: 'shutdown', unacked: 'answer', upstream: 'close' },
@@ -250,7 +251,13 @@ export class Session {
       const s = this.state;
       // The timer re-checks the state it was armed for.
       if (!('authTimer' in s) || s.authTimer !== timer) return;
-      this.fail(new StreamError(ErrorCode.CONNECTION_TIMEOUT, 'connection-timeout', `no authentication and bind within ${this.deps.settings.authTimeoutMs} ms`));
+      this.fail(
+        new StreamError(
+          ErrorCode.CONNECTION_TIMEOUT,
+          'connection-timeout',
+          `no authentication and bind within ${this.deps.settings.authTimeoutMs} ms`,
+        ),
+      );
     }, this.deps.settings.authTimeoutMs);
     timer.unref();
     return timer;
@@ -306,7 +313,9 @@ export class Session {
     const to = header.attrs.to?.toLowerCase();
     if (version === undefined || !version.startsWith('1.')) {
       // RFC 6120 §4.7.5: the proxy speaks XMPP 1.0 only.
-      this.fail(new StreamError(ErrorCode.UNSUPPORTED_VERSION, 'unsupported-version', `stream version '${version ?? '(none)'}' is not 1.x`));
+      this.fail(
+        new StreamError(ErrorCode.UNSUPPORTED_VERSION, 'unsupported-version', `stream version '${version ?? '(none)'}' is not 1.x`),
+      );
       return;
     }
     const target = to === undefined ? undefined : this.deps.upstreamFor(to);
@@ -487,7 +496,10 @@ export class Session {
 
   /** Answers a stream-management request with `<failed/>`; the log line carries the failure's key. */
   private refuse(ns: SmNamespace, failure: SmFailure, previd?: string): void {
-    this.log.info({ failed: failure.key, previd: previd === undefined ? undefined : shortId(previd) }, previd === undefined ? 'stream management request refused' : 'resume failed');
+    this.log.info(
+      { failed: failure.key, previd: previd === undefined ? undefined : shortId(previd) },
+      previd === undefined ? 'stream management request refused' : 'resume failed',
+    );
     this.sendToClient(renderFailed(ns, failure));
   }
 
@@ -519,7 +531,10 @@ export class Session {
     this.transition({ ...s, sm });
     if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
     this.sendToClient(sm.enabledElement());
-    this.log.info({ smId: sm.resumable ? shortId(sm.id) : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 }, 'stream management enabled');
+    this.log.info(
+      { smId: sm.resumable ? shortId(sm.id) : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 },
+      'stream management enabled',
+    );
     this.armRequestTimer();
   }
 
@@ -528,7 +543,13 @@ export class Session {
     if (sm === undefined) return;
     const h = parseH(a.attrs.h as string | undefined);
     if (h === undefined) {
-      this.fail(new StreamError(ErrorCode.SM_INVALID_H, 'invalid-xml', `<a/> without a valid h (got '${String(a.attrs.h ?? '')}'); XEP-0198 §4: h is REQUIRED, an xs:unsignedInt`));
+      this.fail(
+        new StreamError(
+          ErrorCode.SM_INVALID_H,
+          'invalid-xml',
+          `<a/> without a valid h (got '${String(a.attrs.h ?? '')}'); XEP-0198 §4: h is REQUIRED, an xs:unsignedInt`,
+        ),
+      );
       return;
     }
     const result = sm.queue.ack(h);
@@ -538,16 +559,26 @@ export class Session {
         // A backwards h is tolerated (ejabberd, Openfire): a late duplicate ack must not kill the
         // session. It still answers the outstanding <r/> (AckPolicy: any <a/> shows the client is
         // alive), or that request would block every later one until maxAckDelay declared the link dead.
-        if (result.kind === 'backwards') this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
+        if (result.kind === 'backwards')
+          this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
         sm.policy.answered();
         this.scheduleAckCheck();
         return;
       case 'too-high':
         // XEP-0198 §6: on an h above what was sent the receiver SHOULD send `undefined-condition` with <handled-count-too-high/>.
         this.fail(
-          new StreamError(ErrorCode.SM_HANDLED_COUNT_TOO_HIGH, 'undefined-condition', `client acked h=${result.h} but only ${result.sendCount} stanzas were sent`, {
-            appCondition: { name: 'handled-count-too-high', xmlns: NS.sm3, attrs: { h: String(result.h), 'send-count': String(result.sendCount) } },
-          }),
+          new StreamError(
+            ErrorCode.SM_HANDLED_COUNT_TOO_HIGH,
+            'undefined-condition',
+            `client acked h=${result.h} but only ${result.sendCount} stanzas were sent`,
+            {
+              appCondition: {
+                name: 'handled-count-too-high',
+                xmlns: NS.sm3,
+                attrs: { h: String(result.h), 'send-count': String(result.sendCount) },
+              },
+            },
+          ),
         );
         return;
     }
@@ -567,7 +598,9 @@ export class Session {
     const s = this.state;
     if (s.name !== 'active' || s.sm === undefined) return;
     const sm = s.sm;
-    const due = periodic ? sm.queue.length > 0 && sm.policy.outstandingSinceMs === undefined : sm.policy.shouldRequest({ sent: sm.queue.sent, acked: sm.queue.acked });
+    const due = periodic
+      ? sm.queue.length > 0 && sm.policy.outstandingSinceMs === undefined
+      : sm.policy.shouldRequest({ sent: sm.queue.sent, acked: sm.queue.acked });
     if (due) this.requestAck();
   }
 
@@ -643,7 +676,8 @@ export class Session {
     // The SASL exchange named exactly the hibernated session's account: confirmed with no second
     // resource, which a server allowing one resource per account would trade for the session. A
     // stream that bound a resource already has the server's own answer, which comes first.
-    const confirmedBySasl = s.boundJid === undefined && s.saslJid !== undefined && candidate.kind === 'live' && s.saslJid === candidate.bareJid;
+    const confirmedBySasl =
+      s.boundJid === undefined && s.saslJid !== undefined && candidate.kind === 'live' && s.saslJid === candidate.bareJid;
     const resuming: Extract<State, { name: 'resuming' }> = {
       name: 'resuming',
       authTimer: s.authTimer,
@@ -683,7 +717,15 @@ export class Session {
     const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), bareJid);
     if (!decision.ok) {
       this.refuse(request.ns, decision.failure, request.previd);
-      this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid, saslJid: s.saslJid, featuresRelayed: true, pendingBind: undefined });
+      this.transition({
+        name: 'authenticated',
+        authTimer: s.authTimer,
+        upstream: s.upstream,
+        boundJid,
+        saslJid: s.saslJid,
+        featuresRelayed: true,
+        pendingBind: undefined,
+      });
       this.flow.serverAnswered();
       for (const element of s.held) this.onClientElement(element);
       return;
@@ -710,7 +752,8 @@ export class Session {
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
   resumeCandidate(h: number): ResumeCandidate {
     const s = this.state;
-    if (s.name !== 'active' && s.name !== 'hibernating') return { kind: 'live', bareJid: undefined, resumable: false, h: 0, ack: { kind: 'in-range' } };
+    if (s.name !== 'active' && s.name !== 'hibernating')
+      return { kind: 'live', bareJid: undefined, resumable: false, h: 0, ack: { kind: 'in-range' } };
     const sm = s.sm;
     if (sm === undefined) return { kind: 'live', bareJid: bare(s.jid), resumable: false, h: 0, ack: { kind: 'in-range' } };
     return { kind: 'live', bareJid: bare(s.jid), resumable: sm.resumable, h: sm.inbound.h, ack: sm.queue.checkAck(h) };
@@ -722,10 +765,12 @@ export class Session {
    */
   takeOver({ link, ns, h }: ResumeHandOver): void {
     const s = this.state;
-    if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined) throw new InvariantError(`resume accepted for a session in state ${s.name}`);
+    if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined)
+      throw new InvariantError(`resume accepted for a session in state ${s.name}`);
     const sm = s.sm;
     const resumed = sm.queue.resume(h);
-    if (resumed.ack.kind !== 'acked') throw new InvariantError(`resume accepted with h=${h}, which the queue refuses (${resumed.ack.kind})`);
+    if (resumed.ack.kind !== 'acked')
+      throw new InvariantError(`resume accepted with h=${h}, which the queue refuses (${resumed.ack.kind})`);
     if (s.name === 'active') {
       // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
       const old = this.link;
@@ -750,7 +795,8 @@ export class Session {
     }
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
-    if (wasHibernating) this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
+    if (wasHibernating)
+      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
     this.armRequestTimer();
     // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
     if (resumed.replay.length > 0) this.requestAck();
@@ -810,7 +856,10 @@ export class Session {
         this.log.info({ dropped: disposal.count }, 'unacked stanzas dropped (expiryPolicy drop)');
         return;
       case 'lost':
-        this.log.warn({ dropped: disposal.count }, 'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on');
+        this.log.warn(
+          { dropped: disposal.count },
+          'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on',
+        );
         return;
       case 'answered':
         for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
@@ -841,7 +890,11 @@ export class Session {
             this.end({ kind: 'closed' });
             return;
           }
-          this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', { text: 'legacy server connection lost' }));
+          this.upstreamLost(
+            new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', {
+              text: 'legacy server connection lost',
+            }),
+          );
         }),
       onDrain: () => {
         if (this.upstreamOf(this.state) === upstream) this.flow.upstreamDrained();
@@ -901,7 +954,15 @@ export class Session {
     this.requireLink().expectRestart();
     s.upstream.expectRestart();
     this.requireLink().setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
-    this.transition({ name: 'authenticated', authTimer: s.authTimer, upstream: s.upstream, boundJid: undefined, saslJid: s.sasl.bareJid, featuresRelayed: false, pendingBind: undefined });
+    this.transition({
+      name: 'authenticated',
+      authTimer: s.authTimer,
+      upstream: s.upstream,
+      boundJid: undefined,
+      saslJid: s.sasl.bareJid,
+      featuresRelayed: false,
+      pendingBind: undefined,
+    });
     this.log.debug('authenticated');
   }
 
@@ -984,13 +1045,23 @@ export class Session {
     this.stats.toClient++;
     if (s.sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = s.sm.queue.length;
     this.log.debug({ queued: s.sm.queue.length, kind: element.localName }, 'stanza queued while hibernating');
-    this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', { sid: this.sid, jid: s.jid, smId: s.sm.id, queued: s.sm.queue.length, kind: element.localName });
+    this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', {
+      sid: this.sid,
+      jid: s.jid,
+      smId: s.sm.id,
+      queued: s.sm.queue.length,
+      kind: element.localName,
+    });
   }
 
   /** The queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */
   private queueOverflow(sm: StreamManagement, overflowing: Buffer, why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
-    this.end({ kind: 'queue-overflow', overflowing, error: new StreamError(ErrorCode.SM_QUEUE_OVERFLOW, 'resource-constraint', `too many unacknowledged stanzas (${why})`) });
+    this.end({
+      kind: 'queue-overflow',
+      overflowing,
+      error: new StreamError(ErrorCode.SM_QUEUE_OVERFLOW, 'resource-constraint', `too many unacknowledged stanzas (${why})`),
+    });
   }
 
   private onUpstreamStreamClose(upstream: UpstreamStream): void {
@@ -1001,7 +1072,9 @@ export class Session {
       return;
     }
     // The legacy server ended the user's stream: the session ends, and so does the client's.
-    this.upstreamLost(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, 'legacy server closed the stream', { text: 'legacy server closed the stream' }));
+    this.upstreamLost(
+      new UpstreamError(ErrorCode.UPSTREAM_CLOSED, 'legacy server closed the stream', { text: 'legacy server closed the stream' }),
+    );
   }
 
   /** The upstream is gone: the session ends; a later resume fails fast with the reason. */
@@ -1018,7 +1091,12 @@ export class Session {
     const s = this.state;
     if (s.name === 'closed') return;
     // Which config key set the limit, for the operator: it is raised at SASL success.
-    const limitKey = error.code !== ErrorCode.STANZA_TOO_BIG ? undefined : s.name === 'opening' || s.name === 'connecting' || s.name === 'authenticating' ? 'limits.maxStanzaBytesPreAuth' : 'limits.maxStanzaBytes';
+    const limitKey =
+      error.code !== ErrorCode.STANZA_TOO_BIG
+        ? undefined
+        : s.name === 'opening' || s.name === 'connecting' || s.name === 'authenticating'
+          ? 'limits.maxStanzaBytesPreAuth'
+          : 'limits.maxStanzaBytes';
     this.log.info({ code: error.code, condition: error.condition, err: error.message, limitKey }, 'stream error sent to client');
     this.end({ kind: 'stream-error', error });
   }
@@ -1054,7 +1132,13 @@ export class Session {
     const upstream = this.upstreamOf(s);
     const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
     if (s.name === 'hibernating') {
-      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason: how.reason, hibernatedMs: this.deps.now() - s.sinceMs });
+      this.deps.events.notify(this.log, 'hibernationEnded', {
+        sid: this.sid,
+        jid: s.jid,
+        smId: s.sm.id,
+        reason: how.reason,
+        hibernatedMs: this.deps.now() - s.sinceMs,
+      });
     }
     if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
@@ -1166,4 +1250,3 @@ function clearStateTimers(from: State, to: State): void {
   if (from.name === 'hibernating') timers.push(from.expiryTimer);
   for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
 }
-

@@ -31,7 +31,10 @@ interface FailureSpec {
  */
 export const SM_FAILURES = {
   /** XEP-0198 defines no such element. */
-  'unknown-request': (name: string): FailureSpec => ({ condition: 'feature-not-implemented', text: `<${name}/> is not a stream management request the proxy knows` }),
+  'unknown-request': (name: string): FailureSpec => ({
+    condition: 'feature-not-implemented',
+    text: `<${name}/> is not a stream management request the proxy knows`,
+  }),
   /** XEP-0198 §3: "the client MUST NOT attempt to enable stream management until after it has completed resource binding". */
   'enable-before-bind': (): FailureSpec => ({ condition: 'unexpected-request', text: 'bind a resource before enabling stream management' }),
   /** XEP-0198 §3: enabled at most once per stream. */
@@ -61,7 +64,10 @@ export const SM_FAILURES = {
     appCondition: { name: 'handled-count-too-high', xmlns: NS.sm3, attrs: { h: String(h), 'send-count': String(sendCount) } },
   }),
   /** `h` below the last acknowledged count: the stanzas in between are gone and cannot be replayed. */
-  'resume-h-below-ack': (h: number, previous: number): FailureSpec => ({ condition: 'undefined-condition', text: `h=${h} is below the last acknowledged count ${previous}` }),
+  'resume-h-below-ack': (h: number, previous: number): FailureSpec => ({
+    condition: 'undefined-condition',
+    text: `h=${h} is below the last acknowledged count ${previous}`,
+  }),
 } as const;
 
 export type SmFailureKey = keyof typeof SM_FAILURES;

@@ -57,7 +57,10 @@ export function decideResume(candidate: ResumeCandidate, account: string | undef
       return { ok: false, failure: smFailure('resume-not-resumable') };
     case 'ended':
       // It ended while the identity was checked: how, and its h only to its own account.
-      return { ok: false, failure: withH(smFailure('resume-ended', candidate.reason), candidate.bareJid === account ? candidate.h : undefined) };
+      return {
+        ok: false,
+        failure: withH(smFailure('resume-ended', candidate.reason), candidate.bareJid === account ? candidate.h : undefined),
+      };
     case 'live': {
       if (candidate.bareJid === undefined) return { ok: false, failure: smFailure('resume-not-resumable') };
       if (candidate.bareJid !== account) return { ok: false, failure: smFailure('resume-other-account') };

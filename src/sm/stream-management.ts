@@ -50,15 +50,34 @@ export class StreamManagement {
 
   /** The state as plain data, to hand a hibernated session to another process. */
   snapshot(): StreamManagementSnapshot {
-    return { ns: this.ns, id: this.id, resumable: this.resumable, hibernationMs: this.hibernationMs, h: this.inbound.h, queue: this.queue.snapshot() };
+    return {
+      ns: this.ns,
+      id: this.id,
+      resumable: this.resumable,
+      hibernationMs: this.hibernationMs,
+      h: this.inbound.h,
+      queue: this.queue.snapshot(),
+    };
   }
 
   /** The state of `snapshot` under this process's settings and budget; the queue's refusal when it does not fit them. */
-  static restore(snapshot: StreamManagementSnapshot, settings: SmSettings, budget: MemoryBudget): StreamManagement | Extract<PushResult, { ok: false }> {
+  static restore(
+    snapshot: StreamManagementSnapshot,
+    settings: SmSettings,
+    budget: MemoryBudget,
+  ): StreamManagement | Extract<PushResult, { ok: false }> {
     const queue = UnackedQueue.restore({ maxStanzas: settings.maxQueueStanzas, maxBytes: settings.maxQueueBytes }, budget, snapshot.queue);
     if (!(queue instanceof UnackedQueue)) return queue;
     const policy = new AckPolicy({ maxUnackedStanzas: settings.maxUnackedStanzas });
-    return new StreamManagement(snapshot.ns, snapshot.id, snapshot.resumable, snapshot.hibernationMs, queue, policy, new InboundCounter(snapshot.h));
+    return new StreamManagement(
+      snapshot.ns,
+      snapshot.id,
+      snapshot.resumable,
+      snapshot.hibernationMs,
+      queue,
+      policy,
+      new InboundCounter(snapshot.h),
+    );
   }
 
   /** Decides on an `<enable/>` (XEP-0198 §3) from its attributes and the settings. */

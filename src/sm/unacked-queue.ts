@@ -152,7 +152,8 @@ export class UnackedQueue {
    * its entries are then exactly the stanzas between `acked` and `sent`.
    */
   snapshot(): UnackedQueueSnapshot {
-    if (this.#drainedAhead > 0) throw new InvariantError(`snapshot of a drained unacked queue: ${this.#drainedAhead} stanzas were disposed of`);
+    if (this.#drainedAhead > 0)
+      throw new InvariantError(`snapshot of a drained unacked queue: ${this.#drainedAhead} stanzas were disposed of`);
     if (this.#overflow !== undefined) throw new InvariantError('snapshot of an unacked queue that overflowed');
     return { sent: this.#sent, acked: this.#acked, ackedTotal: this.#ackedTotal, entries: [...this.entries()] };
   }
@@ -161,7 +162,11 @@ export class UnackedQueue {
    * A queue with `snapshot`'s counters and entries, their bytes reserved in `budget`. Fails (with
    * the push refusal) when they do not fit this process's limits or budget.
    */
-  static restore(limits: QueueLimits, budget: MemoryBudget, snapshot: UnackedQueueSnapshot): UnackedQueue | Extract<PushResult, { ok: false }> {
+  static restore(
+    limits: QueueLimits,
+    budget: MemoryBudget,
+    snapshot: UnackedQueueSnapshot,
+  ): UnackedQueue | Extract<PushResult, { ok: false }> {
     const queue = new UnackedQueue(limits, budget, snapshot.acked);
     for (const entry of snapshot.entries) {
       const pushed = queue.push(entry.bytes, entry.sentAtMs);
@@ -171,7 +176,9 @@ export class UnackedQueue {
       }
     }
     if (queue.#sent !== snapshot.sent) {
-      throw new InvariantError(`unacked queue snapshot holds ${snapshot.entries.length} entries, but acked ${snapshot.acked} and sent ${snapshot.sent} say otherwise`);
+      throw new InvariantError(
+        `unacked queue snapshot holds ${snapshot.entries.length} entries, but acked ${snapshot.acked} and sent ${snapshot.sent} say otherwise`,
+      );
     }
     queue.#ackedTotal = snapshot.ackedTotal;
     return queue;

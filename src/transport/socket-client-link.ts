@@ -275,7 +275,10 @@ export class SocketClientLink implements ClientLink {
     this.droppedBeforeTls += at;
     if (at === bytes.length) return;
     if (bytes[at] !== TLS_HANDSHAKE_RECORD) {
-      this.log.info({ code: ErrorCode.TLS_HANDSHAKE, byte: bytes[at] }, 'client sent neither whitespace nor a TLS handshake after <proceed/>');
+      this.log.info(
+        { code: ErrorCode.TLS_HANDSHAKE, byte: bytes[at] },
+        'client sent neither whitespace nor a TLS handshake after <proceed/>',
+      );
       this.writer.flush(); // <proceed/> may still be corked when both arrive in one read
       this.destroy('not TLS after <proceed/>');
       return;
@@ -288,7 +291,8 @@ export class SocketClientLink implements ClientLink {
     const startTls = this.startTls;
     if (startTls === undefined) return;
     this.phase = 'tls-handshake';
-    if (this.droppedBeforeTls > 0) this.log.debug({ bytes: this.droppedBeforeTls }, 'dropped bytes between <starttls/> and the TLS handshake');
+    if (this.droppedBeforeTls > 0)
+      this.log.debug({ bytes: this.droppedBeforeTls }, 'dropped bytes between <starttls/> and the TLS handshake');
     const plain = this.socket;
     this.detachSocket(plain);
     this.writer.flush();
@@ -307,7 +311,10 @@ export class SocketClientLink implements ClientLink {
     secure.once('secure', () => {
       if (this.phase !== 'tls-handshake') return;
       this.phase = 'stream';
-      this.log.debug({ protocol: secure.getProtocol(), servername: (secure as { servername?: string }).servername }, 'client TLS established');
+      this.log.debug(
+        { protocol: secure.getProtocol(), servername: (secure as { servername?: string }).servername },
+        'client TLS established',
+      );
     });
     this.scanner = this.streamScanner();
     this.attachSocket(secure);

@@ -36,10 +36,7 @@ export interface CredentialEntry {
 }
 
 /** The SNI callback shape `tls.createServer` and `new tls.TLSSocket` take. */
-export type SniCallback = (
-  serverName: string,
-  callback: (err: Error | null, context?: tls.SecureContext) => void,
-) => void;
+export type SniCallback = (serverName: string, callback: (err: Error | null, context?: tls.SecureContext) => void) => void;
 
 /** Loaded client-facing TLS credentials. Immutable once created. */
 export interface TlsCredentials {
@@ -194,11 +191,7 @@ async function loadEntry(
 }
 
 /** Generates the in-memory self-signed certificate for `domains`, 'localhost' and 127.0.0.1. */
-async function generateSelfSigned(
-  domains: readonly string[],
-  minVersion: tls.SecureVersion,
-  log: TlsCredentialsLog,
-): Promise<LoadedEntry> {
+async function generateSelfSigned(domains: readonly string[], minVersion: tls.SecureVersion, log: TlsCredentialsLog): Promise<LoadedEntry> {
   const names = [...new Set([...domains.map(normalizeName), 'localhost'])];
   const notBeforeDate = new Date(Date.now() - 60_000); // a minute of clock skew
   const notAfterDate = new Date(notBeforeDate.getTime() + SELF_SIGNED_VALIDITY_MS);
@@ -248,11 +241,7 @@ async function generateSelfSigned(
  *   unreadable or unusable (wrong passphrase, key not matching the certificate), or when there is
  *   no certificate at all and `selfSigned` is false.
  */
-export async function createTlsCredentials(
-  config: TlsConfig,
-  domains: readonly string[],
-  log: TlsCredentialsLog,
-): Promise<TlsCredentials> {
+export async function createTlsCredentials(config: TlsConfig, domains: readonly string[], log: TlsCredentialsLog): Promise<TlsCredentials> {
   const minVersion = config.minVersion;
   const loaded: LoadedEntry[] = [];
   for (const [index, certificate] of config.certificates.entries()) {

@@ -197,7 +197,11 @@ export class WebSocketClientLink implements ClientLink {
       // that receives binary data. The stream error comes first so the session ends, not only the socket.
       this.protocolCloseCode = WebSocketCloseCode.UNSUPPORTED_DATA;
       this.protocolError(
-        new StreamError(ErrorCode.XML_ENCODING, 'unsupported-encoding', 'binary WebSocket message: RFC 7395 §3.2 allows only text (UTF-8) messages'),
+        new StreamError(
+          ErrorCode.XML_ENCODING,
+          'unsupported-encoding',
+          'binary WebSocket message: RFC 7395 §3.2 allows only text (UTF-8) messages',
+        ),
       );
       return;
     }
@@ -274,19 +278,32 @@ export class WebSocketClientLink implements ClientLink {
     switch (err.code) {
       case 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH':
         this.protocolError(
-          new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `WebSocket message exceeds the limit of ${this.maxPayloadBytes} bytes`, {
-            appCondition: { name: 'stanza-too-big', xmlns: NS.errors },
-          }),
+          new StreamError(
+            ErrorCode.STANZA_TOO_BIG,
+            'policy-violation',
+            `WebSocket message exceeds the limit of ${this.maxPayloadBytes} bytes`,
+            {
+              appCondition: { name: 'stanza-too-big', xmlns: NS.errors },
+            },
+          ),
         );
         return;
       case 'WS_ERR_INVALID_UTF8':
-        this.protocolError(new StreamError(ErrorCode.XML_ENCODING, 'unsupported-encoding', 'WebSocket text message is not valid UTF-8 (RFC 7395 §3.2, RFC 6120 §11.6)'));
+        this.protocolError(
+          new StreamError(
+            ErrorCode.XML_ENCODING,
+            'unsupported-encoding',
+            'WebSocket text message is not valid UTF-8 (RFC 7395 §3.2, RFC 6120 §11.6)',
+          ),
+        );
         return;
       case undefined:
         this.log.debug({ err: err.message }, 'client WebSocket error');
         return;
       default:
-        this.protocolError(new StreamError(ErrorCode.XML_NOT_WELL_FORMED, 'not-well-formed', `WebSocket protocol error (${err.code}): ${err.message}`));
+        this.protocolError(
+          new StreamError(ErrorCode.XML_NOT_WELL_FORMED, 'not-well-formed', `WebSocket protocol error (${err.code}): ${err.message}`),
+        );
     }
   };
 

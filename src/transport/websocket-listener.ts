@@ -3,7 +3,14 @@
  * one path to WebSocket connections speaking the `xmpp` subprotocol, and serves XEP-0156 discovery
  * (`/.well-known/host-meta` and `host-meta.json`) on the same port.
  */
-import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer as createHttpServer,
+  STATUS_CODES,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { BlockList, isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -134,7 +141,10 @@ export class WebSocketListener implements Listener {
         log.info({ ...bound, type: 'websocket', path, tls }, 'listening');
         if (!tls && this.options.trustedProxies.length === 0) {
           // XEP-0156 §3: clients fetch host-meta over HTTPS and accept only wss:// URLs.
-          log.warn({ ...bound, path }, 'plain ws:// listener without trustedProxies: host-meta announces ws:// URLs, which XEP-0156 clients ignore');
+          log.warn(
+            { ...bound, path },
+            'plain ws:// listener without trustedProxies: host-meta announces ws:// URLs, which XEP-0156 clients ignore',
+          );
         }
         resolve(bound);
       });
@@ -164,9 +174,14 @@ export class WebSocketListener implements Listener {
     if (pathname === this.options.path) {
       if (req.method === 'GET' || req.method === 'HEAD') {
         // RFC 7231 §6.5.15: 426 names the protocol to switch to in an Upgrade header.
-        respond(res, 426, `RFC 7395 §3.1: ${this.options.path} is an XMPP WebSocket endpoint; upgrade to WebSocket with subprotocol 'xmpp'\n`, {
-          Upgrade: 'websocket',
-        });
+        respond(
+          res,
+          426,
+          `RFC 7395 §3.1: ${this.options.path} is an XMPP WebSocket endpoint; upgrade to WebSocket with subprotocol 'xmpp'\n`,
+          {
+            Upgrade: 'websocket',
+          },
+        );
         return;
       }
       respond(res, 405, 'only GET (a WebSocket upgrade) is allowed here\n', { Allow: 'GET' });
@@ -260,8 +275,21 @@ export class WebSocketListener implements Listener {
     const { limits, log, maxPayloadBytes, pingIntervalMs } = this.options;
     const sid = this.options.newSid();
     const client = this.clientAddress(req);
-    const sessionLog = log.child({ sid, transport: 'websocket', remote: client.remote, ...(client.via !== undefined ? { via: client.via } : {}) });
-    const link = new WebSocketClientLink({ ws, remote: client.remote, address: client.address, limits, maxPayloadBytes, pingIntervalMs, log: sessionLog });
+    const sessionLog = log.child({
+      sid,
+      transport: 'websocket',
+      remote: client.remote,
+      ...(client.via !== undefined ? { via: client.via } : {}),
+    });
+    const link = new WebSocketClientLink({
+      ws,
+      remote: client.remote,
+      address: client.address,
+      limits,
+      maxPayloadBytes,
+      pingIntervalMs,
+      log: sessionLog,
+    });
     this.options.onLink(link, sessionLog);
   }
 
@@ -362,7 +390,10 @@ function trustedProxyList(entries: readonly string[]): BlockList {
   for (const entry of entries) {
     const parsed = parseIpRange(entry);
     if (!parsed.ok) {
-      throw new ConfigError(ErrorCode.CONFIG_INVALID, `trustedProxies entry '${entry}' is not an IP address or address/prefix: ${parsed.reason}`);
+      throw new ConfigError(
+        ErrorCode.CONFIG_INVALID,
+        `trustedProxies entry '${entry}' is not an IP address or address/prefix: ${parsed.reason}`,
+      );
     }
     const { address, prefix, family } = parsed.range;
     if (prefix === undefined) list.addAddress(address, family);

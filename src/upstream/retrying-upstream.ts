@@ -322,7 +322,9 @@ export class RetryingUpstream implements UpstreamStream {
     this.phase = Phase.Gone;
     this.replay = [];
     const error =
-      err instanceof UpstreamError ? err : new UpstreamError(ErrorCode.UPSTREAM_CONNECT, asProxyError(err).message, { cause: err, text: 'legacy server unreachable' });
+      err instanceof UpstreamError
+        ? err
+        : new UpstreamError(ErrorCode.UPSTREAM_CONNECT, asProxyError(err).message, { cause: err, text: 'legacy server unreachable' });
     this.handler?.onFailure(error);
     this.handler?.onEnd(false);
   }

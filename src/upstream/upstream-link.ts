@@ -113,7 +113,12 @@ export class UpstreamLink implements UpstreamStream {
         },
         onError: (error) => {
           this.log.warn({ code: error.code, err: error.message }, 'legacy server sent invalid XML');
-          this.failWith(new UpstreamError(ErrorCode.UPSTREAM_CLOSED, `legacy server sent invalid XML: ${error.message}`, { cause: error, text: 'legacy server sent invalid XML' }));
+          this.failWith(
+            new UpstreamError(ErrorCode.UPSTREAM_CLOSED, `legacy server sent invalid XML: ${error.message}`, {
+              cause: error,
+              text: 'legacy server sent invalid XML',
+            }),
+          );
         },
       },
       { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
@@ -167,7 +172,13 @@ export class UpstreamLink implements UpstreamStream {
     clearTimeout(this.headerTimer);
     const timeoutMs = this.target.connectTimeoutMs;
     this.headerTimer = setTimeout(() => {
-      this.failWith(new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `legacy server ${this.target.host}:${this.target.port} sent no stream header within ${timeoutMs} ms`, { text: 'legacy server did not answer' }));
+      this.failWith(
+        new UpstreamError(
+          ErrorCode.UPSTREAM_CONNECT,
+          `legacy server ${this.target.host}:${this.target.port} sent no stream header within ${timeoutMs} ms`,
+          { text: 'legacy server did not answer' },
+        ),
+      );
     }, timeoutMs);
     this.headerTimer.unref();
   }
@@ -251,7 +262,11 @@ function connectSocket(target: UpstreamTarget): Promise<Socket> {
     const readyEvent = target.security === 'tls' ? 'secureConnect' : 'connect';
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `legacy server ${where} did not accept within ${target.connectTimeoutMs} ms`, { text: 'legacy server unreachable' }));
+      reject(
+        new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `legacy server ${where} did not accept within ${target.connectTimeoutMs} ms`, {
+          text: 'legacy server unreachable',
+        }),
+      );
     }, target.connectTimeoutMs);
     socket.once(readyEvent, () => {
       clearTimeout(timer);
@@ -261,7 +276,12 @@ function connectSocket(target: UpstreamTarget): Promise<Socket> {
     // before the link installs its own listener (a settled promise ignores the reject).
     socket.on('error', (err) => {
       clearTimeout(timer);
-      reject(new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `cannot connect to legacy server ${where}: ${err.message}`, { cause: err, text: 'legacy server unreachable' }));
+      reject(
+        new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `cannot connect to legacy server ${where}: ${err.message}`, {
+          cause: err,
+          text: 'legacy server unreachable',
+        }),
+      );
     });
   });
 }
@@ -283,7 +303,12 @@ function negotiateStartTls(socket: Socket, target: UpstreamTarget): Promise<Sock
       socket.removeAllListeners('data');
       secure?.destroy();
       socket.destroy();
-      reject(new UpstreamError(ErrorCode.UPSTREAM_TLS, `STARTTLS with legacy server ${target.host}:${target.port}: ${message}`, { cause, text: 'legacy server TLS failed' }));
+      reject(
+        new UpstreamError(ErrorCode.UPSTREAM_TLS, `STARTTLS with legacy server ${target.host}:${target.port}: ${message}`, {
+          cause,
+          text: 'legacy server TLS failed',
+        }),
+      );
     };
     const timer = setTimeout(() => {
       const step = secure === undefined ? 'no answer' : 'TLS handshake not complete';

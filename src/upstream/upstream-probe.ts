@@ -23,7 +23,10 @@ export async function probeUpstream(target: UpstreamTarget, log: Logger): Promis
     return { ok: false, error: asProxyError(err).message };
   }
   return new Promise((resolve) => {
-    const timer = setTimeout(() => done({ ok: false, error: `no stream features within ${target.connectTimeoutMs} ms` }), target.connectTimeoutMs);
+    const timer = setTimeout(
+      () => done({ ok: false, error: `no stream features within ${target.connectTimeoutMs} ms` }),
+      target.connectTimeoutMs,
+    );
     const done = (result: ProbeResult): void => {
       clearTimeout(timer);
       link.close();

@@ -189,9 +189,7 @@ function table(pred: (b: number) => boolean): Uint8Array {
  * XML 1.0 §2.3 NameStartChar, ASCII part; every byte of a multi-byte UTF-8 character is accepted
  * (the UTF-8 check runs separately, and the non-ASCII NameStartChar ranges are nearly everything).
  */
-const NAME_START = table(
-  (b) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === COLON || b >= 0x80,
-);
+const NAME_START = table((b) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === COLON || b >= 0x80);
 /** XML 1.0 §2.3 NameChar (ASCII part), as NAME_START. */
 const NAME_CHAR = table((b) => NAME_START[b] === 1 || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x2e);
 /** Bytes that end a run of character data: markup, references, a possible ']]>' and controls. */
@@ -239,9 +237,7 @@ function unexpectedByte(b: number, where: string, offset: number): StreamError {
 
 /** XML 1.0 §2.2 Char: the code points a character reference may denote. */
 function isXmlChar(c: number): boolean {
-  return (
-    c === TAB || c === LF || c === CR || (c >= 0x20 && c <= 0xd7ff) || (c >= 0xe000 && c <= 0xfffd) || (c >= 0x10000 && c <= 0x10ffff)
-  );
+  return c === TAB || c === LF || c === CR || (c >= 0x20 && c <= 0xd7ff) || (c >= 0xe000 && c <= 0xfffd) || (c >= 0x10000 && c <= 0x10ffff);
 }
 
 /**
@@ -495,9 +491,7 @@ export class StreamScanner {
       this.scan(chunk, badAt < 0 ? chunk.length : badAt);
       if (badAt >= 0 && !this.stopped()) {
         this.fail(
-          unsupportedEncoding(
-            `invalid UTF-8 byte ${describeByte(chunk[badAt]!)} at byte offset ${this.consumed + badAt} (RFC 6120 §11.6)`,
-          ),
+          unsupportedEncoding(`invalid UTF-8 byte ${describeByte(chunk[badAt]!)} at byte offset ${this.consumed + badAt} (RFC 6120 §11.6)`),
         );
       }
       this.consumed += chunk.length;
@@ -1002,9 +996,7 @@ export class StreamScanner {
             // XML 1.0 §4.1 WFC: Legal Character. Grouped with RFC 6120 §11.1 restricted references.
             const shown = v >= 0x110000 ? 'beyond U+10FFFF' : `U+${v.toString(16).toUpperCase().padStart(4, '0')}`;
             return this.fail(
-              restrictedXml(
-                `character reference to ${shown}, not an XML character, at byte offset ${this.consumed + i} (RFC 6120 §11.1)`,
-              ),
+              restrictedXml(`character reference to ${shown}, not an XML character, at byte offset ${this.consumed + i} (RFC 6120 §11.1)`),
             );
           }
           state = this.refReturn;
@@ -1180,7 +1172,9 @@ export class StreamScanner {
 
         case S.FragEnd:
           return this.fail(
-            notWellFormed(`data after the element at byte offset ${this.consumed + i}: a WebSocket message is exactly one element (RFC 7395 §3.3.3)`),
+            notWellFormed(
+              `data after the element at byte offset ${this.consumed + i}: a WebSocket message is exactly one element (RFC 7395 §3.3.3)`,
+            ),
           );
 
         case S.Done:
@@ -1339,18 +1333,18 @@ export class StreamScanner {
   private tooBig(): StreamError {
     const lim = this.curMaxStanza;
     const what =
-      this.depth >= 1 ? 'stanza' : this.state === S.LtDecl || this.state === S.Decl || this.state === S.DeclQ ? 'XML declaration' : 'stream header';
+      this.depth >= 1
+        ? 'stanza'
+        : this.state === S.LtDecl || this.state === S.Decl || this.state === S.DeclQ
+          ? 'XML declaration'
+          : 'stream header';
     return new StreamError(ErrorCode.STANZA_TOO_BIG, 'policy-violation', `${what} exceeds the limit of ${lim} bytes`, {
       appCondition: STANZA_TOO_BIG_CONDITION,
     });
   }
 
   private tooDeep(d: number): StreamError {
-    return new StreamError(
-      ErrorCode.XML_TOO_DEEP,
-      'policy-violation',
-      `element nesting depth ${d} exceeds maxDepth ${this.curMaxDepth}`,
-    );
+    return new StreamError(ErrorCode.XML_TOO_DEEP, 'policy-violation', `element nesting depth ${d} exceeds maxDepth ${this.curMaxDepth}`);
   }
 
   /** The XML declaration ended at buf[i]. */
@@ -1435,7 +1429,9 @@ export class StreamScanner {
     if (entry.prefix !== undefined && ns === undefined) {
       // RFC 6120 §11.2 / §4.9.3.2: a prefix that no declaration in scope binds.
       this.fail(
-        badNamespacePrefix(`element <${entry.name}> uses the undeclared prefix '${entry.prefix}' at byte offset ${this.consumed + i} (RFC 6120 §11.2)`),
+        badNamespacePrefix(
+          `element <${entry.name}> uses the undeclared prefix '${entry.prefix}' at byte offset ${this.consumed + i} (RFC 6120 §11.2)`,
+        ),
       );
       return S.Done;
     }

@@ -20,7 +20,10 @@ export interface BenchContext {
 export const DOMAIN = 'localhost';
 
 /** Proxy config for the benchmarks: one direct TLS listener on loopback, generous limits. */
-export function proxyConfig(upstreamPort: number, overrides: { streamManagement?: Record<string, unknown>; limits?: Record<string, unknown>; logLevel?: string } = {}): unknown {
+export function proxyConfig(
+  upstreamPort: number,
+  overrides: { streamManagement?: Record<string, unknown>; limits?: Record<string, unknown>; logLevel?: string } = {},
+): unknown {
   return {
     listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
     tls: { selfSigned: true },

@@ -152,7 +152,11 @@ export function serve(commands: Commands): void {
       profiler ??= new Session();
       profiler.connect();
       await post(profiler, 'HeapProfiler.enable');
-      await post(profiler, 'HeapProfiler.startSampling', { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+      await post(profiler, 'HeapProfiler.startSampling', {
+        samplingInterval: 16384,
+        includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: true,
+      });
       return true;
     },
     allocationsStop: async (args: { count?: number }) => {
@@ -225,7 +229,10 @@ function topAllocations(head: AllocationNode, count: number): string[] {
     for (const child of node.children) walk(child);
   };
   walk(head);
-  return [...bytes.entries()].sort((a, b) => b[1] - a[1]).slice(0, count).map(([key, b]) => `${(b / 2 ** 20).toFixed(2)} MB ${key}`);
+  return [...bytes.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, count)
+    .map(([key, b]) => `${(b / 2 ** 20).toFixed(2)} MB ${key}`);
 }
 
 function post(session: Session, method: string, params?: object): Promise<unknown> {
@@ -260,7 +267,8 @@ export class Peer {
     });
     child.on('exit', (code, signal) => {
       this.exited = true;
-      for (const waiting of this.pending.values()) waiting.reject(new Error(`${this.name} exited (code ${code}, signal ${signal}) during ${waiting.cmd}`));
+      for (const waiting of this.pending.values())
+        waiting.reject(new Error(`${this.name} exited (code ${code}, signal ${signal}) during ${waiting.cmd}`));
       this.pending.clear();
     });
   }
@@ -390,7 +398,10 @@ export function heapByType(path: string, count = 25): { name: string; count: num
   const nodes = snapshot.nodes;
   for (let i = 0; i < nodes.length; i += stride) {
     const type = types[nodes[i + typeIndex]!] ?? '?';
-    const name = type === 'object' || type === 'closure' || type === 'native' ? `${type === 'object' ? '' : `${type} `}${snapshot.strings[nodes[i + nameIndex]!]}` : `(${type})`;
+    const name =
+      type === 'object' || type === 'closure' || type === 'native'
+        ? `${type === 'object' ? '' : `${type} `}${snapshot.strings[nodes[i + nameIndex]!]}`
+        : `(${type})`;
     const entry = totals.get(name) ?? { count: 0, bytes: 0 };
     entry.count++;
     entry.bytes += nodes[i + sizeIndex]!;

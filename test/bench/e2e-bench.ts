@@ -67,7 +67,14 @@ function pidOf(server: ProsodyServer): number {
 async function measure(ctx: BenchContext, client: Peer, s: Scenario, ratePerSec: number): Promise<Sample> {
   const durationMs = ctx.quick ? 1500 : 5000;
   await client.call('e2eSetup', {
-    ...s.endpoint, pairs: PAIRS, userA: 'alice', userB: 'bob', password: PASSWORD, mechanism: 'SCRAM-SHA-1', sm: s.sm, bodyBytes: BODY_BYTES,
+    ...s.endpoint,
+    pairs: PAIRS,
+    userA: 'alice',
+    userB: 'bob',
+    password: PASSWORD,
+    mechanism: 'SCRAM-SHA-1',
+    sm: s.sm,
+    bodyBytes: BODY_BYTES,
   });
   try {
     // Warm-up, so JIT and server caches are not measured.
@@ -108,13 +115,32 @@ export async function runE2eBench(ctx: BenchContext): Promise<string> {
     proxy = await startProxy(ctx, proxyConfig(legacy.c2sPort));
     const legacyPid = pidOf(legacy);
     const smacksPid = pidOf(smacks);
-    const direct = (server: ProsodyServer): Scenario['endpoint'] => ({ host: '127.0.0.1', port: server.c2sPort, tls: false, domain: server.domain });
+    const direct = (server: ProsodyServer): Scenario['endpoint'] => ({
+      host: '127.0.0.1',
+      port: server.c2sPort,
+      tls: false,
+      domain: server.domain,
+    });
     const viaProxy = { host: '127.0.0.1', port: proxy.port, tls: true, domain: legacy.domain };
     const scenarios: Scenario[] = [
       { key: 'a', name: '(a) client —TLS→ proxy (SM) → legacy Prosody', endpoint: viaProxy, sm: true, prosodyPid: legacyPid, proxy },
       { key: 'a0', name: '(a0) client —TLS→ proxy (no SM) → legacy Prosody', endpoint: viaProxy, sm: false, prosodyPid: legacyPid, proxy },
-      { key: 'b', name: '(b) client —TCP→ Prosody with mod_smacks (SM)', endpoint: direct(smacks), sm: true, prosodyPid: smacksPid, proxy: undefined },
-      { key: 'c', name: '(c) client —TCP→ legacy Prosody (no SM)', endpoint: direct(legacy), sm: false, prosodyPid: legacyPid, proxy: undefined },
+      {
+        key: 'b',
+        name: '(b) client —TCP→ Prosody with mod_smacks (SM)',
+        endpoint: direct(smacks),
+        sm: true,
+        prosodyPid: smacksPid,
+        proxy: undefined,
+      },
+      {
+        key: 'c',
+        name: '(c) client —TCP→ legacy Prosody (no SM)',
+        endpoint: direct(legacy),
+        sm: false,
+        prosodyPid: legacyPid,
+        proxy: undefined,
+      },
     ];
     const samples = new Map<string, Sample[]>(scenarios.map((s) => [s.key, []]));
     for (let rep = 0; rep < reps; rep++) {
@@ -128,12 +154,26 @@ export async function runE2eBench(ctx: BenchContext): Promise<string> {
       ctx.progress('e2e: profiling the proxy in scenario (a)');
       const a = scenarios[0]!;
       const path = join(ctx.dir, 'e2e-proxy-a.cpuprofile');
-      await client.call('e2eSetup', { ...a.endpoint, pairs: PAIRS, userA: 'alice', userB: 'bob', password: PASSWORD, mechanism: 'SCRAM-SHA-1', sm: true, bodyBytes: BODY_BYTES });
+      await client.call('e2eSetup', {
+        ...a.endpoint,
+        pairs: PAIRS,
+        userA: 'alice',
+        userB: 'bob',
+        password: PASSWORD,
+        mechanism: 'SCRAM-SHA-1',
+        sm: true,
+        bodyBytes: BODY_BYTES,
+      });
       await proxy.peer.call('profileStart');
       await client.call('e2eRun', { mode: 'saturate', durationMs: 3000, window: WINDOW, ratePerSec });
       await proxy.peer.call('profileStop', { path });
       await client.call('e2eTeardown');
-      profileText = `\nProxy CPU profile in (a), saturated (V8 sampling, self time, share of the non-idle main-thread samples; ${path}):\n\n${topSelfTime(path, 15).map((l) => `    ${l}`).join('\n')}\n`;
+      profileText = `\nProxy CPU profile in (a), saturated (V8 sampling, self time, share of the non-idle main-thread samples; ${path}):\n\n${topSelfTime(
+        path,
+        15,
+      )
+        .map((l) => `    ${l}`)
+        .join('\n')}\n`;
     }
     for (const s of scenarios) {
       const list = samples.get(s.key)!;
@@ -141,17 +181,40 @@ export async function runE2eBench(ctx: BenchContext): Promise<string> {
       const rate = m((x) => x.saturated.delivered / x.saturated.seconds);
       const lost = list.reduce((sum, x) => sum + x.saturated.lost + x.paced.lost, 0);
       // Paced latency: percentiles of all samples of all repetitions together (a p99 of one short window is noisy).
-      const [p50Paced, p99Paced] = percentiles(list.flatMap((x) => x.paced.samples ?? []), [50, 99]);
+      const [p50Paced, p99Paced] = percentiles(
+        list.flatMap((x) => x.paced.samples ?? []),
+        [50, 99],
+      );
       medians.set(s.key, { rate, p99Paced: p99Paced!, p99Sat: m((x) => x.saturated.p99), proxyCpu: m((x) => x.proxyCpu) });
       rows.push([
         s.name,
         fmtInt(rate),
-        `${fmt(m((x) => x.saturated.p50), 2)} / ${fmt(m((x) => x.saturated.p99), 2)}`,
+        `${fmt(
+          m((x) => x.saturated.p50),
+          2,
+        )} / ${fmt(
+          m((x) => x.saturated.p99),
+          2,
+        )}`,
         `${fmt(p50Paced!, 2)} / ${fmt(p99Paced!, 2)}`,
-        s.proxy === undefined ? '–' : fmt(m((x) => x.proxyCpu), 3),
-        fmt(m((x) => x.prosodyCpu), 3),
-        fmt(m((x) => (Number.isNaN(x.proxyCpu) ? 0 : x.proxyCpu) + x.prosodyCpu), 3),
-        fmt(m((x) => x.clientCpu), 3),
+        s.proxy === undefined
+          ? '–'
+          : fmt(
+              m((x) => x.proxyCpu),
+              3,
+            ),
+        fmt(
+          m((x) => x.prosodyCpu),
+          3,
+        ),
+        fmt(
+          m((x) => (Number.isNaN(x.proxyCpu) ? 0 : x.proxyCpu) + x.prosodyCpu),
+          3,
+        ),
+        fmt(
+          m((x) => x.clientCpu),
+          3,
+        ),
         String(lost),
       ]);
     }
@@ -172,14 +235,32 @@ export async function runE2eBench(ctx: BenchContext): Promise<string> {
       `Medians of ${reps} repetition(s). Prosody's pid CPU comes from /proc (10 ms ticks).`,
     '',
     table(
-      ['scenario', 'messages/s (saturated)', 'p50 / p99 saturated', `p50 / p99 at ${fmtInt(ratePerSec)}/s`, 'proxy CPU-s/10k', 'Prosody CPU-s/10k', 'proxy + Prosody', 'clients CPU-s/10k', 'lost'],
+      [
+        'scenario',
+        'messages/s (saturated)',
+        'p50 / p99 saturated',
+        `p50 / p99 at ${fmtInt(ratePerSec)}/s`,
+        'proxy CPU-s/10k',
+        'Prosody CPU-s/10k',
+        'proxy + Prosody',
+        'clients CPU-s/10k',
+        'lost',
+      ],
       rows,
     ),
     '',
-    verdict(a.proxyCpu <= 0.26, `proxy's own cost ${fmt(a.proxyCpu, 3)} CPU-s per 10 000 messages (target ≤ 0.26, aim 0.15)${a.proxyCpu <= 0.15 ? '; the 0.15 aim is met too' : ''}`),
+    verdict(
+      a.proxyCpu <= 0.26,
+      `proxy's own cost ${fmt(a.proxyCpu, 3)} CPU-s per 10 000 messages (target ≤ 0.26, aim 0.15)${a.proxyCpu <= 0.15 ? '; the 0.15 aim is met too' : ''}`,
+    ),
     verdict(a.rate >= b.rate, `throughput (a) ${fmtInt(a.rate)}/s vs (b) ${fmtInt(b.rate)}/s (target (a) ≥ (b))`),
-    verdict(a.p99Paced <= 1.2 * b.p99Paced, `p99 at ${fmtInt(ratePerSec)}/s: (a) ${fmt(a.p99Paced, 2)} ms vs (b) ${fmt(b.p99Paced, 2)} ms = ${fmt(a.p99Paced / b.p99Paced, 2)}× (target ≤ 1.2×; saturated: ${fmt(a.p99Sat / b.p99Sat, 2)}×)`),
-    problems === undefined || problems.warn + problems.error === 0 ? '- proxy log: no warnings or errors' : `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})`,
+    verdict(
+      a.p99Paced <= 1.2 * b.p99Paced,
+      `p99 at ${fmtInt(ratePerSec)}/s: (a) ${fmt(a.p99Paced, 2)} ms vs (b) ${fmt(b.p99Paced, 2)} ms = ${fmt(a.p99Paced / b.p99Paced, 2)}× (target ≤ 1.2×; saturated: ${fmt(a.p99Sat / b.p99Sat, 2)}×)`,
+    ),
+    problems === undefined || problems.warn + problems.error === 0
+      ? '- proxy log: no warnings or errors'
+      : `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})`,
     profileText,
   ].join('\n');
 }

@@ -85,7 +85,9 @@ class FakeSession {
       case 'auth': {
         const match = /<auth[^>]*?(?:\/>|>([^<]*)<\/auth>)/.exec(text);
         if (match === null) return undefined;
-        const decoded = Buffer.from(match[1] ?? '', 'base64').toString('utf8').split('\0');
+        const decoded = Buffer.from(match[1] ?? '', 'base64')
+          .toString('utf8')
+          .split('\0');
         this.user = decoded[1] || 'user';
         this.socket.write("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         this.phase = 'header2';

@@ -110,7 +110,8 @@ async function relayStart(args: RelayArgs): Promise<{ connections: number }> {
     return conn;
   });
   const failures = started.filter((r) => r.status === 'rejected');
-  if (failures.length > 0) throw new Error(`relay: ${failures.length} connections failed: ${String((failures[0] as PromiseRejectedResult).reason)}`);
+  if (failures.length > 0)
+    throw new Error(`relay: ${failures.length} connections failed: ${String((failures[0] as PromiseRejectedResult).reason)}`);
   relay.connections = started.map((r) => (r as PromiseFulfilledResult<RelayConnection>).value);
   return { connections: relay.connections.length };
 }
@@ -130,7 +131,10 @@ async function relayStop(): Promise<{ lost: number }> {
   const deadline = performance.now() + 3000;
   while (performance.now() < deadline && relay.connections.some((c) => c.received < c.sent)) await sleep(10);
   const lost = relay.connections.reduce((sum, c) => sum + (c.sent - c.received), 0);
-  await closeAndWait(relay.connections.map((c) => c.client), 3000);
+  await closeAndWait(
+    relay.connections.map((c) => c.client),
+    3000,
+  );
   relay.connections = [];
   return { lost };
 }
@@ -206,7 +210,9 @@ async function sessionsClose(): Promise<{ closed: number }> {
 }
 
 /** Echo round trips on one extra session, one at a time: the latency a user of a loaded proxy sees. */
-async function probe(args: Endpoint & { count: number; stanzaBytes: number; gapMs: number }): Promise<{ p50: number; p99: number; max: number }> {
+async function probe(
+  args: Endpoint & { count: number; stanzaBytes: number; gapMs: number },
+): Promise<{ p50: number; p99: number; max: number }> {
   if (probeClient === undefined) {
     probeClient = await BenchXmpp.login(clientOptions(args, 'probe', 'secret'), 'probe');
     await probeClient.enableSm(true);
@@ -298,7 +304,20 @@ interface E2eRunArgs {
   readonly samples?: boolean;
 }
 
-async function e2eRun(args: E2eRunArgs): Promise<{ sent: number; delivered: number; deliveredTotal: number; seconds: number; p50: number; p90: number; p99: number; max: number; lost: number; samples?: number[] }> {
+async function e2eRun(
+  args: E2eRunArgs,
+): Promise<{
+  sent: number;
+  delivered: number;
+  deliveredTotal: number;
+  seconds: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+  lost: number;
+  samples?: number[];
+}> {
   const pairs = e2e.pairs;
   const base = pairs.map((p) => ({ sent: p.sent, delivered: p.delivered }));
   e2e.latencies = [];
@@ -334,12 +353,25 @@ async function e2eRun(args: E2eRunArgs): Promise<{ sent: number; delivered: numb
   const sent = pairs.reduce((sum, p, i) => sum + p.sent - base[i]!.sent, 0);
   const delivered = pairs.reduce((sum, p, i) => sum + p.delivered - base[i]!.delivered, 0);
   const [p50, p90, p99, max] = percentiles(e2e.latencies, [50, 90, 99, 100]);
-  const result = { sent, delivered: deliveredInWindow, deliveredTotal: delivered, seconds, p50: p50!, p90: p90!, p99: p99!, max: max!, lost: sent - delivered };
+  const result = {
+    sent,
+    delivered: deliveredInWindow,
+    deliveredTotal: delivered,
+    seconds,
+    p50: p50!,
+    p90: p90!,
+    p99: p99!,
+    max: max!,
+    lost: sent - delivered,
+  };
   return args.samples === true ? { ...result, samples: e2e.latencies.map((x) => Math.round(x * 1000) / 1000) } : result;
 }
 
 async function e2eTeardown(): Promise<boolean> {
-  await closeAndWait(e2e.pairs.flatMap((p) => [p.a, p.b]), 5000);
+  await closeAndWait(
+    e2e.pairs.flatMap((p) => [p.a, p.b]),
+    5000,
+  );
   e2e.pairs = [];
   return true;
 }
@@ -361,7 +393,9 @@ function resumerIn(slot: string | undefined): Resumer {
   return resumer;
 }
 
-async function resumeSetup(args: Endpoint & { username: string; password: string; mechanism: 'PLAIN' | 'SCRAM-SHA-1'; slot?: string }): Promise<{ jid: string }> {
+async function resumeSetup(
+  args: Endpoint & { username: string; password: string; mechanism: 'PLAIN' | 'SCRAM-SHA-1'; slot?: string },
+): Promise<{ jid: string }> {
   const slot = args.slot ?? 'main';
   const previous = resumers.get(slot);
   if (previous !== undefined) await closeAndWait([previous.client], 3000);
@@ -388,7 +422,13 @@ export interface CycleTimes {
  * while the client is away), drop the connection right after it is written, wait `gapMs`, then time
  * a new connection up to `<resumed/>` and the first replayed stanza.
  */
-async function resumeCycles(args: { count: number; gapMs: number; tlsResumption: boolean; withStanza: boolean; slot?: string }): Promise<CycleTimes> {
+async function resumeCycles(args: {
+  count: number;
+  gapMs: number;
+  tlsResumption: boolean;
+  withStanza: boolean;
+  slot?: string;
+}): Promise<CycleTimes> {
   const times: CycleTimes = { tcp: [], tls: [], auth: [], resumed: [], replay: [], tlsReused: 0 };
   const resumer = resumerIn(args.slot);
   const options = resumer.options;
@@ -396,7 +436,9 @@ async function resumeCycles(args: { count: number; gapMs: number; tlsResumption:
   for (let i = 0; i < args.count; i++) {
     const old = resumer.client;
     if (args.withStanza) {
-      await new Promise<void>((resolve) => old.socket.write(`<message to='${old.jid}' type='chat'><body>cycle ${i}</body></message>`, () => resolve()));
+      await new Promise<void>((resolve) =>
+        old.socket.write(`<message to='${old.jid}' type='chat'><body>cycle ${i}</body></message>`, () => resolve()),
+      );
     }
     tlsSession = old.tlsSession ?? tlsSession;
     old.destroy();
@@ -449,7 +491,10 @@ async function resumeEcho(args: { count: number; window: number; stanzaBytes: nu
 }
 
 async function resumeTeardown(): Promise<boolean> {
-  await closeAndWait([...resumers.values()].map((r) => r.client), 3000);
+  await closeAndWait(
+    [...resumers.values()].map((r) => r.client),
+    3000,
+  );
   resumers.clear();
   return true;
 }

@@ -62,7 +62,12 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
     const endpoint = { host: '127.0.0.1', tls: true, domain: DOMAIN };
     const open = async (port: number, count: number, sm: boolean): Promise<number> => {
       const r = await client.call<{ opened: number; failed: number; seconds: number; firstError?: string }>('sessionsOpen', {
-        ...endpoint, port, count, concurrency: 64, sm, resume: sm,
+        ...endpoint,
+        port,
+        count,
+        concurrency: 64,
+        sm,
+        resume: sm,
       });
       if (r.failed > 0) throw new Error(`memory: ${r.failed} of ${count} sessions failed: ${r.firstError}`);
       return r.seconds;
@@ -83,7 +88,10 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
           peer = await Peer.start('pipe-relay', './pipe-relay.js', { execArgv: ['--expose-gc'] });
           port = await peer.call<number>('start', { upstreamPort, domain: DOMAIN });
         } else {
-          const proxy = await startProxy(ctx, proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }));
+          const proxy = await startProxy(
+            ctx,
+            proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }),
+          );
           peer = proxy.peer;
           port = proxy.port;
           logFile = proxy.logFile;
@@ -123,12 +131,15 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
         }
         if (logFile !== undefined) {
           const p = proxyLogProblems(logFile);
-          if (p.warn + p.error > 0) problems.push(`${n} ${scenario}/${queued}: ${p.warn} warnings, ${p.error} errors (${p.samples.join('; ')})`);
+          if (p.warn + p.error > 0)
+            problems.push(`${n} ${scenario}/${queued}: ${p.warn} warnings, ${p.error} errors (${p.samples.join('; ')})`);
         }
       }
     }
     if (ctx.profile) {
-      heapText = (await sessionComposition(ctx, client, upstreamPort, counts[0]!, 'connected')) + (await sessionComposition(ctx, client, upstreamPort, counts[0]!, 'hibernated'));
+      heapText =
+        (await sessionComposition(ctx, client, upstreamPort, counts[0]!, 'connected')) +
+        (await sessionComposition(ctx, client, upstreamPort, counts[0]!, 'hibernated'));
     }
   } finally {
     await client.stop();
@@ -154,7 +165,13 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
     table(
       ['what', 'sessions', 'queued stanzas', 'RSS', 'heapUsed', 'external', 'heapUsed + external', 'sessions/s opened'],
       rows.map((r) => [
-        label[r.scenario], fmtInt(r.n), String(r.queued), kib(r.rss), kib(r.heapUsed), kib(r.external), kib(r.heapUsed + r.external),
+        label[r.scenario],
+        fmtInt(r.n),
+        String(r.queued),
+        kib(r.rss),
+        kib(r.heapUsed),
+        kib(r.external),
+        kib(r.heapUsed + r.external),
         Number.isFinite(r.sessionsPerSecond) ? fmtInt(r.sessionsPerSecond) : '',
       ]),
     ),
@@ -173,9 +190,18 @@ export async function runMemoryBench(ctx: BenchContext): Promise<string> {
 }
 
 /** --profile: one more round, with heap snapshots before and after N sessions are connected or hibernate. */
-async function sessionComposition(ctx: BenchContext, client: Peer, upstreamPort: number, n: number, scenario: 'connected' | 'hibernated'): Promise<string> {
+async function sessionComposition(
+  ctx: BenchContext,
+  client: Peer,
+  upstreamPort: number,
+  n: number,
+  scenario: 'connected' | 'hibernated',
+): Promise<string> {
   ctx.progress(`memory: heap snapshots of ${n} ${scenario} sessions`);
-  const proxy = await startProxy(ctx, proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }));
+  const proxy = await startProxy(
+    ctx,
+    proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }),
+  );
   try {
     const at = { host: '127.0.0.1', port: proxy.port, tls: true, domain: DOMAIN, concurrency: 64, sm: true, resume: true };
     await client.call('sessionsOpen', { ...at, count: BATCH });
@@ -207,7 +233,11 @@ async function sessionComposition(ctx: BenchContext, client: Peer, upstreamPort:
 function heapComposition(basePath: string, afterPath: string, n: number, scenario: string): string {
   const base = new Map(heapByType(basePath, 100_000).map((e) => [e.name, e]));
   const diff = heapByType(afterPath, 100_000)
-    .map((e) => ({ name: e.name, count: (e.count - (base.get(e.name)?.count ?? 0)) / n, bytes: (e.bytes - (base.get(e.name)?.bytes ?? 0)) / n }))
+    .map((e) => ({
+      name: e.name,
+      count: (e.count - (base.get(e.name)?.count ?? 0)) / n,
+      bytes: (e.bytes - (base.get(e.name)?.bytes ?? 0)) / n,
+    }))
     .sort((a, b) => b.bytes - a.bytes);
   const total = diff.reduce((sum, e) => sum + e.bytes, 0);
   const lines = diff.slice(0, 20).map((e) => `    ${fmt(e.bytes, 0).padStart(6)} B  ${fmt(e.count, 2).padStart(6)} × ${e.name}`);

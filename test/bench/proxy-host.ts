@@ -26,7 +26,10 @@ function requireProxy(): Proxy {
 
 async function start(args: { config: unknown; logFile: string }): Promise<unknown> {
   const config = parseConfig(args.config, process.cwd());
-  const log = pino({ level: config.log.level, base: { name: 'smacks-proxy' } }, pino.destination({ dest: args.logFile, sync: false, mkdir: true }));
+  const log = pino(
+    { level: config.log.level, base: { name: 'smacks-proxy' } },
+    pino.destination({ dest: args.logFile, sync: false, mkdir: true }),
+  );
   proxy = new Proxy(config, log, { skipProbe: true });
   return proxy.start();
 }

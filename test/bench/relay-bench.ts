@@ -41,13 +41,27 @@ export interface RelayOptions {
 
 const DEFAULTS: RelayOptions = { connections: 4, windowBytes: 256 * 1024, ackEvery: 64 };
 
-async function measure(ctx: BenchContext, client: Peer, upstream: Peer, c: Contestant, stanzaBytes: number, opts: RelayOptions): Promise<Sample> {
+async function measure(
+  ctx: BenchContext,
+  client: Peer,
+  upstream: Peer,
+  c: Contestant,
+  stanzaBytes: number,
+  opts: RelayOptions,
+): Promise<Sample> {
   const warmupMs = ctx.quick ? 300 : 700;
   const windowMs = ctx.quick ? 1200 : 3000;
   const windowStanzas = Math.max(8, Math.min(1024, Math.floor(opts.windowBytes / stanzaBytes)));
   await client.call('relayStart', {
-    host: '127.0.0.1', port: c.port, tls: true, domain: DOMAIN,
-    connections: opts.connections, stanzaBytes, windowStanzas, sm: c.sm, ackEvery: opts.ackEvery,
+    host: '127.0.0.1',
+    port: c.port,
+    tls: true,
+    domain: DOMAIN,
+    connections: opts.connections,
+    stanzaBytes,
+    windowStanzas,
+    sm: c.sm,
+    ackEvery: opts.ackEvery,
   });
   await sleep(warmupMs);
   const [r0, k0, u0] = await Promise.all([c.peer.cpu(), client.cpu(), upstream.cpu()]);
@@ -82,22 +96,44 @@ async function perfProfile(ctx: BenchContext, client: Peer, upstreamPort: number
     return undefined;
   }
   ctx.progress('relay: perf record of the proxy (600 B, SM on)');
-  const proxy = await startProxy(ctx, proxyConfig(upstreamPort, { streamManagement: { maxQueueStanzas: 10_000, maxQueueBytes: 16 * 1024 * 1024 } }), ['--perf-basic-prof']);
+  const proxy = await startProxy(
+    ctx,
+    proxyConfig(upstreamPort, { streamManagement: { maxQueueStanzas: 10_000, maxQueueBytes: 16 * 1024 * 1024 } }),
+    ['--perf-basic-prof'],
+  );
   const data = join(ctx.dir, 'relay-proxy-sm.perf.data');
   try {
     await client.call('relayStart', {
-      host: '127.0.0.1', port: proxy.port, tls: true, domain: DOMAIN,
-      connections: opts.connections, stanzaBytes: 600, windowStanzas: Math.floor(opts.windowBytes / 600), sm: true, ackEvery: opts.ackEvery,
+      host: '127.0.0.1',
+      port: proxy.port,
+      tls: true,
+      domain: DOMAIN,
+      connections: opts.connections,
+      stanzaBytes: 600,
+      windowStanzas: Math.floor(opts.windowBytes / 600),
+      sm: true,
+      ackEvery: opts.ackEvery,
     });
     await sleep(1000);
     await execFileAsync('perf', ['record', '-F', '999', '-p', String(proxy.peer.pid), '-o', data, '--', 'sleep', '3']);
     await client.call('relayStop');
-    const { stdout } = await execFileAsync('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,symbol', '--stdio', '--percent-limit', '1'], { maxBuffer: 64 << 20 });
+    const { stdout } = await execFileAsync(
+      'perf',
+      ['report', '-i', data, '--no-children', '--sort', 'dso,symbol', '--stdio', '--percent-limit', '1'],
+      { maxBuffer: 64 << 20 },
+    );
     return stdout
       .split('\n')
       .filter((line) => line.trim() !== '' && !line.startsWith('#'))
       .slice(0, 15)
-      .map((line) => `    ${line.replace(/\s+/g, ' ').replace(/( -)+\s*$/, '').trim().replace(/ file:\/\/\S*\/dist\//, ' dist/')}`)
+      .map(
+        (line) =>
+          `    ${line
+            .replace(/\s+/g, ' ')
+            .replace(/( -)+\s*$/, '')
+            .trim()
+            .replace(/ file:\/\/\S*\/dist\//, ' dist/')}`,
+      )
       .join('\n');
   } catch (err) {
     return `    (perf failed: ${err instanceof Error ? err.message.split('\n')[0] : String(err)})`;
@@ -118,7 +154,10 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
     peers.push(pipe);
     const pipePort = await pipe.call<number>('start', { upstreamPort, domain: DOMAIN });
     // maxQueueStanzas above the client window: the echoes of a full window are unacked at once.
-    const proxy = await startProxy(ctx, proxyConfig(upstreamPort, { streamManagement: { maxQueueStanzas: 10_000, maxQueueBytes: 16 * 1024 * 1024 } }));
+    const proxy = await startProxy(
+      ctx,
+      proxyConfig(upstreamPort, { streamManagement: { maxQueueStanzas: 10_000, maxQueueBytes: 16 * 1024 * 1024 } }),
+    );
     peers.push(proxy.peer);
     const client = await Peer.start('load-client', './load-client.js');
     peers.push(client);
@@ -152,12 +191,27 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
         return [
           c.name,
           fmtInt(m((x) => x.messagesPerSecond)),
-          fmt(m((x) => x.mbPerSecond), 1),
+          fmt(
+            m((x) => x.mbPerSecond),
+            1,
+          ),
           `${fmt(100 * median(ratios.get(c.name)!), 0)} %`,
-          fmt(m((x) => x.cpuPerGb), 2),
-          fmt(m((x) => x.relayCores), 2),
-          fmt(m((x) => x.clientCpuPerGb), 2),
-          fmt(m((x) => x.upstreamCpuPerGb), 2),
+          fmt(
+            m((x) => x.cpuPerGb),
+            2,
+          ),
+          fmt(
+            m((x) => x.relayCores),
+            2,
+          ),
+          fmt(
+            m((x) => x.clientCpuPerGb),
+            2,
+          ),
+          fmt(
+            m((x) => x.upstreamCpuPerGb),
+            2,
+          ),
         ];
       });
       if (stanzaBytes === 600) {
@@ -167,7 +221,16 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
       sections.push(
         `**${stanzaBytes}-byte stanzas**\n\n` +
           table(
-            ['relay', 'messages/s', 'MB/s', 'vs pipe (same rep.)', 'relay CPU-s/GB', 'relay cores busy', 'client CPU-s/GB', 'upstream CPU-s/GB'],
+            [
+              'relay',
+              'messages/s',
+              'MB/s',
+              'vs pipe (same rep.)',
+              'relay CPU-s/GB',
+              'relay cores busy',
+              'client CPU-s/GB',
+              'upstream CPU-s/GB',
+            ],
             rows,
           ),
       );
@@ -182,9 +245,12 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
       await proxy.peer.call('profileStop', { path });
       profileText =
         `\nProxy CPU profile, 600 B with SM (V8 sampling, self time, share of the non-idle main-thread samples; "writev" is TLS encryption and socket writes; ${path}):\n\n` +
-        `${topSelfTime(path, 15).map((l) => `    ${l}`).join('\n')}\n`;
+        `${topSelfTime(path, 15)
+          .map((l) => `    ${l}`)
+          .join('\n')}\n`;
       const perf = await perfProfile(ctx, client, upstreamPort, opts);
-      if (perf !== undefined) profileText += `\nThe same under \`perf record\` (all threads and the kernel, self time by symbol; the proxy started with --perf-basic-prof):\n\n${perf}\n`;
+      if (perf !== undefined)
+        profileText += `\nThe same under \`perf record\` (all threads and the kernel, self time by symbol; the proxy started with --perf-basic-prof):\n\n${perf}\n`;
     }
     const problems = proxyLogProblems(proxy.logFile);
     return [
@@ -194,9 +260,17 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
         `Medians of ${reps} repetition(s); "vs pipe" is the median of per-repetition ratios.`,
       '',
       ...sections.flatMap((s) => [s, '']),
-      verdict(ratio600 >= 0.6, `proxy with SM at 600-byte stanzas runs at ${fmt(100 * ratio600, 0)} % of the pipe relay's messages/s (target ≥ 60 %)`),
-      verdict(ratio600NoSm >= 0.6, `proxy without SM at 600-byte stanzas runs at ${fmt(100 * ratio600NoSm, 0)} % of the pipe relay's messages/s (target ≥ 60 %)`),
-      problems.warn + problems.error > 0 ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})` : '- proxy log: no warnings or errors',
+      verdict(
+        ratio600 >= 0.6,
+        `proxy with SM at 600-byte stanzas runs at ${fmt(100 * ratio600, 0)} % of the pipe relay's messages/s (target ≥ 60 %)`,
+      ),
+      verdict(
+        ratio600NoSm >= 0.6,
+        `proxy without SM at 600-byte stanzas runs at ${fmt(100 * ratio600NoSm, 0)} % of the pipe relay's messages/s (target ≥ 60 %)`,
+      ),
+      problems.warn + problems.error > 0
+        ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})`
+        : '- proxy log: no warnings or errors',
       profileText,
     ].join('\n');
   } finally {

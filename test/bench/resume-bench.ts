@@ -41,14 +41,46 @@ async function resumeLatency(ctx: BenchContext): Promise<string> {
   const client = await Peer.start('load-client', './load-client.js');
   const proxy = await startProxy(ctx, proxyConfig(prosody.c2sPort));
   const variants = [
-    { slot: 'scram', name: 'SCRAM-SHA-1 (salted password cached), full TLS handshake', mechanism: 'SCRAM-SHA-1', tlsResumption: false, count: perBlock },
-    { slot: 'ticket', name: 'SCRAM-SHA-1, TLS session resumed (ticket)', mechanism: 'SCRAM-SHA-1', tlsResumption: true, count: Math.ceil(perBlock / 2) },
-    { slot: 'plain', name: 'PLAIN (Prosody runs PBKDF2 on every login), full TLS handshake', mechanism: 'PLAIN', tlsResumption: false, count: Math.ceil(perBlock / 2) },
+    {
+      slot: 'scram',
+      name: 'SCRAM-SHA-1 (salted password cached), full TLS handshake',
+      mechanism: 'SCRAM-SHA-1',
+      tlsResumption: false,
+      count: perBlock,
+    },
+    {
+      slot: 'ticket',
+      name: 'SCRAM-SHA-1, TLS session resumed (ticket)',
+      mechanism: 'SCRAM-SHA-1',
+      tlsResumption: true,
+      count: Math.ceil(perBlock / 2),
+    },
+    {
+      slot: 'plain',
+      name: 'PLAIN (Prosody runs PBKDF2 on every login), full TLS handshake',
+      mechanism: 'PLAIN',
+      tlsResumption: false,
+      count: Math.ceil(perBlock / 2),
+    },
   ] as const;
-  const results = new Map(variants.map((v) => [v.slot, { times: { tcp: [], tls: [], auth: [], resumed: [], replay: [], tlsReused: 0 } as CycleTimes, proxyCpu: 0, prosodyCpu: 0, cycles: 0 }]));
+  const results = new Map(
+    variants.map((v) => [
+      v.slot,
+      { times: { tcp: [], tls: [], auth: [], resumed: [], replay: [], tlsReused: 0 } as CycleTimes, proxyCpu: 0, prosodyCpu: 0, cycles: 0 },
+    ]),
+  );
   try {
     for (const v of variants) {
-      await client.call('resumeSetup', { host: '127.0.0.1', port: proxy.port, tls: true, domain: prosody.domain, username: 'resumer', password: PASSWORD, mechanism: v.mechanism, slot: v.slot });
+      await client.call('resumeSetup', {
+        host: '127.0.0.1',
+        port: proxy.port,
+        tls: true,
+        domain: prosody.domain,
+        username: 'resumer',
+        password: PASSWORD,
+        mechanism: v.mechanism,
+        slot: v.slot,
+      });
       // Warm-up (JIT, Prosody's caches, the TLS ticket), not recorded.
       await client.call('resumeCycles', { count: 20, gapMs: GAP_MS, tlsResumption: v.tlsResumption, withStanza: true, slot: v.slot });
     }
@@ -59,7 +91,13 @@ async function resumeLatency(ctx: BenchContext): Promise<string> {
         const r = results.get(v.slot)!;
         const proxyCpu0 = await proxy.peer.cpu();
         const prosodyCpu0 = prosodyPid === undefined ? Number.NaN : procCpuSeconds(prosodyPid);
-        const t = await client.call<CycleTimes>('resumeCycles', { count: v.count, gapMs: GAP_MS, tlsResumption: v.tlsResumption, withStanza: true, slot: v.slot });
+        const t = await client.call<CycleTimes>('resumeCycles', {
+          count: v.count,
+          gapMs: GAP_MS,
+          tlsResumption: v.tlsResumption,
+          withStanza: true,
+          slot: v.slot,
+        });
         r.proxyCpu += (await proxy.peer.cpu()) - proxyCpu0;
         r.prosodyCpu += prosodyPid === undefined ? Number.NaN : procCpuSeconds(prosodyPid) - prosodyCpu0;
         r.cycles += v.count;
@@ -76,8 +114,15 @@ async function resumeLatency(ctx: BenchContext): Promise<string> {
   const rows = variants.map((v) => {
     const r = results.get(v.slot)!;
     return [
-      v.name, `${r.cycles}${v.tlsResumption ? ` (${r.times.tlsReused} reused)` : ''}`, p(r.times.tcp), p(r.times.tls), p(r.times.auth), p(r.times.resumed), p(r.times.replay),
-      fmt((1000 * r.proxyCpu) / r.cycles, 2), fmt((1000 * r.prosodyCpu) / r.cycles, 2),
+      v.name,
+      `${r.cycles}${v.tlsResumption ? ` (${r.times.tlsReused} reused)` : ''}`,
+      p(r.times.tcp),
+      p(r.times.tls),
+      p(r.times.auth),
+      p(r.times.resumed),
+      p(r.times.replay),
+      fmt((1000 * r.proxyCpu) / r.cycles, 2),
+      fmt((1000 * r.prosodyCpu) / r.cycles, 2),
     ];
   });
   const headline = results.get('scram')!.times;
@@ -90,13 +135,31 @@ async function resumeLatency(ctx: BenchContext): Promise<string> {
       `The three clients run in ${blocks} interleaved blocks after 20 warm-up cycles each.`,
     '',
     table(
-      ['client', 'cycles', 'TCP up', 'TLS up', 'SASL success', '`<resumed/>`', 'first replayed stanza', 'proxy CPU ms/cycle', 'Prosody CPU ms/cycle'],
+      [
+        'client',
+        'cycles',
+        'TCP up',
+        'TLS up',
+        'SASL success',
+        '`<resumed/>`',
+        'first replayed stanza',
+        'proxy CPU ms/cycle',
+        'Prosody CPU ms/cycle',
+      ],
       rows,
     ),
     '',
-    verdict(p50! <= 8, `p50 to \`<resumed/>\` ${fmt(p50!, 2)} ms, to the first replayed stanza ${fmt(r50!, 2)} ms (target ≤ 8 ms; first row)`),
-    verdict(p99! <= 20, `p99 to \`<resumed/>\` ${fmt(p99!, 2)} ms, to the first replayed stanza ${fmt(r99!, 2)} ms (target ≤ 20 ms; first row)`),
-    problems.warn + problems.error > 0 ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})` : '- proxy log: no warnings or errors',
+    verdict(
+      p50! <= 8,
+      `p50 to \`<resumed/>\` ${fmt(p50!, 2)} ms, to the first replayed stanza ${fmt(r50!, 2)} ms (target ≤ 8 ms; first row)`,
+    ),
+    verdict(
+      p99! <= 20,
+      `p99 to \`<resumed/>\` ${fmt(p99!, 2)} ms, to the first replayed stanza ${fmt(r99!, 2)} ms (target ≤ 20 ms; first row)`,
+    ),
+    problems.warn + problems.error > 0
+      ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})`
+      : '- proxy log: no warnings or errors',
   ].join('\n');
 }
 
@@ -127,7 +190,7 @@ async function resumeAging(ctx: BenchContext): Promise<string> {
   return [
     `**(b) No slowdown after ${totalCycles} hibernate/resume cycles** (fake upstream, SASL PLAIN, 2 ms between drop and resume). ` +
       `CPU per message: proxy CPU µs per 600-byte message echoed through the session (in and out, 64 in flight), the least of ${samples} runs (each run in parentheses) ` +
-      'after a warm-up; other work on the machine only adds to a process\'s CPU time, so the least is the steadiest estimate. ' +
+      "after a warm-up; other work on the machine only adds to a process's CPU time, so the least is the steadiest estimate. " +
       `The whole run is repeated with the proxy started with \`${AGING_CONTROL_FLAGS.join(' ')}\` as a control.`,
     '',
     table(
@@ -140,7 +203,9 @@ async function resumeAging(ctx: BenchContext): Promise<string> {
       `CPU per message after ${totalCycles} cycles is ${fmt(ratio, 2)}× the start (target ≤ 1.1×); a fresh session in the same proxy at the end costs ${fmt(plain.fresh / plain.before, 2)}× the start; ` +
         `with \`${AGING_CONTROL_FLAGS.join(' ')}\`: ${fmt(controlRatio, 2)}× (fresh session ${fmt(control.fresh / control.before, 2)}×)`,
     ),
-    problems.warn + problems.error > 0 ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})` : '- proxy log: no warnings or errors',
+    problems.warn + problems.error > 0
+      ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})`
+      : '- proxy log: no warnings or errors',
   ].join('\n');
 }
 
@@ -162,8 +227,18 @@ async function agingRun(ctx: BenchContext, totalCycles: number, execArgv: string
     logFile = proxy.logFile;
     try {
       const setup = (slot: string): Promise<unknown> =>
-        client.call('resumeSetup', { host: '127.0.0.1', port: proxy.port, tls: true, domain: DOMAIN, username: `aging-${slot}`, password: PASSWORD, mechanism: 'PLAIN', slot });
-      const echo = (slot: string, count: number): Promise<unknown> => client.call('resumeEcho', { count, window: 64, stanzaBytes: 600, slot });
+        client.call('resumeSetup', {
+          host: '127.0.0.1',
+          port: proxy.port,
+          tls: true,
+          domain: DOMAIN,
+          username: `aging-${slot}`,
+          password: PASSWORD,
+          mechanism: 'PLAIN',
+          slot,
+        });
+      const echo = (slot: string, count: number): Promise<unknown> =>
+        client.call('resumeEcho', { count, window: 64, stanzaBytes: 600, slot });
       const perMessage = async (slot: string): Promise<{ min: number; all: number[] }> => {
         const all: number[] = [];
         for (let i = 0; i < samples; i++) {
@@ -173,7 +248,8 @@ async function agingRun(ctx: BenchContext, totalCycles: number, execArgv: string
         }
         return { min: Math.min(...all), all };
       };
-      const show = (m: { min: number; all: number[] }): string => `${fmt(m.min * 1e6, 2)} (${m.all.map((x) => fmt(x * 1e6, 1)).join(', ')})`;
+      const show = (m: { min: number; all: number[] }): string =>
+        `${fmt(m.min * 1e6, 2)} (${m.all.map((x) => fmt(x * 1e6, 1)).join(', ')})`;
       const heapMb = async (): Promise<number> => (await proxy.peer.call<{ heapUsed: number }>('memoryUsage')).heapUsed / 2 ** 20;
       await setup('aged');
       await echo('aged', warmup);
@@ -181,9 +257,17 @@ async function agingRun(ctx: BenchContext, totalCycles: number, execArgv: string
       before = m0.min;
       rows.push(['the session, before the cycles', show(m0), '', '', fmt(await heapMb(), 1)]);
       for (let done = 0; done < totalCycles; done += chunk) {
-        ctx.progress(`resume: aging${execArgv.length > 0 ? ` (${execArgv.join(' ')})` : ''}, cycles ${done + 1}-${done + chunk} of ${totalCycles}`);
+        ctx.progress(
+          `resume: aging${execArgv.length > 0 ? ` (${execArgv.join(' ')})` : ''}, cycles ${done + 1}-${done + chunk} of ${totalCycles}`,
+        );
         const c0 = await proxy.peer.cpu();
-        const times = await client.call<CycleTimes>('resumeCycles', { count: chunk, gapMs: 2, tlsResumption: false, withStanza: true, slot: 'aged' });
+        const times = await client.call<CycleTimes>('resumeCycles', {
+          count: chunk,
+          gapMs: 2,
+          tlsResumption: false,
+          withStanza: true,
+          slot: 'aged',
+        });
         const cpu = (await proxy.peer.cpu()) - c0;
         rows.push([`cycles ${done + 1}-${done + chunk}`, '', p(times.resumed), fmt((1000 * cpu) / chunk, 2), fmt(await heapMb(), 1)]);
       }

@@ -41,7 +41,14 @@ const BENCHMARKS: readonly Benchmark[] = [
         '',
         table(
           ['parser', 'input MB', 'stanzas', 'MB/s', 'stanzas/s', 'scanner is … × faster'],
-          rows.map((r) => [r.parser, fmt(r.inputMB, 1), fmtInt(r.stanzas), fmt(r.mbPerSecond, 1), fmtInt(r.stanzasPerSecond), r === rows[0] ? '' : fmt(scanner / r.mbPerSecond, 1)]),
+          rows.map((r) => [
+            r.parser,
+            fmt(r.inputMB, 1),
+            fmtInt(r.stanzas),
+            fmt(r.mbPerSecond, 1),
+            fmtInt(r.stanzasPerSecond),
+            r === rows[0] ? '' : fmt(scanner / r.mbPerSecond, 1),
+          ]),
         ),
       ].join('\n');
     },
@@ -81,19 +88,24 @@ function header(only: readonly Benchmark[], quick: boolean): string {
   const cpus = os.cpus();
   const nofile = command('sh', ['-c', 'ulimit -n']);
   const commit = command('git', ['rev-parse', '--short', 'HEAD']);
-  const changed = command('git', ['status', '--porcelain', '--', 'src']).split('\n').filter((l) => l.trim() !== '').length;
+  const changed = command('git', ['status', '--porcelain', '--', 'src'])
+    .split('\n')
+    .filter((l) => l.trim() !== '').length;
   const lines = [
     '# smacks-proxy benchmarks',
     '',
     `- machine: ${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ${fmt(os.totalmem() / 2 ** 30, 1)} GiB RAM, ${os.type()} ${os.release()} (${os.arch()})`,
     `- Node ${process.version}, OpenSSL ${process.versions.openssl}; Prosody ${prosodyVersion()}; open files limit ${nofile}`,
     `- code: ${commit === '' ? 'not a git checkout' : `commit ${commit}`}${changed > 0 ? `, plus ${changed} changed or new file(s) under src/ (work tree)` : ''}`,
-    `- load average at start: ${os.loadavg().map((x) => fmt(x, 2)).join(' / ')} (1/5/15 min; anything else running on the machine skews the figures)`,
+    `- load average at start: ${os
+      .loadavg()
+      .map((x) => fmt(x, 2))
+      .join(' / ')} (1/5/15 min; anything else running on the machine skews the figures)`,
     `- run: ${new Date().toISOString()}, ${quick ? '`--quick` (fewer and shorter repetitions: noisier)' : 'full'}; benchmarks: ${only.map((b) => b.key).join(', ')}`,
     '',
     'How to run: `npm run bench` (all, about 7 minutes on 2 cores), `node dist/test/bench/run.js --only relay,resume`, `--quick` (short),',
     '`--profile` (adds a V8 CPU profile summary of the proxy where a benchmark offers one), `--keep` (keeps the scratch directory with proxy logs and profiles).',
-    'Everything runs on 127.0.0.1: the proxy, the fake upstream, the pipe relay and the load client are separate Node processes, so each one\'s',
+    "Everything runs on 127.0.0.1: the proxy, the fake upstream, the pipe relay and the load client are separate Node processes, so each one's",
     'CPU time is its own (`process.cpuUsage()` of that process; Prosody from /proc/<pid>/stat). Medians over repetitions; ratios are taken within one repetition.',
     'The load client shares the 2 cores with what it measures: throughput figures are for this whole machine, CPU-per-work figures are per process.',
   ];
@@ -153,7 +165,10 @@ async function main(): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
-  const keys = values.only?.split(',').map((k) => k.trim()).filter((k) => k !== '');
+  const keys = values.only
+    ?.split(',')
+    .map((k) => k.trim())
+    .filter((k) => k !== '');
   const unknown = keys?.filter((k) => !BENCHMARKS.some((b) => b.key === k)) ?? [];
   if (unknown.length > 0) {
     process.stderr.write(`unknown benchmark(s): ${unknown.join(', ')}\n${USAGE}\n`);
@@ -188,7 +203,12 @@ async function main(): Promise<number> {
       `\n## ${bench.title}\n\n${body.trimEnd()}\n\n_(${fmt(seconds, 0)} s; meanwhile processes outside this run kept about ${fmt((100 * foreign) / seconds, 0)} % of one core busy)_\n`,
     );
   }
-  process.stdout.write(`\nTotal ${fmt((Date.now() - started) / 1000, 0)} s; load average at the end ${os.loadavg().map((x) => fmt(x, 2)).join(' / ')}${failures > 0 ? `, ${failures} benchmark(s) failed` : ''}.\n`);
+  process.stdout.write(
+    `\nTotal ${fmt((Date.now() - started) / 1000, 0)} s; load average at the end ${os
+      .loadavg()
+      .map((x) => fmt(x, 2))
+      .join(' / ')}${failures > 0 ? `, ${failures} benchmark(s) failed` : ''}.\n`,
+  );
   if (values.keep || values.profile) process.stderr.write(`scratch directory kept: ${dir}\n`);
   else rmSync(dir, { recursive: true, force: true });
   return failures > 0 ? 1 : 0;

@@ -43,7 +43,10 @@ export async function runScaleBench(ctx: BenchContext): Promise<string> {
   let stoppedBy = '';
   try {
     const upstreamPort = await upstream.call<number>('start', { domain: DOMAIN });
-    const proxy = await startProxy(ctx, proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }));
+    const proxy = await startProxy(
+      ctx,
+      proxyConfig(upstreamPort, { streamManagement: { hibernationSeconds: 3600, maxHibernationSeconds: 3600 } }),
+    );
     logFile = proxy.logFile;
     const at = { host: '127.0.0.1', port: proxy.port, tls: true, domain: DOMAIN };
     try {
@@ -60,10 +63,15 @@ export async function runScaleBench(ctx: BenchContext): Promise<string> {
         }
         ctx.progress(`scale: growing to ${fmtInt(n)} sessions`);
         const opened = await client.call<{ opened: number; failed: number; seconds: number; firstError?: string }>('sessionsOpen', {
-          ...at, count: n - have, concurrency: 64, sm: true, resume: true,
+          ...at,
+          count: n - have,
+          concurrency: 64,
+          sm: true,
+          resume: true,
         });
         have += opened.opened;
-        if (opened.failed > 0) stoppedBy = `${opened.failed} of ${n - have + opened.opened} new sessions failed at ${fmtInt(n)} (${opened.firstError ?? ''})`;
+        if (opened.failed > 0)
+          stoppedBy = `${opened.failed} of ${n - have + opened.opened} new sessions failed at ${fmtInt(n)} (${opened.firstError ?? ''})`;
         await sleep(1000);
         const memory = await proxy.peer.call<Memory>('memoryUsage');
         const gcStart = process.hrtime.bigint();
@@ -73,7 +81,12 @@ export async function runScaleBench(ctx: BenchContext): Promise<string> {
         const cpu0 = await proxy.peer.cpu();
         await sleep(idleMs);
         const idleCpu = ((await proxy.peer.cpu()) - cpu0) / (idleMs / 1000);
-        const probe = await client.call<{ p50: number; p99: number; max: number }>('probe', { ...at, count: probes, stanzaBytes: 200, gapMs: 5 });
+        const probe = await client.call<{ p50: number; p99: number; max: number }>('probe', {
+          ...at,
+          count: probes,
+          stanzaBytes: 200,
+          gapMs: 5,
+        });
         rows.push([
           fmtInt(have),
           fmt(opened.seconds > 0 ? opened.opened / opened.seconds : Number.NaN, 0),
@@ -111,13 +124,28 @@ export async function runScaleBench(ctx: BenchContext): Promise<string> {
       `Per-session figures are (value − baseline after a warm-up batch) / sessions. Idle CPU over ${idleMs / 1000} s. ` +
       `"full GC" ≈ one \`global.gc()\` (a major GC pauses every session for about this long). Probe: ${probes} echo round trips of 200-byte messages on one more session, 5 ms apart.`,
     '',
-    table(['sessions', 'opened/s (this step)', 'proxy RSS MB', 'RSS KiB/session', 'heapUsed KiB/session', 'idle CPU ms/s', 'idle CPU µs/s per session', 'full GC ms', 'probe RTT p50 / p99 / max ms'], rows),
+    table(
+      [
+        'sessions',
+        'opened/s (this step)',
+        'proxy RSS MB',
+        'RSS KiB/session',
+        'heapUsed KiB/session',
+        'idle CPU ms/s',
+        'idle CPU µs/s per session',
+        'full GC ms',
+        'probe RTT p50 / p99 / max ms',
+      ],
+      rows,
+    ),
     '',
     capped
       ? `- open-files limit ${fmtInt(limit)} (hard; raising it needs CAP_SYS_RESOURCE, which this machine does not grant): at 2 descriptors per session one proxy process holds at most about ${fmtInt(maxSessions)} sessions here; larger steps were not run.`
       : `- open-files limit ${fmtInt(limit)}.`,
     ...(trend === '' ? [] : [trend]),
     ...(stoppedBy === '' ? [] : [`- stopped: ${stoppedBy}`]),
-    problems.warn + problems.error > 0 ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})` : '- proxy log: no warnings or errors',
+    problems.warn + problems.error > 0
+      ? `- proxy log: ${problems.warn} warnings, ${problems.error} errors (${problems.samples.join('; ')})`
+      : '- proxy log: no warnings or errors',
   ].join('\n');
 }

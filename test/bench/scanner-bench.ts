@@ -181,7 +181,7 @@ export function generateXmppStream(targetBytes = 100_000_000, seed = 0x5eed): Bu
 export function cutIntoChunks(stream: Buffer, seed = 0xc4a7, minBytes = 1024, maxBytes = 16 * 1024): Buffer[] {
   const rnd = seededRandom(seed);
   const chunks: Buffer[] = [];
-  for (let at = 0; at < stream.length; ) {
+  for (let at = 0; at < stream.length;) {
     const size = minBytes + Math.floor(rnd() * (maxBytes - minBytes + 1));
     chunks.push(stream.subarray(at, at + size));
     at += size;
@@ -315,7 +315,7 @@ export async function runScannerBench(options: BenchOptions = {}): Promise<Bench
   const rows: BenchRow[] = [];
   rows.push(measure('StreamScanner (strict, UTF-8 checked, exact bytes)', scanner, chunks, passes));
   await new Promise((resolve) => setImmediate(resolve));
-  rows.push(measure("ltx Parser (xmpp.js style, ltx Element per stanza)", ltx, chunks, passes));
+  rows.push(measure('ltx Parser (xmpp.js style, ltx Element per stanza)', ltx, chunks, passes));
   await new Promise((resolve) => setImmediate(resolve));
   rows.push(measure('sax strict', saxContestant(false), quarter, passes));
   await new Promise((resolve) => setImmediate(resolve));

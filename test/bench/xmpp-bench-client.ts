@@ -109,10 +109,12 @@ export class BenchXmpp {
     this.scanner = this.newScanner();
     socket.on('data', this.onData);
     socket.on('error', (err) => this.failAll(err));
-    this.closed = new Promise((resolve) => socket.once('close', () => {
-      this.failAll(new Error('connection closed'));
-      resolve();
-    }));
+    this.closed = new Promise((resolve) =>
+      socket.once('close', () => {
+        this.failAll(new Error('connection closed'));
+        resolve();
+      }),
+    );
     (socket as TLSSocket).on('session', (session: Buffer) => {
       this.tlsSession = session;
     });
@@ -218,7 +220,10 @@ export class BenchXmpp {
   /** SASL (PLAIN or SCRAM-SHA-1), the stream restart, the new features. */
   async authenticate(): Promise<ScannedElement> {
     const outcome = (): Promise<ScannedElement> =>
-      this.expect((e) => e.ns === NS_SASL && (e.localName === 'success' || e.localName === 'failure' || e.localName === 'challenge'), 'SASL answer');
+      this.expect(
+        (e) => e.ns === NS_SASL && (e.localName === 'success' || e.localName === 'failure' || e.localName === 'challenge'),
+        'SASL answer',
+      );
     const { username, password } = this.options;
     let answer: ScannedElement;
     if ((this.options.mechanism ?? 'PLAIN') === 'PLAIN') {
@@ -252,7 +257,9 @@ export class BenchXmpp {
       const proof = Buffer.alloc(clientKey.length);
       for (let i = 0; i < proof.length; i++) proof[i] = clientKey[i]! ^ signature[i]!;
       pending = outcome();
-      this.send(`<response xmlns='${NS_SASL}'>${Buffer.from(`${withoutProof},p=${proof.toString('base64')}`).toString('base64')}</response>`);
+      this.send(
+        `<response xmlns='${NS_SASL}'>${Buffer.from(`${withoutProof},p=${proof.toString('base64')}`).toString('base64')}</response>`,
+      );
       answer = await pending;
     }
     if (answer.localName !== 'success') throw new Error(`SASL failed: ${answer.bytes.toString()}`);

@@ -30,11 +30,11 @@ async function main(): Promise<void> {
     say('3. Bob: "Are you on the train?" Alice received it and acknowledged it: <a h=\'1\'/>.\n');
 
     alice.client.drop();
-    say('4. The train enters a tunnel: alice\'s TCP connection is cut, no </stream:stream>.');
+    say("4. The train enters a tunnel: alice's TCP connection is cut, no </stream:stream>.");
     await waitFor(() => [...fixture.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'));
     say('   The proxy keeps her Prosody session open ("hibernation"): bob still sees her online.\n');
 
-    const lines = ['Tunnel?', 'Call me when you are out.', 'I\'ll be at the station at 6.'];
+    const lines = ['Tunnel?', 'Call me when you are out.', "I'll be at the station at 6."];
     lines.forEach((body, i) => bob.client.sendMessage(alice.jid, body, `m${i + 1}`));
     bob.client.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
     await bob.client.expect((el) => el.attrs.id === 'sync', 'a round trip');

@@ -118,7 +118,9 @@ beforeAll(async () => {
   prosody = await startProsody({ users: Object.values(USERS) });
   fixture = await startProxyFixture({ server: prosody, websocket: { allowedOrigins: [pageOrigin] } });
   fixture.proxy.events.on('hibernationStarted', (event) => hibernated.add(event.smId));
-  fixture.proxy.events.on('stanzaQueuedWhileHibernating', (event) => queuedWhileHibernating.set(event.smId, (queuedWhileHibernating.get(event.smId) ?? 0) + 1));
+  fixture.proxy.events.on('stanzaQueuedWhileHibernating', (event) =>
+    queuedWhileHibernating.set(event.smId, (queuedWhileHibernating.get(event.smId) ?? 0) + 1),
+  );
   network = new NetworkPath(fixture.ports.websocket);
   await network.listen();
 }, 30_000);
@@ -182,7 +184,10 @@ describe('a browser client through the WebSocket listener', () => {
 
       const numbered = [1, 2, 3, 4, 5].map((i) => `numbered ${i}`);
       numbered.forEach((body, i) => bob!.client.sendMessage(jid, body, `n${i + 1}`));
-      await waitUntil(() => (queuedWhileHibernating.get(smId) ?? 0) >= numbered.length, `${numbered.length} messages queued for the hibernating browser session`);
+      await waitUntil(
+        () => (queuedWhileHibernating.get(smId) ?? 0) >= numbered.length,
+        `${numbered.length} messages queued for the hibernating browser session`,
+      );
 
       const resumed = await call<{ name: string; h: string | null; previd: string | null; xml: string }>(page, 'resume', account);
       expect(resumed.name, resumed.xml).toBe('resumed');
@@ -197,7 +202,8 @@ describe('a browser client through the WebSocket listener', () => {
       const replayed = state.messages.filter((m) => m.connection === 2);
       expect(replayed.map((m) => m.id)).toEqual(['n1', 'n2', 'n3', 'n4', 'n5']);
       // XEP-0203: each replayed message says when it was first sent.
-      for (const message of replayed) expect(Number.isNaN(Date.parse(message.delayStamp ?? '')), `a <delay stamp/> on ${message.id}`).toBe(false);
+      for (const message of replayed)
+        expect(Number.isNaN(Date.parse(message.delayStamp ?? '')), `a <delay stamp/> on ${message.id}`).toBe(false);
       expect(state.messages.every((m) => m.from === bob!.jid)).toBe(true);
       expect(state.h).toBe(1 + numbered.length);
 

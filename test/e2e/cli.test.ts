@@ -125,7 +125,10 @@ class CliProcess {
   async expectExit(timeoutMs: number, expected: string): Promise<Exit> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`expected the CLI to exit (${expected}) within ${timeoutMs} ms; ${this.describe()}`)), timeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`expected the CLI to exit (${expected}) within ${timeoutMs} ms; ${this.describe()}`)),
+        timeoutMs,
+      );
     });
     try {
       return await Promise.race([this.exited, timeout]);
@@ -135,7 +138,11 @@ class CliProcess {
   }
 
   /** Waits for a log line whose `msg` is `msg` and that satisfies `where`; fails if the process exits first. */
-  async expectLog(msg: string, where: (line: Record<string, unknown>) => boolean = () => true, timeoutMs = 5_000): Promise<Record<string, unknown>> {
+  async expectLog(
+    msg: string,
+    where: (line: Record<string, unknown>) => boolean = () => true,
+    timeoutMs = 5_000,
+  ): Promise<Record<string, unknown>> {
     const find = (): Record<string, unknown> | undefined => this.logLines.find((line) => line.msg === msg && where(line));
     try {
       await waitUntil(() => find() !== undefined || this.hasExited, `a log line '${msg}'`, timeoutMs);
@@ -350,11 +357,15 @@ describe('--check', () => {
 
   it.each([
     ['a file that does not exist', async () => join(workDir, 'missing.json'), /cannot read config file .*missing\.json/],
-    ['a directory', async () => {
-      const dir = join(workDir, 'a-directory.json');
-      await mkdir(dir, { recursive: true });
-      return dir;
-    }, /cannot read config file .*a-directory\.json/],
+    [
+      'a directory',
+      async () => {
+        const dir = join(workDir, 'a-directory.json');
+        await mkdir(dir, { recursive: true });
+        return dir;
+      },
+      /cannot read config file .*a-directory\.json/,
+    ],
     ['a file that is not JSON', async () => configFile('{ "listeners": [ ', 'truncated.json'), /truncated\.json is not valid JSON/],
     ['an empty file', async () => configFile('', 'empty.json'), /empty\.json is not valid JSON/],
   ] as const)('exits 2 with PROXY_ERR_CONFIG_READ for %s', async (_label, makePath, message) => {
@@ -485,7 +496,13 @@ describe('shutdown on a signal', () => {
   }
 
   /** Connects through the proxy and logs in; with `sm`, enables stream management with resumption. */
-  async function login(port: number, transport: 'starttls' | 'directtls', user: { username: string; password: string }, resource: string, sm: boolean): Promise<{ client: RawClient; jid: string }> {
+  async function login(
+    port: number,
+    transport: 'starttls' | 'directtls',
+    user: { username: string; password: string },
+    resource: string,
+    sm: boolean,
+  ): Promise<{ client: RawClient; jid: string }> {
     const client = await RawClient.connect({ host: '127.0.0.1', port, transport, domain: prosody.domain });
     const jid = await client.login(user.username, user.password, { resource });
     if (sm) {
@@ -527,23 +544,39 @@ describe('shutdown on a signal', () => {
         await waitUntil(() => client.streamClosedByPeer, "the proxy's </stream:stream> after <system-shutdown/>", 3_000);
       }
       // Carol's queue is answered as at expiry: the sender gets recipient-unavailable from carol's JID.
-      const bounce = await sender.expect((el) => el.is('message') && el.attrs.id === 'away-1' && el.attrs.type === 'error', "the bounce of the message queued for carol", 5_000);
+      const bounce = await sender.expect(
+        (el) => el.is('message') && el.attrs.id === 'away-1' && el.attrs.type === 'error',
+        'the bounce of the message queued for carol',
+        5_000,
+      );
       expect(bounce.attrs.from).toBe(carol.jid);
       expect(bounce.attrs.to).toBe(senderJid);
       expect(bounce.getChild('error')?.getChild('recipient-unavailable', STANZA_ERRORS)).toBeDefined();
       // Well-behaved clients answer the close (RFC 6120 §4.4).
       await Promise.all([alice.client.close(), bob.client.close()]);
 
-      const exit = await cli.expectExit(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS, `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms after ${signal}`);
+      const exit = await cli.expectExit(
+        graceSeconds * 1000 + SHUTDOWN_MARGIN_MS,
+        `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms after ${signal}`,
+      );
       const elapsedMs = Date.now() - signalledAt;
       expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
       expect(elapsedMs).toBeLessThan(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS);
 
       expect(cli.logLines.find((line) => line.msg === 'signal received')?.signal).toBe(signal);
-      expect(cli.logLines.some((line) => line.msg === 'hibernating session ends at shutdown' && line.jid === carol.jid), cli.describe()).toBe(true);
-      expect(cli.logLines.some((line) => line.msg === 'stopped'), cli.describe()).toBe(true);
+      expect(
+        cli.logLines.some((line) => line.msg === 'hibernating session ends at shutdown' && line.jid === carol.jid),
+        cli.describe(),
+      ).toBe(true);
+      expect(
+        cli.logLines.some((line) => line.msg === 'stopped'),
+        cli.describe(),
+      ).toBe(true);
       // Nothing had to be destroyed: every session closed within the grace period.
-      expect(cli.logLines.some((line) => line.level === 40 && String(line.msg).includes('grace period')), cli.describe()).toBe(false);
+      expect(
+        cli.logLines.some((line) => line.level === 40 && String(line.msg).includes('grace period')),
+        cli.describe(),
+      ).toBe(false);
 
       // Every upstream stream of a session, the hibernating one included, was closed cleanly:
       // </stream:stream> as the last thing written, then a FIN, never a reset.
@@ -570,7 +603,10 @@ describe('shutdown on a signal', () => {
     let stuckClosed = false;
     stuck.once('close', () => (stuckClosed = true));
     await new Promise<void>((resolveConnect, reject) => {
-      const timer = setTimeout(() => reject(new Error(`expected a TCP connect to the direct TLS port ${directtlsPort} within 2000 ms`)), 2_000);
+      const timer = setTimeout(
+        () => reject(new Error(`expected a TCP connect to the direct TLS port ${directtlsPort} within 2000 ms`)),
+        2_000,
+      );
       stuck.once('connect', () => {
         clearTimeout(timer);
         resolveConnect();
@@ -587,13 +623,19 @@ describe('shutdown on a signal', () => {
     expect(refused, 'a new connection refused during the grace period').toBe(true);
     expect(stuckClosed, 'the stuck connection is held until the grace period ends').toBe(false);
 
-    const exit = await cli.expectExit(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS, `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms`);
+    const exit = await cli.expectExit(
+      graceSeconds * 1000 + SHUTDOWN_MARGIN_MS,
+      `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms`,
+    );
     const elapsedMs = Date.now() - signalledAt;
     expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
     expect(elapsedMs).toBeGreaterThanOrEqual(graceSeconds * 1000 - 100);
     expect(elapsedMs).toBeLessThan(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS);
     await waitUntil(() => stuckClosed, 'the stuck connection to be closed by the proxy', 1_000);
-    expect(cli.logLines.some((line) => line.msg === 'connections still open after the grace period; destroying them'), cli.describe()).toBe(true);
+    expect(
+      cli.logLines.some((line) => line.msg === 'connections still open after the grace period; destroying them'),
+      cli.describe(),
+    ).toBe(true);
   }, 20_000);
 
   it('does not wait for a client that never answers the stream close: it is dropped, exit 0 in time', async () => {
@@ -605,7 +647,10 @@ describe('shutdown on a signal', () => {
     await mute.client.expectStreamError('system-shutdown');
     await waitUntil(() => mute.client.streamClosedByPeer, "the proxy's </stream:stream> after <system-shutdown/>", 3_000);
     // The client neither answers </stream:stream> nor closes its socket.
-    const exit = await cli.expectExit(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS, `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms`);
+    const exit = await cli.expectExit(
+      graceSeconds * 1000 + SHUTDOWN_MARGIN_MS,
+      `exit 0 within shutdownGraceSeconds ${graceSeconds} s + ${SHUTDOWN_MARGIN_MS} ms`,
+    );
     expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
     expect(Date.now() - signalledAt).toBeLessThan(graceSeconds * 1000 + SHUTDOWN_MARGIN_MS);
     await mute.client.expectClosed(1_000);

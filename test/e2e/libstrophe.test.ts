@@ -30,7 +30,18 @@ beforeAll(async () => {
   const flags = (await run('pkg-config', ['--cflags', '--libs', 'libstrophe'])).stdout.trim().split(/\s+/);
   buildDir = await mkdtemp(join(tmpdir(), 'strophe-client-'));
   const output = join(buildDir, 'strophe_client');
-  await run('gcc', ['-std=c11', '-Wall', '-Wextra', '-Werror', '-O1', `-DLIBSTROPHE_VERSION="${version}"`, '-o', output, SOURCE, ...flags]).catch((err: Error & { stderr?: string }) => {
+  await run('gcc', [
+    '-std=c11',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    '-O1',
+    `-DLIBSTROPHE_VERSION="${version}"`,
+    '-o',
+    output,
+    SOURCE,
+    ...flags,
+  ]).catch((err: Error & { stderr?: string }) => {
     throw new Error(`compiling ${SOURCE} against libstrophe ${version} failed: ${err.message}\n${err.stderr ?? ''}`);
   });
   binary = output;

@@ -90,7 +90,10 @@ describe('legacy Prosody (mod_smacks off)', () => {
       const carolAgain = await RawClient.connectPlain({ host: prosody.host, port: prosody.c2sPort, domain: prosody.domain });
       try {
         const preAuth = await carol.openStream();
-        const mechanisms = preAuth.getChild('mechanisms', NS.sasl)?.getChildren('mechanism').map((m) => m.getText());
+        const mechanisms = preAuth
+          .getChild('mechanisms', NS.sasl)
+          ?.getChildren('mechanism')
+          .map((m) => m.getText());
         expect(mechanisms).toEqual(expect.arrayContaining(['PLAIN', 'SCRAM-SHA-1']));
         const postAuth = await carol.authenticateScramSha1(CAROL.username, CAROL.password);
         expect(smFeatures(postAuth)).toEqual([]);
@@ -161,7 +164,8 @@ describe('Prosody with mod_smacks (native XEP-0198, for comparison)', () => {
   test(
     'the raw client enables SM, counts acks, and resumes on a new connection',
     async () => {
-      const connect = (): Promise<RawClient> => RawClient.connectPlain({ host: prosody.host, port: prosody.c2sPort, domain: prosody.domain });
+      const connect = (): Promise<RawClient> =>
+        RawClient.connectPlain({ host: prosody.host, port: prosody.c2sPort, domain: prosody.domain });
       const alice = await connect();
       await alice.openStream();
       await alice.login(ALICE.username, ALICE.password, { resource: 'raw' });

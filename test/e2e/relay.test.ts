@@ -142,7 +142,13 @@ function streamError(condition: string, because: RegExp): Answer {
  * naming the limit; over WebSocket then 1009, RFC 6455 §7.4.1 "a message that is too big for it to process".
  */
 function stanzaTooBig(limitBytes: number): Answer {
-  return { kind: 'stream-error', condition: 'policy-violation', appCondition: 'stanza-too-big', because: new RegExp(`\\b${limitBytes}\\b`), webSocketCloseCode: 1009 };
+  return {
+    kind: 'stream-error',
+    condition: 'policy-violation',
+    appCondition: 'stanza-too-big',
+    because: new RegExp(`\\b${limitBytes}\\b`),
+    webSocketCloseCode: 1009,
+  };
 }
 
 /** A `<message/>` whose body makes it `bytes` long or a little longer; `complete: false` leaves it open (no end tag). */
@@ -159,22 +165,57 @@ function authOf(bytes: number): string {
 
 const BAD_INPUTS: readonly BadInput[] = [
   // RFC 6120 §4.9.3.13 not-well-formed.
-  { label: 'a mismatched end tag', phase: 'after-auth', input: "<message to='bob@localhost'><body>x</message>", answer: streamError('not-well-formed', /end tag/) },
-  { label: 'an unquoted attribute value', phase: 'after-auth', input: '<message to=bob/>', answer: streamError('not-well-formed', /attribute value/) },
-  { label: 'a mismatched end tag before authentication', phase: 'before-auth', input: `<auth xmlns='${NS.sasl}' mechanism='PLAIN'>AGFsaWNlAHg=</a>`, answer: streamError('not-well-formed', /end tag/) },
+  {
+    label: 'a mismatched end tag',
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><body>x</message>",
+    answer: streamError('not-well-formed', /end tag/),
+  },
+  {
+    label: 'an unquoted attribute value',
+    phase: 'after-auth',
+    input: '<message to=bob/>',
+    answer: streamError('not-well-formed', /attribute value/),
+  },
+  {
+    label: 'a mismatched end tag before authentication',
+    phase: 'before-auth',
+    input: `<auth xmlns='${NS.sasl}' mechanism='PLAIN'>AGFsaWNlAHg=</a>`,
+    answer: streamError('not-well-formed', /end tag/),
+  },
   // RFC 6120 §11.1: no comments, processing instructions, DTDs or entity references other than the predefined ones (§4.9.3.18 restricted-xml).
   { label: 'a comment', phase: 'after-auth', input: '<!-- hello -->', answer: streamError('restricted-xml', /comment/) },
-  { label: 'a comment inside a stanza', phase: 'after-auth', input: "<message to='bob@localhost'><!-- hello --><body>x</body></message>", answer: streamError('restricted-xml', /comment/) },
-  { label: 'a processing instruction', phase: 'after-auth', input: "<?php echo 'x' ?>", answer: streamError('restricted-xml', /processing instruction/) },
+  {
+    label: 'a comment inside a stanza',
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><!-- hello --><body>x</body></message>",
+    answer: streamError('restricted-xml', /comment/),
+  },
+  {
+    label: 'a processing instruction',
+    phase: 'after-auth',
+    input: "<?php echo 'x' ?>",
+    answer: streamError('restricted-xml', /processing instruction/),
+  },
   { label: 'a DOCTYPE', phase: 'after-auth', input: '<!DOCTYPE message>', answer: streamError('restricted-xml', /DOCTYPE/) },
-  { label: 'an entity declaration', phase: 'after-auth', input: "<!ENTITY xxe SYSTEM 'file:///etc/passwd'>", answer: streamError('restricted-xml', /declaration|ENTITY/) },
+  {
+    label: 'an entity declaration',
+    phase: 'after-auth',
+    input: "<!ENTITY xxe SYSTEM 'file:///etc/passwd'>",
+    answer: streamError('restricted-xml', /declaration|ENTITY/),
+  },
   {
     label: 'a DOCTYPE declaring an entity, then a stanza using it',
     phase: 'after-auth',
     input: "<!DOCTYPE message [<!ENTITY xxe 'boom'>]><message to='bob@localhost'><body>&xxe;</body></message>",
     answer: streamError('restricted-xml', /DOCTYPE/),
   },
-  { label: 'an undeclared entity reference', phase: 'after-auth', input: '<message><body>&xxe;</body></message>', answer: streamError('restricted-xml', /entity/) },
+  {
+    label: 'an undeclared entity reference',
+    phase: 'after-auth',
+    input: '<message><body>&xxe;</body></message>',
+    answer: streamError('restricted-xml', /entity/),
+  },
   {
     label: 'a DOCTYPE before authentication',
     phase: 'before-auth',
@@ -241,12 +282,31 @@ const BAD_INPUTS: readonly BadInput[] = [
     overWebSocket: { answer: { kind: 'websocket-close', code: 1007 } },
   },
   // RFC 6120 §4.9.3.6 host-unknown: the `to` names no domain served here.
-  { label: "a stream header to an unknown domain", phase: 'stream-header', header: { to: 'nope.example' }, answer: streamError('host-unknown', /nope\.example/) },
+  {
+    label: 'a stream header to an unknown domain',
+    phase: 'stream-header',
+    header: { to: 'nope.example' },
+    answer: streamError('host-unknown', /nope\.example/),
+  },
   // RFC 6120 §4.7.5, §4.9.3.25 unsupported-version: the proxy speaks XMPP 1.x only.
-  { label: 'a stream header without version', phase: 'stream-header', header: { version: undefined }, answer: streamError('unsupported-version', /version/) },
-  { label: "a stream header with version='2.0'", phase: 'stream-header', header: { version: '2.0' }, answer: streamError('unsupported-version', /version/) },
+  {
+    label: 'a stream header without version',
+    phase: 'stream-header',
+    header: { version: undefined },
+    answer: streamError('unsupported-version', /version/),
+  },
+  {
+    label: "a stream header with version='2.0'",
+    phase: 'stream-header',
+    header: { version: '2.0' },
+    answer: streamError('unsupported-version', /version/),
+  },
   // RFC 6120 §4.9.3.4 connection-timeout: README limits.authTimeoutSeconds.
-  { label: `an idle unauthenticated stream (authTimeoutSeconds ${SHORT_AUTH_TIMEOUT_SECONDS})`, phase: 'idle', answer: streamError('connection-timeout', /authentication/) },
+  {
+    label: `an idle unauthenticated stream (authTimeoutSeconds ${SHORT_AUTH_TIMEOUT_SECONDS})`,
+    phase: 'idle',
+    answer: streamError('connection-timeout', /authentication/),
+  },
 ];
 
 /** What differs between transports for this table, and nothing else. */
@@ -277,11 +337,18 @@ const webSocketAdapter: BadInputAdapter = {
     const close = client.webSocketClose;
     expect(close?.code, `WebSocket close code (reason ${JSON.stringify(close?.reason)})`).toBe(expectedCode);
     // RFC 7395 §3.5: after a stream error, <close/>; a refusal by the WebSocket layer has neither.
-    expect(client.streamClosedByPeer, answer.kind === 'stream-error' ? '<close/> after the stream error' : 'no <close/> from a WebSocket-layer refusal').toBe(answer.kind === 'stream-error');
+    expect(
+      client.streamClosedByPeer,
+      answer.kind === 'stream-error' ? '<close/> after the stream error' : 'no <close/> from a WebSocket-layer refusal',
+    ).toBe(answer.kind === 'stream-error');
   },
 };
 
-const BAD_INPUT_ADAPTERS: Readonly<Record<RawTransport, BadInputAdapter>> = { starttls: tcpAdapter, directtls: tcpAdapter, websocket: webSocketAdapter };
+const BAD_INPUT_ADAPTERS: Readonly<Record<RawTransport, BadInputAdapter>> = {
+  starttls: tcpAdapter,
+  directtls: tcpAdapter,
+  websocket: webSocketAdapter,
+};
 
 function answerText(answer: Answer, transport: RawTransport): string {
   if (answer.kind === 'websocket-close') return `WebSocket close ${answer.code} only`;
@@ -309,7 +376,10 @@ describeEachLegacyServer((kind) => {
     it('offers SASL from the legacy server after TLS, without starttls, sm, iq-auth or anything unbound before authentication', async () => {
       const client = await fixture.connect(transport);
       const features = client.features!;
-      const mechanisms = features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism').map((m) => m.getText());
+      const mechanisms = features
+        .getChild('mechanisms', NS.sasl)
+        ?.getChildren('mechanism')
+        .map((m) => m.getText());
       expect(mechanisms).toEqual(expect.arrayContaining([...MECHANISMS[kind]]));
       expect(features.getChild('starttls', NS.tls)).toBeUndefined();
       expect(features.getChild('sm', NS.sm3)).toBeUndefined();
@@ -343,17 +413,21 @@ describeEachLegacyServer((kind) => {
     });
 
     it.runIf(transport !== 'websocket')(
-      "declares a prefix the client put on its own stream header on each element that uses it (the legacy server never sees that header)",
+      'declares a prefix the client put on its own stream header on each element that uses it (the legacy server never sees that header)',
       async () => {
         const bob = await fixture.login(transport, USERS.bob, { resource: 'prefix-reader' });
         const alice = await fixture.connect(transport, { openStream: false });
         const declared = { 'xmlns:ex': 'urn:example:smacks-proxy' };
         await alice.openStream(declared);
-        alice.send(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${Buffer.from(`\0alice\0${USERS.alice.password}`).toString('base64')}</auth>`);
+        alice.send(
+          `<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${Buffer.from(`\0alice\0${USERS.alice.password}`).toString('base64')}</auth>`,
+        );
         await alice.expect((el) => el.is('success', NS.sasl), 'SASL <success/>');
         await alice.openStream(declared);
         await alice.bind('prefix-writer');
-        alice.sendRaw(`<message to='${bob.jid}' id='prefixed-1' type='chat'><body>hi</body><ex:note ex:level='2'>declared on my header</ex:note></message>`);
+        alice.sendRaw(
+          `<message to='${bob.jid}' id='prefixed-1' type='chat'><body>hi</body><ex:note ex:level='2'>declared on my header</ex:note></message>`,
+        );
         // Bob's client parses namespaces strictly: an unbound prefix would already have failed it,
         // and the legacy server would have ended alice's stream as not well-formed.
         const message = await bob.client.expectMessage((m) => m.attrs.id === 'prefixed-1');
@@ -386,7 +460,7 @@ describeEachLegacyServer((kind) => {
       await bob.client.close();
     });
 
-    it('relays the legacy server\'s stream error (resource conflict) to the replaced client', async () => {
+    it("relays the legacy server's stream error (resource conflict) to the replaced client", async () => {
       const first = await fixture.login(transport, USERS.carol, { resource: 'same' });
       await fixture.login(transport, USERS.carol, { resource: 'same' });
       await first.client.expectStreamError('conflict');
@@ -446,22 +520,36 @@ describeEachLegacyServer((kind) => {
           const error = await client.expectStreamError(answer.condition, 3000);
           expect(error.getChildText('text', NS.streamErrors), `the <text/> of ${error.toString()}`).toMatch(answer.because);
           if (answer.appCondition !== undefined) {
-            expect(error.getChild(answer.appCondition, 'urn:xmpp:errors'), `<${answer.appCondition} xmlns='urn:xmpp:errors'/> in ${error.toString()}`).toBeDefined();
+            expect(
+              error.getChild(answer.appCondition, 'urn:xmpp:errors'),
+              `<${answer.appCondition} xmlns='urn:xmpp:errors'/> in ${error.toString()}`,
+            ).toBeDefined();
           }
         }
         await adapter.expectEnded(client, answer);
         if (answer.kind === 'websocket-close') {
-          expect(client.received.filter((el) => el.is('error', NS.stream)).map(String), 'no stream error before a WebSocket-layer close').toEqual([]);
+          expect(
+            client.received.filter((el) => el.is('error', NS.stream)).map(String),
+            'no stream error before a WebSocket-layer close',
+          ).toEqual([]);
         }
         // The offending session is gone from the proxy, not only its socket.
-        await waitUntil(() => proxy.proxy.registry.size <= sessionsBefore, `the offending session to leave the registry (${sessionsBefore} sessions before it)`, 3000);
+        await waitUntil(
+          () => proxy.proxy.registry.size <= sessionsBefore,
+          `the offending session to leave the registry (${sessionsBefore} sessions before it)`,
+          3000,
+        );
         // The bystander was connected throughout and still has a working session: a round trip
         // through the legacy server, which also routed anything of the bad input that got through.
         const id = `still-here-${bystander.client.received.length}`;
         bystander.client.sendMessage(bystander.jid, 'still here', id);
         await bystander.client.expectMessage((m) => m.attrs.id === id, 3000);
         // Most rows address their stanzas to bob@localhost, the bystander's account: none may arrive.
-        await bystander.client.expectNone((el) => el.is('message') && String(el.attrs.from).startsWith(`${USERS.alice.username}@`), 'a message relayed from the bad input', 0);
+        await bystander.client.expectNone(
+          (el) => el.is('message') && String(el.attrs.from).startsWith(`${USERS.alice.username}@`),
+          'a message relayed from the bad input',
+          0,
+        );
       });
     }
   });
@@ -470,7 +558,9 @@ describeEachLegacyServer((kind) => {
 describe('refusals before TLS and legacy server faults', () => {
   it('answers an unknown domain with host-unknown before TLS (STARTTLS)', async () => {
     const client = await RawClient.connectPlain({ host: '127.0.0.1', port: fixture.ports.starttls, domain: 'nope.example' });
-    client.sendRaw("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='nope.example' version='1.0'>");
+    client.sendRaw(
+      "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='nope.example' version='1.0'>",
+    );
     await client.expectStreamError('host-unknown');
     await client.expectClosed();
   });
@@ -483,24 +573,52 @@ describe('refusals before TLS and legacy server faults', () => {
   });
 
   it('answers remote-connection-failed when the legacy server is down', async () => {
-    const client = await RawClient.connect({ host: '127.0.0.1', port: fixture.ports.directtls, transport: 'directtls', domain: 'down.localhost', openStream: false });
-    client.sendRaw("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='down.localhost' version='1.0'>");
+    const client = await RawClient.connect({
+      host: '127.0.0.1',
+      port: fixture.ports.directtls,
+      transport: 'directtls',
+      domain: 'down.localhost',
+      openStream: false,
+    });
+    client.sendRaw(
+      "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='down.localhost' version='1.0'>",
+    );
     await client.expectStreamError('remote-connection-failed');
   });
 
   it('answers remote-connection-failed when the legacy server accepts but never answers', async () => {
-    const client = await RawClient.connect({ host: '127.0.0.1', port: fixture.ports.directtls, transport: 'directtls', domain: 'silent.localhost', openStream: false });
-    client.sendRaw("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='silent.localhost' version='1.0'>");
+    const client = await RawClient.connect({
+      host: '127.0.0.1',
+      port: fixture.ports.directtls,
+      transport: 'directtls',
+      domain: 'silent.localhost',
+      openStream: false,
+    });
+    client.sendRaw(
+      "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='silent.localhost' version='1.0'>",
+    );
     await client.expectStreamError('remote-connection-failed');
   });
 
   it('answers remote-connection-failed and drops the hop when the legacy server stalls in the STARTTLS handshake', async () => {
-    const client = await RawClient.connect({ host: '127.0.0.1', port: fixture.ports.directtls, transport: 'directtls', domain: 'stalltls.localhost', openStream: false });
-    client.sendRaw("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='stalltls.localhost' version='1.0'>");
+    const client = await RawClient.connect({
+      host: '127.0.0.1',
+      port: fixture.ports.directtls,
+      transport: 'directtls',
+      domain: 'stalltls.localhost',
+      openStream: false,
+    });
+    client.sendRaw(
+      "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='stalltls.localhost' version='1.0'>",
+    );
     await client.expectStreamError('remote-connection-failed', 3000);
     await client.expectClosed();
     expect(stallingTlsSockets.length).toBeGreaterThan(0);
-    await waitUntil(() => stallingTlsSockets.every((socket) => socket.closed), 'the stalled upstream socket to be closed by the proxy', 3000);
+    await waitUntil(
+      () => stallingTlsSockets.every((socket) => socket.closed),
+      'the stalled upstream socket to be closed by the proxy',
+      3000,
+    );
   });
 
   it('survives TLS garbage, half-open sockets and resets without leaking sessions', async () => {

@@ -44,7 +44,11 @@ async function hibernatingAlice(fixture: ProxyFixture, events: SmEventLog, resou
  */
 async function contactSawNoResourceOfAlice(bob: LoggedIn, since: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 1000));
-  const seen = bob.client.received.slice(since).filter((el) => el.is('presence') && String(el.attrs.from).startsWith(`${USERS.alice.username}@${bob.jid.split('@')[1]!.split('/')[0]!}/`));
+  const seen = bob.client.received
+    .slice(since)
+    .filter(
+      (el) => el.is('presence') && String(el.attrs.from).startsWith(`${USERS.alice.username}@${bob.jid.split('@')[1]!.split('/')[0]!}/`),
+    );
   expect(seen.map(String), "presence of alice's resources during the resume").toEqual([]);
 }
 
@@ -91,7 +95,7 @@ describeEachLegacyServer((kind) => {
     return { client, answer: answer.name, temporaryStream: opened.map((connection) => connection.fromProxy).join('') };
   }
 
-  it("refuses an authorization identity naming another account (ejabberd would log bob in as alice); the stream goes on", async () => {
+  it('refuses an authorization identity naming another account (ejabberd would log bob in as alice); the stream goes on', async () => {
     const client = await fixture.connect('directtls');
     const before = relay.connections.length;
     const asAlice = Buffer.from(`alice@${server.domain}\0${USERS.bob.username}\0${USERS.bob.password}`).toString('base64');
@@ -166,30 +170,33 @@ describeEachLegacyServer((kind) => {
   });
 });
 
-describe.runIf(legacyServersUnderTest().includes('ejabberd'))('in front of ejabberd allowing one resource per account (max_user_sessions: 1)', () => {
-  let server: LegacyServer;
-  let fixture: ProxyFixture;
-  let events: SmEventLog;
+describe.runIf(legacyServersUnderTest().includes('ejabberd'))(
+  'in front of ejabberd allowing one resource per account (max_user_sessions: 1)',
+  () => {
+    let server: LegacyServer;
+    let fixture: ProxyFixture;
+    let events: SmEventLog;
 
-  beforeAll(async () => {
-    const { startEjabberd } = await import('../support/ejabberd.js');
-    server = await startEjabberd({ users: Object.values(USERS), maxUserSessions: 1 });
-    fixture = await startProxyFixture({ server, streamManagement: { maxHibernationSeconds: 600 } });
-    events = recordSmEvents(fixture.proxy);
-  }, 60_000);
+    beforeAll(async () => {
+      const { startEjabberd } = await import('../support/ejabberd.js');
+      server = await startEjabberd({ users: Object.values(USERS), maxUserSessions: 1 });
+      fixture = await startProxyFixture({ server, streamManagement: { maxHibernationSeconds: 600 } });
+      events = recordSmEvents(fixture.proxy);
+    }, 60_000);
 
-  afterAll(async () => {
-    await fixture?.stop();
-    await server?.stop();
-  });
+    afterAll(async () => {
+      await fixture?.stop();
+      await server?.stop();
+    });
 
-  it('resumes: the SASL exchange confirms the account, so no second resource replaces the hibernated session', async () => {
-    const hibernated = await hibernatingAlice(fixture, events, 'one-resource', USERS.bob);
-    const { client, answer } = await resumeWith(fixture, USERS.alice, hibernated.alice.smId!, 0);
-    expect(answer.name).toBe('resumed');
-    await client.expectMessage((m) => m.attrs.id === hibernated.queuedId);
-    await stillChatting(client, hibernated);
-    await client.close();
-    await hibernated.bob.client.close();
-  });
-});
+    it('resumes: the SASL exchange confirms the account, so no second resource replaces the hibernated session', async () => {
+      const hibernated = await hibernatingAlice(fixture, events, 'one-resource', USERS.bob);
+      const { client, answer } = await resumeWith(fixture, USERS.alice, hibernated.alice.smId!, 0);
+      expect(answer.name).toBe('resumed');
+      await client.expectMessage((m) => m.attrs.id === hibernated.queuedId);
+      await stillChatting(client, hibernated);
+      await client.close();
+      await hibernated.bob.client.close();
+    });
+  },
+);

@@ -136,7 +136,12 @@ describeEachLegacyServer((kind) => {
       const unavailable = await watcher.client.expect(isUnavailableFrom(alice.jid), "the user's unavailable presence after expiry", 5000);
       expect(unavailable.attrs.from).toBe(alice.jid);
       // Caused by the expiry: the proxy emits hibernationEnded before it closes the upstream stream.
-      expect(events.of('hibernationEnded').filter((e) => e.jid === alice.jid).map((e) => e.reason)).toEqual(['expired']);
+      expect(
+        events
+          .of('hibernationEnded')
+          .filter((e) => e.jid === alice.jid)
+          .map((e) => e.reason),
+      ).toEqual(['expired']);
       expect([...fixture.proxy.registry.sessions()].some((s) => s.bareJid === alice.jid.split('/')[0])).toBe(false);
       await watcher.client.close();
     });
@@ -349,7 +354,10 @@ describeEachLegacyServer((kind) => {
       expect(alice.client.received.filter((el) => el.is('message')).map((m) => m.attrs.id)).toEqual(['big-1', 'big-2']);
 
       for (const id of ids) {
-        const bounce = await bob.client.expect((el) => el.is('message') && el.attrs.id === id && el.attrs.type === 'error', `the bounce of ${id}`);
+        const bounce = await bob.client.expect(
+          (el) => el.is('message') && el.attrs.id === id && el.attrs.type === 'error',
+          `the bounce of ${id}`,
+        );
         expect(bounce.attrs.from).toBe(alice.jid);
         expect(bounce.getChild('error')?.getChild('recipient-unavailable', NS.stanzas)).toBeDefined();
         expect(bounce.getChildText('body')).toBe(body(id));

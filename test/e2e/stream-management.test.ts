@@ -57,7 +57,11 @@ describeEachLegacyServer((kind) => {
     ])('%s', async (_label, attrs, expected) => {
       const client = await fixture.connect('directtls');
       await client.login('bob', USERS.bob.password);
-      client.send(`<enable xmlns='${NS.sm3}'${Object.entries(attrs).map(([k, v]) => ` ${k}='${v}'`).join('')}/>`);
+      client.send(
+        `<enable xmlns='${NS.sm3}'${Object.entries(attrs)
+          .map(([k, v]) => ` ${k}='${v}'`)
+          .join('')}/>`,
+      );
       const enabled = await client.expect((el) => el.is('enabled', NS.sm3), '<enabled/>');
       expect(enabled.attrs.resume).toBe(expected.resume);
       expect(enabled.attrs.max).toBe(expected.max);
@@ -65,7 +69,7 @@ describeEachLegacyServer((kind) => {
       await client.close();
     });
 
-    it("refuses a resume flag that is not an xs:boolean", async () => {
+    it('refuses a resume flag that is not an xs:boolean', async () => {
       const client = await fixture.connect('directtls');
       await client.login('bob', USERS.bob.password);
       client.send(`<enable xmlns='${NS.sm3}' resume='yes-please'/>`);
@@ -146,7 +150,7 @@ describeEachLegacyServer((kind) => {
       // The backwards <a/> answered the request for c: the next stanza is asked about at once.
       bob.client.sendMessage(alice.jid, 'd');
       await alice.client.expectMessage((m) => m.getChildText('body') === 'd');
-      await alice.client.expect((el) => el.is('r', NS.sm3), "a new <r/> for d", 2000);
+      await alice.client.expect((el) => el.is('r', NS.sm3), 'a new <r/> for d', 2000);
       await alice.client.close();
       await bob.client.close();
     });
@@ -227,7 +231,9 @@ describeEachLegacyServer((kind) => {
       expect(failedCondition(answer)).toBe('undefined-condition');
       expect(answer.getChildText('text')).toMatch(text);
       expect(answer.attrs.h).toBe('0');
-      expect(answer.getChild('handled-count-too-high', NS.sm3)?.attrs).toEqual(tooHigh === undefined ? undefined : { xmlns: NS.sm3, ...tooHigh });
+      expect(answer.getChild('handled-count-too-high', NS.sm3)?.attrs).toEqual(
+        tooHigh === undefined ? undefined : { xmlns: NS.sm3, ...tooHigh },
+      );
       await client.close();
       // The hibernated session is untouched: the right h resumes it and replays exactly the rest.
       const { client: again, answer: resumed } = await resumeWith(fixture, USERS.alice, alice.smId!, 4);
@@ -248,7 +254,7 @@ describeEachLegacyServer((kind) => {
       await client.close();
     });
 
-    it('counts the client\'s stanzas across the resume (the h in <resumed/>)', async () => {
+    it("counts the client's stanzas across the resume (the h in <resumed/>)", async () => {
       const alice = await fixture.login('directtls', USERS.alice, { resource: 'hcount', sm: true });
       alice.client.send('<presence/>');
       alice.client.send(`<message to='bob@${fixture.domain}'><body>x</body></message>`);
@@ -269,10 +275,17 @@ describeEachLegacyServer((kind) => {
       bob.client.presence();
       await subscribe(bob, alice);
       alice.client.drop();
-      await bob.client.expectNone((el) => el.is('presence') && el.attrs.from === alice.jid && el.attrs.type === 'unavailable', "alice's unavailable presence", 1000);
+      await bob.client.expectNone(
+        (el) => el.is('presence') && el.attrs.from === alice.jid && el.attrs.type === 'unavailable',
+        "alice's unavailable presence",
+        1000,
+      );
       const { client } = await resumeWith(fixture, USERS.alice, alice.smId!, alice.client.stanzasReceived);
       await client.close();
-      await bob.client.expect((el) => el.is('presence') && el.attrs.from === alice.jid && el.attrs.type === 'unavailable', 'unavailable presence after the clean close');
+      await bob.client.expect(
+        (el) => el.is('presence') && el.attrs.from === alice.jid && el.attrs.type === 'unavailable',
+        'unavailable presence after the clean close',
+      );
       await bob.client.close();
     });
 
@@ -345,7 +358,9 @@ describeEachLegacyServer((kind) => {
     it('accepts <enable/> pipelined right behind the bind request', async () => {
       const client = await fixture.connect('directtls');
       await client.authenticatePlain('bob', USERS.bob.password);
-      client.send(`<iq type='set' id='pb'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>pipelined</resource></bind></iq><enable xmlns='${NS.sm3}' resume='true'/>`);
+      client.send(
+        `<iq type='set' id='pb'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>pipelined</resource></bind></iq><enable xmlns='${NS.sm3}' resume='true'/>`,
+      );
       const bound = await client.expect((el) => el.is('iq') && el.attrs.id === 'pb', 'the bind result');
       expect(bound.attrs.type).toBe('result');
       await client.expect((el) => el.is('enabled', NS.sm3), '<enabled/>');
@@ -526,14 +541,17 @@ describeEachLegacyServer((kind) => {
     });
 
     it('drops unacked stanzas quietly with expiryPolicy "drop"', async () => {
-      const quiet = await startProxyFixture({ server, streamManagement: { hibernationSeconds: 0.5, maxHibernationSeconds: 0.5, expiryPolicy: 'drop' } });
+      const quiet = await startProxyFixture({
+        server,
+        streamManagement: { hibernationSeconds: 0.5, maxHibernationSeconds: 0.5, expiryPolicy: 'drop' },
+      });
       try {
         const alice = await quiet.login('directtls', USERS.alice, { resource: 'dropped', sm: true });
         const bob = await quiet.login('directtls', USERS.bob, { resource: 'dropped' });
         alice.client.drop();
         await waitUntil(() => [...quiet.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'), 'alice to hibernate');
         bob.client.sendMessage(alice.jid, 'dropped', 'D1');
-        await waitUntil(() => quiet.proxy.registry.size === 1, 'alice\'s session to expire', 3000);
+        await waitUntil(() => quiet.proxy.registry.size === 1, "alice's session to expire", 3000);
         await bob.client.expectNone((el) => el.attrs.id === 'D1', 'a bounce', 500);
         await bob.client.close();
       } finally {

@@ -25,7 +25,9 @@ describeEachLegacyServer((kind) => {
     server = await startLegacyServer(kind, { users: Object.values(USERS) });
     fixture = await startProxyFixture({ server, streamManagement: { maxHibernationSeconds: 600 } });
     fixture.proxy.events.on('hibernationStarted', (event) => hibernated.add(event.smId));
-    fixture.proxy.events.on('stanzaQueuedWhileHibernating', (event) => queuedWhileHibernating.set(event.smId, (queuedWhileHibernating.get(event.smId) ?? 0) + 1));
+    fixture.proxy.events.on('stanzaQueuedWhileHibernating', (event) =>
+      queuedWhileHibernating.set(event.smId, (queuedWhileHibernating.get(event.smId) ?? 0) + 1),
+    );
   }, 60_000);
 
   afterAll(async () => {
@@ -44,9 +46,11 @@ describeEachLegacyServer((kind) => {
     const messages: Element[] = [];
     for (let i = 0; i < count; i++) {
       messages.push(
-        await client.expectMessage(() => true, 5000).catch((err: Error) => {
-          throw new Error(`${what}: got ${messages.length} of ${count} messages: ${err.message}`);
-        }),
+        await client
+          .expectMessage(() => true, 5000)
+          .catch((err: Error) => {
+            throw new Error(`${what}: got ${messages.length} of ${count} messages: ${err.message}`);
+          }),
       );
     }
     return messages;
@@ -62,11 +66,20 @@ describeEachLegacyServer((kind) => {
 
   /** Resolves once `count` stanzas were queued for the hibernating session: a resume now must replay them. */
   function queued(smId: string, count: number): Promise<void> {
-    return waitUntil(() => (queuedWhileHibernating.get(smId) ?? 0) >= count, `${count} stanzas queued for the hibernating session ${smId} (got ${queuedWhileHibernating.get(smId) ?? 0})`, 5000);
+    return waitUntil(
+      () => (queuedWhileHibernating.get(smId) ?? 0) >= count,
+      `${count} stanzas queued for the hibernating session ${smId} (got ${queuedWhileHibernating.get(smId) ?? 0})`,
+      5000,
+    );
   }
 
   /** A new connection over `transport`: SASL PLAIN, stream restart, `<resume previd h/>`. */
-  async function resumeOver(transport: RawTransport, user: LegacyUser, previd: string, h: number): Promise<{ client: RawClient; answer: Element }> {
+  async function resumeOver(
+    transport: RawTransport,
+    user: LegacyUser,
+    previd: string,
+    h: number,
+  ): Promise<{ client: RawClient; answer: Element }> {
     const client = await fixture.connect(transport);
     await client.authenticatePlain(user.username, user.password);
     const answer = await client.resume(previd, h);
@@ -102,7 +115,7 @@ describeEachLegacyServer((kind) => {
   // --- the relay ----------------------------------------------------------------------------------
 
   describe('relay over WebSocket', () => {
-    it('answers <open/> with its own <open/> and the legacy server\'s SASL features, without starttls or sm', async () => {
+    it("answers <open/> with its own <open/> and the legacy server's SASL features, without starttls or sm", async () => {
       const client = await fixture.connect('websocket');
       const header = client.streamHeader!;
       // RFC 7395 §3.4: the server's <open/> carries from, id, version.
@@ -111,7 +124,10 @@ describeEachLegacyServer((kind) => {
       expect(header.attrs.version).toBe('1.0');
       expect(header.attrs.id).toMatch(/\S/);
       const features = client.features!;
-      const mechanisms = features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism').map((m) => m.getText());
+      const mechanisms = features
+        .getChild('mechanisms', NS.sasl)
+        ?.getChildren('mechanism')
+        .map((m) => m.getText());
       expect(mechanisms).toEqual(expect.arrayContaining(['PLAIN', 'SCRAM-SHA-1']));
       expect(features.getChild('starttls', NS.tls)).toBeUndefined();
       expect(features.getChild('sm', NS.sm3)).toBeUndefined();
@@ -120,7 +136,10 @@ describeEachLegacyServer((kind) => {
 
     it.each(['PLAIN', 'SCRAM-SHA-1'] as const)('logs in with %s, binds, fetches the roster and closes with <close/>', async (mechanism) => {
       const client = await fixture.connect('websocket');
-      const postAuth = mechanism === 'PLAIN' ? await client.authenticatePlain('alice', USERS.alice.password) : await client.authenticateScramSha1('alice', USERS.alice.password);
+      const postAuth =
+        mechanism === 'PLAIN'
+          ? await client.authenticatePlain('alice', USERS.alice.password)
+          : await client.authenticateScramSha1('alice', USERS.alice.password);
       expect(postAuth.getChild('bind', NS.bind)).toBeDefined();
       expect(postAuth.getChild('sm', NS.sm3)).toBeDefined();
       const jid = await client.bind(`ws-${mechanism}`);
@@ -158,9 +177,12 @@ describeEachLegacyServer((kind) => {
       // Available, as a client is: jabberd2 2.7 delivers directed presence only to available resources.
       bob.client.presence();
       await bob.client.syncWithServer();
-      alice.client.send("<presence><show>chat</show><status>on the web</status></presence>");
+      alice.client.send('<presence><show>chat</show><status>on the web</status></presence>');
       if (BEHAVIOUR[kind].echoesOwnPresence) {
-        const echo = await alice.client.expect((el) => el.is('presence') && el.attrs.from === alice.jid, "the echo of alice's own presence");
+        const echo = await alice.client.expect(
+          (el) => el.is('presence') && el.attrs.from === alice.jid,
+          "the echo of alice's own presence",
+        );
         expect(echo.getChildText('status')).toBe('on the web');
       } else {
         await alice.client.syncWithServer();
@@ -171,7 +193,10 @@ describeEachLegacyServer((kind) => {
       alice.client.presence({ to: bob.jid });
       await bob.client.expect((el) => el.is('presence') && el.attrs.from === alice.jid, "alice's directed presence");
       alice.client.presence({ to: bob.jid, type: 'unavailable' });
-      await bob.client.expect((el) => el.is('presence') && el.attrs.from === alice.jid && el.attrs.type === 'unavailable', "alice's directed unavailable presence");
+      await bob.client.expect(
+        (el) => el.is('presence') && el.attrs.from === alice.jid && el.attrs.type === 'unavailable',
+        "alice's directed unavailable presence",
+      );
       await alice.client.close();
       await bob.client.close();
     });
@@ -180,15 +205,15 @@ describeEachLegacyServer((kind) => {
   // --- stream management ----------------------------------------------------------------------------
 
   describe('stream management over WebSocket', () => {
-    it('enables SM with resumption and counts both ways: <r/> answered with h, the proxy\'s <r/> with our h', async () => {
+    it("enables SM with resumption and counts both ways: <r/> answered with h, the proxy's <r/> with our h", async () => {
       const alice = await fixture.login('websocket', USERS.alice, { resource: 'ws-acks', sm: true });
       expect(alice.smId).toMatch(/^[A-Za-z0-9_-]{22,}$/);
       const bob = await fixture.login('directtls', USERS.bob, { resource: 'tcp-acks' });
       for (let i = 1; i <= 3; i++) alice.client.sendMessage(bob.jid, `up ${i}`);
       expect(await alice.client.ackRequest()).toBe(3);
-      expect(bodies(await collectMessages(bob.client, 3, 'alice\'s messages at bob'))).toEqual(['up 1', 'up 2', 'up 3']);
+      expect(bodies(await collectMessages(bob.client, 3, "alice's messages at bob"))).toEqual(['up 1', 'up 2', 'up 3']);
       for (let i = 1; i <= 4; i++) bob.client.sendMessage(alice.jid, `down ${i}`);
-      expect(bodies(await collectMessages(alice.client, 4, 'bob\'s messages at alice'))).toEqual(['down 1', 'down 2', 'down 3', 'down 4']);
+      expect(bodies(await collectMessages(alice.client, 4, "bob's messages at alice"))).toEqual(['down 1', 'down 2', 'down 3', 'down 4']);
       expect(alice.client.stanzasReceived).toBe(4);
       // The proxy requests acks itself (XEP-0198 §4): answered, the connection stays up and the stanzas leave its queue.
       await alice.client.expect((el) => el.is('r', NS.sm3), "the proxy's <r/>");
@@ -312,7 +337,9 @@ describeEachLegacyServer((kind) => {
 
     it('a message far over the limit is dropped by the WebSocket layer (1009) and ends the session too', async () => {
       const alice = await fixture.login('websocket', USERS.alice, { resource: 'ws-huge', sm: true });
-      alice.client.sendRaw(`<message xmlns='jabber:client' to='${bystander.jid}'><body>${'x'.repeat(MAX_STANZA_BYTES + 128 * 1024)}</body></message>`);
+      alice.client.sendRaw(
+        `<message xmlns='jabber:client' to='${bystander.jid}'><body>${'x'.repeat(MAX_STANZA_BYTES + 128 * 1024)}</body></message>`,
+      );
       await alice.client.expectClosed();
       expect(alice.client.webSocketClose?.code).toBe(1009);
       await expectNotResumable(USERS.alice, alice.smId!, alice.client.stanzasReceived);
@@ -334,7 +361,8 @@ describeEachLegacyServer((kind) => {
 
     it('two elements in one message: not-well-formed, neither relayed, not resumable', async () => {
       const alice = await fixture.login('websocket', USERS.alice, { resource: 'ws-two', sm: true });
-      const message = (id: string): string => `<message xmlns='jabber:client' to='${bystander.jid}' id='${id}'><body>one of two</body></message>`;
+      const message = (id: string): string =>
+        `<message xmlns='jabber:client' to='${bystander.jid}' id='${id}'><body>one of two</body></message>`;
       // RFC 7395 §3.3.3: every element in its own message.
       alice.client.sendRaw(message('two-a') + message('two-b'));
       await alice.client.expectStreamError('not-well-formed');
@@ -424,7 +452,10 @@ describeEachLegacyServer((kind) => {
         const alice = await limited.login('directtls', USERS.alice, { sm: true, resource: 'limit-a' });
         await limited.login('websocket', USERS.bob, { resource: 'limit-b' });
         alice.client.drop();
-        await waitUntil(() => [...limited.proxy.registry.sessions()].some((session) => session.stateName === 'hibernating'), 'alice hibernating');
+        await waitUntil(
+          () => [...limited.proxy.registry.sessions()].some((session) => session.stateName === 'hibernating'),
+          'alice hibernating',
+        );
         await refused('directtls');
         // Behind the trusted proxy (127.0.0.1), the forwarded client is what counts.
         const forwarded = { 'X-Forwarded-For': '198.51.100.7' };

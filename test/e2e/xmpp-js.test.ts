@@ -25,7 +25,11 @@ describeEachLegacyServer((kind) => {
     await server?.stop();
   });
 
-  async function connect(user: { username: string; password: string }, transport: 'starttls' | 'directtls', mechanism: 'PLAIN' | 'SCRAM-SHA-1' = 'PLAIN'): Promise<XmppJsSession> {
+  async function connect(
+    user: { username: string; password: string },
+    transport: 'starttls' | 'directtls',
+    mechanism: 'PLAIN' | 'SCRAM-SHA-1' = 'PLAIN',
+  ): Promise<XmppJsSession> {
     const scheme = transport === 'starttls' ? 'xmpp' : 'xmpps';
     const session = await connectXmppJs({
       service: `${scheme}://127.0.0.1:${fixture.ports[transport]}`,
@@ -65,7 +69,10 @@ describeEachLegacyServer((kind) => {
       const alice = await connect(USERS.alice, 'directtls');
       const bob = await connect(USERS.bob, 'starttls');
       alice.cut();
-      await waitUntil(() => [...fixture.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'), "alice's session to hibernate");
+      await waitUntil(
+        () => [...fixture.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'),
+        "alice's session to hibernate",
+      );
       for (let i = 1; i <= 20; i++) await bob.send(chat(alice.jid, `numbered ${i}`, `n${i}`));
       await alice.waitForResumed(10_000);
       for (let i = 1; i <= 20; i++) await alice.expectStanza((s) => bodyOf(s) === `numbered ${i}`, `message ${i}`);

@@ -113,7 +113,8 @@ describe('UpstreamLink.close (RFC 6120 §4.4)', () => {
 describe('UpstreamLink.connect with STARTTLS on the hop (RFC 6120 §5.4)', () => {
   it('gives up when the TLS handshake after <proceed/> does not complete within the connect timeout, and drops the socket', async () => {
     const server = await startServer((socket, text) => {
-      if (text.includes('<stream:stream')) socket.write(SERVER_HEADER + `<stream:features><starttls xmlns='${TLS_NS}'><required/></starttls></stream:features>`);
+      if (text.includes('<stream:stream'))
+        socket.write(SERVER_HEADER + `<stream:features><starttls xmlns='${TLS_NS}'><required/></starttls></stream:features>`);
       // <proceed/>, then silence: the ClientHello is never answered.
       if (text.includes('<starttls')) socket.write(`<proceed xmlns='${TLS_NS}'/>`);
     });

@@ -202,7 +202,16 @@ interface Client {
   readonly closed: Promise<{ code: number; reason: string }>;
 }
 
-async function connect(url: string, options: { protocols?: string[]; origin?: string; headers?: Record<string, string>; autoPong?: boolean; rejectUnauthorized?: boolean } = {}): Promise<Client> {
+async function connect(
+  url: string,
+  options: {
+    protocols?: string[];
+    origin?: string;
+    headers?: Record<string, string>;
+    autoPong?: boolean;
+    rejectUnauthorized?: boolean;
+  } = {},
+): Promise<Client> {
   const ws = new WebSocket(url, options.protocols ?? ['xmpp'], {
     ...(options.origin !== undefined ? { origin: options.origin } : {}),
     headers: options.headers ?? {},
@@ -250,7 +259,11 @@ async function connect(url: string, options: { protocols?: string[]; origin?: st
 }
 
 /** A handshake the listener is expected to refuse: its HTTP status, headers and body. */
-function refusedHandshake(url: string, protocols: string[] | undefined, options: { origin?: string } = {}): Promise<{ status: number; body: string }> {
+function refusedHandshake(
+  url: string,
+  protocols: string[] | undefined,
+  options: { origin?: string } = {},
+): Promise<{ status: number; body: string }> {
   const ws = protocols === undefined ? new WebSocket(url, options) : new WebSocket(url, protocols, options);
   clients.push(ws);
   ws.on('error', () => {});
@@ -422,7 +435,11 @@ describe('WebSocket link: framing (RFC 7395 §3.3-§3.6)', () => {
 
 describe('WebSocket link: namespaces on send (RFC 7395 §3.3.3)', () => {
   const cases: Array<[string, string, string]> = [
-    ['a stanza without xmlns', `<message to='a@b' id='1'><body>x</body></message>`, `<message xmlns='jabber:client' to='a@b' id='1'><body>x</body></message>`],
+    [
+      'a stanza without xmlns',
+      `<message to='a@b' id='1'><body>x</body></message>`,
+      `<message xmlns='jabber:client' to='a@b' id='1'><body>x</body></message>`,
+    ],
     ['a self-closed stanza', `<presence/>`, `<presence xmlns='jabber:client'/>`],
     ['an iq with whitespace before its attributes', `<iq\n type='result' id='7'/>`, `<iq xmlns='jabber:client'\n type='result' id='7'/>`],
     [
@@ -437,9 +454,21 @@ describe('WebSocket link: namespaces on send (RFC 7395 §3.3.3)', () => {
       `<stream:features xmlns:stream="http://etherx.jabber.org/streams"/>`,
     ],
     ['a nonza with its own namespace', `<r xmlns='urn:xmpp:sm:3'/>`, `<r xmlns='urn:xmpp:sm:3'/>`],
-    ['an attribute value containing >', `<message id='a>b' to="c@d"><body>e</body></message>`, `<message xmlns='jabber:client' id='a>b' to="c@d"><body>e</body></message>`],
-    ["a value containing xmlns= text, not a declaration", `<iq id="xmlns='x'>" type='get'/>`, `<iq xmlns='jabber:client' id="xmlns='x'>" type='get'/>`],
-    ['a declaration after a value containing > and a quote', `<message id="q'>" xmlns='jabber:client'/>`, `<message id="q'>" xmlns='jabber:client'/>`],
+    [
+      'an attribute value containing >',
+      `<message id='a>b' to="c@d"><body>e</body></message>`,
+      `<message xmlns='jabber:client' id='a>b' to="c@d"><body>e</body></message>`,
+    ],
+    [
+      'a value containing xmlns= text, not a declaration',
+      `<iq id="xmlns='x'>" type='get'/>`,
+      `<iq xmlns='jabber:client' id="xmlns='x'>" type='get'/>`,
+    ],
+    [
+      'a declaration after a value containing > and a quote',
+      `<message id="q'>" xmlns='jabber:client'/>`,
+      `<message id="q'>" xmlns='jabber:client'/>`,
+    ],
     ['a prefixed element of another namespace', `<sm:a xmlns:sm='urn:xmpp:sm:3' h='1'/>`, `<sm:a xmlns:sm='urn:xmpp:sm:3' h='1'/>`],
   ];
 
@@ -498,7 +527,12 @@ describe('WebSocket link: refused input', () => {
   // Refused by ws itself, which closes before the proxy could answer with a stream error; the session
   // still learns why, and the link ends as 'local' (never hibernation, so the input is not replayed).
   it.each([
-    ['invalid UTF-8 in a text message (RFC 6455 §8.1)', (ws: WebSocket) => ws.send(Buffer.from([0x3c, 0x61, 0xc0, 0x80, 0x2f, 0x3e]), { binary: false }), 'unsupported-encoding', 1007],
+    [
+      'invalid UTF-8 in a text message (RFC 6455 §8.1)',
+      (ws: WebSocket) => ws.send(Buffer.from([0x3c, 0x61, 0xc0, 0x80, 0x2f, 0x3e]), { binary: false }),
+      'unsupported-encoding',
+      1007,
+    ],
     ['an unmasked client frame (RFC 6455 §5.1)', (ws: WebSocket) => ws.send(`<presence/>`, { mask: false }), 'not-well-formed', 1002],
   ] as const)('refuses %s: the session sees %s, ws closes with %i', async (_what, send, condition, closeCode) => {
     const harness = await startListener();
@@ -641,7 +675,9 @@ describe('WebSocket listener: XEP-0156 discovery', () => {
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toBe('application/json');
     expect(res.headers['access-control-allow-origin']).toBe('*');
-    expect(JSON.parse(res.body)).toEqual({ links: [{ rel: 'urn:xmpp:alt-connections:websocket', href: `ws://chat.example.org:5443${PATH}` }] });
+    expect(JSON.parse(res.body)).toEqual({
+      links: [{ rel: 'urn:xmpp:alt-connections:websocket', href: `ws://chat.example.org:5443${PATH}` }],
+    });
   });
 
   it('believes X-Forwarded-Proto/-Host only from a trusted proxy', async () => {
@@ -662,7 +698,11 @@ describe('WebSocket listener: XEP-0156 discovery', () => {
   });
 
   it('announces wss:// on a TLS listener, where the WebSocket works too', async () => {
-    const credentials = await createTlsCredentials({ certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' }, ['example.org'], silentLog);
+    const credentials = await createTlsCredentials(
+      { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' },
+      ['example.org'],
+      silentLog,
+    );
     const harness = await startListener({ tls: true, credentials });
     const res = await httpGet(harness.port, '/.well-known/host-meta', { Host: 'example.org' }, { tls: true });
     expect(res.body).toContain(`href='wss://example.org${PATH}'`);

@@ -137,7 +137,12 @@ export class ChildClient {
   }
 
   /** The first event named `name` (and satisfying `predicate`); consumes it. */
-  expectEvent(name: string, predicate: ChildEventPredicate = () => true, what = `a '${name}' event`, timeoutMs = this.defaultTimeoutMs): Promise<ChildEvent> {
+  expectEvent(
+    name: string,
+    predicate: ChildEventPredicate = () => true,
+    what = `a '${name}' event`,
+    timeoutMs = this.defaultTimeoutMs,
+  ): Promise<ChildEvent> {
     return this.expect((e) => e.event === name && predicate(e), what, timeoutMs);
   }
 
@@ -188,7 +193,8 @@ export class ChildClient {
   }
 
   private waitError(what: string, reason: string): Error {
-    const list = (events: readonly ChildEvent[]): string => (events.length === 0 ? '(none)' : events.slice(-SHOWN_EVENTS).map(show).join('\n    '));
+    const list = (events: readonly ChildEvent[]): string =>
+      events.length === 0 ? '(none)' : events.slice(-SHOWN_EVENTS).map(show).join('\n    ');
     const stderr = this.stderrLines.slice(-SHOWN_STDERR_LINES).join('\n    ');
     return new Error(
       `${this.name}: expected ${what}: ${reason} (process ${this.exitStatus ?? 'running'}, ${this.events.length} events)` +

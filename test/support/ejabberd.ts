@@ -182,7 +182,9 @@ async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, ru
     try {
       await execFileAsync(ctlCommand, ctlArgs, { cwd: dir, env, timeout: CTL_TIMEOUT_MS });
     } catch (err) {
-      throw new Error(`ejabberdctl register ${username} ${domain} on ${node} failed: ${describeExecError(err, MISSING_HINT)}`, { cause: err });
+      throw new Error(`ejabberdctl register ${username} ${domain} on ${node} failed: ${describeExecError(err, MISSING_HINT)}`, {
+        cause: err,
+      });
     }
   };
 
@@ -196,8 +198,11 @@ async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, ru
         if (spawnError !== undefined) return new Error(`could not run ${command} (setpriv is in util-linux): ${spawnError.message}`);
         if (!server.hasExited()) return undefined;
         // ejabberd stops when a listener cannot bind: "Failed to open socket at ...: address already in use".
-        if (readIfExists(logFile).includes('eaddrinuse')) return new PortInUseError(`ejabberd could not listen on ${HOST}:${c2sPort}: ${describe()}`);
-        return new Error(`ejabberd exited during start-up (code ${server.child.exitCode}, signal ${server.child.signalCode}): ${describe()}`);
+        if (readIfExists(logFile).includes('eaddrinuse'))
+          return new PortInUseError(`ejabberd could not listen on ${HOST}:${c2sPort}: ${describe()}`);
+        return new Error(
+          `ejabberd exited during start-up (code ${server.child.exitCode}, signal ${server.child.signalCode}): ${describe()}`,
+        );
       },
     });
     // One ejabberdctl (a short-lived Erlang node) per account, side by side: ~0.3 s each.

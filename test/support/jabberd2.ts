@@ -145,7 +145,9 @@ async function startOnce(options: LegacyServerOptions, schema: string, routerPor
       sqlite3.child.stdin?.end(statements);
       await sqlite3;
     } catch (err) {
-      throw new Error(`sqlite3 ${dbFile} (${what}) failed: ${describeExecError(err, `sqlite3 is not on PATH: ${PACKAGE_HINT}`)}`, { cause: err });
+      throw new Error(`sqlite3 ${dbFile} (${what}) failed: ${describeExecError(err, `sqlite3 is not on PATH: ${PACKAGE_HINT}`)}`, {
+        cause: err,
+      });
     }
   };
   const addUser = (user: LegacyUser): Promise<void> => sql(insertUser(user, domain), `add ${user.username}@${domain}`);
@@ -278,8 +280,20 @@ const SM_CHAINS: Readonly<Record<string, readonly string[]>> = {
   'sess-start': ['status'],
   'sess-end': ['status', 'iq-last'],
   'in-sess': [
-    'validate', 'status', 'privacy', 'roster', 'vacation', 'iq-vcard', 'iq-ping', 'iq-private', 'disco', 'amp', 'offline',
-    'announce', 'presence', 'deliver',
+    'validate',
+    'status',
+    'privacy',
+    'roster',
+    'vacation',
+    'iq-vcard',
+    'iq-ping',
+    'iq-private',
+    'disco',
+    'amp',
+    'offline',
+    'announce',
+    'presence',
+    'deliver',
   ],
   'in-router': ['session', 'validate', 'presence', 'privacy'],
   'out-router': ['privacy'],
@@ -288,9 +302,7 @@ const SM_CHAINS: Readonly<Record<string, readonly string[]>> = {
   'pkt-router': ['session', 'disco'],
   'user-load': ['active', 'roster', 'roster-publish', 'privacy', 'vacation'],
   'user-create': ['active', 'template-roster'],
-  'user-delete': [
-    'active', 'announce', 'offline', 'privacy', 'roster', 'vacation', 'status', 'iq-last', 'iq-private', 'iq-vcard',
-  ],
+  'user-delete': ['active', 'announce', 'offline', 'privacy', 'roster', 'vacation', 'status', 'iq-last', 'iq-private', 'iq-vcard'],
   'disco-extend': ['iq-version', 'help'],
 };
 

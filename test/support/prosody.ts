@@ -109,10 +109,13 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
         const spawnError = server.spawnError();
         if (spawnError !== undefined) return new Error(`could not run prosody (is the Debian package installed?): ${spawnError.message}`);
         if (server.hasExited()) {
-          return new Error(`Prosody exited during start-up (code ${server.child.exitCode}, signal ${server.child.signalCode}): ${describe()}`);
+          return new Error(
+            `Prosody exited during start-up (code ${server.child.exitCode}, signal ${server.child.signalCode}): ${describe()}`,
+          );
         }
         // Prosody 0.12 does not exit when its port is taken: it logs this and runs without listening.
-        if (readIfExists(logFile).includes('Failed to open server port')) return new PortInUseError(`Prosody could not listen on ${HOST}:${c2sPort}: ${describe()}`);
+        if (readIfExists(logFile).includes('Failed to open server port'))
+          return new PortInUseError(`Prosody could not listen on ${HOST}:${c2sPort}: ${describe()}`);
         return undefined;
       },
     });

@@ -37,7 +37,10 @@ export interface ProxyFixture {
   /** The URL path of the WebSocket endpoint. */
   readonly websocketPath: string;
   /** A TLS connection to the proxy (over WebSocket: wss://, subprotocol xmpp) with the stream opened (post-TLS features received). */
-  connect(transport: RawTransport, options?: { timeoutMs?: number; openStream?: boolean; headers?: Record<string, string> }): Promise<RawClient>;
+  connect(
+    transport: RawTransport,
+    options?: { timeoutMs?: number; openStream?: boolean; headers?: Record<string, string> },
+  ): Promise<RawClient>;
   /** connect + login (PLAIN) + bind; with `sm`, also `<enable resume='true'/>`. */
   login(transport: RawTransport, user: LegacyUser, options?: { resource?: string; sm?: boolean }): Promise<LoggedIn>;
   stop(): Promise<void>;
@@ -90,7 +93,14 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
   const clients: RawClient[] = [];
 
   const connect: ProxyFixture['connect'] = async (transport, connectOptions = {}) => {
-    const client = await RawClient.connect({ host: '127.0.0.1', port: ports[transport], transport, domain, path: websocketPath, ...connectOptions });
+    const client = await RawClient.connect({
+      host: '127.0.0.1',
+      port: ports[transport],
+      transport,
+      domain,
+      path: websocketPath,
+      ...connectOptions,
+    });
     clients.push(client);
     return client;
   };
@@ -104,7 +114,11 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
     connect,
     async login(transport, user, loginOptions = {}) {
       const client = await connect(transport);
-      const jid = await client.login(user.username, user.password, loginOptions.resource === undefined ? {} : { resource: loginOptions.resource });
+      const jid = await client.login(
+        user.username,
+        user.password,
+        loginOptions.resource === undefined ? {} : { resource: loginOptions.resource },
+      );
       let smId: string | undefined;
       if (loginOptions.sm === true) {
         const enabled = await client.enableSm({ resume: true });

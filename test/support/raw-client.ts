@@ -656,8 +656,10 @@ export class RawClient {
    */
   async syncWithServer(): Promise<void> {
     const id = this.id('sync');
-    this.send(new Element('iq', { type: 'get', id, to: this.domain }).c('query', { xmlns: 'http://jabber.org/protocol/disco#info' }).root());
-    await this.expectIqResult(id, 'the server\'s answer to a disco#info query');
+    this.send(
+      new Element('iq', { type: 'get', id, to: this.domain }).c('query', { xmlns: 'http://jabber.org/protocol/disco#info' }).root(),
+    );
+    await this.expectIqResult(id, "the server's answer to a disco#info query");
   }
 
   /** The next `<message/>` (inbox first) that satisfies `predicate`. */
@@ -725,7 +727,10 @@ export class RawClient {
   }
 
   private async expectIqResult(id: string, what: string): Promise<Element> {
-    const iq = await this.expect((el) => el.name === 'iq' && el.attrs.id === id && (el.attrs.type === 'result' || el.attrs.type === 'error'), what);
+    const iq = await this.expect(
+      (el) => el.name === 'iq' && el.attrs.id === id && (el.attrs.type === 'result' || el.attrs.type === 'error'),
+      what,
+    );
     if (iq.attrs.type === 'error') throw new Error(`${what}: got an error ${show(iq)}`);
     return iq;
   }
@@ -738,7 +743,9 @@ export class RawClient {
       return;
     }
     if (connection.ws.readyState !== WebSocket.OPEN) {
-      throw new Error(`cannot send ${JSON.stringify(String(data).slice(0, 100))}: the WebSocket is ${WS_STATES[connection.ws.readyState] ?? connection.ws.readyState}`);
+      throw new Error(
+        `cannot send ${JSON.stringify(String(data).slice(0, 100))}: the WebSocket is ${WS_STATES[connection.ws.readyState] ?? connection.ws.readyState}`,
+      );
     }
     // RFC 7395 §3.3.3: one element per message, always a text message.
     connection.ws.send(data, { binary: false });
@@ -930,7 +937,10 @@ export class RawClient {
   private waitError(what: string, reason: string): Error {
     const inbox = this.inbox.length === 0 ? '(empty)' : this.inbox.slice(-SHOWN_ELEMENTS).map(show).join('\n    ');
     const last = this.received.length === 0 ? '(nothing)' : this.received.slice(-SHOWN_ELEMENTS).map(show).join('\n    ');
-    const wsClose = this.wsClose === undefined ? '' : `, WebSocket close ${this.wsClose.code}${this.wsClose.reason === '' ? '' : ` '${this.wsClose.reason}'`}`;
+    const wsClose =
+      this.wsClose === undefined
+        ? ''
+        : `, WebSocket close ${this.wsClose.code}${this.wsClose.reason === '' ? '' : ` '${this.wsClose.reason}'`}`;
     const state = (this.closed ? 'closed' : this.streamClosedByPeer ? 'stream closed by peer' : 'open') + wsClose;
     return new Error(
       `expected ${what}: ${reason} (connection ${state}, ${this.received.length} elements received)` +
@@ -1070,7 +1080,8 @@ function waitForHandshake(ws: WebSocket, url: string, timeoutMs: number): Promis
     const timer = setTimeout(() => settle(new Error(`WebSocket handshake with ${url}: timed out after ${timeoutMs} ms`)), timeoutMs);
     ws.once('open', () => {
       // RFC 7395 §3.1: the server accepts by echoing the 'xmpp' subprotocol (ws checks it was offered).
-      if (ws.protocol === '' || ws.protocol === undefined) settle(new Error(`WebSocket handshake with ${url}: the server selected no subprotocol`));
+      if (ws.protocol === '' || ws.protocol === undefined)
+        settle(new Error(`WebSocket handshake with ${url}: the server selected no subprotocol`));
       else settle();
     });
     ws.once('unexpected-response', (request, response) => {
@@ -1104,7 +1115,10 @@ function rawDataToBuffer(data: RawData): Buffer {
  * Comments, DOCTYPEs, CDATA outside elements and processing instructions other than a leading XML
  * declaration are refused (RFC 6120 §11.1).
  */
-function strictDocumentParser(rootDepth: 0 | 1, onElement: (element: Element) => void): { parser: sax.SAXParser; errors: string[]; roots: () => number } {
+function strictDocumentParser(
+  rootDepth: 0 | 1,
+  onElement: (element: Element) => void,
+): { parser: sax.SAXParser; errors: string[]; roots: () => number } {
   const parser = sax.parser(true, { xmlns: false });
   const errors: string[] = [];
   let depth = 0;
@@ -1164,7 +1178,8 @@ function parseWebSocketMessage(text: string): Element {
     // sax reported the error to onerror first; it is in `errors`.
   }
   if (errors.length > 0) throw new Error(errors[0]);
-  if (roots() !== 1 || elements.length !== 1) throw new Error(`RFC 7395 §3.3.3: a message must hold exactly one element, this one holds ${roots()}`);
+  if (roots() !== 1 || elements.length !== 1)
+    throw new Error(`RFC 7395 §3.3.3: a message must hold exactly one element, this one holds ${roots()}`);
   const element = elements[0]!;
   if (element.getNS() === undefined) {
     throw new Error(`RFC 7395 §3.3.3: <${element.name}> declares no namespace, but every message is a standalone document`);
@@ -1185,7 +1200,8 @@ function standaloneElements(fragment: string): Element[] {
   } catch {
     // In `errors`.
   }
-  if (errors.length > 0) throw new Error(`send(): ${errors[0]} in ${JSON.stringify(fragment.slice(0, 100))}; use sendRaw() for bytes that are not`);
+  if (errors.length > 0)
+    throw new Error(`send(): ${errors[0]} in ${JSON.stringify(fragment.slice(0, 100))}; use sendRaw() for bytes that are not`);
   for (const element of elements) {
     if (!element.name.includes(':') && element.attrs.xmlns === undefined) element.attrs.xmlns = NS.client;
     if (element.attrs['xmlns:stream'] === undefined && usesPrefix(element, 'stream')) element.attrs['xmlns:stream'] = NS.stream;

@@ -19,9 +19,11 @@ export async function collectMessages(client: RawClient, count: number, what: st
   const messages: Element[] = [];
   for (let i = 0; i < count; i++) {
     messages.push(
-      await client.expectMessage(() => true, timeoutMs).catch((err: Error) => {
-        throw new Error(`${what}: got ${messages.length} of ${count}: ${err.message}`);
-      }),
+      await client
+        .expectMessage(() => true, timeoutMs)
+        .catch((err: Error) => {
+          throw new Error(`${what}: got ${messages.length} of ${count}: ${err.message}`);
+        }),
     );
   }
   return messages;
@@ -55,7 +57,10 @@ export async function subscribe(watcher: LoggedIn, target: LoggedIn): Promise<vo
   watcher.client.presence({ to: target.jid.split('/')[0]!, type: 'subscribe' });
   await target.client.expect((el) => el.is('presence') && el.attrs.type === 'subscribe', 'the subscription request');
   target.client.presence({ to: watcherBare, type: 'subscribed' });
-  await watcher.client.expect((el) => el.is('presence') && el.attrs.from === target.jid && el.attrs.type === undefined, "the target's available presence");
+  await watcher.client.expect(
+    (el) => el.is('presence') && el.attrs.from === target.jid && el.attrs.type === undefined,
+    "the target's available presence",
+  );
 }
 
 type SmEventName = keyof SmEventMap;

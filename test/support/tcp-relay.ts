@@ -90,7 +90,9 @@ export async function startTcpRelay(targetHost: string, targetPort: number): Pro
     connectionCarrying(marker) {
       const matching = connections.filter((c) => c.fromProxy.includes(marker));
       if (matching.length !== 1) {
-        throw new Error(`TCP relay: expected one connection carrying ${JSON.stringify(marker)}, found ${matching.length} of ${connections.length}`);
+        throw new Error(
+          `TCP relay: expected one connection carrying ${JSON.stringify(marker)}, found ${matching.length} of ${connections.length}`,
+        );
       }
       return matching[0]!;
     },

@@ -25,9 +25,7 @@ describe('AckPolicy threshold', () => {
 
 describe('AckPolicy sequences', () => {
   /** A step: a burst that raised `sent` to a value, or an <a h/> that arrived. */
-  type Step =
-    | { burst: number; expectRequest: boolean }
-    | { a: number; expectRequest: boolean };
+  type Step = { burst: number; expectRequest: boolean } | { a: number; expectRequest: boolean };
 
   /** Drives the policy like the session does: check after each burst and after each <a/>. */
   function run(maxUnackedStanzas: number, steps: Step[]): void {
@@ -50,46 +48,74 @@ describe('AckPolicy sequences', () => {
   }
 
   it.each<[name: string, max: number, steps: Step[]]>([
-    ['at most one outstanding request', 0, [
-      { burst: 1, expectRequest: true },
-      { burst: 2, expectRequest: false },
-      { burst: 7, expectRequest: false },
-    ]],
+    [
+      'at most one outstanding request',
+      0,
+      [
+        { burst: 1, expectRequest: true },
+        { burst: 2, expectRequest: false },
+        { burst: 7, expectRequest: false },
+      ],
+    ],
     // The loop guard: the client acks only part (or answers <a/> with <r/>): no new <r/> for the same sent.
-    ['no second <r/> for the same sent after a partial <a/>', 0, [
-      { burst: 5, expectRequest: true },
-      { a: 3, expectRequest: false },
-      { a: 3, expectRequest: false },
-      { burst: 6, expectRequest: true },
-    ]],
-    ['no second <r/> for the same sent after an unsolicited <a/>', 2, [
-      { burst: 3, expectRequest: true },
-      { a: 0, expectRequest: false },
-      { a: 1, expectRequest: false },
-    ]],
+    [
+      'no second <r/> for the same sent after a partial <a/>',
+      0,
+      [
+        { burst: 5, expectRequest: true },
+        { a: 3, expectRequest: false },
+        { a: 3, expectRequest: false },
+        { burst: 6, expectRequest: true },
+      ],
+    ],
+    [
+      'no second <r/> for the same sent after an unsolicited <a/>',
+      2,
+      [
+        { burst: 3, expectRequest: true },
+        { a: 0, expectRequest: false },
+        { a: 1, expectRequest: false },
+      ],
+    ],
     // Re-check on ack: stanzas sent while a request was outstanding are asked about at once.
-    ['re-checks when an <a/> arrives and more was sent meanwhile', 0, [
-      { burst: 5, expectRequest: true },
-      { burst: 8, expectRequest: false },
-      { a: 5, expectRequest: true },
-      { a: 8, expectRequest: false },
-    ]],
-    ['re-check on ack respects the threshold', 3, [
-      { burst: 5, expectRequest: true },
-      { burst: 8, expectRequest: false },
-      { a: 5, expectRequest: false }, // 3 unacked, not more than 3
-      { burst: 9, expectRequest: true },
-    ]],
-    ['a full ack leaves nothing to ask', 0, [
-      { burst: 4, expectRequest: true },
-      { a: 4, expectRequest: false },
-      { burst: 5, expectRequest: true },
-    ]],
-    ['below the threshold nothing is asked', 10, [
-      { burst: 10, expectRequest: false },
-      { a: 0, expectRequest: false },
-      { burst: 11, expectRequest: true },
-    ]],
+    [
+      're-checks when an <a/> arrives and more was sent meanwhile',
+      0,
+      [
+        { burst: 5, expectRequest: true },
+        { burst: 8, expectRequest: false },
+        { a: 5, expectRequest: true },
+        { a: 8, expectRequest: false },
+      ],
+    ],
+    [
+      're-check on ack respects the threshold',
+      3,
+      [
+        { burst: 5, expectRequest: true },
+        { burst: 8, expectRequest: false },
+        { a: 5, expectRequest: false }, // 3 unacked, not more than 3
+        { burst: 9, expectRequest: true },
+      ],
+    ],
+    [
+      'a full ack leaves nothing to ask',
+      0,
+      [
+        { burst: 4, expectRequest: true },
+        { a: 4, expectRequest: false },
+        { burst: 5, expectRequest: true },
+      ],
+    ],
+    [
+      'below the threshold nothing is asked',
+      10,
+      [
+        { burst: 10, expectRequest: false },
+        { a: 0, expectRequest: false },
+        { burst: 11, expectRequest: true },
+      ],
+    ],
   ])('%s', (_name, max, steps) => {
     run(max, steps);
   });

@@ -32,8 +32,12 @@ function withPatch(patch: Json): Json {
   for (const [key, value] of Object.entries(patch)) {
     const current = base[key];
     base[key] =
-      typeof value === 'object' && value !== null && !Array.isArray(value) &&
-      typeof current === 'object' && current !== null && !Array.isArray(current)
+      typeof value === 'object' &&
+      value !== null &&
+      !Array.isArray(value) &&
+      typeof current === 'object' &&
+      current !== null &&
+      !Array.isArray(current)
         ? { ...current, ...value }
         : value;
   }
@@ -114,7 +118,12 @@ describe('parseConfig: defaults', () => {
 
   it('fills listener defaults per type: host everywhere, websocket keys only on websocket listeners', () => {
     const config = parseConfig(
-      withPatch({ listeners: [{ type: 'directtls', port: 5223 }, { type: 'websocket', port: 5443 }] }),
+      withPatch({
+        listeners: [
+          { type: 'directtls', port: 5223 },
+          { type: 'websocket', port: 5443 },
+        ],
+      }),
       BASE,
     );
     expect(config.listeners[0]).toEqual({ type: 'directtls', host: '::', port: 5223 });
@@ -132,7 +141,17 @@ describe('parseConfig: defaults', () => {
   });
 
   it('accepts trusted proxies as IPv4 and IPv6 addresses and CIDR ranges', () => {
-    const trustedProxies = ['127.0.0.1', '::1', '10.0.0.0/8', '192.0.2.7/32', '0.0.0.0/0', 'fd00::/8', '2001:db8::/128', '::/0', '::ffff:10.0.0.0/104'];
+    const trustedProxies = [
+      '127.0.0.1',
+      '::1',
+      '10.0.0.0/8',
+      '192.0.2.7/32',
+      '0.0.0.0/0',
+      'fd00::/8',
+      '2001:db8::/128',
+      '::/0',
+      '::ffff:10.0.0.0/104',
+    ];
     const config = parseConfig(withPatch({ listeners: [{ type: 'websocket', port: 5443, trustedProxies }] }), '/etc/smacks-proxy');
     expect((config.listeners[0] as WebSocketListenerConfig).trustedProxies).toEqual(trustedProxies);
   });
@@ -258,10 +277,7 @@ const invalidCases: readonly InvalidCase[] = [
   {
     name: 'domain without upstream, upstream without host',
     raw: withPatch({ domains: { 'a.example': {}, 'b.example': { upstream: { port: 5222 } } } }),
-    problems: [
-      "/domains/a.example: missing required key 'upstream'",
-      "/domains/b.example/upstream: missing required key 'host'",
-    ],
+    problems: ["/domains/a.example: missing required key 'upstream'", "/domains/b.example/upstream: missing required key 'host'"],
   },
   {
     name: 'certificate without key',
@@ -321,10 +337,7 @@ const invalidCases: readonly InvalidCase[] = [
   {
     name: 'domain names that are not lowercase host names',
     raw: withPatch({ domains: { 'Example.org': { upstream: { host: 'x' } }, 'a_b.example': { upstream: { host: 'x' } } } }),
-    problems: [
-      "/domains: key 'Example.org' must be a lowercase host name",
-      "/domains: key 'a_b.example' must be a lowercase host name",
-    ],
+    problems: ["/domains: key 'Example.org' must be a lowercase host name", "/domains: key 'a_b.example' must be a lowercase host name"],
   },
   {
     name: 'websocket path, origin and certificate domain formats',
@@ -484,7 +497,9 @@ const invalidCases: readonly InvalidCase[] = [
   {
     name: 'trusted proxy that is not an IP address',
     raw: withPatch({ listeners: [{ type: 'websocket', port: 5443, trustedProxies: ['127.0.0.1', 'proxy.lan', '::1'] }] }),
-    problems: ['/listeners/0/trustedProxies/1: "proxy.lan" is not an IP address or CIDR range: \'proxy.lan\' is not an IPv4 or IPv6 address'],
+    problems: [
+      '/listeners/0/trustedProxies/1: "proxy.lan" is not an IP address or CIDR range: \'proxy.lan\' is not an IPv4 or IPv6 address',
+    ],
   },
   {
     name: 'trusted proxy CIDR ranges with a bad prefix or address',
@@ -493,18 +508,27 @@ const invalidCases: readonly InvalidCase[] = [
         {
           type: 'websocket',
           port: 5443,
-          trustedProxies: ['10.0.0.0/8', '10.0.0.0/33', 'fd00::/129', '192.0.2.0/', '192.0.2.0/-1', '192.0.2.0/8.5', 'proxy.lan/24', '10.0.0.0/8/8'],
+          trustedProxies: [
+            '10.0.0.0/8',
+            '10.0.0.0/33',
+            'fd00::/129',
+            '192.0.2.0/',
+            '192.0.2.0/-1',
+            '192.0.2.0/8.5',
+            'proxy.lan/24',
+            '10.0.0.0/8/8',
+          ],
         },
       ],
     }),
     problems: [
-      "/listeners/0/trustedProxies/1: \"10.0.0.0/33\" is not an IP address or CIDR range: prefix '/33' is not a whole number of bits in 0..32 for an IPv4 address",
-      "/listeners/0/trustedProxies/2: \"fd00::/129\" is not an IP address or CIDR range: prefix '/129' is not a whole number of bits in 0..128 for an IPv6 address",
-      "/listeners/0/trustedProxies/3: \"192.0.2.0/\" is not an IP address or CIDR range: prefix '/' is not a whole number of bits in 0..32 for an IPv4 address",
-      "/listeners/0/trustedProxies/4: \"192.0.2.0/-1\" is not an IP address or CIDR range: prefix '/-1' is not a whole number of bits in 0..32 for an IPv4 address",
-      "/listeners/0/trustedProxies/5: \"192.0.2.0/8.5\" is not an IP address or CIDR range: prefix '/8.5' is not a whole number of bits in 0..32 for an IPv4 address",
-      "/listeners/0/trustedProxies/6: \"proxy.lan/24\" is not an IP address or CIDR range: 'proxy.lan' is not an IPv4 or IPv6 address",
-      "/listeners/0/trustedProxies/7: \"10.0.0.0/8/8\" is not an IP address or CIDR range: prefix '/8/8' is not a whole number of bits in 0..32 for an IPv4 address",
+      '/listeners/0/trustedProxies/1: "10.0.0.0/33" is not an IP address or CIDR range: prefix \'/33\' is not a whole number of bits in 0..32 for an IPv4 address',
+      '/listeners/0/trustedProxies/2: "fd00::/129" is not an IP address or CIDR range: prefix \'/129\' is not a whole number of bits in 0..128 for an IPv6 address',
+      '/listeners/0/trustedProxies/3: "192.0.2.0/" is not an IP address or CIDR range: prefix \'/\' is not a whole number of bits in 0..32 for an IPv4 address',
+      '/listeners/0/trustedProxies/4: "192.0.2.0/-1" is not an IP address or CIDR range: prefix \'/-1\' is not a whole number of bits in 0..32 for an IPv4 address',
+      '/listeners/0/trustedProxies/5: "192.0.2.0/8.5" is not an IP address or CIDR range: prefix \'/8.5\' is not a whole number of bits in 0..32 for an IPv4 address',
+      '/listeners/0/trustedProxies/6: "proxy.lan/24" is not an IP address or CIDR range: \'proxy.lan\' is not an IPv4 or IPv6 address',
+      '/listeners/0/trustedProxies/7: "10.0.0.0/8/8" is not an IP address or CIDR range: prefix \'/8/8\' is not a whole number of bits in 0..32 for an IPv4 address',
     ],
   },
 
@@ -673,7 +697,8 @@ describe('proxy.schema.json', () => {
 
   it('closes every object to unknown keys', () => {
     const open = nodes.filter(
-      ({ node }) => node.type === 'object' && node.properties !== undefined && node.oneOf === undefined && node.additionalProperties !== false,
+      ({ node }) =>
+        node.type === 'object' && node.properties !== undefined && node.oneOf === undefined && node.additionalProperties !== false,
     );
     expect(open.map(({ at }) => at)).toEqual([]);
   });

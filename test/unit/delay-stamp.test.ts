@@ -22,10 +22,18 @@ describe('addDelay', () => {
 
   it.each([
     // [what, message, already stamped: returned unchanged]
-    ['an offline message', "<message id='o'><body>x</body><delay xmlns='urn:xmpp:delay' from='x' stamp='2020-01-01T00:00:00Z'>Offline Storage</delay></message>", true],
+    [
+      'an offline message',
+      "<message id='o'><body>x</body><delay xmlns='urn:xmpp:delay' from='x' stamp='2020-01-01T00:00:00Z'>Offline Storage</delay></message>",
+      true,
+    ],
     ['a self-closing delay', "<message id='o'><delay xmlns='urn:xmpp:delay' stamp='2020-01-01T00:00:00Z'/></message>", true],
     ['a prefixed delay', "<message id='o'><d:delay xmlns:d='urn:xmpp:delay' stamp='2020-01-01T00:00:00Z'/></message>", true],
-    ['a carbon whose forwarded message has a delay', "<message id='c'><received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2020-01-01T00:00:00Z'/><message xmlns='jabber:client'/></forwarded></received></message>", false],
+    [
+      'a carbon whose forwarded message has a delay',
+      "<message id='c'><received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2020-01-01T00:00:00Z'/><message xmlns='jabber:client'/></forwarded></received></message>",
+      false,
+    ],
     ['a body naming the delay namespace', "<message id='b'><body>urn:xmpp:delay</body></message>", false],
   ])('%s: already stamped → %s', (_label, original, unchanged) => {
     const out = addDelay(Buffer.from(original), STAMP, 'b@x').toString();
@@ -39,7 +47,7 @@ describe('addDelay', () => {
 
   it('keeps a prefixed end tag', () => {
     const out = addDelay(Buffer.from("<c:message xmlns:c='jabber:client'><c:body>x</c:body></c:message>"), STAMP, 'b@x').toString();
-    expect(out.endsWith("/></c:message>")).toBe(true);
+    expect(out.endsWith('/></c:message>')).toBe(true);
   });
 });
 

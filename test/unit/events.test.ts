@@ -19,8 +19,20 @@ const QUEUED: SmEventMap['stanzaQueuedWhileHibernating'][0] = { sid: 's1', jid: 
 
 describe('SmEvents.notify', () => {
   it.each([
-    ['an Error', () => { throw new Error('listener bug'); }, 'listener bug'],
-    ['a non-Error value', () => { throw 'a string'; }, 'a string'],
+    [
+      'an Error',
+      () => {
+        throw new Error('listener bug');
+      },
+      'listener bug',
+    ],
+    [
+      'a non-Error value',
+      () => {
+        throw 'a string';
+      },
+      'a string',
+    ],
   ])('logs a listener that throws %s with the event name, and still calls the listeners after it', (_label, thrower, message) => {
     const events = new SmEvents();
     const { log, lines } = capturingLogger();
@@ -31,7 +43,12 @@ describe('SmEvents.notify', () => {
     expect(() => events.notify(log, 'stanzaQueuedWhileHibernating', QUEUED)).not.toThrow();
     expect(seen).toEqual(['first message', 'last message']);
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatchObject({ level: 50, event: 'stanzaQueuedWhileHibernating', err: message, msg: 'SM event listener threw; ignored' });
+    expect(lines[0]).toMatchObject({
+      level: 50,
+      event: 'stanzaQueuedWhileHibernating',
+      err: message,
+      msg: 'SM event listener threw; ignored',
+    });
   });
 
   it('removes once listeners, as emit does', () => {

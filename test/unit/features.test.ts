@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { rewriteFeatures } from '../../src/session/features.js';
 import { parseElement } from '../../src/xml/element.js';
 
-const MECHS = "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>";
+const MECHS =
+  "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>";
 
 function names(xml: string, phase: 'pre-auth' | 'post-auth'): string[] {
   const { features } = rewriteFeatures(parseElement(xml), phase);
@@ -19,7 +20,10 @@ describe('rewriteFeatures', () => {
     ['jabberd2 draft ack, prefixed', "<ack:ack xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns'/>"],
     ['XEP-0078 iq-auth', "<auth xmlns='http://jabber.org/features/iq-auth'/>"],
     ['jabberd2 unbind', "<unbind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"],
-    ['SASL2 with Bind2 and FAST inline', "<authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism><inline><bind xmlns='urn:xmpp:bind:0'/><fast xmlns='urn:xmpp:fast:0'/></inline></authentication>"],
+    [
+      'SASL2 with Bind2 and FAST inline',
+      "<authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism><inline><bind xmlns='urn:xmpp:bind:0'/><fast xmlns='urn:xmpp:fast:0'/></inline></authentication>",
+    ],
   ])('removes upstream %s in both phases', (_label, child) => {
     const xml = `<stream:features xmlns:stream='http://etherx.jabber.org/streams'>${child}${MECHS}</stream:features>`;
     expect(names(xml, 'pre-auth')).toEqual(['mechanisms@urn:ietf:params:xml:ns:xmpp-sasl']);

@@ -18,7 +18,14 @@ class Side implements Pausable {
 function rig(): { flow: FlowControl; client: Side; upstream: Side } {
   const client = new Side();
   const upstream = new Side();
-  return { flow: new FlowControl(() => client, () => upstream), client, upstream };
+  return {
+    flow: new FlowControl(
+      () => client,
+      () => upstream,
+    ),
+    client,
+    upstream,
+  };
 }
 
 describe('FlowControl', () => {

@@ -82,7 +82,9 @@ describe('hibernated session snapshot (version 1)', () => {
   ])('refuses %s', (_label, change) => {
     const sm = enabled();
     sm.queue.push(stanza(1), 1);
-    const written = JSON.parse(JSON.stringify(writeSnapshot({ domain: 'example.org', jid: 'a@example.org/r', sinceMs: 1, expiresAtMs: 2, sm: sm.snapshot() })));
+    const written = JSON.parse(
+      JSON.stringify(writeSnapshot({ domain: 'example.org', jid: 'a@example.org/r', sinceMs: 1, expiresAtMs: 2, sm: sm.snapshot() })),
+    );
     const merged = deepMerge(written, change);
     expect(() => {
       const read = readSnapshot(merged);
@@ -97,7 +99,12 @@ function deepMerge(base: Record<string, unknown>, change: Record<string, unknown
   for (const [key, value] of Object.entries(change)) {
     const current = out[key];
     out[key] =
-      value !== null && typeof value === 'object' && !Array.isArray(value) && current !== null && typeof current === 'object' && !Array.isArray(current)
+      value !== null &&
+      typeof value === 'object' &&
+      !Array.isArray(value) &&
+      current !== null &&
+      typeof current === 'object' &&
+      !Array.isArray(current)
         ? deepMerge(current as Record<string, unknown>, value as Record<string, unknown>)
         : value;
   }

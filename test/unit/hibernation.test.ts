@@ -8,7 +8,9 @@ const scanned = (xml: string) => scanFragment(Buffer.from(xml), LIMITS);
 
 describe('pingAnswer (XEP-0199 §4.2)', () => {
   it("answers the legacy server's ping to the client with a result to its sender, same id", () => {
-    const answer = pingAnswer(scanned("<iq type='get' id='p&amp;1' from='localhost' to='a@localhost/r'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    const answer = pingAnswer(
+      scanned("<iq type='get' id='p&amp;1' from='localhost' to='a@localhost/r'><ping xmlns='urn:xmpp:ping'/></iq>"),
+    );
     expect(parseElement(answer!).attrs).toEqual({ type: 'result', to: 'localhost', id: 'p&1' });
   });
 

@@ -8,9 +8,18 @@ const scanned = (xml: string) => scanFragment(Buffer.from(xml), LIMITS);
 
 describe('refuseLegacyAuth (XEP-0078)', () => {
   it.each([
-    ['get (field discovery)', "<iq type='get' id='a1' to='localhost'><query xmlns='jabber:iq:auth'><username>alice</username></query></iq>"],
-    ['set (plaintext login)', "<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice</username><password>x</password><resource>r</resource></query></iq>"],
-    ['set with the namespace written with a character reference', "<iq type='set' id='a1'><query xmlns='jabber:iq&#58;auth'><username>alice</username><password>x</password><resource>r</resource></query></iq>"],
+    [
+      'get (field discovery)',
+      "<iq type='get' id='a1' to='localhost'><query xmlns='jabber:iq:auth'><username>alice</username></query></iq>",
+    ],
+    [
+      'set (plaintext login)',
+      "<iq type='set' id='a1'><query xmlns='jabber:iq:auth'><username>alice</username><password>x</password><resource>r</resource></query></iq>",
+    ],
+    [
+      'set with the namespace written with a character reference',
+      "<iq type='set' id='a1'><query xmlns='jabber:iq&#58;auth'><username>alice</username><password>x</password><resource>r</resource></query></iq>",
+    ],
   ])('answers a %s with service-unavailable and the same id', (_label, xml) => {
     const answer = refuseLegacyAuth(scanned(xml));
     expect(answer).toBeDefined();
@@ -23,7 +32,7 @@ describe('refuseLegacyAuth (XEP-0078)', () => {
   it.each([
     ['in-band registration', "<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>"],
     ['an iq result that mentions the namespace', "<iq type='result' id='a1'><query xmlns='jabber:iq:auth'/></iq>"],
-    ['a message', "<message><body>jabber:iq:auth</body></message>"],
+    ['a message', '<message><body>jabber:iq:auth</body></message>'],
   ])('leaves %s alone', (_label, xml) => {
     expect(refuseLegacyAuth(scanned(xml))).toBeUndefined();
   });

@@ -26,8 +26,14 @@ describe('toRfc6120StreamError', () => {
 
   it.each([
     ['an RFC 6120 condition', `<stream:error><not-well-formed xmlns='${STREAMS}'/></stream:error>`],
-    ['the old name in the text only', `<stream:error><conflict xmlns='${STREAMS}'/><text xmlns='${STREAMS}'>xml-not-well-formed</text></stream:error>`],
-    ['the old name in another namespace', `<stream:error><system-shutdown xmlns='${STREAMS}'/><xml-not-well-formed xmlns='urn:example'/></stream:error>`],
+    [
+      'the old name in the text only',
+      `<stream:error><conflict xmlns='${STREAMS}'/><text xmlns='${STREAMS}'>xml-not-well-formed</text></stream:error>`,
+    ],
+    [
+      'the old name in another namespace',
+      `<stream:error><system-shutdown xmlns='${STREAMS}'/><xml-not-well-formed xmlns='urn:example'/></stream:error>`,
+    ],
   ])('relays %s byte for byte', (_label, input) => {
     const bytes = Buffer.from(input);
     expect(toRfc6120StreamError(bytes)).toBe(bytes);

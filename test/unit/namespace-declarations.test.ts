@@ -75,7 +75,12 @@ describe('InheritedNamespaces', () => {
     for (let splitAt = 0; splitAt <= JABBERD2_POST_AUTH_FEATURES.length; splitAt++) {
       const [features] = frame(JABBERD2_HEADER, JABBERD2_POST_AUTH_FEATURES, splitAt);
       const xml = features!.bytes.toString('utf8');
-      expect(xml).toBe(JABBERD2_POST_AUTH_FEATURES.replace('<stream:features', "<stream:features xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns'"));
+      expect(xml).toBe(
+        JABBERD2_POST_AUTH_FEATURES.replace(
+          '<stream:features',
+          "<stream:features xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns'",
+        ),
+      );
       expect(strictlyParsed(xml)).toContain('ack@http://www.xmpp.org/extensions/xep-0198.html#ns');
     }
   });

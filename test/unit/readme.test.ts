@@ -29,7 +29,8 @@ const root = schema as SchemaNode & { definitions?: Record<string, SchemaNode>; 
 function keys(node: SchemaNode | undefined, prefix: string, out: Set<string>): Set<string> {
   if (node === undefined) return out;
   if (node.$ref !== undefined) return keys((root.definitions ?? root.$defs)?.[node.$ref.split('/').pop()!], prefix, out);
-  for (const branch of [...(node.oneOf ?? []), ...(node.anyOf ?? []), ...(node.allOf ?? []), ...(node.then ? [node.then] : [])]) keys(branch, prefix, out);
+  for (const branch of [...(node.oneOf ?? []), ...(node.anyOf ?? []), ...(node.allOf ?? []), ...(node.then ? [node.then] : [])])
+    keys(branch, prefix, out);
   for (const [name, child] of Object.entries(node.properties ?? {})) {
     if (name === '$schema') continue;
     const path = `${prefix}${name}`;

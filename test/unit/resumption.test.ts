@@ -33,7 +33,12 @@ describe('decideResume (XEP-0198 §5, §6)', () => {
     ['the same account, h in range (hibernated or still attached: a takeover)', live(), ALICE, 'resumed'],
     ['the legacy server refused the identity check', live(), undefined, 'resume-identity-refused'],
     ['another account', live(), 'mallory@example.org', 'resume-other-account'],
-    ['another account, the session not resumable: still another account', live({ resumable: false }), 'mallory@example.org', 'resume-other-account'],
+    [
+      'another account, the session not resumable: still another account',
+      live({ resumable: false }),
+      'mallory@example.org',
+      'resume-other-account',
+    ],
     ['the same account, not resumable any more (queue overflow)', live({ resumable: false }), ALICE, 'resume-not-resumable'],
     ['a session not bound (ending)', live({ bareJid: undefined, resumable: false }), ALICE, 'resume-not-resumable'],
     ['h above what was sent', live({ ack: { kind: 'too-high', h: 9, sendCount: 4 } }), ALICE, 'resume-h-too-high h=7'],
@@ -47,6 +52,9 @@ describe('decideResume (XEP-0198 §5, §6)', () => {
 
   it('carries <handled-count-too-high/> with the client h and the send count', () => {
     const decision = decideResume(live({ ack: { kind: 'too-high', h: 9, sendCount: 4 } }), ALICE);
-    expect(decision.ok ? undefined : decision.failure.appCondition).toMatchObject({ name: 'handled-count-too-high', attrs: { h: '9', 'send-count': '4' } });
+    expect(decision.ok ? undefined : decision.failure.appCondition).toMatchObject({
+      name: 'handled-count-too-high',
+      attrs: { h: '9', 'send-count': '4' },
+    });
   });
 });

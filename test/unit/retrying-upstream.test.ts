@@ -13,7 +13,14 @@ import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../../
 import { StreamScanner } from '../../src/xml/stream-scanner.js';
 
 const DOMAIN = 'example.com';
-const TARGET: UpstreamTarget = { domain: DOMAIN, host: '127.0.0.1', port: 5200, security: 'plain', connectTimeoutMs: 5000, rejectUnauthorized: true };
+const TARGET: UpstreamTarget = {
+  domain: DOMAIN,
+  host: '127.0.0.1',
+  port: 5200,
+  security: 'plain',
+  connectTimeoutMs: 5000,
+  rejectUnauthorized: true,
+};
 const HEADER: StreamHeaderAttrs = { to: DOMAIN, version: '1.0', lang: 'en' };
 
 const SERVER_HEADER = `<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' from='${DOMAIN}' id='abc' version='1.0'>`;
@@ -323,7 +330,10 @@ describe('RetryingUpstream: jabberd2 2.7 internal-server-error on a reused fd', 
 describe('RetryingUpstream: no retry outside the narrow case', () => {
   it.each([
     ['another condition', `<stream:error xmlns:stream='${NS.stream}'><host-gone xmlns='${NS.streams}'/></stream:error>`],
-    ['internal-server-error in another namespace', `<stream:error xmlns:stream='${NS.stream}'><internal-server-error xmlns='urn:example'/></stream:error>`],
+    [
+      'internal-server-error in another namespace',
+      `<stream:error xmlns:stream='${NS.stream}'><internal-server-error xmlns='urn:example'/></stream:error>`,
+    ],
     ['an error element that is no stream error', `<error xmlns='urn:example'><internal-server-error xmlns='${NS.streams}'/></error>`],
   ])('relays %s', async (_label, error) => {
     const { connector, upstream, handler, first, warnings } = await open();
@@ -402,7 +412,9 @@ describe('RetryingUpstream: the reconnect ends early', () => {
     first.write(SERVER_HEADER + FEATURES);
     upstream.send(AUTH);
     first.write(JABBERD2_ISE);
-    const refused = new UpstreamError(ErrorCode.UPSTREAM_CONNECT, 'cannot connect to legacy server 127.0.0.1:5200: ECONNREFUSED', { text: 'legacy server unreachable' });
+    const refused = new UpstreamError(ErrorCode.UPSTREAM_CONNECT, 'cannot connect to legacy server 127.0.0.1:5200: ECONNREFUSED', {
+      text: 'legacy server unreachable',
+    });
     connector.refuse(refused);
     await settle();
     expect(handler.events).toEqual(['open', FEATURES, `failure ${ErrorCode.UPSTREAM_CONNECT}`, 'end unclean']);
@@ -426,23 +438,26 @@ describe('RetryingUpstream: the reconnect ends early', () => {
     expect(handler.failure?.code).toBe(ErrorCode.UPSTREAM_CONNECT);
   });
 
-  it.each(['close', 'destroy'] as const)('%s() during the reconnect ends the stream and destroys the link that arrives later', async (how) => {
-    const { connector, upstream, handler, first } = await open(true);
-    first.write(SERVER_HEADER + FEATURES);
-    upstream.send(AUTH);
-    first.write(JABBERD2_ISE);
-    upstream[how]();
-    expect(upstream.ended).toBe(true);
-    expect(upstream.send('<late/>')).toBe(true);
-    await settle();
-    expect(handler.events).toEqual(['open', FEATURES, 'end unclean']);
+  it.each(['close', 'destroy'] as const)(
+    '%s() during the reconnect ends the stream and destroys the link that arrives later',
+    async (how) => {
+      const { connector, upstream, handler, first } = await open(true);
+      first.write(SERVER_HEADER + FEATURES);
+      upstream.send(AUTH);
+      first.write(JABBERD2_ISE);
+      upstream[how]();
+      expect(upstream.ended).toBe(true);
+      expect(upstream.send('<late/>')).toBe(true);
+      await settle();
+      expect(handler.events).toEqual(['open', FEATURES, 'end unclean']);
 
-    const second = connector.accept();
-    await settle();
-    expect(second.destroyed).toBe(true);
-    expect(second.written).toEqual([]);
-    expect(handler.events).toHaveLength(3);
-  });
+      const second = connector.accept();
+      await settle();
+      expect(second.destroyed).toBe(true);
+      expect(second.written).toEqual([]);
+      expect(handler.events).toHaveLength(3);
+    },
+  );
 
   it.each(['close', 'destroy'] as const)('%s() during the reconnect: a connect failing later reports nothing more', async (how) => {
     const { connector, upstream, handler, first } = await open(true);

@@ -44,7 +44,14 @@ const SETTINGS: SessionSettings = {
 const H = SETTINGS.hibernationMs;
 const D = SETTINGS.maxAckDelayMs;
 
-const TARGET: UpstreamTarget = { domain: DOMAIN, host: '127.0.0.1', port: 5222, security: 'plain', connectTimeoutMs: 5000, rejectUnauthorized: true };
+const TARGET: UpstreamTarget = {
+  domain: DOMAIN,
+  host: '127.0.0.1',
+  port: 5222,
+  security: 'plain',
+  connectTimeoutMs: 5000,
+  rejectUnauthorized: true,
+};
 
 /** Lets what the session deferred run: `process.nextTick` (not faked) and promise callbacks. */
 async function settle(): Promise<void> {
@@ -237,7 +244,9 @@ class FakeUpstream extends ScriptedPeer<UpstreamHandler> implements UpstreamStre
   // --- what the legacy server does ---
 
   openStream(): void {
-    this.write(`<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' from='${DOMAIN}' id='up-${this.sent.length}' version='1.0'>`);
+    this.write(
+      `<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' from='${DOMAIN}' id='up-${this.sent.length}' version='1.0'>`,
+    );
   }
 
   /** Answers the last bind request written to it with `jid` (RFC 6120 §7.6.1). */
@@ -676,7 +685,7 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     return c2;
   }
 
-  it('a <resume/> pipelined behind the stream restart is answered after the restarted stream\'s features (Monal)', async () => {
+  it("a <resume/> pipelined behind the stream restart is answered after the restarted stream's features (Monal)", async () => {
     const { c, smId } = await hibernating();
     const c2 = await pipelinedResume(smId);
     expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);

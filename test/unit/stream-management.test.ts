@@ -15,7 +15,13 @@ const SETTINGS: SmSettings = {
 };
 
 function enable(ns: SmNamespace, settings: Partial<SmSettings> = {}, maxAttr?: string): StreamManagement {
-  const result = StreamManagement.enable({ ns, resumeAttr: 'true', maxAttr, settings: { ...SETTINGS, ...settings }, budget: new MemoryBudget(Infinity) });
+  const result = StreamManagement.enable({
+    ns,
+    resumeAttr: 'true',
+    maxAttr,
+    settings: { ...SETTINGS, ...settings },
+    budget: new MemoryBudget(Infinity),
+  });
   if (!result.ok) throw new Error(result.text);
   return result.sm;
 }

@@ -1,11 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { ErrorCode, StreamError } from '../../src/errors.js';
-import {
-  StreamScanner,
-  scanFragment,
-  type ScannedElement,
-  type ScannerLimits,
-} from '../../src/xml/stream-scanner.js';
+import { StreamScanner, scanFragment, type ScannedElement, type ScannerLimits } from '../../src/xml/stream-scanner.js';
 
 // ---------------------------------------------------------------------------------------------
 // Toolkit: feed input in every chunking, record events, compare.
@@ -124,8 +119,7 @@ function feedScribbled(chunks: readonly Buffer[], options: FeedOptions): { event
   return result;
 }
 
-const HEADER =
-  "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>";
+const HEADER = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>";
 const HEADER_ATTRS = {
   xmlns: 'jabber:client',
   'xmlns:stream': 'http://etherx.jabber.org/streams',
@@ -165,11 +159,10 @@ interface ValidCase {
   midElement?: boolean;
 }
 
-const FEATURES =
-  "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+const FEATURES = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
 const MESSAGE =
   "<message to='juliet@example.com/balcony' from=\"romeo@example.net/orchard\" type='chat' id='m&amp;1'>" +
-  "<body>Wherefore &lt;art&gt; thou &quot;Romeo&quot; &apos; &#65;&#x42; ]] ] &gt;</body>" +
+  '<body>Wherefore &lt;art&gt; thou &quot;Romeo&quot; &apos; &#65;&#x42; ]] ] &gt;</body>' +
   "<active xmlns='http://jabber.org/protocol/chatstates'/></message>";
 const PRESENCE =
   "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://example.org' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/></presence>";
@@ -207,7 +200,10 @@ const validCases: ValidCase[] = [
   {
     name: 'CDATA sections, with brackets and markup inside',
     input: `${HEADER}<message><body><![CDATA[<b>bold</b> & ]] ]> ]]]]><![CDATA[]]></body></message>`,
-    expected: [openEvent(), el('<message><body><![CDATA[<b>bold</b> & ]] ]> ]]]]><![CDATA[]]></body></message>', 'message', 'jabber:client')],
+    expected: [
+      openEvent(),
+      el('<message><body><![CDATA[<b>bold</b> & ]] ]> ]]]]><![CDATA[]]></body></message>', 'message', 'jabber:client'),
+    ],
   },
   {
     name: 'self-closing top-level elements, attribute spacing variants',
@@ -241,7 +237,11 @@ const validCases: ValidCase[] = [
     name: 'header with another prefix, without a default namespace',
     input: "<s:stream xmlns:s='http://etherx.jabber.org/streams' version='1.0'><s:features/><message/></s:stream>",
     expected: [
-      openEvent("<s:stream xmlns:s='http://etherx.jabber.org/streams' version='1.0'>", { 'xmlns:s': STREAMS_NS, version: '1.0' }, 's:stream'),
+      openEvent(
+        "<s:stream xmlns:s='http://etherx.jabber.org/streams' version='1.0'>",
+        { 'xmlns:s': STREAMS_NS, version: '1.0' },
+        's:stream',
+      ),
       el('<s:features/>', 's:features', STREAMS_NS),
       el('<message/>', 'message', undefined),
       CLOSE,
@@ -288,7 +288,10 @@ const validCases: ValidCase[] = [
   {
     name: 'character references to the edges of the XML Char ranges',
     input: `${HEADER}<m a='&#9;&#xA;&#13;&#x20;'>&#xD7FF;&#xE000;&#xFFFD;&#x10000;&#x10FFFF;&#x1F600;&#0000065;</m>`,
-    expected: [openEvent(), el("<m a='&#9;&#xA;&#13;&#x20;'>&#xD7FF;&#xE000;&#xFFFD;&#x10000;&#x10FFFF;&#x1F600;&#0000065;</m>", 'm', 'jabber:client')],
+    expected: [
+      openEvent(),
+      el("<m a='&#9;&#xA;&#13;&#x20;'>&#xD7FF;&#xE000;&#xFFFD;&#x10000;&#x10FFFF;&#x1F600;&#0000065;</m>", 'm', 'jabber:client'),
+    ],
   },
   {
     name: 'end tags with whitespace before >, text with > and single brackets',
@@ -363,7 +366,13 @@ function feedEveryWayWithLimitAfterHeader(input: Buffer, limit: number): Event[]
           scanner.setLimits({ maxStanzaBytes: limit });
         },
         onElement(element) {
-          events.push({ type: 'element', bytes: element.bytes.toString('utf8'), name: element.name, localName: element.localName, ns: element.ns });
+          events.push({
+            type: 'element',
+            bytes: element.bytes.toString('utf8'),
+            name: element.name,
+            localName: element.localName,
+            ns: element.ns,
+          });
         },
         onStreamClose() {
           events.push(CLOSE);
@@ -409,58 +418,164 @@ const bytes = (...parts: (string | number[])[]): Buffer =>
 
 const errorCases: ErrorCase[] = [
   // RFC 6120 §11.3 well-formedness
-  { name: 'end tag does not match', input: `${HEADER}<foo><x/></bar>`, ...NWF, message: 'end tag </bar> does not match <foo>', before: [openEvent()] },
-  { name: 'end tag a prefix of the start tag', input: `${HEADER}<message><body></bod>`, ...NWF, message: 'end tag </bod> does not match <body>' },
-  { name: 'end tag longer than the start tag', input: `${HEADER}<message></messages>`, ...NWF, message: 'end tag </messages> does not match <message>' },
-  { name: 'stream close while an element is open', input: `${HEADER}<message></stream:stream>`, ...NWF, message: 'end tag </stream:stream> does not match <message>' },
+  {
+    name: 'end tag does not match',
+    input: `${HEADER}<foo><x/></bar>`,
+    ...NWF,
+    message: 'end tag </bar> does not match <foo>',
+    before: [openEvent()],
+  },
+  {
+    name: 'end tag a prefix of the start tag',
+    input: `${HEADER}<message><body></bod>`,
+    ...NWF,
+    message: 'end tag </bod> does not match <body>',
+  },
+  {
+    name: 'end tag longer than the start tag',
+    input: `${HEADER}<message></messages>`,
+    ...NWF,
+    message: 'end tag </messages> does not match <message>',
+  },
+  {
+    name: 'stream close while an element is open',
+    input: `${HEADER}<message></stream:stream>`,
+    ...NWF,
+    message: 'end tag </stream:stream> does not match <message>',
+  },
   { name: 'whitespace before an end tag name', input: `${HEADER}<message></ message>`, ...NWF, message: "unexpected 0x20 after '</'" },
   { name: 'empty end tag', input: `${HEADER}<message></>`, ...NWF, message: "unexpected '>' after '</'" },
   { name: 'end tag with no start tag before the header', input: '</stream:stream>', ...NWF },
-  { name: 'unquoted attribute value', input: `${HEADER}<message to=juliet/>`, ...NWF, message: "unexpected 'j' where a quoted attribute value must start" },
+  {
+    name: 'unquoted attribute value',
+    input: `${HEADER}<message to=juliet/>`,
+    ...NWF,
+    message: "unexpected 'j' where a quoted attribute value must start",
+  },
   { name: 'attribute without value', input: `${HEADER}<message to/>`, ...NWF },
   { name: "'<' inside an attribute value", input: `${HEADER}<message to='a<b'/>`, ...NWF, message: "'<' in an attribute value" },
-  { name: 'no whitespace between attributes', input: `${HEADER}<message to='a'id='b'/>`, ...NWF, message: 'missing whitespace between attributes' },
-  { name: 'duplicate attribute', input: `${HEADER}<message to='a' id='1' to='b'/>`, ...NWF, message: "duplicate attribute 'to' on <message>" },
-  { name: 'duplicate attribute past the linear part', input: `${HEADER}<x ${Array.from({ length: 40 }, (_, k) => `a${k}='${k}'`).join(' ')} a35='again'/>`, ...NWF, message: "duplicate attribute 'a35' on <x>" },
-  { name: 'duplicate attribute on the header', input: "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='a' to='a'>", ...NWF },
-  { name: 'bare & in text', input: `${HEADER}<message><body>fish & chips</body></message>`, ...NWF, message: "'&' not starting a reference" },
+  {
+    name: 'no whitespace between attributes',
+    input: `${HEADER}<message to='a'id='b'/>`,
+    ...NWF,
+    message: 'missing whitespace between attributes',
+  },
+  {
+    name: 'duplicate attribute',
+    input: `${HEADER}<message to='a' id='1' to='b'/>`,
+    ...NWF,
+    message: "duplicate attribute 'to' on <message>",
+  },
+  {
+    name: 'duplicate attribute past the linear part',
+    input: `${HEADER}<x ${Array.from({ length: 40 }, (_, k) => `a${k}='${k}'`).join(' ')} a35='again'/>`,
+    ...NWF,
+    message: "duplicate attribute 'a35' on <x>",
+  },
+  {
+    name: 'duplicate attribute on the header',
+    input: "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='a' to='a'>",
+    ...NWF,
+  },
+  {
+    name: 'bare & in text',
+    input: `${HEADER}<message><body>fish & chips</body></message>`,
+    ...NWF,
+    message: "'&' not starting a reference",
+  },
   { name: 'bare & in an attribute', input: `${HEADER}<message id='a&&b'/>`, ...NWF },
   { name: 'reference without ;', input: `${HEADER}<message><body>&amp chips</body></message>`, ...NWF, message: "not ended by ';'" },
   { name: 'empty character reference', input: `${HEADER}<message><body>&#;</body></message>`, ...NWF },
   { name: 'empty hex character reference', input: `${HEADER}<message><body>&#x;</body></message>`, ...NWF },
   { name: ']]> in text', input: `${HEADER}<message><body>a ]]]> b</body></message>`, ...NWF, message: "']]>' in character data" },
-  { name: 'control character 0x01 in text', input: bytes(HEADER, '<message><body>a', [0x01], '</body></message>'), ...NWF, message: 'control character 0x01' },
+  {
+    name: 'control character 0x01 in text',
+    input: bytes(HEADER, '<message><body>a', [0x01], '</body></message>'),
+    ...NWF,
+    message: 'control character 0x01',
+  },
   { name: 'control character 0x00 in a tag', input: bytes(HEADER, '<message', [0x00], '/>'), ...NWF, message: 'control character 0x00' },
-  { name: 'control character 0x0B in an attribute value', input: bytes(HEADER, "<message id='", [0x0b], "'/>"), ...NWF, message: 'control character 0x0B' },
-  { name: 'control character 0x0C in CDATA', input: bytes(HEADER, '<m><![CDATA[', [0x0c], ']]></m>'), ...NWF, message: 'control character 0x0C' },
+  {
+    name: 'control character 0x0B in an attribute value',
+    input: bytes(HEADER, "<message id='", [0x0b], "'/>"),
+    ...NWF,
+    message: 'control character 0x0B',
+  },
+  {
+    name: 'control character 0x0C in CDATA',
+    input: bytes(HEADER, '<m><![CDATA[', [0x0c], ']]></m>'),
+    ...NWF,
+    message: 'control character 0x0C',
+  },
   { name: 'control character 0x1F between stanzas', input: bytes(HEADER, [0x1f]), ...NWF, message: 'control character 0x1F' },
   { name: 'control character in the XML declaration', input: bytes("<?xml version='1.0'", [0x08], '?>'), ...NWF },
-  { name: 'text directly inside the stream', input: `${HEADER}<presence/>hello<presence/>`, ...NWF, message: 'text directly inside the stream', before: [openEvent(), el('<presence/>', 'presence', 'jabber:client')] },
+  {
+    name: 'text directly inside the stream',
+    input: `${HEADER}<presence/>hello<presence/>`,
+    ...NWF,
+    message: 'text directly inside the stream',
+    before: [openEvent(), el('<presence/>', 'presence', 'jabber:client')],
+  },
   { name: 'reference directly inside the stream', input: `${HEADER}&amp;`, ...NWF },
   { name: 'CDATA directly inside the stream', input: `${HEADER}<![CDATA[ ]]>`, ...NWF, message: 'CDATA section outside of an element' },
   { name: 'text before the header', input: `hello${HEADER}`, ...NWF },
-  { name: 'data after the stream close', input: `${HEADER}</stream:stream> <presence/>`, ...NWF, message: 'data after the stream was closed', before: [openEvent(), CLOSE] },
+  {
+    name: 'data after the stream close',
+    input: `${HEADER}</stream:stream> <presence/>`,
+    ...NWF,
+    message: 'data after the stream was closed',
+    before: [openEvent(), CLOSE],
+  },
   { name: 'element name starting with a digit', input: `${HEADER}<1message/>`, ...NWF },
   { name: 'space after <', input: `${HEADER}< message/>`, ...NWF },
   { name: 'self-closing stream header', input: "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>", ...NWF },
   { name: 'malformed XML declaration', input: `<?xml encoding='UTF-8'?>${HEADER}`, ...NWF, message: 'malformed XML declaration' },
   { name: "'<' inside the XML declaration", input: `<?xml version='1.0'<stream:stream>`, ...NWF },
   // RFC 6120 §11.1 restricted XML
-  { name: 'comment inside an element', input: `${HEADER}<message><!-- hi --></message>`, ...RESTRICTED, message: `comment at byte offset ${H.length + 9} (restricted XML, RFC 6120 §11.1)` },
+  {
+    name: 'comment inside an element',
+    input: `${HEADER}<message><!-- hi --></message>`,
+    ...RESTRICTED,
+    message: `comment at byte offset ${H.length + 9} (restricted XML, RFC 6120 §11.1)`,
+  },
   { name: 'comment between stanzas', input: `${HEADER}<!---->`, ...RESTRICTED, message: `comment at byte offset ${H.length}` },
   { name: 'comment before the header', input: `<!-- hi -->${HEADER}`, ...RESTRICTED, message: 'comment at byte offset 0' },
-  { name: 'DOCTYPE', input: `<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY x 'y'>]>${HEADER}`, ...RESTRICTED, message: 'DOCTYPE at byte offset 21' },
+  {
+    name: 'DOCTYPE',
+    input: `<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY x 'y'>]>${HEADER}`,
+    ...RESTRICTED,
+    message: 'DOCTYPE at byte offset 21',
+  },
   { name: 'other <! markup', input: `${HEADER}<message><!ENTITY x 'y'></message>`, ...RESTRICTED },
-  { name: "'<![' other than CDATA", input: `${HEADER}<message><![INCLUDE[x]]></message>`, ...RESTRICTED, message: 'other than a CDATA section' },
-  { name: 'processing instruction inside an element', input: `${HEADER}<message><?php echo 1 ?></message>`, ...RESTRICTED, message: 'processing instruction' },
+  {
+    name: "'<![' other than CDATA",
+    input: `${HEADER}<message><![INCLUDE[x]]></message>`,
+    ...RESTRICTED,
+    message: 'other than a CDATA section',
+  },
+  {
+    name: 'processing instruction inside an element',
+    input: `${HEADER}<message><?php echo 1 ?></message>`,
+    ...RESTRICTED,
+    message: 'processing instruction',
+  },
   { name: 'processing instruction between stanzas', input: `${HEADER}<?foo?>`, ...RESTRICTED },
   { name: 'XML declaration after the header', input: `${HEADER}<?xml version='1.0'?>`, ...RESTRICTED },
   { name: 'second XML declaration', input: `<?xml version='1.0'?><?xml version='1.0'?>${HEADER}`, ...RESTRICTED },
   { name: 'XML declaration after whitespace', input: ` <?xml version='1.0'?>${HEADER}`, ...RESTRICTED },
   { name: 'processing instruction at the start of the stream', input: `<?xml-stylesheet href='a'?>${HEADER}`, ...RESTRICTED },
-  { name: 'undeclared entity in text', input: `${HEADER}<message><body>&nbsp;</body></message>`, ...RESTRICTED, message: 'undeclared entity reference &nbsp;' },
+  {
+    name: 'undeclared entity in text',
+    input: `${HEADER}<message><body>&nbsp;</body></message>`,
+    ...RESTRICTED,
+    message: 'undeclared entity reference &nbsp;',
+  },
   { name: 'undeclared entity in an attribute', input: `${HEADER}<message id='&foo;'/>`, ...RESTRICTED, message: '&foo;' },
-  { name: 'undeclared entity in the header', input: "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='&x;'>", ...RESTRICTED },
+  {
+    name: 'undeclared entity in the header',
+    input: "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='&x;'>",
+    ...RESTRICTED,
+  },
   { name: 'case matters for predefined entities', input: `${HEADER}<m>&AMP;</m>`, ...RESTRICTED },
   { name: 'character reference to U+0000', input: `${HEADER}<m>&#0;</m>`, ...RESTRICTED, message: 'U+0000' },
   { name: 'character reference to a control character', input: `${HEADER}<m a='&#x1B;'/>`, ...RESTRICTED },
@@ -469,9 +584,24 @@ const errorCases: ErrorCase[] = [
   { name: 'character reference beyond U+10FFFF', input: `${HEADER}<m>&#x110000;</m>`, ...RESTRICTED, message: 'beyond U+10FFFF' },
   { name: 'huge character reference', input: `${HEADER}<m>&#99999999999999999999999;</m>`, ...RESTRICTED },
   // RFC 6120 §11.6 encoding
-  { name: 'declared encoding other than UTF-8', input: `<?xml version='1.0' encoding='ISO-8859-1'?>${HEADER}`, ...ENCODING, message: "'ISO-8859-1'" },
-  { name: 'overlong C0 80', input: bytes(HEADER, '<m>', [0xc0, 0x80], '</m>'), ...ENCODING, message: `invalid UTF-8 byte 0xC0 at byte offset ${H.length + 3}` },
-  { name: 'overlong E0 80 80', input: bytes(HEADER, '<m>', [0xe0, 0x80, 0x80], '</m>'), ...ENCODING, message: `0x80 at byte offset ${H.length + 4}` },
+  {
+    name: 'declared encoding other than UTF-8',
+    input: `<?xml version='1.0' encoding='ISO-8859-1'?>${HEADER}`,
+    ...ENCODING,
+    message: "'ISO-8859-1'",
+  },
+  {
+    name: 'overlong C0 80',
+    input: bytes(HEADER, '<m>', [0xc0, 0x80], '</m>'),
+    ...ENCODING,
+    message: `invalid UTF-8 byte 0xC0 at byte offset ${H.length + 3}`,
+  },
+  {
+    name: 'overlong E0 80 80',
+    input: bytes(HEADER, '<m>', [0xe0, 0x80, 0x80], '</m>'),
+    ...ENCODING,
+    message: `0x80 at byte offset ${H.length + 4}`,
+  },
   { name: 'lone continuation byte', input: bytes(HEADER, '<m>a', [0x80], '</m>'), ...ENCODING },
   { name: 'surrogate ED A0 80', input: bytes(HEADER, '<m>', [0xed, 0xa0, 0x80], '</m>'), ...ENCODING, message: '0xA0' },
   { name: 'F5 lead byte', input: bytes(HEADER, '<m>', [0xf5, 0x80, 0x80, 0x80], '</m>'), ...ENCODING, message: '0xF5' },
@@ -481,14 +611,33 @@ const errorCases: ErrorCase[] = [
   { name: 'truncated 4-byte sequence followed by <', input: bytes(HEADER, "<m a='", [0xf0, 0x9f, 0x98], "'/>"), ...ENCODING },
   { name: 'invalid UTF-8 in an element name', input: bytes(HEADER, '<m', [0xc3, 0x28], '/>'), ...ENCODING },
   { name: 'invalid UTF-8 before the header', input: bytes([0xc0, 0x80], HEADER), ...ENCODING, message: 'byte offset 0' },
-  { name: 'invalid UTF-8 after complete stanzas', input: bytes(HEADER, '<a/><b/><c>', [0xc3, 0xc3]), ...ENCODING, before: [openEvent(), el('<a/>', 'a', 'jabber:client'), el('<b/>', 'b', 'jabber:client')] },
+  {
+    name: 'invalid UTF-8 after complete stanzas',
+    input: bytes(HEADER, '<a/><b/><c>', [0xc3, 0xc3]),
+    ...ENCODING,
+    before: [openEvent(), el('<a/>', 'a', 'jabber:client'), el('<b/>', 'b', 'jabber:client')],
+  },
   // RFC 6120 §4.9.3.10 / §11.2 namespaces
-  { name: 'stream header in the wrong namespace', input: "<stream:stream xmlns:stream='jabber:client'>", ...INVALID_NS, message: 'expected' },
-  { name: 'stream header with the wrong local name', input: "<stream:strom xmlns:stream='http://etherx.jabber.org/streams'>", ...INVALID_NS },
+  {
+    name: 'stream header in the wrong namespace',
+    input: "<stream:stream xmlns:stream='jabber:client'>",
+    ...INVALID_NS,
+    message: 'expected',
+  },
+  {
+    name: 'stream header with the wrong local name',
+    input: "<stream:strom xmlns:stream='http://etherx.jabber.org/streams'>",
+    ...INVALID_NS,
+  },
   { name: 'stream header without any namespace', input: '<stream>', ...INVALID_NS },
   { name: 'stream header with an undeclared prefix', input: "<stream:stream xmlns='jabber:client'>", ...PREFIX },
   { name: 'top-level element with an undeclared prefix', input: `${HEADER}<foo:message/>`, ...PREFIX, message: "undeclared prefix 'foo'" },
-  { name: 'top-level element whose prefix is declared only on a sibling', input: `${HEADER}<sm:a xmlns:sm='urn:xmpp:sm:3'/><sm:r/>`, ...PREFIX, before: [openEvent(), el("<sm:a xmlns:sm='urn:xmpp:sm:3'/>", 'sm:a', 'urn:xmpp:sm:3')] },
+  {
+    name: 'top-level element whose prefix is declared only on a sibling',
+    input: `${HEADER}<sm:a xmlns:sm='urn:xmpp:sm:3'/><sm:r/>`,
+    ...PREFIX,
+    before: [openEvent(), el("<sm:a xmlns:sm='urn:xmpp:sm:3'/>", 'sm:a', 'urn:xmpp:sm:3')],
+  },
 ];
 
 describe('StreamScanner: errors, in every chunking', () => {
@@ -527,7 +676,13 @@ describe('StreamScanner: limits', () => {
           },
           onStreamClose() {},
           onError(error) {
-            events.push({ type: 'error', condition: error.condition, code: error.code, message: error.message, appCondition: error.appCondition });
+            events.push({
+              type: 'error',
+              condition: error.condition,
+              code: error.code,
+              message: error.message,
+              appCondition: error.appCondition,
+            });
           },
         },
         { maxStanzaBytes: limit, maxDepth: 8 },
@@ -576,11 +731,16 @@ describe('StreamScanner: limits', () => {
   it('grows its name and attribute scratch space beyond the first few hundred bytes and depth 16', () => {
     const names = Array.from({ length: 24 }, (_, i) => `n${i}${'x'.repeat(60)}`); // 1.5 KB of open names
     const attrs = Array.from({ length: 20 }, (_, i) => ` a${i}${'y'.repeat(30)}='v'`).join(''); // 700 bytes of attribute names
-    const inner = `${names.map((n) => `<${n}>`).join('')}${names.map((n) => `</${n}>`).reverse().join('')}`;
+    const inner = `${names.map((n) => `<${n}>`).join('')}${names
+      .map((n) => `</${n}>`)
+      .reverse()
+      .join('')}`;
     const stanza = `<message${attrs}>${inner}</message>`;
     expect(feedEveryWay(`${HEADER}${stanza}`, { limits: { maxDepth: 64 } })).toEqual([openEvent(), el(stanza, 'message', 'jabber:client')]);
     const mismatched = `<message${attrs}>${inner.slice(0, -(names[0]!.length + 3))}</n0${'x'.repeat(59)}></message>`;
-    expect(errorOf(feedEveryWay(`${HEADER}${mismatched}`, { limits: { maxDepth: 64 } })).message).toBe(`end tag </n0${'x'.repeat(59)}> does not match <${names[0]}>`);
+    expect(errorOf(feedEveryWay(`${HEADER}${mismatched}`, { limits: { maxDepth: 64 } })).message).toBe(
+      `end tag </n0${'x'.repeat(59)}> does not match <${names[0]}>`,
+    );
   });
 
   it('does not limit whitespace keepalives between stanzas', () => {
@@ -646,7 +806,16 @@ describe('StreamScanner: bytes and state', () => {
     const chunk = Buffer.from(`${HEADER}<message><body>hi</body></message>`);
     let got: Buffer | undefined;
     const scanner = new StreamScanner(
-      { onStreamOpen() {}, onElement(e) { got = e.bytes; }, onStreamClose() {}, onError(e) { throw e; } },
+      {
+        onStreamOpen() {},
+        onElement(e) {
+          got = e.bytes;
+        },
+        onStreamClose() {},
+        onError(e) {
+          throw e;
+        },
+      },
       DEFAULT_LIMITS,
     );
     scanner.write(chunk);
@@ -655,7 +824,17 @@ describe('StreamScanner: bytes and state', () => {
   });
 
   it('midElement tracks held bytes across chunks', () => {
-    const scanner = new StreamScanner({ onStreamOpen() {}, onElement() {}, onStreamClose() {}, onError(e) { throw e; } }, DEFAULT_LIMITS);
+    const scanner = new StreamScanner(
+      {
+        onStreamOpen() {},
+        onElement() {},
+        onStreamClose() {},
+        onError(e) {
+          throw e;
+        },
+      },
+      DEFAULT_LIMITS,
+    );
     expect(scanner.midElement).toBe(false);
     scanner.write(Buffer.from('<stream:stream xmlns:stream'));
     expect(scanner.midElement).toBe(true);
@@ -710,7 +889,15 @@ describe('StreamScanner: bytes and state', () => {
     scanner.write(Buffer.from(`<?xml version='1.0'?>${HEADER}<a/></stream:stream>`));
     scanner.restart();
     scanner.write(Buffer.from(`${HEADER}<?xml version='1.0'?>`));
-    expect(events).toEqual(['open stream:stream', 'element proceed', 'open stream:stream', 'element a', 'close', 'open stream:stream', 'error restricted-xml']);
+    expect(events).toEqual([
+      'open stream:stream',
+      'element proceed',
+      'open stream:stream',
+      'element a',
+      'close',
+      'open stream:stream',
+      'error restricted-xml',
+    ]);
   });
 
   it('multi-byte characters split at every offset, alone and in pairs', () => {
@@ -744,7 +931,11 @@ describe('scanFragment (RFC 7395 §3.3.3)', () => {
     expect(m.bytes.buffer).toBe(message.buffer);
     expect(m).toMatchObject({ name: 'message', ns: 'jabber:client' });
     expect(scanFragment(Buffer.from('<presence/>'), limits).ns).toBeUndefined();
-    expect(scanFragment(Buffer.from("<sm:a xmlns:sm='urn:xmpp:sm:3' h='1'/>"), limits)).toMatchObject({ name: 'sm:a', localName: 'a', ns: 'urn:xmpp:sm:3' });
+    expect(scanFragment(Buffer.from("<sm:a xmlns:sm='urn:xmpp:sm:3' h='1'/>"), limits)).toMatchObject({
+      name: 'sm:a',
+      localName: 'a',
+      ns: 'urn:xmpp:sm:3',
+    });
   });
 
   const rejects: [string, string | Buffer, string, string?][] = [
@@ -799,8 +990,17 @@ describe('StreamScanner: chunking invariance on mutated streams', () => {
       t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
       return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
     };
-    const pieces = [MESSAGE, PRESENCE, IQ_ROSTER, FEATURES, "<m><![CDATA[x]]y]]></m>", "<sm:a xmlns:sm='urn:xmpp:sm:3' h='1'/>", "<a b='&#65;'>é€😀</a>", ' '];
-    const alphabet = Buffer.from("<>/'\"=&;#x!-?[] \tabAZ:09\u0001");
+    const pieces = [
+      MESSAGE,
+      PRESENCE,
+      IQ_ROSTER,
+      FEATURES,
+      '<m><![CDATA[x]]y]]></m>',
+      "<sm:a xmlns:sm='urn:xmpp:sm:3' h='1'/>",
+      "<a b='&#65;'>é€😀</a>",
+      ' ',
+    ];
+    const alphabet = Buffer.from('<>/\'"=&;#x!-?[] \tabAZ:09\u0001');
     const utf8Bytes = [0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, 0xed, 0xc0];
     for (let run = 0; run < 400; run++) {
       const parts = [HEADER];
@@ -819,7 +1019,7 @@ describe('StreamScanner: chunking invariance on mutated streams', () => {
               : Buffer.concat([input.subarray(0, at), insert, input.subarray(at + 1)]);
       }
       const chunks: Buffer[] = [];
-      for (let at = 0; at < input.length; ) {
+      for (let at = 0; at < input.length;) {
         const size = 1 + Math.floor(rnd() * 9);
         chunks.push(input.subarray(at, at + size));
         at += size;

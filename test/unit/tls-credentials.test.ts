@@ -215,11 +215,7 @@ describe('createTlsCredentials', () => {
 
   it('warns about a domain no certificate covers when selfSigned is off', async () => {
     const { log, lines } = capturingLog();
-    const credentials = await createTlsCredentials(
-      tlsConfig([{ cert: exact.cert, key: exact.key }]),
-      ['example.org', 'other.test'],
-      log,
-    );
+    const credentials = await createTlsCredentials(tlsConfig([{ cert: exact.cert, key: exact.key }]), ['example.org', 'other.test'], log);
     expect(credentials.entries).toHaveLength(1);
     const warnings = lines.filter((line) => line.level === WARN);
     expect(warnings).toHaveLength(1);
@@ -229,9 +225,7 @@ describe('createTlsCredentials', () => {
   describe('errors', () => {
     it('names a missing certificate file', async () => {
       const missing = join(dir, 'absent.crt');
-      const err = await credentialsError(
-        createTlsCredentials(tlsConfig([{ cert: missing, key: exact.key }]), [], capturingLog().log),
-      );
+      const err = await credentialsError(createTlsCredentials(tlsConfig([{ cert: missing, key: exact.key }]), [], capturingLog().log));
       expect(err.message).toContain(missing);
       expect(err.message).toContain('ENOENT');
       expect(err.problems).toEqual([expect.stringMatching(/^\/tls\/certificates\/0\/cert: cannot read .*absent\.crt: ENOENT/)]);
@@ -241,7 +235,10 @@ describe('createTlsCredentials', () => {
       const missing = join(dir, 'absent.key');
       const err = await credentialsError(
         createTlsCredentials(
-          tlsConfig([{ cert: exact.cert, key: exact.key }, { cert: wildcard.cert, key: missing }]),
+          tlsConfig([
+            { cert: exact.cert, key: exact.key },
+            { cert: wildcard.cert, key: missing },
+          ]),
           [],
           capturingLog().log,
         ),
@@ -253,9 +250,7 @@ describe('createTlsCredentials', () => {
     it('names a file that holds no certificate', async () => {
       const garbage = join(dir, 'garbage.crt');
       await writeFile(garbage, 'not a certificate\n');
-      const err = await credentialsError(
-        createTlsCredentials(tlsConfig([{ cert: garbage, key: exact.key }]), [], capturingLog().log),
-      );
+      const err = await credentialsError(createTlsCredentials(tlsConfig([{ cert: garbage, key: exact.key }]), [], capturingLog().log));
       expect(err.message).toContain(garbage);
     });
 
@@ -269,11 +264,7 @@ describe('createTlsCredentials', () => {
 
     it('refuses a wrong passphrase without printing it', async () => {
       const err = await credentialsError(
-        createTlsCredentials(
-          tlsConfig([{ cert: encrypted.cert, key: encrypted.key, passphrase: 'wrong guess' }]),
-          [],
-          capturingLog().log,
-        ),
+        createTlsCredentials(tlsConfig([{ cert: encrypted.cert, key: encrypted.key, passphrase: 'wrong guess' }]), [], capturingLog().log),
       );
       expect(err.message).toContain(encrypted.key);
       expect(err.message).not.toContain('wrong guess');
@@ -289,11 +280,7 @@ describe('createTlsCredentials', () => {
     it('is generated when there are no certificates, for every domain, localhost and 127.0.0.1', async () => {
       const { log, lines } = capturingLog();
       const before = Date.now();
-      const credentials = await createTlsCredentials(
-        tlsConfig([], { selfSigned: true }),
-        ['example.net', 'localhost'],
-        log,
-      );
+      const credentials = await createTlsCredentials(tlsConfig([], { selfSigned: true }), ['example.net', 'localhost'], log);
       expect(credentials.entries).toHaveLength(1);
       const entry = credentials.entries[0];
       expect(entry?.source).toBe('selfSigned');

@@ -146,33 +146,47 @@ describe('UnackedQueue ack', () => {
   type Step = [h: number, expected: AckResult, remaining: string[]];
   const cases: [name: string, pushed: number, steps: Step[]][] = [
     ['ack of 0 entries on a fresh queue', 0, [[0, { kind: 'acked', count: 0 }, []]]],
-    ['repeated h acks 0 entries', 3, [
-      [2, { kind: 'acked', count: 2 }, ['m2']],
-      [2, { kind: 'acked', count: 0 }, ['m2']],
-    ]],
-    ['partial acks, then all', 5, [
-      [1, { kind: 'acked', count: 1 }, range(1, 5)],
-      [3, { kind: 'acked', count: 2 }, range(3, 5)],
-      [5, { kind: 'acked', count: 2 }, []],
-      [5, { kind: 'acked', count: 0 }, []],
-    ]],
+    [
+      'repeated h acks 0 entries',
+      3,
+      [
+        [2, { kind: 'acked', count: 2 }, ['m2']],
+        [2, { kind: 'acked', count: 0 }, ['m2']],
+      ],
+    ],
+    [
+      'partial acks, then all',
+      5,
+      [
+        [1, { kind: 'acked', count: 1 }, range(1, 5)],
+        [3, { kind: 'acked', count: 2 }, range(3, 5)],
+        [5, { kind: 'acked', count: 2 }, []],
+        [5, { kind: 'acked', count: 0 }, []],
+      ],
+    ],
     ['all at once', 5, [[5, { kind: 'acked', count: 5 }, []]]],
     ['too-high on a fresh queue', 0, [[1, { kind: 'too-high', h: 1, sendCount: 0 }, []]]],
     ['too-high by one', 5, [[6, { kind: 'too-high', h: 6, sendCount: 5 }, range(0, 5)]]],
     // A fresh stream has acked nothing, so nothing can go backwards: 2^32-1 is "too high".
-    ['h = 2^32-1 on a fresh stream is too high', 5, [
-      [4294967295, { kind: 'too-high', h: 4294967295, sendCount: 5 }, range(0, 5)],
-    ]],
-    ['backwards is tolerated and changes nothing', 5, [
-      [3, { kind: 'acked', count: 3 }, range(3, 5)],
-      [1, { kind: 'backwards', h: 1, previous: 3 }, range(3, 5)],
-      [0, { kind: 'backwards', h: 0, previous: 3 }, range(3, 5)],
-      [4, { kind: 'acked', count: 1 }, ['m4']],
-    ]],
-    ['below everything ever acked is too high, not backwards', 5, [
-      [3, { kind: 'acked', count: 3 }, range(3, 5)],
-      [4294967295, { kind: 'too-high', h: 4294967295, sendCount: 5 }, range(3, 5)],
-    ]],
+    ['h = 2^32-1 on a fresh stream is too high', 5, [[4294967295, { kind: 'too-high', h: 4294967295, sendCount: 5 }, range(0, 5)]]],
+    [
+      'backwards is tolerated and changes nothing',
+      5,
+      [
+        [3, { kind: 'acked', count: 3 }, range(3, 5)],
+        [1, { kind: 'backwards', h: 1, previous: 3 }, range(3, 5)],
+        [0, { kind: 'backwards', h: 0, previous: 3 }, range(3, 5)],
+        [4, { kind: 'acked', count: 1 }, ['m4']],
+      ],
+    ],
+    [
+      'below everything ever acked is too high, not backwards',
+      5,
+      [
+        [3, { kind: 'acked', count: 3 }, range(3, 5)],
+        [4294967295, { kind: 'too-high', h: 4294967295, sendCount: 5 }, range(3, 5)],
+      ],
+    ],
   ];
 
   it.each(cases)('%s', (_name, pushed, steps) => {
@@ -225,29 +239,38 @@ describe('UnackedQueue across the 2^32 wrap', () => {
   const cases: [name: string, steps: Step[]][] = [
     ['one ack across the wrap', [[3, { kind: 'acked', count: 9 }, ['m9']]]],
     ['ack of 0 entries at initialSent', [[initialSent, { kind: 'acked', count: 0 }, range(0, 10)]]],
-    ['acks up to, over and past the wrap', [
-      [4294967293, { kind: 'acked', count: 3 }, range(3, 10)],
-      [4294967295, { kind: 'acked', count: 2 }, range(5, 10)],
-      [0, { kind: 'acked', count: 1 }, range(6, 10)],
-      [2, { kind: 'acked', count: 2 }, range(8, 10)],
-      [4, { kind: 'acked', count: 2 }, []],
-    ]],
-    ['too-high across the wrap', [
-      [4294967295, { kind: 'acked', count: 5 }, range(5, 10)],
-      [5, { kind: 'too-high', h: 5, sendCount: 4 }, range(5, 10)],
-      [1000, { kind: 'too-high', h: 1000, sendCount: 4 }, range(5, 10)],
-    ]],
+    [
+      'acks up to, over and past the wrap',
+      [
+        [4294967293, { kind: 'acked', count: 3 }, range(3, 10)],
+        [4294967295, { kind: 'acked', count: 2 }, range(5, 10)],
+        [0, { kind: 'acked', count: 1 }, range(6, 10)],
+        [2, { kind: 'acked', count: 2 }, range(8, 10)],
+        [4, { kind: 'acked', count: 2 }, []],
+      ],
+    ],
+    [
+      'too-high across the wrap',
+      [
+        [4294967295, { kind: 'acked', count: 5 }, range(5, 10)],
+        [5, { kind: 'too-high', h: 5, sendCount: 4 }, range(5, 10)],
+        [1000, { kind: 'too-high', h: 1000, sendCount: 4 }, range(5, 10)],
+      ],
+    ],
     ['too-high before any ack', [[5, { kind: 'too-high', h: 5, sendCount: 4 }, range(0, 10)]]],
-    ['backwards across the wrap', [
-      [2, { kind: 'acked', count: 8 }, range(8, 10)],
-      [4294967293, { kind: 'backwards', h: 4294967293, previous: 2 }, range(8, 10)],
-      [4294967295, { kind: 'backwards', h: 4294967295, previous: 2 }, range(8, 10)],
-      [1, { kind: 'backwards', h: 1, previous: 2 }, range(8, 10)],
-      [initialSent, { kind: 'backwards', h: initialSent, previous: 2 }, range(8, 10)],
-      // one below the first value this queue ever held: never acked, so too high
-      [initialSent - 1, { kind: 'too-high', h: initialSent - 1, sendCount: 4 }, range(8, 10)],
-      [3, { kind: 'acked', count: 1 }, ['m9']],
-    ]],
+    [
+      'backwards across the wrap',
+      [
+        [2, { kind: 'acked', count: 8 }, range(8, 10)],
+        [4294967293, { kind: 'backwards', h: 4294967293, previous: 2 }, range(8, 10)],
+        [4294967295, { kind: 'backwards', h: 4294967295, previous: 2 }, range(8, 10)],
+        [1, { kind: 'backwards', h: 1, previous: 2 }, range(8, 10)],
+        [initialSent, { kind: 'backwards', h: initialSent, previous: 2 }, range(8, 10)],
+        // one below the first value this queue ever held: never acked, so too high
+        [initialSent - 1, { kind: 'too-high', h: initialSent - 1, sendCount: 4 }, range(8, 10)],
+        [3, { kind: 'acked', count: 1 }, ['m9']],
+      ],
+    ],
   ];
 
   it.each(cases)('%s', (_name, steps) => {

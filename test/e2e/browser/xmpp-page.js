@@ -90,7 +90,8 @@
     }
 
     send(xml) {
-      if (this.ws === null || this.ws.readyState !== WebSocket.OPEN) throw new Error(`cannot send ${xml.slice(0, 80)}: the WebSocket is not open`);
+      if (this.ws === null || this.ws.readyState !== WebSocket.OPEN)
+        throw new Error(`cannot send ${xml.slice(0, 80)}: the WebSocket is not open`);
       this.ws.send(xml);
     }
 
@@ -180,17 +181,23 @@
     /** SASL PLAIN, then the stream restart (RFC 7395 §3.7: a new <open/>, no WebSocket reconnection). */
     async authenticate(domain, username, password) {
       this.send(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${plainMessage(username, password)}</auth>`);
-      const outcome = await this.expect((el) => el.namespaceURI === NS.sasl && (el.localName === 'success' || el.localName === 'failure'), 'SASL <success/>');
+      const outcome = await this.expect(
+        (el) => el.namespaceURI === NS.sasl && (el.localName === 'success' || el.localName === 'failure'),
+        'SASL <success/>',
+      );
       if (outcome.localName !== 'success') throw new Error(`SASL PLAIN failed: ${new XMLSerializer().serializeToString(outcome)}`);
       return this.openStream(domain);
     }
 
     async bind(resource) {
       const id = `bind-${this.nextId++}`;
-      this.send(`<iq xmlns='${NS.client}' type='set' id='${id}'><bind xmlns='${NS.bind}'><resource>${escapeXml(resource)}</resource></bind></iq>`);
+      this.send(
+        `<iq xmlns='${NS.client}' type='set' id='${id}'><bind xmlns='${NS.bind}'><resource>${escapeXml(resource)}</resource></bind></iq>`,
+      );
       const result = await this.expect((el) => is(el, 'iq', NS.client) && el.getAttribute('id') === id, 'the bind result');
       const jid = result.getElementsByTagNameNS(NS.bind, 'jid')[0];
-      if (result.getAttribute('type') !== 'result' || jid === undefined) throw new Error(`bind failed: ${new XMLSerializer().serializeToString(result)}`);
+      if (result.getAttribute('type') !== 'result' || jid === undefined)
+        throw new Error(`bind failed: ${new XMLSerializer().serializeToString(result)}`);
       return jid.textContent;
     }
 
@@ -201,7 +208,10 @@
       await this.authenticate(domain, username, password);
       this.jid = await this.bind(resource);
       this.send(`<enable xmlns='${NS.sm}' resume='true'/>`);
-      const answer = await this.expect((el) => el.namespaceURI === NS.sm && (el.localName === 'enabled' || el.localName === 'failed'), '<enabled/>');
+      const answer = await this.expect(
+        (el) => el.namespaceURI === NS.sm && (el.localName === 'enabled' || el.localName === 'failed'),
+        '<enabled/>',
+      );
       if (answer.localName !== 'enabled') throw new Error(`stream management refused: ${new XMLSerializer().serializeToString(answer)}`);
       this.smId = answer.getAttribute('id');
       return { jid: this.jid, smId: this.smId };
@@ -214,12 +224,22 @@
       await this.openStream(domain);
       await this.authenticate(domain, username, password);
       this.send(`<resume xmlns='${NS.sm}' previd='${escapeXml(this.smId)}' h='${this.h}'/>`);
-      const answer = await this.expect((el) => el.namespaceURI === NS.sm && (el.localName === 'resumed' || el.localName === 'failed'), '<resumed/>');
-      return { name: answer.localName, h: answer.getAttribute('h'), previd: answer.getAttribute('previd'), xml: new XMLSerializer().serializeToString(answer) };
+      const answer = await this.expect(
+        (el) => el.namespaceURI === NS.sm && (el.localName === 'resumed' || el.localName === 'failed'),
+        '<resumed/>',
+      );
+      return {
+        name: answer.localName,
+        h: answer.getAttribute('h'),
+        previd: answer.getAttribute('previd'),
+        xml: new XMLSerializer().serializeToString(answer),
+      };
     }
 
     sendMessage(to, body, id) {
-      this.send(`<message xmlns='${NS.client}' to='${escapeXml(to)}' type='chat' id='${escapeXml(id)}'><body>${escapeXml(body)}</body></message>`);
+      this.send(
+        `<message xmlns='${NS.client}' to='${escapeXml(to)}' type='chat' id='${escapeXml(id)}'><body>${escapeXml(body)}</body></message>`,
+      );
     }
 
     /** Resolves once `count` messages were received in all; the error says how many came. */
@@ -228,7 +248,12 @@
         const deadline = Date.now() + timeoutMs;
         const check = () => {
           if (this.messages.length >= count) resolve(this.messages.length);
-          else if (Date.now() > deadline) reject(new Error(`expected ${count} messages within ${timeoutMs} ms, got ${this.messages.length}: ${JSON.stringify(this.messages.map((m) => m.body))}`));
+          else if (Date.now() > deadline)
+            reject(
+              new Error(
+                `expected ${count} messages within ${timeoutMs} ms, got ${this.messages.length}: ${JSON.stringify(this.messages.map((m) => m.body))}`,
+              ),
+            );
           else setTimeout(check, 20);
         };
         check();
@@ -241,7 +266,8 @@
         const deadline = Date.now() + timeoutMs;
         const check = () => {
           if (this.ws === null || this.ws.readyState === WebSocket.CLOSED) resolve(this.closes[this.closes.length - 1] ?? null);
-          else if (Date.now() > deadline) reject(new Error(`expected the WebSocket to close within ${timeoutMs} ms (readyState ${this.ws.readyState})`));
+          else if (Date.now() > deadline)
+            reject(new Error(`expected the WebSocket to close within ${timeoutMs} ms (readyState ${this.ws.readyState})`));
           else setTimeout(check, 20);
         };
         check();

@@ -149,14 +149,19 @@ export function describeRealClientResumption(suite: RealClientSuite): void {
       expect(aliceJid.startsWith(`${USERS.alice.username}@${fixture.domain}/`)).toBe(true);
       const enabled = await client.expectEvent('sm_enabled');
       expect(enabled.resume).toBe(true);
-      console.info(`${suite.library} ${String(ready.version)} via ${tls} to ${kind}: SASL ${String(authenticated.mechanism)}, bound ${aliceJid}`);
+      console.info(
+        `${suite.library} ${String(ready.version)} via ${tls} to ${kind}: SASL ${String(authenticated.mechanism)}, bound ${aliceJid}`,
+      );
 
       // Chat both ways.
       const sendFromBob = (bodies: readonly string[], idPrefix: string): void =>
         zip(idPrefix, bodies).forEach(([id, body]) => bobClient.sendMessage(aliceJid, body, id));
       const expectAtAlice = async (bodies: readonly string[]): Promise<ChildEvent[]> => {
         const received: ChildEvent[] = [];
-        for (const body of bodies) received.push(await client.expectEvent('message', (e) => e.from === bobJid && e.body === body, `the message '${body}' from ${bobJid}`));
+        for (const body of bodies)
+          received.push(
+            await client.expectEvent('message', (e) => e.from === bobJid && e.body === body, `the message '${body}' from ${bobJid}`),
+          );
         return received;
       };
       const sendFromAlice = (bodies: readonly string[], idPrefix: string): void =>
@@ -205,7 +210,9 @@ export function describeRealClientResumption(suite: RealClientSuite): void {
       // duplicate of the earlier ones could have), none bounced; one session, resumed once, never
       // re-bound. (Only this test's bob counts: a server may keep messages for an earlier test's
       // alice and hand them to this one.)
-      const fromBob = client.events.filter((e) => e.event === 'message' && e.from === bobJid).map(({ type, id, body }) => ({ type, id, body }));
+      const fromBob = client.events
+        .filter((e) => e.event === 'message' && e.from === bobJid)
+        .map(({ type, id, body }) => ({ type, id, body }));
       const sentByBob = [...zip('b', BEFORE), ...zip('w', AWAY), ...zip('r', AFTER)].map(([id, body]) => ({ type: 'chat', id, body }));
       expect(fromBob, `alice's events:\n${client.events.map((e) => JSON.stringify(e)).join('\n')}`).toEqual(sentByBob);
       expect(client.events.filter((e) => e.event === 'session_start')).toHaveLength(1);
