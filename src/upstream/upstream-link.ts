@@ -12,7 +12,7 @@ import { StreamScanner, type ScannedElement, type StreamHeader } from '../xml/st
  * The legacy server is trusted, and sends what clients asked for (a large roster, a vCard with a
  * photo): its elements are limited far above the client limit, only to bound memory.
  */
-export const UPSTREAM_MAX_STANZA_BYTES = 16 * 1024 * 1024;
+const UPSTREAM_MAX_STANZA_BYTES = 16 * 1024 * 1024;
 const UPSTREAM_MAX_DEPTH = 256;
 /** How long a closing upstream link waits for the server's `</stream:stream>`. */
 const CLOSE_WAIT_MS = 2000;
@@ -70,23 +70,55 @@ export interface UpstreamStream {
 }
 
 /**
+ * Where an {@link UpstreamLink} is in its life. `open` carries the timers of a live stream (the
+ * wait for the server's header, the whitespace keepalive), `closing` the bounded wait for the
+ * server's `</stream:stream>`; `released` means the socket was handed to another owner
+ * ({@link UpstreamLink.release}) and the link no longer reads, writes or reports anything.
+ */
+type UpstreamPhase =
+  | { readonly kind: 'open'; headerTimer: NodeJS.Timeout | undefined; keepaliveTimer: NodeJS.Timeout | undefined }
+  | { readonly kind: 'closing'; readonly closeTimer: NodeJS.Timeout }
+  | { readonly kind: 'released' }
+  | { readonly kind: 'ended' };
+
+/**
+ * An upstream stream taken out of its link to be carried elsewhere (another process of the proxy,
+ * on upgrade): the connected socket, and the server's current stream header, which the adopting
+ * link reads again so that its scanner stands inside the stream with the same namespaces in scope.
+ */
+export interface ReleasedUpstream {
+  readonly socket: Socket;
+  readonly serverHeader: Buffer;
+}
+
+/**
  * One XML stream to the legacy server, on behalf of one client session. Created connected (and
  * with TLS negotiated on the hop if configured) by `UpstreamLink.connect`; the session then opens
- * the stream with the client's header.
+ * the stream with the client's header. `release` and `adopt` move an open stream to a new link
+ * without the server noticing.
  */
 export class UpstreamLink implements UpstreamStream {
   private handler: UpstreamHandler | undefined;
   private readonly scanner: StreamScanner;
   private readonly writer: CoalescingWriter;
-  private closing = false;
-  private streamClosed = false;
-  private endedFlag = false;
-  private closeTimer: NodeJS.Timeout | undefined;
-  private keepaliveTimer: NodeJS.Timeout | undefined;
-  private headerTimer: NodeJS.Timeout | undefined;
+  private phase: UpstreamPhase = { kind: 'open', headerTimer: undefined, keepaliveTimer: undefined };
+  /** The server closed its stream (it may do so before or after the proxy closes its own). */
+  private serverClosed = false;
   private wroteSinceKeepalive = false;
+  /** The server's current stream header, kept for `release`. */
+  private serverHeader: Buffer | undefined;
   /** What the server's current stream header declares beyond the default namespace and `stream`. */
   private inherited: InheritedNamespaces | undefined;
+  private readonly onData = (chunk: Buffer): void => this.scanner.write(chunk);
+  private readonly onDrain = (): void => this.handler?.onDrain();
+  private readonly onError = (err: Error): void => this.log.debug({ err: err.message }, 'upstream socket error');
+  private readonly onClose = (): void => {
+    const phase = this.phase;
+    if (phase.kind === 'ended' || phase.kind === 'released') return;
+    this.clearTimers();
+    this.phase = { kind: 'ended' };
+    this.handler?.onEnd(this.serverClosed);
+  };
 
   private constructor(
     private readonly socket: Socket,
@@ -96,8 +128,11 @@ export class UpstreamLink implements UpstreamStream {
     this.scanner = new StreamScanner(
       {
         onStreamOpen: (header) => {
-          clearTimeout(this.headerTimer);
-          this.headerTimer = undefined;
+          if (this.phase.kind === 'open') {
+            clearTimeout(this.phase.headerTimer);
+            this.phase.headerTimer = undefined;
+          }
+          this.serverHeader = Buffer.from(header.bytes);
           this.inherited = InheritedNamespaces.of(header);
           this.handler?.onStreamOpen(header);
         },
@@ -105,10 +140,10 @@ export class UpstreamLink implements UpstreamStream {
         // are made explicit on each element that uses them, before anyone reads or queues it.
         onElement: (element) => this.handler?.onElement(this.inherited === undefined ? element : this.inherited.applyTo(element)),
         onStreamClose: () => {
-          this.streamClosed = true;
+          this.serverClosed = true;
           // RFC 6120 §4.4: both streams are closed once the server answers our close; the TCP
           // connection can go now, whatever the session (perhaps closed already) does with the event.
-          if (this.closing) this.writer.end();
+          if (this.phase.kind === 'closing') this.writer.end();
           this.handler?.onStreamClose();
         },
         onError: (error) => {
@@ -126,17 +161,10 @@ export class UpstreamLink implements UpstreamStream {
     this.writer = new CoalescingWriter(socket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 60_000);
-    socket.on('data', (chunk: Buffer) => this.scanner.write(chunk));
-    socket.on('drain', () => this.handler?.onDrain());
-    socket.on('error', (err) => this.log.debug({ err: err.message }, 'upstream socket error'));
-    socket.on('close', () => {
-      if (this.endedFlag) return;
-      this.endedFlag = true;
-      clearTimeout(this.closeTimer);
-      clearTimeout(this.headerTimer);
-      clearInterval(this.keepaliveTimer);
-      this.handler?.onEnd(this.streamClosed);
-    });
+    socket.on('data', this.onData);
+    socket.on('drain', this.onDrain);
+    socket.on('error', this.onError);
+    socket.on('close', this.onClose);
   }
 
   /**
@@ -155,8 +183,21 @@ export class UpstreamLink implements UpstreamStream {
     }
   }
 
+  /**
+   * A link for a stream that another link released: the scanner reads the server's header again
+   * (reporting nothing: no handler is installed yet) and goes on with the socket's next byte as the
+   * next element. The link starts paused, as `release` left the socket: install the handler, then
+   * `resume()`. The stream is past authentication, so the caller usually starts the keepalive.
+   */
+  static adopt(released: ReleasedUpstream, target: UpstreamTarget, log: Logger): UpstreamLink {
+    const link = new UpstreamLink(released.socket, target, log);
+    released.socket.pause();
+    link.scanner.write(released.serverHeader);
+    return link;
+  }
+
   get ended(): boolean {
-    return this.endedFlag;
+    return this.phase.kind === 'ended' || this.phase.kind === 'released';
   }
 
   setHandler(handler: UpstreamHandler): void {
@@ -168,10 +209,12 @@ export class UpstreamLink implements UpstreamStream {
    * does not answer with its own header within the connect timeout fails the link.
    */
   sendHeader(attrs: StreamHeaderAttrs): void {
+    const phase = this.phase;
+    if (phase.kind !== 'open') return;
     this.write(renderStreamHeader(attrs));
-    clearTimeout(this.headerTimer);
+    clearTimeout(phase.headerTimer);
     const timeoutMs = this.target.connectTimeoutMs;
-    this.headerTimer = setTimeout(() => {
+    phase.headerTimer = setTimeout(() => {
       this.failWith(
         new UpstreamError(
           ErrorCode.UPSTREAM_CONNECT,
@@ -180,11 +223,11 @@ export class UpstreamLink implements UpstreamStream {
         ),
       );
     }, timeoutMs);
-    this.headerTimer.unref();
+    phase.headerTimer.unref();
   }
 
   private failWith(error: UpstreamError): void {
-    if (this.endedFlag) return;
+    if (this.ended) return;
     this.handler?.onFailure(error);
     this.socket.destroy();
   }
@@ -200,12 +243,13 @@ export class UpstreamLink implements UpstreamStream {
    * see an idle connection. Never before authentication (RFC 6120 §6.3.5: no whitespace in SASL).
    */
   startKeepalive(intervalMs: number): void {
-    if (this.keepaliveTimer !== undefined || this.endedFlag) return;
-    this.keepaliveTimer = setInterval(() => {
-      if (!this.wroteSinceKeepalive && !this.closing) this.write(' ');
+    const phase = this.phase;
+    if (phase.kind !== 'open' || phase.keepaliveTimer !== undefined) return;
+    phase.keepaliveTimer = setInterval(() => {
+      if (!this.wroteSinceKeepalive) this.write(' ');
       this.wroteSinceKeepalive = false;
     }, intervalMs);
-    this.keepaliveTimer.unref();
+    phase.keepaliveTimer.unref();
   }
 
   /** The next thing the server sends is a new stream header (after SASL success). */
@@ -218,13 +262,13 @@ export class UpstreamLink implements UpstreamStream {
    * socket is ended as soon as the server's `</stream:stream>` is there (or at once if it already was).
    */
   close(): void {
-    if (this.closing || this.endedFlag) return;
-    this.closing = true;
-    clearInterval(this.keepaliveTimer);
+    if (this.phase.kind !== 'open') return;
+    this.clearTimers();
     this.write(STREAM_CLOSE);
-    if (this.streamClosed) this.writer.end();
-    this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
-    this.closeTimer.unref();
+    if (this.serverClosed) this.writer.end();
+    const closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
+    closeTimer.unref();
+    this.phase = { kind: 'closing', closeTimer };
   }
 
   destroy(): void {
@@ -239,8 +283,47 @@ export class UpstreamLink implements UpstreamStream {
     this.socket.resume();
   }
 
+  /**
+   * Takes the stream out of this link, for {@link UpstreamLink.adopt} elsewhere, without a byte
+   * to the server. Only a stream that can continue on another scanner qualifies: open, the
+   * server's header read and its stream not closed, nothing of an element held half-read, nothing
+   * written and not yet sent, and the hop not TLS (TLS state cannot leave the process). Bytes the
+   * socket already buffered are scanned first, so their elements reach the handler before the
+   * release. Returns `undefined`, and changes nothing, when the stream does not qualify now.
+   * The socket stays paused: what the server sends from now on waits in it for the adopter.
+   */
+  release(): ReleasedUpstream | undefined {
+    if (this.phase.kind !== 'open' || this.serverHeader === undefined || this.serverClosed) return undefined;
+    if (this.target.security !== 'plain') return undefined;
+    this.socket.pause();
+    // On a paused socket, read() hands everything it buffered to the 'data' listener: the scanner.
+    this.socket.read();
+    this.writer.flush();
+    if (this.scanner.midElement || this.socket.writableLength > 0 || this.ended) {
+      if (!this.ended) this.socket.resume();
+      return undefined;
+    }
+    this.clearTimers();
+    this.phase = { kind: 'released' };
+    this.socket.off('data', this.onData);
+    this.socket.off('drain', this.onDrain);
+    this.socket.off('error', this.onError);
+    this.socket.off('close', this.onClose);
+    return { socket: this.socket, serverHeader: this.serverHeader };
+  }
+
+  private clearTimers(): void {
+    const phase = this.phase;
+    if (phase.kind === 'open') {
+      clearTimeout(phase.headerTimer);
+      clearInterval(phase.keepaliveTimer);
+    } else if (phase.kind === 'closing') {
+      clearTimeout(phase.closeTimer);
+    }
+  }
+
   private write(data: Buffer | string): boolean {
-    if (this.endedFlag || this.socket.destroyed) return true;
+    if (this.ended || this.socket.destroyed) return true;
     this.wroteSinceKeepalive = true;
     return this.writer.write(data);
   }

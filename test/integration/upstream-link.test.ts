@@ -131,3 +131,85 @@ describe('UpstreamLink.connect with STARTTLS on the hop (RFC 6120 §5.4)', () =>
     await waitUntil(() => server.sockets.length === 1 && server.ended.size === 1, 'the proxy to drop the stalled connection', 1000);
   });
 });
+
+describe('UpstreamLink.release and UpstreamLink.adopt (an open stream moves to a new link)', () => {
+  /** Server header declaring a prefix that the server's elements rely on (Namespaces in XML 1.0 §6.1). */
+  const HEADER_WITH_PREFIX = SERVER_HEADER.replace(" id='s1'", " xmlns:ext='urn:example:ext' id='s1'");
+
+  function elementRecorder(): ReturnType<typeof recordingHandler> & { elements: string[] } {
+    const handler = Object.assign(recordingHandler(), { elements: [] as string[] });
+    handler.onElement = (element) => {
+      handler.events.push('element');
+      handler.elements.push(element.bytes.toString('utf8'));
+    };
+    return handler;
+  }
+
+  it('carries the stream across without a byte to the server, the header namespaces still in scope', async () => {
+    const received: string[] = [];
+    const server = await startServer((socket, text) => {
+      received.push(text);
+      if (text.includes('<stream:stream')) socket.write(HEADER_WITH_PREFIX + "<message id='1'/><message id='2'><bo");
+    });
+    const old = await UpstreamLink.connect(target(server.port), log);
+    const oldHandler = elementRecorder();
+    old.setHandler(oldHandler);
+    old.sendHeader({ to: 'localhost', version: '1.0' });
+    await waitUntil(() => oldHandler.elements.length === 1, 'the first message');
+
+    expect(old.release(), 'a release while an element is half read').toBeUndefined();
+    expect(old.ended).toBe(false);
+    server.sockets[0]!.write("dy>hi</body></message><message id='3'><ext:x/></message>");
+    await waitUntil(() => oldHandler.elements.length === 3, 'the rest of the stream on the old link');
+
+    const released = old.release();
+    expect(released).toBeDefined();
+    expect(old.ended).toBe(true);
+    // What the server sends in between waits in the socket for the adopter.
+    server.sockets[0]!.write("<message id='4'><ext:x/></message>");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(oldHandler.elements).toHaveLength(3);
+
+    const adopted = UpstreamLink.adopt(released!, target(server.port), log);
+    const newHandler = elementRecorder();
+    adopted.setHandler(newHandler);
+    adopted.resume();
+    await waitUntil(() => newHandler.elements.length === 1, 'the message sent during the hand-over');
+    expect(newHandler.events, 'no second stream open reported').toEqual(['element']);
+    expect(newHandler.elements[0]).toBe("<message xmlns:ext='urn:example:ext' id='4'><ext:x/></message>");
+    expect(oldHandler.elements[2]).toBe("<message xmlns:ext='urn:example:ext' id='3'><ext:x/></message>");
+
+    const before = received.join('');
+    adopted.send("<presence id='p'/>");
+    await waitUntil(() => received.join('').length > before.length, 'the server to read from the adopted link');
+    expect(received.join('').slice(before.length)).toBe("<presence id='p'/>");
+
+    server.sockets[0]!.once('end', () => server.sockets[0]!.end());
+    server.sockets[0]!.write('</stream:stream>');
+    await waitUntil(() => newHandler.events.includes('close'), "the server's close on the adopted link");
+    adopted.close();
+    await waitUntil(() => newHandler.endedClean !== undefined, 'the adopted link to end');
+    expect(newHandler.endedClean).toBe(true);
+    expect(
+      oldHandler.events.filter((e) => e !== 'element'),
+      'the released link reports nothing more',
+    ).toEqual(['open']);
+  });
+
+  it('refuses before the server answered, while closing, and after the server closed', async () => {
+    const server = await startServer((socket, text) => {
+      if (text.includes('<stream:stream')) socket.write(SERVER_HEADER);
+    });
+    const link = await UpstreamLink.connect(target(server.port), log);
+    const handler = recordingHandler();
+    link.setHandler(handler);
+    expect(link.release(), 'no server header yet').toBeUndefined();
+    link.sendHeader({ to: 'localhost', version: '1.0' });
+    await waitUntil(() => handler.events.includes('open'), "the server's stream header");
+    server.sockets[0]!.write('</stream:stream>');
+    await waitUntil(() => handler.events.includes('close'), "the server's close");
+    expect(link.release(), 'the server closed its stream').toBeUndefined();
+    link.close();
+    expect(link.release(), 'closing').toBeUndefined();
+  });
+});
