@@ -4,6 +4,8 @@ import { findDomain, type ListenerConfig, type ProxyConfig } from './config/conf
 import { ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
+import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
+import { SessionHooks } from './session/hooks.js';
 import { Session, type SessionDeps } from './session/session.js';
 import { SessionRegistry } from './session/session-registry.js';
 import { MemoryBudget } from './sm/memory-budget.js';
@@ -84,6 +86,7 @@ export class Proxy {
       registry: this.registry,
       events: this.events,
       budget: new MemoryBudget(sm.globalQueueBytes),
+      hooks: new SessionHooks(BUILTIN_HOOKS),
       upstreamFor: (domain) => this.upstreamTarget(domain),
       connectUpstream,
       reportFindings: (domain, findings) => this.reportFindings(domain, findings),

@@ -201,7 +201,7 @@ export interface ProxyConfig {
 }
 
 /** Shown instead of every `passphrase` by {@link describeConfig}. */
-export const ELIDED = '<elided>';
+const ELIDED = '<elided>';
 
 let validator: ValidateFunction | undefined;
 

@@ -1,6 +1,7 @@
 import { parseElement } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
+import type { SessionHook } from '../session/hooks.js';
 
 /**
  * Adds a XEP-0203 `<delay/>` to the original bytes of a top-level `<message/>` without
@@ -49,3 +50,14 @@ export function isMessage(stanza: Buffer): boolean {
 function isNameEnd(c: number | undefined): boolean {
   return c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x2f || c === 0x3e;
 }
+
+/** XEP-0198 §5 with XEP-0203: a message resent after `<resumed/>` carries the time it was first sent, from the user's server. */
+export const replayDelayStamp: SessionHook = {
+  name: 'replay-delay-stamp',
+  replay(bytes, sentAtMs, session) {
+    const jid = session.jid;
+    if (jid === undefined || !isMessage(bytes)) return bytes;
+    const slash = jid.indexOf('/');
+    return addDelay(bytes, sentAtMs, slash === -1 ? jid : jid.slice(0, slash));
+  },
+};

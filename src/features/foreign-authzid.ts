@@ -1,7 +1,9 @@
 import { parseElement } from '../xml/element.js';
 import { NS } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
-import { initialNames } from './sasl-identity.js';
+import { ErrorCode } from '../errors.js';
+import type { SessionHook } from '../session/hooks.js';
+import { initialNames } from '../session/sasl-identity.js';
 
 /**
  * A SASL `<auth/>` whose authorization identity names another account than the one whose
@@ -26,3 +28,15 @@ export function refuseForeignAuthzid(element: ScannedElement, domain: string): s
     `<text xml:lang='en'>the authorization identity must be empty or your own bare JID</text></failure>`
   );
 }
+
+/** Refuses a foreign authorization identity before the `<auth/>` reaches the legacy server. */
+export const foreignAuthzidRefusal: SessionHook = {
+  name: 'foreign-authzid-refusal',
+  fromClient(element, phase, session) {
+    if (phase !== 'authenticating') return undefined;
+    const failure = refuseForeignAuthzid(element, session.domain ?? '');
+    if (failure === undefined) return undefined;
+    session.log.info({ code: ErrorCode.SASL_FOREIGN_AUTHZID }, 'SASL authorization identity of another account refused');
+    return { kind: 'answer-nonza', nonza: failure };
+  },
+};

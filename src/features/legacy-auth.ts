@@ -2,6 +2,7 @@ import { parseElement } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
+import type { SessionHook } from '../session/hooks.js';
 
 /**
  * XEP-0078 non-SASL authentication through the proxy is refused, and the legacy server's offer of
@@ -29,3 +30,15 @@ export function refuseLegacyAuth(element: ScannedElement): string | undefined {
     '</error></iq>'
   );
 }
+
+/** Answers XEP-0078 requests before authentication; afterwards the legacy server has its say. */
+export const legacyAuthRefusal: SessionHook = {
+  name: 'legacy-auth-refusal',
+  fromClient(element, phase, session) {
+    if (phase !== 'authenticating') return undefined;
+    const refusal = refuseLegacyAuth(element);
+    if (refusal === undefined) return undefined;
+    session.log.info('XEP-0078 non-SASL authentication refused');
+    return { kind: 'answer-stanza', stanza: refusal };
+  },
+};

@@ -52,11 +52,10 @@ function isRemoved(child: Element): boolean {
 /**
  * Rewrites the legacy server's `<stream:features/>` for the client. SASL mechanisms
  * pass unchanged: editing them would trip clients that pin mechanisms or check XEP-0474 hashes.
- * After authentication the proxy adds `<sm/>` in both namespaces (XEP-0198 §2: the feature is
- * offered once stanzas can flow; Dino resumes as soon as any features contain `<sm/>`, so never
- * before authentication).
+ * `additions` are the proxy's own offers (the session hooks' `advertise`, such as `<sm/>` after
+ * authentication), appended after what is kept.
  */
-export function rewriteFeatures(upstream: Element, phase: FeaturesPhase): RewrittenFeatures {
+export function rewriteFeatures(upstream: Element, additions: readonly Element[]): RewrittenFeatures {
   // Declarations the upstream features element carries (made explicit from the server's stream
   // header when its children use them) stay, so that the children kept can still rely on them.
   const declarations: Record<string, string> = {};
@@ -77,10 +76,7 @@ export function rewriteFeatures(upstream: Element, phase: FeaturesPhase): Rewrit
     if (child.getNS() === NS.saslChannelBinding) channelBindingTypes = true;
     features.cnode(child);
   }
-  if (phase === 'post-auth') {
-    features.cnode(xml('sm', { xmlns: NS.sm2 }));
-    features.cnode(xml('sm', { xmlns: NS.sm3 }));
-  }
+  for (const added of additions) features.cnode(added);
   return { features, findings: { channelBindingMechanisms, channelBindingTypes } };
 }
 

@@ -7,20 +7,19 @@ import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
 import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
 import { parseElement, type Element } from '../xml/element.js';
-import { escapeXml } from '../xml/escape.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
 import { sanitizeForLog } from '../xml/sanitize.js';
 import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
-import { addDelay, isMessage } from './delay-stamp.js';
 import { FlowControl } from './flow-control.js';
-import { pingAnswer, unackedDisposal } from './hibernation.js';
+import { disposeUnacked } from './unacked-disposal.js';
+import { HOW_TO_END, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SmEvents } from './events.js';
 import { rewriteFeatures, type FeaturesFindings } from './features.js';
-import { refuseForeignAuthzid } from './foreign-authzid.js';
-import { refuseLegacyAuth } from './legacy-auth.js';
-import { SaslIdentity } from './sasl-identity.js';
+import type { ClientPhase, SessionHandle, SessionHooks } from './hooks.js';
+import { AckClock } from './ack-clock.js';
+import { StreamSetup, bare, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
 import type { ResumeHandOver, SessionRegistry } from './session-registry.js';
 import { StreamManagement, type SmSettings } from '../sm/stream-management.js';
 
@@ -46,6 +45,8 @@ export interface SessionDeps {
   readonly registry: SessionRegistry;
   readonly events: SmEvents;
   readonly budget: MemoryBudget;
+  /** The features' hooks every session runs, in order (hooks.ts). */
+  readonly hooks: SessionHooks;
   /** The upstream for a domain the client named, or undefined if it is not served. */
   readonly upstreamFor: (domain: string) => UpstreamTarget | undefined;
   readonly connectUpstream: (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>;
@@ -62,52 +63,33 @@ export interface SessionStart {
 }
 
 /**
- * The lifecycle of a session. Each variant carries what is valid in it; timers
- * belong to a variant and are cleared by `transition`.
+ * The lifecycle of a session. Each variant carries what is valid in it: the client link where
+ * there is one (a hibernating session has none), the upstream stream once connected; timers
+ * belong to a variant and are cleared by `transition`. A link that ended stays in its variant
+ * until the session moves on: writes to an ended link are no-ops.
  */
 type State =
   /** TLS is done (or in progress); waiting for the client's stream header. */
-  | { readonly name: 'opening'; readonly authTimer: NodeJS.Timeout }
+  | { readonly name: 'opening'; readonly link: ClientLink; readonly authTimer: NodeJS.Timeout }
   /** Connecting to the legacy server; client elements are held in order. */
-  | { readonly name: 'connecting'; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
-  /** Relaying the stream before SASL success. */
-  | { readonly name: 'authenticating'; readonly authTimer: NodeJS.Timeout; readonly upstream: UpstreamStream; readonly sasl: SaslIdentity }
-  /** SASL succeeded; the client may bind, or resume another session. */
+  | { readonly name: 'connecting'; readonly link: ClientLink; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
+  /** Relaying SASL and bind, or checking the account of a `<resume/>` (stream-setup.ts). */
   | {
-      readonly name: 'authenticated';
+      readonly name: 'negotiating';
+      readonly link: ClientLink;
       readonly authTimer: NodeJS.Timeout;
       readonly upstream: UpstreamStream;
-      /** Set when a failed resume bound a resource for the identity check (XEP-0198 §5). */
-      readonly boundJid: string | undefined;
-      /** The account the successful SASL exchange named, when it names one for sure (SaslIdentity). */
-      readonly saslJid: string | undefined;
-      /** The restarted stream's features have reached the client: a `<resumed/>` may follow them. */
-      readonly featuresRelayed: boolean;
-      /**
-       * The client's bind request, forwarded and not answered yet: only the answer to this id
-       * binds the session, and what the client pipelines behind it (an `<enable/>`) waits for it.
-       */
-      readonly pendingBind: { readonly id: string; readonly held: ScannedElement[] } | undefined;
-    }
-  /** A `<resume/>` is waiting for the legacy server's answer to the identity check. */
-  | {
-      readonly name: 'resuming';
-      readonly authTimer: NodeJS.Timeout;
-      readonly upstream: UpstreamStream;
-      readonly request: ResumeRequest;
-      readonly held: ScannedElement[];
-      readonly saslJid: string | undefined;
-      /** The SASL exchange confirmed the account; the answer waits for the restarted stream's features. */
-      readonly awaitingFeatures: boolean;
+      readonly setup: StreamSetup;
     }
   /** Bound: everything is relayed; stream management may be on. */
   | {
       readonly name: 'active';
+      readonly link: ClientLink;
       readonly upstream: UpstreamStream;
       readonly jid: string;
       readonly sm: StreamManagement | undefined;
-      readonly ackTimer: NodeJS.Timeout | undefined;
-      readonly requestTimer: NodeJS.Timeout | undefined;
+      /** Set with `sm`: when to ask the client for acks (ack-clock.ts). */
+      readonly clock: AckClock | undefined;
     }
   /** The client is away; the upstream is kept alive and stanzas are queued (README, Hibernation). */
   | {
@@ -119,7 +101,7 @@ type State =
       readonly expiryTimer: NodeJS.Timeout;
     }
   /** The client closed cleanly; waiting for the legacy server to close its stream. */
-  | { readonly name: 'closing'; readonly upstream: UpstreamStream }
+  | { readonly name: 'closing'; readonly link: ClientLink; readonly upstream: UpstreamStream }
   | { readonly name: 'closed' };
 
 type StateName = State['name'];
@@ -127,55 +109,12 @@ type StateName = State['name'];
 /** One table of allowed transitions; anything else is a bug. */
 const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   opening: ['connecting', 'closed'],
-  connecting: ['authenticating', 'closed'],
-  authenticating: ['authenticated', 'closing', 'closed'],
-  authenticated: ['authenticated', 'active', 'resuming', 'closing', 'closed'],
-  resuming: ['authenticated', 'closing', 'closed'],
+  connecting: ['negotiating', 'closed'],
+  negotiating: ['active', 'closing', 'closed'],
   active: ['active', 'hibernating', 'closing', 'closed'],
   hibernating: ['active', 'closed'],
   closing: ['closed'],
   closed: [],
-};
-
-interface ResumeRequest {
-  readonly ns: SmNamespace;
-  readonly previd: string;
-  readonly h: number;
-  readonly bindId: string;
-}
-
-/** Why a session ends ({@link Session.end}). */
-type EndCause =
-  /** The client closed, or the link ended without hibernation, or the legacy server answered our close. */
-  | { readonly kind: 'closed' }
-  /** A hibernation ran out (XEP-0198 §5). */
-  | { readonly kind: 'expired' }
-  /** The proxy stops while the session hibernates. */
-  | { readonly kind: 'shutdown' }
-  /** The proxy ends the stream with a stream error (bad input, limits, timeouts, shutdown of an attached session). */
-  | { readonly kind: 'stream-error'; readonly error: StreamError }
-  /** The unacked queue overflowed. */
-  | { readonly kind: 'queue-overflow'; readonly error: StreamError; readonly overflowing: Buffer }
-  /** The legacy server ended the user's stream with a stream error: relayed (RFC 6120 names). */
-  | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
-  /** The legacy server's connection failed or closed. */
-  | { readonly kind: 'upstream-lost'; readonly error: UpstreamError };
-
-/**
- * What each ending does (the client side is in `end`'s switch): the reason remembered for a late
- * `<resume/>` and logged, whether the unacked stanzas can still be answered through the user's
- * upstream stream (README, What it does), and whether that stream is closed or dropped.
- */
-const HOW_TO_END: Readonly<
-  Record<EndCause['kind'], { readonly reason: EndedReason; readonly unacked: 'answer' | 'lost'; readonly upstream: 'close' | 'destroy' }>
-> = {
-  closed: { reason: 'closed', unacked: 'answer', upstream: 'close' },
-  expired: { reason: 'expired', unacked: 'answer', upstream: 'close' },
-  shutdown: { reason: 'shutdown', unacked: 'answer', upstream: 'close' },
-  'stream-error': { reason: 'error', unacked: 'answer', upstream: 'close' },
-  'queue-overflow': { reason: 'queue-overflow', unacked: 'answer', upstream: 'close' },
-  'upstream-error': { reason: 'upstream-lost', unacked: 'lost', upstream: 'close' },
-  'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
 };
 
 /** Counters for the summary line logged when the session ends. */
@@ -192,19 +131,17 @@ const BIND_ID_PREFIX = 'smacks-proxy-bind-';
  * One client stream and its upstream stream to the legacy server. Relays SASL and
  * binding unchanged, forwards every other element as its original bytes, and does XEP-0198 itself.
  */
-export class Session {
+export class Session implements SessionHandle {
   readonly sid: string;
   private state: State;
-  private link: ClientLink | undefined;
-  private log: Logger;
-  private domain: string | undefined;
+  private logger: Logger;
+  private domainName: string | undefined;
   private readonly startedMs: number;
   private readonly stats: SessionStats = { fromClient: 0, toClient: 0, resumes: 0, peakQueue: 0 };
   private readonly deps: SessionDeps;
-  private ackCheckScheduled = false;
   /** Backpressure and protocol waits: when reading from the client or the legacy server pauses. */
   private readonly flow = new FlowControl(
-    () => this.link,
+    () => linkOf(this.state),
     () => this.upstreamOf(this.state),
   );
   /** XML is logged only at trace (README, Security); checked once, not per element. */
@@ -213,25 +150,45 @@ export class Session {
   constructor(deps: SessionDeps, start: SessionStart) {
     this.deps = deps;
     this.sid = start.sid;
-    this.log = start.log;
-    this.link = start.link;
+    this.logger = start.log;
     this.traceXml = start.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
-    this.state = { name: 'opening', authTimer: this.armAuthTimer() };
+    this.state = { name: 'opening', link: start.link, authTimer: this.armAuthTimer() };
     start.link.setHandler(this.clientHandler(start.link));
     deps.registry.add(this, start.link.address);
     this.log.debug('session opened');
   }
 
-  /** The current state's name, for tests and for the registry's shutdown logic. */
-  get stateName(): StateName {
-    return this.state.name;
+  /** The current state's name (while negotiating, the stream setup's phase), for tests and logs. */
+  get stateName(): Exclude<StateName, 'negotiating'> | SetupPhaseName {
+    const s = this.state;
+    return s.name === 'negotiating' ? s.setup.phaseName : s.name;
   }
 
   /** The bare JID once bound (logs, identity check on resumption). */
   get bareJid(): string | undefined {
     const s = this.state;
     return s.name === 'active' || s.name === 'hibernating' ? bare(s.jid) : undefined;
+  }
+
+  // --- what hooks see (hooks.ts) ---
+
+  get domain(): string | undefined {
+    return this.domainName;
+  }
+
+  get jid(): string | undefined {
+    const s = this.state;
+    return s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
+  }
+
+  get log(): Logger {
+    return this.logger;
+  }
+
+  sendUpstream(data: string): void {
+    const upstream = this.upstreamOf(this.state);
+    if (upstream !== undefined && !upstream.ended) this.toUpstream(upstream, data);
   }
 
   // --- transitions ---
@@ -271,7 +228,7 @@ export class Session {
    * flight on it must not touch the resumed session).
    */
   private clientHandler(link: ClientLink): ClientLinkHandler {
-    const current = (): boolean => this.link === link;
+    const current = (): boolean => linkOf(this.state) === link;
     return {
       onStreamOpen: (header) => current() && this.guard(() => this.onClientStreamOpen(header)),
       onElement: (element) => current() && this.guard(() => this.onClientElement(element)),
@@ -298,17 +255,16 @@ export class Session {
   private onClientStreamOpen(header: StreamHeader): void {
     const s = this.state;
     if (s.name === 'opening') {
-      this.openUpstream(header, s.authTimer);
+      this.openUpstream(s, header);
       return;
     }
-    if (s.name === 'authenticated' || s.name === 'resuming') {
+    if (s.name === 'negotiating' && s.setup.phaseName !== 'authenticating') {
       // RFC 6120 §6.4.6: after SASL success the client restarts the stream; so does the hop.
       s.upstream.sendHeader(headerAttrs(header));
     }
   }
 
-  private openUpstream(header: StreamHeader, authTimer: NodeJS.Timeout): void {
-    const link = this.requireLink();
+  private openUpstream({ link, authTimer }: Extract<State, { name: 'opening' }>, header: StreamHeader): void {
     const version = header.attrs.version;
     const to = header.attrs.to?.toLowerCase();
     if (version === undefined || !version.startsWith('1.')) {
@@ -323,8 +279,8 @@ export class Session {
       this.fail(new StreamError(ErrorCode.HOST_UNKNOWN, 'host-unknown', `stream to '${to ?? ''}' names no domain this proxy serves`));
       return;
     }
-    this.domain = to;
-    this.transition({ name: 'connecting', authTimer, held: [] });
+    this.domainName = to;
+    this.transition({ name: 'connecting', link, authTimer, held: [] });
     this.flow.waitForServer();
     link.setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytesPreAuth });
     this.log.debug({ domain: to, upstream: `${target.host}:${target.port}` }, 'connecting upstream');
@@ -347,7 +303,8 @@ export class Session {
       return;
     }
     upstream.setHandler(this.upstreamHandler(upstream));
-    this.transition({ name: 'authenticating', authTimer: s.authTimer, upstream, sasl: new SaslIdentity(this.domain ?? '') });
+    const setup = new StreamSetup(this.domainName ?? '', BIND_ID_PREFIX + this.sid, this.setupPort(upstream));
+    this.transition({ name: 'negotiating', link: s.link, authTimer: s.authTimer, upstream, setup });
     upstream.sendHeader(headerAttrs(header));
     for (const element of s.held) this.onClientElement(element);
     this.flow.serverAnswered();
@@ -358,57 +315,28 @@ export class Session {
     const s = this.state;
     switch (s.name) {
       case 'connecting':
-      case 'resuming':
         s.held.push(element);
         return;
-      case 'active':
-        if (isStanza(element)) {
-          this.stats.fromClient++;
-          this.toUpstream(s.upstream, element.bytes);
-          // README, What it does: a client stanza counts as handled once written to the upstream socket.
-          s.sm?.inbound.handled();
-          return;
-        }
-        if (isSmNamespace(element.ns)) {
+      case 'active': {
+        const stanza = isStanza(element);
+        if (!stanza && isSmNamespace(element.ns)) {
           this.onSmNonza(element, element.ns);
           return;
         }
-        this.forwardOther(s.upstream, element);
+        if (stanza) this.stats.fromClient++;
+        if (!this.answeredByHook(element, 'active')) this.toUpstream(s.upstream, element.bytes);
+        // README, What it does: a client stanza counts as handled once written to the upstream socket (or answered).
+        if (stanza) s.sm?.inbound.handled();
         return;
-      case 'authenticating':
-      case 'authenticated':
-        if (s.name === 'authenticated' && s.pendingBind !== undefined) {
-          s.pendingBind.held.push(element);
-          return;
-        }
+      }
+      case 'negotiating':
+        if (s.setup.hold(element)) return;
         if (isSmNamespace(element.ns)) {
           this.onSmNonza(element, element.ns);
           return;
         }
-        if (s.name === 'authenticating') {
-          const foreign = refuseForeignAuthzid(element, this.domain ?? '');
-          if (foreign !== undefined) {
-            this.log.info({ code: ErrorCode.SASL_FOREIGN_AUTHZID }, 'SASL authorization identity of another account refused');
-            this.sendToClient(foreign);
-            return;
-          }
-          s.sasl.fromClient(element);
-          const refusal = refuseLegacyAuth(element);
-          if (refusal !== undefined) {
-            this.log.info('XEP-0078 non-SASL authentication refused');
-            this.sendToClient(refusal);
-            return;
-          }
-        }
-        if (s.name === 'authenticated') {
-          if (s.boundJid !== undefined && this.answerRebind(element, s.boundJid)) return;
-          const bindId = bindRequestId(element);
-          if (bindId !== undefined) {
-            this.transition({ ...s, pendingBind: { id: bindId, held: [] } });
-            this.flow.waitForServer();
-          }
-        }
-        this.forwardOther(s.upstream, element);
+        if (this.answeredByHook(element, s.setup.phaseName === 'authenticating' ? 'authenticating' : 'authenticated')) return;
+        s.setup.fromClient(element);
         return;
       case 'opening':
         // The scanner only delivers elements after a stream header.
@@ -420,42 +348,41 @@ export class Session {
     }
   }
 
-  /** Elements other than stanzas and SM nonzas: refused if they would break the proxy, else relayed. */
-  private forwardOther(upstream: UpstreamStream, element: ScannedElement): void {
-    if (element.localName === 'starttls' && element.ns === NS.tls) {
-      // TLS already ends at the proxy: RFC 6120 §5.4.2.2 failure case, then the stream closes.
-      this.sendToClient(`<failure xmlns='${NS.tls}'/>`);
-      this.closeEverything('client asked for STARTTLS twice');
-      return;
+  /** Runs the from-client hooks; true when one answered the element, which is then not relayed. */
+  private answeredByHook(element: ScannedElement, phase: ClientPhase): boolean {
+    const verdict = this.deps.hooks.fromClient(element, phase, this);
+    if (verdict === undefined) return false;
+    if (verdict.kind === 'answer-nonza') {
+      this.sendToClient(verdict.nonza);
+      if (verdict.thenClose !== undefined) this.closeEverything(verdict.thenClose);
+      return true;
     }
-    if (element.localName === 'compress' && element.ns === NS.compress) {
-      // XEP-0138 §6: the proxy must see plain XML; the feature is never offered.
-      this.sendToClient(`<failure xmlns='${NS.compress}'><unsupported-method/></failure>`);
-      return;
-    }
-    this.toUpstream(upstream, element.bytes);
+    const s = this.state;
+    if (s.name === 'active') this.stanzaToClient(s, Buffer.from(verdict.stanza));
+    else this.sendToClient(verdict.stanza);
+    return true;
   }
 
   private onClientStreamClose(): void {
     const s = this.state;
-    if (s.name === 'active' || s.name === 'authenticating' || s.name === 'authenticated' || s.name === 'resuming') {
+    if (s.name === 'active' || s.name === 'negotiating') {
       // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its queue.
       const sm = s.name === 'active' ? s.sm : undefined;
       if (s.name === 'active' && sm !== undefined) {
         this.sendToClient(sm.ackElement());
         // Stanzas the client did not ack before closing are answered like at expiry (XEP-0198 §5).
-        this.disposeUnacked(sm, { upstream: s.upstream, jid: s.jid });
+        const entries = sm.queue.drain().map((entry) => entry.bytes);
+        disposeUnacked(entries, this.deps.settings.expiryPolicy, { upstream: s.upstream, jid: s.jid }, this.log);
       }
       this.endSm(sm, 'closed');
       s.upstream.close();
-      this.transition({ name: 'closing', upstream: s.upstream });
+      this.transition({ name: 'closing', link: s.link, upstream: s.upstream });
       return;
     }
     this.closeEverything('client closed the stream');
   }
 
   private onClientEnd(end: LinkEnd): void {
-    this.link = undefined;
     this.flow.clientGone();
     const s = this.state;
     if (s.name === 'active' && end.kind !== 'clean' && s.sm !== undefined && s.sm.resumable) {
@@ -480,7 +407,7 @@ export class Session {
         return;
       }
       if (name === 'r') this.sendToClient(s.sm.ackElement());
-      else this.onClientAck(s, parseElement(element.bytes));
+      else this.onClientAck(s.sm, s.clock, parseElement(element.bytes));
       return;
     }
     if (name === 'enable') {
@@ -528,136 +455,49 @@ export class Session {
       return;
     }
     const sm = result.sm;
-    this.transition({ ...s, sm });
+    this.transition({ ...s, sm, clock: this.ackClock(sm) });
     if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
     this.sendToClient(sm.enabledElement());
     this.log.info(
       { smId: sm.resumable ? shortId(sm.id) : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 },
       'stream management enabled',
     );
-    this.armRequestTimer();
   }
 
-  private onClientAck(s: Extract<State, { name: 'active' }>, a: Element): void {
-    const sm = s.sm;
-    if (sm === undefined) return;
-    const h = parseH(a.attrs.h as string | undefined);
-    if (h === undefined) {
-      this.fail(
-        new StreamError(
-          ErrorCode.SM_INVALID_H,
-          'invalid-xml',
-          `<a/> without a valid h (got '${String(a.attrs.h ?? '')}'); XEP-0198 §4: h is REQUIRED, an xs:unsignedInt`,
-        ),
-      );
+  private onClientAck(sm: StreamManagement, clock: AckClock | undefined, a: Element): void {
+    const outcome = sm.onAck(a.attrs.h as string | undefined);
+    if (outcome.kind === 'error') {
+      this.fail(outcome.error);
       return;
     }
-    const result = sm.queue.ack(h);
-    switch (result.kind) {
-      case 'backwards':
-      case 'acked':
-        // A backwards h is tolerated (ejabberd, Openfire): a late duplicate ack must not kill the
-        // session. It still answers the outstanding <r/> (AckPolicy: any <a/> shows the client is
-        // alive), or that request would block every later one until maxAckDelay declared the link dead.
-        if (result.kind === 'backwards')
-          this.log.info({ h: result.h, previous: result.previous }, 'client acked less than before; ignored');
-        sm.policy.answered();
-        this.scheduleAckCheck();
-        return;
-      case 'too-high':
-        // XEP-0198 §6: on an h above what was sent the receiver SHOULD send `undefined-condition` with <handled-count-too-high/>.
-        this.fail(
-          new StreamError(
-            ErrorCode.SM_HANDLED_COUNT_TOO_HIGH,
-            'undefined-condition',
-            `client acked h=${result.h} but only ${result.sendCount} stanzas were sent`,
-            {
-              appCondition: {
-                name: 'handled-count-too-high',
-                xmlns: NS.sm3,
-                attrs: { h: String(result.h), 'send-count': String(result.sendCount) },
-              },
-            },
-          ),
-        );
-        return;
-    }
+    if (outcome.kind === 'backwards') this.log.info({ h: outcome.h, previous: outcome.previous }, 'client acked less than before; ignored');
+    clock?.check();
   }
 
-  /** The `<r/>` policy (AckPolicy), checked once per write burst and on each ack. */
-  private scheduleAckCheck(): void {
-    if (this.ackCheckScheduled) return;
-    this.ackCheckScheduled = true;
-    process.nextTick(() => {
-      this.ackCheckScheduled = false;
-      this.guard(() => this.checkAckRequest(false));
+  /** A clock for the attached client's acks; the link is dropped when one stays unanswered (ack-clock.ts). */
+  private ackClock(sm: StreamManagement): AckClock {
+    return new AckClock(sm, this.deps.settings, this.deps.now, {
+      sendRequest: (request) => this.sendToClient(request),
+      guard: (action) => this.guard(action),
+      overdue: (waitedMs) => {
+        const s = this.state;
+        if (s.name !== 'active') return;
+        const unacked = sm.queue.length;
+        this.deps.events.notify(this.log, 'ackDelayed', { sid: this.sid, jid: s.jid, unacked, waitedMs });
+        this.log.info({ unacked, waitedMs }, 'ack delayed; treating the client connection as dead');
+        // Like mod_smacks's "smacks-ack-delayed", then hibernation: the link is dropped as a dead connection.
+        s.link.destroy('ack delayed');
+      },
     });
-  }
-
-  private checkAckRequest(periodic: boolean): void {
-    const s = this.state;
-    if (s.name !== 'active' || s.sm === undefined) return;
-    const sm = s.sm;
-    const due = periodic
-      ? sm.queue.length > 0 && sm.policy.outstandingSinceMs === undefined
-      : sm.policy.shouldRequest({ sent: sm.queue.sent, acked: sm.queue.acked });
-    if (due) this.requestAck();
-  }
-
-  private requestAck(): void {
-    const s = this.state;
-    if (s.name !== 'active' || s.sm === undefined) return;
-    s.sm.policy.requested(s.sm.queue.sent, this.deps.now());
-    this.sendToClient(s.sm.requestElement());
-    if (s.ackTimer === undefined) this.transition({ ...s, ackTimer: this.armAckTimer() });
-  }
-
-  private armAckTimer(delayMs = this.deps.settings.maxAckDelayMs): NodeJS.Timeout {
-    const timer = setTimeout(() => this.guard(() => this.onAckTimer(timer)), Math.max(0, delayMs));
-    timer.unref();
-    return timer;
-  }
-
-  private onAckTimer(timer: NodeJS.Timeout): void {
-    const s = this.state;
-    if (s.name !== 'active' || s.ackTimer !== timer || s.sm === undefined) return;
-    const sm = s.sm;
-    const since = sm.policy.outstandingSinceMs;
-    if (since === undefined) {
-      this.transition({ ...s, ackTimer: undefined });
-      return;
-    }
-    if (!sm.policy.isOverdue(this.deps.now(), this.deps.settings.maxAckDelayMs)) {
-      // A newer request is outstanding: wait for what is left of its delay, not a full one.
-      this.transition({ ...s, ackTimer: this.armAckTimer(since + this.deps.settings.maxAckDelayMs - this.deps.now()) });
-      return;
-    }
-    const waitedMs = this.deps.now() - since;
-    this.deps.events.notify(this.log, 'ackDelayed', { sid: this.sid, jid: s.jid, unacked: sm.queue.length, waitedMs });
-    this.log.info({ unacked: sm.queue.length, waitedMs }, 'ack delayed; treating the client connection as dead');
-    this.transition({ ...s, ackTimer: undefined });
-    // Like mod_smacks's "smacks-ack-delayed", then hibernation: the link is dropped as a dead connection.
-    this.link?.destroy('ack delayed');
-  }
-
-  private armRequestTimer(): void {
-    const s = this.state;
-    if (s.name !== 'active' || s.requestTimer !== undefined) return;
-    const timer = setInterval(() => {
-      const now = this.state;
-      if (now.name !== 'active' || now.requestTimer !== timer) return;
-      this.guard(() => this.checkAckRequest(true));
-    }, this.deps.settings.ackRequestIntervalMs);
-    timer.unref();
-    this.transition({ ...s, requestTimer: timer });
   }
 
   // --- resumption (XEP-0198 §5; README, Resumption and the legacy server) ---
 
   private onResume(resume: Element, ns: SmNamespace): void {
     const s = this.state;
-    if (s.name !== 'authenticated') {
-      this.refuse(ns, smFailure(s.name === 'authenticating' ? 'resume-before-auth' : 'resume-after-bind'));
+    if (s.name !== 'negotiating' || s.setup.phaseName !== 'authenticated') {
+      const early = s.name === 'negotiating' && s.setup.phaseName === 'authenticating';
+      this.refuse(ns, smFailure(early ? 'resume-before-auth' : 'resume-after-bind'));
       return;
     }
     const previd = (resume.attrs.previd as string | undefined) ?? '';
@@ -672,74 +512,30 @@ export class Session {
       if (!early.ok) this.refuse(ns, early.failure, previd);
       return;
     }
-    const bindId = BIND_ID_PREFIX + this.sid;
-    // The SASL exchange named exactly the hibernated session's account: confirmed with no second
-    // resource, which a server allowing one resource per account would trade for the session. A
-    // stream that bound a resource already has the server's own answer, which comes first.
-    const confirmedBySasl =
-      s.boundJid === undefined && s.saslJid !== undefined && candidate.kind === 'live' && s.saslJid === candidate.bareJid;
-    const resuming: Extract<State, { name: 'resuming' }> = {
-      name: 'resuming',
-      authTimer: s.authTimer,
-      upstream: s.upstream,
-      request: { ns, previd, h, bindId },
-      held: [],
-      saslJid: s.saslJid,
-      awaitingFeatures: confirmedBySasl && !s.featuresRelayed,
-    };
-    this.transition(resuming);
-    this.flow.waitForServer();
-    if (confirmedBySasl) {
-      // XEP-0198 §5: the client resumes "where it would otherwise bind", so `<resumed/>` belongs
-      // after the restarted stream's header and features; a pipelined `<resume/>` waits for them.
-      if (!resuming.awaitingFeatures) this.onIdentityKnown(resuming, s.saslJid, s.boundJid);
-      return;
-    }
-    // The identity is the legacy server's own answer. Bind a throwaway resource on this
-    // (temporary) upstream stream and compare bare JIDs; a stream that already bound one (an
-    // earlier resume attempt failed) uses that answer again.
-    if (s.boundJid !== undefined) {
-      this.onIdentityKnown(resuming, bare(s.boundJid), s.boundJid);
-      return;
-    }
-    s.upstream.send(`<iq type='set' id='${bindId}'><bind xmlns='${NS.bind}'/></iq>`);
+    s.setup.resume({ ns, previd, h }, candidate.kind === 'live' ? candidate.bareJid : undefined);
   }
 
-  /**
-   * The resuming client's account is known: `bareJid` (undefined when the server refused the
-   * identity bind). `boundJid` is what this stream has bound upstream, if anything: a later bind
-   * from the client is answered with it.
-   */
-  private onIdentityKnown(s: Extract<State, { name: 'resuming' }>, bareJid: string | undefined, boundJid: string | undefined): void {
-    const { request } = s;
-    const link = this.requireLink();
+  /** The resuming client's account is known (stream-setup.ts): `bareJid`, or undefined when the server refused the identity bind. */
+  private onIdentityKnown(request: ResumeRequest, bareJid: string | undefined): void {
+    const s = this.state;
+    if (s.name !== 'negotiating') throw new InvariantError(`resume identity known in state ${s.name}`);
+    const link = s.link;
     // Looked up again: the session may have ended, or its client acked, during the identity check.
     const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), bareJid);
     if (!decision.ok) {
       this.refuse(request.ns, decision.failure, request.previd);
-      this.transition({
-        name: 'authenticated',
-        authTimer: s.authTimer,
-        upstream: s.upstream,
-        boundJid,
-        saslJid: s.saslJid,
-        featuresRelayed: true,
-        pendingBind: undefined,
-      });
-      this.flow.serverAnswered();
-      for (const element of s.held) this.onClientElement(element);
+      s.setup.resumeRefused();
       return;
     }
     const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h });
     // The client now belongs to the resumed session: the temporary stream closes cleanly, and
     // what the client pipelined after <resume/> goes to the resumed session, in order.
     this.flow.clientHandedOver();
-    this.link = undefined;
     s.upstream.close();
     this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
-    deliverHeld(s.held);
+    deliverHeld(s.setup.resumeAccepted());
   }
 
   /** A hibernating session as plain data (hibernated-snapshot.ts writes it out); undefined in any other state. */
@@ -771,50 +567,34 @@ export class Session {
     const resumed = sm.queue.resume(h);
     if (resumed.ack.kind !== 'acked')
       throw new InvariantError(`resume accepted with h=${h}, which the queue refuses (${resumed.ack.kind})`);
-    if (s.name === 'active') {
-      // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
-      const old = this.link;
-      this.link = undefined;
-      old?.fail(new StreamError(ErrorCode.SM_TAKEOVER, 'conflict', 'the session was resumed from another connection'));
-      this.log.info('session taken over by a newer connection');
-    }
     const wasHibernating = s.name === 'hibernating';
     const hibernatedMs = wasHibernating ? this.deps.now() - s.sinceMs : 0;
     this.flow.clientGone();
-    this.link = link;
-    link.setHandler(this.clientHandler(link));
     this.stats.resumes++;
-    sm.policy.answered();
-    this.transition({ name: 'active', upstream: s.upstream, jid: s.jid, sm, ackTimer: undefined, requestTimer: undefined });
+    sm.linkChanged();
+    const clock = this.ackClock(sm);
+    // From here on the old link's events no longer reach this session (clientHandler).
+    this.transition({ name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock });
+    link.setHandler(this.clientHandler(link));
+    if (s.name === 'active') {
+      // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
+      s.link.fail(new StreamError(ErrorCode.SM_TAKEOVER, 'conflict', 'the session was resumed from another connection'));
+      this.log.info('session taken over by a newer connection');
+    }
     // XEP-0198 §5: <resumed/> first, then every unacked stanza in its original order.
     this.sendToClient(sm.resumedElement(ns));
-    const from = bare(s.jid);
-    for (const entry of resumed.replay) {
-      // XEP-0203: replayed messages carry their original time.
-      this.sendToClient(isMessage(entry.bytes) ? addDelay(entry.bytes, entry.sentAtMs, from) : entry.bytes);
-    }
+    for (const entry of resumed.replay) this.sendToClient(this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this));
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
     if (wasHibernating)
       this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
-    this.armRequestTimer();
     // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
-    if (resumed.replay.length > 0) this.requestAck();
+    if (resumed.replay.length > 0) clock.request('replayed');
   }
 
   /** Elements the client pipelined after `<resume/>` (Monal), delivered after the replay. */
   acceptHeld(held: readonly ScannedElement[]): void {
     for (const element of held) this.guard(() => this.onClientElement(element));
-  }
-
-  /** After a failed resume bound a resource, the client's own bind is answered with it (XEP-0198 §5: the client may bind after a failed resume). */
-  private answerRebind(element: ScannedElement, jid: string): boolean {
-    const bindId = bindRequestId(element);
-    if (bindId === undefined) return false;
-    const id = escapeXml(bindId);
-    this.sendToClient(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${escapeXml(jid)}</jid></bind></iq>`);
-    this.becomeActive(jid);
-    return true;
   }
 
   // --- hibernation and expiry ---
@@ -825,7 +605,7 @@ export class Session {
     const timeoutMs = sm.hibernationMs;
     const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
     expiryTimer.unref();
-    sm.policy.answered();
+    sm.linkChanged();
     sm.queue.compact();
     this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
@@ -837,34 +617,6 @@ export class Session {
     if (s.name !== 'hibernating' || s.expiryTimer !== timer) return;
     this.log.info({ queued: s.sm.queue.length }, 'hibernation expired');
     this.end({ kind: 'expired' });
-  }
-
-  /**
-   * Unacked stanzas are answered on the user's behalf (or dropped, per `expiryPolicy`) through the
-   * user's (full `jid`) upstream stream. `via` is undefined when the legacy server's stream is gone
-   * or going: nothing written to it would be processed, so the stanzas are lost and the senders
-   * get no error; that is a warning.
-   */
-  private disposeUnacked(sm: StreamManagement, via: { upstream: UpstreamStream; jid: string } | undefined, extra?: Buffer): void {
-    const entries = sm.queue.drain().map((entry) => entry.bytes);
-    if (extra !== undefined) entries.push(extra);
-    if (entries.length === 0) return;
-    const usable = via !== undefined && !via.upstream.ended ? via : undefined;
-    const disposal = unackedDisposal(entries, this.deps.settings.expiryPolicy, usable?.jid);
-    switch (disposal.kind) {
-      case 'dropped-by-policy':
-        this.log.info({ dropped: disposal.count }, 'unacked stanzas dropped (expiryPolicy drop)');
-        return;
-      case 'lost':
-        this.log.warn(
-          { dropped: disposal.count },
-          'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on',
-        );
-        return;
-      case 'answered':
-        for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
-        this.log.info({ unacked: disposal.count, bounced: disposal.bounces.length }, 'unacked stanzas answered to their senders');
-    }
   }
 
   private endSm(sm: StreamManagement | undefined, reason: EndedReason): void {
@@ -908,7 +660,7 @@ export class Session {
 
   private onUpstreamStreamOpen(upstream: UpstreamStream, header: StreamHeader): void {
     if (this.upstreamOf(this.state) !== upstream) return;
-    this.link?.sendHeader({
+    linkOf(this.state)?.sendHeader({
       from: header.attrs.from ?? this.domain,
       id: header.attrs.id,
       version: header.attrs.version ?? '1.0',
@@ -933,84 +685,60 @@ export class Session {
       this.end({ kind: 'upstream-error', element });
       return;
     }
+    const setup = s.name === 'negotiating' ? s.setup : undefined;
     if (element.localName === 'features' && element.ns === NS.stream) {
-      this.relayFeatures(s, element);
+      this.relayFeatures(setup, element);
       return;
     }
-    if (element.localName === 'success' && element.ns === NS.sasl && s.name === 'authenticating') {
-      this.sendToClient(element.bytes);
-      this.onSaslSuccess(s);
-      return;
-    }
-    if (element.localName === 'failure' && element.ns === NS.sasl && s.name === 'authenticating') s.sasl.onFailure();
-    if (element.localName === 'iq' && (s.name === 'authenticated' || s.name === 'resuming')) {
-      if (this.onIqBeforeBound(s, element)) return;
-    }
-    this.sendToClient(element.bytes);
+    if (setup !== undefined) setup.fromServer(element);
+    else this.sendToClient(element.bytes);
   }
 
-  private onSaslSuccess(s: Extract<State, { name: 'authenticating' }>): void {
-    // RFC 6120 §6.4.6: both streams restart; SASL payloads are never logged.
-    this.requireLink().expectRestart();
-    s.upstream.expectRestart();
-    this.requireLink().setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
-    this.transition({
-      name: 'authenticated',
-      authTimer: s.authTimer,
-      upstream: s.upstream,
-      boundJid: undefined,
-      saslJid: s.sasl.bareJid,
-      featuresRelayed: false,
-      pendingBind: undefined,
-    });
-    this.log.debug('authenticated');
-  }
-
-  /**
-   * Learns the full JID from the answer to the client's own bind request (matched by id, and
-   * from the server itself: no `from`), or consumes the answer to a throwaway identity bind.
-   */
-  private onIqBeforeBound(s: Extract<State, { name: 'authenticated' | 'resuming' }>, element: ScannedElement): boolean {
-    const expectedId = s.name === 'resuming' ? s.request.bindId : s.pendingBind?.id;
-    if (expectedId === undefined) return false;
-    const iq = parseElement(element.bytes);
-    if (iq.attrs.id !== expectedId || iq.attrs.from !== undefined) return false;
-    const jid = iq.attrs.type === 'result' ? (iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined) : undefined;
-    if (s.name === 'resuming') {
-      this.onIdentityKnown(s, jid === undefined ? undefined : bare(jid), jid);
-      return true;
-    }
-    this.sendToClient(element.bytes);
-    const held = s.pendingBind?.held ?? [];
-    if (jid !== undefined) this.becomeActive(jid);
-    // A refused bind leaves the stream authenticated; the client may try again.
-    else this.transition({ ...s, pendingBind: undefined });
-    this.flow.serverAnswered();
-    for (const pipelined of held) this.onClientElement(pipelined);
-    return true;
+  /** What stream setup does through this session (stream-setup.ts). */
+  private setupPort(upstream: UpstreamStream): SetupPort {
+    return {
+      toClient: (data) => this.sendToClient(data),
+      toServer: (data) => this.toUpstream(upstream, data),
+      saslSucceeded: () => {
+        // RFC 6120 §6.4.6: both streams restart; SASL payloads are never logged.
+        const link = this.requireLink();
+        link.expectRestart();
+        upstream.expectRestart();
+        link.setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytes });
+        this.log.debug('authenticated');
+      },
+      waitForServer: () => this.flow.waitForServer(),
+      serverAnswered: () => this.flow.serverAnswered(),
+      bound: (jid) => this.becomeActive(jid),
+      redeliver: (held) => {
+        for (const element of held) this.onClientElement(element);
+      },
+      identityKnown: (request, bareJid) => this.onIdentityKnown(request, bareJid),
+    };
   }
 
   private becomeActive(jid: string): void {
     const s = this.state;
-    if (s.name !== 'authenticated') return;
-    this.transition({ name: 'active', upstream: s.upstream, jid, sm: undefined, ackTimer: undefined, requestTimer: undefined });
+    if (s.name !== 'negotiating') return;
+    this.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined });
     s.upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
-    this.log = this.log.child({ jid });
+    this.logger = this.logger.child({ jid });
     this.log.info('bound');
   }
 
-  private relayFeatures(s: State, element: ScannedElement): void {
-    const phase = s.name === 'authenticating' ? 'pre-auth' : 'post-auth';
-    const { features, findings } = rewriteFeatures(parseElement(element.bytes), phase);
+  private relayFeatures(setup: StreamSetup | undefined, element: ScannedElement): void {
+    const phase = setup?.featuresPhase ?? 'post-auth';
+    const { features, findings } = rewriteFeatures(parseElement(element.bytes), this.deps.hooks.advertise(phase));
     if (findings.channelBindingMechanisms.length > 0 || findings.channelBindingTypes) {
-      this.deps.reportFindings(this.domain ?? '', findings);
+      this.deps.reportFindings(this.domainName ?? '', findings);
     }
     this.sendToClient(features.toString());
-    if (s.name === 'authenticated') this.transition({ ...s, featuresRelayed: true });
-    else if (s.name === 'resuming' && s.awaitingFeatures) this.onIdentityKnown(s, s.saslJid, undefined);
+    setup?.featuresRelayed();
   }
 
-  private stanzaToClient(s: Extract<State, { name: 'active' }>, bytes: Buffer): void {
+  private stanzaToClient(s: Extract<State, { name: 'active' }>, relayed: Buffer): void {
+    const bytes = this.deps.hooks.toClient(relayed, 'live', this);
+    if (bytes === undefined) return;
     this.stats.toClient++;
     const sm = s.sm;
     if (sm !== undefined) {
@@ -1020,7 +748,7 @@ export class Session {
         return;
       }
       if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
-      this.scheduleAckCheck();
+      s.clock?.check();
     }
     this.sendToClient(bytes);
   }
@@ -1032,14 +760,11 @@ export class Session {
       return;
     }
     if (!isStanza(element)) return;
-    const pong = pingAnswer(element);
-    if (pong !== undefined) {
-      s.upstream.send(pong);
-      return;
-    }
-    const pushed = s.sm.queue.push(element.bytes, this.deps.now());
+    const bytes = this.deps.hooks.toClient(element.bytes, 'queued', this);
+    if (bytes === undefined) return;
+    const pushed = s.sm.queue.push(bytes, this.deps.now());
     if (!pushed.ok) {
-      this.queueOverflow(s.sm, element.bytes, `${pushed.reason} limit ${pushed.limit}`);
+      this.queueOverflow(s.sm, bytes, `${pushed.reason} limit ${pushed.limit}`);
       return;
     }
     this.stats.toClient++;
@@ -1094,7 +819,7 @@ export class Session {
     const limitKey =
       error.code !== ErrorCode.STANZA_TOO_BIG
         ? undefined
-        : s.name === 'opening' || s.name === 'connecting' || s.name === 'authenticating'
+        : s.name === 'opening' || s.name === 'connecting' || (s.name === 'negotiating' && s.setup.phaseName === 'authenticating')
           ? 'limits.maxStanzaBytesPreAuth'
           : 'limits.maxStanzaBytes';
     this.log.info({ code: error.code, condition: error.condition, err: error.message, limitKey }, 'stream error sent to client');
@@ -1143,12 +868,15 @@ export class Session {
     if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
+      const entries = sm.queue.drain().map((entry) => entry.bytes);
+      if (cause.kind === 'queue-overflow') entries.push(cause.overflowing);
       const via = how.unacked === 'answer' ? { upstream: s.upstream, jid: s.jid } : undefined;
-      this.disposeUnacked(sm, via, cause.kind === 'queue-overflow' ? cause.overflowing : undefined);
+      disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
     }
     this.endSm(sm, how.reason);
-    const link = this.link;
-    this.link = undefined;
+    const link = linkOf(s);
+    // Closed before the link and the upstream are told: whatever they report from here on is not the session's any more.
+    this.transition({ name: 'closed' });
     switch (cause.kind) {
       case 'stream-error':
       case 'upstream-lost':
@@ -1169,7 +897,6 @@ export class Session {
     }
     if (how.upstream === 'destroy') upstream?.destroy();
     else upstream?.close();
-    this.transition({ name: 'closed' });
     this.finish(how.reason);
   }
 
@@ -1193,27 +920,20 @@ export class Session {
   // --- writing ---
 
   private sendToClient(data: Buffer | string): void {
-    const link = this.link;
+    const link = linkOf(this.state);
     if (link === undefined) return;
     this.flow.wroteToClient(link.send(data));
   }
 
-  private toUpstream(upstream: UpstreamStream, bytes: Buffer): void {
-    this.flow.wroteToUpstream(upstream.send(bytes));
+  private toUpstream(upstream: UpstreamStream, data: Buffer | string): void {
+    this.flow.wroteToUpstream(upstream.send(data));
   }
 
   private requireLink(): ClientLink {
-    if (this.link === undefined) throw new InvariantError(`no client link in state ${this.state.name}`);
-    return this.link;
+    const link = linkOf(this.state);
+    if (link === undefined) throw new InvariantError(`no client link in state ${this.state.name}`);
+    return link;
   }
-}
-
-/** The id of a client `<iq type='set'><bind/></iq>` (RFC 6120 §7.6), or undefined for anything else. */
-function bindRequestId(element: ScannedElement): string | undefined {
-  if (element.localName !== 'iq' || !element.bytes.includes(NS.bind)) return undefined;
-  const iq = parseElement(element.bytes);
-  if (iq.attrs.type !== 'set' || iq.getChild('bind', NS.bind) === undefined) return undefined;
-  return (iq.attrs.id as string | undefined) ?? '';
 }
 
 /** XEP-0198 §2: only iq, message and presence in the content namespace are counted. */
@@ -1222,31 +942,30 @@ export function isStanza(element: ScannedElement): boolean {
   return (name === 'message' || name === 'presence' || name === 'iq') && element.ns === NS.client;
 }
 
-function bare(jid: string): string {
-  const slash = jid.indexOf('/');
-  return slash === -1 ? jid : jid.slice(0, slash);
-}
-
 function headerAttrs(header: StreamHeader): { to?: string; from?: string; version?: string; lang?: string } {
   return { to: header.attrs.to, from: header.attrs.from, version: header.attrs.version, lang: header.attrs['xml:lang'] };
 }
 
-/**
- * XEP-0198 `<failed/>` with a stanza error condition, a text saying why (users need it) and, like
- * an RFC 6120 §8.3.2 stanza error, an optional application-specific element after the text.
- */
 /** SM-IDs are secrets of their session: logs carry only a prefix. */
 function shortId(id: string): string {
   return id.slice(0, 6);
 }
 
+/** On the hot path (every stanza to the client): a switch on the name, not a megamorphic `in`. */
+function linkOf(s: State): ClientLink | undefined {
+  switch (s.name) {
+    case 'hibernating':
+    case 'closed':
+      return undefined;
+    default:
+      return s.link;
+  }
+}
+
 function clearStateTimers(from: State, to: State): void {
   const timers: (NodeJS.Timeout | undefined)[] = [];
   if ('authTimer' in from && !('authTimer' in to && to.authTimer === from.authTimer)) timers.push(from.authTimer);
-  if (from.name === 'active') {
-    if (to.name !== 'active' || to.ackTimer !== from.ackTimer) timers.push(from.ackTimer);
-    if (to.name !== 'active' || to.requestTimer !== from.requestTimer) timers.push(from.requestTimer);
-  }
+  if (from.name === 'active' && (to.name !== 'active' || to.clock !== from.clock)) from.clock?.stop();
   if (from.name === 'hibernating') timers.push(from.expiryTimer);
   for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
 }

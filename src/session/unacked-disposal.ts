@@ -1,23 +1,5 @@
-import { parseElement } from '../xml/element.js';
-import { escapeXml } from '../xml/escape.js';
-import { NS } from '../xml/namespaces.js';
-import type { ScannedElement } from '../xml/stream-scanner.js';
+import type { Logger } from 'pino';
 import { bounceFor } from './bounce.js';
-
-const PING = Buffer.from(NS.ping, 'utf8');
-
-/**
- * XEP-0199 §4.2: the legacy server pings the client; while the client is away the proxy answers
- * on its behalf, so the server keeps the session. Returns the `<iq type='result'/>` to send
- * upstream, or `undefined` when `element` is not a ping request.
- */
-export function pingAnswer(element: ScannedElement): string | undefined {
-  if (element.localName !== 'iq' || !element.bytes.includes(PING)) return undefined;
-  const iq = parseElement(element.bytes);
-  if (iq.attrs.type !== 'get' || iq.getChild('ping', NS.ping) === undefined) return undefined;
-  const to = iq.attrs.from as string | undefined;
-  return `<iq type='result'${to === undefined ? '' : ` to='${escapeXml(to)}'`} id='${escapeXml((iq.attrs.id as string | undefined) ?? '')}'/>`;
-}
 
 /** What becomes of a session's unacked stanzas when it ends (README, What it does). */
 export type UnackedDisposal =
@@ -42,4 +24,41 @@ export function unackedDisposal(entries: readonly Buffer[], expiryPolicy: 'bounc
     if (bounce !== undefined) bounces.push(bounce);
   }
   return { kind: 'answered', count: entries.length, bounces };
+}
+
+/** Where unacked stanzas can still be answered: the user's upstream stream, and the full JID bound on it. */
+export interface AnswerRoute {
+  readonly upstream: { readonly ended: boolean; send(data: string): unknown };
+  readonly jid: string;
+}
+
+/**
+ * Answers a session's unacked stanzas (`entries`, in order) on the user's behalf, or drops them
+ * per `expiryPolicy`, and logs what became of them. `via` is undefined when the legacy server's
+ * stream is gone or going: nothing written to it would be processed, so the stanzas are lost and
+ * the senders get no error; that is a warning.
+ */
+export function disposeUnacked(
+  entries: readonly Buffer[],
+  expiryPolicy: 'bounce' | 'drop',
+  via: AnswerRoute | undefined,
+  log: Logger,
+): void {
+  if (entries.length === 0) return;
+  const usable = via !== undefined && !via.upstream.ended ? via : undefined;
+  const disposal = unackedDisposal(entries, expiryPolicy, usable?.jid);
+  switch (disposal.kind) {
+    case 'dropped-by-policy':
+      log.info({ dropped: disposal.count }, 'unacked stanzas dropped (expiryPolicy drop)');
+      return;
+    case 'lost':
+      log.warn(
+        { dropped: disposal.count },
+        'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on',
+      );
+      return;
+    case 'answered':
+      for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
+      log.info({ unacked: disposal.count, bounced: disposal.bounces.length }, 'unacked stanzas answered to their senders');
+  }
 }

@@ -1,9 +1,11 @@
+import { ErrorCode, StreamError } from '../errors.js';
 import { AckPolicy } from './ack-policy.js';
 import { negotiateMax, newSmId, parseResumeFlag } from './enable-decision.js';
 import { InboundCounter } from './inbound-counter.js';
 import type { MemoryBudget } from './memory-budget.js';
 import { UnackedQueue, type PushResult, type UnackedQueueSnapshot } from './unacked-queue.js';
-import type { SmNamespace } from '../xml/namespaces.js';
+import { parseH } from './sequence.js';
+import { NS, type SmNamespace } from '../xml/namespaces.js';
 
 /** Stream-management settings, from config `streamManagement` (durations in ms here). */
 export interface SmSettings {
@@ -19,6 +21,23 @@ export interface SmSettings {
 }
 
 export type EnableResult = { ok: true; sm: StreamManagement } | { ok: false; text: string };
+
+/** What a client's `<a/>` means for the session ({@link StreamManagement.onAck}). */
+export type AckOutcome =
+  | { readonly kind: 'acked' }
+  /** Less than before: tolerated (ejabberd and Openfire do too), worth a log line. */
+  | { readonly kind: 'backwards'; readonly h: number; readonly previous: number }
+  /** The stream ends with this error. */
+  | { readonly kind: 'error'; readonly error: StreamError };
+
+/** What the ack timer finds when it fires ({@link StreamManagement.ackTimerFired}). */
+export type AckTimerDecision =
+  /** No request outstanding: the timer is no longer needed. */
+  | { readonly kind: 'idle' }
+  /** A newer request is outstanding: fire again after what is left of its delay. */
+  | { readonly kind: 'wait'; readonly ms: number }
+  /** The request went unanswered for `maxAckDelayMs`: the client connection is treated as dead. */
+  | { readonly kind: 'overdue'; readonly waitedMs: number };
 
 /** {@link StreamManagement.snapshot}: plain data (the ack policy starts afresh, as at hibernation). */
 export interface StreamManagementSnapshot {
@@ -43,7 +62,7 @@ export class StreamManagement {
     readonly resumable: boolean,
     readonly hibernationMs: number,
     readonly queue: UnackedQueue,
-    readonly policy: AckPolicy,
+    private readonly policy: AckPolicy,
     /** Inbound h: stanzas handled from the client; starts at the received `<enable/>` (XEP-0198 §4). */
     readonly inbound = new InboundCounter(),
   ) {}
@@ -99,6 +118,80 @@ export class StreamManagement {
   }
 
   /**
+   * A client's `<a/>` with its `h` attribute (XEP-0198 §4): trims the queue. Any `<a/>`, even a
+   * backwards one, answers the outstanding `<r/>`: it shows the client is alive, and an unanswered
+   * request would block every later one until `maxAckDelay` declared the link dead.
+   */
+  onAck(hAttr: string | undefined): AckOutcome {
+    const h = parseH(hAttr);
+    if (h === undefined) {
+      return {
+        kind: 'error',
+        error: new StreamError(
+          ErrorCode.SM_INVALID_H,
+          'invalid-xml',
+          `<a/> without a valid h (got '${hAttr ?? ''}'); XEP-0198 §4: h is REQUIRED, an xs:unsignedInt`,
+        ),
+      };
+    }
+    const result = this.queue.ack(h);
+    switch (result.kind) {
+      case 'acked':
+        this.policy.answered();
+        return { kind: 'acked' };
+      case 'backwards':
+        this.policy.answered();
+        return { kind: 'backwards', h: result.h, previous: result.previous };
+      case 'too-high':
+        // XEP-0198 §6: on an h above what was sent the receiver SHOULD send `undefined-condition` with <handled-count-too-high/>.
+        return {
+          kind: 'error',
+          error: new StreamError(
+            ErrorCode.SM_HANDLED_COUNT_TOO_HIGH,
+            'undefined-condition',
+            `client acked h=${result.h} but only ${result.sendCount} stanzas were sent`,
+            {
+              appCondition: {
+                name: 'handled-count-too-high',
+                xmlns: NS.sm3,
+                attrs: { h: String(result.h), 'send-count': String(result.sendCount) },
+              },
+            },
+          ),
+        };
+    }
+  }
+
+  /**
+   * The `<r/>` to send now, recorded as outstanding, or `undefined`. After a write burst or an
+   * `<a/>` the {@link AckPolicy} decides; on the periodic check (`ackRequestIntervalMs`) any unacked
+   * stanza is asked about when no request is outstanding; after a replay the request is due at once.
+   */
+  requestIfDue(trigger: 'burst' | 'periodic' | 'replayed', nowMs: number): string | undefined {
+    const { queue, policy } = this;
+    const due =
+      trigger === 'burst'
+        ? policy.shouldRequest({ sent: queue.sent, acked: queue.acked })
+        : policy.outstandingSinceMs === undefined && (trigger === 'replayed' || queue.length > 0);
+    if (!due) return undefined;
+    policy.requested(queue.sent, nowMs);
+    return `<r xmlns='${this.ns}'/>`;
+  }
+
+  /** The client link changed (hibernation, resumption): a request sent on the old one will never be answered. */
+  linkChanged(): void {
+    this.policy.answered();
+  }
+
+  /** The ack timer fired: whether the outstanding `<r/>` is overdue (mod_smacks's `smacks-ack-delayed`). */
+  ackTimerFired(nowMs: number, maxAckDelayMs: number): AckTimerDecision {
+    const since = this.policy.outstandingSinceMs;
+    if (since === undefined) return { kind: 'idle' };
+    if (!this.policy.isOverdue(nowMs, maxAckDelayMs)) return { kind: 'wait', ms: since + maxAckDelayMs - nowMs };
+    return { kind: 'overdue', waitedMs: nowMs - since };
+  }
+
+  /**
    * `<enabled/>`: `id` and `resume='true'` only when resumption is allowed (XEP-0198 §3). `max` is
    * an xs:positiveInteger (XEP-0198 §13 schema), so a fractional hibernation time (tests, or a
    * configured `0.5`) is rounded up to whole seconds, at least 1.
@@ -112,10 +205,6 @@ export class StreamManagement {
   /** `<a h/>` with the inbound count (XEP-0198 §4: answer every `<r/>` promptly). */
   ackElement(): string {
     return `<a xmlns='${this.ns}' h='${this.inbound.h}'/>`;
-  }
-
-  requestElement(): string {
-    return `<r xmlns='${this.ns}'/>`;
   }
 
   /**

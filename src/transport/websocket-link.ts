@@ -24,7 +24,7 @@ const CLOSE_WAIT_MS = 2000;
  * `send` returns false once this many bytes wait in the WebSocket's send buffer (ws's queue plus the
  * socket's), and `onDrain` follows when the buffer is back at or below it.
  */
-export const WEBSOCKET_HIGH_WATER_MARK_BYTES = 1024 * 1024;
+const WEBSOCKET_HIGH_WATER_MARK_BYTES = 1024 * 1024;
 
 /** RFC 6455 §7.4.1 close status codes the link uses. */
 export const WebSocketCloseCode = {
@@ -407,7 +407,7 @@ const DECLARE_STREAM = declaration('stream', NS.stream);
  * Returns the bytes unchanged when nothing is missing (or when they do not start with a start tag
  * the walk understands), and `undefined` for whitespace only (nothing to send).
  */
-export function withNamespaceDeclarations(bytes: Buffer): Buffer | undefined {
+function withNamespaceDeclarations(bytes: Buffer): Buffer | undefined {
   let start = 0;
   while (isXmlSpace(bytes[start])) start++;
   if (start === bytes.length) return undefined;

@@ -33,7 +33,7 @@ const HTTP_REQUEST_TIMEOUT_MS = 30_000;
 /** RFC 7395 §3.1: the WebSocket subprotocol of XMPP. */
 export const XMPP_SUBPROTOCOL = 'xmpp';
 /** XEP-0156 §3: the link relation of an XMPP-over-WebSocket endpoint. */
-export const WEBSOCKET_LINK_REL = 'urn:xmpp:alt-connections:websocket';
+const WEBSOCKET_LINK_REL = 'urn:xmpp:alt-connections:websocket';
 const HOST_META_PATH = '/.well-known/host-meta';
 const HOST_META_JSON_PATH = '/.well-known/host-meta.json';
 

@@ -41,7 +41,7 @@ export async function probeUpstream(target: UpstreamTarget, log: Logger): Promis
         }
         const features = parseElement(element.bytes);
         const mechanisms = (features.getChild('mechanisms', NS.sasl)?.getChildren('mechanism') ?? []).map((m) => m.getText().trim());
-        done({ ok: true, mechanisms, findings: rewriteFeatures(features, 'pre-auth').findings });
+        done({ ok: true, mechanisms, findings: rewriteFeatures(features, []).findings });
       },
       onStreamClose: () => done({ ok: false, error: 'the server closed the stream' }),
       onFailure: (error) => done({ ok: false, error: error.message }),

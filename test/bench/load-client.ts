@@ -304,9 +304,7 @@ interface E2eRunArgs {
   readonly samples?: boolean;
 }
 
-async function e2eRun(
-  args: E2eRunArgs,
-): Promise<{
+async function e2eRun(args: E2eRunArgs): Promise<{
   sent: number;
   delivered: number;
   deliveredTotal: number;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addDelay, isMessage } from '../../src/session/delay-stamp.js';
+import { addDelay, isMessage } from '../../src/features/delay-stamp.js';
 import { parseElement } from '../../src/xml/element.js';
 
 const STAMP = Date.UTC(2026, 10, 25, 8, 30, 0);

@@ -1,12 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { rewriteFeatures } from '../../src/session/features.js';
+import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
+import { rewriteFeatures, type FeaturesPhase } from '../../src/session/features.js';
+import { SessionHooks } from '../../src/session/hooks.js';
 import { parseElement } from '../../src/xml/element.js';
 
 const MECHS =
   "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>";
 
-function names(xml: string, phase: 'pre-auth' | 'post-auth'): string[] {
-  const { features } = rewriteFeatures(parseElement(xml), phase);
+const hooks = new SessionHooks(BUILTIN_HOOKS);
+
+/** The features a client sees: the legacy server's, rewritten, plus what the built-in hooks advertise. */
+function names(xml: string, phase: FeaturesPhase): string[] {
+  const { features } = rewriteFeatures(parseElement(xml), hooks.advertise(phase));
   return features.getChildElements().map((c) => `${c.name}@${String(c.attrs.xmlns)}`);
 }
 
@@ -30,7 +35,7 @@ describe('rewriteFeatures', () => {
   });
 
   it('keeps SASL mechanisms unchanged and in order', () => {
-    const { features } = rewriteFeatures(parseElement(`<stream:features>${MECHS}</stream:features>`), 'pre-auth');
+    const { features } = rewriteFeatures(parseElement(`<stream:features>${MECHS}</stream:features>`), hooks.advertise('pre-auth'));
     expect(features.toString()).toBe(parseElement(`<stream:features>${MECHS}</stream:features>`).toString());
   });
 
@@ -48,7 +53,7 @@ describe('rewriteFeatures', () => {
     const xml =
       "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms>" +
       "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-server-end-point'/></sasl-channel-binding></stream:features>";
-    const { features, findings } = rewriteFeatures(parseElement(xml), 'pre-auth');
+    const { features, findings } = rewriteFeatures(parseElement(xml), []);
     expect(findings).toEqual({ channelBindingMechanisms: ['SCRAM-SHA-1-PLUS'], channelBindingTypes: true });
     expect(features.toString()).toContain('SCRAM-SHA-1-PLUS');
   });

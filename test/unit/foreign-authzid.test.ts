@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { refuseForeignAuthzid } from '../../src/session/foreign-authzid.js';
+import { refuseForeignAuthzid } from '../../src/features/foreign-authzid.js';
 import { parseElement } from '../../src/xml/element.js';
 import { scanFragment } from '../../src/xml/stream-scanner.js';
 

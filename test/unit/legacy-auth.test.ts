@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { refuseLegacyAuth } from '../../src/session/legacy-auth.js';
+import { refuseLegacyAuth } from '../../src/features/legacy-auth.js';
 import { parseElement } from '../../src/xml/element.js';
 import { scanFragment } from '../../src/xml/stream-scanner.js';
 

@@ -1,6 +1,8 @@
 import sax from 'sax';
 import { describe, expect, it } from 'vitest';
+import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
 import { rewriteFeatures } from '../../src/session/features.js';
+import { SessionHooks } from '../../src/session/hooks.js';
 import { parseElement } from '../../src/xml/element.js';
 import { declaration, declareOnStartTag, InheritedNamespaces } from '../../src/xml/namespace-declarations.js';
 import { renderStreamHeader } from '../../src/xml/stream-header.js';
@@ -129,7 +131,10 @@ describe('declareOnStartTag', () => {
 describe('features rewriting of jabberd2 post-auth features', () => {
   it('removes <ack:ack/> (resolved through the header) and keeps the rest bound', () => {
     const [features] = frame(JABBERD2_HEADER, JABBERD2_POST_AUTH_FEATURES, 0);
-    const rewritten = rewriteFeatures(parseElement(features!.bytes), 'post-auth').features.toString();
+    const rewritten = rewriteFeatures(
+      parseElement(features!.bytes),
+      new SessionHooks(BUILTIN_HOOKS).advertise('post-auth'),
+    ).features.toString();
     const parsed = strictlyParsed(rewritten);
     expect(parsed).not.toContain('ack@http://www.xmpp.org/extensions/xep-0198.html#ns');
     expect(parsed).toEqual(expect.arrayContaining(['bind@urn:ietf:params:xml:ns:xmpp-bind', 'sm@urn:xmpp:sm:3']));

@@ -9,6 +9,8 @@ import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { StreamError } from '../../src/errors.js';
 import type { SmEventMap } from '../../src/session/events.js';
+import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
+import { SessionHooks } from '../../src/session/hooks.js';
 import { SmEvents } from '../../src/session/events.js';
 import { SessionRegistry } from '../../src/session/session-registry.js';
 import { Session, type SessionDeps, type SessionSettings } from '../../src/session/session.js';
@@ -283,6 +285,7 @@ class Rig {
       registry: this.registry,
       events: this.events,
       budget: this.budget,
+      hooks: new SessionHooks(BUILTIN_HOOKS),
       upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
       connectUpstream: async () => {
         const upstream = new FakeUpstream();

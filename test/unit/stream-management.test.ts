@@ -54,3 +54,62 @@ describe('StreamManagement.resumedElement', () => {
     expect(resumed.attrs).toEqual({ xmlns: resumeNs, previd: sm.id, h: '0' });
   });
 });
+
+describe('StreamManagement: the ack protocol (XEP-0198 §4)', () => {
+  const T0 = 1_000_000;
+  const sent = (sm: StreamManagement, n: number) => {
+    for (let i = 0; i < n; i++) sm.queue.push(Buffer.from(`<message id='${i}'/>`), T0);
+  };
+
+  it('asks after a burst, once per sent count, and again only after an answer with more sent', () => {
+    const sm = enable(NS.sm3);
+    expect(sm.requestIfDue('burst', T0)).toBeUndefined();
+    sent(sm, 2);
+    expect(sm.requestIfDue('burst', T0)).toBe(`<r xmlns='${NS.sm3}'/>`);
+    expect(sm.requestIfDue('burst', T0)).toBeUndefined();
+    expect(sm.onAck('1')).toEqual({ kind: 'acked' });
+    expect(sm.requestIfDue('burst', T0)).toBeUndefined();
+    sent(sm, 1);
+    expect(sm.requestIfDue('burst', T0)).toBeDefined();
+  });
+
+  it('asks on the periodic check only with stanzas unacked and no request outstanding; after a replay at once', () => {
+    const sm = enable(NS.sm2);
+    expect(sm.requestIfDue('periodic', T0)).toBeUndefined();
+    expect(sm.requestIfDue('replayed', T0)).toBe(`<r xmlns='${NS.sm2}'/>`);
+    sm.linkChanged();
+    sent(sm, 1);
+    expect(sm.requestIfDue('periodic', T0)).toBeDefined();
+    expect(sm.requestIfDue('periodic', T0)).toBeUndefined();
+  });
+
+  it('tolerates a backwards h, which still answers the outstanding request', () => {
+    const sm = enable(NS.sm3);
+    sent(sm, 3);
+    expect(sm.onAck('2')).toEqual({ kind: 'acked' });
+    sm.requestIfDue('periodic', T0);
+    expect(sm.onAck('1')).toEqual({ kind: 'backwards', h: 1, previous: 2 });
+    expect(sm.ackTimerFired(T0 + 60_000, 60_000)).toEqual({ kind: 'idle' });
+  });
+
+  it.each([
+    ['missing', undefined, 'invalid-xml'],
+    ['not a number', '1e3', 'invalid-xml'],
+    ['above 2^32 - 1', '4294967296', 'invalid-xml'],
+    ['more than was sent', '4', 'undefined-condition'],
+  ])('ends the stream on an h %s', (_label, h, condition) => {
+    const sm = enable(NS.sm3);
+    sent(sm, 3);
+    const outcome = sm.onAck(h);
+    expect(outcome.kind).toBe('error');
+    if (outcome.kind === 'error') expect(outcome.error.condition).toBe(condition);
+  });
+
+  it('reports a request overdue only after maxAckDelay, and what is left of it before', () => {
+    const sm = enable(NS.sm3);
+    sent(sm, 1);
+    sm.requestIfDue('burst', T0);
+    expect(sm.ackTimerFired(T0 + 20_000, 60_000)).toEqual({ kind: 'wait', ms: 40_000 });
+    expect(sm.ackTimerFired(T0 + 60_000, 60_000)).toEqual({ kind: 'overdue', waitedMs: 60_000 });
+  });
+});

@@ -1,0 +1,107 @@
+import type { Logger } from 'pino';
+import type { Element } from '../xml/element.js';
+import type { ScannedElement } from '../xml/stream-scanner.js';
+import type { FeaturesPhase } from './features.js';
+
+/**
+ * The extension points of a session, in the manner of Prosody's filters: a feature (a refusal,
+ * the ping answer while the client is away, CSI, push) is a {@link SessionHook} that the
+ * composition root lists once, not a branch in the session's state machine. Every session runs
+ * the same hooks in the listed order. What reacts to a session rather than changing what flows
+ * subscribes to the session events (events.ts) instead.
+ *
+ * What a hook may do is narrow on purpose:
+ * - `fromClient` sees each element from the client that the session would relay (not the
+ *   stream-management nonzas, which are the proxy's own) and may answer it locally instead;
+ * - `toClient` sees each stanza from the legacy server for the client, before stream management
+ *   counts and queues it, and may pass it, change it, or drop it; a dropped stanza was never sent,
+ *   so counts and queues stay exact;
+ * - `replay` may rewrite a stanza resent after `<resumed/>` (never drop one: it is counted already);
+ * - `advertise` adds features to the stream features the client sees;
+ * - through {@link SessionHandle.sendUpstream} a hook speaks to the legacy server on the user's behalf.
+ * Holding stanzas back (CSI) must keep one order and one budget with the unacked queue, so that
+ * expiry, bounces and memory limits still see them; that verdict arrives with the first feature
+ * needing it.
+ */
+export interface SessionHook {
+  /** For logs and tests: the concept the hook implements. */
+  readonly name: string;
+  fromClient?(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict;
+  /** Returns the bytes to deliver (`bytes` itself, or changed ones), or `undefined` to drop the stanza. */
+  toClient?(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined;
+  /** Returns the bytes to resend; `sentAtMs` is when the stanza was first sent or queued. */
+  replay?(bytes: Buffer, sentAtMs: number, session: SessionHandle): Buffer;
+  /** Feature elements to add to the legacy server's features in `phase`. */
+  advertise?(phase: FeaturesPhase): readonly Element[];
+}
+
+/** Where the session is when a client element arrives: before SASL success, before bind, bound. */
+export type ClientPhase = 'authenticating' | 'authenticated' | 'active';
+
+/** `live`: the client is attached; `queued`: the session hibernates and the stanza waits for a resume. */
+export type Delivery = 'live' | 'queued';
+
+/** A from-client hook's decision: `undefined` relays the element; otherwise the hook answered it. */
+export type FromClientVerdict =
+  | undefined
+  /** Answered with a stanza, delivered like one from the legacy server (counted by stream management). */
+  | { readonly kind: 'answer-stanza'; readonly stanza: string }
+  /** Answered with a nonza (a `<failure/>`); with `thenClose`, the session then ends, for that reason. */
+  | { readonly kind: 'answer-nonza'; readonly nonza: string; readonly thenClose?: string };
+
+/** What a hook may know of its session and do through it. */
+export interface SessionHandle {
+  readonly sid: string;
+  /** The domain the client's stream named, once it named one the proxy serves. */
+  readonly domain: string | undefined;
+  /** The full JID, once bound. */
+  readonly jid: string | undefined;
+  /** The session's logger (carries the JID once bound). */
+  readonly log: Logger;
+  /** Writes on the user's upstream stream, on the user's behalf; nothing happens once that stream is gone. */
+  sendUpstream(data: string): void;
+}
+
+/** The ordered hooks, split by kind once so that a session calls only hooks that have something to say. */
+export class SessionHooks {
+  private readonly fromClientHooks: readonly SessionHook[];
+  private readonly toClientHooks: readonly SessionHook[];
+  private readonly replayHooks: readonly SessionHook[];
+  private readonly advertisers: readonly SessionHook[];
+
+  constructor(hooks: readonly SessionHook[]) {
+    this.fromClientHooks = hooks.filter((hook) => hook.fromClient !== undefined);
+    this.toClientHooks = hooks.filter((hook) => hook.toClient !== undefined);
+    this.replayHooks = hooks.filter((hook) => hook.replay !== undefined);
+    this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
+  }
+
+  /** The first hook that answers decides; `undefined` when every hook lets the element through. */
+  fromClient(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict {
+    for (const hook of this.fromClientHooks) {
+      const verdict = hook.fromClient?.(element, phase, session);
+      if (verdict !== undefined) return verdict;
+    }
+    return undefined;
+  }
+
+  /** Each hook sees what the one before it passed on; a drop ends the chain. */
+  toClient(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined {
+    let current: Buffer | undefined = bytes;
+    for (const hook of this.toClientHooks) {
+      current = hook.toClient?.(current, delivery, session);
+      if (current === undefined) return undefined;
+    }
+    return current;
+  }
+
+  replay(bytes: Buffer, sentAtMs: number, session: SessionHandle): Buffer {
+    let current = bytes;
+    for (const hook of this.replayHooks) current = hook.replay?.(current, sentAtMs, session) ?? current;
+    return current;
+  }
+
+  advertise(phase: FeaturesPhase): Element[] {
+    return this.advertisers.flatMap((hook) => hook.advertise?.(phase) ?? []);
+  }
+}

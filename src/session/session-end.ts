@@ -1,0 +1,37 @@
+import type { StreamError, UpstreamError } from '../errors.js';
+import type { EndedReason } from '../sm/failures.js';
+import type { ScannedElement } from '../xml/stream-scanner.js';
+
+/** Why a session ends (`Session.end`). */
+export type EndCause =
+  /** The client closed, or the link ended without hibernation, or the legacy server answered our close. */
+  | { readonly kind: 'closed' }
+  /** A hibernation ran out (XEP-0198 §5). */
+  | { readonly kind: 'expired' }
+  /** The proxy stops while the session hibernates. */
+  | { readonly kind: 'shutdown' }
+  /** The proxy ends the stream with a stream error (bad input, limits, timeouts, shutdown of an attached session). */
+  | { readonly kind: 'stream-error'; readonly error: StreamError }
+  /** The unacked queue overflowed. */
+  | { readonly kind: 'queue-overflow'; readonly error: StreamError; readonly overflowing: Buffer }
+  /** The legacy server ended the user's stream with a stream error: relayed (RFC 6120 names). */
+  | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
+  /** The legacy server's connection failed or closed. */
+  | { readonly kind: 'upstream-lost'; readonly error: UpstreamError };
+
+/**
+ * What each ending does (the client side is in `end`'s switch): the reason remembered for a late
+ * `<resume/>` and logged, whether the unacked stanzas can still be answered through the user's
+ * upstream stream (README, What it does), and whether that stream is closed or dropped.
+ */
+export const HOW_TO_END: Readonly<
+  Record<EndCause['kind'], { readonly reason: EndedReason; readonly unacked: 'answer' | 'lost'; readonly upstream: 'close' | 'destroy' }>
+> = {
+  closed: { reason: 'closed', unacked: 'answer', upstream: 'close' },
+  expired: { reason: 'expired', unacked: 'answer', upstream: 'close' },
+  shutdown: { reason: 'shutdown', unacked: 'answer', upstream: 'close' },
+  'stream-error': { reason: 'error', unacked: 'answer', upstream: 'close' },
+  'queue-overflow': { reason: 'queue-overflow', unacked: 'answer', upstream: 'close' },
+  'upstream-error': { reason: 'upstream-lost', unacked: 'lost', upstream: 'close' },
+  'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
+};

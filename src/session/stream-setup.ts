@@ -1,0 +1,250 @@
+import { parseElement } from '../xml/element.js';
+import { escapeXml } from '../xml/escape.js';
+import { NS, type SmNamespace } from '../xml/namespaces.js';
+import type { ScannedElement } from '../xml/stream-scanner.js';
+import type { FeaturesPhase } from './features.js';
+import { SaslIdentity } from './sasl-identity.js';
+
+/** A `<resume/>` waiting for its client's account to be known. */
+export interface ResumeRequest {
+  readonly ns: SmNamespace;
+  readonly previd: string;
+  readonly h: number;
+}
+
+/** Where the setup is: the client authenticates, then binds, or resumes another session. */
+export type SetupPhaseName = SetupPhase['name'];
+
+type SetupPhase =
+  /** Relaying SASL; the exchange is watched for the account it names. */
+  | { readonly name: 'authenticating'; readonly sasl: SaslIdentity }
+  /** SASL succeeded; the client may bind, or resume another session. */
+  | {
+      readonly name: 'authenticated';
+      /** The account the successful SASL exchange named, when it names one for sure (SaslIdentity). */
+      readonly saslJid: string | undefined;
+      /** Set when a failed resume bound a resource for the identity check (XEP-0198 §5). */
+      readonly boundJid: string | undefined;
+      /** The restarted stream's features have reached the client: a `<resumed/>` may follow them. */
+      readonly featuresRelayed: boolean;
+      /**
+       * The client's bind request, forwarded and not answered yet: only the answer to this id
+       * binds the session, and what the client pipelines behind it (an `<enable/>`) waits for it.
+       */
+      readonly pendingBind: { readonly id: string; readonly held: ScannedElement[] } | undefined;
+    }
+  /** A `<resume/>` waits for the account to be known; what the client sends meanwhile is held. */
+  | {
+      readonly name: 'resuming';
+      readonly request: ResumeRequest;
+      readonly held: ScannedElement[];
+      readonly saslJid: string | undefined;
+      readonly boundJid: string | undefined;
+      /** The SASL exchange confirmed the account; the answer waits for the restarted stream's features. */
+      readonly awaitingFeatures: boolean;
+    };
+
+/** What stream setup does through its session: the writes, the waits, and the moments that change the session. */
+export interface SetupPort {
+  toClient(data: Buffer | string): void;
+  toServer(data: Buffer | string): void;
+  /** RFC 6120 §6.4.6: SASL succeeded, after its `<success/>` reached the client; both streams restart. */
+  saslSucceeded(): void;
+  /** The setup waits for the legacy server's answer: what the client sends meanwhile stays unread. */
+  waitForServer(): void;
+  serverAnswered(): void;
+  /** The client's resource is bound to `jid`: the session becomes active. */
+  bound(jid: string): void;
+  /** Elements held while the setup waited, to be handled again, in order, as if they arrived now. */
+  redeliver(held: readonly ScannedElement[]): void;
+  /** The account `request` comes from is known; `undefined` when the legacy server refused the identity bind. */
+  identityKnown(request: ResumeRequest, bareJid: string | undefined): void;
+}
+
+/**
+ * The client stream from the legacy server's first features to bind (RFC 6120 §6, §7): SASL and
+ * bind are relayed unchanged and watched, so that the proxy learns the full JID from the server's
+ * own answer, and a `<resume/>` learns which account it comes from (XEP-0198 §5: "the server MUST
+ * verify that the resuming entity is the same as the original entity"): from the SASL exchange
+ * when it names the account for sure, else from a throwaway bind on this temporary stream.
+ */
+export class StreamSetup {
+  private phase: SetupPhase;
+
+  /**
+   * @param identityBindId the id of the proxy's own identity-check bind request: unique to the
+   *   session, and never one a client would choose.
+   */
+  constructor(
+    domain: string,
+    private readonly identityBindId: string,
+    private readonly port: SetupPort,
+  ) {
+    this.phase = { name: 'authenticating', sasl: new SaslIdentity(domain) };
+  }
+
+  get phaseName(): SetupPhaseName {
+    return this.phase.name;
+  }
+
+  /** Which features the legacy server sends now: before SASL success, or after the restart. */
+  get featuresPhase(): FeaturesPhase {
+    return this.phase.name === 'authenticating' ? 'pre-auth' : 'post-auth';
+  }
+
+  /** Holds `element` while the setup waits for the legacy server (a bind, an identity check); true if held. */
+  hold(element: ScannedElement): boolean {
+    const p = this.phase;
+    if (p.name === 'resuming') {
+      p.held.push(element);
+      return true;
+    }
+    if (p.name === 'authenticated' && p.pendingBind !== undefined) {
+      p.pendingBind.held.push(element);
+      return true;
+    }
+    return false;
+  }
+
+  /** A client element for the legacy server (not a stream-management nonza, not answered by a hook). */
+  fromClient(element: ScannedElement): void {
+    const p = this.phase;
+    if (p.name === 'authenticating') p.sasl.fromClient(element);
+    if (p.name === 'authenticated') {
+      const bindId = bindRequestId(element);
+      if (bindId !== undefined && p.boundJid !== undefined) {
+        // A failed resume bound a resource already; XEP-0198 §5 lets the client bind after it: answered with that one.
+        this.port.toClient(
+          `<iq type='result' id='${escapeXml(bindId)}'><bind xmlns='${NS.bind}'><jid>${escapeXml(p.boundJid)}</jid></bind></iq>`,
+        );
+        this.port.bound(p.boundJid);
+        return;
+      }
+      if (bindId !== undefined) {
+        this.phase = { ...p, pendingBind: { id: bindId, held: [] } };
+        this.port.waitForServer();
+      }
+    }
+    this.port.toServer(element.bytes);
+  }
+
+  /** An element from the legacy server other than a stream error or features (the session relays those). */
+  fromServer(element: ScannedElement): void {
+    const p = this.phase;
+    if (p.name === 'authenticating' && element.ns === NS.sasl) {
+      if (element.localName === 'success') {
+        this.port.toClient(element.bytes);
+        this.phase = {
+          name: 'authenticated',
+          saslJid: p.sasl.bareJid,
+          boundJid: undefined,
+          featuresRelayed: false,
+          pendingBind: undefined,
+        };
+        this.port.saslSucceeded();
+        return;
+      }
+      if (element.localName === 'failure') p.sasl.onFailure();
+    }
+    if (element.localName === 'iq' && p.name !== 'authenticating' && this.onBindAnswer(p, element)) return;
+    this.port.toClient(element.bytes);
+  }
+
+  /** The session relayed the legacy server's features to the client. */
+  featuresRelayed(): void {
+    const p = this.phase;
+    if (p.name === 'authenticated') this.phase = { ...p, featuresRelayed: true };
+    else if (p.name === 'resuming' && p.awaitingFeatures) {
+      this.phase = { ...p, awaitingFeatures: false };
+      this.port.identityKnown(p.request, p.saslJid);
+    }
+  }
+
+  /**
+   * A `<resume/>` of a live session of `liveAccount` (its bare JID, if bound) after SASL success:
+   * finds out which account this stream authenticated as, then {@link SetupPort.identityKnown}.
+   * Only in the `authenticated` phase.
+   */
+  resume(request: ResumeRequest, liveAccount: string | undefined): void {
+    const p = this.phase;
+    if (p.name !== 'authenticated') return;
+    // The SASL exchange named exactly the hibernated session's account: confirmed with no second
+    // resource, which a server allowing one resource per account would trade for the session. A
+    // stream that bound a resource already has the server's own answer, which comes first.
+    const confirmedBySasl = p.boundJid === undefined && p.saslJid !== undefined && p.saslJid === liveAccount;
+    this.phase = {
+      name: 'resuming',
+      request,
+      held: [],
+      saslJid: p.saslJid,
+      boundJid: p.boundJid,
+      awaitingFeatures: confirmedBySasl && !p.featuresRelayed,
+    };
+    this.port.waitForServer();
+    if (confirmedBySasl) {
+      // XEP-0198 §5: the client resumes "where it would otherwise bind", so `<resumed/>` belongs
+      // after the restarted stream's header and features; a pipelined `<resume/>` waits for them.
+      if (p.featuresRelayed) this.port.identityKnown(request, p.saslJid);
+      return;
+    }
+    if (p.boundJid !== undefined) {
+      this.port.identityKnown(request, bare(p.boundJid));
+      return;
+    }
+    this.port.toServer(`<iq type='set' id='${this.identityBindId}'><bind xmlns='${NS.bind}'/></iq>`);
+  }
+
+  /** The resume was refused: the stream is authenticated again, and what the client sent meanwhile is handled. */
+  resumeRefused(): void {
+    const p = this.phase;
+    if (p.name !== 'resuming') return;
+    this.phase = { name: 'authenticated', saslJid: p.saslJid, boundJid: p.boundJid, featuresRelayed: true, pendingBind: undefined };
+    this.port.serverAnswered();
+    this.port.redeliver(p.held);
+  }
+
+  /** The resume succeeded: what the client sent after `<resume/>` goes to the resumed session. */
+  resumeAccepted(): readonly ScannedElement[] {
+    const p = this.phase;
+    return p.name === 'resuming' ? p.held : [];
+  }
+
+  /**
+   * Learns the full JID from the answer to the client's own bind request (matched by id, and
+   * from the server itself: no `from`), or consumes the answer to the identity-check bind.
+   */
+  private onBindAnswer(p: Exclude<SetupPhase, { name: 'authenticating' }>, element: ScannedElement): boolean {
+    const expectedId = p.name === 'resuming' ? this.identityBindId : p.pendingBind?.id;
+    if (expectedId === undefined) return false;
+    const iq = parseElement(element.bytes);
+    if (iq.attrs.id !== expectedId || iq.attrs.from !== undefined) return false;
+    const jid = iq.attrs.type === 'result' ? (iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined) : undefined;
+    if (p.name === 'resuming') {
+      this.phase = { ...p, boundJid: jid };
+      this.port.identityKnown(p.request, jid === undefined ? undefined : bare(jid));
+      return true;
+    }
+    this.port.toClient(element.bytes);
+    const held = p.pendingBind?.held ?? [];
+    // A refused bind leaves the stream authenticated; the client may try again.
+    this.phase = { ...p, pendingBind: undefined };
+    if (jid !== undefined) this.port.bound(jid);
+    this.port.serverAnswered();
+    this.port.redeliver(held);
+    return true;
+  }
+}
+
+/** The id of a client `<iq type='set'><bind/></iq>` (RFC 6120 §7.6), or undefined for anything else. */
+function bindRequestId(element: ScannedElement): string | undefined {
+  if (element.localName !== 'iq' || !element.bytes.includes(NS.bind)) return undefined;
+  const iq = parseElement(element.bytes);
+  if (iq.attrs.type !== 'set' || iq.getChild('bind', NS.bind) === undefined) return undefined;
+  return (iq.attrs.id as string | undefined) ?? '';
+}
+
+/** The bare JID of a full one (RFC 7622 §3.1: everything before the resource). */
+export function bare(jid: string): string {
+  const slash = jid.indexOf('/');
+  return slash === -1 ? jid : jid.slice(0, slash);
+}

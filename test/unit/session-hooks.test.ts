@@ -1,0 +1,156 @@
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
+import { pingAnswer, pingWhileAway } from '../../src/features/ping-while-away.js';
+import { transportRefusals } from '../../src/features/transport-refusals.js';
+import { SessionHooks, type SessionHandle, type SessionHook } from '../../src/session/hooks.js';
+import { parseElement, xml } from '../../src/xml/element.js';
+import { scanFragment } from '../../src/xml/stream-scanner.js';
+
+const LIMITS = { maxStanzaBytes: 65536, maxDepth: 16 };
+const scanned = (text: string) => scanFragment(Buffer.from(text), LIMITS);
+
+/** A session as a hook sees it; what the hook sends upstream is recorded. */
+function handle(jid: string | undefined = 'a@localhost/r'): SessionHandle & { readonly upstream: string[] } {
+  const upstream: string[] = [];
+  return {
+    sid: 's1',
+    domain: 'localhost',
+    jid,
+    log: pino({ level: 'silent' }),
+    upstream,
+    sendUpstream: (data) => void upstream.push(data),
+  };
+}
+
+describe('SessionHooks: the order and the verdicts', () => {
+  const seen: string[] = [];
+  const recorder = (name: string, verdict: ReturnType<NonNullable<SessionHook['fromClient']>>): SessionHook => ({
+    name,
+    fromClient: () => {
+      seen.push(name);
+      return verdict;
+    },
+  });
+
+  it('asks from-client hooks in order; the first that answers decides and the rest are not asked', () => {
+    seen.length = 0;
+    const hooks = new SessionHooks([
+      recorder('first', undefined),
+      recorder('second', { kind: 'answer-nonza', nonza: '<x/>' }),
+      recorder('third', { kind: 'answer-nonza', nonza: '<y/>' }),
+    ]);
+    expect(hooks.fromClient(scanned('<a/>'), 'active', handle())).toEqual({ kind: 'answer-nonza', nonza: '<x/>' });
+    expect(seen).toEqual(['first', 'second']);
+  });
+
+  it('passes each to-client hook what the one before it returned, and stops at a drop', () => {
+    const calls: string[] = [];
+    const hooks = new SessionHooks([
+      { name: 'upper', toClient: (bytes) => (calls.push('upper'), Buffer.from(bytes.toString().toUpperCase())) },
+      { name: 'drop-x', toClient: (bytes) => (calls.push('drop-x'), bytes.includes('X') ? undefined : bytes) },
+      { name: 'never', toClient: (bytes) => (calls.push('never'), bytes) },
+    ]);
+    expect(hooks.toClient(Buffer.from('<a/>'), 'live', handle())?.toString()).toBe('<A/>');
+    expect(calls).toEqual(['upper', 'drop-x', 'never']);
+    calls.length = 0;
+    expect(hooks.toClient(Buffer.from('<x/>'), 'live', handle())).toBeUndefined();
+    expect(calls).toEqual(['upper', 'drop-x']);
+  });
+
+  it('lets every hook without an opinion stay out: no hooks, the bytes themselves', () => {
+    const bytes = Buffer.from('<message/>');
+    const hooks = new SessionHooks([]);
+    expect(hooks.toClient(bytes, 'queued', handle())).toBe(bytes);
+    expect(hooks.replay(bytes, 0, handle())).toBe(bytes);
+    expect(hooks.fromClient(scanned('<a/>'), 'authenticating', handle())).toBeUndefined();
+    expect(hooks.advertise('post-auth')).toEqual([]);
+  });
+
+  it('collects advertised features in hook order', () => {
+    const hooks = new SessionHooks([
+      { name: 'one', advertise: () => [xml('one', { xmlns: 'urn:x:1' })] },
+      { name: 'two', advertise: (phase) => (phase === 'post-auth' ? [xml('two', { xmlns: 'urn:x:2' })] : []) },
+    ]);
+    expect(hooks.advertise('pre-auth').map((e) => e.name)).toEqual(['one']);
+    expect(hooks.advertise('post-auth').map((e) => e.name)).toEqual(['one', 'two']);
+  });
+});
+
+describe('pingAnswer (XEP-0199 §4.2)', () => {
+  it("answers the legacy server's ping to the client with a result to its sender, same id", () => {
+    const answer = pingAnswer(
+      Buffer.from("<iq type='get' id='p&amp;1' from='localhost' to='a@localhost/r'><ping xmlns='urn:xmpp:ping'/></iq>"),
+    );
+    expect(parseElement(answer!).attrs).toEqual({ type: 'result', to: 'localhost', id: 'p&1' });
+  });
+
+  it.each([
+    ['a ping result', "<iq type='result' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"],
+    ['another iq get', "<iq type='get' id='v1' from='b@localhost/x'><query xmlns='jabber:iq:version'/></iq>"],
+    ['a message mentioning the namespace', "<message from='b@localhost/x'><body>urn:xmpp:ping</body></message>"],
+    ['a message carrying a ping element', "<message type='get' from='b@localhost/x'><ping xmlns='urn:xmpp:ping'/></message>"],
+  ])('leaves %s alone', (_label, text) => {
+    expect(pingAnswer(Buffer.from(text))).toBeUndefined();
+  });
+});
+
+describe('built-in hooks', () => {
+  const ping = Buffer.from("<iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+
+  it('answers a ping upstream and drops it while the session hibernates', () => {
+    const session = handle();
+    expect(pingWhileAway.toClient?.(ping, 'queued', session)).toBeUndefined();
+    expect(session.upstream).toEqual(["<iq type='result' to='localhost' id='p1'/>"]);
+  });
+
+  it('leaves a ping to an attached client to the client', () => {
+    const session = handle();
+    expect(pingWhileAway.toClient?.(ping, 'live', session)).toBe(ping);
+    expect(session.upstream).toEqual([]);
+  });
+
+  it('refuses STARTTLS (then the stream closes) and compression (the stream goes on) in every phase', () => {
+    for (const phase of ['authenticating', 'authenticated', 'active'] as const) {
+      expect(transportRefusals.fromClient?.(scanned("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"), phase, handle())).toEqual({
+        kind: 'answer-nonza',
+        nonza: "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        thenClose: 'client asked for STARTTLS twice',
+      });
+      const compress = transportRefusals.fromClient?.(
+        scanned("<compress xmlns='http://jabber.org/protocol/compress'><method>zlib</method></compress>"),
+        phase,
+        handle(),
+      );
+      expect(compress).toEqual({
+        kind: 'answer-nonza',
+        nonza: "<failure xmlns='http://jabber.org/protocol/compress'><unsupported-method/></failure>",
+      });
+    }
+  });
+
+  it('stamps a replayed message with the time it was first sent, from the bare JID, and leaves other stanzas alone', () => {
+    const hooks = new SessionHooks(BUILTIN_HOOKS);
+    const stamped = hooks.replay(
+      Buffer.from("<message to='a@localhost/r'><body>hi</body></message>"),
+      Date.UTC(2026, 0, 2, 3, 4, 5),
+      handle(),
+    );
+    const delay = parseElement(stamped).getChild('delay', 'urn:xmpp:delay');
+    expect(delay?.attrs).toEqual({ xmlns: 'urn:xmpp:delay', from: 'a@localhost', stamp: '2026-01-02T03:04:05.000Z' });
+    const presence = Buffer.from("<presence from='b@localhost/x'/>");
+    expect(hooks.replay(presence, 0, handle())).toBe(presence);
+  });
+
+  it('answers XEP-0078 and foreign authzids only before authentication', () => {
+    const hooks = new SessionHooks(BUILTIN_HOOKS);
+    const iqAuth = scanned("<iq type='get' id='a1'><query xmlns='jabber:iq:auth'/></iq>");
+    expect(hooks.fromClient(iqAuth, 'authenticating', handle())).toMatchObject({ kind: 'answer-stanza' });
+    expect(hooks.fromClient(iqAuth, 'active', handle())).toBeUndefined();
+    const foreign = scanned(
+      `<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>${Buffer.from('alice@localhost\0bob\0pw').toString('base64')}</auth>`,
+    );
+    expect(hooks.fromClient(foreign, 'authenticating', handle())).toMatchObject({ kind: 'answer-nonza' });
+    expect(hooks.fromClient(foreign, 'authenticated', handle())).toBeUndefined();
+  });
+});
