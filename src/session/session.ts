@@ -1,11 +1,10 @@
 import type { Logger } from 'pino';
 import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError } from '../errors.js';
-import type { MemoryBudget } from '../sm/memory-budget.js';
 import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm/failures.js';
 import { decideBeforeIdentity, decideResume, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
-import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
+import type { UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
 import { parseElement, type Element } from '../xml/element.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
 import { sanitizeForLog } from '../xml/sanitize.js';
@@ -15,107 +14,15 @@ import { FlowControl } from './flow-control.js';
 import { disposeUnacked } from './unacked-disposal.js';
 import { HOW_TO_END, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
-import type { SmEvents } from './events.js';
-import { rewriteFeatures, type FeaturesFindings } from './features.js';
-import type { ClientPhase, SessionHandle, SessionHooks } from './hooks.js';
+import { rewriteFeatures } from './features.js';
+import type { ClientPhase, SessionHandle } from './hooks.js';
 import { AckClock } from './ack-clock.js';
 import { StreamSetup, bare, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
-import type { ResumeHandOver, SessionRegistry } from './session-registry.js';
-import { StreamManagement, type SmSettings } from '../sm/stream-management.js';
-
-/** Limits and timings a session applies, in the units the code uses. Built from the config. */
-export interface SessionSettings extends SmSettings {
-  readonly maxStanzaBytes: number;
-  readonly maxStanzaBytesPreAuth: number;
-  /** An unauthenticated (or unbound) client is closed with `connection-timeout` after this. */
-  readonly authTimeoutMs: number;
-  /** Whitespace keepalive on the upstream link once bound, when it was idle that long. */
-  readonly upstreamKeepaliveMs: number;
-  /** `bounce` answers unacked stanzas at expiry; `drop` discards them quietly. */
-  readonly expiryPolicy: 'bounce' | 'drop';
-}
-
-/**
- * What every session shares; the composition root (proxy.ts) builds it once. A session keeps a
- * reference to it for its whole life, so nothing per-connection belongs here (a hibernating
- * session must not pin the client link it lost).
- */
-export interface SessionDeps {
-  readonly settings: SessionSettings;
-  readonly registry: SessionRegistry;
-  readonly events: SmEvents;
-  readonly budget: MemoryBudget;
-  /** The features' hooks every session runs, in order (hooks.ts). */
-  readonly hooks: SessionHooks;
-  /** The upstream for a domain the client named, or undefined if it is not served. */
-  readonly upstreamFor: (domain: string) => UpstreamTarget | undefined;
-  readonly connectUpstream: (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>;
-  /** Called once when the upstream advertises channel binding (the operator must hear it). */
-  readonly reportFindings: (domain: string, findings: FeaturesFindings) => void;
-  readonly now: () => number;
-}
-
-/** What one session starts from: its id, the client link that opened it, and its logger. */
-export interface SessionStart {
-  readonly sid: string;
-  readonly link: ClientLink;
-  readonly log: Logger;
-}
-
-/**
- * The lifecycle of a session. Each variant carries what is valid in it: the client link where
- * there is one (a hibernating session has none), the upstream stream once connected; timers
- * belong to a variant and are cleared by `transition`. A link that ended stays in its variant
- * until the session moves on: writes to an ended link are no-ops.
- */
-type State =
-  /** TLS is done (or in progress); waiting for the client's stream header. */
-  | { readonly name: 'opening'; readonly link: ClientLink; readonly authTimer: NodeJS.Timeout }
-  /** Connecting to the legacy server; client elements are held in order. */
-  | { readonly name: 'connecting'; readonly link: ClientLink; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
-  /** Relaying SASL and bind, or checking the account of a `<resume/>` (stream-setup.ts). */
-  | {
-      readonly name: 'negotiating';
-      readonly link: ClientLink;
-      readonly authTimer: NodeJS.Timeout;
-      readonly upstream: UpstreamStream;
-      readonly setup: StreamSetup;
-    }
-  /** Bound: everything is relayed; stream management may be on. */
-  | {
-      readonly name: 'active';
-      readonly link: ClientLink;
-      readonly upstream: UpstreamStream;
-      readonly jid: string;
-      readonly sm: StreamManagement | undefined;
-      /** Set with `sm`: when to ask the client for acks (ack-clock.ts). */
-      readonly clock: AckClock | undefined;
-    }
-  /** The client is away; the upstream is kept alive and stanzas are queued (README, Hibernation). */
-  | {
-      readonly name: 'hibernating';
-      readonly upstream: UpstreamStream;
-      readonly jid: string;
-      readonly sm: StreamManagement;
-      readonly sinceMs: number;
-      readonly expiryTimer: NodeJS.Timeout;
-    }
-  /** The client closed cleanly; waiting for the legacy server to close its stream. */
-  | { readonly name: 'closing'; readonly link: ClientLink; readonly upstream: UpstreamStream }
-  | { readonly name: 'closed' };
-
-type StateName = State['name'];
-
-/** One table of allowed transitions; anything else is a bug. */
-const TRANSITIONS: Record<StateName, readonly StateName[]> = {
-  opening: ['connecting', 'closed'],
-  connecting: ['negotiating', 'closed'],
-  negotiating: ['active', 'closing', 'closed'],
-  active: ['active', 'hibernating', 'closing', 'closed'],
-  hibernating: ['active', 'closed'],
-  closing: ['closed'],
-  closed: [],
-};
+import type { ResumeHandOver } from './session-registry.js';
+import type { SessionDeps, SessionStart } from './session-deps.js';
+import type { HibernationEnd } from './events.js';
+import { checkedTransition, linkOf, upstreamOf, type State, type StateName } from './session-state.js';
+import { StreamManagement } from '../sm/stream-management.js';
 
 /** Counters for the summary line logged when the session ends. */
 interface SessionStats {
@@ -142,7 +49,7 @@ export class Session implements SessionHandle {
   /** Backpressure and protocol waits: when reading from the client or the legacy server pauses. */
   private readonly flow = new FlowControl(
     () => linkOf(this.state),
-    () => this.upstreamOf(this.state),
+    () => upstreamOf(this.state),
   );
   /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
@@ -187,7 +94,7 @@ export class Session implements SessionHandle {
   }
 
   sendUpstream(data: string): void {
-    const upstream = this.upstreamOf(this.state);
+    const upstream = upstreamOf(this.state);
     if (upstream !== undefined && !upstream.ended) this.toUpstream(upstream, data);
   }
 
@@ -195,10 +102,7 @@ export class Session implements SessionHandle {
 
   private transition(next: State): void {
     const from = this.state;
-    if (!TRANSITIONS[from.name].includes(next.name)) {
-      throw new InvariantError(`session transition ${from.name} → ${next.name} is not allowed`);
-    }
-    clearStateTimers(from, next);
+    checkedTransition(from, next);
     this.state = next;
     if (from.name !== next.name) this.log.debug({ from: from.name, to: next.name }, 'session state');
   }
@@ -567,8 +471,7 @@ export class Session implements SessionHandle {
     const resumed = sm.queue.resume(h);
     if (resumed.ack.kind !== 'acked')
       throw new InvariantError(`resume accepted with h=${h}, which the queue refuses (${resumed.ack.kind})`);
-    const wasHibernating = s.name === 'hibernating';
-    const hibernatedMs = wasHibernating ? this.deps.now() - s.sinceMs : 0;
+    const hibernatedMs = s.name === 'hibernating' ? this.deps.now() - s.sinceMs : 0;
     this.flow.clientGone();
     this.stats.resumes++;
     sm.linkChanged();
@@ -586,8 +489,7 @@ export class Session implements SessionHandle {
     for (const entry of resumed.replay) this.sendToClient(this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this));
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
-    if (wasHibernating)
-      this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: sm.id, reason: 'resumed', hibernatedMs });
+    if (s.name === 'hibernating') this.hibernationEnded(s, 'resumed');
     // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
     if (resumed.replay.length > 0) clock.request('replayed');
   }
@@ -619,6 +521,12 @@ export class Session implements SessionHandle {
     this.end({ kind: 'expired' });
   }
 
+  /** The one place `hibernationEnded` is emitted: on resumption, or when the session ends. */
+  private hibernationEnded(s: Extract<State, { name: 'hibernating' }>, reason: HibernationEnd): void {
+    const hibernatedMs = this.deps.now() - s.sinceMs;
+    this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs });
+  }
+
   private endSm(sm: StreamManagement | undefined, reason: EndedReason): void {
     if (sm === undefined || !sm.resumable) return;
     this.deps.registry.endResumable(sm.id, { h: sm.inbound.h, bareJid: this.bareJid ?? '', reason, endedAtMs: this.deps.now() });
@@ -633,11 +541,11 @@ export class Session implements SessionHandle {
       onStreamClose: () => this.guard(() => this.onUpstreamStreamClose(upstream)),
       onFailure: (error) =>
         this.guard(() => {
-          if (this.upstreamOf(this.state) === upstream) this.upstreamLost(error);
+          if (upstreamOf(this.state) === upstream) this.upstreamLost(error);
         }),
       onEnd: (clean) =>
         this.guard(() => {
-          if (this.upstreamOf(this.state) !== upstream) return;
+          if (upstreamOf(this.state) !== upstream) return;
           if (this.state.name === 'closing') {
             this.end({ kind: 'closed' });
             return;
@@ -649,17 +557,13 @@ export class Session implements SessionHandle {
           );
         }),
       onDrain: () => {
-        if (this.upstreamOf(this.state) === upstream) this.flow.upstreamDrained();
+        if (upstreamOf(this.state) === upstream) this.flow.upstreamDrained();
       },
     };
   }
 
-  private upstreamOf(s: State): UpstreamStream | undefined {
-    return 'upstream' in s ? s.upstream : undefined;
-  }
-
   private onUpstreamStreamOpen(upstream: UpstreamStream, header: StreamHeader): void {
-    if (this.upstreamOf(this.state) !== upstream) return;
+    if (upstreamOf(this.state) !== upstream) return;
     linkOf(this.state)?.sendHeader({
       from: header.attrs.from ?? this.domain,
       id: header.attrs.id,
@@ -671,7 +575,7 @@ export class Session implements SessionHandle {
   private onUpstreamElement(upstream: UpstreamStream, element: ScannedElement): void {
     if (this.traceXml) this.log.trace({ fromUpstream: sanitizeForLog(element) }, 'element');
     const s = this.state;
-    if (this.upstreamOf(s) !== upstream) return;
+    if (upstreamOf(s) !== upstream) return;
     if (s.name === 'active' && isStanza(element)) {
       this.stanzaToClient(s, element.bytes);
       return;
@@ -791,7 +695,7 @@ export class Session implements SessionHandle {
 
   private onUpstreamStreamClose(upstream: UpstreamStream): void {
     const s = this.state;
-    if (this.upstreamOf(s) !== upstream) return;
+    if (upstreamOf(s) !== upstream) return;
     if (s.name === 'closing') {
       this.end({ kind: 'closed' });
       return;
@@ -854,17 +758,9 @@ export class Session implements SessionHandle {
     const s = this.state;
     if (s.name === 'closed') return;
     const how = HOW_TO_END[cause.kind];
-    const upstream = this.upstreamOf(s);
+    const upstream = upstreamOf(s);
     const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
-    if (s.name === 'hibernating') {
-      this.deps.events.notify(this.log, 'hibernationEnded', {
-        sid: this.sid,
-        jid: s.jid,
-        smId: s.sm.id,
-        reason: how.reason,
-        hibernatedMs: this.deps.now() - s.sinceMs,
-      });
-    }
+    if (s.name === 'hibernating') this.hibernationEnded(s, how.reason);
     if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
@@ -949,23 +845,4 @@ function headerAttrs(header: StreamHeader): { to?: string; from?: string; versio
 /** SM-IDs are secrets of their session: logs carry only a prefix. */
 function shortId(id: string): string {
   return id.slice(0, 6);
-}
-
-/** On the hot path (every stanza to the client): a switch on the name, not a megamorphic `in`. */
-function linkOf(s: State): ClientLink | undefined {
-  switch (s.name) {
-    case 'hibernating':
-    case 'closed':
-      return undefined;
-    default:
-      return s.link;
-  }
-}
-
-function clearStateTimers(from: State, to: State): void {
-  const timers: (NodeJS.Timeout | undefined)[] = [];
-  if ('authTimer' in from && !('authTimer' in to && to.authTimer === from.authTimer)) timers.push(from.authTimer);
-  if (from.name === 'active' && (to.name !== 'active' || to.clock !== from.clock)) from.clock?.stop();
-  if (from.name === 'hibernating') timers.push(from.expiryTimer);
-  for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
 }

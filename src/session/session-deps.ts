@@ -1,0 +1,48 @@
+import type { Logger } from 'pino';
+import type { MemoryBudget } from '../sm/memory-budget.js';
+import type { SmSettings } from '../sm/stream-management.js';
+import type { ClientLink } from '../transport/client-link.js';
+import type { UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
+import type { SmEvents } from './events.js';
+import type { FeaturesFindings } from './features.js';
+import type { SessionHooks } from './hooks.js';
+import type { SessionRegistry } from './session-registry.js';
+
+/** Limits and timings a session applies, in the units the code uses. Built from the config. */
+export interface SessionSettings extends SmSettings {
+  readonly maxStanzaBytes: number;
+  readonly maxStanzaBytesPreAuth: number;
+  /** An unauthenticated (or unbound) client is closed with `connection-timeout` after this. */
+  readonly authTimeoutMs: number;
+  /** Whitespace keepalive on the upstream link once bound, when it was idle that long. */
+  readonly upstreamKeepaliveMs: number;
+  /** `bounce` answers unacked stanzas at expiry; `drop` discards them quietly. */
+  readonly expiryPolicy: 'bounce' | 'drop';
+}
+
+/**
+ * What every session shares; the composition root (proxy.ts) builds it once. A session keeps a
+ * reference to it for its whole life, so nothing per-connection belongs here (a hibernating
+ * session must not pin the client link it lost).
+ */
+export interface SessionDeps {
+  readonly settings: SessionSettings;
+  readonly registry: SessionRegistry;
+  readonly events: SmEvents;
+  readonly budget: MemoryBudget;
+  /** The features' hooks every session runs, in order (hooks.ts). */
+  readonly hooks: SessionHooks;
+  /** The upstream for a domain the client named, or undefined if it is not served. */
+  readonly upstreamFor: (domain: string) => UpstreamTarget | undefined;
+  readonly connectUpstream: (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>;
+  /** Called once when the upstream advertises channel binding (the operator must hear it). */
+  readonly reportFindings: (domain: string, findings: FeaturesFindings) => void;
+  readonly now: () => number;
+}
+
+/** What one session starts from: its id, the client link that opened it, and its logger. */
+export interface SessionStart {
+  readonly sid: string;
+  readonly link: ClientLink;
+  readonly log: Logger;
+}

@@ -1,0 +1,93 @@
+import { InvariantError } from '../errors.js';
+import type { StreamManagement } from '../sm/stream-management.js';
+import type { ClientLink } from '../transport/client-link.js';
+import type { UpstreamStream } from '../upstream/upstream-link.js';
+import type { ScannedElement } from '../xml/stream-scanner.js';
+import type { AckClock } from './ack-clock.js';
+import type { StreamSetup } from './stream-setup.js';
+
+/**
+ * The lifecycle of a session. Each variant carries what is valid in it: the client link where
+ * there is one (a hibernating session has none), the upstream stream once connected; timers
+ * belong to a variant and are cleared by `checkedTransition`. A link that ended stays in its variant
+ * until the session moves on: writes to an ended link are no-ops.
+ */
+export type State =
+  /** TLS is done (or in progress); waiting for the client's stream header. */
+  | { readonly name: 'opening'; readonly link: ClientLink; readonly authTimer: NodeJS.Timeout }
+  /** Connecting to the legacy server; client elements are held in order. */
+  | { readonly name: 'connecting'; readonly link: ClientLink; readonly authTimer: NodeJS.Timeout; readonly held: ScannedElement[] }
+  /** Relaying SASL and bind, or checking the account of a `<resume/>` (stream-setup.ts). */
+  | {
+      readonly name: 'negotiating';
+      readonly link: ClientLink;
+      readonly authTimer: NodeJS.Timeout;
+      readonly upstream: UpstreamStream;
+      readonly setup: StreamSetup;
+    }
+  /** Bound: everything is relayed; stream management may be on. */
+  | {
+      readonly name: 'active';
+      readonly link: ClientLink;
+      readonly upstream: UpstreamStream;
+      readonly jid: string;
+      readonly sm: StreamManagement | undefined;
+      /** Set with `sm`: when to ask the client for acks (ack-clock.ts). */
+      readonly clock: AckClock | undefined;
+    }
+  /** The client is away; the upstream is kept alive and stanzas are queued (README, Hibernation). */
+  | {
+      readonly name: 'hibernating';
+      readonly upstream: UpstreamStream;
+      readonly jid: string;
+      readonly sm: StreamManagement;
+      readonly sinceMs: number;
+      readonly expiryTimer: NodeJS.Timeout;
+    }
+  /** The client closed cleanly; waiting for the legacy server to close its stream. */
+  | { readonly name: 'closing'; readonly link: ClientLink; readonly upstream: UpstreamStream }
+  | { readonly name: 'closed' };
+
+export type StateName = State['name'];
+
+/** One table of allowed transitions; anything else is a bug. */
+export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
+  opening: ['connecting', 'closed'],
+  connecting: ['negotiating', 'closed'],
+  negotiating: ['active', 'closing', 'closed'],
+  active: ['active', 'hibernating', 'closing', 'closed'],
+  hibernating: ['active', 'closed'],
+  closing: ['closed'],
+  closed: [],
+};
+
+/** On the hot path (every stanza to the client): a switch on the name, not a megamorphic `in`. */
+export function linkOf(s: State): ClientLink | undefined {
+  switch (s.name) {
+    case 'hibernating':
+    case 'closed':
+      return undefined;
+    default:
+      return s.link;
+  }
+}
+
+/** Moves from `from` to `to` if the table allows it, and clears the timers `from` had that `to` does not keep. */
+export function checkedTransition(from: State, to: State): void {
+  if (!TRANSITIONS[from.name].includes(to.name)) {
+    throw new InvariantError(`session transition ${from.name} → ${to.name} is not allowed`);
+  }
+  clearStateTimers(from, to);
+}
+
+export function upstreamOf(s: State): UpstreamStream | undefined {
+  return 'upstream' in s ? s.upstream : undefined;
+}
+
+function clearStateTimers(from: State, to: State): void {
+  const timers: (NodeJS.Timeout | undefined)[] = [];
+  if ('authTimer' in from && !('authTimer' in to && to.authTimer === from.authTimer)) timers.push(from.authTimer);
+  if (from.name === 'active' && (to.name !== 'active' || to.clock !== from.clock)) from.clock?.stop();
+  if (from.name === 'hibernating') timers.push(from.expiryTimer);
+  for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
+}
