@@ -32,8 +32,8 @@ export function refuseForeignAuthzid(element: ScannedElement, domain: string): s
 /** Refuses a foreign authorization identity before the `<auth/>` reaches the legacy server. */
 export const foreignAuthzidRefusal: SessionHook = {
   name: 'foreign-authzid-refusal',
-  fromClient(element, phase, session) {
-    if (phase !== 'authenticating') return undefined;
+  phases: ['authenticating'],
+  fromClient(element, _phase, session) {
     const failure = refuseForeignAuthzid(element, session.domain ?? '');
     if (failure === undefined) return undefined;
     session.log.info({ code: ErrorCode.SASL_FOREIGN_AUTHZID }, 'SASL authorization identity of another account refused');

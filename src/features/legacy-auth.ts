@@ -34,8 +34,8 @@ export function refuseLegacyAuth(element: ScannedElement): string | undefined {
 /** Answers XEP-0078 requests before authentication; afterwards the legacy server has its say. */
 export const legacyAuthRefusal: SessionHook = {
   name: 'legacy-auth-refusal',
-  fromClient(element, phase, session) {
-    if (phase !== 'authenticating') return undefined;
+  phases: ['authenticating'],
+  fromClient(element, _phase, session) {
     const refusal = refuseLegacyAuth(element);
     if (refusal === undefined) return undefined;
     session.log.info('XEP-0078 non-SASL authentication refused');

@@ -25,8 +25,8 @@ export function pingAnswer(stanza: Buffer): string | undefined {
  */
 export const pingWhileAway: SessionHook = {
   name: 'ping-while-away',
-  toClient(bytes, delivery, session) {
-    if (delivery !== 'queued') return bytes;
+  deliveries: ['queued'],
+  toClient(bytes, _delivery, session) {
     const pong = pingAnswer(bytes);
     if (pong === undefined) return bytes;
     session.sendUpstream(pong);

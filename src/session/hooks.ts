@@ -26,7 +26,11 @@ import type { FeaturesPhase } from './features.js';
 export interface SessionHook {
   /** For logs and tests: the concept the hook implements. */
   readonly name: string;
+  /** The phases whose client elements `fromClient` sees; every phase when absent. */
+  readonly phases?: readonly ClientPhase[];
   fromClient?(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict;
+  /** The deliveries whose stanzas `toClient` sees; both when absent. */
+  readonly deliveries?: readonly Delivery[];
   /** Returns the bytes to deliver (`bytes` itself, or changed ones), or `undefined` to drop the stanza. */
   toClient?(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined;
   /** Returns the bytes to resend; `sentAtMs` is when the stanza was first sent or queued. */
@@ -62,23 +66,35 @@ export interface SessionHandle {
   sendUpstream(data: string): void;
 }
 
-/** The ordered hooks, split by kind once so that a session calls only hooks that have something to say. */
+/**
+ * The ordered hooks, split once by kind, phase and delivery, so that a session calls only hooks
+ * that have something to say: on the hot path (a bound client's stanzas, live stanzas to it) the
+ * built-in hooks cost one call per client element and none per stanza to the client.
+ */
 export class SessionHooks {
-  private readonly fromClientHooks: readonly SessionHook[];
-  private readonly toClientHooks: readonly SessionHook[];
+  private readonly fromClientHooks: Readonly<Record<ClientPhase, readonly SessionHook[]>>;
+  private readonly toClientHooks: Readonly<Record<Delivery, readonly SessionHook[]>>;
   private readonly replayHooks: readonly SessionHook[];
   private readonly advertisers: readonly SessionHook[];
 
   constructor(hooks: readonly SessionHook[]) {
-    this.fromClientHooks = hooks.filter((hook) => hook.fromClient !== undefined);
-    this.toClientHooks = hooks.filter((hook) => hook.toClient !== undefined);
+    const fromClient = hooks.filter((hook) => hook.fromClient !== undefined);
+    const toClient = hooks.filter((hook) => hook.toClient !== undefined);
+    const askedIn = (phase: ClientPhase): SessionHook[] => fromClient.filter((hook) => hook.phases?.includes(phase) ?? true);
+    const askedFor = (delivery: Delivery): SessionHook[] => toClient.filter((hook) => hook.deliveries?.includes(delivery) ?? true);
+    this.fromClientHooks = {
+      authenticating: askedIn('authenticating'),
+      authenticated: askedIn('authenticated'),
+      active: askedIn('active'),
+    };
+    this.toClientHooks = { live: askedFor('live'), queued: askedFor('queued') };
     this.replayHooks = hooks.filter((hook) => hook.replay !== undefined);
     this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
   }
 
   /** The first hook that answers decides; `undefined` when every hook lets the element through. */
   fromClient(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict {
-    for (const hook of this.fromClientHooks) {
+    for (const hook of this.fromClientHooks[phase]) {
       const verdict = hook.fromClient?.(element, phase, session);
       if (verdict !== undefined) return verdict;
     }
@@ -88,7 +104,7 @@ export class SessionHooks {
   /** Each hook sees what the one before it passed on; a drop ends the chain. */
   toClient(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined {
     let current: Buffer | undefined = bytes;
-    for (const hook of this.toClientHooks) {
+    for (const hook of this.toClientHooks[delivery]) {
       current = hook.toClient?.(current, delivery, session);
       if (current === undefined) return undefined;
     }

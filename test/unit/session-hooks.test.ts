@@ -58,6 +58,21 @@ describe('SessionHooks: the order and the verdicts', () => {
     expect(calls).toEqual(['upper', 'drop-x']);
   });
 
+  it('asks a hook only in the phases and for the deliveries it names', () => {
+    const calls: string[] = [];
+    const hooks = new SessionHooks([
+      { name: 'pre-auth', phases: ['authenticating'], fromClient: () => (calls.push('pre-auth'), undefined) },
+      { name: 'any-phase', fromClient: () => (calls.push('any-phase'), undefined) },
+      { name: 'away', deliveries: ['queued'], toClient: (bytes) => (calls.push('away'), bytes) },
+      { name: 'any-delivery', toClient: (bytes) => (calls.push('any-delivery'), bytes) },
+    ]);
+    hooks.fromClient(scanned('<a/>'), 'authenticating', handle());
+    hooks.fromClient(scanned('<a/>'), 'active', handle());
+    hooks.toClient(Buffer.from('<a/>'), 'live', handle());
+    hooks.toClient(Buffer.from('<a/>'), 'queued', handle());
+    expect(calls).toEqual(['pre-auth', 'any-phase', 'any-phase', 'any-delivery', 'away', 'any-delivery']);
+  });
+
   it('lets every hook without an opinion stay out: no hooks, the bytes themselves', () => {
     const bytes = Buffer.from('<message/>');
     const hooks = new SessionHooks([]);
@@ -106,7 +121,7 @@ describe('built-in hooks', () => {
 
   it('leaves a ping to an attached client to the client', () => {
     const session = handle();
-    expect(pingWhileAway.toClient?.(ping, 'live', session)).toBe(ping);
+    expect(new SessionHooks(BUILTIN_HOOKS).toClient(ping, 'live', session)).toBe(ping);
     expect(session.upstream).toEqual([]);
   });
 
