@@ -4,6 +4,7 @@ import { describeConfig, loadConfig } from './config/config.js';
 import { ConfigError, ProxyError } from './errors.js';
 import { createLogger } from './logger.js';
 import { Proxy } from './proxy.js';
+import type { Logger } from 'pino';
 
 /** Exit codes (README "Running"): stable, for service managers. */
 const EXIT = {
@@ -61,13 +62,28 @@ async function main(): Promise<number> {
   const proxy = new Proxy(config, log);
   // Handlers first: a signal that arrives while the proxy is still starting (it logs 'listening'
   // before its start-up probe of the legacy servers is done) stops it cleanly once started, instead
-  // of ending the process by the signal's default action.
+  // of ending the process by the signal's default action. README, Signals: every signal an operator
+  // or a tool may send has a meaning, and none ends the process without ending its sessions.
   const signalled = new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
+  let markStarted = (): void => undefined;
+  const started = new Promise<void>((resolve) => (markStarted = resolve));
+  process.on('SIGHUP', () => {
+    log.info({ signal: 'SIGHUP' }, 'signal received; reloading');
+    started
+      .then(() => reload(path, proxy, log))
+      .catch((err: unknown) => log.error({ err: (err as Error).message }, 'reload failed; nothing changed'));
+  });
+  // A listener of its own keeps Node from opening its inspector on 127.0.0.1:9229 (its default for SIGUSR1).
+  process.on('SIGUSR1', () => log.info({ signal: 'SIGUSR1' }, 'signal received; it has no meaning here (logs go to stdout)'));
+  process.on('SIGUSR2', () =>
+    log.warn({ signal: 'SIGUSR2' }, 'signal received; upgrading with session hand-off is not available in this version: nothing done'),
+  );
   try {
     await proxy.start();
+    markStarted();
   } catch (err) {
     const code = err instanceof ProxyError ? err.code : undefined;
     log.fatal({ code, err: (err as Error).message }, 'start-up failed');
@@ -86,6 +102,22 @@ async function main(): Promise<number> {
       resolve(EXIT.ok);
     });
   });
+}
+
+/** SIGHUP: the config file is read again; an invalid one changes nothing (README, Reloading). */
+async function reload(path: string, proxy: Proxy, log: Logger): Promise<void> {
+  let config;
+  try {
+    config = await loadConfig(path);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    log.error(
+      { code: err.code, problems: err.problems.length > 0 ? err.problems : [err.message] },
+      'reload refused: the config file is not valid; nothing changed',
+    );
+    return;
+  }
+  await proxy.reload(config);
 }
 
 main().then(

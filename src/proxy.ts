@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { findDomain, type ListenerConfig, type ProxyConfig } from './config/config.js';
-import { ErrorCode, StreamError } from './errors.js';
+import { findDomain, type ListenerConfig, type ProxyConfig, type TlsConfig } from './config/config.js';
+import { ConfigError, ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
 import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
@@ -14,10 +14,17 @@ import type { ClientLink } from './transport/client-link.js';
 import type { Listener } from './transport/listener.js';
 import { TcpListener } from './transport/tcp-listener.js';
 import { WebSocketListener } from './transport/websocket-listener.js';
-import { createTlsCredentials, type TlsCredentials } from './transport/tls-credentials.js';
+import { CertificateWatcher } from './transport/certificate-watcher.js';
+import { LiveCredentials } from './transport/live-credentials.js';
+import { createTlsCredentials, warnExpiring } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
 import { RetryingUpstream } from './upstream/retrying-upstream.js';
 import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
+
+/** How often the certificates' expiry is checked while the proxy runs (also at start-up and each reload). */
+const EXPIRY_CHECK_INTERVAL_MS = 24 * 60 * 60 * 1000;
+/** The config sections a reload compares; only `tls` takes effect without a restart (README, Reloading). */
+const CONFIG_SECTIONS = ['listeners', 'tls', 'domains', 'limits', 'streamManagement', 'shutdownGraceSeconds', 'log'] as const;
 
 /** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
 const WEBSOCKET_PAYLOAD_MARGIN_BYTES = 64 * 1024;
@@ -51,7 +58,13 @@ export class Proxy {
   private readonly listeners: Listener[] = [];
   private readonly reportedFindings = new Set<string>();
   private readonly now: () => number;
-  private credentials: TlsCredentials | undefined;
+  private credentials: LiveCredentials | undefined;
+  /** The `tls` section in effect: the start-up config's, then each reload's. */
+  private tlsConfig: TlsConfig;
+  private certificateWatcher: CertificateWatcher | undefined;
+  private expiryCheck: NodeJS.Timeout | undefined;
+  /** Reloads run one after the other: a file change during a SIGHUP reload waits for it. */
+  private reloading: Promise<void> = Promise.resolve();
   private stopping: Promise<void> | undefined;
 
   constructor(
@@ -60,6 +73,7 @@ export class Proxy {
     private readonly options: ProxyOptions = {},
   ) {
     const sm = config.streamManagement;
+    this.tlsConfig = config.tls;
     this.now = options.now ?? Date.now;
     this.registry = new SessionRegistry({ rememberEndedMs: sm.rememberExpiredSeconds * 1000, maxRememberedEnded: sm.maxRememberedExpired });
     const settings = {
@@ -98,7 +112,12 @@ export class Proxy {
   /** Loads the certificates, binds every listener, and probes the legacy servers (in the background). */
   async start(): Promise<BoundListener[]> {
     const domains = Object.keys(this.config.domains);
-    this.credentials = await createTlsCredentials(this.config.tls, domains, this.log.child({ component: 'tls' }));
+    const tlsLog = this.log.child({ component: 'tls' });
+    const credentials = new LiveCredentials(await createTlsCredentials(this.tlsConfig, domains, tlsLog));
+    this.credentials = credentials;
+    this.watchCertificates();
+    this.expiryCheck = setInterval(() => warnExpiring(credentials.entries, tlsLog, Date.now()), EXPIRY_CHECK_INTERVAL_MS);
+    this.expiryCheck.unref();
     const bound: BoundListener[] = [];
     for (const listenerConfig of this.config.listeners) {
       const listener = this.createListener(listenerConfig, this.credentials);
@@ -112,7 +131,62 @@ export class Proxy {
     return bound;
   }
 
-  private createListener(config: ListenerConfig, credentials: TlsCredentials): Listener {
+  /**
+   * Applies a re-read config file (SIGHUP; README, Reloading): the certificates are loaded again,
+   * from the new `tls` section; any other section that changed is logged as waiting for a restart.
+   * Never throws: certificates that cannot be loaded leave the ones in use in place.
+   */
+  reload(next: ProxyConfig): Promise<void> {
+    const waiting = CONFIG_SECTIONS.filter((key) => key !== 'tls' && JSON.stringify(next[key]) !== JSON.stringify(this.config[key]));
+    if (waiting.length > 0) {
+      this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next restart');
+    }
+    this.tlsConfig = next.tls;
+    return this.reloadCertificates('SIGHUP');
+  }
+
+  private reloadCertificates(trigger: 'SIGHUP' | 'file change'): Promise<void> {
+    this.reloading = this.reloading.then(() => this.loadCertificatesAgain(trigger));
+    return this.reloading;
+  }
+
+  private async loadCertificatesAgain(trigger: 'SIGHUP' | 'file change'): Promise<void> {
+    const live = this.credentials;
+    if (live === undefined || this.stopping !== undefined) return;
+    const log = this.log.child({ component: 'tls' });
+    let next;
+    try {
+      next = await createTlsCredentials(this.tlsConfig, Object.keys(this.config.domains), log);
+    } catch (err) {
+      const problems = err instanceof ConfigError ? err.problems : [(err as Error).message];
+      log.error({ code: ErrorCode.TLS_CREDENTIALS, trigger, problems }, 'certificate reload failed; the certificates in use stay');
+      return;
+    }
+    // Checked again: the proxy may have begun to stop while the files were read.
+    if (this.stopping !== undefined) return;
+    const before = new Set(live.entries.map((entry) => entry.fingerprint256));
+    const changed = next.entries
+      .filter((entry) => !before.has(entry.fingerprint256))
+      .map(({ source, certFile, fingerprint256, validTo }) => ({ source, cert: certFile, fingerprint256, validTo: validTo.toISOString() }));
+    live.replace(next);
+    this.watchCertificates();
+    log.info(
+      { trigger, changed },
+      changed.length === 0 ? 'certificates reloaded; none changed' : 'certificates reloaded; new handshakes get the new ones',
+    );
+  }
+
+  /** Watches the certificate and key files of the `tls` section in effect (README, Reloading). */
+  private watchCertificates(): void {
+    this.certificateWatcher?.close();
+    const files = this.tlsConfig.certificates.flatMap((certificate) => [certificate.cert, certificate.key]);
+    this.certificateWatcher =
+      files.length === 0
+        ? undefined
+        : new CertificateWatcher(files, () => void this.reloadCertificates('file change'), this.log.child({ component: 'tls' }));
+  }
+
+  private createListener(config: ListenerConfig, credentials: LiveCredentials): Listener {
     const common = {
       host: config.host,
       port: config.port,
@@ -152,6 +226,8 @@ export class Proxy {
 
   private async doStop(): Promise<void> {
     this.log.info({ sessions: this.registry.size }, 'shutting down');
+    this.certificateWatcher?.close();
+    clearInterval(this.expiryCheck);
     const closing = Promise.all(this.listeners.map((listener) => listener.stopAccepting()));
     for (const session of [...this.registry.sessions()]) session.shutdown();
     const graceMs = this.config.shutdownGraceSeconds * 1000;

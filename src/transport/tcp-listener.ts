@@ -6,7 +6,7 @@ import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
 import type { Listener } from './listener.js';
 import { SocketClientLink } from './socket-client-link.js';
-import type { TlsCredentials } from './tls-credentials.js';
+import type { LiveCredentials } from './live-credentials.js';
 
 /** TLS handshakes that take longer than this are abandoned (slowloris before TLS). */
 const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -15,7 +15,7 @@ export interface TcpListenerOptions {
   readonly type: 'starttls' | 'directtls';
   readonly host: string;
   readonly port: number;
-  readonly credentials: TlsCredentials;
+  readonly credentials: LiveCredentials;
   /** Limits before authentication (the session raises them after SASL success). */
   readonly limits: ScannerLimits;
   readonly isServedDomain: (domain: string) => boolean;
@@ -40,13 +40,15 @@ export class TcpListener implements Listener {
   constructor(private readonly options: TcpListenerOptions) {
     const { credentials } = options;
     if (options.type === 'directtls') {
-      this.server = createTlsServer({
+      const server = createTlsServer({
         ...credentials.serverOptions,
         ALPNProtocols: ['xmpp-client'],
         handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
       });
-      this.server.on('secureConnection', (socket: TLSSocket) => this.accept(socket));
-      this.server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
+      credentials.serve(server);
+      this.server = server;
+      server.on('secureConnection', (socket: TLSSocket) => this.accept(socket));
+      server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
         options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
         socket.destroy();
       });

@@ -17,7 +17,7 @@ import { ConfigError, ErrorCode } from '../errors.js';
 
 /** Validity of a generated self-signed certificate. */
 const SELF_SIGNED_VALIDITY_MS = 30 * 24 * 60 * 60 * 1000;
-/** A certificate that expires sooner than this is logged at warn on start-up. */
+/** A certificate that expires sooner than this is logged at warn (at start-up, each reload, and daily). */
 const EXPIRY_WARNING_MS = 14 * 24 * 60 * 60 * 1000;
 
 /** One certificate the proxy can serve. */
@@ -184,9 +184,6 @@ async function loadEntry(
   if (domains.length === 0) {
     log.warn({ source, cert: config.cert }, 'tls certificate names no DNS domain; it can only serve as the default');
   }
-  if (validTo.getTime() - Date.now() < EXPIRY_WARNING_MS) {
-    log.warn({ source, cert: config.cert, validTo: validTo.toISOString() }, 'tls certificate expires soon or has expired');
-  }
   return entry;
 }
 
@@ -230,9 +227,17 @@ async function generateSelfSigned(domains: readonly string[], minVersion: tls.Se
   return entry;
 }
 
+/** Logs, at warn, each configured certificate that expires within 14 days or has expired. */
+export function warnExpiring(entries: readonly CredentialEntry[], log: TlsCredentialsLog, nowMs: number): void {
+  for (const { source, certFile, validTo } of entries) {
+    if (certFile === undefined || validTo.getTime() - nowMs >= EXPIRY_WARNING_MS) continue;
+    log.warn({ source, cert: certFile, validTo: validTo.toISOString() }, 'tls certificate expires soon or has expired');
+  }
+}
+
 /**
- * Loads the client-facing TLS credentials. Call once at start-up, and only when some listener uses
- * TLS. Async because the self-signed certificate is generated with WebCrypto.
+ * Loads the client-facing TLS credentials, at start-up and at each reload (README, Reloading).
+ * Async because the self-signed certificate is generated with WebCrypto.
  *
  * @param config the effective `tls` section (absolute paths).
  * @param domains the served XMPP domains (`Object.keys(config.domains)`): the self-signed
@@ -279,6 +284,7 @@ export async function createTlsCredentials(config: TlsConfig, domains: readonly 
     (serverName ? selector.find(serverName) : undefined) ?? defaultContext;
   const sniCallback: SniCallback = (serverName, callback) => callback(null, contextFor(serverName));
   const entries: CredentialEntry[] = loaded.map(({ pem: _pem, ...entry }) => Object.freeze(entry));
+  warnExpiring(entries, log, Date.now());
   return Object.freeze({
     defaultContext,
     entries: Object.freeze(entries),

@@ -22,7 +22,7 @@ import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
 import { normalizeAddress, parseIpRange } from './ip-range.js';
 import type { Listener } from './listener.js';
-import type { TlsCredentials } from './tls-credentials.js';
+import type { LiveCredentials } from './live-credentials.js';
 import { WebSocketClientLink } from './websocket-link.js';
 
 /** TLS handshakes that take longer than this are abandoned (slowloris before TLS). */
@@ -45,7 +45,7 @@ export interface WebSocketListenerOptions {
   /** `true`: HTTPS (wss://) with `credentials`; `false`: plain HTTP (ws://), for a TLS-terminating reverse proxy in front. */
   readonly tls: boolean;
   /** Client TLS credentials; used when `tls` is true. */
-  readonly credentials: TlsCredentials;
+  readonly credentials: LiveCredentials;
   /** URL path of the WebSocket endpoint, starting with `/` (other paths get 404). */
   readonly path: string;
   /** Allowed `Origin` values (`scheme://host[:port]`, compared case-insensitively); empty = any. A handshake without Origin is always allowed. */
@@ -96,7 +96,13 @@ export class WebSocketListener implements Listener {
     this.allowedOrigins = new Set(options.allowedOrigins.map((origin) => origin.toLowerCase()));
     const httpOptions = { headersTimeout: HTTP_REQUEST_TIMEOUT_MS, requestTimeout: HTTP_REQUEST_TIMEOUT_MS };
     if (options.tls) {
-      this.server = createHttpsServer({ ...options.credentials.serverOptions, ...httpOptions, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS });
+      const server = createHttpsServer({
+        ...options.credentials.serverOptions,
+        ...httpOptions,
+        handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
+      });
+      options.credentials.serve(server);
+      this.server = server;
       this.server.on('tlsClientError', (err: Error, socket: Socket) => {
         options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
         socket.destroy();

@@ -8,8 +8,11 @@
  * ends each upstream connection.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import selfsigned from 'selfsigned';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -668,4 +671,139 @@ describe('shutdown on a signal', () => {
     expect(exit, cli.describe()).toEqual({ code: EXIT.ok, signal: null });
     expect(Date.now() - signalledAt).toBeLessThan(SHUTDOWN_MARGIN_MS);
   });
+});
+
+// ---- reloading and the other signals (README, Signals and Reloading) ---------------------------
+
+describe('reloading and the other signals', () => {
+  /** A certificate for localhost (EC: quick to make), as PEM, with its fingerprint. */
+  async function certificate(): Promise<{ cert: string; key: string; fingerprint256: string }> {
+    const pems = await selfsigned.generate([{ name: 'commonName', value: 'localhost' }], {
+      keyType: 'ec',
+      algorithm: 'sha256',
+      extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: 'localhost' }] }],
+    });
+    return { cert: pems.cert, key: pems.private, fingerprint256: new X509Certificate(pems.cert).fingerprint256 };
+  }
+
+  /** Replaces `path` the way certbot's and acme.sh's deploy steps do: a new file renamed over the old one. */
+  async function renameOver(path: string, content: string): Promise<void> {
+    await writeFile(`${path}.new`, content);
+    await rename(`${path}.new`, path);
+  }
+
+  /** Opens a TLS connection (with SNI `servername`, or none) and returns it with the certificate it was shown. */
+  function handshake(port: number, servername?: string): Promise<{ socket: TLSSocket; fingerprint256: string }> {
+    return new Promise((resolveHandshake, reject) => {
+      const socket = tlsConnect({
+        host: '127.0.0.1',
+        port,
+        rejectUnauthorized: false,
+        ...(servername === undefined ? {} : { servername }),
+      });
+      const timer = setTimeout(() => reject(new Error(`expected a TLS handshake with 127.0.0.1:${port} within 5 s`)), 5_000);
+      socket.once('secureConnect', () => {
+        clearTimeout(timer);
+        resolveHandshake({ socket, fingerprint256: socket.getPeerCertificate().fingerprint256 });
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  }
+
+  async function servedFingerprints(port: number): Promise<{ noSni: string; sni: string }> {
+    const plain = await handshake(port);
+    const named = await handshake(port, 'localhost');
+    plain.socket.destroy();
+    named.socket.destroy();
+    return { noSni: plain.fingerprint256, sni: named.fingerprint256 };
+  }
+
+  async function proxyWithCertificate(
+    name: string,
+  ): Promise<{ cli: CliProcess; port: number; config: Record<string, unknown>; files: { cert: string; key: string } }> {
+    const dir = join(workDir, name);
+    await mkdir(dir, { recursive: true });
+    const files = { cert: join(dir, 'fullchain.pem'), key: join(dir, 'privkey.pem') };
+    const first = await certificate();
+    await writeFile(files.cert, first.cert);
+    await writeFile(files.key, first.key);
+    const config = {
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
+      tls: { certificates: [files] },
+      domains: { localhost: { upstream: { host: '127.0.0.1', port: await unusedPort(), connectTimeoutSeconds: 1 } } },
+    };
+    const { cli, ports } = await startCli(config);
+    expect(await servedFingerprints(ports.directtls!)).toEqual({ noSni: first.fingerprint256, sni: first.fingerprint256 });
+    return { cli, port: ports.directtls!, config, files };
+  }
+
+  it('serves a renewed certificate without a signal; a key that does not match keeps the one in use; open connections stay', async () => {
+    const { cli, port, files } = await proxyWithCertificate('renewal');
+    const open = await handshake(port, 'localhost');
+
+    const renewed = await certificate();
+    await renameOver(files.key, renewed.key);
+    await renameOver(files.cert, renewed.cert);
+    const reloaded = await cli.expectLog(
+      'certificates reloaded; new handshakes get the new ones',
+      (line) => line.trigger === 'file change',
+    );
+    expect(reloaded.changed).toEqual([expect.objectContaining({ source: 'tls.certificates[0]', fingerprint256: renewed.fingerprint256 })]);
+    expect(await servedFingerprints(port)).toEqual({ noSni: renewed.fingerprint256, sni: renewed.fingerprint256 });
+    expect(open.socket.destroyed, 'a connection made before the renewal').toBe(false);
+
+    // A certificate whose key is not there yet (or never comes): refused, the renewed pair stays.
+    const third = await certificate();
+    await renameOver(files.cert, third.cert);
+    const failed = await cli.expectLog('certificate reload failed; the certificates in use stay');
+    expect(failed.code).toBe('PROXY_ERR_TLS_CREDENTIALS');
+    expect(failed.level).toBe(50);
+    expect(await servedFingerprints(port)).toEqual({ noSni: renewed.fingerprint256, sni: renewed.fingerprint256 });
+    open.socket.destroy();
+    expect(cli.hasExited).toBe(false);
+  }, 20_000);
+
+  it('SIGHUP reads the config again: an invalid file changes nothing, a valid one reloads the certificates and names what waits for a restart', async () => {
+    const { cli, port, config, files } = await proxyWithCertificate('sighup');
+    const path = cli.args[0]!;
+
+    await writeFile(path, JSON.stringify({ ...config, limits: { maxSessions: -1 } }));
+    process.kill(cli.pid, 'SIGHUP');
+    const refused = await cli.expectLog('reload refused: the config file is not valid; nothing changed');
+    expect(refused.problems).toEqual([expect.stringContaining('/limits/maxSessions')]);
+
+    // Certificate files changed and the config too: the reload takes the certificates, names the rest.
+    const next = await certificate();
+    await writeFile(files.cert, next.cert);
+    await writeFile(files.key, next.key);
+    await writeFile(path, JSON.stringify({ ...config, limits: { maxSessions: 10 } }));
+    process.kill(cli.pid, 'SIGHUP');
+    const waiting = await cli.expectLog('config reloaded: these sections changed and take effect at the next restart');
+    expect(waiting.sections).toEqual(['limits']);
+    await cli.expectLog('certificates reloaded; new handshakes get the new ones', (line) => line.trigger === 'SIGHUP');
+    expect(await servedFingerprints(port)).toEqual({ noSni: next.fingerprint256, sni: next.fingerprint256 });
+    expect(cli.hasExited).toBe(false);
+  }, 20_000);
+
+  it('SIGUSR1 and SIGUSR2 are logged and change nothing: the process runs on and no inspector opens', async () => {
+    const { cli, ports } = await startCli({
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
+      tls: { selfSigned: true },
+      domains: { localhost: { upstream: { host: '127.0.0.1', port: await unusedPort(), connectTimeoutSeconds: 1 } } },
+    });
+    process.kill(cli.pid, 'SIGUSR1');
+    await cli.expectLog('signal received; it has no meaning here (logs go to stdout)');
+    process.kill(cli.pid, 'SIGUSR2');
+    await cli.expectLog('signal received; upgrading with session hand-off is not available in this version: nothing done');
+    const { socket } = await handshake(ports.directtls!);
+    socket.destroy();
+    expect(cli.hasExited).toBe(false);
+    // Node prints this on stderr when a signal opens its inspector.
+    expect(cli.stderr).not.toContain('Debugger listening');
+    process.kill(cli.pid, 'SIGTERM');
+    expect(await cli.expectExit(SHUTDOWN_MARGIN_MS + 5_000, 'exit 0 after SIGTERM')).toEqual({ code: EXIT.ok, signal: null });
+  }, 20_000);
 });

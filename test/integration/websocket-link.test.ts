@@ -10,7 +10,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { ErrorCode, StreamError } from '../../src/errors.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
-import { createTlsCredentials, type TlsCredentials } from '../../src/transport/tls-credentials.js';
+import { LiveCredentials } from '../../src/transport/live-credentials.js';
+import { createTlsCredentials } from '../../src/transport/tls-credentials.js';
 import { WebSocketListener, type WebSocketListenerOptions } from '../../src/transport/websocket-listener.js';
 import type { ScannedElement, StreamHeader } from '../../src/xml/stream-scanner.js';
 
@@ -139,7 +140,7 @@ afterEach(async () => {
   }
 });
 
-const noCredentials = {} as TlsCredentials;
+const noCredentials = {} as LiveCredentials;
 
 async function startListener(
   patch: Partial<WebSocketListenerOptions> = {},
@@ -698,10 +699,12 @@ describe('WebSocket listener: XEP-0156 discovery', () => {
   });
 
   it('announces wss:// on a TLS listener, where the WebSocket works too', async () => {
-    const credentials = await createTlsCredentials(
-      { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' },
-      ['example.org'],
-      silentLog,
+    const credentials = new LiveCredentials(
+      await createTlsCredentials(
+        { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' },
+        ['example.org'],
+        silentLog,
+      ),
     );
     const harness = await startListener({ tls: true, credentials });
     const res = await httpGet(harness.port, '/.well-known/host-meta', { Host: 'example.org' }, { tls: true });
