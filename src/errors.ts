@@ -57,8 +57,10 @@ export const ErrorCode = {
   SM_HANDLED_COUNT_TOO_HIGH: 'PROXY_ERR_SM_HANDLED_COUNT_TOO_HIGH',
   /** An `<a/>` or `<resume/>` whose `h` is not an xs:unsignedInt: `invalid-xml`. */
   SM_INVALID_H: 'PROXY_ERR_SM_INVALID_H',
-  /** The unacked queue exceeded its limits: `resource-constraint`; the session is no longer resumable. */
+  /** A hibernating session's unacked queue exceeded its limits, or all queues their memory budget: `resource-constraint`; the session ends. */
   SM_QUEUE_OVERFLOW: 'PROXY_ERR_SM_QUEUE_OVERFLOW',
+  /** An attached client's unacked queue is at its limit: no stream error; reading from the legacy server waits for its acks. */
+  SM_QUEUE_FULL: 'PROXY_ERR_SM_QUEUE_FULL',
   /** A newer connection resumed this session (XEP-0198 §5): `conflict`. */
   SM_TAKEOVER: 'PROXY_ERR_SM_TAKEOVER',
 

@@ -13,15 +13,23 @@ type ClientHold =
   /** A protocol wait: the session waits for the legacy server (connecting, a bind, the identity check). */
   | 'waiting';
 
+/** Why reading from the legacy server is paused. */
+type UpstreamHold =
+  /** The client's socket is full. */
+  | 'client-full'
+  /** The unacked queue of an attached client is full: reading waits for the client's acks. */
+  | 'queue-full';
+
 /**
  * Backpressure and protocol waits of one session, in one place. A write that returns false pauses
  * the side that feeds it until `drain` (the ws and Node streams convention): the client's reads
  * while the upstream is full, both the upstream's and the client's reads while the client is full.
- * Elements are never dropped for it: paused reads leave them in the kernel's buffers, in order.
+ * A full unacked queue pauses the upstream's reads until the client acks. Elements are never
+ * dropped for it: paused reads leave them in the kernel's buffers, in order.
  */
 export class FlowControl {
   private readonly clientHolds = new Set<ClientHold>();
-  private upstreamPaused = false;
+  private readonly upstreamHolds = new Set<UpstreamHold>();
 
   constructor(
     private readonly client: () => Pausable | undefined,
@@ -32,11 +40,7 @@ export class FlowControl {
   wroteToClient(accepted: boolean): void {
     if (accepted) return;
     this.hold('client-full');
-    const upstream = this.upstream();
-    if (upstream !== undefined && !this.upstreamPaused) {
-      this.upstreamPaused = true;
-      upstream.pause();
-    }
+    this.holdUpstream('client-full');
   }
 
   /** A write to the legacy server returned `accepted`. */
@@ -46,7 +50,17 @@ export class FlowControl {
 
   clientDrained(): void {
     this.release('client-full');
-    this.resumeUpstream();
+    this.releaseUpstream('client-full');
+  }
+
+  /** The unacked queue has no room for the next stanza to the client: the legacy server waits. */
+  queueFull(): void {
+    this.holdUpstream('queue-full');
+  }
+
+  /** The client's acks made room for every stanza that waited. */
+  queueHasRoom(): void {
+    this.releaseUpstream('queue-full');
   }
 
   upstreamDrained(): void {
@@ -65,7 +79,8 @@ export class FlowControl {
   /** The client link is gone (hibernation, or taken over): its holds go with it, and the upstream reads again. */
   clientGone(): void {
     this.clientHolds.clear();
-    this.resumeUpstream();
+    this.releaseUpstream('client-full');
+    this.releaseUpstream('queue-full');
   }
 
   /** The client link now belongs to another session (resumption): it reads again, under that session's control. */
@@ -85,9 +100,13 @@ export class FlowControl {
     this.client()?.resume();
   }
 
-  private resumeUpstream(): void {
-    if (!this.upstreamPaused) return;
-    this.upstreamPaused = false;
+  private holdUpstream(reason: UpstreamHold): void {
+    if (this.upstreamHolds.size === 0) this.upstream()?.pause();
+    this.upstreamHolds.add(reason);
+  }
+
+  private releaseUpstream(reason: UpstreamHold): void {
+    if (!this.upstreamHolds.delete(reason) || this.upstreamHolds.size > 0) return;
     this.upstream()?.resume();
   }
 }

@@ -12,8 +12,8 @@ export type EndCause =
   | { readonly kind: 'shutdown' }
   /** The proxy ends the stream with a stream error (bad input, limits, timeouts, shutdown of an attached session). */
   | { readonly kind: 'stream-error'; readonly error: StreamError }
-  /** The unacked queue overflowed. */
-  | { readonly kind: 'queue-overflow'; readonly error: StreamError; readonly overflowing: Buffer }
+  /** The unacked queue of a hibernating session overflowed (or the memory budget of all queues ran out). */
+  | { readonly kind: 'queue-overflow'; readonly error: StreamError; readonly overflowing: readonly Buffer[] }
   /** The legacy server ended the user's stream with a stream error: relayed (RFC 6120 names). */
   | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
   /** The legacy server's connection failed or closed. */

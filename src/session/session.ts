@@ -311,7 +311,7 @@ export class Session implements SessionHandle {
         return;
       }
       if (name === 'r') this.sendToClient(s.sm.ackElement());
-      else this.onClientAck(s.sm, s.clock, parseElement(element.bytes));
+      else this.onClientAck(s, s.sm, parseElement(element.bytes));
       return;
     }
     if (name === 'enable') {
@@ -359,7 +359,7 @@ export class Session implements SessionHandle {
       return;
     }
     const sm = result.sm;
-    this.transition({ ...s, sm, clock: this.ackClock(sm) });
+    this.transition({ ...s, sm, clock: this.ackClock(sm), backlog: [] });
     if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
     this.sendToClient(sm.enabledElement());
     this.log.info(
@@ -368,14 +368,15 @@ export class Session implements SessionHandle {
     );
   }
 
-  private onClientAck(sm: StreamManagement, clock: AckClock | undefined, a: Element): void {
+  private onClientAck(s: Extract<State, { name: 'active' }>, sm: StreamManagement, a: Element): void {
     const outcome = sm.onAck(a.attrs.h as string | undefined);
     if (outcome.kind === 'error') {
       this.fail(outcome.error);
       return;
     }
     if (outcome.kind === 'backwards') this.log.info({ h: outcome.h, previous: outcome.previous }, 'client acked less than before; ignored');
-    clock?.check();
+    if (s.backlog.length > 0) this.sendBacklog(s, sm);
+    s.clock?.check();
   }
 
   /** A clock for the attached client's acks; the link is dropped when one stays unanswered (ack-clock.ts). */
@@ -476,8 +477,10 @@ export class Session implements SessionHandle {
     this.stats.resumes++;
     sm.linkChanged();
     const clock = this.ackClock(sm);
+    const backlog = s.name === 'active' ? s.backlog : [];
     // From here on the old link's events no longer reach this session (clientHandler).
-    this.transition({ name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock });
+    const next = { name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock, backlog } as const;
+    this.transition(next);
     link.setHandler(this.clientHandler(link));
     if (s.name === 'active') {
       // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
@@ -487,6 +490,8 @@ export class Session implements SessionHandle {
     // XEP-0198 §5: <resumed/> first, then every unacked stanza in its original order.
     this.sendToClient(sm.resumedElement(ns));
     for (const entry of resumed.replay) this.sendToClient(this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this));
+    // Then what waited for room in the queue of a taken-over link, as far as the resume's h made room.
+    if (backlog.length > 0) this.sendBacklog(next, sm);
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
     if (s.name === 'hibernating') this.hibernationEnded(s, 'resumed');
@@ -512,6 +517,16 @@ export class Session implements SessionHandle {
     this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
     this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
+    // What waited for room goes to the queue now; a hibernating session's queue that overflows ends it.
+    const waiting = s.backlog.splice(0);
+    for (const [i, bytes] of waiting.entries()) {
+      const pushed = sm.queue.push(bytes, this.deps.now());
+      if (!pushed.ok) {
+        this.queueOverflow(sm, waiting.slice(i), `${pushed.reason} limit ${pushed.limit}`);
+        return;
+      }
+      this.stats.toClient++;
+    }
   }
 
   private onExpiryTimer(timer: NodeJS.Timeout): void {
@@ -624,7 +639,7 @@ export class Session implements SessionHandle {
   private becomeActive(jid: string): void {
     const s = this.state;
     if (s.name !== 'negotiating') return;
-    this.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined });
+    this.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined, backlog: [] });
     s.upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
     this.logger = this.logger.child({ jid });
     this.log.info('bound');
@@ -643,18 +658,66 @@ export class Session implements SessionHandle {
   private stanzaToClient(s: Extract<State, { name: 'active' }>, relayed: Buffer): void {
     const bytes = this.deps.hooks.toClient(relayed, 'live', this);
     if (bytes === undefined) return;
-    this.stats.toClient++;
     const sm = s.sm;
     if (sm !== undefined) {
-      const pushed = sm.queue.push(bytes, this.deps.now());
-      if (!pushed.ok) {
-        this.queueOverflow(sm, bytes, `${pushed.reason} limit ${pushed.limit}`);
+      // Order is kept: while stanzas wait for room in the queue, every later one waits behind them.
+      if (s.backlog.length > 0) {
+        s.backlog.push(bytes);
         return;
       }
-      if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
+      const queued = this.enqueue(s, sm, bytes);
+      if (queued !== 'queued') {
+        if (queued === 'full') {
+          this.log.info(
+            { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length },
+            'unacked queue full; reading from the legacy server waits for the client to ack',
+          );
+          s.backlog.push(bytes);
+        }
+        return;
+      }
       s.clock?.check();
     }
+    this.stats.toClient++;
     this.sendToClient(bytes);
+  }
+
+  /**
+   * Puts a stanza for the attached client in the unacked queue. A queue at its own limit (stanzas
+   * or bytes) does not end a live session (README, Limits): the caller keeps the stanza at the
+   * head of the backlog, the legacy server's stream is read no further, and the client is asked
+   * for an ack. Only the memory budget of all queues running out, or a stanza larger than the
+   * queue may ever hold, ends the session, with the stanza and the backlog answered.
+   */
+  private enqueue(s: Extract<State, { name: 'active' }>, sm: StreamManagement, bytes: Buffer): 'queued' | 'full' | 'ended' {
+    const pushed = sm.queue.offer(bytes, this.deps.now());
+    if (pushed.ok) {
+      if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
+      return 'queued';
+    }
+    // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once).
+    if (pushed.reason === 'global' || sm.queue.length === 0) {
+      this.queueOverflow(sm, [bytes, ...s.backlog.splice(0)], `${pushed.reason} limit ${pushed.limit}`);
+      return 'ended';
+    }
+    this.flow.queueFull();
+    s.clock?.check();
+    return 'full';
+  }
+
+  /** The client acked (or resumed): the stanzas that waited go out, in order, as far as the queue has room. */
+  private sendBacklog(s: Extract<State, { name: 'active' }>, sm: StreamManagement): void {
+    for (let bytes = s.backlog.shift(); bytes !== undefined; bytes = s.backlog.shift()) {
+      const queued = this.enqueue(s, sm, bytes);
+      if (queued === 'ended') return;
+      if (queued === 'full') {
+        s.backlog.unshift(bytes);
+        return;
+      }
+      this.stats.toClient++;
+      this.sendToClient(bytes);
+    }
+    this.flow.queueHasRoom();
   }
 
   private onUpstreamWhileHibernating(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): void {
@@ -668,7 +731,7 @@ export class Session implements SessionHandle {
     if (bytes === undefined) return;
     const pushed = s.sm.queue.push(bytes, this.deps.now());
     if (!pushed.ok) {
-      this.queueOverflow(s.sm, bytes, `${pushed.reason} limit ${pushed.limit}`);
+      this.queueOverflow(s.sm, [bytes], `${pushed.reason} limit ${pushed.limit}`);
       return;
     }
     this.stats.toClient++;
@@ -684,7 +747,7 @@ export class Session implements SessionHandle {
   }
 
   /** The queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */
-  private queueOverflow(sm: StreamManagement, overflowing: Buffer, why: string): void {
+  private queueOverflow(sm: StreamManagement, overflowing: readonly Buffer[], why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
     this.end({
       kind: 'queue-overflow',
@@ -765,7 +828,9 @@ export class Session implements SessionHandle {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
       const entries = sm.queue.drain().map((entry) => entry.bytes);
-      if (cause.kind === 'queue-overflow') entries.push(cause.overflowing);
+      // Then what never reached the client: the backlog of an attached client, the stanzas that overflowed.
+      if (s.name === 'active') entries.push(...s.backlog.splice(0));
+      if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' ? { upstream: s.upstream, jid: s.jid } : undefined;
       disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
     }

@@ -231,6 +231,20 @@ export class UnackedQueue {
   }
 
   /**
+   * Like {@link push}, for a stanza the caller can hold back instead of sending it: a refusal by
+   * the queue's own limits (stanzas, bytes) changes nothing, so the caller can offer it again once
+   * acks made room, with no gap in what was sent. A refusal by the shared budget is final, as in
+   * `push`.
+   */
+  offer(bytes: Buffer, nowMs: number): PushResult {
+    if (this.#overflow === undefined) {
+      if (this.length >= this.#limits.maxStanzas) return { ok: false, reason: 'stanzas', limit: this.#limits.maxStanzas };
+      if (this.#bytes + bytes.length > this.#limits.maxBytes) return { ok: false, reason: 'bytes', limit: this.#limits.maxBytes };
+    }
+    return this.push(bytes, nowMs);
+  }
+
+  /**
    * Applies an `h` from the client's `<a/>` (or `<resume/>`, through {@link resume}).
    *
    * XEP-0198 §4 (https://xmpp.org/extensions/xep-0198.html#acking): "When a party receives an <a/>

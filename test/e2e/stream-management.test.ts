@@ -503,16 +503,27 @@ describeEachLegacyServer((kind) => {
       await bob.client.close();
     });
 
-    it('ends a session whose queue overflows: resource-constraint, everything queued answered', async () => {
+    it('keeps a connected session whose queue is full: the rest waits for its acks, in order; once it stops acking it hibernates, overflows, and everything is answered', async () => {
       const alice = await fast.login('directtls', USERS.alice, { resource: 'flood', sm: true });
       const bob = await fast.login('directtls', USERS.bob, { resource: 'flood' });
-      for (let i = 1; i <= 6; i++) bob.client.sendMessage(alice.jid, `f${i}`, `F${i}`);
-      // Alice never acks: the sixth stanza overflows the queue of five.
-      await alice.client.expectStreamError('resource-constraint');
+      const received = (): unknown[] => alice.client.received.filter((el) => el.is('message')).map((m) => m.attrs.id);
+      for (let i = 1; i <= 8; i++) bob.client.sendMessage(alice.jid, `f${i}`, `F${i}`);
+      await alice.client.expect((el) => el.is('message') && el.attrs.id === 'F5', 'the fifth message, filling the queue of five');
+      await alice.client.expectNone((el) => el.is('message') && el.attrs.id === 'F6', 'more than the queue holds before an ack', 150);
+      alice.client.ack();
+      await alice.client.expect((el) => el.is('message') && el.attrs.id === 'F8', 'the rest, once alice acked');
+      expect(received()).toEqual(['F1', 'F2', 'F3', 'F4', 'F5', 'F6', 'F7', 'F8']);
+      alice.client.ack();
+      await bob.client.expectNone((el) => el.is('message') && el.attrs.type === 'error', 'a bounce of a delivered message', 100);
+
+      // Alice stops acking: the <r/> goes unanswered, the link is treated as dead, the session
+      // hibernates with G6 still waiting, and its queue overflows: everything is answered.
+      for (let i = 1; i <= 6; i++) bob.client.sendMessage(alice.jid, `g${i}`, `G${i}`);
       for (let i = 1; i <= 6; i++) {
-        await bob.client.expect((el) => el.is('message') && el.attrs.id === `F${i}` && el.attrs.type === 'error', `the bounce of F${i}`);
+        await bob.client.expect((el) => el.is('message') && el.attrs.id === `G${i}` && el.attrs.type === 'error', `the bounce of G${i}`);
       }
-      const { client, answer } = await resumeWith(fast, USERS.alice, alice.smId!, 0);
+      expect((events.hibernationEnded ?? []).some((e) => e.jid === alice.jid && e.reason === 'queue-overflow')).toBe(true);
+      const { client, answer } = await resumeWith(fast, USERS.alice, alice.smId!, 8);
       expect(answer.getChildText('text')).toMatch(/unacknowledged/);
       await client.close();
       await bob.client.close();

@@ -522,6 +522,92 @@ describe('Session: maxAckDelayMs', () => {
   });
 });
 
+describe('Session: a full unacked queue (README, Limits)', () => {
+  const LIMIT = 3;
+
+  beforeEach(() => {
+    rig = new Rig({ maxQueueStanzas: LIMIT });
+  });
+
+  /** An active resumable session; the legacy server sends m1..m`count`, the client acks nothing. */
+  async function flooded(count: number): Promise<{ c: Connection; smId: string }> {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    for (let i = 1; i <= count; i++) c.stanzaFromServer(c.messageTo(`m${i}`));
+    await settle();
+    return { c, smId };
+  }
+
+  const messageIds = (received: string[]): unknown[] =>
+    received.filter((xml) => xml.startsWith('<message')).map((xml) => parseElement(xml).attrs.id);
+
+  it('keeps a connected session: the rest waits, the legacy server is read no further, and acks let it through in order', async () => {
+    const { c } = await flooded(5);
+    expect(c.session.stateName).toBe('active');
+    expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3']);
+    expect(c.upstream.paused).toBe(true);
+    expect(c.client.requests(), 'the client is asked for an ack').toBe(1);
+
+    c.ackFromClient(2);
+    expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(c.upstream.paused, 'nothing waits any more').toBe(false);
+
+    // Full again: the next one waits, and reading stops again.
+    c.stanzaFromServer(c.messageTo('m6'));
+    expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
+    expect(c.upstream.paused).toBe(true);
+    c.ackFromClient(5);
+    expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5', 'm6']);
+    expect(c.upstream.paused).toBe(false);
+    expect(c.client.failure).toBeUndefined();
+  });
+
+  it('a stanza larger than maxQueueBytes could ever hold ends the session, answered (waiting would never end)', async () => {
+    rig = new Rig({ maxQueueBytes: 200 });
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromServer(c.messageTo('big', `alice@${DOMAIN}/desk`, 'x'.repeat(300)));
+    await settle();
+    expect(c.client.failure?.condition).toBe('resource-constraint');
+    expect(c.session.stateName).toBe('closed');
+    const bounce = c.upstream.sent
+      .map((xml) => (xml.startsWith('<message') ? parseElement(xml) : undefined))
+      .find((el) => el !== undefined);
+    expect([bounce?.attrs.type, bounce?.attrs.id]).toEqual(['error', 'big']);
+  });
+
+  it('a hibernating session with stanzas waiting overflows: it ends and answers all of them, queued first, in order', async () => {
+    const { c, smId } = await flooded(5);
+    c.client.drop();
+    expect(c.session.stateName).toBe('closed');
+    const bounces = c.upstream.sent.filter((xml) => xml.startsWith('<message')).map((xml) => parseElement(xml));
+    expect(bounces.map((b) => [b.attrs.type, b.attrs.id])).toEqual([
+      ['error', 'm1'],
+      ['error', 'm2'],
+      ['error', 'm3'],
+      ['error', 'm4'],
+      ['error', 'm5'],
+    ]);
+    expect(rig.registry.recallEnded(smId, Date.now())).toMatchObject({ reason: 'queue-overflow' });
+    expect(rig.seen.hibernationEnded).toMatchObject([{ smId, reason: 'queue-overflow' }]);
+  });
+
+  it('a resume that takes over the connection gets the replay, then what waited, then reading goes on', async () => {
+    const { c, smId } = await flooded(5);
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.resume(smId, 1);
+    const resumedAt = c2.client.received.indexOf(`<resumed xmlns='${SM}' previd='${smId}' h='0'/>`);
+    expect(resumedAt).toBeGreaterThan(-1);
+    expect(messageIds(c2.client.received.slice(resumedAt))).toEqual(['m2', 'm3', 'm4']);
+    expect(c.upstream.paused, 'm5 still waits: the queue holds m2, m3, m4').toBe(true);
+    c2.ackFromClient(4);
+    expect(messageIds(c2.client.received.slice(resumedAt))).toEqual(['m2', 'm3', 'm4', 'm5']);
+    expect(c.upstream.paused).toBe(false);
+    expect(c.client.failure?.condition).toBe('conflict');
+  });
+});
+
 describe('Session: hibernation expiry', () => {
   /** An active resumable session with three unacked stanzas, whose client then vanished. */
   async function hibernatingWithUnacked(): Promise<{ c: Connection; smId: string }> {

@@ -361,6 +361,28 @@ describe('UnackedQueue overflow', () => {
     expect(queue.length).toBe(0);
   });
 
+  it('offer: a refusal by its own limits leaves the queue as it was, and the stanza fits once acks made room', () => {
+    const budget = new MemoryBudget(Infinity);
+    const queue = new UnackedQueue({ maxStanzas: 2, maxBytes: Infinity }, budget);
+    expect(queue.offer(stanza(0), T0)).toEqual({ ok: true });
+    expect(queue.offer(stanza(1), T0)).toEqual({ ok: true });
+    expect(queue.offer(stanza(2), T0)).toEqual({ ok: false, reason: 'stanzas', limit: 2 });
+    expect(queue.overflowed).toBe(false);
+    expect(queue.sent).toBe(2);
+    expect(queue.ack(1)).toEqual({ kind: 'acked', count: 1 });
+    expect(queue.offer(stanza(2), T0)).toEqual({ ok: true });
+    expect(ids(queue.entries())).toEqual(['m1', 'm2']);
+    expect(queue.sent).toBe(3);
+  });
+
+  it('offer: a refusal by the global budget is final, as with push', () => {
+    const budget = new MemoryBudget(20);
+    const queue = new UnackedQueue(UNLIMITED, budget);
+    expect(queue.offer(stanza(0), T0)).toEqual({ ok: true });
+    expect(queue.offer(stanza(1), T0)).toEqual({ ok: false, reason: 'global', limit: 20 });
+    expect(queue.overflowed).toBe(true);
+  });
+
   it('shares the global budget between queues and releases it on ack and drain', () => {
     const budget = new MemoryBudget(100);
     const a = new UnackedQueue(UNLIMITED, budget);
