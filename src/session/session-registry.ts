@@ -16,6 +16,8 @@ export interface ResumeHandOver {
 export interface EndedSession {
   readonly h: number;
   readonly bareJid: string;
+  /** The domain the session's stream was opened to. */
+  readonly domain: string;
   readonly reason: EndedReason;
   readonly endedAtMs: number;
 }
@@ -88,7 +90,9 @@ export class SessionRegistry {
     const live = this.resumable.get(smId);
     if (live !== undefined) return live.resumeCandidate(h);
     const ended = this.recallEnded(smId, nowMs);
-    return ended === undefined ? { kind: 'unknown' } : { kind: 'ended', reason: ended.reason, bareJid: ended.bareJid, h: ended.h };
+    return ended === undefined
+      ? { kind: 'unknown' }
+      : { kind: 'ended', reason: ended.reason, bareJid: ended.bareJid, domain: ended.domain, h: ended.h };
   }
 
   /**

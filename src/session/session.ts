@@ -417,7 +417,7 @@ export class Session implements SessionHandle {
       if (!early.ok) this.refuse(ns, early.failure, previd);
       return;
     }
-    s.setup.resume({ ns, previd, h }, candidate.kind === 'live' ? candidate.bareJid : undefined);
+    s.setup.resume({ ns, previd, h }, candidate.kind === 'unknown' ? undefined : candidate.bareJid);
   }
 
   /** The resuming client's account is known (stream-setup.ts): `bareJid`, or undefined when the server refused the identity bind. */
@@ -426,7 +426,8 @@ export class Session implements SessionHandle {
     if (s.name !== 'negotiating') throw new InvariantError(`resume identity known in state ${s.name}`);
     const link = s.link;
     // Looked up again: the session may have ended, or its client acked, during the identity check.
-    const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), bareJid);
+    const account = bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '' };
+    const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), account);
     if (!decision.ok) {
       this.refuse(request.ns, decision.failure, request.previd);
       s.setup.resumeRefused();
@@ -453,11 +454,12 @@ export class Session implements SessionHandle {
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
   resumeCandidate(h: number): ResumeCandidate {
     const s = this.state;
+    const domain = this.domainName;
     if (s.name !== 'active' && s.name !== 'hibernating')
-      return { kind: 'live', bareJid: undefined, resumable: false, h: 0, ack: { kind: 'in-range' } };
+      return { kind: 'live', bareJid: undefined, domain, resumable: false, h: 0, ack: { kind: 'in-range' } };
     const sm = s.sm;
-    if (sm === undefined) return { kind: 'live', bareJid: bare(s.jid), resumable: false, h: 0, ack: { kind: 'in-range' } };
-    return { kind: 'live', bareJid: bare(s.jid), resumable: sm.resumable, h: sm.inbound.h, ack: sm.queue.checkAck(h) };
+    if (sm === undefined) return { kind: 'live', bareJid: bare(s.jid), domain, resumable: false, h: 0, ack: { kind: 'in-range' } };
+    return { kind: 'live', bareJid: bare(s.jid), domain, resumable: sm.resumable, h: sm.inbound.h, ack: sm.queue.checkAck(h) };
   }
 
   /**
@@ -544,7 +546,8 @@ export class Session implements SessionHandle {
 
   private endSm(sm: StreamManagement | undefined, reason: EndedReason): void {
     if (sm === undefined || !sm.resumable) return;
-    this.deps.registry.endResumable(sm.id, { h: sm.inbound.h, bareJid: this.bareJid ?? '', reason, endedAtMs: this.deps.now() });
+    const ended = { h: sm.inbound.h, bareJid: this.bareJid ?? '', domain: this.domainName ?? '', reason, endedAtMs: this.deps.now() };
+    this.deps.registry.endResumable(sm.id, ended);
   }
 
   // --- upstream side ---

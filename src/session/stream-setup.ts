@@ -161,17 +161,17 @@ export class StreamSetup {
   }
 
   /**
-   * A `<resume/>` of a live session of `liveAccount` (its bare JID, if bound) after SASL success:
+   * A `<resume/>` of a session of `sessionAccount` (its bare JID, if bound; live or remembered) after SASL success:
    * finds out which account this stream authenticated as, then {@link SetupPort.identityKnown}.
    * Only in the `authenticated` phase.
    */
-  resume(request: ResumeRequest, liveAccount: string | undefined): void {
+  resume(request: ResumeRequest, sessionAccount: string | undefined): void {
     const p = this.phase;
     if (p.name !== 'authenticated') return;
     // The SASL exchange named exactly the hibernated session's account: confirmed with no second
     // resource, which a server allowing one resource per account would trade for the session. A
     // stream that bound a resource already has the server's own answer, which comes first.
-    const confirmedBySasl = p.boundJid === undefined && p.saslJid !== undefined && p.saslJid === liveAccount;
+    const confirmedBySasl = p.boundJid === undefined && p.saslJid !== undefined && p.saslJid === sessionAccount;
     this.phase = {
       name: 'resuming',
       request,

@@ -8,13 +8,15 @@ import type { AckCheck } from './unacked-queue.js';
 export type ResumeCandidate =
   /** No session with that id, live or remembered. */
   | { readonly kind: 'unknown' }
-  /** The session ended; the registry remembers how, its account and its final `h`. */
-  | { readonly kind: 'ended'; readonly reason: EndedReason; readonly bareJid: string; readonly h: number }
+  /** The session ended; the registry remembers how, its account (and the domain it was opened to) and its final `h`. */
+  | { readonly kind: 'ended'; readonly reason: EndedReason; readonly bareJid: string; readonly domain: string; readonly h: number }
   /** A live session (attached or hibernating). */
   | {
       readonly kind: 'live';
       /** Its account, once bound. */
       readonly bareJid: string | undefined;
+      /** The domain its client's stream was opened to. */
+      readonly domain: string | undefined;
       /** It can still be resumed (its queue never overflowed, it is not ending). */
       readonly resumable: boolean;
       /** Its handled count, told to the client in a `<failed/>` about `h`. */
@@ -26,19 +28,30 @@ export type ResumeCandidate =
 export type ResumeDecision = { readonly ok: true } | { readonly ok: false; readonly failure: SmFailure };
 
 /**
+ * Who is resuming: the account the new stream authenticated as (bare JID, as the legacy server
+ * binds it) and the domain the stream was opened to. Both must be the session's: two domains of
+ * the proxy may share a legacy server that binds the same bare JID for both.
+ */
+export interface ResumingAccount {
+  readonly bareJid: string;
+  readonly domain: string;
+}
+
+function sameAccount(
+  candidate: { readonly bareJid: string | undefined; readonly domain: string | undefined },
+  account: ResumingAccount,
+): boolean {
+  return candidate.bareJid === account.bareJid && candidate.domain === account.domain;
+}
+
+/**
  * The answer before the resuming client's account is known (it has authenticated, but which
- * account that is comes from the SASL exchange or the legacy server): refuse at once what is not
- * a live session, else `undefined` (go on to the identity check).
+ * account that is comes from the SASL exchange or the legacy server): an unknown id is refused at
+ * once; anything else waits for the identity, since what an ended session remembers (how it
+ * ended, its `h`) is told to its own account only.
  */
 export function decideBeforeIdentity(candidate: ResumeCandidate): ResumeDecision | undefined {
-  switch (candidate.kind) {
-    case 'unknown':
-      return { ok: false, failure: smFailure('resume-unknown-id') };
-    case 'ended':
-      return { ok: false, failure: withH(smFailure('resume-ended', candidate.reason), candidate.h) };
-    case 'live':
-      return undefined;
-  }
+  return candidate.kind === 'unknown' ? { ok: false, failure: smFailure('resume-unknown-id') } : undefined;
 }
 
 /**
@@ -49,21 +62,19 @@ export function decideBeforeIdentity(candidate: ResumeCandidate): ResumeDecision
  * resume and leaves the session as it was. The same decision serves a `<resume/>` nonza and,
  * later, a resume inline in SASL2.
  */
-export function decideResume(candidate: ResumeCandidate, account: string | undefined): ResumeDecision {
+export function decideResume(candidate: ResumeCandidate, account: ResumingAccount | undefined): ResumeDecision {
   if (account === undefined) return { ok: false, failure: smFailure('resume-identity-refused') };
   switch (candidate.kind) {
     case 'unknown':
       // It was live when the `<resume/>` arrived, and has gone since without a trace.
       return { ok: false, failure: smFailure('resume-not-resumable') };
     case 'ended':
-      // It ended while the identity was checked: how, and its h only to its own account.
-      return {
-        ok: false,
-        failure: withH(smFailure('resume-ended', candidate.reason), candidate.bareJid === account ? candidate.h : undefined),
-      };
+      // How it ended and its h go to its own account only; any other learns no more than of an unknown id.
+      if (!sameAccount(candidate, account)) return { ok: false, failure: smFailure('resume-unknown-id') };
+      return { ok: false, failure: withH(smFailure('resume-ended', candidate.reason), candidate.h) };
     case 'live': {
       if (candidate.bareJid === undefined) return { ok: false, failure: smFailure('resume-not-resumable') };
-      if (candidate.bareJid !== account) return { ok: false, failure: smFailure('resume-other-account') };
+      if (!sameAccount(candidate, account)) return { ok: false, failure: smFailure('resume-other-account') };
       if (!candidate.resumable) return { ok: false, failure: smFailure('resume-not-resumable') };
       const { ack } = candidate;
       if (ack.kind === 'too-high') return { ok: false, failure: withH(smFailure('resume-h-too-high', ack.h, ack.sendCount), candidate.h) };

@@ -392,6 +392,26 @@ describeEachLegacyServer((kind) => {
       await client.close();
     });
 
+    it("tells how a session ended, and its h, to its own account only: another gets the unknown id's answer", async () => {
+      const alice = await fixture.login('directtls', USERS.alice, { resource: 'ended', sm: true });
+      alice.client.sendMessage(`bob@${fixture.domain}`, 'one handled stanza', 'E1');
+      await alice.client.close();
+      const { client: mallory, answer: toOther } = await resumeWith(fixture, USERS.carol, alice.smId!, 0);
+      const { client: unknownClient, answer: unknown } = await resumeWith(fixture, USERS.carol, 'no-such-session', 0);
+      expect([failedCondition(toOther), toOther.attrs.h, toOther.getChildText('text')]).toEqual([
+        failedCondition(unknown),
+        undefined,
+        unknown.getChildText('text'),
+      ]);
+      await mallory.close();
+      await unknownClient.close();
+      const { client, answer } = await resumeWith(fixture, USERS.alice, alice.smId!, 0);
+      expect(failedCondition(answer)).toBe('item-not-found');
+      expect(answer.attrs.h).toBe('1');
+      expect(answer.getChildText('text')).toMatch(/closed/);
+      await client.close();
+    });
+
     it('answers an unknown id with item-not-found, and the client may bind on the same stream', async () => {
       const { client, answer } = await resumeWith(fixture, USERS.bob, 'no-such-session', 0);
       expect(failedCondition(answer)).toBe('item-not-found');

@@ -1,16 +1,20 @@
 import { describe, expect, it } from 'vitest';
-import { decideBeforeIdentity, decideResume, type ResumeCandidate } from '../../src/sm/resumption.js';
+import { decideBeforeIdentity, decideResume, type ResumeCandidate, type ResumingAccount } from '../../src/sm/resumption.js';
 
-const ALICE = 'alice@example.org';
+const ALICE: ResumingAccount = { bareJid: 'alice@example.org', domain: 'example.org' };
+const MALLORY: ResumingAccount = { bareJid: 'mallory@example.org', domain: 'example.org' };
+/** Alice's account as a legacy server serving two of the proxy's domains binds it, reached through the other domain. */
+const ALICE_VIA_OTHER_DOMAIN: ResumingAccount = { bareJid: 'alice@example.org', domain: 'other.example' };
 const live = (over: Partial<Extract<ResumeCandidate, { kind: 'live' }>> = {}): ResumeCandidate => ({
   kind: 'live',
-  bareJid: ALICE,
+  bareJid: ALICE.bareJid,
+  domain: ALICE.domain,
   resumable: true,
   h: 7,
   ack: { kind: 'in-range' },
   ...over,
 });
-const ended: ResumeCandidate = { kind: 'ended', reason: 'expired', bareJid: ALICE, h: 12 };
+const ended: ResumeCandidate = { kind: 'ended', reason: 'expired', bareJid: ALICE.bareJid, domain: ALICE.domain, h: 12 };
 
 /** key and h of a refusal, or 'resumed'. */
 function outcome(decision: ReturnType<typeof decideResume> | undefined): string {
@@ -21,7 +25,7 @@ function outcome(decision: ReturnType<typeof decideResume> | undefined): string 
 describe('decideBeforeIdentity: what may be said before the account is known', () => {
   it.each([
     ['an unknown id', { kind: 'unknown' } as ResumeCandidate, 'resume-unknown-id'],
-    ['an expired session, with its remembered h', ended, 'resume-ended h=12'],
+    ['an ended session: what it remembers waits for the identity', ended, 'check identity'],
     ['a live session: the identity decides', live(), 'check identity'],
   ])('%s → %s', (_label, candidate, expected) => {
     expect(outcome(decideBeforeIdentity(candidate))).toBe(expected);
@@ -32,19 +36,16 @@ describe('decideResume (XEP-0198 §5, §6)', () => {
   it.each([
     ['the same account, h in range (hibernated or still attached: a takeover)', live(), ALICE, 'resumed'],
     ['the legacy server refused the identity check', live(), undefined, 'resume-identity-refused'],
-    ['another account', live(), 'mallory@example.org', 'resume-other-account'],
-    [
-      'another account, the session not resumable: still another account',
-      live({ resumable: false }),
-      'mallory@example.org',
-      'resume-other-account',
-    ],
+    ['another account', live(), MALLORY, 'resume-other-account'],
+    ['the same bare JID through another domain of the proxy', live(), ALICE_VIA_OTHER_DOMAIN, 'resume-other-account'],
+    ['another account, the session not resumable: still another account', live({ resumable: false }), MALLORY, 'resume-other-account'],
     ['the same account, not resumable any more (queue overflow)', live({ resumable: false }), ALICE, 'resume-not-resumable'],
     ['a session not bound (ending)', live({ bareJid: undefined, resumable: false }), ALICE, 'resume-not-resumable'],
     ['h above what was sent', live({ ack: { kind: 'too-high', h: 9, sendCount: 4 } }), ALICE, 'resume-h-too-high h=7'],
     ['h below the last acknowledged count', live({ ack: { kind: 'backwards', h: 1, previous: 3 } }), ALICE, 'resume-h-below-ack h=7'],
-    ['expired during the identity check: the same account learns h', ended, ALICE, 'resume-ended h=12'],
-    ['expired during the identity check: another account does not', ended, 'mallory@example.org', 'resume-ended'],
+    ['ended: its own account learns how, and h', ended, ALICE, 'resume-ended h=12'],
+    ['ended: another account gets the answer of an unknown id', ended, MALLORY, 'resume-unknown-id'],
+    ['ended: the same bare JID through another domain, too', ended, ALICE_VIA_OTHER_DOMAIN, 'resume-unknown-id'],
     ['gone without a trace during the identity check', { kind: 'unknown' } as ResumeCandidate, ALICE, 'resume-not-resumable'],
   ])('%s → %s', (_label, candidate, account, expected) => {
     expect(outcome(decideResume(candidate, account))).toBe(expected);

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { SessionRegistry } from '../../src/session/session-registry.js';
 import type { Session } from '../../src/session/session.js';
 
-const ended = (h: number, at: number) => ({ h, bareJid: 'u@x', reason: 'expired' as const, endedAtMs: at });
+const ended = (h: number, at: number) => ({ h, bareJid: 'u@x', domain: 'x', reason: 'expired' as const, endedAtMs: at });
 
 describe('SessionRegistry: remembered ended sessions', () => {
   it('recalls h until rememberEndedMs has passed', () => {
