@@ -1,3 +1,5 @@
+import { clipped } from './xml/sanitize.js';
+
 /**
  * Typed errors with stable codes. Every failure the proxy reports carries one of the
  * `PROXY_ERR_…` codes below; the README lists them. What a peer sees for an error is decided in
@@ -172,4 +174,9 @@ export function asProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new InvariantError(`unexpected error: ${message}`);
+}
+
+/** RFC 6120 §4.9.3.6 `host-unknown` for a stream whose `to` (as the client wrote it, clipped) names no served domain. */
+export function hostUnknown(to: string | undefined): StreamError {
+  return new StreamError(ErrorCode.HOST_UNKNOWN, 'host-unknown', `stream to '${clipped(to ?? '')}' names no domain this proxy serves`);
 }

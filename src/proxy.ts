@@ -15,6 +15,7 @@ import type { Listener } from './transport/listener.js';
 import { TcpListener } from './transport/tcp-listener.js';
 import { WebSocketListener } from './transport/websocket-listener.js';
 import { CertificateWatcher } from './transport/certificate-watcher.js';
+import { isLoopbackHost } from './transport/ip-range.js';
 import { LiveCredentials } from './transport/live-credentials.js';
 import { createTlsCredentials, warnExpiring } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
@@ -124,6 +125,13 @@ export class Proxy {
       this.listeners.push(listener);
       const address = await listener.listen();
       bound.push({ type: listenerConfig.type, ...address });
+    }
+    for (const [domain, { upstream }] of Object.entries(this.config.domains)) {
+      if (upstream.security !== 'plain' || isLoopbackHost(upstream.host)) continue;
+      this.log.warn(
+        { domain, upstream: `${upstream.host}:${upstream.port}` },
+        'plain hop to a legacy server off this host: logins and messages cross the network unencrypted; use "security": "starttls" or "tls"',
+      );
     }
     if (this.options.skipProbe !== true) {
       for (const domain of domains) void this.probe(domain);

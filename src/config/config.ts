@@ -87,6 +87,8 @@ export interface TlsConfig {
   readonly selfSigned: boolean;
   /** Lowest TLS version accepted from clients. Default `"TLSv1.2"`. */
   readonly minVersion: TlsMinVersion;
+  /** TLS 1.2 cipher suites (OpenSSL list). Default: ECDHE with AEAD only. */
+  readonly ciphers: string;
 }
 
 /** Security of the hop to the legacy server. */

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError } from '../errors.js';
+import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, hostUnknown } from '../errors.js';
 import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm/failures.js';
 import { decideBeforeIdentity, decideResume, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
@@ -7,7 +7,7 @@ import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client
 import type { UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
 import { parseElement, type Element } from '../xml/element.js';
 import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
-import { sanitizeForLog } from '../xml/sanitize.js';
+import { clipped, sanitizeForLog } from '../xml/sanitize.js';
 import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
@@ -174,13 +174,17 @@ export class Session implements SessionHandle {
     if (version === undefined || !version.startsWith('1.')) {
       // RFC 6120 §4.7.5: the proxy speaks XMPP 1.0 only.
       this.fail(
-        new StreamError(ErrorCode.UNSUPPORTED_VERSION, 'unsupported-version', `stream version '${version ?? '(none)'}' is not 1.x`),
+        new StreamError(
+          ErrorCode.UNSUPPORTED_VERSION,
+          'unsupported-version',
+          `stream version '${clipped(version ?? '(none)')}' is not 1.x`,
+        ),
       );
       return;
     }
     const target = to === undefined ? undefined : this.deps.upstreamFor(to);
     if (to === undefined || target === undefined) {
-      this.fail(new StreamError(ErrorCode.HOST_UNKNOWN, 'host-unknown', `stream to '${to ?? ''}' names no domain this proxy serves`));
+      this.fail(hostUnknown(to));
       return;
     }
     this.domainName = to;

@@ -59,3 +59,10 @@ export function normalizeAddress(value: string | undefined): string | undefined 
   if (mapped?.[1] !== undefined) address = mapped[1];
   return isIP(address) === 0 ? undefined : address;
 }
+
+/** True for `localhost` and the loopback addresses (127.0.0.0/8, `::1`): traffic that never leaves the host. */
+export function isLoopbackHost(host: string): boolean {
+  if (host.toLowerCase() === 'localhost') return true;
+  const address = normalizeAddress(host);
+  return address !== undefined && (address === '::1' || (isIP(address) === 4 && address.startsWith('127.')));
+}

@@ -34,10 +34,14 @@ export class LiveCredentials implements TlsCredentials {
     return { ...this.#current.serverOptions, SNICallback: this.sniCallback };
   }
 
-  /** `server` was created with {@link serverOptions}: its default certificate follows each `replace`. */
+  /**
+   * `server` was created with {@link serverOptions}: its default certificate follows each
+   * `replace`, and its clients may not renegotiate ({@link refuseRenegotiation}).
+   */
   serve(server: tls.Server): void {
     this.#servers.add(server);
     server.once('close', () => this.#servers.delete(server));
+    server.on('secureConnection', refuseRenegotiation);
   }
 
   replace(next: TlsCredentials): void {
@@ -45,4 +49,15 @@ export class LiveCredentials implements TlsCredentials {
     const options = this.serverOptions;
     for (const server of this.#servers) server.setSecureContext(options);
   }
+}
+
+/**
+ * A client of the proxy may not renegotiate TLS 1.2: each client-initiated renegotiation costs
+ * the server a handshake, and nothing here needs one. An attempt ends the connection.
+ */
+export function refuseRenegotiation(socket: tls.TLSSocket): void {
+  socket.disableRenegotiation();
+  socket.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'ERR_TLS_RENEGOTIATION_DISABLED') socket.destroy();
+  });
 }

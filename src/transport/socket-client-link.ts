@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { ErrorCode, StreamError } from '../errors.js';
+import { ErrorCode, StreamError, hostUnknown } from '../errors.js';
 import { InheritedNamespaces } from '../xml/namespace-declarations.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamError } from '../xml/stream-error.js';
@@ -13,6 +13,7 @@ import { CoalescingWriter } from './coalescing-writer.js';
 import { normalizeAddress } from './ip-range.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd, TransportKind } from './client-link.js';
 import type { TlsCredentials } from './tls-credentials.js';
+import { refuseRenegotiation } from './live-credentials.js';
 
 /** How long a closing link waits for the client to close its side before dropping the socket. */
 const CLOSE_WAIT_MS = 2000;
@@ -240,7 +241,7 @@ export class SocketClientLink implements ClientLink {
     const attrs = { from: to, id: newStreamId(), version: '1.0' };
     if (to === undefined || !this.startTls?.isServedDomain(to)) {
       this.sendHeader(attrs);
-      this.fail(new StreamError(ErrorCode.HOST_UNKNOWN, 'host-unknown', `stream to '${to ?? ''}' names no domain this proxy serves`));
+      this.fail(hostUnknown(to));
       return;
     }
     this.sendHeader(attrs);
@@ -311,6 +312,7 @@ export class SocketClientLink implements ClientLink {
     secure.once('secure', () => {
       if (this.phase !== 'tls-handshake') return;
       this.phase = 'stream';
+      refuseRenegotiation(secure);
       this.log.debug(
         { protocol: secure.getProtocol(), servername: (secure as { servername?: string }).servername },
         'client TLS established',

@@ -54,7 +54,7 @@ export interface TlsCredentials {
   /**
    * Options for `tls.createServer` / `https.createServer`: the default certificate's key material
    * (Node serves it to clients that send no SNI; a `secureContext` option is ignored there),
-   * `minVersion` and `SNICallback`. For `new tls.TLSSocket` use
+   * `minVersion`, `ciphers` and `SNICallback`. For `new tls.TLSSocket` use
    * `{ isServer: true, secureContext: defaultContext, SNICallback: sniCallback }` instead.
    */
   readonly serverOptions: Readonly<tls.TlsOptions>;
@@ -137,21 +137,22 @@ async function readPem(file: string, pointer: string, what: string): Promise<str
   }
 }
 
-function secureContext(pem: Pem, minVersion: tls.SecureVersion, describe: () => string): tls.SecureContext {
+/** What every context offers clients, from the `tls` section: the lowest version and the TLS 1.2 cipher suites. */
+interface Protocol {
+  readonly minVersion: tls.SecureVersion;
+  readonly ciphers: string;
+}
+
+function secureContext(pem: Pem, protocol: Protocol, describe: () => string): tls.SecureContext {
   try {
-    return tls.createSecureContext({ ...pem, minVersion });
+    return tls.createSecureContext({ ...pem, ...protocol });
   } catch (err) {
     const reason = reasonOf(err);
     throw credentialsError(`${describe()}: ${reason}`, `cannot use TLS ${describe()}: ${reason}`, err);
   }
 }
 
-async function loadEntry(
-  config: CertificateConfig,
-  index: number,
-  minVersion: tls.SecureVersion,
-  log: TlsCredentialsLog,
-): Promise<LoadedEntry> {
+async function loadEntry(config: CertificateConfig, index: number, protocol: Protocol, log: TlsCredentialsLog): Promise<LoadedEntry> {
   const pointer = `/tls/certificates/${index}`;
   const source = `tls.certificates[${index}]`;
   const cert = await readPem(config.cert, `${pointer}/cert`, 'certificate');
@@ -168,7 +169,7 @@ async function loadEntry(
     );
   }
   const pem: Pem = config.passphrase === undefined ? { cert, key } : { cert, key, passphrase: config.passphrase };
-  const context = secureContext(pem, minVersion, () => `certificate ${config.cert} with key ${config.key}`);
+  const context = secureContext(pem, protocol, () => `certificate ${config.cert} with key ${config.key}`);
   const domains = config.domains?.map(normalizeName) ?? subjectAltDnsNames(certificate);
   const validTo = new Date(certificate.validTo);
   const entry: LoadedEntry = {
@@ -188,7 +189,7 @@ async function loadEntry(
 }
 
 /** Generates the in-memory self-signed certificate for `domains`, 'localhost' and 127.0.0.1. */
-async function generateSelfSigned(domains: readonly string[], minVersion: tls.SecureVersion, log: TlsCredentialsLog): Promise<LoadedEntry> {
+async function generateSelfSigned(domains: readonly string[], protocol: Protocol, log: TlsCredentialsLog): Promise<LoadedEntry> {
   const names = [...new Set([...domains.map(normalizeName), 'localhost'])];
   const notBeforeDate = new Date(Date.now() - 60_000); // a minute of clock skew
   const notAfterDate = new Date(notBeforeDate.getTime() + SELF_SIGNED_VALIDITY_MS);
@@ -210,7 +211,7 @@ async function generateSelfSigned(domains: readonly string[], minVersion: tls.Se
   });
   const pem: Pem = { cert: generated.cert, key: generated.private };
   const certificate = new X509Certificate(generated.cert);
-  const context = secureContext(pem, minVersion, () => 'generated self-signed certificate');
+  const context = secureContext(pem, protocol, () => 'generated self-signed certificate');
   const entry: LoadedEntry = {
     source: 'selfSigned',
     certFile: undefined,
@@ -247,15 +248,15 @@ export function warnExpiring(entries: readonly CredentialEntry[], log: TlsCreden
  *   no certificate at all and `selfSigned` is false.
  */
 export async function createTlsCredentials(config: TlsConfig, domains: readonly string[], log: TlsCredentialsLog): Promise<TlsCredentials> {
-  const minVersion = config.minVersion;
+  const protocol: Protocol = { minVersion: config.minVersion, ciphers: config.ciphers };
   const loaded: LoadedEntry[] = [];
   for (const [index, certificate] of config.certificates.entries()) {
-    loaded.push(await loadEntry(certificate, index, minVersion, log));
+    loaded.push(await loadEntry(certificate, index, protocol, log));
   }
   const configured = new ContextSelector(loaded);
   const uncovered = domains.map(normalizeName).filter((domain) => configured.find(domain) === undefined);
   if (config.selfSigned && (uncovered.length > 0 || loaded.length === 0)) {
-    loaded.push(await generateSelfSigned(domains, minVersion, log));
+    loaded.push(await generateSelfSigned(domains, protocol, log));
   } else if (uncovered.length > 0) {
     log.warn(
       { domains: uncovered, default: loaded[config.defaultCertificate]?.source },
@@ -290,6 +291,6 @@ export async function createTlsCredentials(config: TlsConfig, domains: readonly 
     entries: Object.freeze(entries),
     contextFor,
     sniCallback,
-    serverOptions: Object.freeze({ ...defaultEntry.pem, minVersion, SNICallback: sniCallback }),
+    serverOptions: Object.freeze({ ...defaultEntry.pem, ...protocol, SNICallback: sniCallback }),
   });
 }

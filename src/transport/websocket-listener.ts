@@ -17,10 +17,11 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
+import { clipped } from '../xml/sanitize.js';
 import { escapeXml } from '../xml/escape.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
-import { normalizeAddress, parseIpRange } from './ip-range.js';
+import { isLoopbackHost, normalizeAddress, parseIpRange } from './ip-range.js';
 import type { Listener } from './listener.js';
 import type { LiveCredentials } from './live-credentials.js';
 import { WebSocketClientLink } from './websocket-link.js';
@@ -145,6 +146,12 @@ export class WebSocketListener implements Listener {
         const address = this.server.address();
         const bound = typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : { host, port };
         log.info({ ...bound, type: 'websocket', path, tls }, 'listening');
+        if (!tls && !isLoopbackHost(bound.host)) {
+          log.warn(
+            { ...bound, path },
+            'plain ws:// listener on a non-loopback address: logins and messages cross the network unencrypted; put it on loopback behind a TLS-terminating proxy, or set "tls": true',
+          );
+        }
         if (!tls && this.options.trustedProxies.length === 0) {
           // XEP-0156 §3: clients fetch host-meta over HTTPS and accept only wss:// URLs.
           log.warn(
@@ -262,8 +269,8 @@ export class WebSocketListener implements Listener {
     }
     const origin = req.headers.origin;
     if (origin !== undefined && this.allowedOrigins.size > 0 && !this.allowedOrigins.has(origin.toLowerCase())) {
-      log.info({ origin, remote: req.socket.remoteAddress }, 'WebSocket handshake refused: origin not allowed');
-      refuseHandshake(socket, 403, `origin ${origin} is not allowed\n`);
+      log.info({ origin: clipped(origin), remote: req.socket.remoteAddress }, 'WebSocket handshake refused: origin not allowed');
+      refuseHandshake(socket, 403, `origin ${clipped(origin)} is not allowed\n`);
       return;
     }
     if (!offeredProtocols(req).includes(XMPP_SUBPROTOCOL)) {

@@ -17,3 +17,11 @@ export function sanitizeForLog(element: ScannedElement): string {
   const text = element.bytes.toString('utf8');
   return isSmNamespace(element.ns) ? text.replace(SM_ID_TAIL, '$1…$2') : text;
 }
+
+/** How much of a peer-chosen value (a stream header's `to`, an HTTP Origin) goes into a log line or an error text. */
+const CLIP_CHARS = 64;
+
+/** A peer-chosen value clipped for a log line or an error text: at most 64 characters, then how many were left out. */
+export function clipped(value: string): string {
+  return value.length <= CLIP_CHARS ? value : `${value.slice(0, CLIP_CHARS)}… (${value.length - CLIP_CHARS} more characters)`;
+}

@@ -16,7 +16,7 @@ const quietLog = { warn: () => undefined, info: () => undefined };
 
 export async function startPipeRelay(upstreamPort: number, domain: string): Promise<{ server: Server; port: number }> {
   const credentials = await createTlsCredentials(
-    { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' },
+    { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2', ciphers: 'ECDHE+AESGCM' },
     [domain],
     quietLog,
   );

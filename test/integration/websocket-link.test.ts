@@ -701,7 +701,7 @@ describe('WebSocket listener: XEP-0156 discovery', () => {
   it('announces wss:// on a TLS listener, where the WebSocket works too', async () => {
     const credentials = new LiveCredentials(
       await createTlsCredentials(
-        { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' },
+        { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2', ciphers: 'ECDHE+AESGCM' },
         ['example.org'],
         silentLog,
       ),

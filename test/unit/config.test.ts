@@ -75,7 +75,14 @@ describe('parseConfig: defaults', () => {
   it('fills every default of a minimal config', () => {
     const expected: ProxyConfig = {
       listeners: [{ type: 'starttls', host: '127.0.0.1', port: 5222 }],
-      tls: { certificates: [], defaultCertificate: 0, selfSigned: true, minVersion: 'TLSv1.2' },
+      tls: {
+        certificates: [],
+        defaultCertificate: 0,
+        selfSigned: true,
+        minVersion: 'TLSv1.2',
+        ciphers:
+          'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305',
+      },
       domains: {
         localhost: {
           upstream: {
@@ -406,13 +413,13 @@ const invalidCases: readonly InvalidCase[] = [
   {
     name: 'unknown keys in nested sections',
     raw: withPatch({
-      tls: { certificates: [{ cert: 'a', key: 'b', chain: 'c' }], ciphers: 'HIGH' },
+      tls: { certificates: [{ cert: 'a', key: 'b', chain: 'c' }], cipherSuites: 'HIGH' },
       domains: { localhost: { upstream: { host: 'x', tls: true }, admin: 'me' } },
       streamManagement: { resumeTimeout: 5 },
       log: { file: '/var/log/x' },
     }),
     problems: [
-      "/tls: unknown key 'ciphers'",
+      "/tls: unknown key 'cipherSuites'",
       "/tls/certificates/0: unknown key 'chain'",
       "/domains/localhost: unknown key 'admin'",
       "/domains/localhost/upstream: unknown key 'tls'",

@@ -405,6 +405,24 @@ afterEach(() => {
   expect(rig.errors).toEqual([]);
 });
 
+describe('Session: a stream header the proxy refuses', () => {
+  it('names a 16 KB `to` or `version` in its error text and log only clipped', async () => {
+    for (const [attr, condition] of [
+      ['to', 'host-unknown'],
+      ['version', 'unsupported-version'],
+    ] as const) {
+      const c = rig.connect();
+      const to = attr === 'to' ? 'x'.repeat(16_000) : DOMAIN;
+      const version = attr === 'version' ? '9'.repeat(16_000) : '1.0';
+      c.client.write(`<stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' to='${to}' version='${version}'>`);
+      await settle();
+      expect(c.client.failure?.condition).toBe(condition);
+      expect(c.client.failure!.message.length).toBeLessThan(200);
+      expect(c.client.failure!.message).toContain('(15936 more characters)');
+    }
+  });
+});
+
 describe('Session: acks the client asks for (XEP-0198 §4)', () => {
   it('answers <r/> at once, with h counting only message, presence and iq in jabber:client', async () => {
     const c = await rig.connect().openAndBind();

@@ -27,7 +27,14 @@ function capturingLog(): { log: pino.Logger; lines: LogLine[] } {
 const WARN = 40;
 
 function tlsConfig(certificates: CertificateConfig[], patch: Partial<TlsConfig> = {}): TlsConfig {
-  return { certificates, defaultCertificate: 0, selfSigned: false, minVersion: 'TLSv1.2', ...patch };
+  return {
+    certificates,
+    defaultCertificate: 0,
+    selfSigned: false,
+    minVersion: 'TLSv1.2',
+    ciphers: 'ECDHE+AESGCM:ECDHE+CHACHA20',
+    ...patch,
+  };
 }
 
 /** Writes a fresh certificate for `dnsNames` (EC keys: quick to make) and returns the file paths. */

@@ -1,0 +1,31 @@
+import { describe, expect, it } from 'vitest';
+import { isLoopbackHost, normalizeAddress } from '../../src/transport/ip-range.js';
+
+describe('isLoopbackHost: traffic that never leaves the host', () => {
+  it.each([
+    ['localhost', true],
+    ['LOCALHOST', true],
+    ['127.0.0.1', true],
+    ['127.1.2.3', true],
+    ['::1', true],
+    ['::ffff:127.0.0.1', true],
+    ['::', false],
+    ['0.0.0.0', false],
+    ['10.0.0.5', false],
+    ['xmpp.example.org', false],
+    ['128.0.0.1', false],
+  ])('%s → %s', (host, loopback) => {
+    expect(isLoopbackHost(host)).toBe(loopback);
+  });
+});
+
+describe('normalizeAddress', () => {
+  it.each([
+    ['[2001:db8::1]:443', '2001:db8::1'],
+    ['192.0.2.1:5222', '192.0.2.1'],
+    ['"::ffff:192.0.2.1"', '192.0.2.1'],
+    ['unknown', undefined],
+  ])('%s → %s', (value, address) => {
+    expect(normalizeAddress(value)).toBe(address);
+  });
+});
