@@ -42,9 +42,13 @@ export const ErrorCode = {
   CONNECTION_TIMEOUT: 'PROXY_ERR_CONNECTION_TIMEOUT',
   /** The TLS handshake with a client failed (logged; the socket is closed). */
   TLS_HANDSHAKE: 'PROXY_ERR_TLS_HANDSHAKE',
-  /** The proxy is at `maxSessions`: `resource-constraint`. */
+  /** The proxy holds `maxSessions` bound sessions: a bind is answered with the `resource-constraint` stanza error. */
   TOO_MANY_SESSIONS: 'PROXY_ERR_TOO_MANY_SESSIONS',
   TOO_MANY_FROM_ADDRESS: 'PROXY_ERR_TOO_MANY_FROM_ADDRESS',
+  /** `maxUnauthenticated` connections wait to log in: the one waiting longest is closed with `resource-constraint`. */
+  UNAUTHENTICATED_EVICTED: 'PROXY_ERR_UNAUTHENTICATED_EVICTED',
+  /** `maxUnauthenticatedPerAddress` reached for the client's address: `policy-violation`. */
+  TOO_MANY_UNAUTHENTICATED_FROM_ADDRESS: 'PROXY_ERR_TOO_MANY_UNAUTHENTICATED_FROM_ADDRESS',
 
   /** The legacy server could not be reached or did not answer in time: `remote-connection-failed`. */
   UPSTREAM_CONNECT: 'PROXY_ERR_UPSTREAM_CONNECT',

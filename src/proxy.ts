@@ -5,6 +5,8 @@ import { ConfigError, ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
 import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
+import { sessionLimit } from './features/session-limit.js';
+import { admit } from './session/admission.js';
 import { SessionHooks } from './session/hooks.js';
 import { Session } from './session/session.js';
 import type { SessionDeps } from './session/session-deps.js';
@@ -15,7 +17,7 @@ import type { Listener } from './transport/listener.js';
 import { TcpListener } from './transport/tcp-listener.js';
 import { WebSocketListener } from './transport/websocket-listener.js';
 import { CertificateWatcher } from './transport/certificate-watcher.js';
-import { isLoopbackHost } from './transport/ip-range.js';
+import { addressKey, isLoopbackHost } from './transport/ip-range.js';
 import { LiveCredentials } from './transport/live-credentials.js';
 import { createTlsCredentials, warnExpiring } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
@@ -102,7 +104,7 @@ export class Proxy {
       registry: this.registry,
       events: this.events,
       budget: new MemoryBudget(sm.globalQueueBytes),
-      hooks: new SessionHooks(BUILTIN_HOOKS),
+      hooks: new SessionHooks([...BUILTIN_HOOKS, sessionLimit(() => this.registry.boundCount, config.limits.maxSessions)]),
       upstreamFor: (domain) => this.upstreamTarget(domain),
       connectUpstream,
       reportFindings: (domain, findings) => this.reportFindings(domain, findings),
@@ -251,34 +253,37 @@ export class Proxy {
       link.fail(new StreamError(ErrorCode.SHUTDOWN, 'system-shutdown', 'the proxy is shutting down'));
       return;
     }
-    if (this.registry.size >= this.config.limits.maxSessions) {
-      log.warn({ code: ErrorCode.TOO_MANY_SESSIONS, limit: this.config.limits.maxSessions }, 'session limit reached; connection refused');
-      link.fail(
-        new StreamError(
-          ErrorCode.TOO_MANY_SESSIONS,
-          'resource-constraint',
-          `the proxy holds its maximum of ${this.config.limits.maxSessions} sessions`,
-        ),
-      );
-      return;
-    }
-    const perAddress = this.config.limits.maxSessionsPerAddress;
-    if (perAddress > 0 && this.registry.countFrom(link.address) >= perAddress) {
-      // RFC 6120 §4.9.3.14 policy-violation: "the server MAY choose to specify the policy in the <text/> element".
+    const limits = this.config.limits;
+    const key = addressKey(link.address, limits.ipv6PrefixLength);
+    const counts = {
+      pending: this.registry.pendingCount,
+      pendingFromAddress: this.registry.pendingFrom(key),
+      fromAddress: this.registry.countFrom(key),
+    };
+    const admission = admit(counts, limits);
+    if (admission.kind === 'refuse') {
       log.warn(
-        { code: ErrorCode.TOO_MANY_FROM_ADDRESS, address: link.address, limit: perAddress },
-        'session limit per address reached; connection refused',
+        { code: admission.error.code, address: link.address, err: admission.error.message },
+        'per-address limit reached; connection refused',
       );
-      link.fail(
-        new StreamError(
-          ErrorCode.TOO_MANY_FROM_ADDRESS,
-          'policy-violation',
-          `${perAddress} sessions from your address are open already (maxSessionsPerAddress)`,
-        ),
-      );
+      link.fail(admission.error);
       return;
     }
-    new Session(this.sessionDeps, { sid: (log.bindings().sid as string | undefined) ?? newSid(), link, log });
+    if (admission.evictOldest) {
+      const oldest = this.registry.oldestPending();
+      oldest?.log.info(
+        { code: ErrorCode.UNAUTHENTICATED_EVICTED, limit: limits.maxUnauthenticated },
+        'too many connections logging in; the longest waiting one makes room',
+      );
+      oldest?.fail(
+        new StreamError(
+          ErrorCode.UNAUTHENTICATED_EVICTED,
+          'resource-constraint',
+          'too many connections are logging in; yours waited longest',
+        ),
+      );
+    }
+    new Session(this.sessionDeps, { sid: (log.bindings().sid as string | undefined) ?? newSid(), link, addressKey: key, log });
   }
 
   private upstreamTarget(domain: string): UpstreamTarget | undefined {

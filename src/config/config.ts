@@ -126,13 +126,19 @@ export interface LimitsConfig {
   readonly maxDepth: number;
   /** Seconds a connection may stay unauthenticated before `connection-timeout`. Default 60, range 0.05..3600. */
   readonly authTimeoutSeconds: number;
-  /** Most sessions (connected plus hibernating) at once. Default 100000, range 1..10000000. */
+  /** Most bound sessions (connected plus hibernating) at once; enforced at bind. Default 100000, range 1..10000000. */
   readonly maxSessions: number;
   /**
-   * Most sessions (connected plus hibernating) opened from one client IP address (for WebSocket
+   * Most sessions (connected plus hibernating) opened from one client address (for WebSocket
    * behind a trusted reverse proxy, the forwarded one). 0 = no limit. Default 0, range 0..10000000.
    */
   readonly maxSessionsPerAddress: number;
+  /** Most connections not yet bound or resumed; beyond, the oldest is closed. Default 1000, range 1..10000000. */
+  readonly maxUnauthenticated: number;
+  /** Most connections not yet bound or resumed from one client address. 0 = no limit. Default 10, range 0..10000000. */
+  readonly maxUnauthenticatedPerAddress: number;
+  /** IPv6 clients count per network of this prefix length for the per-address limits. Default 64, range 1..128. */
+  readonly ipv6PrefixLength: number;
 }
 
 /** What happens to unacked stanzas of an expired session. */

@@ -44,5 +44,7 @@ export interface SessionDeps {
 export interface SessionStart {
   readonly sid: string;
   readonly link: ClientLink;
+  /** What the per-address limits count the client as (ip-range.ts `addressKey`). */
+  readonly addressKey: string;
   readonly log: Logger;
 }

@@ -35,10 +35,13 @@ export interface RegistryLimits {
  * gets `<failed h='…'/>`.
  */
 export class SessionRegistry {
-  /** Live sessions and the client address each was opened from. */
+  /** Live sessions and the client address key each was opened from. */
   private readonly live = new Map<Session, string>();
-  /** Live sessions per client address (entries at 0 are removed). */
+  /** Live sessions per client address key (entries at 0 are removed). */
   private readonly perAddress = new Map<string, number>();
+  /** Live sessions not yet bound or resumed; insertion-ordered: the first entry is the oldest. */
+  private readonly pending = new Map<Session, string>();
+  private readonly pendingPerAddress = new Map<string, number>();
   private readonly resumable = new Map<string, Session>();
   /** Insertion-ordered: the first entry is the oldest. */
   private readonly ended = new Map<string, EndedSession>();
@@ -58,23 +61,54 @@ export class SessionRegistry {
   }
 
   /** Live sessions opened from `address` (connected or hibernating), for `maxSessionsPerAddress`. */
-  countFrom(address: string): number {
-    return this.perAddress.get(address) ?? 0;
+  /** Sessions opened from `addressKey` (ip-range.ts `addressKey`), bound or not. */
+  countFrom(addressKey: string): number {
+    return this.perAddress.get(addressKey) ?? 0;
   }
 
-  add(session: Session, address: string): void {
+  /** Sessions not yet bound or resumed (authenticating, or a resume's temporary stream). */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Sessions bound to an account, connected or hibernating: what `maxSessions` limits. */
+  get boundCount(): number {
+    return this.live.size - this.pending.size;
+  }
+
+  /** Sessions not yet bound or resumed, opened from `addressKey`. */
+  pendingFrom(addressKey: string): number {
+    return this.pendingPerAddress.get(addressKey) ?? 0;
+  }
+
+  /** The session that has waited longest to be bound or resumed. */
+  oldestPending(): Session | undefined {
+    return this.pending.keys().next().value;
+  }
+
+  /** A new session, not yet bound, from `addressKey`. */
+  add(session: Session, addressKey: string): void {
     if (this.live.has(session)) return;
-    this.live.set(session, address);
-    this.perAddress.set(address, this.countFrom(address) + 1);
+    this.live.set(session, addressKey);
+    this.pending.set(session, addressKey);
+    increment(this.perAddress, addressKey);
+    increment(this.pendingPerAddress, addressKey);
+  }
+
+  /** `session` is bound: it leaves the pending ones. */
+  bound(session: Session): void {
+    const addressKey = this.pending.get(session);
+    if (addressKey === undefined) return;
+    this.pending.delete(session);
+    decrement(this.pendingPerAddress, addressKey);
   }
 
   delete(session: Session): void {
-    const address = this.live.get(session);
-    if (address === undefined) return;
+    this.bound(session);
+    const addressKey = this.live.get(session);
+    if (addressKey === undefined) return;
     this.live.delete(session);
-    const left = this.countFrom(address) - 1;
-    if (left > 0) this.perAddress.set(address, left);
-    else this.perAddress.delete(address);
+    decrement(this.perAddress, addressKey);
   }
 
   registerResumable(smId: string, session: Session): void {
@@ -130,4 +164,14 @@ export class SessionRegistry {
       this.ended.delete(smId);
     }
   }
+}
+
+function increment(counts: Map<string, number>, key: string): void {
+  counts.set(key, (counts.get(key) ?? 0) + 1);
+}
+
+function decrement(counts: Map<string, number>, key: string): void {
+  const left = (counts.get(key) ?? 0) - 1;
+  if (left > 0) counts.set(key, left);
+  else counts.delete(key);
 }

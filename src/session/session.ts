@@ -62,7 +62,7 @@ export class Session implements SessionHandle {
     this.startedMs = deps.now();
     this.state = { name: 'opening', link: start.link, authTimer: this.armAuthTimer() };
     start.link.setHandler(this.clientHandler(start.link));
-    deps.registry.add(this, start.link.address);
+    deps.registry.add(this, start.addressKey);
     this.log.debug('session opened');
   }
 
@@ -647,6 +647,7 @@ export class Session implements SessionHandle {
     const s = this.state;
     if (s.name !== 'negotiating') return;
     this.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined, backlog: [] });
+    this.deps.registry.bound(this);
     s.upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
     this.logger = this.logger.child({ jid });
     this.log.info('bound');

@@ -101,6 +101,9 @@ describe('parseConfig: defaults', () => {
         authTimeoutSeconds: 60,
         maxSessions: 100000,
         maxSessionsPerAddress: 0,
+        maxUnauthenticated: 1000,
+        maxUnauthenticatedPerAddress: 10,
+        ipv6PrefixLength: 64,
       },
       streamManagement: {
         hibernationSeconds: 300,

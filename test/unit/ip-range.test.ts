@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isLoopbackHost, normalizeAddress } from '../../src/transport/ip-range.js';
+import { addressKey, isLoopbackHost, normalizeAddress } from '../../src/transport/ip-range.js';
 
 describe('isLoopbackHost: traffic that never leaves the host', () => {
   it.each([
@@ -27,5 +27,20 @@ describe('normalizeAddress', () => {
     ['unknown', undefined],
   ])('%s → %s', (value, address) => {
     expect(normalizeAddress(value)).toBe(address);
+  });
+});
+
+describe('addressKey: what a per-address limit counts', () => {
+  it.each([
+    ['192.0.2.1', 64, '192.0.2.1'],
+    ['2001:db8:0:1:aaaa:bbbb:cccc:dddd', 64, '2001:db8:0:1:0:0:0:0/64'],
+    ['2001:db8:0:1::5', 64, '2001:db8:0:1:0:0:0:0/64'],
+    ['2001:db8::1', 128, '2001:db8:0:0:0:0:0:1/128'],
+    ['2001:db8:abcd:12ff::1', 56, '2001:db8:abcd:1200:0:0:0:0/56'],
+    ['::ffff:1.2.3.4', 128, '0:0:0:0:0:ffff:102:304/128'],
+    ['::1', 64, '0:0:0:0:0:0:0:0/64'],
+    ['not-an-address', 64, 'not-an-address'],
+  ])('%s /%i → %s', (address, prefix, key) => {
+    expect(addressKey(address, prefix)).toBe(key);
   });
 });

@@ -1,5 +1,6 @@
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
+import { sessionLimit } from '../../src/features/session-limit.js';
 import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
 import { pingAnswer, pingWhileAway } from '../../src/features/ping-while-away.js';
 import { transportRefusals } from '../../src/features/transport-refusals.js';
@@ -167,5 +168,29 @@ describe('built-in hooks', () => {
     );
     expect(hooks.fromClient(foreign, 'authenticating', handle())).toMatchObject({ kind: 'answer-nonza' });
     expect(hooks.fromClient(foreign, 'authenticated', handle())).toBeUndefined();
+  });
+});
+
+describe('session limit at bind (RFC 6120 §7.6.2.1)', () => {
+  const bind = scanned("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>");
+
+  it('answers a bind with resource-constraint once maxSessions are bound, and lets it through below', () => {
+    let bound = 2;
+    const hooks = new SessionHooks([sessionLimit(() => bound, 2)]);
+    const verdict = hooks.fromClient(bind, 'authenticated', handle());
+    expect(verdict?.kind).toBe('answer-stanza');
+    const iq = parseElement(verdict?.kind === 'answer-stanza' ? verdict.stanza : '<none/>');
+    expect([iq.attrs.type, iq.attrs.id]).toEqual(['error', 'b1']);
+    expect(iq.getChild('error')?.getChild('resource-constraint', 'urn:ietf:params:xml:ns:xmpp-stanzas')).toBeDefined();
+    bound = 1;
+    expect(hooks.fromClient(bind, 'authenticated', handle())).toBeUndefined();
+  });
+
+  it('leaves every other element alone, and binds after authentication only', () => {
+    const hooks = new SessionHooks([sessionLimit(() => 10, 1)]);
+    expect(
+      hooks.fromClient(scanned("<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>"), 'authenticated', handle()),
+    ).toBeUndefined();
+    expect(hooks.fromClient(bind, 'active', handle())).toBeUndefined();
   });
 });

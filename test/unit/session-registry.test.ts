@@ -47,3 +47,27 @@ describe('SessionRegistry: sessions per client address', () => {
     expect([registry.countFrom('192.0.2.1'), registry.countFrom('2001:db8::1'), registry.size]).toEqual([0, 0, 0]);
   });
 });
+
+describe('SessionRegistry: sessions not yet bound', () => {
+  const session = (name: string): Session => ({ name }) as unknown as Session;
+
+  it('counts them in all and per address, oldest first, until bound or gone', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 0, maxRememberedEnded: 0 });
+    const [a, b, c] = [session('a'), session('b'), session('c')];
+    registry.add(a, '192.0.2.1');
+    registry.add(b, '192.0.2.1');
+    registry.add(c, '192.0.2.2');
+    expect([registry.pendingCount, registry.boundCount, registry.pendingFrom('192.0.2.1'), registry.oldestPending()]).toEqual([3, 0, 2, a]);
+
+    registry.bound(a);
+    expect([registry.pendingCount, registry.boundCount, registry.pendingFrom('192.0.2.1'), registry.oldestPending()]).toEqual([2, 1, 1, b]);
+    expect(registry.countFrom('192.0.2.1'), 'sessions from the address, bound or not').toBe(2);
+
+    registry.delete(b);
+    registry.delete(a);
+    expect([registry.pendingCount, registry.boundCount, registry.pendingFrom('192.0.2.1'), registry.countFrom('192.0.2.1')]).toEqual([
+      1, 0, 0, 0,
+    ]);
+    expect(registry.oldestPending()).toBe(c);
+  });
+});

@@ -302,7 +302,7 @@ class Rig {
   connect(): Connection {
     const client = new FakeClientLink();
     const log = pino({ level: 'error' }, { write: (line: string) => void this.errors.push(line) });
-    const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, log });
+    const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, addressKey: client.address, log });
     return new Connection(this, client, session);
   }
 

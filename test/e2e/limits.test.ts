@@ -1,0 +1,95 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
+import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
+import { NS } from '../support/raw-client.js';
+import { recordSmEvents, resumeWith } from '../support/sm-steps.js';
+
+// README, Limits and abuse: connections that never log in, against users who do, in front of each
+// real legacy server. Every test client comes from 127.0.0.1: one address.
+
+describeEachLegacyServer((kind) => {
+  let server: LegacyServer;
+
+  beforeAll(async () => {
+    server = await startLegacyServer(kind, { users: Object.values(USERS) });
+  }, 60_000);
+
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  describe('connections logging in, in all, and bound sessions', () => {
+    let fixture: ProxyFixture;
+
+    beforeAll(async () => {
+      fixture = await startProxyFixture({ server, limits: { maxUnauthenticated: 3, maxUnauthenticatedPerAddress: 0, maxSessions: 2 } });
+    });
+
+    afterAll(async () => {
+      await fixture?.stop();
+    });
+
+    it('idle connections make room for a resume, oldest first; a bind beyond maxSessions gets resource-constraint and the stream goes on', async () => {
+      const events = recordSmEvents(fixture.proxy);
+      const alice = await fixture.login('directtls', USERS.alice, { resource: 'away', sm: true });
+      alice.client.drop();
+      await events.waitFor('hibernationStarted', alice.jid);
+      const bob = await fixture.login('directtls', USERS.bob, { resource: 'here' });
+
+      // Three connections that never log in fill maxUnauthenticated.
+      const idle = [];
+      for (let i = 0; i < 3; i++) idle.push(await fixture.connect('directtls'));
+
+      // Alice comes back: her connection pushes out the idle one that waited longest.
+      const { client: resumed, answer } = await resumeWith(fixture, USERS.alice, alice.smId!, 0);
+      expect(answer.name).toBe('resumed');
+      const evicted = await idle[0]!.expectStreamError('resource-constraint');
+      expect(evicted.getChildText('text', NS.streamErrors)).toMatch(/waited longest/);
+      expect(idle[1]!.received.some((el) => el.is('error', NS.stream))).toBe(false);
+
+      // Alice and bob are the two bound sessions: carol authenticates, and her bind is refused.
+      const carol = await fixture.connect('directtls');
+      await carol.authenticatePlain(USERS.carol.username, USERS.carol.password);
+      carol.send(`<iq type='set' id='b1'><bind xmlns='${NS.bind}'><resource>late</resource></bind></iq>`);
+      const refused = await carol.expect((el) => el.is('iq') && el.attrs.id === 'b1', 'the answer to the bind');
+      expect(refused.attrs.type).toBe('error');
+      expect(refused.getChild('error')?.getChild('resource-constraint', NS.stanzas)).toBeDefined();
+      // Once bob leaves, carol binds on the same stream.
+      await bob.client.close();
+      await expect.poll(() => fixture.proxy.registry.boundCount, { timeout: 5000 }).toBeLessThan(2);
+      expect(await carol.bind('late')).toMatch(new RegExp(`^carol@${fixture.domain}/`));
+      await carol.close();
+      await resumed.close();
+      for (const client of idle.slice(1)) await client.close();
+    });
+  });
+
+  describe('connections logging in from one address', () => {
+    let fixture: ProxyFixture;
+
+    beforeAll(async () => {
+      fixture = await startProxyFixture({ server, limits: { maxUnauthenticatedPerAddress: 2 } });
+    });
+
+    afterAll(async () => {
+      await fixture?.stop();
+    });
+
+    it('refuses the third with policy-violation; a connection that binds frees its place', async () => {
+      const first = await fixture.connect('directtls');
+      const second = await fixture.connect('directtls');
+      // The refusal may come before the client has read the stream header (connect fails) or after.
+      const third = await fixture.connect('directtls').then(
+        async (client) => (await client.expectStreamError('policy-violation')).getChildText('text', NS.streamErrors) ?? '',
+        (err: unknown) => (err as Error).message,
+      );
+      expect(third).toMatch(/maxUnauthenticatedPerAddress/);
+
+      await first.login(USERS.alice.username, USERS.alice.password, { resource: 'bound' });
+      const fourth = await fixture.connect('directtls');
+      await fourth.authenticatePlain(USERS.bob.username, USERS.bob.password);
+      for (const client of [first, second, fourth]) await client.close();
+    });
+  });
+});
