@@ -70,6 +70,10 @@ export const ErrorCode = {
   /** A newer connection resumed this session (XEP-0198 §5): `conflict`. */
   SM_TAKEOVER: 'PROXY_ERR_SM_TAKEOVER',
 
+  /** The legacy server refused a SASL exchange: logged with the client's address, the mechanism and the user name it shows; the failure is relayed. */
+  SASL_FAILED: 'PROXY_ERR_SASL_FAILED',
+  /** Too many failed logins from the client's address: SASL `<temporary-auth-failure/>` until the back-off ends. */
+  LOGIN_BACKOFF: 'PROXY_ERR_LOGIN_BACKOFF',
   /** A SASL `<auth/>` whose authorization identity names another account (foreign-authzid.ts): SASL `<invalid-authzid/>`. */
   SASL_FOREIGN_AUTHZID: 'PROXY_ERR_SASL_FOREIGN_AUTHZID',
 

@@ -6,6 +6,8 @@ import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
 import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
 import { sessionLimit } from './features/session-limit.js';
+import { failedLoginBackoff } from './features/failed-login-backoff.js';
+import { FailedLogins } from './session/failed-logins.js';
 import { admit } from './session/admission.js';
 import { SessionHooks } from './session/hooks.js';
 import { Session } from './session/session.js';
@@ -99,12 +101,21 @@ export class Proxy {
       options.connectUpstream ??
       ((target: UpstreamTarget, upstreamLog: Logger) =>
         RetryingUpstream.connect((t, l) => UpstreamLink.connect(t, l), target, upstreamLog));
+    const failedLogins = new FailedLogins({
+      maxFailedLogins: config.limits.maxFailedLogins,
+      backoffMs: config.limits.failedLoginBackoffSeconds * 1000,
+    });
     this.sessionDeps = {
       settings,
       registry: this.registry,
       events: this.events,
       budget: new MemoryBudget(sm.globalQueueBytes),
-      hooks: new SessionHooks([...BUILTIN_HOOKS, sessionLimit(() => this.registry.boundCount, config.limits.maxSessions)]),
+      failedLogins,
+      hooks: new SessionHooks([
+        ...BUILTIN_HOOKS,
+        failedLoginBackoff(failedLogins, this.now),
+        sessionLimit(() => this.registry.boundCount, config.limits.maxSessions),
+      ]),
       upstreamFor: (domain) => this.upstreamTarget(domain),
       connectUpstream,
       reportFindings: (domain, findings) => this.reportFindings(domain, findings),

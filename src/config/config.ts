@@ -139,6 +139,10 @@ export interface LimitsConfig {
   readonly maxUnauthenticatedPerAddress: number;
   /** IPv6 clients count per network of this prefix length for the per-address limits. Default 64, range 1..128. */
   readonly ipv6PrefixLength: number;
+  /** Failed logins from one address before its logins are refused for a while. 0 = never. Default 5, range 0..1000. */
+  readonly maxFailedLogins: number;
+  /** How long the first refusal lasts, in seconds; each further failure doubles it, up to an hour. Default 60, range 1..3600. */
+  readonly failedLoginBackoffSeconds: number;
 }
 
 /** What happens to unacked stanzas of an expired session. */

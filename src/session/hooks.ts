@@ -56,6 +56,8 @@ export type FromClientVerdict =
 /** What a hook may know of its session and do through it. */
 export interface SessionHandle {
   readonly sid: string;
+  /** What the per-address limits count the client as (ip-range.ts `addressKey`). */
+  readonly addressKey: string;
   /** The domain the client's stream named, once it named one the proxy serves. */
   readonly domain: string | undefined;
   /** The full JID, once bound. */

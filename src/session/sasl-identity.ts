@@ -30,6 +30,12 @@ import { parseElement } from '../xml/element.js';
  *   byte names that account. Anything else (another spelling, `ALICE` for `alice`) falls back to
  *   the bind check, which asks the server.
  */
+/** What a log line may say of a SASL attempt: the mechanism, and the user name where the mechanism shows it (PLAIN, SCRAM-*). */
+export interface SaslAttempt {
+  readonly mechanism: string;
+  readonly username: string | undefined;
+}
+
 export class SaslIdentity {
   /**
    * SASL is one exchange at a time (RFC 6120 §6.4): after `<auth/>` the client may only send
@@ -41,6 +47,9 @@ export class SaslIdentity {
     { readonly name: 'idle' } | { readonly name: 'exchanging'; readonly claimed: string | undefined } | { readonly name: 'unclear' } = {
     name: 'idle',
   };
+
+  /** The last `<auth/>`, for the log line of a failure. */
+  private attempt: SaslAttempt | undefined;
 
   constructor(private readonly domain: string) {}
 
@@ -59,15 +68,19 @@ export class SaslIdentity {
       }
       const auth = parseElement(element.bytes);
       const mechanism = (auth.attrs.mechanism as string | undefined) ?? '';
+      this.attempt = { mechanism, username: initialNames(mechanism, auth.getText())?.authcid };
       this.phase = { name: 'exchanging', claimed: this.claim(mechanism, auth.getText()) };
       return;
     }
     if (element.localName === 'abort') this.phase = { name: 'unclear' };
   }
 
-  /** The server's `<failure/>` ended the exchange: the next `<auth/>` starts afresh. */
-  onFailure(): void {
+  /** The server's `<failure/>` ended the exchange: the next `<auth/>` starts afresh. Returns the attempt that failed. */
+  onFailure(): SaslAttempt | undefined {
     this.phase = { name: 'idle' };
+    const attempt = this.attempt;
+    this.attempt = undefined;
+    return attempt;
   }
 
   private claim(mechanism: string, base64: string): string | undefined {

@@ -7,6 +7,7 @@ import type { SmEvents } from './events.js';
 import type { FeaturesFindings } from './features.js';
 import type { SessionHooks } from './hooks.js';
 import type { SessionRegistry } from './session-registry.js';
+import type { FailedLogins } from './failed-logins.js';
 
 /** Limits and timings a session applies, in the units the code uses. Built from the config. */
 export interface SessionSettings extends SmSettings {
@@ -30,6 +31,8 @@ export interface SessionDeps {
   readonly registry: SessionRegistry;
   readonly events: SmEvents;
   readonly budget: MemoryBudget;
+  /** Failed logins per client address, for the back-off (failed-logins.ts). */
+  readonly failedLogins: FailedLogins;
   /** The features' hooks every session runs, in order (hooks.ts). */
   readonly hooks: SessionHooks;
   /** The upstream for a domain the client named, or undefined if it is not served. */

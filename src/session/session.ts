@@ -40,6 +40,7 @@ const BIND_ID_PREFIX = 'smacks-proxy-bind-';
  */
 export class Session implements SessionHandle {
   readonly sid: string;
+  readonly addressKey: string;
   private state: State;
   private logger: Logger;
   private domainName: string | undefined;
@@ -57,6 +58,7 @@ export class Session implements SessionHandle {
   constructor(deps: SessionDeps, start: SessionStart) {
     this.deps = deps;
     this.sid = start.sid;
+    this.addressKey = start.addressKey;
     this.logger = start.log;
     this.traceXml = start.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
@@ -625,6 +627,15 @@ export class Session implements SessionHandle {
     return {
       toClient: (data) => this.sendToClient(data),
       toServer: (data) => this.toUpstream(upstream, data),
+      saslFailed: (condition, attempt) => {
+        // README, Limits and abuse: a line per failure for fail2ban and the like; never the payload.
+        const address = linkOf(this.state)?.address;
+        this.log.info(
+          { code: ErrorCode.SASL_FAILED, address, mechanism: attempt?.mechanism, username: attempt?.username, condition },
+          'SASL authentication failed',
+        );
+        this.deps.failedLogins.failed(this.addressKey, this.deps.now());
+      },
       saslSucceeded: () => {
         // RFC 6120 §6.4.6: both streams restart; SASL payloads are never logged.
         const link = this.requireLink();

@@ -3,7 +3,7 @@ import { escapeXml } from '../xml/escape.js';
 import { NS, type SmNamespace } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
 import type { FeaturesPhase } from './features.js';
-import { SaslIdentity } from './sasl-identity.js';
+import { SaslIdentity, type SaslAttempt } from './sasl-identity.js';
 
 /** A `<resume/>` waiting for its client's account to be known. */
 export interface ResumeRequest {
@@ -48,6 +48,8 @@ type SetupPhase =
 export interface SetupPort {
   toClient(data: Buffer | string): void;
   toServer(data: Buffer | string): void;
+  /** The legacy server answered a SASL exchange with `<failure/>` (RFC 6120 §6.4.5); it is relayed after this. */
+  saslFailed(condition: string, attempt: SaslAttempt | undefined): void;
   /** RFC 6120 §6.4.6: SASL succeeded, after its `<success/>` reached the client; both streams restart. */
   saslSucceeded(): void;
   /** The setup waits for the legacy server's answer: what the client sends meanwhile stays unread. */
@@ -144,7 +146,10 @@ export class StreamSetup {
         this.port.saslSucceeded();
         return;
       }
-      if (element.localName === 'failure') p.sasl.onFailure();
+      if (element.localName === 'failure') {
+        const condition = parseElement(element.bytes).getChildElements()[0]?.name ?? 'not-authorized';
+        this.port.saslFailed(condition, p.sasl.onFailure());
+      }
     }
     if (element.localName === 'iq' && p.name !== 'authenticating' && this.onBindAnswer(p, element)) return;
     this.port.toClient(element.bytes);

@@ -324,6 +324,11 @@ describe('--check', () => {
       authTimeoutSeconds: 60,
       maxSessions: 100000,
       maxSessionsPerAddress: 0,
+      maxUnauthenticated: 1000,
+      maxUnauthenticatedPerAddress: 10,
+      ipv6PrefixLength: 64,
+      maxFailedLogins: 5,
+      failedLoginBackoffSeconds: 60,
     });
     expect(effective.streamManagement).toMatchObject({ hibernationSeconds: 300, expiryPolicy: 'bounce', maxQueueStanzas: 1000 });
     expect(effective.shutdownGraceSeconds).toBe(5);

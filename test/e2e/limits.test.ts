@@ -65,6 +65,35 @@ describeEachLegacyServer((kind) => {
     });
   });
 
+  describe('failed logins from one address', () => {
+    let fixture: ProxyFixture;
+
+    beforeAll(async () => {
+      fixture = await startProxyFixture({ server, limits: { maxFailedLogins: 3, failedLoginBackoffSeconds: 2 } });
+    });
+
+    afterAll(async () => {
+      await fixture?.stop();
+    });
+
+    /** One PLAIN attempt on a fresh connection: the SASL answer, `success` or the failure's condition. */
+    async function attempt(password: string): Promise<string> {
+      const client = await fixture.connect('directtls');
+      const message = Buffer.from(`\0${USERS.alice.username}\0${password}`, 'utf8').toString('base64');
+      client.send(`<auth xmlns='${NS.sasl}' mechanism='PLAIN'>${message}</auth>`);
+      const answer = await client.expect((el) => el.getNS() === NS.sasl && (el.is('success') || el.is('failure')), 'the SASL answer');
+      await client.close();
+      return answer.is('success') ? 'success' : (answer.getChildElements()[0]?.name ?? '?');
+    }
+
+    it('after maxFailedLogins wrong passwords, even the right one is refused with temporary-auth-failure until the back-off ends', async () => {
+      for (let i = 0; i < 3; i++) expect(await attempt('wrong')).toBe('not-authorized');
+      expect(await attempt(USERS.alice.password)).toBe('temporary-auth-failure');
+      await new Promise((resolve) => setTimeout(resolve, 2_100));
+      expect(await attempt(USERS.alice.password)).toBe('success');
+    }, 20_000);
+  });
+
   describe('connections logging in from one address', () => {
     let fixture: ProxyFixture;
 

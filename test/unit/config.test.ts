@@ -104,6 +104,8 @@ describe('parseConfig: defaults', () => {
         maxUnauthenticated: 1000,
         maxUnauthenticatedPerAddress: 10,
         ipv6PrefixLength: 64,
+        maxFailedLogins: 5,
+        failedLoginBackoffSeconds: 60,
       },
       streamManagement: {
         hibernationSeconds: 300,

@@ -1,6 +1,8 @@
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { sessionLimit } from '../../src/features/session-limit.js';
+import { failedLoginBackoff } from '../../src/features/failed-login-backoff.js';
+import { FailedLogins } from '../../src/session/failed-logins.js';
 import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
 import { pingAnswer, pingWhileAway } from '../../src/features/ping-while-away.js';
 import { transportRefusals } from '../../src/features/transport-refusals.js';
@@ -16,6 +18,7 @@ function handle(jid: string | undefined = 'a@localhost/r'): SessionHandle & { re
   const upstream: string[] = [];
   return {
     sid: 's1',
+    addressKey: '192.0.2.1',
     domain: 'localhost',
     jid,
     log: pino({ level: 'silent' }),
@@ -192,5 +195,23 @@ describe('session limit at bind (RFC 6120 §7.6.2.1)', () => {
       hooks.fromClient(scanned("<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>"), 'authenticated', handle()),
     ).toBeUndefined();
     expect(hooks.fromClient(bind, 'active', handle())).toBeUndefined();
+  });
+});
+
+describe('failed-login back-off', () => {
+  const auth = scanned(`<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>`);
+
+  it("refuses an <auth/> from an address in back-off with temporary-auth-failure, and lets others' through", () => {
+    const failedLogins = new FailedLogins({ maxFailedLogins: 1, backoffMs: 30_000 });
+    failedLogins.failed('192.0.2.1', 1000);
+    const hooks = new SessionHooks([failedLoginBackoff(failedLogins, () => 2000)]);
+    const verdict = hooks.fromClient(auth, 'authenticating', handle());
+    expect(verdict).toEqual({
+      kind: 'answer-nonza',
+      nonza:
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><temporary-auth-failure/>" +
+        "<text xml:lang='en'>too many failed logins from your address; try again in 29 s</text></failure>",
+    });
+    expect(hooks.fromClient(auth, 'authenticating', { ...handle(), addressKey: '192.0.2.9' })).toBeUndefined();
   });
 });

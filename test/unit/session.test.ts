@@ -14,6 +14,7 @@ import { SessionHooks } from '../../src/session/hooks.js';
 import { SmEvents } from '../../src/session/events.js';
 import { SessionRegistry } from '../../src/session/session-registry.js';
 import { Session } from '../../src/session/session.js';
+import { FailedLogins } from '../../src/session/failed-logins.js';
 import type { SessionDeps, SessionSettings } from '../../src/session/session-deps.js';
 import { MemoryBudget } from '../../src/sm/memory-budget.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
@@ -268,6 +269,7 @@ class Rig {
   readonly registry = new SessionRegistry({ rememberEndedMs: 3_600_000, maxRememberedEnded: 100 });
   readonly events = new SmEvents();
   readonly budget = new MemoryBudget(Infinity);
+  readonly failedLogins = new FailedLogins({ maxFailedLogins: 5, backoffMs: 60_000 });
   readonly seen: SeenEvents = { ackDelayed: [], hibernationStarted: [], hibernationEnded: [], stanzaQueuedWhileHibernating: [] };
   /** Lines the sessions logged at error level (a session that caught a bug of its own). */
   readonly errors: string[] = [];
@@ -286,6 +288,7 @@ class Rig {
       registry: this.registry,
       events: this.events,
       budget: this.budget,
+      failedLogins: this.failedLogins,
       hooks: new SessionHooks(BUILTIN_HOOKS),
       upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
       connectUpstream: async () => {

@@ -23,6 +23,8 @@ function recordingPort(): SetupPort & { readonly calls: string[] } {
     toClient: (data) => void calls.push(`client ${text(data)}`),
     toServer: (data) => void calls.push(`server ${text(data)}`),
     saslSucceeded: () => void calls.push('sasl succeeded'),
+    saslFailed: (condition, attempt) =>
+      void calls.push(`sasl failed ${condition} ${attempt?.mechanism ?? '-'} ${attempt?.username ?? '-'}`),
     waitForServer: () => void calls.push('wait'),
     serverAnswered: () => void calls.push('answered'),
     bound: (jid) => void calls.push(`bound ${jid}`),
@@ -50,6 +52,20 @@ describe('StreamSetup: SASL and bind relayed and watched (RFC 6120 §6, §7)', (
     expect(port.calls.slice(1)).toEqual([`client <success xmlns='${NS.sasl}'/>`, 'sasl succeeded']);
     expect(setup.phaseName).toBe('authenticated');
     expect(setup.featuresPhase).toBe('post-auth');
+  });
+
+  it('reports a SASL <failure/> with its condition, the mechanism and the user name, then relays it; the next <auth/> starts afresh', () => {
+    const port = recordingPort();
+    const setup = new StreamSetup('localhost', IDENTITY_BIND_ID, port);
+    setup.fromClient(plain('alice'));
+    setup.fromServer(el(`<failure xmlns='${NS.sasl}'><not-authorized/></failure>`));
+    expect(port.calls.slice(1)).toEqual([
+      'sasl failed not-authorized PLAIN alice',
+      `client <failure xmlns='${NS.sasl}'><not-authorized/></failure>`,
+    ]);
+    setup.fromClient(el(`<auth xmlns='${NS.sasl}' mechanism='EXTERNAL'>=</auth>`));
+    setup.fromServer(el(`<failure xmlns='${NS.sasl}'><invalid-mechanism/></failure>`));
+    expect(port.calls.at(-2)).toBe('sasl failed invalid-mechanism EXTERNAL -');
   });
 
   it('holds what the client pipelines behind its bind, and hands it back once bound', () => {
