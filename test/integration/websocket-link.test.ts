@@ -371,6 +371,26 @@ describe('WebSocket link: framing (RFC 7395 §3.3-§3.6)', () => {
     expect(handler.ofType('element').map((e) => e.text)).toEqual([`<message id='f'><body>one frame, three</body></message>`]);
   });
 
+  it('takes a message in 128 frames, and closes with 1008 one that comes in more (the memory of each held frame)', async () => {
+    const harness = await startListener();
+    const first = await openStream(harness);
+    const body = (frames: number): string[] => [`<message id='m'><body>`, ...new Array<string>(frames - 2).fill('x'), `</body></message>`];
+    const sendInFrames = (ws: WebSocket, parts: string[]): void =>
+      parts.forEach((part, i) => ws.send(part, { fin: i === parts.length - 1 }));
+    sendInFrames(first.ws, body(128));
+    await within(
+      (async () => {
+        while (first.handler.ofType('element').length < 1) await delay(10);
+      })(),
+      'the message in 128 frames',
+    );
+    const second = await openStream(harness);
+    const closed = new Promise<number>((resolve) => second.ws.once('close', (code: number) => resolve(code)));
+    sendInFrames(second.ws, body(129));
+    expect(await within(closed, 'the close of a message in 129 frames')).toBe(1008);
+    expect(second.handler.ofType('element')).toEqual([]);
+  });
+
   it('maps a restart <open/> after SASL to a second onStreamOpen (expectRestart is a no-op)', async () => {
     const harness = await startListener();
     const { ws, handler, link } = await openStream(harness);
