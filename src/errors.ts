@@ -47,6 +47,8 @@ export const ErrorCode = {
   TOO_MANY_FROM_ADDRESS: 'PROXY_ERR_TOO_MANY_FROM_ADDRESS',
   /** `maxUnauthenticated` connections wait to log in: the one waiting longest is closed with `resource-constraint`. */
   UNAUTHENTICATED_EVICTED: 'PROXY_ERR_UNAUTHENTICATED_EVICTED',
+  /** A WebSocket client sent more than 4 × `maxStanzaBytesPreAuth` bytes before SASL success: `policy-violation`. */
+  PRE_AUTH_BYTES: 'PROXY_ERR_PRE_AUTH_BYTES',
   /** `maxUnauthenticatedPerAddress` reached for the client's address: `policy-violation`. */
   TOO_MANY_UNAUTHENTICATED_FROM_ADDRESS: 'PROXY_ERR_TOO_MANY_UNAUTHENTICATED_FROM_ADDRESS',
 

@@ -4,6 +4,7 @@
  * stream close, everything else is a top-level element of the stream. The session code sees the
  * same events as on a TCP link, so resumption across transports needs nothing special.
  */
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { RawData, WebSocket } from 'ws';
 import { ErrorCode, StreamError } from '../errors.js';
@@ -45,6 +46,8 @@ const FRAMING_CLOSE = `<close xmlns='${NS.framing}'/>`;
 export interface WebSocketClientLinkOptions {
   /** An open server-side WebSocket whose subprotocol is `xmpp`. */
   readonly ws: WebSocket;
+  /** The connection it runs on, as the HTTP server read it (`req.socket`, after TLS). */
+  readonly socket: Duplex;
   /** The client's address for logs (`address:port`, or the forwarded address behind a trusted proxy). */
   readonly remote: string;
   /** The client's IP address (forwarded by a trusted reverse proxy, or the peer's). */
@@ -57,6 +60,12 @@ export interface WebSocketClientLinkOptions {
   readonly pingIntervalMs: number;
   readonly log: Logger;
 }
+
+/**
+ * What a WebSocket client may send before SASL success, in stanza limits: an opening, SASL and
+ * perhaps a pipelined resume take a few hundred bytes; the rest of the budget is slack.
+ */
+const PRE_AUTH_BUDGET_STANZAS = 4;
 
 /** Where a WebSocket link stands. */
 type LinkPhase =
@@ -83,6 +92,11 @@ export class WebSocketClientLink implements ClientLink {
   readonly address: string;
 
   private readonly ws: WebSocket;
+  /** The connection under the WebSocket (TLS already removed), where the bytes before authentication are counted. */
+  private readonly socket: Duplex;
+  /** Bytes the client may send before SASL success: ws holds an unfinished message whole, whatever its size within maxPayload. */
+  private readonly preAuthBudget: number;
+  private preAuthBytes = 0;
   private readonly log: Logger;
   private readonly maxPayloadBytes: number;
   private handler: ClientLinkHandler | undefined;
@@ -107,6 +121,9 @@ export class WebSocketClientLink implements ClientLink {
     this.limits = { ...options.limits };
     this.maxPayloadBytes = options.maxPayloadBytes;
     this.log = options.log;
+    this.socket = options.socket;
+    this.preAuthBudget = PRE_AUTH_BUDGET_STANZAS * this.limits.maxStanzaBytes;
+    this.socket.on('data', this.onPreAuthData);
     this.ws.on('message', this.onMessage);
     this.ws.on('pong', this.onPong);
     this.ws.on('error', this.onWsError);
@@ -171,8 +188,13 @@ export class WebSocketClientLink implements ClientLink {
     this.ws.terminate();
   }
 
-  /** Nothing to do: after SASL success each new `<open/>` is its own message (RFC 7395 §3.7). */
-  expectRestart(): void {}
+  /**
+   * SASL succeeded (RFC 7395 §3.7: the client then sends a new `<open/>`, a message of its own, so
+   * nothing changes in the framing): the budget of bytes before authentication ends.
+   */
+  expectRestart(): void {
+    this.socket.off('data', this.onPreAuthData);
+  }
 
   setLimits(limits: Partial<ScannerLimits>): void {
     this.limits = { ...this.limits, ...limits };
@@ -260,6 +282,19 @@ export class WebSocketClientLink implements ClientLink {
         );
     }
   }
+
+  private readonly onPreAuthData = (chunk: Buffer): void => {
+    this.preAuthBytes += chunk.length;
+    if (this.preAuthBytes <= this.preAuthBudget || (this.phase !== 'awaiting-open' && this.phase !== 'stream')) return;
+    this.socket.off('data', this.onPreAuthData);
+    this.protocolError(
+      new StreamError(
+        ErrorCode.PRE_AUTH_BYTES,
+        'policy-violation',
+        `more than ${this.preAuthBudget} bytes before authentication (${PRE_AUTH_BUDGET_STANZAS} × limits.maxStanzaBytesPreAuth)`,
+      ),
+    );
+  };
 
   private protocolError(error: StreamError): void {
     // The proxy ends this stream: whatever the session does, the link ends as 'local' (never hibernate).

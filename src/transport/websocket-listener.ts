@@ -302,6 +302,7 @@ export class WebSocketListener implements Listener {
     });
     const link = new WebSocketClientLink({
       ws,
+      socket: req.socket,
       remote: client.remote,
       address: client.address,
       limits,

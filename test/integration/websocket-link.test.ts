@@ -391,6 +391,36 @@ describe('WebSocket link: framing (RFC 7395 §3.3-§3.6)', () => {
     expect(second.handler.ofType('element')).toEqual([]);
   });
 
+  it('ends a stream whose client sends more than 4 × the pre-authentication stanza limit before SASL success, whatever the framing', async () => {
+    const harness = await startListener();
+    const { ws, handler } = await openStream(harness);
+    // One unfinished message, never an element: only the byte count can see it.
+    for (let i = 0; i < 5; i++) ws.send('z'.repeat(PRE_AUTH_BYTES), { fin: false });
+    await within(
+      (async () => {
+        while (handler.ofType('protocol-error').length === 0) await delay(10);
+      })(),
+      'the protocol error',
+    );
+    const [error] = handler.ofType('protocol-error').map((e) => e.error);
+    expect([error?.condition, error?.code]).toEqual(['policy-violation', 'PROXY_ERR_PRE_AUTH_BYTES']);
+    expect(error?.message).toContain(`more than ${4 * PRE_AUTH_BYTES} bytes before authentication`);
+  });
+
+  it('lifts that budget at SASL success (expectRestart)', async () => {
+    const harness = await startListener();
+    const { ws, handler, link } = await openStream(harness);
+    link.expectRestart();
+    for (let i = 0; i < 6; i++) ws.send(`<message id='m${i}'><body>${'z'.repeat(PRE_AUTH_BYTES - 100)}</body></message>`);
+    await within(
+      (async () => {
+        while (handler.ofType('element').length < 6 && handler.ofType('protocol-error').length === 0) await delay(10);
+      })(),
+      'six messages',
+    );
+    expect(handler.ofType('protocol-error')).toEqual([]);
+  });
+
   it('maps a restart <open/> after SASL to a second onStreamOpen (expectRestart is a no-op)', async () => {
     const harness = await startListener();
     const { ws, handler, link } = await openStream(harness);
@@ -600,7 +630,9 @@ describe('WebSocket link: refused input', () => {
 
   it('a message over maxPayload (ws closes 1009) reaches the session as policy-violation + stanza-too-big', async () => {
     const harness = await startListener({}, { failOnProtocolError: true });
-    const { ws, handler, closed } = await openStream(harness);
+    const { ws, handler, closed, link } = await openStream(harness);
+    // After SASL success: before it, the budget of bytes before authentication stops far smaller messages.
+    link.expectRestart();
     ws.send(`<message><body>${'y'.repeat(MAX_PAYLOAD_BYTES)}</body></message>`);
     const { error } = await handler.next('protocol-error');
     expect(error.condition).toBe('policy-violation');
