@@ -41,7 +41,23 @@ function sameAccount(
   candidate: { readonly bareJid: string | undefined; readonly domain: string | undefined },
   account: ResumingAccount,
 ): boolean {
-  return candidate.bareJid === account.bareJid && candidate.domain === account.domain;
+  return candidate.bareJid !== undefined && sameBareJid(candidate.bareJid, account.bareJid) && candidate.domain === account.domain;
+}
+
+/**
+ * Two bare JIDs as the legacy server bound them name the same account when they are equal but for
+ * the case of ASCII letters: every server's rule (stringprep Nodeprep and Nameprep, RFC 3920 App. A
+ * and RFC 3491; PRECIS UsernameCaseMapped, RFC 8265 §3.3) maps `A`-`Z` to `a`-`z`, and ejabberd binds
+ * the user name as typed (`ALICE@…`). Nothing else is folded: beyond ASCII the servers' rules
+ * differ (case folding, width, normalisation forms), and a fold one server does not make would let
+ * one account resume another's session. Another spelling beyond ASCII case is refused instead.
+ */
+export function sameBareJid(a: string, b: string): boolean {
+  return a === b || (a.length === b.length && asciiLower(a) === asciiLower(b));
+}
+
+function asciiLower(text: string): string {
+  return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase());
 }
 
 /**
