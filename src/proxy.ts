@@ -7,12 +7,12 @@ import type { FeaturesFindings } from './session/features.js';
 import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
 import { sessionLimit } from './features/session-limit.js';
 import { failedLoginBackoff } from './features/failed-login-backoff.js';
-import { FailedLogins } from './session/failed-logins.js';
+import { FailedLogins, type FailedLoginPolicy } from './session/failed-logins.js';
 import { admit } from './session/admission.js';
 import { SessionHooks } from './session/hooks.js';
 import { Session } from './session/session.js';
-import type { SessionDeps } from './session/session-deps.js';
-import { SessionRegistry } from './session/session-registry.js';
+import type { SessionDeps, SessionSettings } from './session/session-deps.js';
+import { SessionRegistry, type RegistryLimits } from './session/session-registry.js';
 import { MemoryBudget } from './sm/memory-budget.js';
 import type { ClientLink } from './transport/client-link.js';
 import type { Listener } from './transport/listener.js';
@@ -28,7 +28,7 @@ import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
 
 /** How often the certificates' expiry is checked while the proxy runs (also at start-up and each reload). */
 const EXPIRY_CHECK_INTERVAL_MS = 24 * 60 * 60 * 1000;
-/** The config sections a reload compares; only `tls` takes effect without a restart (README, Reloading). */
+/** The config sections a reload compares (README, Reloading). */
 const CONFIG_SECTIONS = ['listeners', 'tls', 'domains', 'limits', 'streamManagement', 'shutdownGraceSeconds', 'log'] as const;
 
 /** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
@@ -59,7 +59,10 @@ export class Proxy {
   readonly events = new SmEvents();
   readonly registry: SessionRegistry;
   /** What every session shares (one object, not one per connection). */
-  private readonly sessionDeps: SessionDeps;
+  /** The config in effect: the start-up one, then each reload's (its `listeners` and `log` stay the start-up ones). */
+  private config: ProxyConfig;
+  /** What new sessions are made with; a reload replaces it, and sessions keep the one they started with. */
+  private sessionDeps: SessionDeps;
   private readonly listeners: Listener[] = [];
   private readonly reportedFindings = new Set<string>();
   private readonly now: () => number;
@@ -73,48 +76,34 @@ export class Proxy {
   private stopping: Promise<void> | undefined;
 
   constructor(
-    private readonly config: ProxyConfig,
+    config: ProxyConfig,
     private readonly log: Logger,
     private readonly options: ProxyOptions = {},
   ) {
-    const sm = config.streamManagement;
+    this.config = config;
     this.tlsConfig = config.tls;
     this.now = options.now ?? Date.now;
-    this.registry = new SessionRegistry({ rememberEndedMs: sm.rememberExpiredSeconds * 1000, maxRememberedEnded: sm.maxRememberedExpired });
-    const settings = {
-      maxStanzaBytes: config.limits.maxStanzaBytes,
-      maxStanzaBytesPreAuth: config.limits.maxStanzaBytesPreAuth,
-      authTimeoutMs: config.limits.authTimeoutSeconds * 1000,
-      hibernationMs: sm.hibernationSeconds * 1000,
-      maxHibernationMs: sm.maxHibernationSeconds * 1000,
-      maxUnackedStanzas: sm.maxUnackedStanzas,
-      maxAckDelayMs: sm.maxAckDelaySeconds * 1000,
-      ackRequestIntervalMs: sm.ackRequestIntervalSeconds * 1000,
-      maxQueueStanzas: sm.maxQueueStanzas,
-      maxQueueBytes: sm.maxQueueBytes,
-      expiryPolicy: sm.expiryPolicy,
-      upstreamKeepaliveMs: sm.upstreamKeepaliveSeconds * 1000,
-    };
+    this.registry = new SessionRegistry(registryLimits(config));
     // COMPAT(jabberd2 2.7): every upstream gets the one retry of RetryingUpstream; its condition
     // (internal-server-error before the server answered anything) is narrow enough for any server.
     const connectUpstream =
       options.connectUpstream ??
       ((target: UpstreamTarget, upstreamLog: Logger) =>
         RetryingUpstream.connect((t, l) => UpstreamLink.connect(t, l), target, upstreamLog));
-    const failedLogins = new FailedLogins({
-      maxFailedLogins: config.limits.maxFailedLogins,
-      backoffMs: config.limits.failedLoginBackoffSeconds * 1000,
-    });
+    const failedLogins = new FailedLogins(failedLoginPolicy(config));
     this.sessionDeps = {
-      settings,
+      settings: sessionSettings(config),
       registry: this.registry,
       events: this.events,
-      budget: new MemoryBudget(sm.globalQueueBytes),
+      budget: new MemoryBudget(config.streamManagement.globalQueueBytes),
       failedLogins,
       hooks: new SessionHooks([
         ...BUILTIN_HOOKS,
         failedLoginBackoff(failedLogins, this.now),
-        sessionLimit(() => this.registry.boundCount, config.limits.maxSessions),
+        sessionLimit(
+          () => this.registry.boundCount,
+          () => this.config.limits.maxSessions,
+        ),
       ]),
       upstreamFor: (domain) => this.upstreamTarget(domain),
       connectUpstream,
@@ -153,16 +142,31 @@ export class Proxy {
   }
 
   /**
-   * Applies a re-read config file (SIGHUP; README, Reloading): the certificates are loaded again,
-   * from the new `tls` section; any other section that changed is logged as waiting for a restart.
-   * Never throws: certificates that cannot be loaded leave the ones in use in place.
+   * Applies a re-read config file (SIGHUP; README, Reloading): domains, limits, stream management
+   * and the shutdown grace take effect for what starts from now on (which keys reach existing
+   * sessions: README), the certificates are loaded again; `listeners` and `log` wait for a restart
+   * and are named at warn when they changed. Never throws: certificates that cannot be loaded leave
+   * the ones in use in place.
    */
   reload(next: ProxyConfig): Promise<void> {
-    const waiting = CONFIG_SECTIONS.filter((key) => key !== 'tls' && JSON.stringify(next[key]) !== JSON.stringify(this.config[key]));
+    const changed = CONFIG_SECTIONS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(this.config[key]));
+    const waiting = changed.filter((key) => key === 'listeners' || key === 'log');
     if (waiting.length > 0) {
       this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next restart');
     }
+    const before = this.config;
+    this.config = { ...next, listeners: before.listeners, log: before.log };
     this.tlsConfig = next.tls;
+    this.sessionDeps = { ...this.sessionDeps, settings: sessionSettings(this.config) };
+    this.sessionDeps.budget.setLimit(this.config.streamManagement.globalQueueBytes);
+    this.registry.setLimits(registryLimits(this.config));
+    this.sessionDeps.failedLogins.setPolicy(failedLoginPolicy(this.config));
+    const added = Object.keys(this.config.domains).filter((domain) => findDomain(before, domain) === undefined);
+    const removed = Object.keys(before.domains).filter((domain) => findDomain(this.config, domain) === undefined);
+    this.log.info({ changed, domainsAdded: added, domainsRemoved: removed }, 'config reloaded');
+    if (this.options.skipProbe !== true) {
+      for (const domain of added) void this.probe(domain);
+    }
     return this.reloadCertificates('SIGHUP');
   }
 
@@ -213,7 +217,7 @@ export class Proxy {
       port: config.port,
       credentials,
       // Before authentication; the session raises maxStanzaBytes after SASL success.
-      limits: { maxStanzaBytes: this.config.limits.maxStanzaBytesPreAuth, maxDepth: this.config.limits.maxDepth },
+      limits: () => ({ maxStanzaBytes: this.config.limits.maxStanzaBytesPreAuth, maxDepth: this.config.limits.maxDepth }),
       log: this.log.child({ listener: `${config.type}:${config.port}` }),
       onLink: (link: ClientLink, log: Logger) => this.onLink(link, log),
       newSid,
@@ -349,4 +353,34 @@ function newSid(): string {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** What a session applies, in the units the code uses. */
+function sessionSettings(config: ProxyConfig): SessionSettings {
+  const sm = config.streamManagement;
+  return {
+    maxStanzaBytes: config.limits.maxStanzaBytes,
+    maxStanzaBytesPreAuth: config.limits.maxStanzaBytesPreAuth,
+    authTimeoutMs: config.limits.authTimeoutSeconds * 1000,
+    hibernationMs: sm.hibernationSeconds * 1000,
+    maxHibernationMs: sm.maxHibernationSeconds * 1000,
+    maxUnackedStanzas: sm.maxUnackedStanzas,
+    maxAckDelayMs: sm.maxAckDelaySeconds * 1000,
+    ackRequestIntervalMs: sm.ackRequestIntervalSeconds * 1000,
+    maxQueueStanzas: sm.maxQueueStanzas,
+    maxQueueBytes: sm.maxQueueBytes,
+    expiryPolicy: sm.expiryPolicy,
+    upstreamKeepaliveMs: sm.upstreamKeepaliveSeconds * 1000,
+  };
+}
+
+function registryLimits(config: ProxyConfig): RegistryLimits {
+  return {
+    rememberEndedMs: config.streamManagement.rememberExpiredSeconds * 1000,
+    maxRememberedEnded: config.streamManagement.maxRememberedExpired,
+  };
+}
+
+function failedLoginPolicy(config: ProxyConfig): FailedLoginPolicy {
+  return { maxFailedLogins: config.limits.maxFailedLogins, backoffMs: config.limits.failedLoginBackoffSeconds * 1000 };
 }

@@ -28,7 +28,12 @@ export class FailedLogins {
   /** Insertion-ordered by last failure: the first entry is the quietest. */
   readonly #byAddress = new Map<string, Failures>();
 
-  constructor(private readonly policy: FailedLoginPolicy) {}
+  constructor(private policy: FailedLoginPolicy) {}
+
+  /** A new policy (a config reload), for every address at once, counts kept. */
+  setPolicy(policy: FailedLoginPolicy): void {
+    this.policy = policy;
+  }
 
   failed(addressKey: string, nowMs: number): void {
     this.#forgetQuiet(nowMs);

@@ -46,7 +46,12 @@ export class SessionRegistry {
   /** Insertion-ordered: the first entry is the oldest. */
   private readonly ended = new Map<string, EndedSession>();
 
-  constructor(private readonly limits: RegistryLimits) {}
+  constructor(private limits: RegistryLimits) {}
+
+  /** New limits (a config reload); ended sessions beyond them are forgotten at the next lookup or end. */
+  setLimits(limits: RegistryLimits): void {
+    this.limits = limits;
+  }
 
   get size(): number {
     return this.live.size;

@@ -7,8 +7,7 @@ import { InvariantError } from '../errors.js';
  * Pure bookkeeping: it counts the bytes its users say they hold; it allocates nothing.
  */
 export class MemoryBudget {
-  /** The most bytes that may be reserved at once. */
-  readonly limitBytes: number;
+  #limitBytes: number;
   #usedBytes = 0;
 
   /**
@@ -17,10 +16,20 @@ export class MemoryBudget {
    * @throws InvariantError if `limitBytes` is negative, fractional or NaN.
    */
   constructor(limitBytes: number) {
-    if (!(limitBytes === Infinity || (Number.isSafeInteger(limitBytes) && limitBytes >= 0))) {
-      throw new InvariantError(`memory budget limitBytes ${limitBytes} is not a non-negative integer`);
-    }
-    this.limitBytes = limitBytes;
+    this.#limitBytes = checkedLimit(limitBytes);
+  }
+
+  /** The most bytes that may be reserved at once. */
+  get limitBytes(): number {
+    return this.#limitBytes;
+  }
+
+  /**
+   * A new limit (a config reload): every later reservation is held to it. Bytes reserved beyond a
+   * lowered limit stay reserved; reservations fail until releases bring the total under it.
+   */
+  setLimit(limitBytes: number): void {
+    this.#limitBytes = checkedLimit(limitBytes);
   }
 
   /** Bytes reserved now. */
@@ -37,7 +46,7 @@ export class MemoryBudget {
     if (!Number.isSafeInteger(bytes) || bytes < 0) {
       throw new InvariantError(`memory budget reservation of ${bytes} bytes is not a non-negative integer`);
     }
-    if (this.#usedBytes + bytes > this.limitBytes) return false;
+    if (this.#usedBytes + bytes > this.#limitBytes) return false;
     this.#usedBytes += bytes;
     return true;
   }
@@ -53,4 +62,11 @@ export class MemoryBudget {
     }
     this.#usedBytes -= bytes;
   }
+}
+
+function checkedLimit(limitBytes: number): number {
+  if (!(limitBytes === Infinity || (Number.isSafeInteger(limitBytes) && limitBytes >= 0))) {
+    throw new InvariantError(`memory budget limitBytes ${limitBytes} is not a non-negative integer`);
+  }
+  return limitBytes;
 }

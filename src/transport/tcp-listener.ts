@@ -16,8 +16,8 @@ export interface TcpListenerOptions {
   readonly host: string;
   readonly port: number;
   readonly credentials: LiveCredentials;
-  /** Limits before authentication (the session raises them after SASL success). */
-  readonly limits: ScannerLimits;
+  /** Limits before authentication for each new connection, read at accept (a reload may change them; the session raises them after SASL success). */
+  readonly limits: () => ScannerLimits;
   readonly isServedDomain: (domain: string) => boolean;
   readonly log: Logger;
   /** Called with each new client link and its session logger. */
@@ -100,7 +100,7 @@ export class TcpListener implements Listener {
     const link = new SocketClientLink({
       socket,
       transport: type,
-      limits,
+      limits: limits(),
       log: sessionLog,
       ...(type === 'starttls' ? { startTls: { credentials, isServedDomain } } : {}),
     });

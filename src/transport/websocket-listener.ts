@@ -57,8 +57,8 @@ export interface WebSocketListenerOptions {
   readonly pingIntervalMs: number;
   /** Reverse proxies (IP addresses, or `address/prefix` subnets) whose forwarding headers are believed. */
   readonly trustedProxies: readonly string[];
-  /** Scanner limits before authentication (the session raises `maxStanzaBytes` after SASL success). */
-  readonly limits: ScannerLimits;
+  /** Scanner limits before authentication for each new connection, read at accept (a reload may change them; the session raises `maxStanzaBytes` after SASL success). */
+  readonly limits: () => ScannerLimits;
   /** Largest WebSocket message accepted at all: the post-authentication stanza limit (`limits.maxStanzaBytes` of the config). */
   readonly maxPayloadBytes: number;
   readonly log: Logger;
@@ -305,7 +305,7 @@ export class WebSocketListener implements Listener {
       socket: req.socket,
       remote: client.remote,
       address: client.address,
-      limits,
+      limits: limits(),
       maxPayloadBytes,
       pingIntervalMs,
       log: sessionLog,

@@ -771,7 +771,7 @@ describe('reloading and the other signals', () => {
     expect(cli.hasExited).toBe(false);
   }, 20_000);
 
-  it('SIGHUP reads the config again: an invalid file changes nothing, a valid one reloads the certificates and names what waits for a restart', async () => {
+  it('SIGHUP reads the config again: an invalid file changes nothing; a valid one applies limits, domains and certificates, and names what waits for a restart', async () => {
     const { cli, port, config, files } = await proxyWithCertificate('sighup');
     const path = cli.args[0]!;
 
@@ -780,16 +780,37 @@ describe('reloading and the other signals', () => {
     const refused = await cli.expectLog('reload refused: the config file is not valid; nothing changed');
     expect(refused.problems).toEqual([expect.stringContaining('/limits/maxSessions')]);
 
-    // Certificate files changed and the config too: the reload takes the certificates, names the rest.
+    // Certificate files, a limit, a domain and the log level changed: all but the log take effect.
     const next = await certificate();
     await writeFile(files.cert, next.cert);
     await writeFile(files.key, next.key);
-    await writeFile(path, JSON.stringify({ ...config, limits: { maxSessions: 10 } }));
+    const domains = config.domains as Record<string, unknown>;
+    await writeFile(
+      path,
+      JSON.stringify({
+        ...config,
+        domains: { ...domains, 'added.test': domains.localhost },
+        limits: { maxUnauthenticatedPerAddress: 1 },
+        log: { level: 'debug' },
+      }),
+    );
     process.kill(cli.pid, 'SIGHUP');
     const waiting = await cli.expectLog('config reloaded: these sections changed and take effect at the next restart');
-    expect(waiting.sections).toEqual(['limits']);
+    expect(waiting.sections).toEqual(['log']);
+    const reloaded = await cli.expectLog('config reloaded');
+    expect(reloaded).toMatchObject({ changed: ['domains', 'limits', 'log'], domainsAdded: ['added.test'], domainsRemoved: [] });
     await cli.expectLog('certificates reloaded; new handshakes get the new ones', (line) => line.trigger === 'SIGHUP');
     expect(await servedFingerprints(port)).toEqual({ noSni: next.fingerprint256, sni: next.fingerprint256 });
+
+    // maxUnauthenticatedPerAddress 1: a second connection logging in from 127.0.0.1 is refused.
+    const first = await handshake(port, 'localhost');
+    const second = await handshake(port, 'localhost');
+    let answer = '';
+    second.socket.on('data', (chunk: Buffer) => (answer += chunk.toString('utf8')));
+    await waitUntil(() => answer.includes('</stream:stream>'), 'the refusal of the second connection');
+    expect(answer).toContain('policy-violation');
+    first.socket.destroy();
+    second.socket.destroy();
     expect(cli.hasExited).toBe(false);
   }, 20_000);
 

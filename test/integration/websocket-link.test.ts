@@ -157,7 +157,7 @@ async function startListener(
     allowedOrigins: [],
     pingIntervalMs: 60_000,
     trustedProxies: [],
-    limits: { maxStanzaBytes: PRE_AUTH_BYTES, maxDepth: 16 },
+    limits: () => ({ maxStanzaBytes: PRE_AUTH_BYTES, maxDepth: 16 }),
     maxPayloadBytes: MAX_PAYLOAD_BYTES,
     log: silentLog,
     newSid: () => 'sid',

@@ -42,4 +42,16 @@ describe('FailedLogins: the back-off per address (README, Limits and abuse)', ()
     capped.failed(A, t);
     expect(capped.refusedFor(A, t)).toBe(3_600_000);
   });
+
+  it('keeps the counts when a reload changes the policy, and applies the new one to them', () => {
+    const logins = new FailedLogins({ maxFailedLogins: 3, backoffMs: 1000 });
+    logins.failed(A, 0);
+    logins.failed(A, 100);
+    expect(logins.refusedFor(A, 100)).toBe(0);
+    logins.setPolicy({ maxFailedLogins: 2, backoffMs: 5000 });
+    logins.failed(A, 200);
+    expect(logins.refusedFor(A, 200)).toBeGreaterThan(0);
+    logins.setPolicy({ maxFailedLogins: 0, backoffMs: 5000 });
+    expect(logins.refusedFor(A, 300), 'back-off turned off').toBe(0);
+  });
 });

@@ -179,7 +179,12 @@ describe('session limit at bind (RFC 6120 §7.6.2.1)', () => {
 
   it('answers a bind with resource-constraint once maxSessions are bound, and lets it through below', () => {
     let bound = 2;
-    const hooks = new SessionHooks([sessionLimit(() => bound, 2)]);
+    const hooks = new SessionHooks([
+      sessionLimit(
+        () => bound,
+        () => 2,
+      ),
+    ]);
     const verdict = hooks.fromClient(bind, 'authenticated', handle());
     expect(verdict?.kind).toBe('answer-stanza');
     const iq = parseElement(verdict?.kind === 'answer-stanza' ? verdict.stanza : '<none/>');
@@ -190,7 +195,12 @@ describe('session limit at bind (RFC 6120 §7.6.2.1)', () => {
   });
 
   it('leaves every other element alone, and binds after authentication only', () => {
-    const hooks = new SessionHooks([sessionLimit(() => 10, 1)]);
+    const hooks = new SessionHooks([
+      sessionLimit(
+        () => 10,
+        () => 1,
+      ),
+    ]);
     expect(
       hooks.fromClient(scanned("<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>"), 'authenticated', handle()),
     ).toBeUndefined();

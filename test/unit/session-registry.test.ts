@@ -22,6 +22,17 @@ describe('SessionRegistry: remembered ended sessions', () => {
     expect(registry.recallEnded('c', 3)?.h).toBe(3);
   });
 
+  it('applies new limits (a reload) to what it already remembers', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
+    registry.endResumable('a', ended(1, 0));
+    registry.endResumable('b', ended(2, 1));
+    registry.setLimits({ rememberEndedMs: 1000, maxRememberedEnded: 1 });
+    expect(registry.recallEnded('a', 2)).toBeUndefined();
+    expect(registry.recallEnded('b', 2)?.h).toBe(2);
+    registry.setLimits({ rememberEndedMs: 0, maxRememberedEnded: 1 });
+    expect(registry.recallEnded('b', 2)).toBeUndefined();
+  });
+
   it('remembers nothing when disabled', () => {
     const registry = new SessionRegistry({ rememberEndedMs: 0, maxRememberedEnded: 10 });
     registry.endResumable('a', ended(1, 0));
