@@ -71,6 +71,8 @@ export const ErrorCode = {
   SM_QUEUE_FULL: 'PROXY_ERR_SM_QUEUE_FULL',
   /** A newer connection resumed this session (XEP-0198 §5): `conflict`. */
   SM_TAKEOVER: 'PROXY_ERR_SM_TAKEOVER',
+  /** Stanzas that needed an answer reached an ended session after its stream to the legacy server was closed (log only). */
+  LATE_STANZA_UNANSWERED: 'PROXY_ERR_LATE_STANZA_UNANSWERED',
 
   /** The legacy server refused a SASL exchange: logged with the client's address, the mechanism and the user name it shows; the failure is relayed. */
   SASL_FAILED: 'PROXY_ERR_SASL_FAILED',

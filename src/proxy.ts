@@ -10,6 +10,7 @@ import { failedLoginBackoff } from './features/failed-login-backoff.js';
 import { FailedLogins, type FailedLoginPolicy } from './session/failed-logins.js';
 import { admit } from './session/admission.js';
 import { SessionHooks } from './session/hooks.js';
+import { LingeringUpstreams } from './session/lingering-upstream.js';
 import { Session } from './session/session.js';
 import type { SessionDeps, SessionSettings } from './session/session-deps.js';
 import { SessionRegistry, type RegistryLimits } from './session/session-registry.js';
@@ -97,6 +98,7 @@ export class Proxy {
       events: this.events,
       budget: new MemoryBudget(config.streamManagement.globalQueueBytes),
       failedLogins,
+      lingering: new LingeringUpstreams(),
       hooks: new SessionHooks([
         ...BUILTIN_HOOKS,
         failedLoginBackoff(failedLogins, this.now),
@@ -253,12 +255,16 @@ export class Proxy {
     this.log.info({ sessions: this.registry.size }, 'shutting down');
     this.certificateWatcher?.close();
     clearInterval(this.expiryCheck);
-    const closing = Promise.all(this.listeners.map((listener) => listener.stopAccepting()));
+    const clientsGone = Promise.all(this.listeners.map((listener) => listener.stopAccepting()));
     for (const session of [...this.registry.sessions()]) session.shutdown();
+    // Ended sessions' upstream streams answer late stanzas until the legacy server closed them.
+    const lingering = this.sessionDeps.lingering;
+    const closing = Promise.all([clientsGone, lingering.idle()]);
     const graceMs = this.config.shutdownGraceSeconds * 1000;
     const timedOut = await Promise.race([closing.then(() => false), delay(graceMs).then(() => true)]);
-    if (timedOut) this.log.warn({ graceMs }, 'connections still open after the grace period; destroying them');
+    if (timedOut) this.log.warn({ graceMs, lingering: lingering.count }, 'connections still open after the grace period; destroying them');
     for (const listener of this.listeners) listener.destroyAll();
+    lingering.destroyAll();
     await closing;
     this.log.info('stopped');
   }

@@ -8,6 +8,7 @@ import type { FeaturesFindings } from './features.js';
 import type { SessionHooks } from './hooks.js';
 import type { SessionRegistry } from './session-registry.js';
 import type { FailedLogins } from './failed-logins.js';
+import type { LingeringUpstreams } from './lingering-upstream.js';
 
 /** Limits and timings a session applies, in the units the code uses. Built from the config. */
 export interface SessionSettings extends SmSettings {
@@ -33,6 +34,8 @@ export interface SessionDeps {
   readonly budget: MemoryBudget;
   /** Failed logins per client address, for the back-off (failed-logins.ts). */
   readonly failedLogins: FailedLogins;
+  /** The upstream streams of ended sessions, read until the legacy server closed them (lingering-upstream.ts). */
+  readonly lingering: LingeringUpstreams;
   /** The features' hooks every session runs, in order (hooks.ts). */
   readonly hooks: SessionHooks;
   /** The upstream for a domain the client named, or undefined if it is not served. */

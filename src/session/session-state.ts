@@ -50,8 +50,6 @@ export type State =
       readonly sinceMs: number;
       readonly expiryTimer: NodeJS.Timeout;
     }
-  /** The client closed cleanly; waiting for the legacy server to close its stream. */
-  | { readonly name: 'closing'; readonly link: ClientLink; readonly upstream: UpstreamStream }
   | { readonly name: 'closed' };
 
 export type StateName = State['name'];
@@ -60,10 +58,9 @@ export type StateName = State['name'];
 export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   opening: ['connecting', 'closed'],
   connecting: ['negotiating', 'closed'],
-  negotiating: ['active', 'closing', 'closed'],
-  active: ['active', 'hibernating', 'closing', 'closed'],
+  negotiating: ['active', 'closed'],
+  active: ['active', 'hibernating', 'closed'],
   hibernating: ['active', 'closed'],
-  closing: ['closed'],
   closed: [],
 };
 

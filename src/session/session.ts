@@ -6,11 +6,13 @@ import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
 import type { UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
 import { parseElement, type Element } from '../xml/element.js';
-import { NS, isSmNamespace, type SmNamespace } from '../xml/namespaces.js';
+import { NS, isSmNamespace, isStanza, type SmNamespace } from '../xml/namespaces.js';
 import { clipped, sanitizeForLog } from '../xml/sanitize.js';
 import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
+import { ClientPresence } from './client-presence.js';
+import type { LateStanzas } from './lingering-upstream.js';
 import { disposeUnacked } from './unacked-disposal.js';
 import { HOW_TO_END, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
@@ -52,6 +54,8 @@ export class Session implements SessionHandle {
     () => linkOf(this.state),
     () => upstreamOf(this.state),
   );
+  /** Whether the client showed its presence, for the unavailable presence sent when the session ends. */
+  private readonly presence = new ClientPresence();
   /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
 
@@ -233,7 +237,10 @@ export class Session implements SessionHandle {
           this.onSmNonza(element, element.ns);
           return;
         }
-        if (stanza) this.stats.fromClient++;
+        if (stanza) {
+          this.stats.fromClient++;
+          this.presence.observe(element.localName, element.bytes);
+        }
         if (!this.answeredByHook(element, 'active')) this.toUpstream(s.upstream, element.bytes);
         // README, What it does: a client stanza counts as handled once written to the upstream socket (or answered).
         if (stanza) s.sm?.inbound.handled();
@@ -252,7 +259,6 @@ export class Session implements SessionHandle {
         // The scanner only delivers elements after a stream header.
         throw new InvariantError('client element before the stream header');
       case 'hibernating':
-      case 'closing':
       case 'closed':
         return;
     }
@@ -275,20 +281,9 @@ export class Session implements SessionHandle {
 
   private onClientStreamClose(): void {
     const s = this.state;
-    if (s.name === 'active' || s.name === 'negotiating') {
-      // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its queue.
-      const sm = s.name === 'active' ? s.sm : undefined;
-      if (s.name === 'active' && sm !== undefined) {
-        this.sendToClient(sm.ackElement());
-        // Stanzas the client did not ack before closing are answered like at expiry (XEP-0198 §5).
-        const entries = sm.queue.drain().map((entry) => entry.bytes);
-        disposeUnacked(entries, this.deps.settings.expiryPolicy, { upstream: s.upstream, jid: s.jid }, this.log);
-      }
-      this.endSm(sm, 'closed');
-      s.upstream.close();
-      this.transition({ name: 'closing', link: s.link, upstream: s.upstream });
-      return;
-    }
+    // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its
+    // queue. What it did not ack is answered as at expiry (XEP-0198 §5), by `end`.
+    if (s.name === 'active' && s.sm !== undefined) this.sendToClient(s.sm.ackElement());
     this.closeEverything('client closed the stream');
   }
 
@@ -299,8 +294,7 @@ export class Session implements SessionHandle {
       this.hibernate(s, end.kind === 'lost' ? end.reason : `link closed: ${end.reason}`);
       return;
     }
-    // Closing: the legacy server's close (or the upstream close timer) finishes the session.
-    if (s.name === 'closing' || s.name === 'closed') return;
+    if (s.name === 'closed') return;
     this.log.debug({ end: end.kind }, 'client link ended');
     this.closeEverything(`client link ended (${end.kind})`);
   }
@@ -570,10 +564,6 @@ export class Session implements SessionHandle {
       onEnd: (clean) =>
         this.guard(() => {
           if (upstreamOf(this.state) !== upstream) return;
-          if (this.state.name === 'closing') {
-            this.end({ kind: 'closed' });
-            return;
-          }
           this.upstreamLost(
             new UpstreamError(ErrorCode.UPSTREAM_CLOSED, clean ? 'legacy server closed the stream' : 'legacy server connection lost', {
               text: 'legacy server connection lost',
@@ -778,10 +768,6 @@ export class Session implements SessionHandle {
   private onUpstreamStreamClose(upstream: UpstreamStream): void {
     const s = this.state;
     if (upstreamOf(s) !== upstream) return;
-    if (s.name === 'closing') {
-      this.end({ kind: 'closed' });
-      return;
-    }
     // The legacy server ended the user's stream: the session ends, and so does the client's.
     this.upstreamLost(
       new UpstreamError(ErrorCode.UPSTREAM_CLOSED, 'legacy server closed the stream', { text: 'legacy server closed the stream' }),
@@ -833,8 +819,9 @@ export class Session implements SessionHandle {
    * The one way a session ends. HOW_TO_END says, per cause, what becomes of the client link, the
    * upstream stream and the unacked stanzas; this method does it in one order: the hibernation
    * ends (its event is emitted here and on resumption only), the unacked stanzas are answered or
-   * lost, the SM-ID is remembered with its h, the client is told, the upstream is closed, and the
-   * summary line is logged.
+   * lost, the SM-ID is remembered with its h, the client is told, the upstream stream lingers for
+   * late stanzas (lingering-upstream.ts) or is closed, and the summary line is logged once the
+   * upstream connection is gone.
    */
   private end(cause: EndCause): void {
     const s = this.state;
@@ -842,6 +829,7 @@ export class Session implements SessionHandle {
     const how = HOW_TO_END[cause.kind];
     const upstream = upstreamOf(s);
     const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
+    const jid = s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
     if (s.name === 'hibernating') this.hibernationEnded(s, how.reason);
     if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
@@ -857,6 +845,7 @@ export class Session implements SessionHandle {
     const link = linkOf(s);
     // Closed before the link and the upstream are told: whatever they report from here on is not the session's any more.
     this.transition({ name: 'closed' });
+    this.deps.registry.delete(this);
     switch (cause.kind) {
       case 'stream-error':
       case 'upstream-lost':
@@ -876,14 +865,16 @@ export class Session implements SessionHandle {
         break;
     }
     if (how.upstream === 'destroy') upstream?.destroy();
-    else upstream?.close();
-    this.finish(how.reason);
+    else if (upstream !== undefined && jid !== undefined && how.unacked === 'answer' && !upstream.ended) {
+      const options = { jid, expiryPolicy: this.deps.settings.expiryPolicy, wasAvailable: this.presence.shown, log: this.log };
+      this.deps.lingering.linger(upstream, options, (late) => this.logSummary(how.reason, late));
+      return;
+    } else upstream?.close();
+    this.logSummary(how.reason, undefined);
   }
 
-  private finish(reason: EndedReason): void {
-    this.deps.registry.delete(this);
-    const s = this.state;
-    if (s.name !== 'closed') throw new InvariantError(`finish() in state ${s.name}`);
+  /** The session's last log line; `late` counts what reached it while its upstream stream lingered. */
+  private logSummary(reason: EndedReason, late: LateStanzas | undefined): void {
     this.log.info(
       {
         reason,
@@ -892,6 +883,7 @@ export class Session implements SessionHandle {
         resumes: this.stats.resumes,
         peakQueue: this.stats.peakQueue,
         durationMs: this.deps.now() - this.startedMs,
+        ...(late !== undefined ? { late } : {}),
       },
       'session ended',
     );
@@ -914,12 +906,6 @@ export class Session implements SessionHandle {
     if (link === undefined) throw new InvariantError(`no client link in state ${this.state.name}`);
     return link;
   }
-}
-
-/** XEP-0198 §2: only iq, message and presence in the content namespace are counted. */
-export function isStanza(element: ScannedElement): boolean {
-  const name = element.localName;
-  return (name === 'message' || name === 'presence' || name === 'iq') && element.ns === NS.client;
 }
 
 function headerAttrs(header: StreamHeader): { to?: string; from?: string; version?: string; lang?: string } {

@@ -32,3 +32,9 @@ export type SmNamespace = typeof NS.sm3 | typeof NS.sm2;
 export function isSmNamespace(ns: string | undefined): ns is SmNamespace {
   return ns === NS.sm3 || ns === NS.sm2;
 }
+
+/** XEP-0198 §2: only iq, message and presence in the content namespace are counted (`localName` and `ns` of a scanned element). */
+export function isStanza(element: { readonly localName: string; readonly ns: string | undefined }): boolean {
+  const name = element.localName;
+  return (name === 'message' || name === 'presence' || name === 'iq') && element.ns === NS.client;
+}

@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { StreamError } from '../../src/errors.js';
 import type { SmEventMap } from '../../src/session/events.js';
 import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
+import { LINGER_TIMING, LingeringUpstreams } from '../../src/session/lingering-upstream.js';
 import { SessionHooks } from '../../src/session/hooks.js';
 import { SmEvents } from '../../src/session/events.js';
 import { SessionRegistry } from '../../src/session/session-registry.js';
@@ -253,6 +254,13 @@ class FakeUpstream extends ScriptedPeer<UpstreamHandler> implements UpstreamStre
     );
   }
 
+  /** The server closes its stream, then the connection (RFC 6120 §4.4). */
+  closeStream(): void {
+    this.write(STREAM_CLOSE);
+    this.isEnded = true;
+    this.handler?.onEnd(true);
+  }
+
   /** Answers the last bind request written to it with `jid` (RFC 6120 §7.6.1). */
   answerBind(jid: string): void {
     const request = this.sent.findLast((written) => written.startsWith('<iq') && written.includes(NS.bind));
@@ -270,9 +278,12 @@ class Rig {
   readonly events = new SmEvents();
   readonly budget = new MemoryBudget(Infinity);
   readonly failedLogins = new FailedLogins({ maxFailedLogins: 5, backoffMs: 60_000 });
+  readonly lingering = new LingeringUpstreams();
   readonly seen: SeenEvents = { ackDelayed: [], hibernationStarted: [], hibernationEnded: [], stanzaQueuedWhileHibernating: [] };
   /** Lines the sessions logged at error level (a session that caught a bug of its own). */
   readonly errors: string[] = [];
+  /** Every line the sessions logged at info level and above, parsed. */
+  readonly lines: Record<string, unknown>[] = [];
   readonly deps: SessionDeps;
   private sessions = 0;
   private pendingUpstreams: FakeUpstream[] = [];
@@ -289,6 +300,7 @@ class Rig {
       events: this.events,
       budget: this.budget,
       failedLogins: this.failedLogins,
+      lingering: this.lingering,
       hooks: new SessionHooks(BUILTIN_HOOKS),
       upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
       connectUpstream: async () => {
@@ -304,7 +316,16 @@ class Rig {
   /** A client connects: a new session on a fresh link. */
   connect(): Connection {
     const client = new FakeClientLink();
-    const log = pino({ level: 'error' }, { write: (line: string) => void this.errors.push(line) });
+    const log = pino(
+      { level: 'info' },
+      {
+        write: (line: string) => {
+          const parsed = JSON.parse(line) as Record<string, unknown>;
+          this.lines.push(parsed);
+          if ((parsed.level as number) >= 50) this.errors.push(line);
+        },
+      },
+    );
     const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, addressKey: client.address, log });
     return new Connection(this, client, session);
   }
@@ -655,9 +676,15 @@ describe('Session: hibernation expiry', () => {
     expect(c.upstream.sent.length).toBe(before);
 
     await advance(1);
+    expect(c.session.stateName).toBe('closed');
+    // The upstream stream lingers for late stanzas, and closes once it was quiet (lingering-upstream.ts).
+    expect(c.upstream.closed).toBe(false);
+    await advance(LINGER_TIMING.quietMs);
     const written = c.upstream.sent.slice(before);
     expect(written.at(-1)).toBe(STREAM_CLOSE);
-    const bounces = written.slice(0, -1).map((xml) => parseElement(xml));
+    // The client was available: the legacy server hears it is not, after the answers (RFC 6121 §4.5).
+    expect(written.at(-2)).toBe("<presence type='unavailable'/>");
+    const bounces = written.slice(0, -2).map((xml) => parseElement(xml));
     // The presence is dropped; message and iq get errors with their original ids.
     expect(bounces.map((b) => [b.name, b.attrs.type, b.attrs.to, b.attrs.id])).toEqual([
       ['message', 'error', `alice@${DOMAIN}/desk`, 'm1'],
@@ -679,6 +706,54 @@ describe('Session: hibernation expiry', () => {
     expect(rig.registry.recallEnded(smId, Date.now())).toMatchObject({ reason: 'expired', h: 1, bareJid: USER });
     expect(rig.registry.size).toBe(0);
     expect(rig.budget.usedBytes).toBe(0);
+  });
+
+  it('answers stanzas that reach the ended session until its upstream stream closes; later ones are counted, and the summary line says so', async () => {
+    const { c } = await hibernatingWithUnacked();
+    const lines = rig.lines;
+    await advance(H);
+    expect(c.session.stateName).toBe('closed');
+    const before = c.upstream.sent.length;
+
+    // The legacy server had not read the unavailable presence yet: a message and an iq arrive late.
+    await advance(LINGER_TIMING.quietMs - 1);
+    c.stanzaFromServer(c.messageTo('late1', `erin@${DOMAIN}/z`, 'late'));
+    c.stanzaFromServer(`<presence from='erin@${DOMAIN}/z' to='${c.jid}' type='unavailable'/>`);
+    await advance(LINGER_TIMING.quietMs - 1);
+    c.stanzaFromServer(`<iq from='erin@${DOMAIN}/z' to='${c.jid}' id='late2' type='set'><query xmlns='jabber:iq:roster'/></iq>`);
+    const answered = c.upstream.sent.slice(before).map((xml) => parseElement(xml));
+    expect(answered.map((el) => [el.name, el.attrs.type, el.attrs.id])).toEqual([
+      ['message', 'error', 'late1'],
+      ['iq', 'error', 'late2'],
+    ]);
+    expect(c.upstream.closed, 'each late stanza restarts the quiet period').toBe(false);
+
+    await advance(LINGER_TIMING.quietMs);
+    expect(c.upstream.closed).toBe(true);
+    // Between the proxy's close and the server's: nothing may be written any more (RFC 6120 §4.4).
+    c.stanzaFromServer(c.messageTo('late3', `erin@${DOMAIN}/z`, 'too late'));
+    expect(c.upstream.sent.at(-1)).toBe(STREAM_CLOSE);
+    expect(
+      lines.some((line) => line.msg === 'session ended'),
+      'the summary waits for the upstream connection to end',
+    ).toBe(false);
+    c.upstream.closeStream();
+    const summary = lines.find((line) => line.msg === 'session ended');
+    expect(summary).toMatchObject({ reason: 'expired', late: { answered: 2, dropped: 1, unanswerable: 1 } });
+    expect(lines.find((line) => line.code === 'PROXY_ERR_LATE_STANZA_UNANSWERED')).toMatchObject({ unanswerable: 1 });
+    expect(rig.lingering.count).toBe(0);
+  });
+
+  it('closes the upstream stream at the latest after the longest linger, however busy it is', async () => {
+    const { c } = await hibernatingWithUnacked();
+    await advance(H);
+    for (let waited = 0; waited < LINGER_TIMING.maxMs - 100; waited += 100) {
+      c.stanzaFromServer(`<presence from='erin@${DOMAIN}/z' to='${c.jid}'/>`);
+      await advance(100);
+    }
+    expect(c.upstream.closed).toBe(false);
+    await advance(100);
+    expect(c.upstream.closed).toBe(true);
   });
 
   it('a resume 1 ms before expiry wins, and the old timer does not end a later hibernation', async () => {
@@ -753,6 +828,7 @@ describe('Session: <a h/> above what was sent (XEP-0198 §6)', () => {
     expect(c.client.failure?.appCondition).toEqual({ name: 'handled-count-too-high', xmlns: SM, attrs: { h: '5', 'send-count': '2' } });
     expect(c.client.last()).toContain(`<handled-count-too-high xmlns='${SM}' h='5' send-count='2'/>`);
     expect(c.session.stateName).toBe('closed');
+    await advance(LINGER_TIMING.quietMs);
     expect(c.upstream.closed).toBe(true);
     expect(rig.registry.recallEnded(smId, Date.now())?.reason).toBe('error');
   });

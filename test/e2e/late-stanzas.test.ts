@@ -1,0 +1,150 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import { describeEachLegacyServer } from '../support/legacy-suites.js';
+import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
+import type { RawClient } from '../support/raw-client.js';
+import { waitUntil } from '../support/wait.js';
+
+// "Nothing acknowledged is lost silently" at the end of a session (README, What it does): a
+// contact keeps sending to the user's full JID across the moment the session ends, and every
+// message must be accounted for: received by the user's client, answered to the sender with an
+// error (by the proxy, or by the legacy server once the resource is gone), or kept by the legacy
+// server's offline storage for the user's next login. The sender is behind a second proxy, so that
+// a shutdown of the user's proxy leaves it alone.
+
+const SEND_EVERY_MS = 10;
+
+describeEachLegacyServer((kind) => {
+  let server: LegacyServer;
+  /** The user's proxy. */
+  let fixture: ProxyFixture;
+  /** The contact's proxy, never stopped during a test. */
+  let contacts: ProxyFixture;
+
+  beforeAll(async () => {
+    server = await startLegacyServer(kind, { users: Object.values(USERS) });
+    fixture = await startProxyFixture({ server, streamManagement: { hibernationSeconds: 1, maxHibernationSeconds: 1 } });
+    contacts = await startProxyFixture({ server });
+  }, 60_000);
+
+  afterAll(async () => {
+    await fixture?.stop();
+    await contacts?.stop();
+    await server?.stop();
+  });
+
+  /** Sends two messages to `to` every SEND_EVERY_MS until `untilMs` has passed; returns their ids in order. */
+  async function sendFor(sender: RawClient, to: string, untilMs: number, prefix: string): Promise<string[]> {
+    const ids: string[] = [];
+    const deadline = Date.now() + untilMs;
+    while (Date.now() < deadline) {
+      ids.push(sender.sendMessage(to, `m${ids.length}`, `${prefix}-${ids.length}`));
+      ids.push(sender.sendMessage(to, `m${ids.length}`, `${prefix}-${ids.length}`));
+      await new Promise((resolve) => setTimeout(resolve, SEND_EVERY_MS));
+    }
+    return ids;
+  }
+
+  /** The ids of `<message/>` elements `client` received, errors or not. */
+  function messageIds(client: RawClient, type: 'error' | 'not-error'): Set<string> {
+    return new Set(
+      client.received
+        .filter((el) => el.is('message') && (el.attrs.type === 'error') === (type === 'error'))
+        .map((el) => el.attrs.id as string),
+    );
+  }
+
+  /**
+   * Every id in `sent` was received by the user before the end (`delivered`), bounced to the
+   * sender, or is delivered from offline storage when the user logs in again.
+   */
+  async function expectAllAccountedFor(sent: readonly string[], delivered: ReadonlySet<string>, sender: RawClient, resource: string) {
+    const later = await fixture.login('directtls', USERS.alice, { resource });
+    later.client.presence();
+    const missing = (): string[] => {
+      const bounced = messageIds(sender, 'error');
+      const offline = messageIds(later.client, 'not-error');
+      return sent.filter((id) => !delivered.has(id) && !bounced.has(id) && !offline.has(id));
+    };
+    await waitUntil(() => missing().length === 0, 'every message delivered, bounced or stored offline', 8000).catch(() => undefined);
+    expect(missing(), `lost of ${sent.length}`).toEqual([]);
+    await later.client.close();
+  }
+
+  async function contact(resource: string): Promise<LoggedIn> {
+    return contacts.login('directtls', USERS.bob, { resource });
+  }
+
+  it('at expiry: messages queued while hibernating and those arriving as the session ends are all answered', async () => {
+    const alice = await fixture.login('directtls', USERS.alice, { resource: 'expiry', sm: true });
+    alice.client.presence();
+    await alice.client.syncWithServer();
+    const bob = await contact('expiry');
+    alice.client.drop();
+    await waitUntil(() => fixture.proxy.registry.sessions().next().value?.stateName === 'hibernating', 'alice to hibernate');
+    // Hibernation lasts 1 s: the messages cross its end by a second.
+    const sent = await sendFor(bob.client, alice.jid, 2000, 'exp');
+    await waitUntil(() => fixture.proxy.registry.size === 0, 'the session to end');
+    await expectAllAccountedFor(sent, new Set(), bob.client, 'after-expiry');
+    await bob.client.close();
+  }, 30_000);
+
+  it('at a stream error: what the client had not acknowledged and what arrives after are answered', async () => {
+    const alice = await fixture.login('directtls', USERS.alice, { resource: 'error', sm: true });
+    alice.client.presence();
+    await alice.client.syncWithServer();
+    const bob = await contact('error');
+    const sending = sendFor(bob.client, alice.jid, 1500, 'err');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    // Not well-formed: the proxy ends the stream with <not-well-formed/>.
+    alice.client.sendRaw('<message><</message>');
+    await alice.client.expectClosed();
+    const sent = await sending;
+    // Received by the client, but never acknowledged: answered to the sender too (at least once).
+    const delivered = messageIds(alice.client, 'not-error');
+    await expectAllAccountedFor(sent, delivered, bob.client, 'after-error');
+    await bob.client.close();
+  }, 30_000);
+
+  it('at a clean close: what arrives after the client closed its stream is answered', async () => {
+    const alice = await fixture.login('directtls', USERS.alice, { resource: 'close', sm: true });
+    alice.client.presence();
+    await alice.client.syncWithServer();
+    const bob = await contact('close');
+    const sending = sendFor(bob.client, alice.jid, 1500, 'cls');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    alice.client.ack();
+    await alice.client.close();
+    const sent = await sending;
+    await expectAllAccountedFor(sent, messageIds(alice.client, 'not-error'), bob.client, 'after-close');
+    await bob.client.close();
+  }, 30_000);
+
+  describe('at shutdown', () => {
+    let doomed: ProxyFixture;
+
+    beforeAll(async () => {
+      doomed = await startProxyFixture({ server, streamManagement: { hibernationSeconds: 60 } });
+    });
+
+    afterAll(async () => {
+      await doomed?.stop();
+    });
+
+    it("a hibernating session's queue and what arrives while the proxy stops are answered", async () => {
+      const alice = await doomed.login('directtls', USERS.alice, { resource: 'shutdown', sm: true });
+      alice.client.presence();
+      await alice.client.syncWithServer();
+      const bob = await contact('shutdown');
+      alice.client.drop();
+      await waitUntil(() => doomed.proxy.registry.sessions().next().value?.stateName === 'hibernating', 'alice to hibernate');
+      const sending = sendFor(bob.client, alice.jid, 1000, 'sht');
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      const stopped = doomed.proxy.stop();
+      const sent = await sending;
+      await stopped;
+      await expectAllAccountedFor(sent, new Set(), bob.client, 'after-shutdown');
+      await bob.client.close();
+    }, 30_000);
+  });
+});

@@ -1,0 +1,118 @@
+import pino from 'pino';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { LingeringUpstreams, type LateStanzas } from '../../src/session/lingering-upstream.js';
+import type { UpstreamHandler, UpstreamStream } from '../../src/upstream/upstream-link.js';
+import { NS } from '../../src/xml/namespaces.js';
+
+const JID = 'user@example.com/phone';
+const TIMING = { quietMs: 100, maxMs: 1000 };
+const log = pino({ level: 'silent' });
+
+/** An upstream stream that records what is written and lets the test play the legacy server. */
+class Upstream implements UpstreamStream {
+  ended = false;
+  closed = false;
+  paused = true;
+  readonly sent: string[] = [];
+  handler: UpstreamHandler | undefined;
+  setHandler(handler: UpstreamHandler): void {
+    this.handler = handler;
+  }
+  sendHeader(): void {}
+  send(element: Buffer | string): boolean {
+    this.sent.push(element.toString());
+    return true;
+  }
+  startKeepalive(): void {}
+  expectRestart(): void {}
+  close(): void {
+    this.closed = true;
+  }
+  destroy(): void {
+    this.ended = true;
+    this.handler?.onEnd(false);
+  }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+  }
+  /** The legacy server sends a stanza (or any element) in the content namespace. */
+  element(localName: string, xml: string, ns: string = NS.client): void {
+    this.handler?.onElement({ bytes: Buffer.from(xml), name: localName, localName, ns });
+  }
+  serverCloses(): void {
+    this.handler?.onStreamClose();
+    this.ended = true;
+    this.handler?.onEnd(true);
+  }
+}
+
+const message = (id: string): string => `<message from='c@example.com/x' to='${JID}' id='${id}' type='chat'><body>hi</body></message>`;
+
+describe('LingeringUpstreams: an ended session reads its upstream stream until the legacy server closed it', () => {
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
+  it('resumes reading, tells the server the user is unavailable, answers late stanzas, and reports once the connection is gone', () => {
+    const lingering = new LingeringUpstreams(TIMING);
+    const upstream = new Upstream();
+    const reports: LateStanzas[] = [];
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: true, log }, (late) => reports.push(late));
+    expect(upstream.paused).toBe(false);
+    expect(upstream.sent).toEqual(["<presence type='unavailable'/>"]);
+    upstream.element('message', message('a'));
+    expect(upstream.sent[1]).toMatch(/^<message to="c@example.com\/x" type="error" id="a">/);
+    vi.advanceTimersByTime(TIMING.quietMs);
+    expect(upstream.closed).toBe(true);
+    expect(lingering.count).toBe(1);
+    upstream.serverCloses();
+    expect(reports).toEqual([{ answered: 1, dropped: 0, unanswerable: 0 }]);
+    expect(lingering.count).toBe(0);
+  });
+
+  it('with expiryPolicy drop, answers nothing and sends no presence for a client that was never available', () => {
+    const lingering = new LingeringUpstreams(TIMING);
+    const upstream = new Upstream();
+    const reports: LateStanzas[] = [];
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'drop', wasAvailable: false, log }, (late) => reports.push(late));
+    upstream.element('message', message('a'));
+    upstream.serverCloses();
+    expect(upstream.sent).toEqual([]);
+    expect(reports).toEqual([{ answered: 0, dropped: 1, unanswerable: 0 }]);
+  });
+
+  it('answers nothing after the server ended the stream with a stream error', () => {
+    const lingering = new LingeringUpstreams(TIMING);
+    const upstream = new Upstream();
+    const reports: LateStanzas[] = [];
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, log }, (late) => reports.push(late));
+    upstream.element('error', `<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`, NS.stream);
+    upstream.element('message', message('b'));
+    upstream.serverCloses();
+    expect(upstream.sent).toEqual([]);
+    expect(reports).toEqual([{ answered: 0, dropped: 0, unanswerable: 1 }]);
+  });
+
+  it('reports at once for a connection already gone, and idle() waits for the rest until destroyAll', async () => {
+    const lingering = new LingeringUpstreams(TIMING);
+    const gone = new Upstream();
+    gone.ended = true;
+    const reports: LateStanzas[] = [];
+    lingering.linger(gone, { jid: JID, expiryPolicy: 'bounce', wasAvailable: true, log }, (late) => reports.push(late));
+    expect(reports).toHaveLength(1);
+    expect(gone.sent).toEqual([]);
+
+    const open = new Upstream();
+    lingering.linger(open, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, log }, (late) => reports.push(late));
+    let idle = false;
+    void lingering.idle().then(() => (idle = true));
+    await Promise.resolve();
+    expect(idle).toBe(false);
+    lingering.destroyAll();
+    await Promise.resolve();
+    expect(idle).toBe(true);
+    expect(reports).toHaveLength(2);
+  });
+});
