@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { ErrorCode } from '../errors.js';
-import type { UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
+import type { UpstreamStream } from '../upstream/upstream-link.js';
+import type { ScannedElement } from '../xml/stream-scanner.js';
 import { NS, isStanza } from '../xml/namespaces.js';
 import { bounceFor } from './bounce.js';
 
@@ -24,8 +25,14 @@ export interface LateStanzas {
   /** Needing no answer (presence, results, errors, headlines, copies), or dropped by `expiryPolicy: "drop"`. */
   dropped: number;
   /**
-   * Stanzas that needed an answer but arrived after the proxy's `</stream:stream>`: RFC 6120 §4.4
-   * forbids writing behind it, so nothing can answer them. Logged at warn.
+   * Arrived after the proxy's `</stream:stream>`, while a new session of the same full JID waited to
+   * bind: delivered to that session's client (the server would have routed them there).
+   */
+  handedOver: number;
+  /**
+   * Stanzas that needed an answer but arrived after the proxy's `</stream:stream>`, with no new
+   * session of that full JID to take them: RFC 6120 §4.4 forbids writing behind the close, so
+   * nothing can answer them. Logged at warn.
    */
   unanswerable: number;
 }
@@ -45,11 +52,16 @@ export interface LingerOptions {
  * in flight then would reach no one, and the server counts it as delivered. So the stream stays
  * open a little: the user's unavailable presence goes first (contacts stop addressing the full
  * JID: RFC 6121 §5.1), whatever arrives is answered as at expiry, and the close is sent once the
- * stream is quiet (at the latest after `maxMs`). Only a stanza the server sends in the moment
- * between that close and its reading it cannot be answered; it is counted.
+ * stream is quiet (at the latest after `maxMs`).
+ *
+ * A client that comes back and binds the same resource meanwhile would make the server end the
+ * lingering stream for a resource conflict, and the server reads nothing more from it: answers
+ * to what it routed there just before would be lost. So that bind waits for {@link handOver}: the
+ * lingering stream closes at once, and what arrives behind the close goes to the new session.
+ * Only a stanza that arrives behind a close with no such session cannot be answered; it is counted.
  */
 export class LingeringUpstreams {
-  readonly #streams = new Map<UpstreamStream, () => void>();
+  readonly #streams = new Set<LingeringStream>();
   #idle: (() => void) | undefined;
 
   constructor(private readonly timing: LingerTiming = LINGER_TIMING) {}
@@ -61,69 +73,30 @@ export class LingeringUpstreams {
 
   /** Takes over `upstream` (its handler is replaced) and calls `done` once its connection is gone. */
   linger(upstream: UpstreamStream, options: LingerOptions, done: (late: LateStanzas) => void): void {
-    const late: LateStanzas = { answered: 0, dropped: 0, unanswerable: 0 };
-    let closed = false;
-    let quietTimer: NodeJS.Timeout | undefined;
-    const close = (): void => {
-      if (closed) return;
-      closed = true;
-      clearTimeout(quietTimer);
-      clearTimeout(maxTimer);
-      upstream.close();
-    };
-    const quiet = (): void => {
-      clearTimeout(quietTimer);
-      quietTimer = setTimeout(close, this.timing.quietMs);
-      quietTimer.unref();
-    };
-    const maxTimer = setTimeout(close, this.timing.maxMs);
-    maxTimer.unref();
-    const finished = (): void => {
-      clearTimeout(quietTimer);
-      clearTimeout(maxTimer);
-      if (!this.#streams.delete(upstream)) return;
-      if (late.unanswerable > 0) {
-        options.log.warn(
-          { code: ErrorCode.LATE_STANZA_UNANSWERED, unanswerable: late.unanswerable },
-          'stanzas arrived after the stream to the legacy server was closed; their senders get no answer',
-        );
-      }
+    const stream = new LingeringStream(upstream, options, this.timing, (late) => {
+      if (!this.#streams.delete(stream)) return;
       done(late);
       if (this.#streams.size === 0) this.#idle?.();
-    };
-    const handler: UpstreamHandler = {
-      onStreamOpen: () => undefined,
-      onElement: (element) => {
-        if (element.localName === 'error' && element.ns === NS.stream) {
-          // The server ends the stream: nothing written to it any more is processed.
-          closed = true;
-          return;
-        }
-        if (!isStanza(element)) return;
-        const answer = options.expiryPolicy === 'bounce' ? bounceFor(element.bytes, options.jid) : undefined;
-        if (answer === undefined) late.dropped++;
-        else if (closed) late.unanswerable++;
-        else {
-          upstream.send(answer);
-          late.answered++;
-        }
-        if (!closed) quiet();
-      },
-      onStreamClose: close,
-      onFailure: () => undefined,
-      onEnd: finished,
-      onDrain: () => undefined,
-    };
-    this.#streams.set(upstream, () => upstream.destroy());
-    upstream.setHandler(handler);
-    if (upstream.ended) {
-      finished();
-      return;
-    }
-    // Reading may have been paused for the client (flow control); nothing waits for the client now.
-    upstream.resume();
-    if (options.wasAvailable) upstream.send(UNAVAILABLE);
-    quiet();
+    });
+    this.#streams.add(stream);
+    stream.start();
+  }
+
+  /** Whether a stream lingers whose full JID `matches`. */
+  has(matches: (jid: string) => boolean): boolean {
+    for (const stream of this.#streams) if (matches(stream.jid)) return true;
+    return false;
+  }
+
+  /**
+   * Closes at once every lingering stream whose full JID `matches`, and resolves, once the legacy
+   * server has closed them (or the close timed out), with the stanzas that arrived behind the
+   * closes, in order, for a new session of that JID.
+   */
+  async handOver(matches: (jid: string) => boolean): Promise<Buffer[]> {
+    const streams = [...this.#streams].filter((stream) => matches(stream.jid));
+    const late = await Promise.all(streams.map((stream) => stream.handOver()));
+    return late.flat();
   }
 
   /** Resolves once no stream lingers any more. */
@@ -141,6 +114,117 @@ export class LingeringUpstreams {
 
   /** Drops every lingering connection at once (the end of the shutdown grace period). */
   destroyAll(): void {
-    for (const destroy of [...this.#streams.values()]) destroy();
+    for (const stream of [...this.#streams]) stream.destroy();
+  }
+}
+
+/** One ended session's upstream stream, from its end to the end of its connection. */
+class LingeringStream {
+  readonly #late: LateStanzas = { answered: 0, dropped: 0, handedOver: 0, unanswerable: 0 };
+  /** The proxy closed the stream, or the server ended it: nothing written any more is processed. */
+  #closed = false;
+  /** Set once a new session of this JID waits: what arrives behind the close is kept for it. */
+  #forNewSession: Buffer[] | undefined;
+  #quietTimer: NodeJS.Timeout | undefined;
+  #maxTimer: NodeJS.Timeout | undefined;
+  #finished = false;
+  readonly #ended: Promise<void>;
+  #resolveEnded: () => void = () => undefined;
+
+  constructor(
+    private readonly upstream: UpstreamStream,
+    private readonly options: LingerOptions,
+    private readonly timing: LingerTiming,
+    private readonly onFinished: (late: LateStanzas) => void,
+  ) {
+    this.#ended = new Promise((resolve) => (this.#resolveEnded = resolve));
+  }
+
+  get jid(): string {
+    return this.options.jid;
+  }
+
+  start(): void {
+    const upstream = this.upstream;
+    upstream.setHandler({
+      onStreamOpen: () => undefined,
+      onElement: (element) => this.onElement(element),
+      onStreamClose: () => this.close(),
+      onFailure: () => undefined,
+      onEnd: () => this.finish(),
+      onDrain: () => undefined,
+    });
+    if (upstream.ended) {
+      this.finish();
+      return;
+    }
+    // Reading may have been paused for the client (flow control); nothing waits for the client now.
+    upstream.resume();
+    if (this.options.wasAvailable) upstream.send(UNAVAILABLE);
+    this.#maxTimer = setTimeout(() => this.close(), this.timing.maxMs);
+    this.#maxTimer.unref();
+    this.quiet();
+  }
+
+  handOver(): Promise<Buffer[]> {
+    this.#forNewSession ??= [];
+    const kept = this.#forNewSession;
+    this.close();
+    return this.#ended.then(() => kept);
+  }
+
+  destroy(): void {
+    this.upstream.destroy();
+  }
+
+  private onElement(element: ScannedElement): void {
+    if (element.localName === 'error' && element.ns === NS.stream) {
+      // The server ends the stream: nothing written to it any more is processed.
+      this.#closed = true;
+      return;
+    }
+    if (!isStanza(element)) return;
+    if (this.#closed && this.#forNewSession !== undefined) {
+      this.#forNewSession.push(Buffer.from(element.bytes));
+      this.#late.handedOver++;
+      return;
+    }
+    const answer = this.options.expiryPolicy === 'bounce' ? bounceFor(element.bytes, this.options.jid) : undefined;
+    if (answer === undefined) this.#late.dropped++;
+    else if (this.#closed) this.#late.unanswerable++;
+    else {
+      this.upstream.send(answer);
+      this.#late.answered++;
+    }
+    if (!this.#closed) this.quiet();
+  }
+
+  private quiet(): void {
+    clearTimeout(this.#quietTimer);
+    this.#quietTimer = setTimeout(() => this.close(), this.timing.quietMs);
+    this.#quietTimer.unref();
+  }
+
+  private close(): void {
+    clearTimeout(this.#quietTimer);
+    clearTimeout(this.#maxTimer);
+    if (this.#closed) return;
+    this.#closed = true;
+    this.upstream.close();
+  }
+
+  private finish(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    clearTimeout(this.#quietTimer);
+    clearTimeout(this.#maxTimer);
+    if (this.#late.unanswerable > 0) {
+      this.options.log.warn(
+        { code: ErrorCode.LATE_STANZA_UNANSWERED, unanswerable: this.#late.unanswerable },
+        'stanzas arrived after the stream to the legacy server was closed; their senders get no answer',
+      );
+    }
+    this.#resolveEnded();
+    this.onFinished(this.#late);
   }
 }

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, hostUnknown } from '../errors.js';
 import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm/failures.js';
-import { decideBeforeIdentity, decideResume, type ResumeCandidate } from '../sm/resumption.js';
+import { decideBeforeIdentity, decideResume, sameBareJid, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
 import type { UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
@@ -636,12 +636,43 @@ export class Session implements SessionHandle {
       },
       waitForServer: () => this.flow.waitForServer(),
       serverAnswered: () => this.flow.serverAnswered(),
-      bound: (jid) => this.becomeActive(jid),
+      beforeBind: (resource, account, send) => {
+        // The same full JID: the resource, and the account where SASL named it (else any account's).
+        const sameJid = (jid: string): boolean =>
+          jid.slice(jid.indexOf('/') + 1) === resource && (account === undefined || sameBareJid(bare(jid), account));
+        if (resource === undefined || !this.deps.lingering.has(sameJid)) {
+          send([]);
+          return;
+        }
+        this.log.debug({ resource }, 'bind waits for the ended session of this resource to close upstream');
+        void this.deps.lingering.handOver(sameJid).then((inherited) =>
+          this.guard(() => {
+            if (upstreamOf(this.state) === upstream && this.state.name === 'negotiating') send(inherited);
+            else this.inheritedLost(inherited);
+          }),
+        );
+      },
+      bound: (jid, inherited) => {
+        this.becomeActive(jid);
+        // Routed to this full JID before the server bound it here: they come first, in order.
+        const s = this.state;
+        if (s.name === 'active') for (const bytes of inherited) this.stanzaToClient(s, bytes);
+      },
+      inheritedLost: (inherited) => this.inheritedLost(inherited),
       redeliver: (held) => {
         for (const element of held) this.onClientElement(element);
       },
       identityKnown: (request, bareJid) => this.onIdentityKnown(request, bareJid),
     };
+  }
+
+  /** Stanzas an ended session of this JID handed over, with no bound session to take them. */
+  private inheritedLost(inherited: readonly Buffer[]): void {
+    if (inherited.length === 0) return;
+    this.log.warn(
+      { code: ErrorCode.LATE_STANZA_UNANSWERED, unanswerable: inherited.length },
+      'stanzas for an ended session of this resource found no new session to take them; their senders get no answer',
+    );
   }
 
   private becomeActive(jid: string): void {

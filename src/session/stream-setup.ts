@@ -31,7 +31,7 @@ type SetupPhase =
        * The client's bind request, forwarded and not answered yet: only the answer to this id
        * binds the session, and what the client pipelines behind it (an `<enable/>`) waits for it.
        */
-      readonly pendingBind: { readonly id: string; readonly held: ScannedElement[] } | undefined;
+      readonly pendingBind: PendingBind | undefined;
     }
   /** A `<resume/>` waits for the account to be known; what the client sends meanwhile is held. */
   | {
@@ -44,6 +44,15 @@ type SetupPhase =
       readonly awaitingFeatures: boolean;
     };
 
+/** A client's bind request on its way to the legacy server. */
+interface PendingBind {
+  readonly id: string;
+  /** What the client sent behind it, handled once it is answered. */
+  readonly held: ScannedElement[];
+  /** Stanzas an ended session of the same full JID received behind its close, for this one (lingering-upstream.ts). */
+  inherited: readonly Buffer[];
+}
+
 /** What stream setup does through its session: the writes, the waits, and the moments that change the session. */
 export interface SetupPort {
   toClient(data: Buffer | string): void;
@@ -55,8 +64,16 @@ export interface SetupPort {
   /** The setup waits for the legacy server's answer: what the client sends meanwhile stays unread. */
   waitForServer(): void;
   serverAnswered(): void;
-  /** The client's resource is bound to `jid`: the session becomes active. */
-  bound(jid: string): void;
+  /**
+   * The client asks to bind `resource` (undefined: the server chooses) for `account` (the SASL
+   * exchange's, when known): `send` writes the request once no ended session of that full JID
+   * lingers, with what that session received behind its close.
+   */
+  beforeBind(resource: string | undefined, account: string | undefined, send: (inherited: readonly Buffer[]) => void): void;
+  /** The client's resource is bound to `jid`: the session becomes active; `inherited` goes to the client first. */
+  bound(jid: string, inherited: readonly Buffer[]): void;
+  /** The legacy server refused the bind: stanzas inherited for it reach no one. */
+  inheritedLost(inherited: readonly Buffer[]): void;
   /** Elements held while the setup waited, to be handled again, in order, as if they arrived now. */
   redeliver(held: readonly ScannedElement[]): void;
   /** The account `request` comes from is known; `undefined` when the legacy server refused the identity bind. */
@@ -119,12 +136,22 @@ export class StreamSetup {
         this.port.toClient(
           `<iq type='result' id='${escapeXml(bindId)}'><bind xmlns='${NS.bind}'><jid>${escapeXml(p.boundJid)}</jid></bind></iq>`,
         );
-        this.port.bound(p.boundJid);
+        this.port.bound(p.boundJid, []);
         return;
       }
       if (bindId !== undefined) {
-        this.phase = { ...p, pendingBind: { id: bindId, held: [] } };
+        const pendingBind: PendingBind = { id: bindId, held: [], inherited: [] };
+        this.phase = { ...p, pendingBind };
         this.port.waitForServer();
+        this.port.beforeBind(requestedResource(element), p.saslJid, (inherited) => {
+          if (this.phase.name !== 'authenticated' || this.phase.pendingBind !== pendingBind) {
+            this.port.inheritedLost(inherited);
+            return;
+          }
+          pendingBind.inherited = inherited;
+          this.port.toServer(element.bytes);
+        });
+        return;
       }
     }
     this.port.toServer(element.bytes);
@@ -231,9 +258,11 @@ export class StreamSetup {
     }
     this.port.toClient(element.bytes);
     const held = p.pendingBind?.held ?? [];
+    const inherited = p.pendingBind?.inherited ?? [];
     // A refused bind leaves the stream authenticated; the client may try again.
     this.phase = { ...p, pendingBind: undefined };
-    if (jid !== undefined) this.port.bound(jid);
+    if (jid !== undefined) this.port.bound(jid, inherited);
+    else if (inherited.length > 0) this.port.inheritedLost(inherited);
     this.port.serverAnswered();
     this.port.redeliver(held);
     return true;
@@ -246,6 +275,12 @@ function bindRequestId(element: ScannedElement): string | undefined {
   const iq = parseElement(element.bytes);
   if (iq.attrs.type !== 'set' || iq.getChild('bind', NS.bind) === undefined) return undefined;
   return (iq.attrs.id as string | undefined) ?? '';
+}
+
+/** The resource a bind request asks for (RFC 6120 §7.7.2.2), or undefined when it leaves the choice to the server. */
+function requestedResource(element: ScannedElement): string | undefined {
+  const resource = parseElement(element.bytes).getChild('bind', NS.bind)?.getChildText('resource') ?? undefined;
+  return resource === undefined || resource === '' ? undefined : resource;
 }
 
 /** The bare JID of a full one (RFC 7622 §3.1: everything before the resource). */

@@ -5,7 +5,7 @@
  * that each one's CPU time can be measured), Prosody from the test harness. Every loop is bounded
  * in count and in time. Benchmarks print figures; they never assert on time.
  *
- *   node dist/test/bench/run.js [--quick] [--only scanner,relay,e2e,memory,resume,scale] [--profile]
+ *   node dist/test/bench/run.js [--quick] [--only scanner,relay,e2e,memory,resume,scale,storm] [--profile]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -20,6 +20,7 @@ import { runRelayBench } from './relay-bench.js';
 import { runResumeBench } from './resume-bench.js';
 import { runScaleBench } from './scale-bench.js';
 import { runScannerBench } from './scanner-bench.js';
+import { runStormBench } from './storm-bench.js';
 
 interface Benchmark {
   readonly key: string;
@@ -58,6 +59,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   { key: 'memory', title: '4. Memory per session', run: runMemoryBench },
   { key: 'resume', title: '5. Resume', run: runResumeBench },
   { key: 'scale', title: '6. Scale: idle sessions in one proxy process', run: runScaleBench },
+  { key: 'storm', title: '7. Storm: every stanza accounted for under cuts, resumes and expiries', run: runStormBench },
 ];
 
 const USAGE = `usage: node dist/test/bench/run.js [--quick] [--only ${BENCHMARKS.map((b) => b.key).join(',')}] [--profile] [--keep]`;
@@ -103,7 +105,7 @@ function header(only: readonly Benchmark[], quick: boolean): string {
       .join(' / ')} (1/5/15 min; anything else running on the machine skews the figures)`,
     `- run: ${new Date().toISOString()}, ${quick ? '`--quick` (fewer and shorter repetitions: noisier)' : 'full'}; benchmarks: ${only.map((b) => b.key).join(', ')}`,
     '',
-    'How to run: `npm run bench` (all, about 7 minutes on 2 cores), `node dist/test/bench/run.js --only relay,resume`, `--quick` (short),',
+    'How to run: `npm run bench` (all, about 8 minutes on 2 cores), `node dist/test/bench/run.js --only relay,resume`, `--quick` (short),',
     '`--profile` (adds a V8 CPU profile summary of the proxy where a benchmark offers one), `--keep` (keeps the scratch directory with proxy logs and profiles).',
     "Everything runs on 127.0.0.1: the proxy, the fake upstream, the pipe relay and the load client are separate Node processes, so each one's",
     'CPU time is its own (`process.cpuUsage()` of that process; Prosody from /proc/<pid>/stat). Medians over repetitions; ratios are taken within one repetition.',

@@ -96,6 +96,8 @@ export class BenchXmpp {
   readonly closed: Promise<void>;
 
   private scanner: StreamScanner;
+  /** The state a `<resume/>` in flight carries on, once `<resumed/>` arrives. */
+  private resuming: SmState | undefined;
   private waiters: Waiter[] = [];
   private error: Error | undefined;
   private readonly timeoutMs: number;
@@ -286,8 +288,7 @@ export class BenchXmpp {
     this.send(`<enable xmlns='${NS_SM3}'${resume ? " resume='true'" : ''}/>`);
     const answer = await pending;
     if (answer.localName !== 'enabled') throw new Error(`enable failed: ${answer.bytes.toString()}`);
-    this.sm = { id: attr(answer.bytes, 'id'), h: 0 };
-    return this.sm.id;
+    return attr(answer.bytes, 'id');
   }
 
   /**
@@ -296,10 +297,10 @@ export class BenchXmpp {
    */
   async resumeSm(state: SmState): Promise<ScannedElement> {
     const pending = this.expect((e) => e.ns === NS_SM3 && (e.localName === 'resumed' || e.localName === 'failed'), '<resumed/>');
+    this.resuming = state;
     this.send(`<resume xmlns='${NS_SM3}' previd='${state.id ?? ''}' h='${state.h}'/>`);
     const answer = await pending;
     if (answer.localName !== 'resumed') throw new Error(`resume failed: ${answer.bytes.toString()}`);
-    this.sm = state;
     return answer;
   }
 
@@ -349,6 +350,9 @@ export class BenchXmpp {
 
   private onElement(element: ScannedElement): void {
     if (element.localName === 'success' && element.ns === NS_SASL) this.scanner.restart();
+    // The SM state starts here, not when the waiter runs: stanzas in the same read come right after.
+    if (element.ns === NS_SM3 && element.localName === 'enabled') this.sm = { id: attr(element.bytes, 'id'), h: 0 };
+    if (element.ns === NS_SM3 && element.localName === 'resumed') this.sm = this.resuming;
     if (isStanza(element)) {
       this.stanzasReceived++;
       if (this.sm !== undefined) this.sm.h++;

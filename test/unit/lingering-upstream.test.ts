@@ -68,7 +68,7 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     expect(upstream.closed).toBe(true);
     expect(lingering.count).toBe(1);
     upstream.serverCloses();
-    expect(reports).toEqual([{ answered: 1, dropped: 0, unanswerable: 0 }]);
+    expect(reports).toEqual([{ answered: 1, dropped: 0, handedOver: 0, unanswerable: 0 }]);
     expect(lingering.count).toBe(0);
   });
 
@@ -80,7 +80,7 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     upstream.element('message', message('a'));
     upstream.serverCloses();
     expect(upstream.sent).toEqual([]);
-    expect(reports).toEqual([{ answered: 0, dropped: 1, unanswerable: 0 }]);
+    expect(reports).toEqual([{ answered: 0, dropped: 1, handedOver: 0, unanswerable: 0 }]);
   });
 
   it('answers nothing after the server ended the stream with a stream error', () => {
@@ -92,7 +92,31 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     upstream.element('message', message('b'));
     upstream.serverCloses();
     expect(upstream.sent).toEqual([]);
-    expect(reports).toEqual([{ answered: 0, dropped: 0, unanswerable: 1 }]);
+    expect(reports).toEqual([{ answered: 0, dropped: 0, handedOver: 0, unanswerable: 1 }]);
+  });
+
+  it('hands what arrives behind the close to a new session of the same JID, in order, once the server closed', async () => {
+    const lingering = new LingeringUpstreams(TIMING);
+    const upstream = new Upstream();
+    const other = new Upstream();
+    const reports: LateStanzas[] = [];
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, log }, (late) => reports.push(late));
+    lingering.linger(other, { jid: 'user@example.com/desk', expiryPolicy: 'bounce', wasAvailable: false, log }, () => undefined);
+    const sameJid = (jid: string): boolean => jid === JID;
+    expect(lingering.has(sameJid)).toBe(true);
+    let settled = false;
+    const handing = lingering.handOver(sameJid).finally(() => (settled = true));
+    expect(upstream.closed, 'closed at once, not after the quiet period').toBe(true);
+    expect(other.closed).toBe(false);
+    upstream.element('message', message('c'));
+    upstream.element('presence', `<presence from='c@example.com/x' to='${JID}'/>`);
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    expect(settled, 'waits for the server to close').toBe(false);
+    upstream.serverCloses();
+    const inherited = await handing;
+    expect(inherited.map((bytes) => bytes.toString())).toEqual([message('c'), `<presence from='c@example.com/x' to='${JID}'/>`]);
+    expect(reports).toEqual([{ answered: 0, dropped: 0, handedOver: 2, unanswerable: 0 }]);
+    expect(lingering.has(sameJid)).toBe(false);
   });
 
   it('reports at once for a connection already gone, and idle() waits for the rest until destroyAll', async () => {

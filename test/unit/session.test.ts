@@ -744,6 +744,35 @@ describe('Session: hibernation expiry', () => {
     expect(rig.lingering.count).toBe(0);
   });
 
+  it('a new session binding the same resource waits for the ended one to close upstream, and gets what reached it behind the close', async () => {
+    const { c } = await hibernatingWithUnacked();
+    await advance(H);
+    expect(c.upstream.closed).toBe(false);
+
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.client.write(`<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
+    // Not relayed yet: the legacy server would end the lingering stream for a resource conflict
+    // and read no answer written to it any more. The lingering stream closes at once instead.
+    expect(c2.upstream.sent.some((xml) => xml.includes('bind_2'))).toBe(false);
+    expect(c.upstream.closed).toBe(true);
+    c.stanzaFromServer(c.messageTo('behind-close', `erin@${DOMAIN}/z`, 'routed before the server read the close'));
+    c.upstream.closeStream();
+    await settle();
+    expect(c2.upstream.sent.some((xml) => xml.includes('bind_2'))).toBe(true);
+    c2.upstream.answerBind(c.jid);
+    expect(c2.session.stateName).toBe('active');
+    const received = c2.client.elements();
+    const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
+    expect(received.slice(bindAt).map((el) => [el.name, el.attrs.id])).toEqual([
+      ['iq', 'bind_2'],
+      ['message', 'behind-close'],
+    ]);
+    expect(rig.lines.find((line) => line.msg === 'session ended' && line.reason === 'expired')).toMatchObject({
+      late: { handedOver: 1, unanswerable: 0 },
+    });
+  });
+
   it('closes the upstream stream at the latest after the longest linger, however busy it is', async () => {
     const { c } = await hibernatingWithUnacked();
     await advance(H);

@@ -14,12 +14,30 @@ const bindRequest = (id: string) => el(`<iq type='set' id='${id}'><bind xmlns='$
 const bindResult = (id: string, jid: string) => el(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${jid}</jid></bind></iq>`);
 const REQUEST: ResumeRequest = { ns: NS.sm3, previd: 'prev', h: 0 };
 
-/** A session as stream setup sees it: every call recorded, in order. */
-function recordingPort(): SetupPort & { readonly calls: string[] } {
+/** A bind that waits for an ended session of the same JID, as `beforeBind` saw it. */
+interface WaitingBind {
+  readonly resource: string | undefined;
+  readonly account: string | undefined;
+  readonly send: (inherited: readonly Buffer[]) => void;
+}
+
+/**
+ * A session as stream setup sees it: every call recorded, in order. Binds go out at once unless
+ * `lingering` is set: then they wait in `waiting` (an ended session of that JID closing upstream).
+ */
+function recordingPort(): SetupPort & { readonly calls: string[]; lingering: boolean; readonly waiting: WaitingBind[] } {
   const calls: string[] = [];
   const text = (data: Buffer | string) => data.toString();
-  return {
+  const waiting: WaitingBind[] = [];
+  const port = {
     calls,
+    lingering: false,
+    waiting,
+    beforeBind: (resource: string | undefined, account: string | undefined, send: (inherited: readonly Buffer[]) => void) => {
+      if (port.lingering) waiting.push({ resource, account, send });
+      else send([]);
+    },
+    inheritedLost: (inherited: readonly Buffer[]) => void calls.push(`lost ${inherited.length}`),
     toClient: (data) => void calls.push(`client ${text(data)}`),
     toServer: (data) => void calls.push(`server ${text(data)}`),
     saslSucceeded: () => void calls.push('sasl succeeded'),
@@ -27,10 +45,12 @@ function recordingPort(): SetupPort & { readonly calls: string[] } {
       void calls.push(`sasl failed ${condition} ${attempt?.mechanism ?? '-'} ${attempt?.username ?? '-'}`),
     waitForServer: () => void calls.push('wait'),
     serverAnswered: () => void calls.push('answered'),
-    bound: (jid) => void calls.push(`bound ${jid}`),
-    redeliver: (held) => void calls.push(`redeliver ${held.map((e) => e.localName).join(',')}`),
-    identityKnown: (_request, bareJid) => void calls.push(`identity ${bareJid ?? '(refused)'}`),
-  };
+    bound: (jid: string, inherited: readonly Buffer[]) =>
+      void calls.push(`bound ${jid}${inherited.map((bytes) => ` + ${bytes.toString()}`).join('')}`),
+    redeliver: (held: readonly ScannedElement[]) => void calls.push(`redeliver ${held.map((e) => e.localName).join(',')}`),
+    identityKnown: (_request: ResumeRequest, bareJid: string | undefined) => void calls.push(`identity ${bareJid ?? '(refused)'}`),
+  } satisfies SetupPort & Record<string, unknown>;
+  return port;
 }
 
 function authenticated(authcid = 'alice'): { setup: StreamSetup; port: ReturnType<typeof recordingPort> } {
@@ -81,6 +101,29 @@ describe('StreamSetup: SASL and bind relayed and watched (RFC 6120 §6, §7)', (
       'answered',
       'redeliver enable',
     ]);
+  });
+
+  it('holds a bind of a resource whose ended session still lingers upstream, and gives the new session what that one received behind its close', () => {
+    const { setup, port } = authenticated();
+    port.lingering = true;
+    setup.fromClient(bindRequest('b1'));
+    expect(setup.hold(el(`<enable xmlns='${NS.sm3}'/>`))).toBe(true);
+    expect(port.calls).toEqual(['wait']);
+    expect(port.waiting.map((w) => [w.resource, w.account])).toEqual([['r', 'alice@localhost']]);
+    port.waiting[0]!.send([Buffer.from("<message id='late'/>")]);
+    expect(port.calls.slice(1)).toEqual([`server ${bindRequest('b1').bytes.toString()}`]);
+    setup.fromServer(bindResult('b1', 'alice@localhost/r'));
+    expect(port.calls.slice(3)).toEqual(["bound alice@localhost/r + <message id='late'/>", 'answered', 'redeliver enable']);
+  });
+
+  it('reports the inherited stanzas as lost when the legacy server refuses the bind they waited for', () => {
+    const { setup, port } = authenticated();
+    port.lingering = true;
+    setup.fromClient(bindRequest('b1'));
+    port.waiting[0]!.send([Buffer.from("<message id='late'/>")]);
+    setup.fromServer(el(`<iq type='error' id='b1'><error type='cancel'><conflict xmlns='${NS.stanzas}'/></error></iq>`));
+    expect(port.calls).toContain('lost 1');
+    expect(setup.phaseName).toBe('authenticated');
   });
 
   it('binds only on the answer to the client request from the server itself', () => {
