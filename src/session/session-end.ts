@@ -17,7 +17,9 @@ export type EndCause =
   /** The legacy server ended the user's stream with a stream error: relayed (RFC 6120 names). */
   | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
   /** The legacy server's connection failed or closed. */
-  | { readonly kind: 'upstream-lost'; readonly error: UpstreamError };
+  | { readonly kind: 'upstream-lost'; readonly error: UpstreamError }
+  /** A stranded session's queue went to the stream its client came back on (resumption.ts `takeQueue`). */
+  | { readonly kind: 'queue-handed-over' };
 
 /**
  * What each ending does (the client side is in `end`'s switch): the reason remembered for a late
@@ -34,4 +36,5 @@ export const HOW_TO_END: Readonly<
   'queue-overflow': { reason: 'queue-overflow', unacked: 'answer', upstream: 'close' },
   'upstream-error': { reason: 'upstream-lost', unacked: 'lost', upstream: 'close' },
   'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
+  'queue-handed-over': { reason: 'upstream-lost', unacked: 'answer', upstream: 'close' },
 };

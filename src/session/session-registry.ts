@@ -147,6 +147,13 @@ export class SessionRegistry {
     return (held) => target.acceptHeld(held);
   }
 
+  /** The queue of the stranded session `smId` names, for the stream its client came back on (decideResume's `takeQueue`). */
+  takeQueue(smId: string, h: number): Buffer[] {
+    const target = this.resumable.get(smId);
+    if (target === undefined) throw new InvariantError(`queue taken from ${smId.slice(0, 6)}, which is not resumable`);
+    return target.handOverQueue(h);
+  }
+
   /** Forgets a resumable session and remembers how it ended. */
   endResumable(smId: string, ended: EndedSession): void {
     this.resumable.delete(smId);

@@ -50,6 +50,17 @@ export type State =
       readonly sinceMs: number;
       readonly expiryTimer: NodeJS.Timeout;
     }
+  /**
+   * Hibernating, and the legacy server ended the user's stream (a restart): the queue is kept until
+   * the client comes back (its next bind gets it) or the hibernation expires.
+   */
+  | {
+      readonly name: 'stranded';
+      readonly jid: string;
+      readonly sm: StreamManagement;
+      readonly sinceMs: number;
+      readonly expiryTimer: NodeJS.Timeout;
+    }
   | { readonly name: 'closed' };
 
 export type StateName = State['name'];
@@ -60,7 +71,8 @@ export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   connecting: ['negotiating', 'closed'],
   negotiating: ['active', 'closed'],
   active: ['active', 'hibernating', 'closed'],
-  hibernating: ['active', 'closed'],
+  hibernating: ['active', 'stranded', 'closed'],
+  stranded: ['closed'],
   closed: [],
 };
 
@@ -68,6 +80,7 @@ export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
 export function linkOf(s: State): ClientLink | undefined {
   switch (s.name) {
     case 'hibernating':
+    case 'stranded':
     case 'closed':
       return undefined;
     default:
@@ -91,6 +104,9 @@ function clearStateTimers(from: State, to: State): void {
   const timers: (NodeJS.Timeout | undefined)[] = [];
   if ('authTimer' in from && !('authTimer' in to && to.authTimer === from.authTimer)) timers.push(from.authTimer);
   if (from.name === 'active' && (to.name !== 'active' || to.clock !== from.clock)) from.clock?.stop();
-  if (from.name === 'hibernating') timers.push(from.expiryTimer);
+  // A session stranded from hibernation keeps its expiry.
+  if ((from.name === 'hibernating' || from.name === 'stranded') && !('expiryTimer' in to && to.expiryTimer === from.expiryTimer)) {
+    timers.push(from.expiryTimer);
+  }
   for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
 }

@@ -81,7 +81,7 @@ export class Session implements SessionHandle {
   /** The bare JID once bound (logs, identity check on resumption). */
   get bareJid(): string | undefined {
     const s = this.state;
-    return s.name === 'active' || s.name === 'hibernating' ? bare(s.jid) : undefined;
+    return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? bare(s.jid) : undefined;
   }
 
   // --- what hooks see (hooks.ts) ---
@@ -92,7 +92,7 @@ export class Session implements SessionHandle {
 
   get jid(): string | undefined {
     const s = this.state;
-    return s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
+    return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.jid : undefined;
   }
 
   get log(): Logger {
@@ -429,14 +429,16 @@ export class Session implements SessionHandle {
     const account = bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '' };
     const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), account);
     if (!decision.ok) {
+      const queued = decision.takeQueue === true ? this.deps.registry.takeQueue(request.previd, request.h) : [];
       this.refuse(request.ns, decision.failure, request.previd);
-      s.setup.resumeRefused();
+      s.setup.resumeRefused(queued);
       return;
     }
     const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h });
     // The client now belongs to the resumed session: the temporary stream closes cleanly, and
     // what the client pipelined after <resume/> goes to the resumed session, in order.
     this.flow.clientHandedOver();
+    this.inheritedLost(s.setup.unclaimed);
     s.upstream.close();
     this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
     this.transition({ name: 'closed' });
@@ -455,11 +457,35 @@ export class Session implements SessionHandle {
   resumeCandidate(h: number): ResumeCandidate {
     const s = this.state;
     const domain = this.domainName;
-    if (s.name !== 'active' && s.name !== 'hibernating')
-      return { kind: 'live', bareJid: undefined, domain, resumable: false, h: 0, ack: { kind: 'in-range' } };
+    const none = { kind: 'live', domain, resumable: false, upstreamGone: false, h: 0, ack: { kind: 'in-range' } } as const;
+    if (s.name !== 'active' && s.name !== 'hibernating' && s.name !== 'stranded') return { ...none, bareJid: undefined };
     const sm = s.sm;
-    if (sm === undefined) return { kind: 'live', bareJid: bare(s.jid), domain, resumable: false, h: 0, ack: { kind: 'in-range' } };
-    return { kind: 'live', bareJid: bare(s.jid), domain, resumable: sm.resumable, h: sm.inbound.h, ack: sm.queue.checkAck(h) };
+    if (sm === undefined) return { ...none, bareJid: bare(s.jid) };
+    return {
+      kind: 'live',
+      bareJid: bare(s.jid),
+      domain,
+      resumable: sm.resumable,
+      upstreamGone: s.name === 'stranded',
+      h: sm.inbound.h,
+      ack: sm.queue.checkAck(h),
+    };
+  }
+
+  /**
+   * The client of this stranded session came back on another stream (decideResume's `takeQueue`):
+   * the stanzas it did not acknowledge (`h`) leave with it, in order, for its next bind there; the
+   * session ends.
+   */
+  handOverQueue(h: number): Buffer[] {
+    const s = this.state;
+    if (s.name !== 'stranded') throw new InvariantError(`queue handed over in state ${s.name}`);
+    const trimmed = s.sm.queue.resume(h);
+    if (trimmed.ack.kind !== 'acked') throw new InvariantError(`queue handed over with h=${h}, which it refuses (${trimmed.ack.kind})`);
+    const queued = s.sm.queue.drain().map((entry) => entry.bytes);
+    this.log.info({ handedOver: queued.length, h }, 'client came back; the queue goes to its next bind');
+    this.end({ kind: 'queue-handed-over' });
+    return queued;
   }
 
   /**
@@ -533,13 +559,13 @@ export class Session implements SessionHandle {
 
   private onExpiryTimer(timer: NodeJS.Timeout): void {
     const s = this.state;
-    if (s.name !== 'hibernating' || s.expiryTimer !== timer) return;
+    if ((s.name !== 'hibernating' && s.name !== 'stranded') || s.expiryTimer !== timer) return;
     this.log.info({ queued: s.sm.queue.length }, 'hibernation expired');
     this.end({ kind: 'expired' });
   }
 
   /** The one place `hibernationEnded` is emitted: on resumption, or when the session ends. */
-  private hibernationEnded(s: Extract<State, { name: 'hibernating' }>, reason: HibernationEnd): void {
+  private hibernationEnded(s: Extract<State, { name: 'hibernating' | 'stranded' }>, reason: HibernationEnd): void {
     const hibernatedMs = this.deps.now() - s.sinceMs;
     this.deps.events.notify(this.log, 'hibernationEnded', { sid: this.sid, jid: s.jid, smId: s.sm.id, reason, hibernatedMs });
   }
@@ -762,8 +788,7 @@ export class Session implements SessionHandle {
 
   private onUpstreamWhileHibernating(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): void {
     if (element.localName === 'error' && element.ns === NS.stream) {
-      this.log.info('legacy server ended the stream while hibernating');
-      this.end({ kind: 'upstream-error', element });
+      this.strand(s, 'the legacy server ended the stream with a stream error');
       return;
     }
     if (!isStanza(element)) return;
@@ -805,9 +830,29 @@ export class Session implements SessionHandle {
     );
   }
 
-  /** The upstream is gone: the session ends; a later resume fails fast with the reason. */
+  /**
+   * The legacy server ended the user's stream while the client is away (a restart, a kick): the
+   * session cannot go on, but what it queued is kept until the client comes back and binds again
+   * (decideResume's `takeQueue`), or until the hibernation expires, when it is lost: with no
+   * stream of the user's, nothing can answer it (README, What it does).
+   */
+  private strand(s: Extract<State, { name: 'hibernating' }>, why: string): void {
+    this.transition({ name: 'stranded', jid: s.jid, sm: s.sm, sinceMs: s.sinceMs, expiryTimer: s.expiryTimer });
+    this.log.warn(
+      { code: ErrorCode.UPSTREAM_CLOSED, why, queued: s.sm.queue.length },
+      'legacy server ended the stream of a hibernating session; its queue waits for the client',
+    );
+    s.upstream.destroy();
+  }
+
+  /** The upstream is gone: the session ends (or, hibernating, is stranded); a later resume says why. */
   private upstreamLost(error: UpstreamError): void {
-    if (this.state.name === 'closed') return;
+    const s = this.state;
+    if (s.name === 'hibernating') {
+      this.strand(s, error.message);
+      return;
+    }
+    if (s.name === 'closed') return;
     this.log.info({ code: error.code, err: error.message }, 'upstream lost');
     this.end({ kind: 'upstream-lost', error });
   }
@@ -832,7 +877,7 @@ export class Session implements SessionHandle {
   /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */
   shutdown(): void {
     const s = this.state;
-    if (s.name === 'hibernating') {
+    if (s.name === 'hibernating' || s.name === 'stranded') {
       this.log.info({ queued: s.sm.queue.length }, 'hibernating session ends at shutdown');
       this.end({ kind: 'shutdown' });
       return;
@@ -859,17 +904,18 @@ export class Session implements SessionHandle {
     if (s.name === 'closed') return;
     const how = HOW_TO_END[cause.kind];
     const upstream = upstreamOf(s);
-    const sm = s.name === 'active' || s.name === 'hibernating' ? s.sm : undefined;
+    const sm = s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.sm : undefined;
     const jid = s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
-    if (s.name === 'hibernating') this.hibernationEnded(s, how.reason);
-    if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating')) {
+    if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
+    if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
+    if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
       const entries = sm.queue.drain().map((entry) => entry.bytes);
       // Then what never reached the client: the backlog of an attached client, the stanzas that overflowed.
       if (s.name === 'active') entries.push(...s.backlog.splice(0));
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
-      const via = how.unacked === 'answer' ? { upstream: s.upstream, jid: s.jid } : undefined;
+      const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
       disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
     }
     this.endSm(sm, how.reason);
@@ -892,7 +938,8 @@ export class Session implements SessionHandle {
         break;
       case 'expired':
       case 'shutdown':
-        // Hibernating: no client link.
+      case 'queue-handed-over':
+        // Hibernating or stranded: no client link.
         break;
     }
     if (how.upstream === 'destroy') upstream?.destroy();

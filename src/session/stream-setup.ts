@@ -25,6 +25,8 @@ type SetupPhase =
       readonly saslJid: string | undefined;
       /** Set when a failed resume bound a resource for the identity check (XEP-0198 §5). */
       readonly boundJid: string | undefined;
+      /** A stranded session's queue, taken by a failed resume: the client's next bind gets it (resumption.ts `takeQueue`). */
+      readonly inherited: readonly Buffer[];
       /** The restarted stream's features have reached the client: a `<resumed/>` may follow them. */
       readonly featuresRelayed: boolean;
       /**
@@ -40,6 +42,7 @@ type SetupPhase =
       readonly held: ScannedElement[];
       readonly saslJid: string | undefined;
       readonly boundJid: string | undefined;
+      readonly inherited: readonly Buffer[];
       /** The SASL exchange confirmed the account; the answer waits for the restarted stream's features. */
       readonly awaitingFeatures: boolean;
     };
@@ -111,6 +114,13 @@ export class StreamSetup {
     return this.phase.name === 'authenticating' ? 'pre-auth' : 'post-auth';
   }
 
+  /** Stanzas inherited for a bind that has not happened: lost if the session ends now. */
+  get unclaimed(): readonly Buffer[] {
+    const p = this.phase;
+    if (p.name === 'authenticating') return [];
+    return [...p.inherited, ...(p.name === 'authenticated' ? (p.pendingBind?.inherited ?? []) : [])];
+  }
+
   /** Holds `element` while the setup waits for the legacy server (a bind, an identity check); true if held. */
   hold(element: ScannedElement): boolean {
     const p = this.phase;
@@ -136,19 +146,20 @@ export class StreamSetup {
         this.port.toClient(
           `<iq type='result' id='${escapeXml(bindId)}'><bind xmlns='${NS.bind}'><jid>${escapeXml(p.boundJid)}</jid></bind></iq>`,
         );
-        this.port.bound(p.boundJid, []);
+        this.phase = { ...p, inherited: [] };
+        this.port.bound(p.boundJid, p.inherited);
         return;
       }
       if (bindId !== undefined) {
-        const pendingBind: PendingBind = { id: bindId, held: [], inherited: [] };
-        this.phase = { ...p, pendingBind };
+        const pendingBind: PendingBind = { id: bindId, held: [], inherited: p.inherited };
+        this.phase = { ...p, inherited: [], pendingBind };
         this.port.waitForServer();
         this.port.beforeBind(requestedResource(element), p.saslJid, (inherited) => {
           if (this.phase.name !== 'authenticated' || this.phase.pendingBind !== pendingBind) {
-            this.port.inheritedLost(inherited);
+            this.port.inheritedLost([...pendingBind.inherited, ...inherited]);
             return;
           }
-          pendingBind.inherited = inherited;
+          pendingBind.inherited = [...pendingBind.inherited, ...inherited];
           this.port.toServer(element.bytes);
         });
         return;
@@ -167,6 +178,7 @@ export class StreamSetup {
           name: 'authenticated',
           saslJid: p.sasl.bareJid,
           boundJid: undefined,
+          inherited: [],
           featuresRelayed: false,
           pendingBind: undefined,
         };
@@ -210,6 +222,7 @@ export class StreamSetup {
       held: [],
       saslJid: p.saslJid,
       boundJid: p.boundJid,
+      inherited: p.inherited,
       awaitingFeatures: confirmedBySasl && !p.featuresRelayed,
     };
     this.port.waitForServer();
@@ -226,11 +239,21 @@ export class StreamSetup {
     this.port.toServer(`<iq type='set' id='${this.identityBindId}'><bind xmlns='${NS.bind}'/></iq>`);
   }
 
-  /** The resume was refused: the stream is authenticated again, and what the client sent meanwhile is handled. */
-  resumeRefused(): void {
+  /**
+   * The resume was refused: the stream is authenticated again, and what the client sent meanwhile
+   * is handled. `inherited`: a stranded session's queue, for the client's next bind.
+   */
+  resumeRefused(inherited: readonly Buffer[] = []): void {
     const p = this.phase;
     if (p.name !== 'resuming') return;
-    this.phase = { name: 'authenticated', saslJid: p.saslJid, boundJid: p.boundJid, featuresRelayed: true, pendingBind: undefined };
+    this.phase = {
+      name: 'authenticated',
+      saslJid: p.saslJid,
+      boundJid: p.boundJid,
+      inherited: [...p.inherited, ...inherited],
+      featuresRelayed: true,
+      pendingBind: undefined,
+    };
     this.port.serverAnswered();
     this.port.redeliver(p.held);
   }

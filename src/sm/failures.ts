@@ -51,6 +51,14 @@ export const SM_FAILURES = {
   'resume-unknown-id': (): FailureSpec => ({ condition: 'item-not-found', text: 'unknown or expired session id' }),
   /** The session ended; the proxy remembers why (and its `h`). */
   'resume-ended': (reason: EndedReason): FailureSpec => ({ condition: 'item-not-found', text: `the session ${ENDED_TEXT[reason]}` }),
+  /**
+   * The legacy server ended the user's stream while the client was away (a restart): the session
+   * cannot continue, but its queue was kept and follows the client's next bind on this stream.
+   */
+  'resume-upstream-restarted': (): FailureSpec => ({
+    condition: 'item-not-found',
+    text: 'the legacy server ended the session while you were away; bind again: the stanzas that waited for you follow the bind',
+  }),
   /** The session exists but stopped being resumable (its queue overflowed, or it is ending). */
   'resume-not-resumable': (): FailureSpec => ({ condition: 'item-not-found', text: 'the session can no longer be resumed' }),
   /** The legacy server refused the identity check's bind. */

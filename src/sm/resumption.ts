@@ -19,13 +19,18 @@ export type ResumeCandidate =
       readonly domain: string | undefined;
       /** It can still be resumed (its queue never overflowed, it is not ending). */
       readonly resumable: boolean;
+      /** The legacy server ended its stream while its client was away: its queue waits for the next bind. */
+      readonly upstreamGone: boolean;
       /** Its handled count, told to the client in a `<failed/>` about `h`. */
       readonly h: number;
       /** The client's `h` against the session's unacked queue. */
       readonly ack: AckCheck;
     };
 
-export type ResumeDecision = { readonly ok: true } | { readonly ok: false; readonly failure: SmFailure };
+export type ResumeDecision =
+  | { readonly ok: true }
+  /** With `takeQueue`, the resuming stream takes the session's unacked stanzas, for its client's next bind. */
+  | { readonly ok: false; readonly failure: SmFailure; readonly takeQueue?: true };
 
 /**
  * Who is resuming: the account the new stream authenticated as (bare JID, as the legacy server
@@ -95,6 +100,9 @@ export function decideResume(candidate: ResumeCandidate, account: ResumingAccoun
       const { ack } = candidate;
       if (ack.kind === 'too-high') return { ok: false, failure: withH(smFailure('resume-h-too-high', ack.h, ack.sendCount), candidate.h) };
       if (ack.kind === 'backwards') return { ok: false, failure: withH(smFailure('resume-h-below-ack', ack.h, ack.previous), candidate.h) };
+      // Its upstream session is gone, and with it the full JID: the client binds again, and gets the queue then.
+      if (candidate.upstreamGone)
+        return { ok: false, failure: withH(smFailure('resume-upstream-restarted'), candidate.h), takeQueue: true };
       return { ok: true };
     }
   }

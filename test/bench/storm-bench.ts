@@ -17,8 +17,8 @@
  * - reordered: delivered after a later message of the same sender to the same receiver;
  * - delivered and bounced: received by a client that was cut before acking it, and then, the
  *   session having expired, answered to the sender (at least once, as XEP-0198 §5 allows).
- * Legacy server restarts are not part of the storm: a hibernating session does not survive one
- * (README, Operating it).
+ * Legacy server restarts are not part of the storm: one ends every user's session on the server
+ * (README, Operating it); what becomes of the queues then is tested in test/e2e/late-stanzas.test.ts.
  */
 import { randomInt } from 'node:crypto';
 import { startProsody } from '../support/prosody.js';

@@ -3,6 +3,7 @@ import { startLegacyServer, type LegacyServer } from '../support/legacy-server.j
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import type { RawClient } from '../support/raw-client.js';
+import { failedCondition, resumeWith } from '../support/sm-steps.js';
 import { waitUntil } from '../support/wait.js';
 
 // "Nothing acknowledged is lost silently" at the end of a session (README, What it does): a
@@ -146,5 +147,52 @@ describeEachLegacyServer((kind) => {
       await expectAllAccountedFor(sent, new Set(), bob.client, 'after-shutdown');
       await bob.client.close();
     }, 30_000);
+  });
+
+  // Last in the file: the restart ends every stream of this legacy server.
+  describe.runIf(kind !== 'jabberd2')('across a restart of the legacy server', () => {
+    let patient: ProxyFixture;
+
+    beforeAll(async () => {
+      patient = await startProxyFixture({ server, streamManagement: { hibernationSeconds: 60 } });
+    });
+
+    afterAll(async () => {
+      await patient?.stop();
+    });
+
+    it("keeps a hibernating session's queue: the resume fails with h, and the client's next bind gets the queue first, in order", async () => {
+      const alice = await patient.login('directtls', USERS.alice, { resource: 'restart', sm: true });
+      alice.client.presence();
+      await alice.client.syncWithServer();
+      const bob = await contact('restart');
+      bob.client.sendMessage(alice.jid, 'seen', 'R0');
+      await alice.client.expectMessage((m) => m.attrs.id === 'R0');
+      alice.client.ack();
+      await alice.client.ackRequest();
+      alice.client.drop();
+      await waitUntil(() => [...patient.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'), 'alice to hibernate');
+      const queued = ['R1', 'R2', 'R3'];
+      for (const id of queued) bob.client.sendMessage(alice.jid, id.toLowerCase(), id);
+      await waitUntil(
+        () => [...patient.proxy.registry.sessions()].some((s) => s.snapshot()?.sm.queue.entries.length === queued.length),
+        'the three messages to be queued',
+      );
+
+      await server.restart!();
+      await waitUntil(() => [...patient.proxy.registry.sessions()].some((s) => s.stateName === 'stranded'), 'the session to be stranded');
+
+      const { client, answer } = await resumeWith(patient, USERS.alice, alice.smId!, alice.client.stanzasReceived);
+      expect(failedCondition(answer)).toBe('item-not-found');
+      // XEP-0198 §5: the count of alice's stanzas the proxy handled, so that she knows what to resend.
+      expect(answer.attrs.h).toMatch(/^\d+$/);
+      expect(answer.getChildText('text')).toMatch(/bind again/);
+      await client.bind('restart');
+      const messages = await Promise.all(queued.map((id) => client.expectMessage((m) => m.attrs.id === id)));
+      expect(messages.map((m) => m.getChildText('body'))).toEqual(['r1', 'r2', 'r3']);
+      const received = client.received.filter((el) => el.is('message')).map((el) => el.attrs.id);
+      expect(received.slice(0, 3)).toEqual(queued);
+      await client.close();
+    }, 60_000);
   });
 });

@@ -241,16 +241,17 @@ describeEachLegacyServer((kind) => {
       },
     );
 
-    it('ends a hibernating session when its upstream connection is cut; a later resume fails fast with the reason', async () => {
+    it('strands a hibernating session when its upstream connection is cut: the resume fails with the reason and h, and the queue waits for the next bind', async () => {
       const resource = 'cut-upstream-hibernating';
       const alice = await fixture.login('directtls', USERS.alice, { resource, sm: true });
       await sendCounted(alice, 2);
       alice.client.drop();
       await events.waitFor('hibernationStarted', alice.jid);
       relay.connectionCarrying(`<resource>${resource}</resource>`).cut();
+      await waitUntil(() => fixture.proxy.registry.findResumable(alice.smId!)?.stateName === 'stranded', 'the session to be stranded');
+      await expectResumeRefused(alice, 2);
       await events.waitFor('hibernationEnded', alice.jid, (e) => e.reason === 'upstream-lost');
       expect(fixture.proxy.registry.findResumable(alice.smId!)).toBeUndefined();
-      await expectResumeRefused(alice, 2);
     });
   });
 

@@ -170,7 +170,7 @@ async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, ru
   };
   const vmArgs = ['-sname', node, ...DIST_ON_LOOPBACK, '-shutdown_time', String(SHUTDOWN_TIME_MS)];
   const [command, ...args] = [...runAs, erl.path, ...vmArgs, '-mnesia', 'dir', erlangString(spoolDir), '-s', 'ejabberd', '-noinput'];
-  const server = spawnSupervised(command, args, { dir, consoleFile, env });
+  let server = spawnSupervised(command, args, { dir, consoleFile, env });
   const describe = (): string =>
     `${[command, ...args].join(' ')}` +
     `\n--- console (${consoleFile}) ---\n${tail(consoleFile)}` +
@@ -188,8 +188,8 @@ async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, ru
     }
   };
 
-  try {
-    await waitForFeatures(c2sPort, domain, {
+  const ready = (): Promise<void> =>
+    waitForFeatures(c2sPort, domain, {
       name: 'ejabberd',
       timeoutMs: START_TIMEOUT_MS,
       describe,
@@ -205,6 +205,8 @@ async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, ru
         );
       },
     });
+  try {
+    await ready();
     // One ejabberdctl (a short-lived Erlang node) per account, side by side: ~0.3 s each.
     await Promise.all((options.users ?? []).map(registerUser));
   } catch (err) {
@@ -219,6 +221,12 @@ async function startOnce(options: EjabberdOptions, c2sPort: number, erl: Erl, ru
     c2sPort,
     logFile,
     addUser: registerUser,
+    restart: async () => {
+      // The same node name and Mnesia directory: the accounts are still there.
+      await server.halt(SHUTDOWN_TIME_MS + 5_000);
+      server = spawnSupervised(command, args, { dir, consoleFile, env });
+      await ready();
+    },
     stop: () => server.stop(),
   };
 }

@@ -204,7 +204,8 @@ async function startOnce(options: LegacyServerOptions, schema: string, routerPor
     throw err;
   }
 
-  return { kind: 'jabberd2', domain, host: HOST, c2sPort, logFile: c2s.logFile, addUser, stop };
+  // No restart: five processes with their own start order; restarts are tested on Prosody and ejabberd.
+  return { kind: 'jabberd2', domain, host: HOST, c2sPort, logFile: c2s.logFile, addUser, restart: undefined, stop };
 }
 
 function readSchema(): string {

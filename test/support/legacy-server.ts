@@ -24,6 +24,12 @@ export interface LegacyServer {
   readonly logFile: string;
   /** Registers one more account on the running server. */
   addUser(user: LegacyUser): Promise<void>;
+  /**
+   * Stops the server as an operator's restart does (SIGTERM: it ends every client stream) and
+   * starts it again on the same port with the same accounts; resolves once it answers again.
+   * Undefined for a server the harness cannot restart (jabberd2: five processes).
+   */
+  readonly restart: (() => Promise<void>) | undefined;
   /** Stops the server (SIGTERM, then SIGKILL) and removes its temporary directory. Idempotent. */
   stop(): Promise<void>;
 }

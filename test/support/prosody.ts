@@ -19,7 +19,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { LegacyServer, LegacyUser } from './legacy-server.js';
-import { HOST, describeExecError, findFreePort, readIfExists, spawnSupervised, tail, waitForFeatures } from './server-process.js';
+import {
+  HOST,
+  describeExecError,
+  findFreePort,
+  readIfExists,
+  spawnSupervised,
+  tail,
+  waitForFeatures,
+  type SupervisedProcess,
+} from './server-process.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -94,13 +103,14 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
     throw err;
   }
 
-  const server = spawnSupervised('prosody', ['--config', configFile, '-F'], { dir, consoleFile });
   const describe = (): string =>
     `prosody --config ${configFile} -F` +
     `\n--- console (${consoleFile}) ---\n${tail(consoleFile)}` +
     `\n--- log tail (${logFile}) ---\n${tail(logFile)}`;
   const timeoutMs = options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
-  try {
+  /** Starts Prosody on the directory (again, for a restart) and waits until it answers. */
+  const launch = async (): Promise<SupervisedProcess> => {
+    const server = spawnSupervised('prosody', ['--config', configFile, '-F'], { dir, consoleFile });
     await waitForFeatures(c2sPort, domain, {
       name: 'Prosody',
       timeoutMs,
@@ -118,11 +128,13 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
           return new PortInUseError(`Prosody could not listen on ${HOST}:${c2sPort}: ${describe()}`);
         return undefined;
       },
+    }).catch(async (err: unknown) => {
+      await server.stop();
+      throw err;
     });
-  } catch (err) {
-    await server.stop();
-    throw err;
-  }
+    return server;
+  };
+  let server = await launch();
 
   return {
     kind: 'prosody',
@@ -132,6 +144,10 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
     dataDir,
     logFile,
     addUser: registerUser,
+    restart: async () => {
+      await server.halt();
+      server = await launch();
+    },
     stop: () => server.stop(),
   };
 }

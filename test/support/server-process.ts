@@ -30,7 +30,9 @@ export interface SupervisedProcess {
   spawnError(): Error | undefined;
   /** Whether the child has exited (or never started). */
   hasExited(): boolean;
-  /** SIGTERM, SIGKILL after `graceMs`, then removes `dir`. Idempotent. */
+  /** SIGTERM, SIGKILL after `graceMs`; keeps `dir`, so that the server can be started again on it. Idempotent. */
+  halt(graceMs?: number): Promise<void>;
+  /** `halt`, then removes `dir`. Idempotent. */
   stop(graceMs?: number): Promise<void>;
 }
 
@@ -69,21 +71,27 @@ export function spawnSupervised(
     error = err;
   });
   const hasExited = (): boolean => child.exitCode !== null || child.signalCode !== null || error !== undefined;
+  let halted: Promise<void> | undefined;
   let stopped: Promise<void> | undefined;
+  const halt = (graceMs = 5_000): Promise<void> =>
+    (halted ??= (async () => {
+      if (!hasExited()) {
+        child.kill('SIGTERM');
+        const killTimer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        await exited;
+        clearTimeout(killTimer);
+      }
+      watchdog.kill('SIGKILL');
+      running.delete(entry);
+    })());
   return {
     child,
     spawnError: () => error,
     hasExited,
+    halt,
     stop: (graceMs = 5_000) =>
       (stopped ??= (async () => {
-        if (!hasExited()) {
-          child.kill('SIGTERM');
-          const killTimer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-          await exited;
-          clearTimeout(killTimer);
-        }
-        watchdog.kill('SIGKILL');
-        running.delete(entry);
+        await halt(graceMs);
         rmSync(options.dir, { recursive: true, force: true });
       })()),
   };

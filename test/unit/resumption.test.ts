@@ -10,6 +10,7 @@ const live = (over: Partial<Extract<ResumeCandidate, { kind: 'live' }>> = {}): R
   bareJid: ALICE.bareJid,
   domain: ALICE.domain,
   resumable: true,
+  upstreamGone: false,
   h: 7,
   ack: { kind: 'in-range' },
   ...over,
@@ -19,7 +20,8 @@ const ended: ResumeCandidate = { kind: 'ended', reason: 'expired', bareJid: ALIC
 /** key and h of a refusal, or 'resumed'. */
 function outcome(decision: ReturnType<typeof decideResume> | undefined): string {
   if (decision === undefined) return 'check identity';
-  return decision.ok ? 'resumed' : `${decision.failure.key}${decision.failure.h === undefined ? '' : ` h=${decision.failure.h}`}`;
+  if (decision.ok) return 'resumed';
+  return `${decision.failure.key}${decision.failure.h === undefined ? '' : ` h=${decision.failure.h}`}${decision.takeQueue === true ? ' +queue' : ''}`;
 }
 
 describe('decideBeforeIdentity: what may be said before the account is known', () => {
@@ -56,6 +58,19 @@ describe('decideResume (XEP-0198 §5, §6)', () => {
     ['a session not bound (ending)', live({ bareJid: undefined, resumable: false }), ALICE, 'resume-not-resumable'],
     ['h above what was sent', live({ ack: { kind: 'too-high', h: 9, sendCount: 4 } }), ALICE, 'resume-h-too-high h=7'],
     ['h below the last acknowledged count', live({ ack: { kind: 'backwards', h: 1, previous: 3 } }), ALICE, 'resume-h-below-ack h=7'],
+    [
+      'stranded (the legacy server ended its stream): the queue goes to the next bind',
+      live({ upstreamGone: true }),
+      ALICE,
+      'resume-upstream-restarted h=7 +queue',
+    ],
+    ['stranded, another account: nothing', live({ upstreamGone: true }), MALLORY, 'resume-other-account'],
+    [
+      'stranded, h above what was sent',
+      live({ upstreamGone: true, ack: { kind: 'too-high', h: 9, sendCount: 4 } }),
+      ALICE,
+      'resume-h-too-high h=7',
+    ],
     ['ended: its own account learns how, and h', ended, ALICE, 'resume-ended h=12'],
     ['ended: another account gets the answer of an unknown id', ended, MALLORY, 'resume-unknown-id'],
     ['ended: the same bare JID through another domain, too', ended, ALICE_VIA_OTHER_DOMAIN, 'resume-unknown-id'],

@@ -773,6 +773,47 @@ describe('Session: hibernation expiry', () => {
     });
   });
 
+  it('keeps the queue when the legacy server ends a hibernating stream: the resume fails with h, and the next bind gets the queue first', async () => {
+    const { c, smId } = await hibernatingWithUnacked();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    expect(c.session.stateName).toBe('stranded');
+    expect(c.upstream.destroyed).toBe(true);
+    expect(rig.seen.hibernationEnded).toEqual([]);
+
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.resume(smId, 1); // the client had m1
+    const failed = c2.client.elements().at(-1);
+    expect(failed?.name).toBe('failed');
+    expect(failed?.attrs.h).toBe('1');
+    expect(failed?.getChildText('text')).toMatch(/bind again/);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['upstream-lost']);
+    expect(rig.budget.usedBytes).toBe(0);
+
+    c2.client.write(`<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
+    c2.upstream.answerBind(`${USER}/phone`);
+    c2.stanzaFromServer(`<message from='erin@${DOMAIN}/z' to='${USER}/phone' id='after'/>`);
+    const received = c2.client.elements();
+    const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
+    // m1 was acknowledged by the resume's h; the iq and the presence waited, then what is new.
+    expect(received.slice(bindAt).map((el) => [el.name, el.attrs.id])).toEqual([
+      ['iq', 'bind_2'],
+      ['iq', 'q1'],
+      ['presence', undefined],
+      ['message', 'after'],
+    ]);
+  });
+
+  it('loses a stranded queue at expiry, with a warning that counts it', async () => {
+    const { c } = await hibernatingWithUnacked();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    await advance(H);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.lines.find((line) => line.msg?.toString().startsWith('unacked stanzas dropped unanswered'))).toMatchObject({ dropped: 3 });
+    expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['expired']);
+  });
+
   it('closes the upstream stream at the latest after the longest linger, however busy it is', async () => {
     const { c } = await hibernatingWithUnacked();
     await advance(H);
