@@ -663,9 +663,10 @@ export class Session implements SessionHandle {
       waitForServer: () => this.flow.waitForServer(),
       serverAnswered: () => this.flow.serverAnswered(),
       beforeBind: (resource, account, send) => {
-        // The same full JID: the resource, and the account where SASL named it (else any account's).
+        // The same full JID. Only where SASL named the account: what the lingering stream received
+        // must never reach another account (EXTERNAL names none; such a bind does not wait).
         const sameJid = (jid: string): boolean =>
-          jid.slice(jid.indexOf('/') + 1) === resource && (account === undefined || sameBareJid(bare(jid), account));
+          account !== undefined && jid.slice(jid.indexOf('/') + 1) === resource && sameBareJid(bare(jid), account);
         if (resource === undefined || !this.deps.lingering.has(sameJid)) {
           send([]);
           return;

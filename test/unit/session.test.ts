@@ -814,6 +814,16 @@ describe('Session: hibernation expiry', () => {
     expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['expired']);
   });
 
+  it('does not hold a bind whose SASL exchange names no account: nothing of the ended session may reach another account', async () => {
+    const { c } = await hibernatingWithUnacked();
+    await advance(H);
+    const c2 = rig.connect();
+    await c2.authenticate({ mechanism: 'EXTERNAL' });
+    c2.client.write(`<iq type='set' id='bind_3'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
+    expect(c2.upstream.sent.some((xml) => xml.includes('bind_3'))).toBe(true);
+    expect(c.upstream.closed, 'the ended session lingers on').toBe(false);
+  });
+
   it('closes the upstream stream at the latest after the longest linger, however busy it is', async () => {
     const { c } = await hibernatingWithUnacked();
     await advance(H);
