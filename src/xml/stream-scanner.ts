@@ -235,6 +235,26 @@ function unexpectedByte(b: number, where: string, offset: number): StreamError {
   return notWellFormed(`unexpected ${describeByte(b)} ${where} at byte offset ${offset}`);
 }
 
+/** XML 1.0 §2.2: U+FFFE and U+FFFF (EF BF BE, EF BF BF) are valid UTF-8 but no XML characters. */
+const EF_BF = Buffer.from([0xef, 0xbf]);
+
+/** Where in `buf[0, end)` the first U+FFFE or U+FFFF starts, or -1: one native search for EF BF per chunk, mostly. */
+function findNonCharacter(buf: Buffer, end: number): number {
+  for (let i = buf.indexOf(EF_BF); i >= 0 && i + 2 < end; i = buf.indexOf(EF_BF, i + 2)) {
+    const third = buf[i + 2];
+    if (third === 0xbe || third === 0xbf) return i;
+  }
+  return -1;
+}
+
+/** 1 or 2 when `buf` ends with EF or EF BF (what U+FFFE and U+FFFF start with), else 0. */
+function nonCharacterPrefixAtEnd(buf: Buffer): number {
+  const len = buf.length;
+  const last = buf[len - 1]!;
+  if (last === 0xef) return 1;
+  return last === 0xbf && len >= 2 && buf[len - 2] === 0xef ? 2 : 0;
+}
+
 /** XML 1.0 §2.2 Char: the code points a character reference may denote. */
 function isXmlChar(c: number): boolean {
   return c === TAB || c === LF || c === CR || (c >= 0x20 && c <= 0xd7ff) || (c >= 0xe000 && c <= 0xfffd) || (c >= 0x10000 && c <= 0x10ffff);
@@ -378,6 +398,11 @@ export class StreamScanner {
   private u8Need = 0;
   private u8Lo = 0x80;
   private u8Hi = 0xbf;
+  /**
+   * The end of the previous chunk when it was EF or EF BF: perhaps the start of U+FFFE/U+FFFF,
+   * held back unscanned so that the answer does not depend on where chunks are cut.
+   */
+  private held: Buffer | undefined;
 
   // The current top-level construct (XML declaration, header, element, stream close): from its '<'.
   private inThing = false;
@@ -452,7 +477,7 @@ export class StreamScanner {
 
   /** True while bytes of an unfinished element/header are held (useful for tests and for deciding if an EOF was mid-element). */
   get midElement(): boolean {
-    return this.inThing && this.state !== S.Done;
+    return (this.inThing || this.held !== undefined) && this.state !== S.Done;
   }
 
   /**
@@ -480,16 +505,26 @@ export class StreamScanner {
   }
 
   /** Feed bytes. Calls handlers synchronously, in stream order. */
-  write(chunk: Buffer): void {
-    if (this.state === S.Done || chunk.length === 0) return;
+  write(input: Buffer): void {
+    if (this.state === S.Done || input.length === 0) return;
     if (this.writing) throw new InvariantError('StreamScanner.write() called from one of its own handlers');
     this.writing = true;
     try {
+      const whole = this.held === undefined ? input : Buffer.concat([this.held, input]);
+      const holdBack = nonCharacterPrefixAtEnd(whole);
+      this.held = holdBack === 0 ? undefined : Buffer.from(whole.subarray(whole.length - holdBack));
+      const chunk = holdBack === 0 ? whole : whole.subarray(0, whole.length - holdBack);
+      if (chunk.length === 0) return;
       // RFC 6120 §11.6: the stream must be UTF-8. Bytes before the first invalid one are scanned first,
       // so the events do not depend on where chunks were cut.
       const badAt = this.checkUtf8(chunk);
-      this.scan(chunk, badAt < 0 ? chunk.length : badAt);
-      if (badAt >= 0 && !this.stopped()) {
+      const valid = badAt < 0 ? chunk.length : badAt;
+      const nonCharAt = findNonCharacter(chunk, valid);
+      this.scan(chunk, nonCharAt < 0 ? valid : nonCharAt);
+      if (nonCharAt >= 0 && !this.stopped()) {
+        // XML 1.0 §2.2: Char excludes U+FFFE and U+FFFF; valid UTF-8, but not XML (RFC 6120 §11.3).
+        this.fail(notWellFormed(`U+FFFE or U+FFFF, not an XML character, at byte offset ${this.consumed + nonCharAt}`));
+      } else if (badAt >= 0 && !this.stopped()) {
         this.fail(
           unsupportedEncoding(`invalid UTF-8 byte ${describeByte(chunk[badAt]!)} at byte offset ${this.consumed + badAt} (RFC 6120 §11.6)`),
         );
@@ -1494,6 +1529,7 @@ export class StreamScanner {
     this.state = S.FragStart;
     this.consumed = 0;
     this.u8Need = 0;
+    this.held = undefined;
     this.inThing = false;
     this.pendingLen = 0;
     this.nameStarts[0] = 0;
@@ -1505,7 +1541,7 @@ export class StreamScanner {
 
   /** scanFragment: true when the message ended inside a UTF-8 sequence. */
   [kUtf8Incomplete](): boolean {
-    return this.u8Need !== 0;
+    return this.u8Need !== 0 || this.held !== undefined;
   }
 }
 

@@ -286,6 +286,11 @@ const validCases: ValidCase[] = [
     ],
   },
   {
+    name: 'the characters next to U+FFFE and U+FFFF (EF BF BD, EF BF AF, EF BE BF), however cut',
+    input: `${HEADER}<message><body>\uFFFD\uFFEF\uFFBF\uF8FF</body></message>`,
+    expected: [openEvent(), el('<message><body>\uFFFD\uFFEF\uFFBF\uF8FF</body></message>', 'message', 'jabber:client')],
+  },
+  {
     name: 'character references to the edges of the XML Char ranges',
     input: `${HEADER}<m a='&#9;&#xA;&#13;&#x20;'>&#xD7FF;&#xE000;&#xFFFD;&#x10000;&#x10FFFF;&#x1F600;&#0000065;</m>`,
     expected: [
@@ -508,6 +513,19 @@ const errorCases: ErrorCase[] = [
     message: 'control character 0x0C',
   },
   { name: 'control character 0x1F between stanzas', input: bytes(HEADER, [0x1f]), ...NWF, message: 'control character 0x1F' },
+  {
+    name: 'U+FFFE in text (valid UTF-8, not an XML character)',
+    input: bytes(HEADER, '<message><body>a', [0xef, 0xbf, 0xbe], '</body></message>'),
+    ...NWF,
+    message: 'U+FFFE or U+FFFF',
+  },
+  {
+    name: 'U+FFFF in an attribute value',
+    input: bytes(HEADER, "<message id='", [0xef, 0xbf, 0xbf], "'/>"),
+    ...NWF,
+    message: 'U+FFFE or U+FFFF',
+  },
+  { name: 'U+FFFF between stanzas', input: bytes(HEADER, [0xef, 0xbf, 0xbf]), ...NWF, message: 'U+FFFE or U+FFFF' },
   { name: 'control character in the XML declaration', input: bytes("<?xml version='1.0'", [0x08], '?>'), ...NWF },
   {
     name: 'text directly inside the stream',
