@@ -15,6 +15,7 @@ import { Session } from './session/session.js';
 import type { SessionDeps, SessionSettings } from './session/session-deps.js';
 import { SessionRegistry, type RegistryLimits } from './session/session-registry.js';
 import { MemoryBudget } from './sm/memory-budget.js';
+import { QueueShares, type ShareLimits } from './sm/queue-budget.js';
 import type { ClientLink } from './transport/client-link.js';
 import type { Listener } from './transport/listener.js';
 import { TcpListener } from './transport/tcp-listener.js';
@@ -96,7 +97,7 @@ export class Proxy {
       settings: sessionSettings(config),
       registry: this.registry,
       events: this.events,
-      budget: new MemoryBudget(config.streamManagement.globalQueueBytes),
+      queueShares: new QueueShares(new MemoryBudget(config.streamManagement.globalQueueBytes), queueShareLimits(config)),
       failedLogins,
       lingering: new LingeringUpstreams(),
       hooks: new SessionHooks([
@@ -160,7 +161,8 @@ export class Proxy {
     this.config = { ...next, listeners: before.listeners, log: before.log };
     this.tlsConfig = next.tls;
     this.sessionDeps = { ...this.sessionDeps, settings: sessionSettings(this.config) };
-    this.sessionDeps.budget.setLimit(this.config.streamManagement.globalQueueBytes);
+    this.sessionDeps.queueShares.global.setLimit(this.config.streamManagement.globalQueueBytes);
+    this.sessionDeps.queueShares.setLimits(queueShareLimits(this.config));
     this.registry.setLimits(registryLimits(this.config));
     this.sessionDeps.failedLogins.setPolicy(failedLoginPolicy(this.config));
     const added = Object.keys(this.config.domains).filter((domain) => findDomain(before, domain) === undefined);
@@ -384,6 +386,13 @@ function registryLimits(config: ProxyConfig): RegistryLimits {
   return {
     rememberEndedMs: config.streamManagement.rememberExpiredSeconds * 1000,
     maxRememberedEnded: config.streamManagement.maxRememberedExpired,
+  };
+}
+
+function queueShareLimits(config: ProxyConfig): ShareLimits {
+  return {
+    perAccountBytes: config.streamManagement.maxQueueBytesPerAccount,
+    perAddressBytes: config.streamManagement.maxQueueBytesPerAddress,
   };
 }
 

@@ -164,6 +164,10 @@ export interface StreamManagementConfig {
   readonly maxQueueStanzas: number;
   /** Most bytes of unacked stanzas per session. Default 1048576 (1 MiB), range 4096..1073741824, ≥ `limits.maxStanzaBytes`, ≤ `globalQueueBytes`. */
   readonly maxQueueBytes: number;
+  /** Most bytes of unacked stanzas for all sessions of one account together. Default 8388608 (8 MiB), range 4096..1099511627776, ≥ `maxQueueBytes`. */
+  readonly maxQueueBytesPerAccount: number;
+  /** Most bytes of unacked stanzas for all sessions from one client address together; 0 = no limit. Default 67108864 (64 MiB), range 0..1099511627776. */
+  readonly maxQueueBytesPerAddress: number;
   /** Most bytes of unacked stanzas for all sessions together. Default 268435456 (256 MiB), range 4096..1099511627776. */
   readonly globalQueueBytes: number;
   /** `bounce` = answer unacked stanzas with errors on expiry; `drop` = discard them. Default `"bounce"`. */
@@ -384,6 +388,15 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
   }
   if (maxQueueBytes !== undefined && globalQueueBytes !== undefined && maxQueueBytes > globalQueueBytes) {
     problems.push(`/streamManagement/maxQueueBytes: ${maxQueueBytes} exceeds streamManagement.globalQueueBytes ${globalQueueBytes}`);
+  }
+  // A share below one session's queue would refuse that session before its own limit.
+  const perAccount = number('/streamManagement/maxQueueBytesPerAccount', sm.maxQueueBytesPerAccount);
+  if (maxQueueBytes !== undefined && perAccount !== undefined && maxQueueBytes > perAccount) {
+    problems.push(`/streamManagement/maxQueueBytes: ${maxQueueBytes} exceeds streamManagement.maxQueueBytesPerAccount ${perAccount}`);
+  }
+  const perAddress = number('/streamManagement/maxQueueBytesPerAddress', sm.maxQueueBytesPerAddress);
+  if (maxQueueBytes !== undefined && perAddress !== undefined && perAddress !== 0 && maxQueueBytes > perAddress) {
+    problems.push(`/streamManagement/maxQueueBytes: ${maxQueueBytes} exceeds streamManagement.maxQueueBytesPerAddress ${perAddress}`);
   }
   return problems;
 }

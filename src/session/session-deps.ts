@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { MemoryBudget } from '../sm/memory-budget.js';
+import type { QueueShares } from '../sm/queue-budget.js';
 import type { SmSettings } from '../sm/stream-management.js';
 import type { ClientLink } from '../transport/client-link.js';
 import type { UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
@@ -31,7 +31,8 @@ export interface SessionDeps {
   readonly settings: SessionSettings;
   readonly registry: SessionRegistry;
   readonly events: SmEvents;
-  readonly budget: MemoryBudget;
+  /** The memory of all unacked queues, and each account's and client address's share of it. */
+  readonly queueShares: QueueShares;
   /** Failed logins per client address, for the back-off (failed-logins.ts). */
   readonly failedLogins: FailedLogins;
   /** The upstream streams of ended sessions, read until the legacy server closed them (lingering-upstream.ts). */

@@ -352,7 +352,7 @@ export class Session implements SessionHandle {
       resumeAttr: enable.attrs.resume as string | undefined,
       maxAttr: enable.attrs.max as string | undefined,
       settings: this.deps.settings,
-      budget: this.deps.budget,
+      budget: this.deps.queueShares.forSession(bare(s.jid), this.addressKey),
     });
     if (!result.ok) {
       this.refuse(ns, smFailure('enable-invalid', result.text));

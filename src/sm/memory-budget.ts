@@ -1,4 +1,5 @@
 import { InvariantError } from '../errors.js';
+import type { BudgetRefusal, QueueBudget } from './queue-budget.js';
 
 /**
  * One byte budget shared by the unacked queues of all sessions, so that many hibernating sessions
@@ -6,7 +7,7 @@ import { InvariantError } from '../errors.js';
  *
  * Pure bookkeeping: it counts the bytes its users say they hold; it allocates nothing.
  */
-export class MemoryBudget {
+export class MemoryBudget implements QueueBudget {
   #limitBytes: number;
   #usedBytes = 0;
 
@@ -30,6 +31,11 @@ export class MemoryBudget {
    */
   setLimit(limitBytes: number): void {
     this.#limitBytes = checkedLimit(limitBytes);
+  }
+
+  /** {@link tryReserve} as a {@link QueueBudget} (queue-budget.ts): the whole budget is the one limit. */
+  reserve(bytes: number): BudgetRefusal | undefined {
+    return this.tryReserve(bytes) ? undefined : { reason: 'global', limit: this.#limitBytes };
   }
 
   /** Bytes reserved now. */

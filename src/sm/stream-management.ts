@@ -2,7 +2,7 @@ import { ErrorCode, StreamError } from '../errors.js';
 import { AckPolicy } from './ack-policy.js';
 import { negotiateMax, newSmId, parseResumeFlag } from './enable-decision.js';
 import { InboundCounter } from './inbound-counter.js';
-import type { MemoryBudget } from './memory-budget.js';
+import type { QueueBudget } from './queue-budget.js';
 import { UnackedQueue, type PushResult, type UnackedQueueSnapshot } from './unacked-queue.js';
 import { parseH } from './sequence.js';
 import { NS, type SmNamespace } from '../xml/namespaces.js';
@@ -83,7 +83,7 @@ export class StreamManagement {
   static restore(
     snapshot: StreamManagementSnapshot,
     settings: SmSettings,
-    budget: MemoryBudget,
+    budget: QueueBudget,
   ): StreamManagement | Extract<PushResult, { ok: false }> {
     const queue = UnackedQueue.restore({ maxStanzas: settings.maxQueueStanzas, maxBytes: settings.maxQueueBytes }, budget, snapshot.queue);
     if (!(queue instanceof UnackedQueue)) return queue;
@@ -105,7 +105,7 @@ export class StreamManagement {
     resumeAttr: string | undefined;
     maxAttr: string | undefined;
     settings: SmSettings;
-    budget: MemoryBudget;
+    budget: QueueBudget;
   }): EnableResult {
     const resume = parseResumeFlag(request.resumeAttr);
     if (resume === 'invalid') return { ok: false, text: `resume='${request.resumeAttr ?? ''}' is not an xs:boolean` };

@@ -1,5 +1,5 @@
 import { InvariantError } from '../errors.js';
-import type { MemoryBudget } from './memory-budget.js';
+import type { QueueBudget } from './queue-budget.js';
 import { MAX_SEQ, isSeq, nextSeq, seqDistance } from './sequence.js';
 
 /** Per-session bounds of an {@link UnackedQueue}. */
@@ -12,10 +12,12 @@ export interface QueueLimits {
 
 /**
  * Outcome of {@link UnackedQueue.push}. On failure `reason` names the limit that refused the
- * stanza and `limit` its value: `'stanzas'` → `maxStanzas`, `'bytes'` → `maxBytes`,
- * `'global'` → the shared {@link MemoryBudget}'s `limitBytes`.
+ * stanza and `limit` its value: `'stanzas'` → `maxStanzas`, `'bytes'` → `maxBytes`, `'account'`,
+ * `'address'` and `'global'` → the shares of the {@link QueueBudget} (queue-budget.ts).
  */
-export type PushResult = { ok: true } | { ok: false; reason: 'stanzas' | 'bytes' | 'global'; limit: number };
+export type PushResult = { ok: true } | { ok: false; reason: PushRefusalReason; limit: number };
+
+type PushRefusalReason = 'stanzas' | 'bytes' | 'account' | 'address' | 'global';
 
 /**
  * Outcome of {@link UnackedQueue.ack}.
@@ -88,7 +90,7 @@ const COMPACT_MIN_HEAD = 1024;
  */
 export class UnackedQueue {
   readonly #limits: Readonly<QueueLimits>;
-  readonly #budget: MemoryBudget;
+  readonly #budget: QueueBudget;
   // One entry per index in four parallel arrays, so an entry costs a few array slots rather than a
   // Buffer view object (about 100 bytes of heap each): the buffer holding its bytes (a slab shared
   // with its neighbours, or its own), where in it, how long, and when it was first sent.
@@ -119,7 +121,7 @@ export class UnackedQueue {
    * @throws InvariantError if a limit is not a non-negative integer or `initialSent` not in
    *   [0, 2^32 - 1].
    */
-  constructor(limits: QueueLimits, budget: MemoryBudget, initialSent = 0) {
+  constructor(limits: QueueLimits, budget: QueueBudget, initialSent = 0) {
     for (const key of ['maxStanzas', 'maxBytes'] as const) {
       const value = limits[key];
       if (!(value === Infinity || (Number.isSafeInteger(value) && value >= 0))) {
@@ -164,7 +166,7 @@ export class UnackedQueue {
    */
   static restore(
     limits: QueueLimits,
-    budget: MemoryBudget,
+    budget: QueueBudget,
     snapshot: UnackedQueueSnapshot,
   ): UnackedQueue | Extract<PushResult, { ok: false }> {
     const queue = new UnackedQueue(limits, budget, snapshot.acked);
@@ -212,16 +214,22 @@ export class UnackedQueue {
    *   refused with the first failure, because the queue could no longer replay without a gap.
    */
   push(bytes: Buffer, nowMs: number): PushResult {
+    return this.#push(bytes, nowMs, true);
+  }
+
+  #push(bytes: Buffer, nowMs: number, final: boolean): PushResult {
     if (this.#overflow !== undefined) return this.#overflow;
     const size = bytes.length;
     if (this.length >= this.#limits.maxStanzas) {
-      return this.#refuse('stanzas', this.#limits.maxStanzas);
+      return this.#refuse('stanzas', this.#limits.maxStanzas, final);
     }
     if (this.#bytes + size > this.#limits.maxBytes) {
-      return this.#refuse('bytes', this.#limits.maxBytes);
+      return this.#refuse('bytes', this.#limits.maxBytes, final);
     }
-    if (!this.#budget.tryReserve(size)) {
-      return this.#refuse('global', this.#budget.limitBytes);
+    const refusal = this.#budget.reserve(size);
+    if (refusal !== undefined) {
+      // The account's or address's share frees as their clients ack; the global budget's refusal is final.
+      return this.#refuse(refusal.reason, refusal.limit, final || refusal.reason === 'global');
     }
     this.#store(bytes);
     this.#sentAt.push(nowMs);
@@ -232,16 +240,12 @@ export class UnackedQueue {
 
   /**
    * Like {@link push}, for a stanza the caller can hold back instead of sending it: a refusal by
-   * the queue's own limits (stanzas, bytes) changes nothing, so the caller can offer it again once
-   * acks made room, with no gap in what was sent. A refusal by the shared budget is final, as in
-   * `push`.
+   * the queue's own limits (stanzas, bytes) or by its account's or address's share changes
+   * nothing, so the caller can offer it again once acks made room, with no gap in what was sent. A
+   * refusal by the global budget is final, as in `push`.
    */
   offer(bytes: Buffer, nowMs: number): PushResult {
-    if (this.#overflow === undefined) {
-      if (this.length >= this.#limits.maxStanzas) return { ok: false, reason: 'stanzas', limit: this.#limits.maxStanzas };
-      if (this.#bytes + bytes.length > this.#limits.maxBytes) return { ok: false, reason: 'bytes', limit: this.#limits.maxBytes };
-    }
-    return this.push(bytes, nowMs);
+    return this.#push(bytes, nowMs, false);
   }
 
   /**
@@ -415,9 +419,10 @@ export class UnackedQueue {
     return { bytes, sentAtMs: this.#sentAt[i] as number };
   }
 
-  #refuse(reason: 'stanzas' | 'bytes' | 'global', limit: number): PushResult {
-    this.#overflow = Object.freeze({ ok: false, reason, limit } as const);
-    return this.#overflow;
+  #refuse(reason: PushRefusalReason, limit: number, final: boolean): PushResult {
+    const refusal = Object.freeze({ ok: false, reason, limit } as const);
+    if (final) this.#overflow = refusal;
+    return refusal;
   }
 
   /** Drops the `count` oldest entries and releases their bytes. */

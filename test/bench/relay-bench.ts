@@ -98,7 +98,14 @@ async function perfProfile(ctx: BenchContext, client: Peer, upstreamPort: number
   ctx.progress('relay: perf record of the proxy (600 B, SM on)');
   const proxy = await startProxy(
     ctx,
-    proxyConfig(upstreamPort, { streamManagement: { maxQueueStanzas: 10_000, maxQueueBytes: 16 * 1024 * 1024 } }),
+    proxyConfig(upstreamPort, {
+      streamManagement: {
+        maxQueueStanzas: 10_000,
+        maxQueueBytes: 16 * 1024 * 1024,
+        maxQueueBytesPerAccount: 1024 * 1024 * 1024,
+        maxQueueBytesPerAddress: 0,
+      },
+    }),
     ['--perf-basic-prof'],
   );
   const data = join(ctx.dir, 'relay-proxy-sm.perf.data');
@@ -156,7 +163,14 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
     // maxQueueStanzas above the client window: the echoes of a full window are unacked at once.
     const proxy = await startProxy(
       ctx,
-      proxyConfig(upstreamPort, { streamManagement: { maxQueueStanzas: 10_000, maxQueueBytes: 16 * 1024 * 1024 } }),
+      proxyConfig(upstreamPort, {
+        streamManagement: {
+          maxQueueStanzas: 10_000,
+          maxQueueBytes: 16 * 1024 * 1024,
+          maxQueueBytesPerAccount: 1024 * 1024 * 1024,
+          maxQueueBytesPerAddress: 0,
+        },
+      }),
     );
     peers.push(proxy.peer);
     const client = await Peer.start('load-client', './load-client.js');

@@ -121,4 +121,43 @@ describeEachLegacyServer((kind) => {
       for (const client of [first, second, fourth]) await client.close();
     });
   });
+
+  describe('unacked queue memory shared out per account', () => {
+    let fixture: ProxyFixture;
+
+    beforeAll(async () => {
+      // Two sessions' queues fill the global budget; one account may hold one session's worth.
+      fixture = await startProxyFixture({
+        server,
+        limits: { maxStanzaBytes: 4096, maxStanzaBytesPreAuth: 4096 },
+        streamManagement: { maxQueueBytes: 4096, maxQueueBytesPerAccount: 4096, globalQueueBytes: 8192 },
+      });
+    });
+
+    afterAll(async () => {
+      await fixture?.stop();
+    });
+
+    it("an account whose sessions never ack fills its own share: another user's session goes on", async () => {
+      const events = recordSmEvents(fixture.proxy);
+      const victim = await fixture.login('directtls', USERS.carol, { resource: 'victim', sm: true });
+      const sender = await fixture.login('directtls', USERS.alice, { resource: 'sender' });
+      const hoarders = [];
+      for (let i = 0; i < 2; i++) hoarders.push(await fixture.login('directtls', USERS.bob, { resource: `hoard${i}`, sm: true }));
+      // 40 small messages to each of bob's sessions, never acked: without shares, his two queues
+      // would fill the global budget but for less than one small message (under 2 × 200 bytes).
+      for (const hoarder of hoarders) for (let n = 0; n < 40; n++) sender.client.sendMessage(hoarder.jid, 'x');
+      await sender.client.syncWithServer();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // Larger than what bob could have left over: it fits only because his share stopped him.
+      const body = 'y'.repeat(500);
+      sender.client.sendMessage(victim.jid, body, 'V1');
+      const message = await victim.client.expectMessage((m) => m.attrs.id === 'V1');
+      expect(message.getChildText('body')).toBe(body);
+      expect(victim.client.streamClosedByPeer).toBe(false);
+      expect(await victim.client.ackRequest(), 'the stream answers: carol sent no stanza').toBe(0);
+      expect(events.of('hibernationEnded').filter((e) => e.jid === victim.jid)).toEqual([]);
+      for (const client of [victim.client, sender.client, ...hoarders.map((h) => h.client)]) client.drop();
+    });
+  });
 });

@@ -115,6 +115,8 @@ describe('parseConfig: defaults', () => {
         ackRequestIntervalSeconds: 30,
         maxQueueStanzas: 1000,
         maxQueueBytes: 1048576,
+        maxQueueBytesPerAccount: 8388608,
+        maxQueueBytesPerAddress: 67108864,
         globalQueueBytes: 268435456,
         expiryPolicy: 'bounce',
         rememberExpiredSeconds: 3600,
@@ -499,6 +501,14 @@ const invalidCases: readonly InvalidCase[] = [
       '/streamManagement/maxUnackedStanzas: 10 is not less than streamManagement.maxQueueStanzas 10: the queue would overflow before an ack is requested',
       '/streamManagement/maxQueueBytes: 1048576 is less than limits.maxStanzaBytes 2097152: a stanza of the largest allowed size could not be queued',
       '/streamManagement/maxQueueBytes: 1048576 exceeds streamManagement.globalQueueBytes 4096',
+    ],
+  },
+  {
+    name: 'a session queue larger than its account or address share',
+    raw: withPatch({ streamManagement: { maxQueueBytes: 16777216, maxQueueBytesPerAccount: 8388608, maxQueueBytesPerAddress: 4194304 } }),
+    problems: [
+      '/streamManagement/maxQueueBytes: 16777216 exceeds streamManagement.maxQueueBytesPerAccount 8388608',
+      '/streamManagement/maxQueueBytes: 16777216 exceeds streamManagement.maxQueueBytesPerAddress 4194304',
     ],
   },
   {

@@ -18,6 +18,7 @@ import { Session } from '../../src/session/session.js';
 import { FailedLogins } from '../../src/session/failed-logins.js';
 import type { SessionDeps, SessionSettings } from '../../src/session/session-deps.js';
 import { MemoryBudget } from '../../src/sm/memory-budget.js';
+import { QueueShares } from '../../src/sm/queue-budget.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
 import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
 import { parseElement, type Element } from '../../src/xml/element.js';
@@ -277,6 +278,7 @@ class Rig {
   readonly registry = new SessionRegistry({ rememberEndedMs: 3_600_000, maxRememberedEnded: 100 });
   readonly events = new SmEvents();
   readonly budget = new MemoryBudget(Infinity);
+  readonly queueShares = new QueueShares(this.budget, { perAccountBytes: Infinity, perAddressBytes: 0 });
   readonly failedLogins = new FailedLogins({ maxFailedLogins: 5, backoffMs: 60_000 });
   readonly lingering = new LingeringUpstreams();
   readonly seen: SeenEvents = { ackDelayed: [], hibernationStarted: [], hibernationEnded: [], stanzaQueuedWhileHibernating: [] };
@@ -298,7 +300,7 @@ class Rig {
       settings: { ...SETTINGS, ...settings },
       registry: this.registry,
       events: this.events,
-      budget: this.budget,
+      queueShares: this.queueShares,
       failedLogins: this.failedLogins,
       lingering: this.lingering,
       hooks: new SessionHooks(BUILTIN_HOOKS),

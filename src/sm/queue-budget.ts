@@ -1,0 +1,102 @@
+import { MemoryBudget } from './memory-budget.js';
+
+/** Which limit refused a reservation, and its value (README, Limits and abuse). */
+export interface BudgetRefusal {
+  readonly reason: 'global' | 'account' | 'address';
+  readonly limit: number;
+}
+
+/** Where an unacked queue reserves the bytes it holds: all or nothing, released on ack and drain. */
+export interface QueueBudget {
+  /** Reserves `bytes`; returns undefined, or the limit that refused them (then nothing is reserved). */
+  reserve(bytes: number): BudgetRefusal | undefined;
+  release(bytes: number): void;
+}
+
+/** The shares of one account or one client address, while they hold bytes. */
+interface Share {
+  readonly budget: MemoryBudget;
+  /** In its map: a share is removed once it holds nothing, and a new one made at the next reservation. */
+  attached: boolean;
+}
+
+export interface ShareLimits {
+  /** Most unacked bytes all sessions of one account may hold together. */
+  readonly perAccountBytes: number;
+  /** Most unacked bytes all sessions from one client address may hold together; 0: no limit. */
+  readonly perAddressBytes: number;
+}
+
+/**
+ * The memory of all unacked queues, shared out (README, Limits and abuse): the global budget
+ * (`globalQueueBytes`), and within it a share per account and per client address, so that one
+ * account (or one address) that never acks fills its own share and not everyone's. Whoever
+ * reaches a share pays: its session waits for its client's acks, or, hibernating, ends.
+ */
+export class QueueShares {
+  readonly #accounts = new Map<string, Share>();
+  readonly #addresses = new Map<string, Share>();
+
+  constructor(
+    readonly global: MemoryBudget,
+    private limits: ShareLimits,
+  ) {}
+
+  /** New limits (a config reload): later reservations are held to them. */
+  setLimits(limits: ShareLimits): void {
+    this.limits = limits;
+    for (const share of this.#accounts.values()) share.budget.setLimit(limits.perAccountBytes);
+    for (const share of this.#addresses.values()) share.budget.setLimit(limits.perAddressBytes || Infinity);
+  }
+
+  /** Accounts and addresses holding bytes now (for tests and metrics). */
+  get sharesInUse(): number {
+    return this.#accounts.size + this.#addresses.size;
+  }
+
+  /** The budget of one session's queue: `account` is its bare JID, `addressKey` its client address (ip-range.ts). */
+  forSession(account: string, addressKey: string): QueueBudget {
+    let accountShare = this.#share(this.#accounts, account, this.limits.perAccountBytes);
+    let addressShare = this.#share(this.#addresses, addressKey, this.limits.perAddressBytes || Infinity);
+    return {
+      reserve: (bytes) => {
+        // A share that held nothing was let go; the session finds (or makes) the current one.
+        if (!accountShare.attached) accountShare = this.#share(this.#accounts, account, this.limits.perAccountBytes);
+        if (!addressShare.attached) addressShare = this.#share(this.#addresses, addressKey, this.limits.perAddressBytes || Infinity);
+        if (!accountShare.budget.tryReserve(bytes)) return { reason: 'account', limit: accountShare.budget.limitBytes };
+        if (!addressShare.budget.tryReserve(bytes)) {
+          accountShare.budget.release(bytes);
+          return { reason: 'address', limit: addressShare.budget.limitBytes };
+        }
+        if (!this.global.tryReserve(bytes)) {
+          accountShare.budget.release(bytes);
+          addressShare.budget.release(bytes);
+          return { reason: 'global', limit: this.global.limitBytes };
+        }
+        return undefined;
+      },
+      release: (bytes) => {
+        this.global.release(bytes);
+        this.#release(this.#accounts, account, accountShare, bytes);
+        this.#release(this.#addresses, addressKey, addressShare, bytes);
+      },
+    };
+  }
+
+  #share(map: Map<string, Share>, key: string, limit: number): Share {
+    let share = map.get(key);
+    if (share === undefined) {
+      share = { budget: new MemoryBudget(limit), attached: true };
+      map.set(key, share);
+    }
+    return share;
+  }
+
+  #release(map: Map<string, Share>, key: string, share: Share, bytes: number): void {
+    share.budget.release(bytes);
+    if (share.budget.usedBytes === 0 && map.get(key) === share) {
+      map.delete(key);
+      share.attached = false;
+    }
+  }
+}

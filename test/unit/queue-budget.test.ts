@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryBudget } from '../../src/sm/memory-budget.js';
+import { QueueShares } from '../../src/sm/queue-budget.js';
+import { UnackedQueue } from '../../src/sm/unacked-queue.js';
+
+const stanza = (bytes: number): Buffer => Buffer.alloc(bytes, 0x61);
+const QUEUE = { maxStanzas: 1000, maxBytes: 1000 };
+
+describe('QueueShares: each account and client address gets a share of the queue memory (README, Limits and abuse)', () => {
+  it('refuses an account over its share without touching the global budget or another account', () => {
+    const global = new MemoryBudget(10_000);
+    const shares = new QueueShares(global, { perAccountBytes: 300, perAddressBytes: 0 });
+    const mallory1 = shares.forSession('mallory@example.org', '192.0.2.1');
+    const mallory2 = shares.forSession('mallory@example.org', '192.0.2.2');
+    const alice = shares.forSession('alice@example.org', '192.0.2.3');
+    expect(mallory1.reserve(200)).toBeUndefined();
+    expect(mallory2.reserve(101)).toEqual({ reason: 'account', limit: 300 });
+    expect(global.usedBytes).toBe(200);
+    expect(alice.reserve(300)).toBeUndefined();
+    mallory1.release(200);
+    expect(mallory2.reserve(300)).toBeUndefined();
+  });
+
+  it('refuses an address over its share, and reports the global budget last', () => {
+    const global = new MemoryBudget(450);
+    const shares = new QueueShares(global, { perAccountBytes: 400, perAddressBytes: 300 });
+    const a = shares.forSession('a@example.org', 'nat');
+    const b = shares.forSession('b@example.org', 'nat');
+    const c = shares.forSession('c@example.org', 'elsewhere');
+    expect(a.reserve(200)).toBeUndefined();
+    expect(b.reserve(200)).toEqual({ reason: 'address', limit: 300 });
+    expect(c.reserve(300)).toEqual({ reason: 'global', limit: 450 });
+    expect(global.usedBytes).toBe(200);
+  });
+
+  it('lets go of a share once it holds nothing, and a session that held it finds the next one', () => {
+    const shares = new QueueShares(new MemoryBudget(Infinity), { perAccountBytes: 100, perAddressBytes: 100 });
+    const one = shares.forSession('u@example.org', 'x');
+    const two = shares.forSession('u@example.org', 'x');
+    expect(one.reserve(60)).toBeUndefined();
+    one.release(60);
+    expect(shares.sharesInUse).toBe(0);
+    expect(two.reserve(60)).toBeUndefined();
+    expect(one.reserve(60)).toEqual({ reason: 'account', limit: 100 });
+    expect(shares.sharesInUse).toBe(2);
+  });
+
+  it('applies new limits (a reload) to the shares in use', () => {
+    const shares = new QueueShares(new MemoryBudget(Infinity), { perAccountBytes: 100, perAddressBytes: 0 });
+    const session = shares.forSession('u@example.org', 'x');
+    expect(session.reserve(80)).toBeUndefined();
+    shares.setLimits({ perAccountBytes: 50, perAddressBytes: 0 });
+    expect(session.reserve(1)).toEqual({ reason: 'account', limit: 50 });
+  });
+});
+
+describe('UnackedQueue with shares: a share refuses like the queue’s own limits', () => {
+  it('offer: an account share refusal changes nothing, so the stanza can be offered again after acks', () => {
+    const shares = new QueueShares(new MemoryBudget(Infinity), { perAccountBytes: 150, perAddressBytes: 0 });
+    const queue = new UnackedQueue(QUEUE, shares.forSession('u@example.org', 'x'));
+    expect(queue.offer(stanza(100), 0).ok).toBe(true);
+    expect(queue.offer(stanza(100), 0)).toEqual({ ok: false, reason: 'account', limit: 150 });
+    expect(queue.overflowed).toBe(false);
+    queue.ack(1);
+    expect(queue.offer(stanza(100), 0).ok).toBe(true);
+  });
+
+  it('push (hibernating): the refusal is final', () => {
+    const shares = new QueueShares(new MemoryBudget(Infinity), { perAccountBytes: 150, perAddressBytes: 0 });
+    const queue = new UnackedQueue(QUEUE, shares.forSession('u@example.org', 'x'));
+    expect(queue.push(stanza(100), 0).ok).toBe(true);
+    expect(queue.push(stanza(100), 0)).toEqual({ ok: false, reason: 'account', limit: 150 });
+    expect(queue.overflowed).toBe(true);
+  });
+});
