@@ -4,7 +4,8 @@ import { describeConfig, loadConfig } from './config/config.js';
 import { ConfigError, ProxyError } from './errors.js';
 import { createLogger } from './logger.js';
 import { Proxy } from './proxy.js';
-import type { Logger } from 'pino';
+import { createTlsCredentials } from './transport/tls-credentials.js';
+import { pino, type Logger } from 'pino';
 
 /** Exit codes (README "Running"): stable, for service managers. */
 const EXIT = {
@@ -53,6 +54,15 @@ async function main(): Promise<number> {
     return EXIT.config;
   }
   if (parsed.values.check === true) {
+    // Like `nginx -t`: every certificate is loaded and its key matched, as at start-up; warnings
+    // (a domain no certificate covers) go to stderr.
+    try {
+      await createTlsCredentials(config.tls, Object.keys(config.domains), pino({ level: 'warn' }, process.stderr));
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      process.stderr.write(`${err.code}: ${err.message}\n`);
+      return EXIT.startup;
+    }
     process.stdout.write(`${describeConfig(config)}\n`);
     process.stderr.write(`${path}: valid\n`);
     return EXIT.ok;

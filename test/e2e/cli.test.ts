@@ -288,12 +288,26 @@ class UpstreamSpy {
   }
 }
 
+/** A fresh self-signed EC certificate for localhost, PEM. */
+async function certificate(): Promise<{ cert: string; key: string; fingerprint256: string }> {
+  const pems = await selfsigned.generate([{ name: 'commonName', value: 'localhost' }], {
+    keyType: 'ec',
+    algorithm: 'sha256',
+    extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: 'localhost' }] }],
+  });
+  return { cert: pems.cert, key: pems.private, fingerprint256: new X509Certificate(pems.cert).fingerprint256 };
+}
+
 // ---- --check ---------------------------------------------------------------------------------
 
 describe('--check', () => {
   it('exits 0 and prints the effective config: defaults filled, paths resolved, the passphrase elided', async () => {
     const secret = 'correct horse battery staple';
-    // The certificate files need not exist: --check validates the file, it does not load keys.
+    // The certificates are loaded and matched, as at start-up (the passphrase does not matter to an unencrypted key).
+    const pems = await certificate();
+    await mkdir(join(workDir, 'certs'), { recursive: true });
+    await writeFile(join(workDir, 'certs/fullchain.pem'), pems.cert);
+    await writeFile(join(workDir, 'certs/privkey.pem'), pems.key);
     const path = await configFile({
       $schema: './src/config/proxy.schema.json',
       listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
@@ -336,6 +350,27 @@ describe('--check', () => {
     // `$schema` is for editors; it is not part of the effective config.
     expect(effective).not.toHaveProperty('$schema');
     expect(run.stderr).toContain('valid');
+  });
+
+  it.each([
+    ['a certificate file that does not exist', 'missing.pem', /missing\.pem/],
+    ['a key that belongs to another certificate', 'other-key.pem', /key|match/i],
+  ])('exits 3 for %s, as the start would', async (_label, keyFile, message) => {
+    const [mine, other] = [await certificate(), await certificate()];
+    const dir = join(workDir, 'check-certs');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'fullchain.pem'), mine.cert);
+    await writeFile(join(dir, 'other-key.pem'), other.key);
+    const path = await configFile({
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
+      tls: { certificates: [{ cert: join(dir, 'fullchain.pem'), key: join(dir, keyFile) }] },
+      domains: { localhost: { upstream: { host: '127.0.0.1' } } },
+    });
+    const run = await runCli(['--check', path], 'exit 3 after --check with a bad certificate');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.startup, signal: null });
+    expect(run.stdout).toBe('');
+    expect(run.stderr).toContain('PROXY_ERR_TLS_CREDENTIALS');
+    expect(run.stderr).toMatch(message);
   });
 
   it('exits 2 and lists every problem of an invalid config with its JSON path', async () => {
@@ -682,15 +717,6 @@ describe('shutdown on a signal', () => {
 
 describe('reloading and the other signals', () => {
   /** A certificate for localhost (EC: quick to make), as PEM, with its fingerprint. */
-  async function certificate(): Promise<{ cert: string; key: string; fingerprint256: string }> {
-    const pems = await selfsigned.generate([{ name: 'commonName', value: 'localhost' }], {
-      keyType: 'ec',
-      algorithm: 'sha256',
-      extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: 'localhost' }] }],
-    });
-    return { cert: pems.cert, key: pems.private, fingerprint256: new X509Certificate(pems.cert).fingerprint256 };
-  }
-
   /** Replaces `path` the way certbot's and acme.sh's deploy steps do: a new file renamed over the old one. */
   async function renameOver(path: string, content: string): Promise<void> {
     await writeFile(`${path}.new`, content);
