@@ -952,9 +952,14 @@ export class Session implements SessionHandle {
     this.logSummary(how.reason, undefined);
   }
 
-  /** The session's last log line; `late` counts what reached it while its upstream stream lingered. */
+  /**
+   * The session's last log line; `late` counts what reached it while its upstream stream lingered.
+   * At debug for a connection that never named a domain the proxy serves: a load balancer's TCP
+   * probe, or a client refused before that (its refusal has a line of its own).
+   */
   private logSummary(reason: EndedReason, late: LateStanzas | undefined): void {
-    this.log.info(
+    const level = this.domainName === undefined ? 'debug' : 'info';
+    this.log[level](
       {
         reason,
         stanzasFromClient: this.stats.fromClient,

@@ -112,6 +112,10 @@ export class SocketClientLink implements ClientLink {
 
   fail(error: StreamError): void {
     if (this.phase === 'closing' || this.phase === 'ended') return;
+    // Before TLS no session has seen the stream yet: the refusal is logged here, with its code.
+    if (this.phase === 'pre-tls') {
+      this.log.info({ code: error.code, condition: error.condition, err: error.message }, 'stream error sent to client before TLS');
+    }
     if (!this.headerSent) this.sendHeader({ id: newStreamId(), version: '1.0' });
     this.write(renderStreamError(error) + STREAM_CLOSE);
     this.beginClose(`stream error ${error.condition}`);

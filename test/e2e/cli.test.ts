@@ -859,3 +859,31 @@ describe('reloading and the other signals', () => {
     expect(await cli.expectExit(SHUTDOWN_MARGIN_MS + 5_000, 'exit 0 after SIGTERM')).toEqual({ code: EXIT.ok, signal: null });
   }, 20_000);
 });
+
+// ---- refusals and probes in the log -----------------------------------------------------------
+
+describe('the log of a STARTTLS listener', () => {
+  it('logs a refusal before TLS with its code, and a TCP probe (connect, close) only at debug', async () => {
+    const { cli, ports } = await startCli({
+      listeners: [{ type: 'starttls', host: '127.0.0.1', port: 0 }],
+      tls: { selfSigned: true },
+      domains: { localhost: { upstream: { host: '127.0.0.1', port: await unusedPort(), connectTimeoutSeconds: 1 } } },
+    });
+    const probe = netConnect({ host: '127.0.0.1', port: ports.starttls! });
+    await new Promise<void>((resolveConnect) => probe.once('connect', () => resolveConnect()));
+    probe.end();
+    await new Promise<void>((resolveClose) => probe.once('close', () => resolveClose()));
+
+    const refused = netConnect({ host: '127.0.0.1', port: ports.starttls! });
+    refused.on('data', () => undefined);
+    refused.write(
+      "<?xml version='1.0'?><stream:stream to='elsewhere.example' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    const line = await cli.expectLog('stream error sent to client before TLS');
+    expect(line).toMatchObject({ code: 'PROXY_ERR_HOST_UNKNOWN', condition: 'host-unknown' });
+    // The proxy closes the refused connection; give both sessions' last lines time to be written.
+    await new Promise<void>((resolveClose) => (refused.destroyed ? resolveClose() : refused.once('close', () => resolveClose())));
+    await new Promise((resolveWait) => setTimeout(resolveWait, 200));
+    expect(cli.logLines.filter((l) => l.msg === 'session ended' && (l.level as number) >= 30)).toEqual([]);
+  });
+});
