@@ -1,6 +1,11 @@
+import { createRequire } from 'node:module';
 import { pino, type Logger } from 'pino';
-import pretty from 'pino-pretty';
 import type { LogConfig } from './config/config.js';
+
+/** pino-pretty is loaded only for human-readable output (a terminal, or `log.format: "pretty"`). */
+function requirePretty(): typeof import('pino-pretty').PinoPretty {
+  return createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty').PinoPretty;
+}
 
 /**
  * The proxy's root logger (README, Operating it): JSON lines, or human-readable output on a terminal.
@@ -10,5 +15,5 @@ export function createLogger(config: LogConfig, destination: NodeJS.WritableStre
   const usePretty = config.format === 'pretty' || (config.format === 'auto' && (destination as { isTTY?: boolean }).isTTY === true);
   const options = { level: config.level, base: { name: 'smacks-proxy' } };
   if (!usePretty) return pino(options, destination);
-  return pino(options, pretty({ colorize: true, destination, sync: true, ignore: 'pid,hostname,name' }));
+  return pino(options, requirePretty()({ colorize: true, destination, sync: true, ignore: 'pid,hostname,name' }));
 }

@@ -11,7 +11,6 @@ import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
-import selfsigned from 'selfsigned';
 import type { CertificateConfig, TlsConfig } from '../config/config.js';
 import { ConfigError, ErrorCode } from '../errors.js';
 
@@ -193,6 +192,8 @@ async function generateSelfSigned(domains: readonly string[], protocol: Protocol
   const names = [...new Set([...domains.map(normalizeName), 'localhost'])];
   const notBeforeDate = new Date(Date.now() - 60_000); // a minute of clock skew
   const notAfterDate = new Date(notBeforeDate.getTime() + SELF_SIGNED_VALIDITY_MS);
+  // Loaded only here: a production config names its certificates and never needs it.
+  const { default: selfsigned } = await import('selfsigned');
   const generated = await selfsigned.generate([{ name: 'commonName', value: names[0] ?? 'localhost' }], {
     keyType: 'rsa',
     keySize: 2048,
