@@ -1,3 +1,4 @@
+import { InvariantError } from '../errors.js';
 import { MemoryBudget } from './memory-budget.js';
 
 /** Which limit refused a reservation, and its value (README, Limits and abuse). */
@@ -45,8 +46,8 @@ export class QueueShares {
   /** New limits (a config reload): later reservations are held to them. */
   setLimits(limits: ShareLimits): void {
     this.limits = limits;
-    for (const share of this.#accounts.values()) share.budget.setLimit(limits.perAccountBytes);
-    for (const share of this.#addresses.values()) share.budget.setLimit(limits.perAddressBytes || Infinity);
+    for (const share of this.#accounts.values()) share.budget.setLimit(this.limits.perAccountBytes);
+    for (const share of this.#addresses.values()) share.budget.setLimit(this.#addressLimit());
   }
 
   /** Accounts and addresses holding bytes now (for tests and metrics). */
@@ -54,33 +55,50 @@ export class QueueShares {
     return this.#accounts.size + this.#addresses.size;
   }
 
-  /** The budget of one session's queue: `account` is its bare JID, `addressKey` its client address (ip-range.ts). */
+  /**
+   * The budget of one session's queue: `account` is its bare JID, `addressKey` its client address
+   * (ip-range.ts). Shares exist only while they hold bytes: found or made at a reservation, let go
+   * when their last byte is released, so that accounts and addresses that come and go leave nothing.
+   */
   forSession(account: string, addressKey: string): QueueBudget {
-    let accountShare = this.#share(this.#accounts, account, this.limits.perAccountBytes);
-    let addressShare = this.#share(this.#addresses, addressKey, this.limits.perAddressBytes || Infinity);
+    let accountShare: Share | undefined;
+    let addressShare: Share | undefined;
     return {
       reserve: (bytes) => {
-        // A share that held nothing was let go; the session finds (or makes) the current one.
-        if (!accountShare.attached) accountShare = this.#share(this.#accounts, account, this.limits.perAccountBytes);
-        if (!addressShare.attached) addressShare = this.#share(this.#addresses, addressKey, this.limits.perAddressBytes || Infinity);
-        if (!accountShare.budget.tryReserve(bytes)) return { reason: 'account', limit: accountShare.budget.limitBytes };
-        if (!addressShare.budget.tryReserve(bytes)) {
-          accountShare.budget.release(bytes);
-          return { reason: 'address', limit: addressShare.budget.limitBytes };
+        if (accountShare?.attached !== true) accountShare = this.#share(this.#accounts, account, this.limits.perAccountBytes);
+        if (addressShare?.attached !== true) addressShare = this.#share(this.#addresses, addressKey, this.#addressLimit());
+        const ofAccount = accountShare.budget;
+        const ofAddress = addressShare.budget;
+        let refusal: BudgetRefusal | undefined;
+        if (!ofAccount.tryReserve(bytes)) refusal = { reason: 'account', limit: ofAccount.limitBytes };
+        else if (!ofAddress.tryReserve(bytes)) {
+          ofAccount.release(bytes);
+          refusal = { reason: 'address', limit: ofAddress.limitBytes };
+        } else if (!this.global.tryReserve(bytes)) {
+          ofAccount.release(bytes);
+          ofAddress.release(bytes);
+          refusal = { reason: 'global', limit: this.global.limitBytes };
         }
-        if (!this.global.tryReserve(bytes)) {
-          accountShare.budget.release(bytes);
-          addressShare.budget.release(bytes);
-          return { reason: 'global', limit: this.global.limitBytes };
+        if (refusal !== undefined) {
+          // Shares this call made, or emptied, hold nothing: they go.
+          this.#letGoIfEmpty(this.#accounts, account, accountShare);
+          this.#letGoIfEmpty(this.#addresses, addressKey, addressShare);
         }
-        return undefined;
+        return refusal;
       },
       release: (bytes) => {
+        if (accountShare === undefined || addressShare === undefined) {
+          throw new InvariantError(`queue budget release of ${bytes} bytes before any reservation`);
+        }
         this.global.release(bytes);
         this.#release(this.#accounts, account, accountShare, bytes);
         this.#release(this.#addresses, addressKey, addressShare, bytes);
       },
     };
+  }
+
+  #addressLimit(): number {
+    return this.limits.perAddressBytes === 0 ? Infinity : this.limits.perAddressBytes;
   }
 
   #share(map: Map<string, Share>, key: string, limit: number): Share {
@@ -94,6 +112,10 @@ export class QueueShares {
 
   #release(map: Map<string, Share>, key: string, share: Share, bytes: number): void {
     share.budget.release(bytes);
+    this.#letGoIfEmpty(map, key, share);
+  }
+
+  #letGoIfEmpty(map: Map<string, Share>, key: string, share: Share): void {
     if (share.budget.usedBytes === 0 && map.get(key) === share) {
       map.delete(key);
       share.attached = false;

@@ -14,6 +14,19 @@ import { promisify } from 'node:util';
 import { fmt, fmtInt, median, Peer, sleep, table, topSelfTime, verdict } from './bench-util.js';
 import { DOMAIN, proxyConfig, proxyLogProblems, startProxy, type BenchContext } from './bench-context.js';
 
+/**
+ * Queue limits above the client window (the echoes of a full window are unacked at once), for one
+ * account's sessions from one address: the relay measures throughput, not the shares.
+ */
+const RELAY_QUEUES = {
+  streamManagement: {
+    maxQueueStanzas: 10_000,
+    maxQueueBytes: 16 * 1024 * 1024,
+    maxQueueBytesPerAccount: 1024 * 1024 * 1024,
+    maxQueueBytesPerAddress: 0,
+  },
+};
+
 interface Contestant {
   readonly name: string;
   readonly peer: Peer;
@@ -96,18 +109,7 @@ async function perfProfile(ctx: BenchContext, client: Peer, upstreamPort: number
     return undefined;
   }
   ctx.progress('relay: perf record of the proxy (600 B, SM on)');
-  const proxy = await startProxy(
-    ctx,
-    proxyConfig(upstreamPort, {
-      streamManagement: {
-        maxQueueStanzas: 10_000,
-        maxQueueBytes: 16 * 1024 * 1024,
-        maxQueueBytesPerAccount: 1024 * 1024 * 1024,
-        maxQueueBytesPerAddress: 0,
-      },
-    }),
-    ['--perf-basic-prof'],
-  );
+  const proxy = await startProxy(ctx, proxyConfig(upstreamPort, RELAY_QUEUES), ['--perf-basic-prof']);
   const data = join(ctx.dir, 'relay-proxy-sm.perf.data');
   try {
     await client.call('relayStart', {
@@ -160,18 +162,7 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
     const pipe = await Peer.start('pipe-relay', './pipe-relay.js');
     peers.push(pipe);
     const pipePort = await pipe.call<number>('start', { upstreamPort, domain: DOMAIN });
-    // maxQueueStanzas above the client window: the echoes of a full window are unacked at once.
-    const proxy = await startProxy(
-      ctx,
-      proxyConfig(upstreamPort, {
-        streamManagement: {
-          maxQueueStanzas: 10_000,
-          maxQueueBytes: 16 * 1024 * 1024,
-          maxQueueBytesPerAccount: 1024 * 1024 * 1024,
-          maxQueueBytesPerAddress: 0,
-        },
-      }),
-    );
+    const proxy = await startProxy(ctx, proxyConfig(upstreamPort, RELAY_QUEUES));
     peers.push(proxy.peer);
     const client = await Peer.start('load-client', './load-client.js');
     peers.push(client);

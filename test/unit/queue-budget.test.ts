@@ -45,6 +45,15 @@ describe('QueueShares: each account and client address gets a share of the queue
     expect(shares.sharesInUse).toBe(2);
   });
 
+  it('keeps no share for a session that holds nothing, nor for a refused first reservation', () => {
+    const shares = new QueueShares(new MemoryBudget(100), { perAccountBytes: 1000, perAddressBytes: 0 });
+    shares.forSession('idle@example.org', 'x');
+    expect(shares.sharesInUse).toBe(0);
+    const refused = shares.forSession('u@example.org', 'y');
+    expect(refused.reserve(101)).toEqual({ reason: 'global', limit: 100 });
+    expect(shares.sharesInUse).toBe(0);
+  });
+
   it('applies new limits (a reload) to the shares in use', () => {
     const shares = new QueueShares(new MemoryBudget(Infinity), { perAccountBytes: 100, perAddressBytes: 0 });
     const session = shares.forSession('u@example.org', 'x');
