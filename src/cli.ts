@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import { runAdminCommand, type AdminCommand } from './admin/admin-commands.js';
+import { readAdminToken } from './admin/admin-server.js';
 import { describeConfig, loadConfig } from './config/config.js';
 import { ConfigError, ProxyError } from './errors.js';
 import { createLogger } from './logger.js';
@@ -16,20 +18,38 @@ const EXIT = {
   startup: 3,
   /** Shutdown did not finish within the grace period plus a margin; the process was forced out. */
   forced: 4,
+  /** `kick`: no live session matched the JID. */
+  noneMatched: 5,
+  /** `sessions`, `kick`: the admin listener is not configured, cannot be reached, or refused the request. */
+  unavailable: 69,
   /** Wrong command-line usage. */
   usage: 64,
 } as const;
 
 const USAGE = `usage: smacks-proxy [--check] [config-file]
+       smacks-proxy sessions [--jid JID] [--json] [config-file]
+       smacks-proxy kick JID [--condition CONDITION] [--json] [config-file]
 
   config-file   path of proxy.config.json (default: ./proxy.config.json)
   --check       validate the config, print the effective config (secrets elided), exit
+  sessions      list the running proxy's sessions (all, or those of a full or bare JID)
+  kick          end the sessions of a full or bare JID (condition: policy-violation by default)
+  --json        print the admin listener's JSON answer
   --help        this text`;
 
 async function main(): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs({ allowPositionals: true, options: { check: { type: 'boolean' }, help: { type: 'boolean' } } });
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: {
+        check: { type: 'boolean' },
+        help: { type: 'boolean' },
+        jid: { type: 'string' },
+        condition: { type: 'string' },
+        json: { type: 'boolean' },
+      },
+    });
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
     return EXIT.usage;
@@ -38,11 +58,22 @@ async function main(): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return EXIT.ok;
   }
-  if (parsed.positionals.length > 1) {
+  const { positionals, values } = parsed;
+  const commandName = positionals[0] === 'sessions' || positionals[0] === 'kick' ? positionals[0] : undefined;
+  // A command's own operands: the JID for kick; then the config file, as without a command.
+  const operands = commandName === 'kick' ? 2 : commandName === 'sessions' ? 1 : 0;
+  const misused =
+    positionals.length > operands + 1 ||
+    (commandName === 'kick' && positionals[1] === undefined) ||
+    (commandName === undefined && (values.jid !== undefined || values.condition !== undefined || values.json === true)) ||
+    (commandName !== undefined && values.check === true) ||
+    (commandName === 'sessions' && values.condition !== undefined) ||
+    (commandName === 'kick' && values.jid !== undefined);
+  if (misused) {
     process.stderr.write(`${USAGE}\n`);
     return EXIT.usage;
   }
-  const path = parsed.positionals[0] ?? 'proxy.config.json';
+  const path = positionals[operands] ?? 'proxy.config.json';
 
   let config;
   try {
@@ -53,11 +84,22 @@ async function main(): Promise<number> {
     process.stderr.write(`${err.code}: ${err.message}\n`);
     return EXIT.config;
   }
-  if (parsed.values.check === true) {
-    // Like `nginx -t`: every certificate is loaded and its key matched, as at start-up; warnings
+  if (commandName !== undefined) {
+    const command: AdminCommand =
+      commandName === 'kick'
+        ? { name: 'kick', jid: positionals[1]!, condition: values.condition, json: values.json === true }
+        : { name: 'sessions', jid: values.jid, json: values.json === true };
+    const result = await runAdminCommand(command, config.admin);
+    process.stdout.write(result.stdout);
+    process.stderr.write(result.stderr);
+    return result.outcome === 'ok' ? EXIT.ok : result.outcome === 'none-matched' ? EXIT.noneMatched : EXIT.unavailable;
+  }
+  if (values.check === true) {
+    // Like `nginx -t`: every certificate is loaded and its key matched, and the admin token read, as at start-up; warnings
     // (a domain no certificate covers) go to stderr.
     try {
       await createTlsCredentials(config.tls, Object.keys(config.domains), pino({ level: 'warn' }, process.stderr));
+      if (config.admin?.tokenFile !== undefined) await readAdminToken(config.admin.tokenFile);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       process.stderr.write(`${err.code}: ${err.message}\n`);

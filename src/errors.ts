@@ -16,6 +16,8 @@ export const ErrorCode = {
   TLS_CREDENTIALS: 'PROXY_ERR_TLS_CREDENTIALS',
   /** A listener could not bind its address. */
   LISTEN: 'PROXY_ERR_LISTEN',
+  /** The admin listener's token file (`admin.tokenFile`) could not be read or holds no token. */
+  ADMIN_TOKEN: 'PROXY_ERR_ADMIN_TOKEN',
 
   /** Malformed XML (RFC 6120 §11.3): `not-well-formed`. */
   XML_NOT_WELL_FORMED: 'PROXY_ERR_XML_NOT_WELL_FORMED',
@@ -83,6 +85,8 @@ export const ErrorCode = {
 
   /** The proxy is shutting down: `system-shutdown`. */
   SHUTDOWN: 'PROXY_ERR_SHUTDOWN',
+  /** An operator ended the session through the admin listener: the chosen stream error (`policy-violation` by default). */
+  KICKED: 'PROXY_ERR_KICKED',
   /** A bug: a state the code believed impossible: `internal-server-error`. */
   INVARIANT: 'PROXY_ERR_INVARIANT',
 } as const;

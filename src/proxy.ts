@@ -1,6 +1,11 @@
 import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { findDomain, type ListenerConfig, type ProxyConfig, type TlsConfig } from './config/config.js';
+import { AdminServer, readAdminToken } from './admin/admin-server.js';
+import { Readiness } from './admin/readiness.js';
+import { SessionAdmin } from './admin/session-admin.js';
+import { ProxyMetrics } from './metrics/proxy-metrics.js';
+import { findDomain, type AdminConfig, type ListenerConfig, type ProxyConfig, type TlsConfig } from './config/config.js';
 import { ConfigError, ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
@@ -26,12 +31,14 @@ import { LiveCredentials } from './transport/live-credentials.js';
 import { createTlsCredentials, warnExpiring } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
 import { RetryingUpstream } from './upstream/retrying-upstream.js';
-import { UpstreamLink, type UpstreamTarget } from './upstream/upstream-link.js';
+import { UpstreamLink, type UpstreamStream, type UpstreamTarget } from './upstream/upstream-link.js';
 
 /** How often the certificates' expiry is checked while the proxy runs (also at start-up and each reload). */
 const EXPIRY_CHECK_INTERVAL_MS = 24 * 60 * 60 * 1000;
 /** The config sections a reload compares (README, Reloading). */
-const CONFIG_SECTIONS = ['listeners', 'tls', 'domains', 'limits', 'streamManagement', 'shutdownGraceSeconds', 'log'] as const;
+const CONFIG_SECTIONS = ['listeners', 'tls', 'domains', 'limits', 'streamManagement', 'shutdownGraceSeconds', 'admin', 'log'] as const;
+/** The sections a reload leaves as they were at start-up (README, Reloading). */
+const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'log']);
 
 /** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
 const WEBSOCKET_PAYLOAD_MARGIN_BYTES = 64 * 1024;
@@ -60,8 +67,12 @@ export class Proxy {
   /** Stream-management events for integrations (push, metrics). */
   readonly events = new SmEvents();
   readonly registry: SessionRegistry;
-  /** What every session shares (one object, not one per connection). */
-  /** The config in effect: the start-up one, then each reload's (its `listeners` and `log` stay the start-up ones). */
+  /** The Prometheus metrics (served by the admin listener when configured). */
+  readonly metrics: ProxyMetrics;
+  private readonly readiness = new Readiness();
+  private admin: AdminServer | undefined;
+  private probeTimer: NodeJS.Timeout | undefined;
+  /** The config in effect: the start-up one, then each reload's (its `listeners`, `admin` and `log` stay the start-up ones). */
   private config: ProxyConfig;
   /** What new sessions are made with; a reload replaces it, and sessions keep the one they started with. */
   private sessionDeps: SessionDeps;
@@ -93,13 +104,25 @@ export class Proxy {
       ((target: UpstreamTarget, upstreamLog: Logger) =>
         RetryingUpstream.connect((t, l) => UpstreamLink.connect(t, l), target, upstreamLog));
     const failedLogins = new FailedLogins(failedLoginPolicy(config));
+    const queueShares = new QueueShares(new MemoryBudget(config.streamManagement.globalQueueBytes), queueShareLimits(config));
+    const registry = this.registry;
+    this.metrics = new ProxyMetrics(
+      {
+        *sessions() {
+          for (const session of registry.sessions()) yield session.summary();
+        },
+        queueBytes: () => ({ used: queueShares.global.usedBytes, limit: queueShares.global.limitBytes }),
+      },
+      this.events,
+    );
     this.sessionDeps = {
       settings: sessionSettings(config),
       registry: this.registry,
       events: this.events,
-      queueShares: new QueueShares(new MemoryBudget(config.streamManagement.globalQueueBytes), queueShareLimits(config)),
+      queueShares,
       failedLogins,
       lingering: new LingeringUpstreams(),
+      meter: this.metrics,
       hooks: new SessionHooks([
         ...BUILTIN_HOOKS,
         failedLoginBackoff(failedLogins, this.now),
@@ -109,7 +132,7 @@ export class Proxy {
         ),
       ]),
       upstreamFor: (domain) => this.upstreamTarget(domain),
-      connectUpstream,
+      connectUpstream: (target, upstreamLog) => this.timedConnect(connectUpstream, target, upstreamLog),
       reportFindings: (domain, findings) => this.reportFindings(domain, findings),
       now: this.now,
     };
@@ -131,6 +154,8 @@ export class Proxy {
       const address = await listener.listen();
       bound.push({ type: listenerConfig.type, ...address });
     }
+    this.readiness.listenersBound();
+    if (this.config.admin !== undefined) bound.push({ type: 'admin', ...(await this.startAdmin(this.config.admin)) });
     for (const [domain, { upstream }] of Object.entries(this.config.domains)) {
       if (upstream.security !== 'plain' || isLoopbackHost(upstream.host)) continue;
       this.log.warn(
@@ -144,6 +169,52 @@ export class Proxy {
     return bound;
   }
 
+  /** The admin listener (README, Metrics and health), and the periodic probes its `/readyz` reports. */
+  private async startAdmin(config: AdminConfig): Promise<{ host: string; port: number }> {
+    const log = this.log.child({ component: 'admin' });
+    const token = config.tokenFile === undefined ? undefined : await readAdminToken(config.tokenFile);
+    if (token === undefined && !isLoopbackHost(config.host)) {
+      log.warn({ host: config.host }, 'admin listener off loopback without admin.tokenFile: anyone who reaches it reads the metrics');
+    }
+    this.metrics.includeProcessMetrics();
+    this.admin = new AdminServer({
+      host: config.host,
+      port: config.port,
+      token,
+      registry: this.metrics.registry,
+      readiness: () => this.readiness.report(Object.keys(this.config.domains)),
+      sessions: new SessionAdmin(() => this.registry.sessions()),
+      log,
+    });
+    const address = await this.admin.listen();
+    log.info({ address: `${address.host}:${address.port}` }, 'admin listener ready');
+    if (this.options.skipProbe !== true) {
+      this.probeTimer = setInterval(() => {
+        for (const domain of Object.keys(this.config.domains)) void this.probe(domain);
+      }, config.probeIntervalSeconds * 1000);
+      this.probeTimer.unref();
+    }
+    return address;
+  }
+
+  /** Opens an upstream link, timed for the metrics under the domain's configured name. */
+  private async timedConnect(
+    connect: (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>,
+    target: UpstreamTarget,
+    log: Logger,
+  ): Promise<UpstreamStream> {
+    const domain = domainName(target.domain);
+    const startedMs = performance.now();
+    try {
+      const upstream = await connect(target, log);
+      this.metrics.upstreamConnected(domain, (performance.now() - startedMs) / 1000);
+      return upstream;
+    } catch (err) {
+      this.metrics.upstreamConnectFailed(domain);
+      throw err;
+    }
+  }
+
   /**
    * Applies a re-read config file (SIGHUP; README, Reloading): domains, limits, stream management
    * and the shutdown grace take effect for what starts from now on (which keys reach existing
@@ -153,12 +224,12 @@ export class Proxy {
    */
   reload(next: ProxyConfig): Promise<void> {
     const changed = CONFIG_SECTIONS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(this.config[key]));
-    const waiting = changed.filter((key) => key === 'listeners' || key === 'log');
+    const waiting = changed.filter((key) => RESTART_SECTIONS.has(key));
     if (waiting.length > 0) {
       this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next restart');
     }
     const before = this.config;
-    this.config = { ...next, listeners: before.listeners, log: before.log };
+    this.config = { ...next, listeners: before.listeners, admin: before.admin, log: before.log };
     this.tlsConfig = next.tls;
     this.sessionDeps = { ...this.sessionDeps, settings: sessionSettings(this.config) };
     this.sessionDeps.queueShares.global.setLimit(this.config.streamManagement.globalQueueBytes);
@@ -167,6 +238,10 @@ export class Proxy {
     this.sessionDeps.failedLogins.setPolicy(failedLoginPolicy(this.config));
     const added = Object.keys(this.config.domains).filter((domain) => findDomain(before, domain) === undefined);
     const removed = Object.keys(before.domains).filter((domain) => findDomain(this.config, domain) === undefined);
+    for (const domain of removed) {
+      this.readiness.forget(domain);
+      this.metrics.upstreamForgotten(domain);
+    }
     this.log.info({ changed, domainsAdded: added, domainsRemoved: removed }, 'config reloaded');
     if (this.options.skipProbe !== true) {
       for (const domain of added) void this.probe(domain);
@@ -224,6 +299,7 @@ export class Proxy {
       limits: () => ({ maxStanzaBytes: this.config.limits.maxStanzaBytesPreAuth, maxDepth: this.config.limits.maxDepth }),
       log: this.log.child({ listener: `${config.type}:${config.port}` }),
       onLink: (link: ClientLink, log: Logger) => this.onLink(link, log),
+      refused: (code: ErrorCode) => this.metrics.clientError(code),
       newSid,
     };
     if (config.type === 'websocket') {
@@ -255,8 +331,10 @@ export class Proxy {
 
   private async doStop(): Promise<void> {
     this.log.info({ sessions: this.registry.size }, 'shutting down');
+    this.readiness.stopStarted();
     this.certificateWatcher?.close();
     clearInterval(this.expiryCheck);
+    clearInterval(this.probeTimer);
     const clientsGone = Promise.all(this.listeners.map((listener) => listener.stopAccepting()));
     for (const session of [...this.registry.sessions()]) session.shutdown();
     // Ended sessions' upstream streams answer late stanzas until the legacy server closed them.
@@ -268,11 +346,14 @@ export class Proxy {
     for (const listener of this.listeners) listener.destroyAll();
     lingering.destroyAll();
     await closing;
+    // Last: /readyz says 503 to load balancers for as long as sessions are being ended.
+    await this.admin?.close();
     this.log.info('stopped');
   }
 
   private onLink(link: ClientLink, log: Logger): void {
     if (this.stopping !== undefined) {
+      this.metrics.clientError(ErrorCode.SHUTDOWN);
       link.fail(new StreamError(ErrorCode.SHUTDOWN, 'system-shutdown', 'the proxy is shutting down'));
       return;
     }
@@ -289,6 +370,7 @@ export class Proxy {
         { code: admission.error.code, address: link.address, err: admission.error.message },
         'per-address limit reached; connection refused',
       );
+      this.metrics.clientError(admission.error.code);
       link.fail(admission.error);
       return;
     }
@@ -306,6 +388,7 @@ export class Proxy {
         ),
       );
     }
+    this.metrics.sessionOpened();
     new Session(this.sessionDeps, { sid: (log.bindings().sid as string | undefined) ?? newSid(), link, addressKey: key, log });
   }
 
@@ -329,6 +412,12 @@ export class Proxy {
     if (target === undefined) return;
     const log = this.log.child({ domain, upstream: `${target.host}:${target.port}` });
     const result = await probeUpstream(target, log);
+    // A probe that ends after a reload removed the domain, or after the stop began, reports nothing.
+    if (this.stopping !== undefined || findDomain(this.config, domain) === undefined) return;
+    const outcome = result.ok ? { up: true, atMs: this.now() } : { up: false, atMs: this.now(), error: result.error };
+    this.metrics.upstreamProbed(domain, outcome.up);
+    // Logged when the state changes: the periodic probes of the admin listener repeat silently.
+    if (!this.readiness.probed(domain, outcome)) return;
     if (!result.ok) {
       log.warn(
         { code: ErrorCode.UPSTREAM_CONNECT, err: result.error },
@@ -353,6 +442,11 @@ export class Proxy {
       'legacy server advertises SASL channel binding, which cannot work through a TLS-terminating proxy: clients that use it will fail to authenticate (see README, Security)',
     );
   }
+}
+
+/** A served domain as configured (lowercase, no trailing dot): metrics labels stay the configured names. */
+function domainName(domain: string): string {
+  return domain.toLowerCase().replace(/\.$/, '');
 }
 
 function newSid(): string {

@@ -194,6 +194,18 @@ export interface LogConfig {
   readonly format: LogFormat;
 }
 
+/** The admin and metrics HTTP listener (README, Metrics and health). */
+export interface AdminConfig {
+  /** Local address to bind. Default `"127.0.0.1"`. */
+  readonly host: string;
+  /** TCP port to bind, 0..65535; 0 = ephemeral (tests). Required. */
+  readonly port: number;
+  /** Absolute path of a file holding the bearer token `/metrics` requires (resolved against the config file's directory). Optional. */
+  readonly tokenFile?: string;
+  /** Seconds between probes of each legacy server (`/readyz`, `smacks_upstream_up`). Default 30, range 1..3600. */
+  readonly probeIntervalSeconds: number;
+}
+
 /** The effective configuration: validated, defaults filled, file paths absolute, deeply frozen. */
 export interface ProxyConfig {
   /** Client-facing listeners, at least one. */
@@ -212,6 +224,8 @@ export interface ProxyConfig {
   readonly streamManagement: StreamManagementConfig;
   /** Seconds sessions get to close cleanly on shutdown before sockets are destroyed. Default 5, range 0..300. */
   readonly shutdownGraceSeconds: number;
+  /** The admin and metrics listener; absent = none. */
+  readonly admin?: AdminConfig;
   /** Logging. */
   readonly log: LogConfig;
 }
@@ -295,6 +309,11 @@ function num(value: unknown): number | undefined {
   return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
 }
 
+/** A listening address as one string, so that `::1` and `[::1]`, or a name in capitals and in lower case, compare equal. */
+function bindAddress(host: string, port: number): string {
+  return `${host.toLowerCase().replace(/^\[(.*)\]$/, '$1')} ${port}`;
+}
+
 /**
  * Rules that join two keys, which the schema cannot state. Runs on the defaults-filled data even
  * when the schema found problems, so the operator sees everything at once; a rule skips values the
@@ -324,8 +343,7 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
     // Two listeners on one address fail at bind time; say so now, by path. Port 0 is ephemeral.
     const port = number(`/listeners/${i}/port`, listener.port);
     if (typeof listener.host === 'string' && port !== undefined && port !== 0) {
-      const host = listener.host.toLowerCase().replace(/^\[(.*)\]$/, '$1');
-      const key = `${host} ${port}`;
+      const key = bindAddress(listener.host, port);
       const first = seen.get(key);
       if (first === undefined) {
         seen.set(key, i);
@@ -345,6 +363,14 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
       });
     }
   });
+
+  // The admin listener must not take a client listener's address (the operator meant one or the other).
+  const admin = isObject(data.admin) ? data.admin : undefined;
+  const adminPort = number('/admin/port', admin?.port);
+  if (admin !== undefined && typeof admin.host === 'string' && adminPort !== undefined && adminPort !== 0) {
+    const first = seen.get(bindAddress(admin.host, adminPort));
+    if (first !== undefined) problems.push(`/admin: same host and port (${admin.host} ${adminPort}) as /listeners/${first}`);
+  }
 
   const defaultCertificate = number('/tls/defaultCertificate', tls.defaultCertificate);
   if (defaultCertificate !== undefined && defaultCertificate > 0 && defaultCertificate >= certificateCount) {
@@ -419,7 +445,9 @@ function effectiveConfig(data: Obj, baseDir: string): ProxyConfig {
   const config = data as unknown as {
     tls: { certificates: CertificateConfig[] };
     domains: Record<string, DomainConfig>;
+    admin?: { tokenFile?: string };
   };
+  if (config.admin?.tokenFile !== undefined) config.admin.tokenFile = resolve(baseDir, config.admin.tokenFile);
   config.tls.certificates = config.tls.certificates.map((certificate) => ({
     ...certificate,
     cert: resolve(baseDir, certificate.cert),

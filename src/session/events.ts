@@ -1,14 +1,23 @@
 import type { Logger } from 'pino';
 import { EventEmitter } from 'node:events';
-import type { EndedReason } from '../sm/failures.js';
+import type { EndedReason, SmFailureKey } from '../sm/failures.js';
+import type { LateStanzas } from './lingering-upstream.js';
+import type { UnackedOutcome } from './unacked-disposal.js';
 
 /** Why a hibernation ended: resumed, or one of the ways a session ends for good. */
 export type HibernationEnd = 'resumed' | EndedReason;
 
 /**
+ * Why a session ended (the `reason` of its `session ended` line), or `resumed`: the connection's
+ * client resumed an earlier session, which took the connection over.
+ */
+export type SessionEndReason = EndedReason | 'resumed';
+
+/**
  * Stream-management events for integrations (push notifications, metrics), the proxy's equivalent
  * of mod_smacks' `smacks-ack-delayed`, `smacks-hibernation-start`, `smacks-hibernation-end` and
- * `smacks-hibernation-stanza-queued` hooks. Each is also logged by the session.
+ * `smacks-hibernation-stanza-queued` hooks, and of the session's life for metrics. Each is also
+ * logged by the session.
  */
 export interface SmEventMap {
   /** An `<r/>` stayed unanswered past `maxAckDelaySeconds`; the connection is then treated as dead. */
@@ -19,6 +28,25 @@ export interface SmEventMap {
   hibernationEnded: [{ sid: string; jid: string; smId: string; reason: HibernationEnd; hibernatedMs: number }];
   /** A stanza for the client was queued while it is away (a push trigger). */
   stanzaQueuedWhileHibernating: [{ sid: string; jid: string; smId: string; queued: number; kind: string }];
+  /** A `<resume/>` succeeded: of a hibernating session, or of one whose old connection was still attached (`tookOver`). */
+  resumed: [{ sid: string; jid: string; smId: string; replayed: number; hibernatedMs: number; tookOver: boolean }];
+  /** A stream-management request was answered with `<failed/>`; `failed` is its key (README, Errors). */
+  smFailed: [{ sid: string; failed: SmFailureKey }];
+  /**
+   * The session is over: its summary line is written. `unacked` is what became of the stanzas the
+   * client had not acknowledged, `late` of those that reached it afterwards (lingering-upstream.ts),
+   * `code` the error code when it ended with a stream error to the client or from the legacy server.
+   */
+  sessionEnded: [
+    {
+      sid: string;
+      jid: string | undefined;
+      reason: SessionEndReason;
+      code: string | undefined;
+      unacked: UnackedOutcome;
+      late: LateStanzas | undefined;
+    },
+  ];
 }
 
 /**

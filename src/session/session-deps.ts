@@ -9,6 +9,7 @@ import type { SessionHooks } from './hooks.js';
 import type { SessionRegistry } from './session-registry.js';
 import type { FailedLogins } from './failed-logins.js';
 import type { LingeringUpstreams } from './lingering-upstream.js';
+import type { SessionMeter } from './session-meter.js';
 
 /** Limits and timings a session applies, in the units the code uses. Built from the config. */
 export interface SessionSettings extends SmSettings {
@@ -37,6 +38,8 @@ export interface SessionDeps {
   readonly failedLogins: FailedLogins;
   /** The upstream streams of ended sessions, read until the legacy server closed them (lingering-upstream.ts). */
   readonly lingering: LingeringUpstreams;
+  /** Counts what sessions relay, for the metrics (session-meter.ts). */
+  readonly meter: SessionMeter;
   /** The features' hooks every session runs, in order (hooks.ts). */
   readonly hooks: SessionHooks;
   /** The upstream for a domain the client named, or undefined if it is not served. */

@@ -18,6 +18,8 @@ export type EndCause =
   | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
   /** The legacy server's connection failed or closed. */
   | { readonly kind: 'upstream-lost'; readonly error: UpstreamError }
+  /** An operator ended the session (admin listener): `error` goes to an attached client. */
+  | { readonly kind: 'kicked'; readonly error: StreamError }
   /** A stranded session's queue went to the stream its client came back on (resumption.ts `takeQueue`). */
   | { readonly kind: 'queue-handed-over' };
 
@@ -36,5 +38,6 @@ export const HOW_TO_END: Readonly<
   'queue-overflow': { reason: 'queue-overflow', unacked: 'answer', upstream: 'close' },
   'upstream-error': { reason: 'upstream-lost', unacked: 'lost', upstream: 'close' },
   'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
+  kicked: { reason: 'kicked', unacked: 'answer', upstream: 'close' },
   'queue-handed-over': { reason: 'upstream-lost', unacked: 'answer', upstream: 'close' },
 };

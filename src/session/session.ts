@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, hostUnknown } from '../errors.js';
+import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, hostUnknown, type StreamErrorCondition } from '../errors.js';
 import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm/failures.js';
 import { decideBeforeIdentity, decideResume, sameBareJid, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
@@ -13,9 +13,10 @@ import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
 import { ClientPresence } from './client-presence.js';
 import type { LateStanzas } from './lingering-upstream.js';
-import { disposeUnacked } from './unacked-disposal.js';
+import { NOTHING_UNACKED, disposeUnacked, type UnackedOutcome } from './unacked-disposal.js';
 import { HOW_TO_END, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
+import type { SessionSummary } from './session-summary.js';
 import { rewriteFeatures } from './features.js';
 import type { ClientPhase, SessionHandle } from './hooks.js';
 import { AckClock } from './ack-clock.js';
@@ -82,6 +83,25 @@ export class Session implements SessionHandle {
   get bareJid(): string | undefined {
     const s = this.state;
     return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? bare(s.jid) : undefined;
+  }
+
+  /** The session as plain data, for the metrics and the admin listener (session-summary.ts). */
+  summary(): SessionSummary {
+    const s = this.state;
+    const sm = s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.sm : undefined;
+    const link = linkOf(s);
+    return {
+      sid: this.sid,
+      jid: this.jid,
+      state: this.stateName,
+      transport: link?.transport,
+      remote: link?.remote,
+      sinceMs: this.startedMs,
+      hibernatingSinceMs: s.name === 'hibernating' || s.name === 'stranded' ? s.sinceMs : undefined,
+      smEnabled: sm !== undefined,
+      resumable: sm?.resumable ?? false,
+      queued: sm?.queue.length ?? 0,
+    };
   }
 
   // --- what hooks see (hooks.ts) ---
@@ -239,6 +259,7 @@ export class Session implements SessionHandle {
         }
         if (stanza) {
           this.stats.fromClient++;
+          this.deps.meter.fromClient(element.bytes.length);
           this.presence.observe(element.localName, element.bytes);
         }
         if (!this.answeredByHook(element, 'active')) this.toUpstream(s.upstream, element.bytes);
@@ -332,6 +353,7 @@ export class Session implements SessionHandle {
       previd === undefined ? 'stream management request refused' : 'resume failed',
     );
     this.sendToClient(renderFailed(ns, failure));
+    this.deps.events.notify(this.log, 'smFailed', { sid: this.sid, failed: failure.key });
   }
 
   private onEnable(enable: Element, ns: SmNamespace): void {
@@ -375,6 +397,7 @@ export class Session implements SessionHandle {
       return;
     }
     if (outcome.kind === 'backwards') this.log.info({ h: outcome.h, previous: outcome.previous }, 'client acked less than before; ignored');
+    if (outcome.requestedAtMs !== undefined) this.deps.meter.ackRoundTrip(this.deps.now() - outcome.requestedAtMs);
     if (s.backlog.length > 0) this.sendBacklog(s, sm);
     s.clock?.check();
   }
@@ -443,6 +466,14 @@ export class Session implements SessionHandle {
     this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
+    this.deps.events.notify(this.log, 'sessionEnded', {
+      sid: this.sid,
+      jid: undefined,
+      reason: 'resumed',
+      code: undefined,
+      unacked: NOTHING_UNACKED,
+      late: undefined,
+    });
     deliverHeld(s.setup.resumeAccepted());
   }
 
@@ -523,6 +554,15 @@ export class Session implements SessionHandle {
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
     if (s.name === 'hibernating') this.hibernationEnded(s, 'resumed');
+    const tookOver = s.name === 'active';
+    this.deps.events.notify(this.log, 'resumed', {
+      sid: this.sid,
+      jid: s.jid,
+      smId: sm.id,
+      replayed: resumed.replay.length,
+      hibernatedMs,
+      tookOver,
+    });
     // Ask at once whether the replay arrived, so the queue trims without waiting for the interval.
     if (resumed.replay.length > 0) clock.request('replayed');
   }
@@ -553,7 +593,7 @@ export class Session implements SessionHandle {
         this.queueOverflow(sm, waiting.slice(i), `${pushed.reason} limit ${pushed.limit}`);
         return;
       }
-      this.stats.toClient++;
+      this.countedToClient(bytes);
     }
   }
 
@@ -745,8 +785,14 @@ export class Session implements SessionHandle {
       }
       s.clock?.check();
     }
-    this.stats.toClient++;
+    this.countedToClient(bytes);
     this.sendToClient(bytes);
+  }
+
+  /** A stanza for the client was sent or queued: counted for the summary line and the metrics. */
+  private countedToClient(bytes: Buffer): void {
+    this.stats.toClient++;
+    this.deps.meter.toClient(bytes.length);
   }
 
   /**
@@ -781,7 +827,7 @@ export class Session implements SessionHandle {
         s.backlog.unshift(bytes);
         return;
       }
-      this.stats.toClient++;
+      this.countedToClient(bytes);
       this.sendToClient(bytes);
     }
     this.flow.queueHasRoom();
@@ -800,7 +846,7 @@ export class Session implements SessionHandle {
       this.queueOverflow(s.sm, [bytes], `${pushed.reason} limit ${pushed.limit}`);
       return;
     }
-    this.stats.toClient++;
+    this.countedToClient(bytes);
     if (s.sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = s.sm.queue.length;
     this.log.debug({ queued: s.sm.queue.length, kind: element.localName }, 'stanza queued while hibernating');
     this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', {
@@ -875,6 +921,18 @@ export class Session implements SessionHandle {
     this.end({ kind: 'stream-error', error });
   }
 
+  /**
+   * An operator ends the session (the admin listener, README, Metrics and health): an attached
+   * client gets the stream error `condition`; the unacked stanzas are answered as at expiry, and a
+   * late `<resume/>` learns that the administrator ended it.
+   */
+  kick(condition: StreamErrorCondition): void {
+    if (this.state.name === 'closed') return;
+    const error = new StreamError(ErrorCode.KICKED, condition, 'the session was ended by the server administrator');
+    this.log.info({ code: error.code, condition }, 'session ended by an administrator');
+    this.end({ kind: 'kicked', error });
+  }
+
   /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */
   shutdown(): void {
     const s = this.state;
@@ -909,6 +967,7 @@ export class Session implements SessionHandle {
     const jid = s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
     if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
+    let unacked = NOTHING_UNACKED;
     if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
@@ -917,7 +976,7 @@ export class Session implements SessionHandle {
       if (s.name === 'active') entries.push(...s.backlog.splice(0));
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
-      disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
+      unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
     }
     this.endSm(sm, how.reason);
     const link = linkOf(s);
@@ -928,6 +987,7 @@ export class Session implements SessionHandle {
       case 'stream-error':
       case 'upstream-lost':
       case 'queue-overflow':
+      case 'kicked':
         link?.fail(cause.error);
         break;
       case 'upstream-error':
@@ -946,18 +1006,27 @@ export class Session implements SessionHandle {
     if (how.upstream === 'destroy') upstream?.destroy();
     else if (upstream !== undefined && jid !== undefined && how.unacked === 'answer' && !upstream.ended) {
       const options = { jid, expiryPolicy: this.deps.settings.expiryPolicy, wasAvailable: this.presence.shown, log: this.log };
-      this.deps.lingering.linger(upstream, options, (late) => this.logSummary(how.reason, late));
+      this.deps.lingering.linger(upstream, options, (late) => this.ended(how.reason, jid, cause, unacked, late));
       return;
     } else upstream?.close();
-    this.logSummary(how.reason, undefined);
+    this.ended(how.reason, jid, cause, unacked, undefined);
   }
 
   /**
-   * The session's last log line; `late` counts what reached it while its upstream stream lingered.
-   * At debug for a connection that never named a domain the proxy serves: a load balancer's TCP
-   * probe, or a client refused before that (its refusal has a line of its own).
+   * The session's last log line and its `sessionEnded` event; `late` counts what reached it while
+   * its upstream stream lingered. At debug for a connection that never named a domain the proxy
+   * serves: a load balancer's TCP probe, or a client refused before that (its refusal has a line of
+   * its own).
    */
-  private logSummary(reason: EndedReason, late: LateStanzas | undefined): void {
+  private ended(
+    reason: EndedReason,
+    jid: string | undefined,
+    cause: EndCause,
+    unacked: UnackedOutcome,
+    late: LateStanzas | undefined,
+  ): void {
+    const code = 'error' in cause ? cause.error.code : cause.kind === 'upstream-error' ? ErrorCode.UPSTREAM_STREAM_ERROR : undefined;
+    this.deps.events.notify(this.log, 'sessionEnded', { sid: this.sid, jid, reason, code, unacked, late });
     const level = this.domainName === undefined ? 'debug' : 'info';
     this.log[level](
       {

@@ -26,6 +26,15 @@ export function unackedDisposal(entries: readonly Buffer[], expiryPolicy: 'bounc
   return { kind: 'answered', count: entries.length, bounces };
 }
 
+/** How many unacked stanzas were bounced, dropped without an answer (none needed, or by policy), or lost. */
+export interface UnackedOutcome {
+  readonly bounced: number;
+  readonly dropped: number;
+  readonly lost: number;
+}
+
+export const NOTHING_UNACKED: UnackedOutcome = { bounced: 0, dropped: 0, lost: 0 };
+
 /** Where unacked stanzas can still be answered: the user's upstream stream, and the full JID bound on it. */
 export interface AnswerRoute {
   readonly upstream: { readonly ended: boolean; send(data: string): unknown };
@@ -43,22 +52,23 @@ export function disposeUnacked(
   expiryPolicy: 'bounce' | 'drop',
   via: AnswerRoute | undefined,
   log: Logger,
-): void {
-  if (entries.length === 0) return;
+): UnackedOutcome {
+  if (entries.length === 0) return NOTHING_UNACKED;
   const usable = via !== undefined && !via.upstream.ended ? via : undefined;
   const disposal = unackedDisposal(entries, expiryPolicy, usable?.jid);
   switch (disposal.kind) {
     case 'dropped-by-policy':
       log.info({ dropped: disposal.count }, 'unacked stanzas dropped (expiryPolicy drop)');
-      return;
+      return { ...NOTHING_UNACKED, dropped: disposal.count };
     case 'lost':
       log.warn(
         { dropped: disposal.count },
         'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on',
       );
-      return;
+      return { ...NOTHING_UNACKED, lost: disposal.count };
     case 'answered':
       for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
       log.info({ unacked: disposal.count, bounced: disposal.bounces.length }, 'unacked stanzas answered to their senders');
+      return { bounced: disposal.bounces.length, dropped: disposal.count - disposal.bounces.length, lost: 0 };
   }
 }

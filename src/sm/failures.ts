@@ -4,7 +4,7 @@ import { NS, type SmNamespace } from '../xml/namespaces.js';
 import { renderAppCondition } from '../xml/stream-error.js';
 
 /** Why a stream-management session ended; a late `<resume/>` of it is told (README, Errors). */
-export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown';
+export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked';
 
 const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   expired: 'expired: the client did not come back within the hibernation time',
@@ -13,6 +13,7 @@ const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   'queue-overflow': 'ended because too many stanzas went unacknowledged',
   error: 'ended with a stream error',
   shutdown: 'ended when the proxy restarted',
+  kicked: 'was ended by the server administrator',
 };
 
 /** The RFC 6120 §8.3.3 conditions a `<failed/>` carries here. */

@@ -24,9 +24,10 @@ export type EnableResult = { ok: true; sm: StreamManagement } | { ok: false; tex
 
 /** What a client's `<a/>` means for the session ({@link StreamManagement.onAck}). */
 export type AckOutcome =
-  | { readonly kind: 'acked' }
+  /** `requestedAtMs`: when the `<r/>` this answers was sent, if one was outstanding (the ack's round trip). */
+  | { readonly kind: 'acked'; readonly requestedAtMs: number | undefined }
   /** Less than before: tolerated (ejabberd and Openfire do too), worth a log line. */
-  | { readonly kind: 'backwards'; readonly h: number; readonly previous: number }
+  | { readonly kind: 'backwards'; readonly h: number; readonly previous: number; readonly requestedAtMs: number | undefined }
   /** The stream ends with this error. */
   | { readonly kind: 'error'; readonly error: StreamError };
 
@@ -135,13 +136,14 @@ export class StreamManagement {
       };
     }
     const result = this.queue.ack(h);
+    const requestedAtMs = this.policy.outstandingSinceMs;
     switch (result.kind) {
       case 'acked':
         this.policy.answered();
-        return { kind: 'acked' };
+        return { kind: 'acked', requestedAtMs };
       case 'backwards':
         this.policy.answered();
-        return { kind: 'backwards', h: result.h, previous: result.previous };
+        return { kind: 'backwards', h: result.h, previous: result.previous, requestedAtMs };
       case 'too-high':
         // XEP-0198 §6: on an h above what was sent the receiver SHOULD send `undefined-condition` with <handled-count-too-high/>.
         return {

@@ -31,6 +31,8 @@ const GT = 0x3e;
 export interface StartTlsOptions {
   readonly credentials: TlsCredentials;
   readonly isServedDomain: (domain: string) => boolean;
+  /** Told the code of each refusal before TLS and of a failed TLS handshake, for the metrics (no session sees them). */
+  readonly refused: (code: ErrorCode) => void;
 }
 
 export interface SocketClientLinkOptions {
@@ -115,6 +117,7 @@ export class SocketClientLink implements ClientLink {
     // Before TLS no session has seen the stream yet: the refusal is logged here, with its code.
     if (this.phase === 'pre-tls') {
       this.log.info({ code: error.code, condition: error.condition, err: error.message }, 'stream error sent to client before TLS');
+      this.startTls?.refused(error.code);
     }
     if (!this.headerSent) this.sendHeader({ id: newStreamId(), version: '1.0' });
     this.write(renderStreamError(error) + STREAM_CLOSE);
@@ -284,6 +287,7 @@ export class SocketClientLink implements ClientLink {
         { code: ErrorCode.TLS_HANDSHAKE, byte: bytes[at] },
         'client sent neither whitespace nor a TLS handshake after <proceed/>',
       );
+      this.startTls?.refused(ErrorCode.TLS_HANDSHAKE);
       this.writer.flush(); // <proceed/> may still be corked when both arrive in one read
       this.destroy('not TLS after <proceed/>');
       return;
@@ -327,6 +331,7 @@ export class SocketClientLink implements ClientLink {
     secure.on('error', (err) => {
       if (this.phase === 'tls-handshake') {
         this.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message }, 'client TLS handshake failed');
+        this.startTls?.refused(ErrorCode.TLS_HANDSHAKE);
       }
     });
   }

@@ -19,6 +19,8 @@ export interface TcpListenerOptions {
   /** Limits before authentication for each new connection, read at accept (a reload may change them; the session raises them after SASL success). */
   readonly limits: () => ScannerLimits;
   readonly isServedDomain: (domain: string) => boolean;
+  /** Told the code of each connection refused before a session saw it (TLS handshakes, refusals before STARTTLS), for the metrics. */
+  readonly refused: (code: ErrorCode) => void;
   readonly log: Logger;
   /** Called with each new client link and its session logger. */
   readonly onLink: (link: ClientLink, log: Logger) => void;
@@ -50,6 +52,7 @@ export class TcpListener implements Listener {
       server.on('secureConnection', (socket: TLSSocket) => this.accept(socket));
       server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
         options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
+        options.refused(ErrorCode.TLS_HANDSHAKE);
         socket.destroy();
       });
     } else {
@@ -94,7 +97,7 @@ export class TcpListener implements Listener {
   private accept(socket: Socket): void {
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
-    const { type, limits, log, credentials, isServedDomain } = this.options;
+    const { type, limits, log, credentials, isServedDomain, refused } = this.options;
     const sid = this.options.newSid();
     const sessionLog = log.child({ sid, transport: type, remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` });
     const link = new SocketClientLink({
@@ -102,7 +105,7 @@ export class TcpListener implements Listener {
       transport: type,
       limits: limits(),
       log: sessionLog,
-      ...(type === 'starttls' ? { startTls: { credentials, isServedDomain } } : {}),
+      ...(type === 'starttls' ? { startTls: { credentials, isServedDomain, refused } } : {}),
     });
     this.options.onLink(link, sessionLog);
   }

@@ -61,6 +61,8 @@ export interface WebSocketListenerOptions {
   readonly limits: () => ScannerLimits;
   /** Largest WebSocket message accepted at all: the post-authentication stanza limit (`limits.maxStanzaBytes` of the config). */
   readonly maxPayloadBytes: number;
+  /** Told the code of each failed TLS handshake (no session sees them), for the metrics. */
+  readonly refused: (code: ErrorCode) => void;
   readonly log: Logger;
   /** Called with each new client link and its session logger. */
   readonly onLink: (link: ClientLink, log: Logger) => void;
@@ -108,6 +110,7 @@ export class WebSocketListener implements Listener {
       this.server = server;
       this.server.on('tlsClientError', (err: Error, socket: Socket) => {
         options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
+        options.refused(ErrorCode.TLS_HANDSHAKE);
         socket.destroy();
       });
     } else {

@@ -20,6 +20,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
 import { USERS } from '../support/proxy-fixture.js';
 import { NS, RawClient } from '../support/raw-client.js';
+import { unusedPort } from '../support/ports.js';
 import { waitUntil } from '../support/wait.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
@@ -27,7 +28,7 @@ const CLI = join(REPO_ROOT, 'dist', 'src', 'cli.js');
 const STANZA_ERRORS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
 /** Exit codes from the README's table. */
-const EXIT = { ok: 0, config: 2, startup: 3, forced: 4, usage: 64 } as const;
+const EXIT = { ok: 0, config: 2, startup: 3, forced: 4, noneMatched: 5, unavailable: 69, usage: 64 } as const;
 
 /** How long a short-lived CLI run (`--check`, a refused start) may take. */
 const QUICK_RUN_MS = 10_000;
@@ -182,15 +183,6 @@ async function startCli(config: Record<string, unknown>): Promise<{ cli: CliProc
   const ports: Record<string, number> = {};
   for (const line of cli.logLines.filter((l) => l.msg === 'listening')) ports[String(line.type)] = Number(line.port);
   return { cli, ports };
-}
-
-/** A port that nothing listens on (bound, then released). */
-async function unusedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolveClose) => server.close(() => resolveClose()));
-  return port;
 }
 
 /** Resolves true when a TCP connect to the port is refused, false when it is accepted; bounded. */
@@ -371,6 +363,19 @@ describe('--check', () => {
     expect(run.stdout).toBe('');
     expect(run.stderr).toContain('PROXY_ERR_TLS_CREDENTIALS');
     expect(run.stderr).toMatch(message);
+  });
+
+  it('exits 3 for an admin token file that does not exist, as the start would', async () => {
+    const path = await configFile({
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
+      tls: { selfSigned: true },
+      domains: { localhost: { upstream: { host: '127.0.0.1' } } },
+      admin: { port: 9180, tokenFile: 'no-such.token' },
+    });
+    const run = await runCli(['--check', path], 'exit 3 after --check with a missing admin token');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.startup, signal: null });
+    expect(run.stderr).toContain('PROXY_ERR_ADMIN_TOKEN');
+    expect(run.stderr).toContain('no-such.token');
   });
 
   it('exits 2 and lists every problem of an invalid config with its JSON path', async () => {
@@ -885,5 +890,55 @@ describe('the log of a STARTTLS listener', () => {
     await new Promise<void>((resolveClose) => (refused.destroyed ? resolveClose() : refused.once('close', () => resolveClose())));
     await new Promise((resolveWait) => setTimeout(resolveWait, 200));
     expect(cli.logLines.filter((l) => l.msg === 'session ended' && (l.level as number) >= 30)).toEqual([]);
+  });
+});
+
+describe('the sessions and kick commands', () => {
+  let prosody: ProsodyServer;
+
+  beforeAll(async () => {
+    prosody = await startProsody({ users: Object.values(USERS) });
+  }, 30_000);
+
+  afterAll(async () => {
+    await prosody?.stop();
+  });
+
+  it("list the running proxy's sessions and end an account's through its admin listener, with the token from the config", async () => {
+    await writeFile(join(workDir, 'admin.token'), 'cli-token\n');
+    const adminPort = await unusedPort();
+    const config = {
+      listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
+      tls: { selfSigned: true },
+      domains: { [prosody.domain]: { upstream: { host: prosody.host, port: prosody.c2sPort } } },
+      admin: { host: '127.0.0.1', port: adminPort, tokenFile: join(workDir, 'admin.token') },
+    };
+    const { ports } = await startCli(config);
+    const path = await configFile(config);
+    const client = await RawClient.connect({ host: '127.0.0.1', port: ports.directtls!, transport: 'directtls', domain: prosody.domain });
+    const jid = await client.login(USERS.alice.username, USERS.alice.password, { resource: 'cli' });
+
+    const listed = await runCli(['sessions', path], 'the session list');
+    expect(listed.exit, listed.describe()).toEqual({ code: EXIT.ok, signal: null });
+    const [header, ...rows] = listed.stdout.trimEnd().split('\n');
+    expect(header!.split(/\s+/)).toEqual(['SID', 'JID', 'STATE', 'TRANSPORT', 'REMOTE', 'SINCE', 'QUEUED']);
+    expect(rows.map((row) => row.split(/\s+/).slice(1, 4))).toEqual([[jid, 'active', 'directtls']]);
+    const json = await runCli(['sessions', '--json', '--jid', `bob@${prosody.domain}`, path], 'the JSON list of bob');
+    expect(JSON.parse(json.stdout)).toEqual({ sessions: [] });
+
+    const kicked = await runCli(['kick', `alice@${prosody.domain}`, '--condition', 'reset', path], 'the kick');
+    expect(kicked.exit, kicked.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(kicked.stdout).toContain('kicked 1 session');
+    await client.expectStreamError('reset');
+    const again = await runCli(['kick', `alice@${prosody.domain}`, path], 'a kick of nobody');
+    expect(again.exit, again.describe()).toEqual({ code: EXIT.noneMatched, signal: null });
+    expect(again.stderr).toContain(`no session of alice@${prosody.domain}`);
+
+    const noAdmin = await configFile({ ...config, admin: undefined });
+    const unavailable = await runCli(['sessions', noAdmin], 'sessions without an admin section');
+    expect(unavailable.exit, unavailable.describe()).toEqual({ code: EXIT.unavailable, signal: null });
+    expect(unavailable.stderr).toContain('admin');
+    const usage = await runCli(['kick'], 'kick without a JID');
+    expect(usage.exit, usage.describe()).toEqual({ code: EXIT.usage, signal: null });
   });
 });

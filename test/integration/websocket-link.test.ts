@@ -159,6 +159,7 @@ async function startListener(
     trustedProxies: [],
     limits: () => ({ maxStanzaBytes: PRE_AUTH_BYTES, maxDepth: 16 }),
     maxPayloadBytes: MAX_PAYLOAD_BYTES,
+    refused: () => undefined,
     log: silentLog,
     newSid: () => 'sid',
     onLink: (link) => {

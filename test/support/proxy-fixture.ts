@@ -21,6 +21,8 @@ export interface FixtureOptions {
   /** Merged into the websocket listener's config (e.g. `allowedOrigins`, `pingIntervalSeconds`). */
   readonly websocket?: Record<string, unknown>;
   readonly proxyOptions?: ProxyOptions;
+  /** The proxy config's `admin` section (host 127.0.0.1 and an ephemeral port unless given); absent = no admin listener. */
+  readonly admin?: Record<string, unknown>;
   /** Reuse a running legacy server instead of starting one. */
   readonly server?: LegacyServer;
   /** Which legacy server to start when `server` is not given. Default 'prosody'. */
@@ -36,6 +38,8 @@ export interface ProxyFixture {
   readonly ports: Readonly<Record<RawTransport, number>>;
   /** The URL path of the WebSocket endpoint. */
   readonly websocketPath: string;
+  /** The admin listener's port, when the fixture has one. */
+  readonly adminPort: number | undefined;
   /** A TLS connection to the proxy (over WebSocket: wss://, subprotocol xmpp) with the stream opened (post-TLS features received). */
   connect(
     transport: RawTransport,
@@ -75,6 +79,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
       limits: { authTimeoutSeconds: 10, ...options.limits },
       streamManagement: { ...options.streamManagement },
       shutdownGraceSeconds: 1,
+      ...(options.admin === undefined ? {} : { admin: { host: '127.0.0.1', port: 0, ...options.admin } }),
     },
     process.cwd(),
   );
@@ -89,6 +94,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
   const websocketListener = config.listeners.find((listener) => listener.type === 'websocket');
   if (websocketListener?.type !== 'websocket') throw new Error('no websocket listener configured');
   const websocketPath = websocketListener.path;
+  const adminPort = bound.find((b) => b.type === 'admin')?.port;
   const domain = server.domain;
   const clients: RawClient[] = [];
 
@@ -111,6 +117,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
     domain,
     ports,
     websocketPath,
+    adminPort,
     connect,
     async login(transport, user, loginOptions = {}) {
       const client = await connect(transport);

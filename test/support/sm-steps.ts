@@ -63,7 +63,8 @@ export async function subscribe(watcher: LoggedIn, target: LoggedIn): Promise<vo
   );
 }
 
-type SmEventName = keyof SmEventMap;
+/** The events about a bound session: each names its `jid`. */
+type SmEventName = 'ackDelayed' | 'hibernationStarted' | 'hibernationEnded' | 'stanzaQueuedWhileHibernating' | 'resumed';
 type SmEvent<K extends SmEventName> = SmEventMap[K][0];
 
 /** Every SM event a proxy emitted since {@link recordSmEvents}, by name, in order. */
@@ -73,7 +74,13 @@ export interface SmEventLog {
   waitFor<K extends SmEventName>(name: K, jid: string, predicate?: (event: SmEvent<K>) => boolean, timeoutMs?: number): Promise<SmEvent<K>>;
 }
 
-const SM_EVENT_NAMES: readonly SmEventName[] = ['ackDelayed', 'hibernationStarted', 'hibernationEnded', 'stanzaQueuedWhileHibernating'];
+const SM_EVENT_NAMES: readonly SmEventName[] = [
+  'ackDelayed',
+  'hibernationStarted',
+  'hibernationEnded',
+  'stanzaQueuedWhileHibernating',
+  'resumed',
+];
 const POLL_MS = 20;
 
 export function recordSmEvents(proxy: Proxy): SmEventLog {

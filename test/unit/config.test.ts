@@ -216,6 +216,12 @@ describe('parseConfig: file paths', () => {
       { cert: '/srv/tls/b.pem', key: '/etc/b.key', passphrase: 'secret', domains: ['b.example'] },
     ]);
   });
+
+  it('resolves the admin token file against baseDir and fills the admin defaults', () => {
+    const config = parseConfig(withPatch({ admin: { port: 9180, tokenFile: 'admin.token' } }), BASE);
+    expect(config.admin).toEqual({ host: '127.0.0.1', port: 9180, tokenFile: '/etc/smacks-proxy/admin.token', probeIntervalSeconds: 30 });
+    expect(parseConfig(minimal(), BASE).admin).toBeUndefined();
+  });
 });
 
 describe('parseConfig: result', () => {
@@ -482,6 +488,19 @@ const invalidCases: readonly InvalidCase[] = [
     ],
   },
   {
+    name: 'admin listener on a client listener',
+    raw: withPatch({
+      listeners: [{ type: 'starttls', host: '::1', port: 5222 }],
+      admin: { host: '[::1]', port: 5222 },
+    }),
+    problems: ['/admin: same host and port ([::1] 5222) as /listeners/0'],
+  },
+  {
+    name: 'admin listener without a port',
+    raw: withPatch({ admin: { host: '127.0.0.1', tokenFile: '' } }),
+    problems: ["/admin: missing required key 'port'", '/admin/tokenFile: must NOT have fewer than 1 characters'],
+  },
+  {
     name: 'maxStanzaBytesPreAuth above maxStanzaBytes',
     raw: withPatch({ limits: { maxStanzaBytes: 8192, maxStanzaBytesPreAuth: 16384 } }),
     problems: ['/limits/maxStanzaBytesPreAuth: 16384 exceeds limits.maxStanzaBytes 8192'],
@@ -741,6 +760,8 @@ describe('proxy.schema.json', () => {
         '#/properties/tls/properties/certificates/items/properties/passphrase',
         '#/properties/tls/properties/certificates/items/properties/domains',
         '#/properties/domains/additionalProperties/properties/upstream/properties/serverName',
+        '#/properties/admin',
+        '#/properties/admin/properties/tokenFile',
       ].sort(),
     );
   });

@@ -281,7 +281,17 @@ class Rig {
   readonly queueShares = new QueueShares(this.budget, { perAccountBytes: Infinity, perAddressBytes: 0 });
   readonly failedLogins = new FailedLogins({ maxFailedLogins: 5, backoffMs: 60_000 });
   readonly lingering = new LingeringUpstreams();
-  readonly seen: SeenEvents = { ackDelayed: [], hibernationStarted: [], hibernationEnded: [], stanzaQueuedWhileHibernating: [] };
+  readonly seen: SeenEvents = {
+    ackDelayed: [],
+    hibernationStarted: [],
+    hibernationEnded: [],
+    stanzaQueuedWhileHibernating: [],
+    resumed: [],
+    smFailed: [],
+    sessionEnded: [],
+  };
+  /** What the sessions counted for the metrics (session-meter.ts). */
+  readonly metered = { fromClient: 0, fromClientBytes: 0, toClient: 0, toClientBytes: 0, ackRoundTrips: [] as number[] };
   /** Lines the sessions logged at error level (a session that caught a bug of its own). */
   readonly errors: string[] = [];
   /** Every line the sessions logged at info level and above, parsed. */
@@ -303,6 +313,17 @@ class Rig {
       queueShares: this.queueShares,
       failedLogins: this.failedLogins,
       lingering: this.lingering,
+      meter: {
+        fromClient: (bytes) => {
+          this.metered.fromClient++;
+          this.metered.fromClientBytes += bytes;
+        },
+        toClient: (bytes) => {
+          this.metered.toClient++;
+          this.metered.toClientBytes += bytes;
+        },
+        ackRoundTrip: (ms) => this.metered.ackRoundTrips.push(ms),
+      },
       hooks: new SessionHooks(BUILTIN_HOOKS),
       upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
       connectUpstream: async () => {

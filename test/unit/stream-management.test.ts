@@ -67,7 +67,8 @@ describe('StreamManagement: the ack protocol (XEP-0198 §4)', () => {
     sent(sm, 2);
     expect(sm.requestIfDue('burst', T0)).toBe(`<r xmlns='${NS.sm3}'/>`);
     expect(sm.requestIfDue('burst', T0)).toBeUndefined();
-    expect(sm.onAck('1')).toEqual({ kind: 'acked' });
+    // The answer tells when the request it answers was sent: the ack's round trip, for the metrics.
+    expect(sm.onAck('1')).toEqual({ kind: 'acked', requestedAtMs: T0 });
     expect(sm.requestIfDue('burst', T0)).toBeUndefined();
     sent(sm, 1);
     expect(sm.requestIfDue('burst', T0)).toBeDefined();
@@ -86,9 +87,9 @@ describe('StreamManagement: the ack protocol (XEP-0198 §4)', () => {
   it('tolerates a backwards h, which still answers the outstanding request', () => {
     const sm = enable(NS.sm3);
     sent(sm, 3);
-    expect(sm.onAck('2')).toEqual({ kind: 'acked' });
+    expect(sm.onAck('2')).toStrictEqual({ kind: 'acked', requestedAtMs: undefined });
     sm.requestIfDue('periodic', T0);
-    expect(sm.onAck('1')).toEqual({ kind: 'backwards', h: 1, previous: 2 });
+    expect(sm.onAck('1')).toEqual({ kind: 'backwards', h: 1, previous: 2, requestedAtMs: T0 });
     expect(sm.ackTimerFired(T0 + 60_000, 60_000)).toEqual({ kind: 'idle' });
   });
 

@@ -1,0 +1,183 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
+import type { ReadinessReport } from './readiness.js';
+import { KICK_CONDITIONS, isKickCondition, type SessionAdmin } from './session-admin.js';
+
+/** A scrape or probe that has not sent its request within this is dropped (slowloris). */
+const REQUEST_TIMEOUT_MS = 10_000;
+/** Prometheus, a load balancer and an operator's curl: a handful at once is plenty. */
+const MAX_CONNECTIONS = 64;
+const TEXT = 'text/plain; charset=utf-8';
+const JSON_TYPE = 'application/json';
+
+/**
+ * What the admin listener serves. `guarded` paths need the bearer token when one is configured;
+ * the health checks never do (they tell nothing about users, and probes rarely carry tokens).
+ */
+const ROUTES: Readonly<Record<string, { readonly methods: readonly string[]; readonly guarded: boolean }>> = {
+  '/healthz': { methods: ['GET', 'HEAD'], guarded: false },
+  '/readyz': { methods: ['GET', 'HEAD'], guarded: false },
+  '/metrics': { methods: ['GET', 'HEAD'], guarded: true },
+  '/sessions': { methods: ['GET', 'HEAD'], guarded: true },
+  '/kick': { methods: ['POST'], guarded: true },
+};
+
+export interface AdminServerOptions {
+  readonly host: string;
+  readonly port: number;
+  /** The bearer token `/metrics` requires; undefined = none. */
+  readonly token: string | undefined;
+  readonly registry: Registry;
+  readonly readiness: () => ReadinessReport;
+  readonly sessions: SessionAdmin;
+  readonly log: Logger;
+}
+
+/**
+ * The admin listener (README, Metrics and health): plain HTTP, for Prometheus, load balancers,
+ * systemd/Kubernetes probes and the `sessions` and `kick` commands. `GET /healthz` answers while
+ * the process runs; `GET /readyz` is 200 when the proxy can serve (readiness.ts) and 503 otherwise,
+ * with the report as JSON; `GET /metrics` is the Prometheus text format; `GET /sessions` lists the
+ * live sessions and `POST /kick` ends some (session-admin.ts), these three behind the bearer token
+ * when one is configured. It serves no client and never shares a port with a client listener.
+ */
+export class AdminServer {
+  private readonly server: Server;
+  private readonly tokenDigest: Buffer | undefined;
+
+  constructor(private readonly options: AdminServerOptions) {
+    this.tokenDigest = options.token === undefined ? undefined : digest(options.token);
+    this.server = createServer({ requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: REQUEST_TIMEOUT_MS }, (request, response) => {
+      this.handle(request, response).catch((err: unknown) => {
+        options.log.error({ err: err instanceof Error ? err.message : String(err), url: request.url }, 'admin request failed');
+        if (!response.headersSent) respond(response, 500, TEXT, 'internal error\n');
+        else response.destroy();
+      });
+    });
+    this.server.maxConnections = MAX_CONNECTIONS;
+    this.server.on('error', (err) => options.log.error({ err: err.message }, 'admin listener error'));
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    const { host, port } = this.options;
+    return new Promise((resolve, reject) => {
+      const failed = (err: Error): void =>
+        reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (admin): ${err.message}`, { cause: err }));
+      this.server.once('error', failed);
+      this.server.listen(port, host, () => {
+        this.server.off('error', failed);
+        const address = this.server.address() as AddressInfo;
+        resolve({ host: address.address, port: address.port });
+      });
+    });
+  }
+
+  /** Stops listening and drops open connections (a scrape in progress is cut). */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const url = new URL(request.url ?? '/', 'http://admin');
+    const route = ROUTES[url.pathname];
+    if (route === undefined) {
+      respond(response, 404, TEXT, 'not found\n');
+      return;
+    }
+    if (!route.methods.includes(request.method ?? '')) {
+      response.setHeader('Allow', route.methods.join(', '));
+      respond(response, 405, TEXT, 'method not allowed\n');
+      return;
+    }
+    if (route.guarded && !this.authorized(request)) {
+      response.setHeader('WWW-Authenticate', 'Bearer realm="smacks-proxy"');
+      respond(response, 401, TEXT, 'bearer token required\n');
+      return;
+    }
+    const query = url.searchParams;
+    switch (url.pathname) {
+      case '/healthz':
+        respond(response, 200, TEXT, 'ok\n');
+        return;
+      case '/readyz': {
+        const report = this.options.readiness();
+        respond(response, report.ready ? 200 : 503, JSON_TYPE, `${JSON.stringify(report)}\n`);
+        return;
+      }
+      case '/metrics':
+        respond(response, 200, this.options.registry.contentType, await this.options.registry.metrics());
+        return;
+      case '/sessions':
+        respond(response, 200, JSON_TYPE, `${JSON.stringify({ sessions: this.options.sessions.list(query.get('jid') ?? undefined) })}\n`);
+        return;
+      case '/kick':
+        this.kick(query, response);
+        return;
+    }
+  }
+
+  /** `POST /kick?jid=…` or `?sid=…`, with `condition` (KICK_CONDITIONS; `policy-violation` when absent). */
+  private kick(query: URLSearchParams, response: ServerResponse): void {
+    const jid = query.get('jid');
+    const sid = query.get('sid');
+    const condition = query.get('condition') ?? 'policy-violation';
+    if ((jid === null) === (sid === null) || (jid ?? sid) === '') {
+      respond(response, 400, TEXT, 'name the session: jid=<full or bare JID> or sid=<session id>\n');
+      return;
+    }
+    if (!isKickCondition(condition)) {
+      respond(response, 400, TEXT, `condition must be one of ${KICK_CONDITIONS.join(', ')}\n`);
+      return;
+    }
+    const kicked = this.options.sessions.kick(jid !== null ? { jid } : { sid: sid! }, condition);
+    this.options.log.info({ jid: jid ?? undefined, sid: sid ?? undefined, condition, kicked: kicked.length }, 'kick requested');
+    respond(response, kicked.length > 0 ? 200 : 404, JSON_TYPE, `${JSON.stringify({ kicked })}\n`);
+  }
+
+  /** RFC 6750 §2.1 `Authorization: Bearer <token>`, compared in constant time (digests of equal length). */
+  private authorized(request: IncomingMessage): boolean {
+    if (this.tokenDigest === undefined) return true;
+    const match = /^Bearer[ ]+(\S+)\s*$/i.exec(request.headers.authorization ?? '');
+    return match !== null && timingSafeEqual(digest(match[1]!), this.tokenDigest);
+  }
+}
+
+/**
+ * The token in `admin.tokenFile`, surrounding whitespace removed.
+ * @throws ConfigError `PROXY_ERR_ADMIN_TOKEN` naming the file when it cannot be read or is empty.
+ */
+export async function readAdminToken(path: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new ConfigError(ErrorCode.ADMIN_TOKEN, `cannot read admin.tokenFile ${path}: ${reason}`, [`/admin/tokenFile: ${reason}`], {
+      cause: err,
+    });
+  }
+  const token = text.trim();
+  if (token === '' || /\s/.test(token)) {
+    throw new ConfigError(ErrorCode.ADMIN_TOKEN, `admin.tokenFile ${path} must hold one token without spaces`, [
+      '/admin/tokenFile: must hold one token without spaces',
+    ]);
+  }
+  return token;
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token).digest();
+}
+
+function respond(response: ServerResponse, status: number, contentType: string, body: string): void {
+  response.writeHead(status, { 'Content-Type': contentType, 'Cache-Control': 'no-store' });
+  response.end(body);
+}
