@@ -44,6 +44,8 @@ export const ErrorCode = {
   CONNECTION_TIMEOUT: 'PROXY_ERR_CONNECTION_TIMEOUT',
   /** The TLS handshake with a client failed (logged; the socket is closed). */
   TLS_HANDSHAKE: 'PROXY_ERR_TLS_HANDSHAKE',
+  /** A load balancer in `proxyProtocolFrom` sent no valid PROXY protocol header, or another address sent one (logged; the socket is closed). */
+  PROXY_HEADER: 'PROXY_ERR_PROXY_HEADER',
   /** The proxy holds `maxSessions` bound sessions: a bind is answered with the `resource-constraint` stanza error. */
   TOO_MANY_SESSIONS: 'PROXY_ERR_TOO_MANY_SESSIONS',
   TOO_MANY_FROM_ADDRESS: 'PROXY_ERR_TOO_MANY_FROM_ADDRESS',

@@ -316,7 +316,12 @@ export class Proxy {
         maxPayloadBytes: this.config.limits.maxStanzaBytes + WEBSOCKET_PAYLOAD_MARGIN_BYTES,
       });
     }
-    return new TcpListener({ ...common, type: config.type, isServedDomain: (domain) => findDomain(this.config, domain) !== undefined });
+    return new TcpListener({
+      ...common,
+      type: config.type,
+      proxyProtocolFrom: config.proxyProtocolFrom,
+      isServedDomain: (domain) => findDomain(this.config, domain) !== undefined,
+    });
   }
 
   /**
@@ -404,6 +409,7 @@ export class Proxy {
       connectTimeoutMs: upstream.connectTimeoutSeconds * 1000,
       rejectUnauthorized: upstream.rejectUnauthorized,
       serverName: upstream.serverName,
+      proxyProtocol: upstream.proxyProtocol === 'off' ? undefined : upstream.proxyProtocol,
     };
   }
 

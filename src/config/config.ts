@@ -26,6 +26,8 @@ export interface TcpListenerConfig {
   readonly host: string;
   /** TCP port to bind, 0..65535; 0 = ephemeral (tests). Required. */
   readonly port: number;
+  /** Load balancers that send a PROXY protocol header (IP addresses or CIDR ranges). Default `[]` = none. */
+  readonly proxyProtocolFrom: readonly string[];
 }
 
 /** An XMPP-over-WebSocket listener (RFC 7395). */
@@ -108,6 +110,8 @@ export interface UpstreamConfig {
   readonly rejectUnauthorized: boolean;
   /** SNI and certificate name for the hop. Optional; when absent use the XMPP domain. */
   readonly serverName?: string;
+  /** A PROXY protocol header with the client's address first on each connection: `v1`, `v2` or `off`. Default `"off"`. */
+  readonly proxyProtocol: 'off' | 'v1' | 'v2';
 }
 
 /** One served XMPP domain. */
@@ -351,14 +355,12 @@ function crossFieldProblems(data: unknown, invalid: ReadonlySet<string>): string
         problems.push(`/listeners/${i}: same host and port (${listener.host} ${port}) as /listeners/${first}`);
       }
     }
-    if (listener.type === 'websocket') {
-      asArray(listener.trustedProxies).forEach((entry, k) => {
+    for (const key of ['trustedProxies', 'proxyProtocolFrom']) {
+      asArray(listener[key]).forEach((entry, k) => {
         if (typeof entry !== 'string' || entry === '') return;
         const parsed = parseIpRange(entry);
         if (!parsed.ok) {
-          problems.push(
-            `/listeners/${i}/trustedProxies/${k}: ${JSON.stringify(entry)} is not an IP address or CIDR range: ${parsed.reason}`,
-          );
+          problems.push(`/listeners/${i}/${key}/${k}: ${JSON.stringify(entry)} is not an IP address or CIDR range: ${parsed.reason}`);
         }
       });
     }

@@ -218,7 +218,8 @@ export class Session implements SessionHandle {
     this.flow.waitForServer();
     link.setLimits({ maxStanzaBytes: this.deps.settings.maxStanzaBytesPreAuth });
     this.log.debug({ domain: to, upstream: `${target.host}:${target.port}` }, 'connecting upstream');
-    this.deps.connectUpstream(target, this.log).then(
+    // A PROXY protocol header upstream, when the domain asks for one, names this client.
+    this.deps.connectUpstream({ ...target, origin: link.endpoints }, this.log).then(
       (upstream) => this.guard(() => this.onUpstreamConnected(upstream, header)),
       (err: unknown) =>
         this.guard(() => {

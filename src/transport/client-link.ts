@@ -1,6 +1,7 @@
 import type { StreamError } from '../errors.js';
 import type { ScannedElement, ScannerLimits, StreamHeader } from '../xml/stream-scanner.js';
 import type { StreamHeaderAttrs } from '../xml/stream-header.js';
+import type { Endpoint } from './proxy-protocol.js';
 
 /** The transports a client can reach the proxy over. */
 export type TransportKind = 'starttls' | 'directtls' | 'websocket';
@@ -38,6 +39,12 @@ export interface ClientLinkHandler {
  * Writing is always in whole elements; the link adds what its framing needs (RFC 7395 namespaces
  * on WebSocket, for instance).
  */
+/** The two ends of a client connection as the proxy knows them. */
+export interface LinkEndpoints {
+  readonly client: Endpoint;
+  readonly listener: Endpoint;
+}
+
 export interface ClientLink {
   readonly transport: TransportKind;
   /** `address:port` of the client, for logs. */
@@ -47,6 +54,11 @@ export interface ClientLink {
    * trusted reverse proxy the client it names (X-Forwarded-For / Forwarded).
    */
   readonly address: string;
+  /**
+   * The client and the listener address it reached, for a PROXY protocol header to the legacy
+   * server (proxy-protocol.ts). The client's port is 0 when a reverse proxy named only its address.
+   */
+  readonly endpoints: LinkEndpoints;
   /** Installs the receiver of this link's events (see ClientLinkHandler). */
   setHandler(handler: ClientLinkHandler): void;
   /** Answers the client's stream header (RFC 6120 §4.7). */

@@ -1,4 +1,5 @@
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
+import { ConfigError, ErrorCode } from '../errors.js';
 
 /** One IP address, or a subnet in CIDR notation (RFC 4632 §3.1 for IPv4, RFC 4291 §2.3 for IPv6). */
 export interface IpRange {
@@ -97,4 +98,22 @@ function ipv6Words(address: string): number[] {
   const first = parse(head);
   const last = tail === undefined ? [] : parse(tail);
   return [...first, ...new Array<number>(8 - first.length - last.length).fill(0), ...last];
+}
+
+/**
+ * The addresses and ranges of a config list (`trustedProxies`, `proxyProtocolFrom`), for
+ * `BlockList.check`. The config was validated already; an entry that fails anyway is a config error.
+ */
+export function addressList(entries: readonly string[], key: string): BlockList {
+  const list = new BlockList();
+  for (const entry of entries) {
+    const parsed = parseIpRange(entry);
+    if (!parsed.ok) {
+      throw new ConfigError(ErrorCode.CONFIG_INVALID, `${key} entry '${entry}' is not an IP address or address/prefix: ${parsed.reason}`);
+    }
+    const { address, prefix, family } = parsed.range;
+    if (prefix === undefined) list.addAddress(address, family);
+    else list.addSubnet(address, prefix, family);
+  }
+  return list;
 }

@@ -11,7 +11,8 @@ import { StreamScanner, type ScannedElement, type ScannerLimits, type StreamHead
 import { STARTTLS_REQUIRED_FEATURES } from '../session/features.js';
 import { CoalescingWriter } from './coalescing-writer.js';
 import { normalizeAddress } from './ip-range.js';
-import type { ClientLink, ClientLinkHandler, LinkEnd, TransportKind } from './client-link.js';
+import type { Endpoint } from './proxy-protocol.js';
+import type { ClientLink, ClientLinkHandler, LinkEnd, LinkEndpoints, TransportKind } from './client-link.js';
 import type { TlsCredentials } from './tls-credentials.js';
 import { refuseRenegotiation } from './live-credentials.js';
 
@@ -38,6 +39,8 @@ export interface StartTlsOptions {
 export interface SocketClientLinkOptions {
   /** A plain socket for `starttls`; an established TLS socket for `directtls`. */
   readonly socket: Socket;
+  /** The client: the socket's peer, or the one a load balancer's PROXY protocol header named (connection-gate.ts). */
+  readonly client: Endpoint;
   readonly transport: Extract<TransportKind, 'starttls' | 'directtls'>;
   readonly limits: ScannerLimits;
   readonly log: Logger;
@@ -60,6 +63,7 @@ export class SocketClientLink implements ClientLink {
   readonly transport: SocketClientLinkOptions['transport'];
   readonly remote: string;
   readonly address: string;
+  readonly endpoints: LinkEndpoints;
 
   private socket: Socket;
   private scanner: StreamScanner;
@@ -84,8 +88,10 @@ export class SocketClientLink implements ClientLink {
     this.transport = options.transport;
     this.socket = options.socket;
     this.writer = new CoalescingWriter(options.socket);
-    this.remote = `${options.socket.remoteAddress ?? '?'}:${options.socket.remotePort ?? '?'}`;
-    this.address = normalizeAddress(options.socket.remoteAddress) ?? this.remote;
+    this.remote = `${options.client.address}:${options.client.port}`;
+    this.address = options.client.address;
+    const listener = { address: normalizeAddress(options.socket.localAddress) ?? '0.0.0.0', port: options.socket.localPort ?? 0 };
+    this.endpoints = { client: options.client, listener };
     this.limits = options.limits;
     this.log = options.log;
     this.startTls = options.startTls;

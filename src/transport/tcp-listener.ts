@@ -1,9 +1,11 @@
-import { createServer as createNetServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { ErrorCode, ProxyError } from '../errors.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
+import { ConnectionGate } from './connection-gate.js';
+import { addressList } from './ip-range.js';
 import type { Listener } from './listener.js';
 import { SocketClientLink } from './socket-client-link.js';
 import type { LiveCredentials } from './live-credentials.js';
@@ -19,6 +21,8 @@ export interface TcpListenerOptions {
   /** Limits before authentication for each new connection, read at accept (a reload may change them; the session raises them after SASL success). */
   readonly limits: () => ScannerLimits;
   readonly isServedDomain: (domain: string) => boolean;
+  /** Load balancers that send a PROXY protocol header (config `proxyProtocolFrom`); empty = none. */
+  readonly proxyProtocolFrom: readonly string[];
   /** Told the code of each connection refused before a session saw it (TLS handshakes, refusals before STARTTLS), for the metrics. */
   readonly refused: (code: ErrorCode) => void;
   readonly log: Logger;
@@ -30,54 +34,56 @@ export interface TcpListenerOptions {
 
 /**
  * A TCP listener for XMPP clients: `starttls` (RFC 6120 §5, the client upgrades after the first
- * stream header) or `directtls` (XEP-0368, TLS from the first byte, ALPN `xmpp-client`).
+ * stream header) or `directtls` (XEP-0368, TLS from the first byte, ALPN `xmpp-client`). Its
+ * {@link ConnectionGate} accepts the connections (and reads a load balancer's PROXY protocol
+ * header); a direct TLS connection then goes through a TLS server that does not listen itself.
  */
 export class TcpListener implements Listener {
-  private readonly server: Server;
-  /** Accepted sockets: the raw TCP ones, before any TLS (a direct TLS handshake in progress is in no link yet). */
-  private readonly rawSockets = new Set<Socket>();
+  private readonly gate: ConnectionGate;
   /** The sockets handed to client links (the TLS socket for direct TLS). */
   private readonly sockets = new Set<Socket>();
 
   constructor(private readonly options: TcpListenerOptions) {
     const { credentials } = options;
+    let admit = (socket: Socket): void => this.accept(socket);
     if (options.type === 'directtls') {
-      const server = createTlsServer({
+      const tlsServer = createTlsServer({
         ...credentials.serverOptions,
         ALPNProtocols: ['xmpp-client'],
         handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
       });
-      credentials.serve(server);
-      this.server = server;
-      server.on('secureConnection', (socket: TLSSocket) => this.accept(socket));
-      server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
+      credentials.serve(tlsServer);
+      tlsServer.on('secureConnection', (socket: TLSSocket) => this.accept(socket));
+      tlsServer.on('tlsClientError', (err: Error, socket: TLSSocket) => {
         options.log.info({ code: ErrorCode.TLS_HANDSHAKE, err: err.message, remote: socket.remoteAddress }, 'client TLS handshake failed');
         options.refused(ErrorCode.TLS_HANDSHAKE);
         socket.destroy();
       });
-    } else {
-      this.server = createNetServer((socket) => this.accept(socket));
+      admit = (socket) => tlsServer.emit('connection', socket);
     }
-    this.server.on('connection', (socket: Socket) => {
-      this.rawSockets.add(socket);
-      socket.once('close', () => this.rawSockets.delete(socket));
+    this.gate = new ConnectionGate({
+      proxyProtocolFrom: options.proxyProtocolFrom.length === 0 ? undefined : addressList(options.proxyProtocolFrom, 'proxyProtocolFrom'),
+      admit,
+      refused: options.refused,
+      log: options.log,
     });
-    this.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
+    this.gate.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
   }
 
   /** Binds the address; rejects with PROXY_ERR_LISTEN. */
   listen(): Promise<{ host: string; port: number }> {
     const { host, port, type, log } = this.options;
+    const server = this.gate.server;
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (${type}): ${err.message}`, { cause: err }));
       };
-      this.server.once('error', onError);
-      this.server.listen({ host, port }, () => {
-        this.server.off('error', onError);
-        const address = this.server.address();
+      server.once('error', onError);
+      server.listen({ host, port }, () => {
+        server.off('error', onError);
+        const address = server.address();
         const bound = typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : { host, port };
-        log.info({ ...bound, type }, 'listening');
+        log.info({ ...bound, type, proxyProtocol: this.options.proxyProtocolFrom.length > 0 }, 'listening');
         resolve(bound);
       });
     });
@@ -85,13 +91,13 @@ export class TcpListener implements Listener {
 
   /** Stops accepting; existing connections stay until the sessions close them. */
   stopAccepting(): Promise<void> {
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    return new Promise((resolve) => this.gate.server.close(() => resolve()));
   }
 
   /** Drops every connection still open (end of the shutdown grace period), TLS handshakes in progress included. */
   destroyAll(): void {
     for (const socket of this.sockets) socket.destroy();
-    for (const socket of this.rawSockets) socket.destroy();
+    for (const socket of this.gate.sockets) socket.destroy();
   }
 
   private accept(socket: Socket): void {
@@ -99,9 +105,11 @@ export class TcpListener implements Listener {
     socket.once('close', () => this.sockets.delete(socket));
     const { type, limits, log, credentials, isServedDomain, refused } = this.options;
     const sid = this.options.newSid();
-    const sessionLog = log.child({ sid, transport: type, remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` });
+    const client = this.gate.clientOf(socket);
+    const sessionLog = log.child({ sid, transport: type, remote: `${client.address}:${client.port}` });
     const link = new SocketClientLink({
       socket,
+      client,
       transport: type,
       limits: limits(),
       log: sessionLog,

@@ -15,7 +15,7 @@ import { renderStreamError } from '../xml/stream-error.js';
 import { declaration, declareOnStartTag, startTagName } from '../xml/namespace-declarations.js';
 import type { StreamHeaderAttrs } from '../xml/stream-header.js';
 import { scanFragment, type ScannedElement, type ScannerLimits, type StreamHeader } from '../xml/stream-scanner.js';
-import type { ClientLink, ClientLinkHandler, LinkEnd } from './client-link.js';
+import type { ClientLink, ClientLinkHandler, LinkEnd, LinkEndpoints } from './client-link.js';
 import { newStreamId } from './socket-client-link.js';
 
 /** How long a closing link waits for the client's WebSocket close frame before dropping the socket. */
@@ -52,6 +52,8 @@ export interface WebSocketClientLinkOptions {
   readonly remote: string;
   /** The client's IP address (forwarded by a trusted reverse proxy, or the peer's). */
   readonly address: string;
+  /** The client (its port 0 when forwarded) and the listener address, for a PROXY protocol header upstream. */
+  readonly endpoints: LinkEndpoints;
   /** Scanner limits before authentication; the session raises `maxStanzaBytes` after SASL success. */
   readonly limits: ScannerLimits;
   /** The WebSocket server's `maxPayload` (the post-authentication stanza limit), named in the error when ws refuses a message. */
@@ -90,6 +92,7 @@ export class WebSocketClientLink implements ClientLink {
   readonly transport = 'websocket' as const;
   readonly remote: string;
   readonly address: string;
+  readonly endpoints: LinkEndpoints;
 
   private readonly ws: WebSocket;
   /** The connection under the WebSocket (TLS already removed), where the bytes before authentication are counted. */
@@ -118,6 +121,7 @@ export class WebSocketClientLink implements ClientLink {
     this.ws = options.ws;
     this.remote = options.remote;
     this.address = options.address;
+    this.endpoints = options.endpoints;
     this.limits = { ...options.limits };
     this.maxPayloadBytes = options.maxPayloadBytes;
     this.log = options.log;

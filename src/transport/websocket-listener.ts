@@ -21,7 +21,7 @@ import { clipped } from '../xml/sanitize.js';
 import { escapeXml } from '../xml/escape.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
-import { isLoopbackHost, normalizeAddress, parseIpRange } from './ip-range.js';
+import { addressList, isLoopbackHost, normalizeAddress } from './ip-range.js';
 import type { Listener } from './listener.js';
 import type { LiveCredentials } from './live-credentials.js';
 import { WebSocketClientLink } from './websocket-link.js';
@@ -97,7 +97,7 @@ export class WebSocketListener implements Listener {
     if (!options.path.startsWith('/')) {
       throw new ConfigError(ErrorCode.CONFIG_INVALID, `websocket path '${options.path}' does not start with '/'`);
     }
-    this.trusted = trustedProxyList(options.trustedProxies);
+    this.trusted = addressList(options.trustedProxies, 'trustedProxies');
     this.allowedOrigins = new Set(options.allowedOrigins.map((origin) => origin.toLowerCase()));
     const httpOptions = { headersTimeout: HTTP_REQUEST_TIMEOUT_MS, requestTimeout: HTTP_REQUEST_TIMEOUT_MS };
     if (options.tls) {
@@ -308,6 +308,10 @@ export class WebSocketListener implements Listener {
       socket: req.socket,
       remote: client.remote,
       address: client.address,
+      endpoints: {
+        client: { address: client.address, port: client.via === undefined ? (req.socket.remotePort ?? 0) : 0 },
+        listener: { address: normalizeAddress(req.socket.localAddress) ?? '0.0.0.0', port: req.socket.localPort ?? 0 },
+      },
       limits: limits(),
       maxPayloadBytes,
       pingIntervalMs,
@@ -405,24 +409,6 @@ function unquote(value: string): string {
 
 function isTrusted(list: BlockList, address: string): boolean {
   return list.check(address, isIP(address) === 6 ? 'ipv6' : 'ipv4');
-}
-
-/** The trusted proxies as a BlockList; entries are parsed as the config validation parsed them. */
-function trustedProxyList(entries: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const entry of entries) {
-    const parsed = parseIpRange(entry);
-    if (!parsed.ok) {
-      throw new ConfigError(
-        ErrorCode.CONFIG_INVALID,
-        `trustedProxies entry '${entry}' is not an IP address or address/prefix: ${parsed.reason}`,
-      );
-    }
-    const { address, prefix, family } = parsed.range;
-    if (prefix === undefined) list.addAddress(address, family);
-    else list.addSubnet(address, prefix, family);
-  }
-  return list;
 }
 
 function respond(res: ServerResponse, status: number, body: string, headers: OutgoingHttpHeaders = {}): void {

@@ -2,7 +2,9 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { Logger } from 'pino';
 import { ErrorCode, UpstreamError } from '../errors.js';
+import type { LinkEndpoints } from '../transport/client-link.js';
 import { CoalescingWriter } from '../transport/coalescing-writer.js';
+import { buildHeader, buildLocalHeader, type ProxyProtocolVersion } from '../transport/proxy-protocol.js';
 import { InheritedNamespaces } from '../xml/namespace-declarations.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
@@ -27,6 +29,10 @@ export interface UpstreamTarget {
   readonly connectTimeoutMs: number;
   readonly rejectUnauthorized: boolean;
   readonly serverName?: string | undefined;
+  /** Send a PROXY protocol header of this version first (proxy-protocol.ts); undefined = none. */
+  readonly proxyProtocol?: ProxyProtocolVersion | undefined;
+  /** Whom the header names: the user's client; undefined for the proxy's own connections (a probe: v2 LOCAL, v1 UNKNOWN). */
+  readonly origin?: LinkEndpoints | undefined;
 }
 
 /** What the upstream link reports to the session that owns it. */
@@ -332,19 +338,36 @@ export class UpstreamLink implements UpstreamStream {
 function connectSocket(target: UpstreamTarget): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const where = `${target.host}:${target.port}`;
-    const socket =
-      target.security === 'tls'
-        ? tlsConnect({
-            host: target.host,
-            port: target.port,
-            servername: target.serverName ?? target.domain,
-            rejectUnauthorized: target.rejectUnauthorized,
-            ALPNProtocols: ['xmpp-client'],
-          })
-        : netConnect({ host: target.host, port: target.port });
+    const tls = {
+      servername: target.serverName ?? target.domain,
+      rejectUnauthorized: target.rejectUnauthorized,
+      ALPNProtocols: ['xmpp-client'],
+    };
+    let socket: Socket;
+    let tcp: Socket | undefined;
+    if (target.proxyProtocol !== undefined) {
+      // The header goes first on the TCP connection, before any TLS (proxy-protocol.txt §2).
+      const { origin, proxyProtocol } = target;
+      const plain = netConnect({ host: target.host, port: target.port });
+      plain.once('connect', () => {
+        const own = (address: string | undefined, port: number | undefined) => ({ address: address ?? '', port: port ?? 0 });
+        const header =
+          origin === undefined
+            ? buildLocalHeader(proxyProtocol, own(plain.localAddress, plain.localPort), own(plain.remoteAddress, plain.remotePort))
+            : buildHeader(proxyProtocol, origin.client, origin.listener);
+        plain.write(header);
+      });
+      socket = target.security === 'tls' ? tlsConnect({ socket: plain, ...tls }) : plain;
+      if (socket !== plain) plain.on('error', (err) => socket.destroy(err));
+      tcp = plain;
+    } else {
+      const address = { host: target.host, port: target.port };
+      socket = target.security === 'tls' ? tlsConnect({ ...address, ...tls }) : netConnect(address);
+    }
     const readyEvent = target.security === 'tls' ? 'secureConnect' : 'connect';
     const timer = setTimeout(() => {
       socket.destroy();
+      tcp?.destroy();
       reject(
         new UpstreamError(ErrorCode.UPSTREAM_CONNECT, `legacy server ${where} did not accept within ${target.connectTimeoutMs} ms`, {
           text: 'legacy server unreachable',

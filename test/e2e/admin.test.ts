@@ -9,7 +9,7 @@ import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS } from '../support/raw-client.js';
 import { recordSmEvents, resumeWith, type SmEventLog } from '../support/sm-steps.js';
-import { unusedPort } from '../support/ports.js';
+import { findFreePort as unusedPort } from '../support/server-process.js';
 import { waitUntil } from '../support/wait.js';
 
 // The admin listener in front of each legacy server: what an operator's Prometheus and load

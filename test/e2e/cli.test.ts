@@ -20,7 +20,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
 import { USERS } from '../support/proxy-fixture.js';
 import { NS, RawClient } from '../support/raw-client.js';
-import { unusedPort } from '../support/ports.js';
+import { findFreePort as unusedPort } from '../support/server-process.js';
 import { waitUntil } from '../support/wait.js';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
@@ -322,6 +322,7 @@ describe('--check', () => {
       security: 'plain',
       connectTimeoutSeconds: 10,
       rejectUnauthorized: true,
+      proxyProtocol: 'off',
     });
     expect(effective.limits).toEqual({
       maxStanzaBytes: 262144,

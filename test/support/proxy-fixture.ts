@@ -18,6 +18,8 @@ export interface FixtureOptions {
   readonly streamManagement?: Record<string, unknown>;
   /** Extra served domains (e.g. one whose upstream is down), merged into `domains`. */
   readonly domains?: Record<string, unknown>;
+  /** Merged into both TCP listeners' configs (e.g. `proxyProtocolFrom`). */
+  readonly tcp?: Record<string, unknown>;
   /** Merged into the websocket listener's config (e.g. `allowedOrigins`, `pingIntervalSeconds`). */
   readonly websocket?: Record<string, unknown>;
   readonly proxyOptions?: ProxyOptions;
@@ -70,8 +72,8 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
   const config = parseConfig(
     {
       listeners: [
-        { type: 'starttls', host: '127.0.0.1', port: 0 },
-        { type: 'directtls', host: '127.0.0.1', port: 0 },
+        { type: 'starttls', host: '127.0.0.1', port: 0, ...options.tcp },
+        { type: 'directtls', host: '127.0.0.1', port: 0, ...options.tcp },
         { type: 'websocket', host: '127.0.0.1', port: 0, tls: true, ...options.websocket },
       ],
       tls: { selfSigned: true },

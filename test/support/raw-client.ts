@@ -82,6 +82,8 @@ export interface RawConnectOptions {
   origin?: string;
   /** WebSocket only: more request headers (X-Forwarded-For, as a reverse proxy would add). */
   headers?: Record<string, string>;
+  /** TCP only: the local address to connect from (another loopback address, `127.0.0.2`, to be told apart from the load balancer). */
+  localAddress?: string;
 }
 
 /** The WebSocket handshake was answered with an HTTP response other than 101 (RFC 6455 §4.1). */
@@ -103,6 +105,8 @@ export interface RawPlainOptions {
   port: number;
   domain: string;
   timeoutMs?: number;
+  /** The local address to connect from. */
+  localAddress?: string;
 }
 
 /**
@@ -244,7 +248,11 @@ export class RawClient {
    */
   static async connectPlain(options: RawPlainOptions): Promise<RawClient> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const tcp = netConnect({ host: options.host, port: options.port });
+    const tcp = netConnect({
+      host: options.host,
+      port: options.port,
+      ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
+    });
     await waitForSocketEvent(tcp, 'connect', timeoutMs, `TCP connect to ${options.host}:${options.port}`);
     return new RawClient({ kind: 'tcp', tcp, socket: tcp, tls: undefined }, 'starttls', options.domain, timeoutMs);
   }

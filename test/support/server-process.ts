@@ -98,7 +98,8 @@ export function spawnSupervised(
 }
 
 /** Connects, sends a stream header, resolves once `<stream:features` arrives. */
-export function probeStreamFeatures(host: string, port: number, domain: string, timeoutMs: number): Promise<void> {
+/** `preamble` goes before the stream header (a PROXY protocol header, for a listener that requires one). */
+export function probeStreamFeatures(host: string, port: number, domain: string, timeoutMs: number, preamble = ''): Promise<void> {
   return new Promise((resolve, reject) => {
     let received = '';
     const socket = connect({ host, port });
@@ -114,7 +115,7 @@ export function probeStreamFeatures(host: string, port: number, domain: string, 
     );
     socket.on('connect', () => {
       socket.write(
-        `<?xml version='1.0'?><stream:stream to='${xmlAttr(domain)}' version='1.0' ` +
+        `${preamble}<?xml version='1.0'?><stream:stream to='${xmlAttr(domain)}' version='1.0' ` +
           `xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>`,
       );
     });
@@ -134,7 +135,7 @@ export function probeStreamFeatures(host: string, port: number, domain: string, 
 export async function waitForFeatures(
   port: number,
   domain: string,
-  options: { timeoutMs: number; failed: () => Error | undefined; describe: () => string; name: string },
+  options: { timeoutMs: number; failed: () => Error | undefined; describe: () => string; name: string; preamble?: string },
 ): Promise<void> {
   const deadline = Date.now() + options.timeoutMs;
   let lastProbeError = 'no probe yet';
@@ -142,7 +143,7 @@ export async function waitForFeatures(
     const failure = options.failed();
     if (failure !== undefined) throw failure;
     try {
-      await probeStreamFeatures(HOST, port, domain, 1_000);
+      await probeStreamFeatures(HOST, port, domain, 1_000, options.preamble);
       return;
     } catch (err) {
       lastProbeError = (err as Error).message;

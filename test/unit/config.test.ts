@@ -74,7 +74,7 @@ const BASE = '/etc/smacks-proxy';
 describe('parseConfig: defaults', () => {
   it('fills every default of a minimal config', () => {
     const expected: ProxyConfig = {
-      listeners: [{ type: 'starttls', host: '127.0.0.1', port: 5222 }],
+      listeners: [{ type: 'starttls', host: '127.0.0.1', port: 5222, proxyProtocolFrom: [] }],
       tls: {
         certificates: [],
         defaultCertificate: 0,
@@ -91,6 +91,7 @@ describe('parseConfig: defaults', () => {
             security: 'plain',
             connectTimeoutSeconds: 10,
             rejectUnauthorized: true,
+            proxyProtocol: 'off',
           },
         },
       },
@@ -140,7 +141,7 @@ describe('parseConfig: defaults', () => {
       }),
       BASE,
     );
-    expect(config.listeners[0]).toEqual({ type: 'directtls', host: '::', port: 5223 });
+    expect(config.listeners[0]).toEqual({ type: 'directtls', host: '::', port: 5223, proxyProtocolFrom: [] });
     const websocket: WebSocketListenerConfig = {
       type: 'websocket',
       host: '::',
@@ -543,6 +544,22 @@ const invalidCases: readonly InvalidCase[] = [
     ],
   },
   {
+    name: 'PROXY protocol sources that are not addresses, on a WebSocket listener, and an unknown upstream version',
+    raw: withPatch({
+      listeners: [
+        { type: 'directtls', port: 5223, proxyProtocolFrom: ['10.0.0.0/24', 'lb.lan', '10.0.0.0/40'] },
+        { type: 'websocket', port: 5443, proxyProtocolFrom: ['10.0.0.1'] },
+      ],
+      domains: { localhost: { upstream: { host: '127.0.0.1', proxyProtocol: 'v3' } } },
+    }),
+    problems: [
+      "/listeners/1: unknown key 'proxyProtocolFrom'",
+      '/domains/localhost/upstream/proxyProtocol: must be one of "off", "v1", "v2"',
+      '/listeners/0/proxyProtocolFrom/1: "lb.lan" is not an IP address or CIDR range: \'lb.lan\' is not an IPv4 or IPv6 address',
+      '/listeners/0/proxyProtocolFrom/2: "10.0.0.0/40" is not an IP address or CIDR range: prefix \'/40\' is not a whole number of bits in 0..32 for an IPv4 address',
+    ],
+  },
+  {
     name: 'trusted proxy CIDR ranges with a bad prefix or address',
     raw: withPatch({
       listeners: [
@@ -704,8 +721,8 @@ describe('loadConfig', () => {
   it('accepts the repository example proxy.config.json', async () => {
     const config = await loadConfig(join(repoRoot(), 'proxy.config.json'));
     expect(config.listeners).toEqual([
-      { type: 'starttls', host: '127.0.0.1', port: 5222 },
-      { type: 'directtls', host: '127.0.0.1', port: 5223 },
+      { type: 'starttls', host: '127.0.0.1', port: 5222, proxyProtocolFrom: [] },
+      { type: 'directtls', host: '127.0.0.1', port: 5223, proxyProtocolFrom: [] },
     ]);
     expect(config.tls.selfSigned).toBe(true);
     expect(Object.keys(config.domains)).toEqual(['localhost']);

@@ -20,7 +20,7 @@ interface SchemaNode {
   $ref?: string;
 }
 
-const root = schema as SchemaNode & { definitions?: Record<string, SchemaNode>; $defs?: Record<string, SchemaNode> };
+const root = schema as unknown as SchemaNode & { definitions?: Record<string, SchemaNode>; $defs?: Record<string, SchemaNode> };
 
 /**
  * Every leaf key and every list of the config, as written in the README table

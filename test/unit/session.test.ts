@@ -141,6 +141,7 @@ class FakeClientLink extends ScriptedPeer<ClientLinkHandler> implements ClientLi
   readonly transport = 'directtls' as const;
   readonly remote = '192.0.2.1:50000';
   readonly address = '192.0.2.1';
+  readonly endpoints = { client: { address: '192.0.2.1', port: 50000 }, listener: { address: '198.51.100.1', port: 5223 } };
   failure: StreamError | undefined;
   closed = false;
   destroyedBecause: string | undefined;
