@@ -3,7 +3,8 @@ import { parseArgs } from 'node:util';
 import { runAdminCommand, type AdminCommand } from './admin/admin-commands.js';
 import { readAdminToken } from './admin/admin-server.js';
 import { describeConfig, loadConfig } from './config/config.js';
-import { ConfigError, ProxyError } from './errors.js';
+import { readSecretFile } from './config/secret-file.js';
+import { ConfigError, ErrorCode, ProxyError } from './errors.js';
 import { createLogger } from './logger.js';
 import { Proxy } from './proxy.js';
 import { createTlsCredentials } from './transport/tls-credentials.js';
@@ -100,6 +101,7 @@ async function main(): Promise<number> {
     try {
       await createTlsCredentials(config.tls, Object.keys(config.domains), pino({ level: 'warn' }, process.stderr));
       if (config.admin?.tokenFile !== undefined) await readAdminToken(config.admin.tokenFile);
+      if (config.webhook !== undefined) await readSecretFile(config.webhook.secretFile, '/webhook/secretFile', ErrorCode.WEBHOOK_SECRET);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       process.stderr.write(`${err.code}: ${err.message}\n`);

@@ -18,6 +18,10 @@ export const ErrorCode = {
   LISTEN: 'PROXY_ERR_LISTEN',
   /** The admin listener's token file (`admin.tokenFile`) could not be read or holds no token. */
   ADMIN_TOKEN: 'PROXY_ERR_ADMIN_TOKEN',
+  /** The webhook's secret file (`webhook.secretFile`) could not be read or holds no secret. */
+  WEBHOOK_SECRET: 'PROXY_ERR_WEBHOOK_SECRET',
+  /** A webhook POST failed (HTTP error, timeout, refused connection): retried, or dropped after `maxAttempts` (log only). */
+  WEBHOOK_DELIVERY: 'PROXY_ERR_WEBHOOK_DELIVERY',
 
   /** Malformed XML (RFC 6120 §11.3): `not-well-formed`. */
   XML_NOT_WELL_FORMED: 'PROXY_ERR_XML_NOT_WELL_FORMED',

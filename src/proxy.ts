@@ -4,8 +4,17 @@ import type { Logger } from 'pino';
 import { AdminServer, readAdminToken } from './admin/admin-server.js';
 import { Readiness } from './admin/readiness.js';
 import { SessionAdmin } from './admin/session-admin.js';
+import { Webhook } from './admin/webhook.js';
+import { readSecretFile } from './config/secret-file.js';
 import { ProxyMetrics } from './metrics/proxy-metrics.js';
-import { findDomain, type AdminConfig, type ListenerConfig, type ProxyConfig, type TlsConfig } from './config/config.js';
+import {
+  findDomain,
+  type AdminConfig,
+  type ListenerConfig,
+  type ProxyConfig,
+  type TlsConfig,
+  type WebhookConfig,
+} from './config/config.js';
 import { ConfigError, ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
@@ -36,9 +45,19 @@ import { UpstreamLink, type UpstreamStream, type UpstreamTarget } from './upstre
 /** How often the certificates' expiry is checked while the proxy runs (also at start-up and each reload). */
 const EXPIRY_CHECK_INTERVAL_MS = 24 * 60 * 60 * 1000;
 /** The config sections a reload compares (README, Reloading). */
-const CONFIG_SECTIONS = ['listeners', 'tls', 'domains', 'limits', 'streamManagement', 'shutdownGraceSeconds', 'admin', 'log'] as const;
+const CONFIG_SECTIONS = [
+  'listeners',
+  'tls',
+  'domains',
+  'limits',
+  'streamManagement',
+  'shutdownGraceSeconds',
+  'admin',
+  'webhook',
+  'log',
+] as const;
 /** The sections a reload leaves as they were at start-up (README, Reloading). */
-const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'log']);
+const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'webhook', 'log']);
 
 /** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
 const WEBSOCKET_PAYLOAD_MARGIN_BYTES = 64 * 1024;
@@ -71,6 +90,7 @@ export class Proxy {
   readonly metrics: ProxyMetrics;
   private readonly readiness = new Readiness();
   private admin: AdminServer | undefined;
+  private webhook: Webhook | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
   /** The config in effect: the start-up one, then each reload's (its `listeners`, `admin` and `log` stay the start-up ones). */
   private config: ProxyConfig;
@@ -156,6 +176,7 @@ export class Proxy {
     }
     this.readiness.listenersBound();
     if (this.config.admin !== undefined) bound.push({ type: 'admin', ...(await this.startAdmin(this.config.admin)) });
+    if (this.config.webhook !== undefined) await this.startWebhook(this.config.webhook);
     for (const [domain, { upstream }] of Object.entries(this.config.domains)) {
       if (upstream.security !== 'plain' || isLoopbackHost(upstream.host)) continue;
       this.log.warn(
@@ -197,6 +218,31 @@ export class Proxy {
     return address;
   }
 
+  /** The webhook of the SM events (README, Webhook). */
+  private async startWebhook(config: WebhookConfig): Promise<void> {
+    const log = this.log.child({ component: 'webhook' });
+    const secret = await readSecretFile(config.secretFile, '/webhook/secretFile', ErrorCode.WEBHOOK_SECRET);
+    const url = new URL(config.url);
+    if (url.protocol === 'http:' && !isLoopbackHost(url.hostname.replace(/^\[(.*)\]$/, '$1'))) {
+      log.warn({ url: url.origin }, 'webhook over plain http:// off this host: the events and their JIDs cross the network unencrypted');
+    }
+    this.webhook = new Webhook(
+      {
+        url: config.url,
+        secret,
+        events: config.events,
+        maxQueue: config.maxQueue,
+        timeoutMs: config.timeoutSeconds * 1000,
+        maxAttempts: config.maxAttempts,
+        outcome: (outcome) => this.metrics.webhookOutcome(outcome),
+        log,
+        now: this.now,
+      },
+      this.events,
+    );
+    log.info({ url: url.origin, events: config.events }, 'webhook ready');
+  }
+
   /** Opens an upstream link, timed for the metrics under the domain's configured name. */
   private async timedConnect(
     connect: (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>,
@@ -229,7 +275,7 @@ export class Proxy {
       this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next restart');
     }
     const before = this.config;
-    this.config = { ...next, listeners: before.listeners, admin: before.admin, log: before.log };
+    this.config = { ...next, listeners: before.listeners, admin: before.admin, webhook: before.webhook, log: before.log };
     this.tlsConfig = next.tls;
     this.sessionDeps = { ...this.sessionDeps, settings: sessionSettings(this.config) };
     this.sessionDeps.queueShares.global.setLimit(this.config.streamManagement.globalQueueBytes);
@@ -351,6 +397,8 @@ export class Proxy {
     for (const listener of this.listeners) listener.destroyAll();
     lingering.destroyAll();
     await closing;
+    const undelivered = this.webhook?.stop() ?? 0;
+    if (undelivered > 0) this.log.warn({ code: ErrorCode.WEBHOOK_DELIVERY, undelivered }, 'webhook events left undelivered at shutdown');
     // Last: /readyz says 503 to load balancers for as long as sessions are being ended.
     await this.admin?.close();
     this.log.info('stopped');

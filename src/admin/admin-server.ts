@@ -1,10 +1,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
+import { readSecretFile } from '../config/secret-file.js';
+import { ErrorCode, ProxyError } from '../errors.js';
 import type { ReadinessReport } from './readiness.js';
 import { KICK_CONDITIONS, isKickCondition, type SessionAdmin } from './session-admin.js';
 
@@ -151,26 +151,11 @@ export class AdminServer {
 }
 
 /**
- * The token in `admin.tokenFile`, surrounding whitespace removed.
- * @throws ConfigError `PROXY_ERR_ADMIN_TOKEN` naming the file when it cannot be read or is empty.
+ * The token in `admin.tokenFile`.
+ * @throws ConfigError `PROXY_ERR_ADMIN_TOKEN` naming the file when it cannot be read or holds no single token.
  */
-export async function readAdminToken(path: string): Promise<string> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
-    throw new ConfigError(ErrorCode.ADMIN_TOKEN, `cannot read admin.tokenFile ${path}: ${reason}`, [`/admin/tokenFile: ${reason}`], {
-      cause: err,
-    });
-  }
-  const token = text.trim();
-  if (token === '' || /\s/.test(token)) {
-    throw new ConfigError(ErrorCode.ADMIN_TOKEN, `admin.tokenFile ${path} must hold one token without spaces`, [
-      '/admin/tokenFile: must hold one token without spaces',
-    ]);
-  }
-  return token;
+export function readAdminToken(path: string): Promise<string> {
+  return readSecretFile(path, '/admin/tokenFile', ErrorCode.ADMIN_TOKEN);
 }
 
 function digest(token: string): Buffer {

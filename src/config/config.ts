@@ -210,6 +210,25 @@ export interface AdminConfig {
   readonly probeIntervalSeconds: number;
 }
 
+/** The SM events a webhook may carry (README, Webhook). */
+export type WebhookEvent = 'hibernationStarted' | 'hibernationEnded' | 'ackDelayed' | 'stanzaQueuedWhileHibernating';
+
+/** The webhook that POSTs SM events (README, Webhook). */
+export interface WebhookConfig {
+  /** An http:// or https:// URL. Required. */
+  readonly url: string;
+  /** Absolute path of the file holding the HMAC secret (resolved against the config file's directory). Required. */
+  readonly secretFile: string;
+  /** The events sent. Default all four. */
+  readonly events: readonly WebhookEvent[];
+  /** Events waiting at most; beyond, the oldest is dropped. Default 10000. */
+  readonly maxQueue: number;
+  /** Seconds allowed per POST. Default 5. */
+  readonly timeoutSeconds: number;
+  /** Attempts per event before it is dropped. Default 6. */
+  readonly maxAttempts: number;
+}
+
 /** The effective configuration: validated, defaults filled, file paths absolute, deeply frozen. */
 export interface ProxyConfig {
   /** Client-facing listeners, at least one. */
@@ -230,6 +249,8 @@ export interface ProxyConfig {
   readonly shutdownGraceSeconds: number;
   /** The admin and metrics listener; absent = none. */
   readonly admin?: AdminConfig;
+  /** The webhook for SM events; absent = none. */
+  readonly webhook?: WebhookConfig;
   /** Logging. */
   readonly log: LogConfig;
 }
@@ -251,6 +272,7 @@ function validate(data: unknown): readonly ErrorObject[] {
 /** Plain-words meaning of the schema's patterns, so a problem line never shows a regular expression. */
 const PATTERN_MEANING: Readonly<Record<string, string>> = {
   '^/[^?#\\s]*$': "must be a URL path starting with '/', without query, fragment or spaces",
+  '^https?://[^\\s]+$': 'must be an http:// or https:// URL without spaces',
   '^[a-z][a-z0-9+.-]*://[^/?#\\s]+$': 'must be an origin as browsers send it: lowercase scheme://host[:port], no path or trailing slash',
   '^(\\*\\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$':
     "must be a lowercase host name, or '*.' followed by one",
@@ -448,8 +470,10 @@ function effectiveConfig(data: Obj, baseDir: string): ProxyConfig {
     tls: { certificates: CertificateConfig[] };
     domains: Record<string, DomainConfig>;
     admin?: { tokenFile?: string };
+    webhook?: { secretFile: string };
   };
   if (config.admin?.tokenFile !== undefined) config.admin.tokenFile = resolve(baseDir, config.admin.tokenFile);
+  if (config.webhook !== undefined) config.webhook.secretFile = resolve(baseDir, config.webhook.secretFile);
   config.tls.certificates = config.tls.certificates.map((certificate) => ({
     ...certificate,
     cert: resolve(baseDir, certificate.cert),

@@ -32,6 +32,7 @@ export class ProxyMetrics implements SessionMeter {
   private readonly upstreamConnects: Counter<'domain' | 'outcome'>;
   private readonly upstreamConnectSeconds: Histogram<'domain'>;
   private readonly upstreamUp: Gauge<'domain'>;
+  private readonly webhookEvents: Counter<'outcome'>;
   private processMetrics = false;
 
   constructor(sources: MetricsSources, events: SmEvents) {
@@ -125,6 +126,12 @@ export class ProxyMetrics implements SessionMeter {
       name: 'smacks_upstream_up',
       help: "1 when the last probe of the domain's legacy server succeeded, 0 when it failed",
       labelNames: ['domain'],
+      registers,
+    });
+    this.webhookEvents = new Counter({
+      name: 'smacks_webhook_events_total',
+      help: 'Webhook events by outcome: delivered (a 2xx answer), failed (refused for good, or out of attempts), dropped (pushed out of a full queue)',
+      labelNames: ['outcome'],
       registers,
     });
     this.follow(events);
@@ -247,6 +254,10 @@ export class ProxyMetrics implements SessionMeter {
   /** The result of the latest probe of a domain's legacy server (readiness.ts). */
   upstreamProbed(domain: string, up: boolean): void {
     this.upstreamUp.set({ domain }, up ? 1 : 0);
+  }
+
+  webhookOutcome(outcome: 'delivered' | 'failed' | 'dropped'): void {
+    this.webhookEvents.inc({ outcome });
   }
 
   /** A domain removed by a reload: its probe result goes. */

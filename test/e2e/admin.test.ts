@@ -1,4 +1,6 @@
+import { createHmac } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
 import { connect as connectTcp } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +19,12 @@ import { waitUntil } from '../support/wait.js';
 // happen, as a difference between two scrapes parsed by a Prometheus text-format parser.
 
 const TOKEN = 'test-admin-token-0123456789';
+const WEBHOOK_SECRET = 'test-webhook-secret';
+
+interface Posted {
+  readonly event: string;
+  readonly data: { readonly jid: string; readonly reason?: string; readonly smId?: string };
+}
 
 describeEachLegacyServer((kind) => {
   let server: LegacyServer;
@@ -24,14 +32,31 @@ describeEachLegacyServer((kind) => {
   let events: SmEventLog;
   let adminPort: number;
   let dir: string;
+  let hook: Server;
+  /** What the webhook endpoint received, each with whether its signature checked out. */
+  const posted: (Posted & { valid: boolean })[] = [];
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'smacks-admin-'));
     await writeFile(join(dir, 'admin.token'), `${TOKEN}\n`);
+    await writeFile(join(dir, 'webhook.secret'), `${WEBHOOK_SECRET}\n`);
+    hook = createServer((request, response) => {
+      let body = '';
+      request.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      request.on('end', () => {
+        const signed = `${String(request.headers['x-smacks-timestamp'])}.${body}`;
+        const valid =
+          request.headers['x-smacks-signature'] === `sha256=${createHmac('sha256', WEBHOOK_SECRET).update(signed).digest('hex')}`;
+        posted.push({ ...(JSON.parse(body) as Posted), valid });
+        response.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
     server = await startLegacyServer(kind, { users: Object.values(USERS) });
     fixture = await startProxyFixture({
       server,
       admin: { tokenFile: join(dir, 'admin.token'), probeIntervalSeconds: 1 },
+      webhook: { url: `http://127.0.0.1:${(hook.address() as { port: number }).port}/smacks`, secretFile: join(dir, 'webhook.secret') },
       proxyOptions: { skipProbe: false },
     });
     events = recordSmEvents(fixture.proxy);
@@ -40,6 +65,8 @@ describeEachLegacyServer((kind) => {
 
   afterAll(async () => {
     await fixture?.stop();
+    hook?.closeAllConnections();
+    await new Promise<void>((resolve) => (hook === undefined ? resolve() : hook.close(() => resolve())));
     await server?.stop();
     await rm(dir, { recursive: true, force: true });
   });
@@ -120,6 +147,18 @@ describeEachLegacyServer((kind) => {
     expect(delta('smacks_stanzas_queued_while_hibernating_total')).toBe(1);
     // The two temporary streams: bob's refused one goes on (he may bind), alice's was taken over by her session.
     expect(delta('smacks_sessions_ended_total', { reason: 'resumed' })).toBe(1);
+    // The webhook told a push service the same, signed, and without the SM-ID.
+    await waitUntil(
+      () => posted.some((p) => p.event === 'hibernationEnded' && p.data.jid === alice.jid),
+      'the webhook POST of the resumption',
+    );
+    const aboutAlice = posted.filter((p) => p.data.jid === alice.jid);
+    expect(aboutAlice.map((p) => [p.event, p.data.reason, p.valid, p.data.smId])).toEqual([
+      ['hibernationStarted', undefined, true, undefined],
+      ['stanzaQueuedWhileHibernating', undefined, true, undefined],
+      ['hibernationEnded', 'resumed', true, undefined],
+    ]);
+    expect((await Scrape.of(adminPort, TOKEN)).value('smacks_webhook_events_total', { outcome: 'delivered' })).toBeGreaterThanOrEqual(3);
     await stolen.client.close();
     await resumed.client.close();
     await bob.client.close();

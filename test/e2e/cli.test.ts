@@ -366,17 +366,20 @@ describe('--check', () => {
     expect(run.stderr).toMatch(message);
   });
 
-  it('exits 3 for an admin token file that does not exist, as the start would', async () => {
+  it.each([
+    ['an admin token file', { admin: { port: 9180, tokenFile: 'no-such.token' } }, 'PROXY_ERR_ADMIN_TOKEN'],
+    ['a webhook secret file', { webhook: { url: 'https://push.example/hook', secretFile: 'no-such.secret' } }, 'PROXY_ERR_WEBHOOK_SECRET'],
+  ])('exits 3 for %s that does not exist, as the start would', async (_label, section, code) => {
     const path = await configFile({
       listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
       tls: { selfSigned: true },
       domains: { localhost: { upstream: { host: '127.0.0.1' } } },
-      admin: { port: 9180, tokenFile: 'no-such.token' },
+      ...section,
     });
-    const run = await runCli(['--check', path], 'exit 3 after --check with a missing admin token');
+    const run = await runCli(['--check', path], 'exit 3 after --check with a missing secret file');
     expect(run.exit, run.describe()).toEqual({ code: EXIT.startup, signal: null });
-    expect(run.stderr).toContain('PROXY_ERR_ADMIN_TOKEN');
-    expect(run.stderr).toContain('no-such.token');
+    expect(run.stderr).toContain(code);
+    expect(run.stderr).toContain('no-such.');
   });
 
   it('exits 2 and lists every problem of an invalid config with its JSON path', async () => {

@@ -25,6 +25,8 @@ export interface FixtureOptions {
   readonly proxyOptions?: ProxyOptions;
   /** The proxy config's `admin` section (host 127.0.0.1 and an ephemeral port unless given); absent = no admin listener. */
   readonly admin?: Record<string, unknown>;
+  /** The proxy config's `webhook` section; absent = none. */
+  readonly webhook?: Record<string, unknown>;
   /** Reuse a running legacy server instead of starting one. */
   readonly server?: LegacyServer;
   /** Which legacy server to start when `server` is not given. Default 'prosody'. */
@@ -82,6 +84,7 @@ export async function startProxyFixture(options: FixtureOptions = {}): Promise<P
       streamManagement: { ...options.streamManagement },
       shutdownGraceSeconds: 1,
       ...(options.admin === undefined ? {} : { admin: { host: '127.0.0.1', port: 0, ...options.admin } }),
+      ...(options.webhook === undefined ? {} : { webhook: options.webhook }),
     },
     process.cwd(),
   );

@@ -779,6 +779,7 @@ describe('proxy.schema.json', () => {
         '#/properties/domains/additionalProperties/properties/upstream/properties/serverName',
         '#/properties/admin',
         '#/properties/admin/properties/tokenFile',
+        '#/properties/webhook',
       ].sort(),
     );
   });
