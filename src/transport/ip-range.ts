@@ -1,4 +1,5 @@
 import { BlockList, isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { ConfigError, ErrorCode } from '../errors.js';
 
 /** One IP address, or a subnet in CIDR notation (RFC 4632 §3.1 for IPv4, RFC 4291 §2.3 for IPv6). */
@@ -75,29 +76,13 @@ export function isLoopbackHost(host: string): boolean {
  * is not an address) counts as itself.
  */
 export function addressKey(address: string, ipv6PrefixLength: number): string {
-  const words = isIP(address) === 6 ? ipv6Words(address) : undefined;
+  const words = isIP(address) === 6 ? ipaddr.IPv6.parse(address).parts : undefined;
   if (words === undefined) return address;
   const masked = words.map((word, i) => {
     const kept = Math.min(16, Math.max(0, ipv6PrefixLength - i * 16));
     return kept === 0 ? 0 : word & (0xffff << (16 - kept)) & 0xffff;
   });
   return `${masked.map((word) => word.toString(16)).join(':')}/${ipv6PrefixLength}`;
-}
-
-/** The eight 16-bit words of a valid IPv6 address (`::` expanded, a trailing dotted IPv4 part read as two words). */
-function ipv6Words(address: string): number[] {
-  const [head = '', tail] = address.split('::') as [string, string | undefined];
-  const parse = (part: string): number[] =>
-    part === ''
-      ? []
-      : part.split(':').flatMap((group) => {
-          if (!group.includes('.')) return [parseInt(group, 16)];
-          const [a = 0, b = 0, c = 0, d = 0] = group.split('.').map(Number);
-          return [(a << 8) | b, (c << 8) | d];
-        });
-  const first = parse(head);
-  const last = tail === undefined ? [] : parse(tail);
-  return [...first, ...new Array<number>(8 - first.length - last.length).fill(0), ...last];
 }
 
 /**

@@ -184,7 +184,23 @@ async function loadEntry(config: CertificateConfig, index: number, protocol: Pro
   if (domains.length === 0) {
     log.warn({ source, cert: config.cert }, 'tls certificate names no DNS domain; it can only serve as the default');
   }
+  if (isLeafOnly(cert, certificate)) {
+    log.warn(
+      { source, cert: config.cert, issuer: certificate.issuer.replaceAll('\n', ', ') },
+      "tls certificate file holds the server certificate without its issuer: clients that lack the intermediate certificate will refuse it; use the full chain (fullchain.pem, not cert.pem, with Let's Encrypt)",
+    );
+  }
   return entry;
+}
+
+/**
+ * True when a PEM file holds one certificate that a CA issued: the chain a client needs to reach
+ * its trust anchor (RFC 8446 §4.4.2, "certificate_list") is missing the intermediate. A
+ * self-signed certificate is its own chain.
+ */
+function isLeafOnly(pem: string, certificate: X509Certificate): boolean {
+  const count = pem.split('-----BEGIN CERTIFICATE-----').length - 1;
+  return count === 1 && certificate.issuer !== certificate.subject;
 }
 
 /** Generates the in-memory self-signed certificate for `domains`, 'localhost' and 127.0.0.1. */

@@ -366,6 +366,37 @@ describe('--check', () => {
     expect(run.stderr).toMatch(message);
   });
 
+  it('warns about a certificate file without its intermediate (cert.pem for fullchain.pem); not about the full chain', async () => {
+    const ca = await selfsigned.generate([{ name: 'commonName', value: 'Test Intermediate CA' }], {
+      keyType: 'ec',
+      algorithm: 'sha256',
+      extensions: [{ name: 'basicConstraints', cA: true }],
+    });
+    const leaf = await selfsigned.generate([{ name: 'commonName', value: 'localhost' }], {
+      keyType: 'ec',
+      algorithm: 'sha256',
+      ca: { key: ca.private, cert: ca.cert },
+      extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: 'localhost' }] }],
+    });
+    const dir = join(workDir, 'chain');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'cert.pem'), leaf.cert);
+    await writeFile(join(dir, 'fullchain.pem'), `${leaf.cert.trimEnd()}\n${ca.cert}`);
+    await writeFile(join(dir, 'privkey.pem'), leaf.private);
+    const check = async (certFile: string) => {
+      const path = await configFile({
+        listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
+        tls: { certificates: [{ cert: join(dir, certFile), key: join(dir, 'privkey.pem') }] },
+        domains: { localhost: { upstream: { host: '127.0.0.1' } } },
+      });
+      const run = await runCli(['--check', path], `--check with ${certFile}`);
+      expect(run.exit, run.describe()).toEqual({ code: EXIT.ok, signal: null });
+      return run.stderr;
+    };
+    expect(await check('cert.pem')).toContain('without its issuer');
+    expect(await check('fullchain.pem')).not.toContain('without its issuer');
+  });
+
   it.each([
     ['an admin token file', { admin: { port: 9180, tokenFile: 'no-such.token' } }, 'PROXY_ERR_ADMIN_TOKEN'],
     ['a webhook secret file', { webhook: { url: 'https://push.example/hook', secretFile: 'no-such.secret' } }, 'PROXY_ERR_WEBHOOK_SECRET'],
