@@ -57,6 +57,14 @@ export class ConnectionGate {
     const peer = normalizeAddress(socket.remoteAddress) ?? '';
     const trusted = balancers.check(peer, peer.includes(':') ? 'ipv6' : 'ipv4');
     void readHeader(socket, trusted, HEADER_TIMEOUT_MS).then((outcome) => {
+      if (outcome.kind === 'closed') {
+        // A TCP health check of the balancer (connect, close): no refusal, and no info line each time.
+        this.options.log.debug(
+          { remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` },
+          'connection closed before its first bytes',
+        );
+        return;
+      }
       if (outcome.kind === 'refused') {
         this.options.log.info(
           { code: ErrorCode.PROXY_HEADER, reason: outcome.reason, remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` },

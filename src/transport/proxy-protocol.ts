@@ -129,7 +129,9 @@ export type HeaderOutcome =
   | { readonly kind: 'proxied'; readonly client: Endpoint }
   | { readonly kind: 'local' }
   | { readonly kind: 'direct' }
-  | { readonly kind: 'refused'; readonly reason: string };
+  | { readonly kind: 'refused'; readonly reason: string }
+  /** The connection closed before anything was decided: a balancer's TCP health check (connect, close). */
+  | { readonly kind: 'closed' };
 
 /**
  * Reads a fresh socket's first bytes until {@link examineHeader} decides, then leaves the socket as
@@ -167,7 +169,7 @@ export function readHeader(socket: Socket, trusted: boolean, timeoutMs: number):
           finish({ kind: 'proxied', client: verdict.client }, received.subarray(verdict.consumed));
       }
     };
-    const onClose = (): void => finish({ kind: 'refused', reason: 'closed before the first bytes were read' }, Buffer.alloc(0));
+    const onClose = (): void => finish({ kind: 'closed' }, Buffer.alloc(0));
     const timer = setTimeout(() => finish({ kind: 'refused', reason: `no decision within ${timeoutMs} ms` }, Buffer.alloc(0)), timeoutMs);
     timer.unref();
     socket.on('readable', onReadable);
