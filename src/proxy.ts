@@ -59,6 +59,9 @@ const CONFIG_SECTIONS = [
 /** The sections a reload leaves as they were at start-up (README, Reloading). */
 const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'webhook', 'log']);
 
+/** At shutdown, how long the webhook may go on delivering the last events once the sessions are closed. */
+const WEBHOOK_FLUSH_MS = 2000;
+
 /** How far above `maxStanzaBytes` a WebSocket message may go before ws itself drops the connection. */
 const WEBSOCKET_PAYLOAD_MARGIN_BYTES = 64 * 1024;
 
@@ -397,6 +400,8 @@ export class Proxy {
     for (const listener of this.listeners) listener.destroyAll();
     lingering.destroyAll();
     await closing;
+    // The sessions' last events (hibernationEnded at shutdown) get a moment to reach the webhook.
+    if (this.webhook !== undefined) await Promise.race([this.webhook.idle(), delay(WEBHOOK_FLUSH_MS)]);
     const undelivered = this.webhook?.stop() ?? 0;
     if (undelivered > 0) this.log.warn({ code: ErrorCode.WEBHOOK_DELIVERY, undelivered }, 'webhook events left undelivered at shutdown');
     // Last: /readyz says 503 to load balancers for as long as sessions are being ended.

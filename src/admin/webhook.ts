@@ -43,6 +43,8 @@ export class Webhook {
   private sending = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Resolved each time the queue runs empty (idle). */
+  private emptied: (() => void)[] = [];
   private readonly now: () => number;
 
   constructor(
@@ -53,6 +55,12 @@ export class Webhook {
     for (const event of options.events) {
       events.on(event, (data: SmEventMap[typeof event][0]) => this.enqueue(event, data));
     }
+  }
+
+  /** Resolves once every event queued so far has been delivered or given up (at once when none wait). */
+  idle(): Promise<void> {
+    if (this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.emptied.push(resolve));
   }
 
   /** Stops sending and retrying; returns how many events were left undelivered. */
@@ -78,7 +86,11 @@ export class Webhook {
 
   private pump(): void {
     const next = this.queue[0];
-    if (next === undefined || this.sending || this.stopped || this.retryTimer !== undefined) return;
+    if (next === undefined) {
+      for (const resolve of this.emptied.splice(0)) resolve();
+      return;
+    }
+    if (this.sending || this.stopped || this.retryTimer !== undefined) return;
     this.sending = true;
     void this.post(next).then((result) => {
       this.sending = false;

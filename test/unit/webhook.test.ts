@@ -88,7 +88,10 @@ describe('Webhook', () => {
       reason: 'resumed',
       hibernatedMs: 4000,
     });
-    await waitUntil(() => outcomes.length === 3, 'three deliveries');
+    const webhook = webhooks[0]!;
+    await webhook.idle();
+    expect(outcomes).toHaveLength(3);
+    await webhook.idle();
     expect(outcomes).toEqual(['delivered', 'delivered', 'delivered']);
     const bodies = received.map((r) => JSON.parse(r.body) as { event: string; time: string; data: Record<string, unknown> });
     expect(bodies.map((b) => b.event)).toEqual(['hibernationStarted', 'stanzaQueuedWhileHibernating', 'hibernationEnded']);
