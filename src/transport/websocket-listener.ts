@@ -17,6 +17,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ConfigError, ErrorCode, ProxyError } from '../errors.js';
+import parseForwarded from 'forwarded-parse';
 import { clipped } from '../xml/sanitize.js';
 import { escapeXml } from '../xml/escape.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
@@ -382,29 +383,29 @@ function firstValue(header: string | string[] | undefined): string | undefined {
   return splitList(Array.isArray(header) ? header.join(',') : header)[0];
 }
 
-/** The values of one parameter across the elements of the Forwarded header (RFC 7239 §4), in order. */
+/**
+ * The values of one parameter across the elements of the Forwarded header (RFC 7239 §4), in order,
+ * parsed by forwarded-parse. A header that does not parse names no one (it is ignored, as if absent).
+ */
 function forwardedParams(req: IncomingMessage, name: string): string[] {
   const header = req.headers.forwarded;
   if (header === undefined) return [];
-  const values: string[] = [];
-  for (const element of splitList(header)) {
-    for (const pair of element.split(';')) {
-      const eq = pair.indexOf('=');
-      if (eq < 0 || pair.slice(0, eq).trim().toLowerCase() !== name) continue;
-      values.push(unquote(pair.slice(eq + 1).trim()));
-    }
+  let elements: ReturnType<typeof parseForwarded>;
+  try {
+    elements = parseForwarded(header);
+  } catch {
+    return [];
   }
-  return values;
+  return elements.flatMap((element) => {
+    const value = element[name];
+    return value === undefined ? [] : [value];
+  });
 }
 
 /** The parameter as set by the proxy nearest to us (the last element that has it). */
 function lastForwardedParam(req: IncomingMessage, name: string): string | undefined {
   const values = forwardedParams(req, name);
   return values[values.length - 1];
-}
-
-function unquote(value: string): string {
-  return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value;
 }
 
 function isTrusted(list: BlockList, address: string): boolean {

@@ -788,6 +788,12 @@ describe('WebSocket listener: client address for logs', () => {
     await connect(harness.url, { headers: { Forwarded: 'for="[2001:db8:cafe::17]:4711";proto=https' } });
     expect((await harness.nextLink()).link.remote).toBe('2001:db8:cafe::17');
   });
+
+  it('ignores a Forwarded header that does not parse (RFC 7239 §4): the peer is the client', async () => {
+    const harness = await startListener({ trustedProxies: ['127.0.0.1'] });
+    await connect(harness.url, { headers: { Forwarded: 'for="[2001:db8:cafe::17]:4711;proto=https' } });
+    expect((await harness.nextLink()).link.remote).toMatch(/^127\.0\.0\.1:\d+$/);
+  });
 });
 
 describe('WebSocket link: liveness (RFC 7395 §3.8)', () => {
