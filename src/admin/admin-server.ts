@@ -16,15 +16,17 @@ const TEXT = 'text/plain; charset=utf-8';
 const JSON_TYPE = 'application/json';
 
 /**
- * What the admin listener serves. `guarded` paths need the bearer token when one is configured;
- * the health checks never do (they tell nothing about users, and probes rarely carry tokens).
+ * What the admin listener serves, and who may ask. `open`: anyone (the health checks tell nothing
+ * about users, and probes rarely carry tokens). `token-if-set`: the bearer token when one is
+ * configured (metrics, counts only). `token`: always the token, and refused when none is configured:
+ * users' JIDs and addresses, and ending their sessions, are not for every local account of the host.
  */
-const ROUTES: Readonly<Record<string, { readonly methods: readonly string[]; readonly guarded: boolean }>> = {
-  '/healthz': { methods: ['GET', 'HEAD'], guarded: false },
-  '/readyz': { methods: ['GET', 'HEAD'], guarded: false },
-  '/metrics': { methods: ['GET', 'HEAD'], guarded: true },
-  '/sessions': { methods: ['GET', 'HEAD'], guarded: true },
-  '/kick': { methods: ['POST'], guarded: true },
+const ROUTES: Readonly<Record<string, { readonly methods: readonly string[]; readonly access: 'open' | 'token-if-set' | 'token' }>> = {
+  '/healthz': { methods: ['GET', 'HEAD'], access: 'open' },
+  '/readyz': { methods: ['GET', 'HEAD'], access: 'open' },
+  '/metrics': { methods: ['GET', 'HEAD'], access: 'token-if-set' },
+  '/sessions': { methods: ['GET', 'HEAD'], access: 'token' },
+  '/kick': { methods: ['POST'], access: 'token' },
 };
 
 export interface AdminServerOptions {
@@ -97,7 +99,11 @@ export class AdminServer {
       respond(response, 405, TEXT, 'method not allowed\n');
       return;
     }
-    if (route.guarded && !this.authorized(request)) {
+    if (route.access === 'token' && this.tokenDigest === undefined) {
+      respond(response, 403, TEXT, 'set admin.tokenFile to use this\n');
+      return;
+    }
+    if (route.access !== 'open' && !this.authorized(request)) {
       response.setHeader('WWW-Authenticate', 'Bearer realm="smacks-proxy"');
       respond(response, 401, TEXT, 'bearer token required\n');
       return;

@@ -179,9 +179,18 @@ describe('the session admin', () => {
     });
   });
 
-  it('kicks what a JID or a session id names, with the chosen condition; refuses what names nothing or no known condition', async () => {
+  it("lists and kicks only for a configured token: without one, 403 (users are not every local account's business)", async () => {
     const port = await start(undefined);
-    const post = (query: string) => request(port, { method: 'POST', path: `/kick?${query}` });
+    expect((await adminGet(port, '/sessions')).status).toBe(403);
+    expect((await request(port, { method: 'POST', path: '/kick?sid=b1' })).status).toBe(403);
+    expect(sessions.map((s) => s.kicks)).toEqual([[], [], [], []]);
+    expect((await adminGet(port, '/metrics')).status).toBe(200);
+  });
+
+  it('kicks what a JID or a session id names, with the chosen condition; refuses what names nothing or no known condition', async () => {
+    const port = await start('s3cret');
+    const post = (query: string) => request(port, { method: 'POST', path: `/kick?${query}`, headers: { authorization: 'Bearer s3cret' } });
+    expect((await request(port, { method: 'POST', path: '/kick?sid=b1' })).status).toBe(401);
     const kicked = await post('jid=alice%40a.example');
     expect(kicked.status).toBe(200);
     expect(((await kicked.json()) as { kicked: { sid: string }[] }).kicked.map((s) => s.sid)).toEqual(['a1', 'a2']);
