@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import { Resolver } from 'node:dns/promises';
 import { runAdminCommand, type AdminCommand } from './admin/admin-commands.js';
+import { checkDns } from './admin/dns-check.js';
 import { readAdminToken } from './admin/admin-server.js';
 import { describeConfig, loadConfig } from './config/config.js';
 import { readSecretFile } from './config/secret-file.js';
@@ -9,6 +11,9 @@ import { createLogger } from './logger.js';
 import { Proxy } from './proxy.js';
 import { createTlsCredentials } from './transport/tls-credentials.js';
 import { pino, type Logger } from 'pino';
+
+/** Each DNS query of `--check dns` waits this long (twice at most). */
+const DNS_TIMEOUT_MS = 3000;
 
 /** Exit codes (README "Running"): stable, for service managers. */
 const EXIT = {
@@ -23,16 +28,21 @@ const EXIT = {
   noneMatched: 5,
   /** `sessions`, `kick`: the admin listener is not configured, cannot be reached, or refused the request. */
   unavailable: 69,
+  /** `--check dns`: a DNS record would send clients where no listener of the proxy is. */
+  dns: 6,
   /** Wrong command-line usage. */
   usage: 64,
 } as const;
 
 const USAGE = `usage: smacks-proxy [--check] [config-file]
+       smacks-proxy --check dns [--dns-server ADDRESS[:PORT]] [config-file]
        smacks-proxy sessions [--jid JID] [--json] [config-file]
        smacks-proxy kick JID [--condition CONDITION] [--json] [config-file]
 
   config-file   path of proxy.config.json (default: ./proxy.config.json)
   --check       validate the config, print the effective config (secrets elided), exit
+  --check dns   look up each served domain's client SRV records and check them against the listeners
+  --dns-server  ask this DNS server instead of the system's
   sessions      list the running proxy's sessions (all, or those of a full or bare JID)
   kick          end the sessions of a full or bare JID (condition: policy-violation by default)
   --json        print the admin listener's JSON answer
@@ -49,6 +59,7 @@ async function main(): Promise<number> {
         jid: { type: 'string' },
         condition: { type: 'string' },
         json: { type: 'boolean' },
+        'dns-server': { type: 'string' },
       },
     });
   } catch (err) {
@@ -61,15 +72,17 @@ async function main(): Promise<number> {
   }
   const { positionals, values } = parsed;
   const commandName = positionals[0] === 'sessions' || positionals[0] === 'kick' ? positionals[0] : undefined;
-  // A command's own operands: the JID for kick; then the config file, as without a command.
-  const operands = commandName === 'kick' ? 2 : commandName === 'sessions' ? 1 : 0;
+  const dnsCheck = values.check === true && positionals[0] === 'dns';
+  // A command's own operands: the JID for kick, `dns` after --check; then the config file, as without a command.
+  const operands = commandName === 'kick' ? 2 : commandName === 'sessions' || dnsCheck ? 1 : 0;
   const misused =
     positionals.length > operands + 1 ||
     (commandName === 'kick' && positionals[1] === undefined) ||
     (commandName === undefined && (values.jid !== undefined || values.condition !== undefined || values.json === true)) ||
     (commandName !== undefined && values.check === true) ||
     (commandName === 'sessions' && values.condition !== undefined) ||
-    (commandName === 'kick' && values.jid !== undefined);
+    (commandName === 'kick' && values.jid !== undefined) ||
+    (!dnsCheck && values['dns-server'] !== undefined);
   if (misused) {
     process.stderr.write(`${USAGE}\n`);
     return EXIT.usage;
@@ -94,6 +107,13 @@ async function main(): Promise<number> {
     process.stdout.write(result.stdout);
     process.stderr.write(result.stderr);
     return result.outcome === 'ok' ? EXIT.ok : result.outcome === 'none-matched' ? EXIT.noneMatched : EXIT.unavailable;
+  }
+  if (dnsCheck) {
+    const resolver = new Resolver({ timeout: DNS_TIMEOUT_MS, tries: 2 });
+    if (values['dns-server'] !== undefined) resolver.setServers([values['dns-server']]);
+    const findings = await checkDns(config, resolver);
+    for (const { level, text } of findings) process.stdout.write(`${level}: ${text}\n`);
+    return findings.some((finding) => finding.level === 'error') ? EXIT.dns : EXIT.ok;
   }
   if (values.check === true) {
     // Like `nginx -t`: every certificate is loaded and its key matched, and the admin token read, as at start-up; warnings

@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startDnsmasq, type Dnsmasq } from '../support/dnsmasq.js';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
 import { USERS } from '../support/proxy-fixture.js';
 import { NS, RawClient } from '../support/raw-client.js';
@@ -28,7 +29,7 @@ const CLI = join(REPO_ROOT, 'dist', 'src', 'cli.js');
 const STANZA_ERRORS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
 /** Exit codes from the README's table. */
-const EXIT = { ok: 0, config: 2, startup: 3, forced: 4, noneMatched: 5, unavailable: 69, usage: 64 } as const;
+const EXIT = { ok: 0, config: 2, startup: 3, forced: 4, noneMatched: 5, dns: 6, unavailable: 69, usage: 64 } as const;
 
 /** How long a short-lived CLI run (`--check`, a refused start) may take. */
 const QUICK_RUN_MS = 10_000;
@@ -975,5 +976,58 @@ describe('the sessions and kick commands', () => {
     expect(unavailable.stderr).toContain('admin');
     const usage = await runCli(['kick'], 'kick without a JID');
     expect(usage.exit, usage.describe()).toEqual({ code: EXIT.usage, signal: null });
+  });
+});
+
+describe('--check dns', () => {
+  let dns: Dnsmasq;
+
+  beforeAll(async () => {
+    dns = await startDnsmasq({
+      localDomains: ['good.example', 'bad.example'],
+      srv: [
+        { name: '_xmpp-client._tcp.good.example', target: 'xmpp.good.example', port: 5222 },
+        { name: '_xmpps-client._tcp.good.example', target: 'xmpp.good.example', port: 5223 },
+        { name: '_xmpp-client._tcp.bad.example', target: 'xmpp.bad.example', port: 5269 },
+        { name: '_xmpps-client._tcp.bad.example', target: 'nowhere.bad.example', port: 5223 },
+      ],
+      addresses: { 'xmpp.good.example': '127.0.0.1', 'xmpp.bad.example': '192.0.2.1' },
+    });
+  }, 30_000);
+
+  afterAll(async () => {
+    await dns?.stop();
+  });
+
+  const config = (domains: string[]) => ({
+    listeners: [
+      { type: 'starttls', host: '127.0.0.1', port: 5222 },
+      { type: 'directtls', host: '127.0.0.1', port: 5223 },
+    ],
+    tls: { selfSigned: true },
+    domains: Object.fromEntries(domains.map((domain) => [domain, { upstream: { host: '127.0.0.1' } }])),
+  });
+
+  it('exits 0 when every SRV record points at a listener of its kind on this host', async () => {
+    const run = await runCli(['--check', 'dns', '--dns-server', dns.server, await configFile(config(['good.example']))], '--check dns');
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(run.stdout.trimEnd().split('\n')).toEqual([
+      'ok: _xmpp-client._tcp.good.example → xmpp.good.example:5222: a starttls listener, on this host (127.0.0.1)',
+      'ok: _xmpps-client._tcp.good.example → xmpp.good.example:5223: a directtls listener, on this host (127.0.0.1)',
+    ]);
+  });
+
+  it('exits 6 for a record pointing at no listener or at a name without an address; warns about a missing one', async () => {
+    const run = await runCli(
+      ['--check', 'dns', '--dns-server', dns.server, await configFile(config(['bad.example', 'none.good.example']))],
+      '--check dns',
+    );
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.dns, signal: null });
+    expect(run.stdout.trimEnd().split('\n')).toEqual([
+      'error: _xmpp-client._tcp.bad.example → xmpp.bad.example:5269: the starttls listeners are on 5222',
+      'error: _xmpps-client._tcp.bad.example → nowhere.bad.example:5223: nowhere.bad.example has no A or AAAA record',
+      'ok: _xmpp-client._tcp.none.good.example: no SRV record; clients fall back to none.good.example:5222, where a STARTTLS listener is',
+      'warning: _xmpps-client._tcp.none.good.example: no SRV record; clients will not find the direct TLS port',
+    ]);
   });
 });
