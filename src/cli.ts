@@ -38,6 +38,7 @@ const USAGE = `usage: smacks-proxy [--check] [config-file]
        smacks-proxy --check dns [--dns-server ADDRESS[:PORT]] [config-file]
        smacks-proxy sessions [--jid JID] [--json] [config-file]
        smacks-proxy kick JID [--condition CONDITION] [--json] [config-file]
+       smacks-proxy drain [--rate SESSIONS-PER-SECOND] [--json] [config-file]
 
   config-file   path of proxy.config.json (default: ./proxy.config.json)
   --check       validate the config, print the effective config (secrets elided), exit
@@ -45,6 +46,7 @@ const USAGE = `usage: smacks-proxy [--check] [config-file]
   --dns-server  ask this DNS server instead of the system's
   sessions      list the running proxy's sessions (all, or those of a full or bare JID)
   kick          end the sessions of a full or bare JID (condition: policy-violation by default)
+  drain         stop accepting, say not ready, and end every session at a rate (10 per second by default)
   --json        print the admin listener's JSON answer
   --help        this text`;
 
@@ -60,6 +62,7 @@ async function main(): Promise<number> {
         condition: { type: 'string' },
         json: { type: 'boolean' },
         'dns-server': { type: 'string' },
+        rate: { type: 'string' },
       },
     });
   } catch (err) {
@@ -71,17 +74,18 @@ async function main(): Promise<number> {
     return EXIT.ok;
   }
   const { positionals, values } = parsed;
-  const commandName = positionals[0] === 'sessions' || positionals[0] === 'kick' ? positionals[0] : undefined;
+  const commandName = positionals[0] === 'sessions' || positionals[0] === 'kick' || positionals[0] === 'drain' ? positionals[0] : undefined;
   const dnsCheck = values.check === true && positionals[0] === 'dns';
   // A command's own operands: the JID for kick, `dns` after --check; then the config file, as without a command.
-  const operands = commandName === 'kick' ? 2 : commandName === 'sessions' || dnsCheck ? 1 : 0;
+  const operands = commandName === 'kick' ? 2 : commandName !== undefined || dnsCheck ? 1 : 0;
   const misused =
     positionals.length > operands + 1 ||
     (commandName === 'kick' && positionals[1] === undefined) ||
-    (commandName === undefined && (values.jid !== undefined || values.condition !== undefined || values.json === true)) ||
+    (commandName === undefined && values.json === true) ||
     (commandName !== undefined && values.check === true) ||
-    (commandName === 'sessions' && values.condition !== undefined) ||
-    (commandName === 'kick' && values.jid !== undefined) ||
+    (commandName !== 'sessions' && values.jid !== undefined) ||
+    (commandName !== 'kick' && values.condition !== undefined) ||
+    (commandName !== 'drain' && values.rate !== undefined) ||
     (!dnsCheck && values['dns-server'] !== undefined);
   if (misused) {
     process.stderr.write(`${USAGE}\n`);
@@ -99,10 +103,13 @@ async function main(): Promise<number> {
     return EXIT.config;
   }
   if (commandName !== undefined) {
+    const json = values.json === true;
     const command: AdminCommand =
       commandName === 'kick'
-        ? { name: 'kick', jid: positionals[1]!, condition: values.condition, json: values.json === true }
-        : { name: 'sessions', jid: values.jid, json: values.json === true };
+        ? { name: 'kick', jid: positionals[1]!, condition: values.condition, json }
+        : commandName === 'drain'
+          ? { name: 'drain', rate: values.rate, json }
+          : { name: 'sessions', jid: values.jid, json };
     const result = await runAdminCommand(command, config.admin);
     process.stdout.write(result.stdout);
     process.stderr.write(result.stderr);

@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { AdminServer, readAdminToken } from './admin/admin-server.js';
 import { Readiness } from './admin/readiness.js';
+import { Drain } from './admin/drain.js';
 import { SessionAdmin } from './admin/session-admin.js';
 import { Webhook } from './admin/webhook.js';
 import { readSecretFile } from './config/secret-file.js';
@@ -92,6 +93,7 @@ export class Proxy {
   /** The Prometheus metrics (served by the admin listener when configured). */
   readonly metrics: ProxyMetrics;
   private readonly readiness = new Readiness();
+  private readonly drain: Drain;
   private admin: AdminServer | undefined;
   private webhook: Webhook | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
@@ -138,6 +140,14 @@ export class Proxy {
       },
       this.events,
     );
+    this.drain = new Drain({
+      sessions: () => this.registry.sessions(),
+      stopAccepting: () => {
+        for (const listener of this.listeners) void listener.stopAccepting();
+      },
+      readiness: this.readiness,
+      log: this.log.child({ component: 'admin' }),
+    });
     this.sessionDeps = {
       settings: sessionSettings(config),
       registry: this.registry,
@@ -208,6 +218,7 @@ export class Proxy {
       registry: this.metrics.registry,
       readiness: () => this.readiness.report(Object.keys(this.config.domains)),
       sessions: new SessionAdmin(() => this.registry.sessions()),
+      drain: (ratePerSecond) => this.drain.start(ratePerSecond),
       log,
     });
     const address = await this.admin.listen();
@@ -386,6 +397,7 @@ export class Proxy {
   private async doStop(): Promise<void> {
     this.log.info({ sessions: this.registry.size }, 'shutting down');
     this.readiness.stopStarted();
+    this.drain.stop();
     this.certificateWatcher?.close();
     clearInterval(this.expiryCheck);
     clearInterval(this.probeTimer);

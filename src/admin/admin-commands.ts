@@ -12,10 +12,11 @@ export interface CommandResult {
   readonly stderr: string;
 }
 
-/** A request of `smacks-proxy sessions` or `smacks-proxy kick` (README, Metrics and health). */
+/** A request of `smacks-proxy sessions`, `kick` or `drain` (README, Metrics and health). */
 export type AdminCommand =
   | { readonly name: 'sessions'; readonly jid: string | undefined; readonly json: boolean }
-  | { readonly name: 'kick'; readonly jid: string; readonly condition: string | undefined; readonly json: boolean };
+  | { readonly name: 'kick'; readonly jid: string; readonly condition: string | undefined; readonly json: boolean }
+  | { readonly name: 'drain'; readonly rate: string | undefined; readonly json: boolean };
 
 /**
  * Runs a command against the running proxy's admin listener, found through its config (like
@@ -35,14 +36,11 @@ export async function runAdminCommand(command: AdminCommand, admin: AdminConfig 
     return unavailable((err as Error).message);
   }
   const base = `http://${urlHost(admin.host)}:${admin.port}`;
-  const path =
-    command.name === 'sessions'
-      ? `/sessions${command.jid === undefined ? '' : `?jid=${encodeURIComponent(command.jid)}`}`
-      : `/kick?jid=${encodeURIComponent(command.jid)}${command.condition === undefined ? '' : `&condition=${encodeURIComponent(command.condition)}`}`;
+  const path = requestPath(command);
   let response: Response;
   try {
     response = await fetch(base + path, {
-      method: command.name === 'kick' ? 'POST' : 'GET',
+      method: command.name === 'sessions' ? 'GET' : 'POST',
       headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
       signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
@@ -54,14 +52,34 @@ export async function runAdminCommand(command: AdminCommand, admin: AdminConfig 
   if (command.name === 'kick' && response.status === 404) {
     return { outcome: 'none-matched', stdout: command.json ? body : '', stderr: `no session of ${command.jid}\n` };
   }
-  if (response.status !== 200) return unavailable(`the admin listener answered HTTP ${response.status}: ${body.trim()}`);
+  if (response.status !== 200 && response.status !== 202)
+    return unavailable(`the admin listener answered HTTP ${response.status}: ${body.trim()}`);
   if (command.json) return { outcome: 'ok', stdout: body, stderr: '' };
+  if (command.name === 'drain') {
+    const { sessions, ratePerSecond } = JSON.parse(body) as { sessions: number; ratePerSecond: number };
+    return {
+      outcome: 'ok',
+      stdout: `draining: ${sessions} sessions left, ending ${ratePerSecond} per second; /readyz says 503\n`,
+      stderr: '',
+    };
+  }
   const listed =
     command.name === 'sessions'
       ? (JSON.parse(body) as { sessions: SessionListing[] }).sessions
       : (JSON.parse(body) as { kicked: SessionListing[] }).kicked;
   const heading = command.name === 'kick' ? `kicked ${listed.length} ${listed.length === 1 ? 'session' : 'sessions'}\n` : '';
   return { outcome: 'ok', stdout: heading + table(listed), stderr: '' };
+}
+
+function requestPath(command: AdminCommand): string {
+  switch (command.name) {
+    case 'sessions':
+      return `/sessions${command.jid === undefined ? '' : `?jid=${encodeURIComponent(command.jid)}`}`;
+    case 'kick':
+      return `/kick?jid=${encodeURIComponent(command.jid)}${command.condition === undefined ? '' : `&condition=${encodeURIComponent(command.condition)}`}`;
+    case 'drain':
+      return `/drain${command.rate === undefined ? '' : `?rate=${encodeURIComponent(command.rate)}`}`;
+  }
 }
 
 function unavailable(message: string): CommandResult {

@@ -27,7 +27,12 @@ const ROUTES: Readonly<Record<string, { readonly methods: readonly string[]; rea
   '/metrics': { methods: ['GET', 'HEAD'], access: 'token-if-set' },
   '/sessions': { methods: ['GET', 'HEAD'], access: 'token' },
   '/kick': { methods: ['POST'], access: 'token' },
+  '/drain': { methods: ['POST'], access: 'token' },
 };
+
+/** Sessions ended per second by a drain, when the request names no rate. */
+const DEFAULT_DRAIN_RATE = 10;
+const MAX_DRAIN_RATE = 100_000;
 
 export interface AdminServerOptions {
   readonly host: string;
@@ -37,6 +42,8 @@ export interface AdminServerOptions {
   readonly registry: Registry;
   readonly readiness: () => ReadinessReport;
   readonly sessions: SessionAdmin;
+  /** Starts or re-paces a drain at this many sessions per second; returns the sessions left (drain.ts). */
+  readonly drain: (ratePerSecond: number) => number;
   readonly log: Logger;
 }
 
@@ -127,6 +134,16 @@ export class AdminServer {
       case '/kick':
         this.kick(query, response);
         return;
+      case '/drain': {
+        const rate = Number(query.get('rate') ?? DEFAULT_DRAIN_RATE);
+        if (!Number.isInteger(rate) || rate < 1 || rate > MAX_DRAIN_RATE) {
+          respond(response, 400, TEXT, `rate must be a whole number of sessions per second, 1..${MAX_DRAIN_RATE}\n`);
+          return;
+        }
+        const sessions = this.options.drain(rate);
+        respond(response, 202, JSON_TYPE, `${JSON.stringify({ draining: true, sessions, ratePerSecond: rate })}\n`);
+        return;
+      }
     }
   }
 

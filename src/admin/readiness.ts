@@ -13,6 +13,8 @@ export interface ReadinessReport {
   readonly listening: boolean;
   /** The proxy is shutting down: a load balancer should send no one here. */
   readonly stopping: boolean;
+  /** An operator drains the proxy (drain.ts): the same for the load balancer. */
+  readonly draining: boolean;
   /** Per served domain: whether its legacy server answered the latest probe; `up: null` before the first. */
   readonly domains: Readonly<Record<string, { readonly up: boolean | null; readonly checkedAt?: string; readonly error?: string }>>;
 }
@@ -26,6 +28,7 @@ export class Readiness {
   private readonly probes = new Map<string, ProbeOutcome>();
   private listening = false;
   private stopping = false;
+  private draining = false;
 
   listenersBound(): void {
     this.listening = true;
@@ -33,6 +36,10 @@ export class Readiness {
 
   stopStarted(): void {
     this.stopping = true;
+  }
+
+  drainStarted(): void {
+    this.draining = true;
   }
 
   /** Records a probe; returns whether the domain's state changed (first result, or up ↔ down), for the log. */
@@ -56,9 +63,10 @@ export class Readiness {
     });
     const allUp = entries.every(([, entry]) => entry.up === true);
     return {
-      ready: this.listening && !this.stopping && allUp,
+      ready: this.listening && !this.stopping && !this.draining && allUp,
       listening: this.listening,
       stopping: this.stopping,
+      draining: this.draining,
       domains: Object.fromEntries(entries),
     };
   }

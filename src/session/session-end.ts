@@ -18,6 +18,8 @@ export type EndCause =
   | { readonly kind: 'upstream-error'; readonly element: ScannedElement }
   /** The legacy server's connection failed or closed. */
   | { readonly kind: 'upstream-lost'; readonly error: UpstreamError }
+  /** An operator drains the proxy (admin listener): an attached client's connection is dropped without a stream close, so that it reconnects elsewhere. */
+  | { readonly kind: 'drained' }
   /** An operator ended the session (admin listener): `error` goes to an attached client. */
   | { readonly kind: 'kicked'; readonly error: StreamError }
   /** A stranded session's queue went to the stream its client came back on (resumption.ts `takeQueue`). */
@@ -39,5 +41,6 @@ export const HOW_TO_END: Readonly<
   'upstream-error': { reason: 'upstream-lost', unacked: 'lost', upstream: 'close' },
   'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
   kicked: { reason: 'kicked', unacked: 'answer', upstream: 'close' },
+  drained: { reason: 'drained', unacked: 'answer', upstream: 'close' },
   'queue-handed-over': { reason: 'upstream-lost', unacked: 'answer', upstream: 'close' },
 };

@@ -934,6 +934,17 @@ export class Session implements SessionHandle {
     this.end({ kind: 'kicked', error });
   }
 
+  /**
+   * The proxy is drained (README, Metrics and health): the session ends as at expiry (unacked
+   * stanzas answered, the upstream stream closed after the user's unavailable presence), and an
+   * attached client loses its connection without a stream close, as in a network cut.
+   */
+  drain(): void {
+    if (this.state.name === 'closed') return;
+    this.log.info('session ended: the proxy is drained');
+    this.end({ kind: 'drained' });
+  }
+
   /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */
   shutdown(): void {
     const s = this.state;
@@ -997,6 +1008,10 @@ export class Session implements SessionHandle {
         break;
       case 'closed':
         link?.close();
+        break;
+      case 'drained':
+        // Like a network cut: the client reconnects at once, through the load balancer, to another node.
+        link?.destroy('drained');
         break;
       case 'expired':
       case 'shutdown':

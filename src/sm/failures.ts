@@ -4,7 +4,7 @@ import { NS, type SmNamespace } from '../xml/namespaces.js';
 import { renderAppCondition } from '../xml/stream-error.js';
 
 /** Why a stream-management session ended; a late `<resume/>` of it is told (README, Errors). */
-export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked';
+export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked' | 'drained';
 
 const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   expired: 'expired: the client did not come back within the hibernation time',
@@ -14,6 +14,7 @@ const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   error: 'ended with a stream error',
   shutdown: 'ended when the proxy restarted',
   kicked: 'was ended by the server administrator',
+  drained: 'was ended when its server was drained for maintenance',
 };
 
 /** The RFC 6120 §8.3.3 conditions a `<failed/>` carries here. */

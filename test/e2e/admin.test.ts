@@ -258,6 +258,43 @@ describeEachLegacyServer((kind) => {
     }
   });
 
+  // Last: a drained proxy accepts no one any more.
+  it('drains: not ready, no new connections, every session ended at the rate, clients cut off without a stream close, unacked bounced', async () => {
+    const before = await Scrape.of(adminPort, TOKEN);
+    const alice = await fixture.login('directtls', USERS.alice, { resource: 'drained', sm: true });
+    const bob = await fixture.login('starttls', USERS.bob, { resource: 'draining' });
+    const unackedId = bob.client.sendMessage(alice.jid, 'received, never acked', 'drained-unacked');
+    await alice.client.expectMessage((m) => m.attrs.id === unackedId);
+
+    const drain = await fetch(`http://127.0.0.1:${adminPort}/drain?rate=20`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    expect(drain.status).toBe(202);
+    expect(((await drain.json()) as { sessions: number }).sessions).toBeGreaterThanOrEqual(2);
+    const readyz = await adminGet(adminPort, '/readyz');
+    expect(readyz.status).toBe(503);
+    expect(JSON.parse(readyz.body)).toMatchObject({ ready: false, draining: true });
+
+    await alice.client.expectClosed();
+    await bob.client.expectClosed();
+    for (const { client } of [alice, bob]) {
+      expect(client.streamClosedByPeer, 'a stream close').toBe(false);
+      expect(client.received.filter((el) => el.is('error', NS.stream)).map(String), 'a stream error').toEqual([]);
+    }
+    await expect(fixture.connect('directtls')).rejects.toThrow();
+    const after = await waitForScrape(
+      (scrape) =>
+        scrape.value('smacks_sessions_ended_total', { reason: 'drained' }) >=
+        before.value('smacks_sessions_ended_total', { reason: 'drained' }) + 2,
+      'the drained sessions to have ended',
+    );
+    expect(after.value('smacks_sessions', { state: 'active', sm: 'true' })).toBe(0);
+    expect(after.value('smacks_stanzas_at_end_total', { outcome: 'bounced' })).toBeGreaterThan(
+      before.value('smacks_stanzas_at_end_total', { outcome: 'bounced' }),
+    );
+  });
+
   async function waitForScrape(done: (scrape: Scrape) => boolean, what: string): Promise<Scrape> {
     let last: Scrape | undefined;
     await waitUntil(

@@ -940,7 +940,7 @@ describe('the sessions and kick commands', () => {
     await prosody?.stop();
   });
 
-  it("list the running proxy's sessions and end an account's through its admin listener, with the token from the config", async () => {
+  it("list the running proxy's sessions, end an account's and drain it, through its admin listener, with the token from the config", async () => {
     await writeFile(join(workDir, 'admin.token'), 'cli-token\n');
     const adminPort = await unusedPort();
     const config = {
@@ -969,6 +969,15 @@ describe('the sessions and kick commands', () => {
     const again = await runCli(['kick', `alice@${prosody.domain}`, path], 'a kick of nobody');
     expect(again.exit, again.describe()).toEqual({ code: EXIT.noneMatched, signal: null });
     expect(again.stderr).toContain(`no session of alice@${prosody.domain}`);
+
+    const other = await RawClient.connect({ host: '127.0.0.1', port: ports.directtls!, transport: 'directtls', domain: prosody.domain });
+    await other.login(USERS.bob.username, USERS.bob.password, { resource: 'cli' });
+    const drained = await runCli(['drain', '--rate', '5', path], 'the drain');
+    expect(drained.exit, drained.describe()).toEqual({ code: EXIT.ok, signal: null });
+    expect(drained.stdout).toMatch(/^draining: 1 sessions left, ending 5 per second/);
+    await other.expectClosed();
+    const badRate = await runCli(['drain', '--rate', 'fast', path], 'a drain at no rate');
+    expect(badRate.exit, badRate.describe()).toEqual({ code: EXIT.unavailable, signal: null });
 
     const noAdmin = await configFile({ ...config, admin: undefined });
     const unavailable = await runCli(['sessions', noAdmin], 'sessions without an admin section');

@@ -12,6 +12,8 @@ import { ConfigError, ErrorCode } from '../../src/errors.js';
 import { adminGet } from '../support/admin-client.js';
 
 const servers: AdminServer[] = [];
+/** The rates the drains were asked for. */
+const drains: number[] = [];
 
 /** A session the admin listener sees: its summary, and the kicks it received. */
 class FakeSession implements AdministeredSession {
@@ -66,6 +68,10 @@ async function start(token: string | undefined, readiness = new Readiness()): Pr
     registry,
     readiness: () => readiness.report(['a.example']),
     sessions: new SessionAdmin(() => sessions),
+    drain: (rate) => {
+      drains.push(rate);
+      return sessions.length;
+    },
     log: pino({ level: 'silent' }),
   });
   servers.push(server);
@@ -118,7 +124,7 @@ describe('AdminServer', () => {
     };
     expect(await readyz()).toEqual({
       status: 503,
-      report: { ready: false, listening: false, stopping: false, domains: { 'a.example': { up: null } } },
+      report: { ready: false, listening: false, stopping: false, draining: false, domains: { 'a.example': { up: null } } },
     });
     readiness.listenersBound();
     expect(readiness.probed('a.example', { up: false, atMs: 0, error: 'connection refused' })).toBe(true);
@@ -131,9 +137,12 @@ describe('AdminServer', () => {
         ready: true,
         listening: true,
         stopping: false,
+        draining: false,
         domains: { 'a.example': { up: true, checkedAt: '1970-01-01T00:00:02.000Z' } },
       },
     });
+    readiness.drainStarted();
+    expect(await readyz()).toMatchObject({ status: 503, report: { ready: false, draining: true } });
     readiness.stopStarted();
     expect(await readyz()).toMatchObject({ status: 503, report: { ready: false, stopping: true } });
   });
@@ -203,6 +212,22 @@ describe('the session admin', () => {
     expect((await post('')).status).toBe(400);
     expect((await request(port, { path: '/kick?sid=b1' })).status).toBe(405);
     expect(sessions[2]!.kicks).toEqual(['reset']);
+  });
+});
+
+describe('the drain request', () => {
+  it('starts a drain at the rate asked (10 per second by default), behind the token; refuses a rate that is not one', async () => {
+    drains.length = 0;
+    const port = await start('s3cret');
+    const post = (query: string, token = 's3cret') =>
+      request(port, { method: 'POST', path: `/drain${query}`, headers: { authorization: `Bearer ${token}` } });
+    expect((await post('', 'wrong')).status).toBe(401);
+    const started = await post('');
+    expect(started.status).toBe(202);
+    expect(await started.json()).toEqual({ draining: true, sessions: 4, ratePerSecond: 10 });
+    expect((await post('?rate=250')).status).toBe(202);
+    for (const rate of ['0', '1.5', 'fast', '100001']) expect((await post(`?rate=${rate}`)).status, rate).toBe(400);
+    expect(drains).toEqual([10, 250]);
   });
 });
 
