@@ -28,6 +28,7 @@ import { SessionHooks } from './session/hooks.js';
 import { LingeringUpstreams } from './session/lingering-upstream.js';
 import { Session } from './session/session.js';
 import type { SessionDeps, SessionSettings } from './session/session-deps.js';
+import type { SessionMeter } from './session/session-meter.js';
 import { SessionRegistry, type RegistryLimits } from './session/session-registry.js';
 import { MemoryBudget } from './sm/memory-budget.js';
 import { QueueShares, type ShareLimits } from './sm/queue-budget.js';
@@ -79,6 +80,8 @@ export interface ProxyOptions {
   readonly connectUpstream?: (target: UpstreamTarget, log: Logger) => Promise<UpstreamLink>;
   /** Skip the start-up probe of each legacy server. */
   readonly skipProbe?: boolean;
+  /** Replaces what sessions count for the metrics (the relay benchmark measures the metrics' cost against a meter that counts nothing). */
+  readonly meter?: SessionMeter;
   readonly now?: () => number;
 }
 
@@ -155,7 +158,7 @@ export class Proxy {
       queueShares,
       failedLogins,
       lingering: new LingeringUpstreams(),
-      meter: this.metrics,
+      meter: options.meter ?? this.metrics,
       hooks: new SessionHooks([
         ...BUILTIN_HOOKS,
         failedLoginBackoff(failedLogins, this.now),

@@ -47,11 +47,11 @@ let proxyCount = 0;
  * `SMACKS_BENCH_PROXY_HOST` names another module next to this one to fork instead (one that
  * patches the proxy before serving, to measure a candidate fix with the same benchmarks).
  */
-export async function startProxy(ctx: BenchContext, config: unknown, execArgv: string[] = []): Promise<ProxyPeer> {
+export async function startProxy(ctx: BenchContext, config: unknown, execArgv: string[] = [], metrics = true): Promise<ProxyPeer> {
   const logFile = join(ctx.dir, `proxy-${++proxyCount}.log`);
   const module = process.env.SMACKS_BENCH_PROXY_HOST ?? './proxy-host.js';
   const peer = await Peer.start('proxy', module, { execArgv: ['--expose-gc', ...execArgv] });
-  const listeners = await peer.call<{ type: string; port: number }[]>('start', { config, logFile });
+  const listeners = await peer.call<{ type: string; port: number }[]>('start', { config, logFile, metrics });
   const port = listeners.find((l) => l.type === 'directtls')?.port;
   if (port === undefined) throw new Error('the proxy bound no directtls listener');
   return { peer, port, logFile };

@@ -3,8 +3,9 @@
  * from the load. The runner forks this file (with `--expose-gc` for the memory benchmarks) and
  * drives it with commands:
  *
- * - `start { config, logFile }`: `parseConfig(config)` → `new Proxy(...).start()`; logs go to
- *   `logFile` as JSON lines at the config's level (as in production: logging is part of the cost).
+ * - `start { config, logFile, metrics }`: `parseConfig(config)` → `new Proxy(...).start()`; logs go to
+ *   `logFile` as JSON lines at the config's level (as in production: logging is part of the cost);
+ *   with `metrics: false`, the sessions count nothing for the metrics (their cost, measured apart).
  * - `memoryUsage` (built into `serve`): `process.memoryUsage()` after two full GCs.
  * - `stats`: sessions by state.
  * - `watch { events }`: forwards those SmEvents to the runner as they happen.
@@ -15,6 +16,7 @@ import { pino } from 'pino';
 import { parseConfig } from '../../src/config/config.js';
 import { Proxy } from '../../src/proxy.js';
 import type { SmEventMap } from '../../src/session/events.js';
+import type { SessionMeter } from '../../src/session/session-meter.js';
 import { notify, serve } from './bench-util.js';
 
 let proxy: Proxy | undefined;
@@ -24,13 +26,16 @@ function requireProxy(): Proxy {
   return proxy;
 }
 
-async function start(args: { config: unknown; logFile: string }): Promise<unknown> {
+/** Counts nothing: the baseline against which the relay benchmark measures the metrics' hot-path cost. */
+const NO_METER: SessionMeter = { fromClient: () => undefined, toClient: () => undefined, ackRoundTrip: () => undefined };
+
+async function start(args: { config: unknown; logFile: string; metrics?: boolean }): Promise<unknown> {
   const config = parseConfig(args.config, process.cwd());
   const log = pino(
     { level: config.log.level, base: { name: 'smacks-proxy' } },
     pino.destination({ dest: args.logFile, sync: false, mkdir: true }),
   );
-  proxy = new Proxy(config, log, { skipProbe: true });
+  proxy = new Proxy(config, log, { skipProbe: true, ...(args.metrics === false ? { meter: NO_METER } : {}) });
   return proxy.start();
 }
 

@@ -164,6 +164,9 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
     const pipePort = await pipe.call<number>('start', { upstreamPort, domain: DOMAIN });
     const proxy = await startProxy(ctx, proxyConfig(upstreamPort, RELAY_QUEUES));
     peers.push(proxy.peer);
+    // The same proxy whose sessions count nothing for the metrics: what the metrics cost on the hot path.
+    const unmetered = await startProxy(ctx, proxyConfig(upstreamPort, RELAY_QUEUES), [], false);
+    peers.push(unmetered.peer);
     const client = await Peer.start('load-client', './load-client.js');
     peers.push(client);
 
@@ -171,6 +174,7 @@ export async function runRelayBench(ctx: BenchContext, options: Partial<RelayOpt
       { name: 'pipe() relay', peer: pipe, port: pipePort, sm: false },
       { name: 'proxy, SM off', peer: proxy.peer, port: proxy.port, sm: false },
       { name: 'proxy, SM on', peer: proxy.peer, port: proxy.port, sm: true },
+      { name: 'proxy, SM on, no metrics', peer: unmetered.peer, port: unmetered.port, sm: true },
     ];
     const sections: string[] = [];
     let ratio600 = Number.NaN;
