@@ -373,6 +373,7 @@ export class Proxy {
         allowedOrigins: config.allowedOrigins,
         pingIntervalMs: config.pingIntervalSeconds * 1000,
         trustedProxies: config.trustedProxies,
+        proxyProtocolFrom: config.proxyProtocolFrom,
         // RFC 7395 framing: one element per message. ws closes with 1009 on its own, before the
         // proxy could send a stream error; so it only stops what is far over the limit, and the
         // scanner refuses a stanza over maxStanzaBytes with policy-violation + stanza-too-big.

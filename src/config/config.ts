@@ -56,6 +56,8 @@ export interface WebSocketListenerConfig {
    * Default `[]` = never.
    */
   readonly trustedProxies: readonly string[];
+  /** Load balancers that send a PROXY protocol header before TLS and HTTP (IP addresses or CIDR ranges). Default `[]` = none. */
+  readonly proxyProtocolFrom: readonly string[];
 }
 
 /** One client listener; `type` discriminates. */

@@ -10,30 +10,41 @@ const HEADER_TIMEOUT_MS = 10_000;
 export interface ConnectionGateOptions {
   /** Load balancers that send a PROXY protocol header (config `proxyProtocolFrom`); undefined = none. */
   readonly proxyProtocolFrom: BlockList | undefined;
-  /** Gets each admitted connection, with whatever followed the header still to be read. */
-  readonly admit: (socket: Socket) => void;
+  /**
+   * Gets each admitted connection, with whatever followed the header still to be read. Absent: the
+   * listeners the server had for 'connection' when the gate took it over (an HTTP or TLS server's).
+   */
+  readonly admit?: (socket: Socket) => void;
   /** Told the code of each connection refused here, for the metrics. */
   readonly refused: (code: ErrorCode) => void;
   readonly log: Logger;
 }
 
 /**
- * The TCP front of a client listener: it owns the listening socket, keeps every accepted
- * connection (so that a shutdown can drop them, TLS handshakes in progress included), and, when
- * the listener takes the PROXY protocol (README, Behind a load balancer), reads the header first:
- * a load balancer listed in `proxyProtocolFrom` must send one, anyone else must not. What comes
- * after the header goes to `admit` (a TLS or HTTP server, or a client link), which learns the
- * client the header named through {@link clientOf}.
+ * The TCP front of a client listener: it takes the connections of its server, keeps every one
+ * (so that a shutdown can drop them, TLS handshakes in progress included), and, when the listener
+ * takes the PROXY protocol (README, Behind a load balancer), reads the header first: a load
+ * balancer listed in `proxyProtocolFrom` must send one, anyone else must not. What comes after the
+ * header goes on (to a TLS or HTTP server, or a client link), which learns the client the header
+ * named through {@link clientOf}. The server keeps listening as it was, so its own timeouts (an
+ * HTTP server's request timeouts) stay in force.
  */
 export class ConnectionGate {
-  readonly server: Server;
   /** Every accepted connection until it closes. */
   readonly sockets = new Set<Socket>();
   /** The client a header named, by the load balancer's end of the connection (`address port`). */
   private readonly clients = new Map<string, Endpoint>();
+  private readonly admit: (socket: Socket) => void;
 
-  constructor(private readonly options: ConnectionGateOptions) {
-    this.server = createServer((socket) => this.accept(socket));
+  /** Takes over the 'connection' event of `server` (a plain TCP server when none is given). */
+  constructor(
+    private readonly options: ConnectionGateOptions,
+    readonly server: Server = createServer(),
+  ) {
+    const taken = server.listeners('connection') as ((socket: Socket) => void)[];
+    server.removeAllListeners('connection');
+    server.on('connection', (socket: Socket) => this.accept(socket));
+    this.admit = options.admit ?? ((socket) => taken.forEach((listener) => listener.call(server, socket)));
   }
 
   /**
@@ -51,7 +62,7 @@ export class ConnectionGate {
     socket.once('close', () => this.sockets.delete(socket));
     const balancers = this.options.proxyProtocolFrom;
     if (balancers === undefined) {
-      this.options.admit(socket);
+      this.admit(socket);
       return;
     }
     const peer = normalizeAddress(socket.remoteAddress) ?? '';
@@ -79,7 +90,7 @@ export class ConnectionGate {
         this.clients.set(key, outcome.client);
         socket.once('close', () => this.clients.delete(key));
       }
-      if (!socket.destroyed) this.options.admit(socket);
+      if (!socket.destroyed) this.admit(socket);
     });
   }
 }

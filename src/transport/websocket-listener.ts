@@ -22,6 +22,7 @@ import { clipped } from '../xml/sanitize.js';
 import { escapeXml } from '../xml/escape.js';
 import type { ScannerLimits } from '../xml/stream-scanner.js';
 import type { ClientLink } from './client-link.js';
+import { ConnectionGate } from './connection-gate.js';
 import { addressList, isLoopbackHost, normalizeAddress } from './ip-range.js';
 import type { Listener } from './listener.js';
 import type { LiveCredentials } from './live-credentials.js';
@@ -58,6 +59,8 @@ export interface WebSocketListenerOptions {
   readonly pingIntervalMs: number;
   /** Reverse proxies (IP addresses, or `address/prefix` subnets) whose forwarding headers are believed. */
   readonly trustedProxies: readonly string[];
+  /** Load balancers that send a PROXY protocol header before TLS and HTTP (config `proxyProtocolFrom`); empty = none. */
+  readonly proxyProtocolFrom: readonly string[];
   /** Scanner limits before authentication for each new connection, read at accept (a reload may change them; the session raises `maxStanzaBytes` after SASL success). */
   readonly limits: () => ScannerLimits;
   /** Largest WebSocket message accepted at all: the post-authentication stanza limit (`limits.maxStanzaBytes` of the config). */
@@ -92,6 +95,8 @@ export class WebSocketListener implements Listener {
   /** Every accepted TCP connection, from before its TLS handshake (the HTTP server tracks it only after). */
   private readonly rawSockets = new Set<Socket>();
   private readonly trusted: BlockList;
+  /** Takes the server's connections: the PROXY protocol header first, when the listener has balancers. */
+  private readonly gate: ConnectionGate;
   private readonly allowedOrigins: ReadonlySet<string>;
 
   constructor(private readonly options: WebSocketListenerOptions) {
@@ -141,6 +146,15 @@ export class WebSocketListener implements Listener {
       socket.once('close', () => this.rawSockets.delete(socket));
     });
     this.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
+    // Last: the gate takes over every 'connection' listener installed above (TLS's, HTTP's, ours).
+    this.gate = new ConnectionGate(
+      {
+        proxyProtocolFrom: options.proxyProtocolFrom.length === 0 ? undefined : addressList(options.proxyProtocolFrom, 'proxyProtocolFrom'),
+        refused: options.refused,
+        log: options.log,
+      },
+      this.server,
+    );
   }
 
   /** Binds the address; rejects with PROXY_ERR_LISTEN. */
@@ -184,6 +198,7 @@ export class WebSocketListener implements Listener {
     for (const ws of this.sockets) ws.terminate();
     this.server.closeAllConnections();
     for (const socket of this.rawSockets) socket.destroy();
+    for (const socket of this.gate.sockets) socket.destroy();
   }
 
   // --- plain HTTP: discovery, and refusals ---
@@ -310,7 +325,7 @@ export class WebSocketListener implements Listener {
       remote: client.remote,
       address: client.address,
       endpoints: {
-        client: { address: client.address, port: client.via === undefined ? (req.socket.remotePort ?? 0) : 0 },
+        client: { address: client.address, port: client.via === undefined ? this.gate.clientOf(req.socket).port : 0 },
         listener: { address: normalizeAddress(req.socket.localAddress) ?? '0.0.0.0', port: req.socket.localPort ?? 0 },
       },
       limits: limits(),
@@ -324,7 +339,7 @@ export class WebSocketListener implements Listener {
   // --- who the client is (for logs) ---
 
   private isTrustedPeer(req: IncomingMessage): boolean {
-    const peer = normalizeAddress(req.socket.remoteAddress);
+    const peer = normalizeAddress(this.gate.clientOf(req.socket).address);
     return peer !== undefined && isTrusted(this.trusted, peer);
   }
 
@@ -335,9 +350,10 @@ export class WebSocketListener implements Listener {
    * Never read from an untrusted peer.
    */
   private clientAddress(req: IncomingMessage): ClientAddress {
-    const socket = req.socket;
-    const peerRemote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    const peer = normalizeAddress(socket.remoteAddress);
+    // The TCP peer, or the client a load balancer's PROXY protocol header named (connection-gate.ts).
+    const origin = this.gate.clientOf(req.socket);
+    const peerRemote = `${origin.address}:${origin.port}`;
+    const peer = normalizeAddress(origin.address);
     if (peer === undefined || !isTrusted(this.trusted, peer)) return { remote: peerRemote, address: peer ?? peerRemote, via: undefined };
     const xff = req.headers['x-forwarded-for'];
     const hops = xff !== undefined ? splitList(Array.isArray(xff) ? xff.join(',') : xff) : forwardedParams(req, 'for');

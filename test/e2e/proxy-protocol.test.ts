@@ -44,7 +44,11 @@ describeEachLegacyServer((kind) => {
 
   beforeAll(async () => {
     server = await startLegacyServer(kind, { users: Object.values(USERS) });
-    fixture = await startProxyFixture({ server, tcp: { proxyProtocolFrom: ['127.0.0.1'] } });
+    fixture = await startProxyFixture({
+      server,
+      tcp: { proxyProtocolFrom: ['127.0.0.1'] },
+      websocket: { proxyProtocolFrom: ['127.0.0.1'] },
+    });
   }, 60_000);
 
   afterAll(async () => {
@@ -57,6 +61,8 @@ describeEachLegacyServer((kind) => {
     ['v1', 'directtls'],
     ['v2', 'directtls'],
     ['v2', 'starttls'],
+    ['v1', 'websocket'],
+    ['v2', 'websocket'],
   ] as const)('takes the client address from HAProxy send-proxy %s on the %s port', async (version, transport) => {
     const balancer = await startHaproxy({ backendPort: fixture.ports[transport], sendProxy: version });
     balancers.push(balancer);

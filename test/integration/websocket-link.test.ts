@@ -157,6 +157,7 @@ async function startListener(
     allowedOrigins: [],
     pingIntervalMs: 60_000,
     trustedProxies: [],
+    proxyProtocolFrom: [],
     limits: () => ({ maxStanzaBytes: PRE_AUTH_BYTES, maxDepth: 16 }),
     maxPayloadBytes: MAX_PAYLOAD_BYTES,
     refused: () => undefined,

@@ -82,7 +82,7 @@ export interface RawConnectOptions {
   origin?: string;
   /** WebSocket only: more request headers (X-Forwarded-For, as a reverse proxy would add). */
   headers?: Record<string, string>;
-  /** TCP only: the local address to connect from (another loopback address, `127.0.0.2`, to be told apart from the load balancer). */
+  /** The local address to connect from (another loopback address, `127.0.0.2`, to be told apart from the load balancer). */
   localAddress?: string;
 }
 
@@ -265,7 +265,11 @@ export class RawClient {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const host = options.host.includes(':') ? `[${options.host}]` : options.host;
     const url = `wss://${host}:${options.port}${options.path ?? DEFAULT_WEBSOCKET_PATH}`;
-    const tcp = netConnect({ host: options.host, port: options.port });
+    const tcp = netConnect({
+      host: options.host,
+      port: options.port,
+      ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
+    });
     // Our own TCP socket under the TLS one, so that drop('reset') can reset it.
     const tls = tlsConnect({ socket: tcp, servername: options.domain, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
     const ws = new WebSocket(url, options.protocols ?? [XMPP_SUBPROTOCOL], {

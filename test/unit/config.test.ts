@@ -151,6 +151,7 @@ describe('parseConfig: defaults', () => {
       allowedOrigins: [],
       pingIntervalSeconds: 25,
       trustedProxies: [],
+      proxyProtocolFrom: [],
     };
     expect(config.listeners[1]).toEqual(websocket);
   });
@@ -544,19 +545,19 @@ const invalidCases: readonly InvalidCase[] = [
     ],
   },
   {
-    name: 'PROXY protocol sources that are not addresses, on a WebSocket listener, and an unknown upstream version',
+    name: 'PROXY protocol sources that are not addresses, and an unknown upstream version',
     raw: withPatch({
       listeners: [
         { type: 'directtls', port: 5223, proxyProtocolFrom: ['10.0.0.0/24', 'lb.lan', '10.0.0.0/40'] },
-        { type: 'websocket', port: 5443, proxyProtocolFrom: ['10.0.0.1'] },
+        { type: 'websocket', port: 5443, proxyProtocolFrom: ['10.0.0.1', 'fd00::/200'] },
       ],
       domains: { localhost: { upstream: { host: '127.0.0.1', proxyProtocol: 'v3' } } },
     }),
     problems: [
-      "/listeners/1: unknown key 'proxyProtocolFrom'",
       '/domains/localhost/upstream/proxyProtocol: must be one of "off", "v1", "v2"',
       '/listeners/0/proxyProtocolFrom/1: "lb.lan" is not an IP address or CIDR range: \'lb.lan\' is not an IPv4 or IPv6 address',
       '/listeners/0/proxyProtocolFrom/2: "10.0.0.0/40" is not an IP address or CIDR range: prefix \'/40\' is not a whole number of bits in 0..32 for an IPv4 address',
+      '/listeners/1/proxyProtocolFrom/1: "fd00::/200" is not an IP address or CIDR range: prefix \'/200\' is not a whole number of bits in 0..128 for an IPv6 address',
     ],
   },
   {
