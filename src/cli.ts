@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { Resolver } from 'node:dns/promises';
 import { runAdminCommand, type AdminCommand } from './admin/admin-commands.js';
+import { isKickCondition } from './admin/session-admin.js';
 import { checkDns } from './admin/dns-check.js';
 import { readAdminToken } from './admin/admin-server.js';
 import { describeConfig, loadConfig } from './config/config.js';
@@ -86,7 +87,9 @@ async function main(): Promise<number> {
     (commandName !== 'sessions' && values.jid !== undefined) ||
     (commandName !== 'kick' && values.condition !== undefined) ||
     (commandName !== 'drain' && values.rate !== undefined) ||
-    (!dnsCheck && values['dns-server'] !== undefined);
+    (!dnsCheck && values['dns-server'] !== undefined) ||
+    (commandName === 'kick' && (positionals[1] === '' || (values.condition !== undefined && !isKickCondition(values.condition)))) ||
+    values.jid === '';
   if (misused) {
     process.stderr.write(`${USAGE}\n`);
     return EXIT.usage;

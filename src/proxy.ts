@@ -100,6 +100,8 @@ export class Proxy {
   private admin: AdminServer | undefined;
   private webhook: Webhook | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
+  /** Domains whose legacy server is being probed now. */
+  private readonly probing = new Set<string>();
   /** The config in effect: the start-up one, then each reload's (its `listeners`, `admin` and `log` stay the start-up ones). */
   private config: ProxyConfig;
   /** What new sessions are made with; a reload replaces it, and sessions keep the one they started with. */
@@ -484,7 +486,17 @@ export class Proxy {
 
   private async probe(domain: string): Promise<void> {
     const target = this.upstreamTarget(domain);
-    if (target === undefined) return;
+    // One probe per domain at a time: a slow one must not overwrite a newer result when it ends.
+    if (target === undefined || this.probing.has(domain)) return;
+    this.probing.add(domain);
+    try {
+      await this.probeOnce(domain, target);
+    } finally {
+      this.probing.delete(domain);
+    }
+  }
+
+  private async probeOnce(domain: string, target: UpstreamTarget): Promise<void> {
     const log = this.log.child({ domain, upstream: `${target.host}:${target.port}` });
     const result = await probeUpstream(target, log);
     // A probe that ends after a reload removed the domain, or after the stop began, reports nothing.

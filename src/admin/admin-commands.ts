@@ -48,25 +48,29 @@ export async function runAdminCommand(command: AdminCommand, admin: AdminConfig 
     const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
     return unavailable(`cannot reach the admin listener at ${base}: ${cause}`);
   }
-  const body = await response.text();
+  let body: string;
+  try {
+    body = await response.text();
+  } catch (err) {
+    return unavailable(`the admin listener at ${base} did not finish its answer: ${(err as Error).message}`);
+  }
   if (command.name === 'kick' && response.status === 404) {
     return { outcome: 'none-matched', stdout: command.json ? body : '', stderr: `no session of ${command.jid}\n` };
   }
   if (response.status !== 200 && response.status !== 202)
     return unavailable(`the admin listener answered HTTP ${response.status}: ${body.trim()}`);
   if (command.json) return { outcome: 'ok', stdout: body, stderr: '' };
-  if (command.name === 'drain') {
-    const { sessions, ratePerSecond } = JSON.parse(body) as { sessions: number; ratePerSecond: number };
-    return {
-      outcome: 'ok',
-      stdout: `draining: ${sessions} sessions left, ending ${ratePerSecond} per second; /readyz says 503\n`,
-      stderr: '',
-    };
+  let answer: { sessions?: SessionListing[] | number; kicked?: SessionListing[]; ratePerSecond?: number };
+  try {
+    answer = JSON.parse(body) as typeof answer;
+  } catch {
+    return unavailable(`${base} did not answer as the admin listener does (is admin.port another service's?)`);
   }
-  const listed =
-    command.name === 'sessions'
-      ? (JSON.parse(body) as { sessions: SessionListing[] }).sessions
-      : (JSON.parse(body) as { kicked: SessionListing[] }).kicked;
+  if (command.name === 'drain') {
+    const stdout = `draining: ${String(answer.sessions)} sessions left, ending ${String(answer.ratePerSecond)} per second; /readyz says 503\n`;
+    return { outcome: 'ok', stdout, stderr: '' };
+  }
+  const listed = ((command.name === 'sessions' ? answer.sessions : answer.kicked) ?? []) as SessionListing[];
   const heading = command.name === 'kick' ? `kicked ${listed.length} ${listed.length === 1 ? 'session' : 'sessions'}\n` : '';
   return { outcome: 'ok', stdout: heading + table(listed), stderr: '' };
 }

@@ -206,7 +206,7 @@ export interface AdminConfig {
   readonly host: string;
   /** TCP port to bind, 0..65535; 0 = ephemeral (tests). Required. */
   readonly port: number;
-  /** Absolute path of a file holding the bearer token `/metrics` requires (resolved against the config file's directory). Optional. */
+  /** Absolute path of the file holding the bearer token of `/sessions`, `/kick`, `/drain` and `/metrics` (resolved against the config file's directory). Optional. */
   readonly tokenFile?: string;
   /** Seconds between probes of each legacy server (`/readyz`, `smacks_upstream_up`). Default 30, range 1..3600. */
   readonly probeIntervalSeconds: number;

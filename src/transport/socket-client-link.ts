@@ -118,12 +118,20 @@ export class SocketClientLink implements ClientLink {
     return this.write(element);
   }
 
+  /**
+   * A refusal the link decides itself, before TLS, where no session sees the stream: counted here
+   * for the metrics. What the session or the proxy ends with `fail` they count themselves.
+   */
+  private refuse(error: StreamError): void {
+    this.startTls?.refused(error.code);
+    this.fail(error);
+  }
+
   fail(error: StreamError): void {
     if (this.phase === 'closing' || this.phase === 'ended') return;
     // Before TLS no session has seen the stream yet: the refusal is logged here, with its code.
     if (this.phase === 'pre-tls') {
       this.log.info({ code: error.code, condition: error.condition, err: error.message }, 'stream error sent to client before TLS');
-      this.startTls?.refused(error.code);
     }
     if (!this.headerSent) this.sendHeader({ id: newStreamId(), version: '1.0' });
     this.write(renderStreamError(error) + STREAM_CLOSE);
@@ -226,7 +234,7 @@ export class SocketClientLink implements ClientLink {
           if (this.phase === 'pre-tls') this.close();
         },
         onError: (error) => {
-          if (this.phase === 'pre-tls') this.fail(error);
+          if (this.phase === 'pre-tls') this.refuse(error);
         },
       },
       this.limits,
@@ -254,7 +262,7 @@ export class SocketClientLink implements ClientLink {
     const attrs = { from: to, id: newStreamId(), version: '1.0' };
     if (to === undefined || !this.startTls?.isServedDomain(to)) {
       this.sendHeader(attrs);
-      this.fail(hostUnknown(to));
+      this.refuse(hostUnknown(to));
       return;
     }
     this.sendHeader(attrs);
@@ -266,7 +274,7 @@ export class SocketClientLink implements ClientLink {
     if (this.phase !== 'pre-tls') return;
     if (element.localName !== 'starttls' || element.ns !== NS.tls) {
       // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate on this listener.
-      this.fail(new StreamError(ErrorCode.UNEXPECTED_ELEMENT, 'policy-violation', 'STARTTLS is required before anything else'));
+      this.refuse(new StreamError(ErrorCode.UNEXPECTED_ELEMENT, 'policy-violation', 'STARTTLS is required before anything else'));
       return;
     }
     this.write(`<proceed xmlns='${NS.tls}'/>`);

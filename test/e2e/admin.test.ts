@@ -210,6 +210,35 @@ describeEachLegacyServer((kind) => {
     await bob.client.close();
   });
 
+  it('counts an error that ends a STARTTLS connection before TLS once, whoever ends it', async () => {
+    const before = await Scrape.of(adminPort, TOKEN);
+    const socket = connectTcp(fixture.ports.starttls, '127.0.0.1');
+    socket.on('data', () => undefined);
+    await new Promise((resolve) => socket.once('connect', resolve));
+    let waiting: { sid: string } | undefined;
+    await waitUntil(async () => {
+      const listed = JSON.parse((await adminGet(adminPort, '/sessions', TOKEN)).body) as {
+        sessions: { sid: string; transport: string | null; jid: string | null }[];
+      };
+      waiting = listed.sessions.find((session) => session.transport === 'starttls' && session.jid === null);
+      return waiting !== undefined;
+    }, 'the connection to be listed');
+    const kick = await fetch(`http://127.0.0.1:${adminPort}/kick?sid=${waiting!.sid}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    expect(kick.status).toBe(200);
+    await new Promise((resolve) => (socket.destroyed ? resolve(undefined) : socket.once('close', resolve)));
+    const code = { code: 'PROXY_ERR_KICKED' };
+    const after = await waitForScrape(
+      (scrape) =>
+        scrape.value('smacks_sessions_ended_total', { reason: 'kicked' }) >
+        before.value('smacks_sessions_ended_total', { reason: 'kicked' }),
+      'the kick to be counted',
+    );
+    expect(after.value('smacks_client_errors_total', code) - before.value('smacks_client_errors_total', code)).toBe(1);
+  });
+
   it('counts failed TLS handshakes by code', async () => {
     const before = await Scrape.of(adminPort, TOKEN);
     const socket = connectTcp(fixture.ports.directtls, '127.0.0.1');

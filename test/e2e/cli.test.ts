@@ -983,8 +983,10 @@ describe('the sessions and kick commands', () => {
     const unavailable = await runCli(['sessions', noAdmin], 'sessions without an admin section');
     expect(unavailable.exit, unavailable.describe()).toEqual({ code: EXIT.unavailable, signal: null });
     expect(unavailable.stderr).toContain('admin');
-    const usage = await runCli(['kick'], 'kick without a JID');
-    expect(usage.exit, usage.describe()).toEqual({ code: EXIT.usage, signal: null });
+    for (const args of [['kick'], ['kick', `alice@${prosody.domain}`, '--condition', 'bogus', path], ['sessions', '--jid', '', path]]) {
+      const usage = await runCli(args, `usage error: ${args.join(' ')}`);
+      expect(usage.exit, usage.describe()).toEqual({ code: EXIT.usage, signal: null });
+    }
   });
 });
 
