@@ -76,9 +76,10 @@ export class Webhook {
     const { smId: _secret, ...shown } = data as Record<string, unknown>;
     const body = JSON.stringify({ event, time: new Date(this.now()).toISOString(), data: shown });
     if (this.queue.length >= this.options.maxQueue) {
-      // The one in flight (the head) stays; the oldest waiting one goes.
-      this.queue.splice(this.sending ? 1 : 0, 1);
+      // The one in flight (the head) stays; the oldest waiting one goes, or, when none waits, this one.
+      const removed = this.queue.splice(this.sending ? 1 : 0, 1);
       this.options.outcome('dropped');
+      if (removed.length === 0) return;
     }
     this.queue.push({ body, attempts: 0 });
     this.pump();
@@ -92,7 +93,8 @@ export class Webhook {
     }
     if (this.sending || this.stopped || this.retryTimer !== undefined) return;
     this.sending = true;
-    void this.post(next).then((result) => {
+    const posted = this.post(next).catch((err: unknown) => ({ kind: 'retry' as const, why: (err as Error).message }));
+    void posted.then((result) => {
       this.sending = false;
       if (this.stopped) return;
       if (result.kind === 'retry' && next.attempts < this.options.maxAttempts) {
@@ -141,11 +143,14 @@ export class Webhook {
         signal: AbortSignal.timeout(this.options.timeoutMs),
       });
     } catch (err) {
+      // A request fetch refuses to make (a URL it cannot take) never succeeds: no retries.
+      if (err instanceof TypeError && (err as Error & { cause?: unknown }).cause === undefined) return { kind: 'final', why: err.message };
       const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
       return { kind: 'retry', why: cause };
     }
-    // The answer's body is not read: drop it, so that the connection can be reused.
-    await response.body?.cancel();
+    // The answer's body is not read: drop it, so that the connection can be reused (a body that
+    // already failed rejects here, and the answer's status still counts).
+    await response.body?.cancel().catch(() => undefined);
     if (response.ok) return { kind: 'delivered' };
     const why = `HTTP ${response.status}`;
     const final = response.status >= 300 && response.status < 500 && response.status !== 408 && response.status !== 429;

@@ -274,7 +274,7 @@ function validate(data: unknown): readonly ErrorObject[] {
 /** Plain-words meaning of the schema's patterns, so a problem line never shows a regular expression. */
 const PATTERN_MEANING: Readonly<Record<string, string>> = {
   '^/[^?#\\s]*$': "must be a URL path starting with '/', without query, fragment or spaces",
-  '^https?://[^\\s]+$': 'must be an http:// or https:// URL without spaces',
+  '^https?://[^/\\s@]+(?:[/?#]\\S*)?$': 'must be an http:// or https:// URL without spaces, user name or password',
   '^[a-z][a-z0-9+.-]*://[^/?#\\s]+$': 'must be an origin as browsers send it: lowercase scheme://host[:port], no path or trailing slash',
   '^(\\*\\.)?[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$':
     "must be a lowercase host name, or '*.' followed by one",

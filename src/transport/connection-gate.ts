@@ -85,12 +85,13 @@ export class ConnectionGate {
         socket.destroy();
         return;
       }
+      if (socket.destroyed) return;
       if (outcome.kind === 'proxied') {
         const key = peerKey(socket);
         this.clients.set(key, outcome.client);
         socket.once('close', () => this.clients.delete(key));
       }
-      if (!socket.destroyed) this.admit(socket);
+      this.admit(socket);
     });
   }
 }

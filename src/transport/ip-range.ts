@@ -76,7 +76,10 @@ export function isLoopbackHost(host: string): boolean {
  * is not an address) counts as itself.
  */
 export function addressKey(address: string, ipv6PrefixLength: number): string {
-  const words = isIP(address) === 6 ? ipaddr.IPv6.parse(address).parts : undefined;
+  // A link-local peer carries its zone (`fe80::1%eth0.100`), which ipaddr.js does not take: the
+  // zone names this host's interface, not the client, and is left out.
+  const unzoned = address.replace(/%.*$/, '');
+  const words = isIP(unzoned) === 6 && ipaddr.IPv6.isValid(unzoned) ? ipaddr.IPv6.parse(unzoned).parts : undefined;
   if (words === undefined) return address;
   const masked = words.map((word, i) => {
     const kept = Math.min(16, Math.max(0, ipv6PrefixLength - i * 16));

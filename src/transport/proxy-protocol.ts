@@ -79,6 +79,8 @@ function examineV1(bytes: Buffer): HeaderVerdict {
   const family = parsed.inetProtocol === INETProtocol.TCP4 ? isIPv4(ipAddress) : isIPv6(ipAddress);
   if (!family || !validPort(port) || !validPort(parsed.destination.port))
     return { kind: 'refused', reason: 'malformed PROXY v1 addresses' };
+  // §2.1 knows no IPv6 zone (`%eth0`), which isIPv6 accepts and ipaddr.js does not.
+  if (!ipaddr.isValid(ipAddress)) return { kind: 'refused', reason: 'malformed PROXY v1 addresses' };
   return { kind: 'proxied', client: { address: clientAddress(ipAddress), port }, consumed };
 }
 
@@ -190,6 +192,25 @@ export type ProxyProtocolVersion = 'v1' | 'v2';
  */
 export function buildLocalHeader(version: ProxyProtocolVersion, local: Endpoint, remote: Endpoint): Buffer {
   return build(version, local, remote, Command.LOCAL);
+}
+
+/**
+ * The header that tells a legacy server (see below), or undefined when an end is not an IP
+ * address the header can carry (a client named by a reverse proxy in another form).
+ */
+export function tryBuildHeader(
+  version: ProxyProtocolVersion,
+  client: Endpoint,
+  listener: Endpoint,
+  command: 'proxy' | 'local',
+): Buffer | undefined {
+  // A zone (`%eth0`) names this host's interface and has no place in a header (§2.1, §2.2).
+  const [source, destination] = [client, listener].map((end) => ({ ...end, address: end.address.replace(/%.*$/, '') })) as [
+    Endpoint,
+    Endpoint,
+  ];
+  if (!ipaddr.isValid(source.address) || !ipaddr.isValid(destination.address)) return undefined;
+  return command === 'local' ? buildLocalHeader(version, source, destination) : buildHeader(version, source, destination);
 }
 
 /**

@@ -187,7 +187,7 @@ async function loadEntry(config: CertificateConfig, index: number, protocol: Pro
   if (isLeafOnly(cert, certificate)) {
     log.warn(
       { source, cert: config.cert, issuer: certificate.issuer.replaceAll('\n', ', ') },
-      "tls certificate file holds the server certificate without its issuer: clients that lack the intermediate certificate will refuse it; use the full chain (fullchain.pem, not cert.pem, with Let's Encrypt)",
+      "tls certificate file holds the server certificate without its issuer: unless a root CA issued it directly, clients that lack the intermediate certificate will refuse it; use the full chain (fullchain.pem, not cert.pem, with Let's Encrypt)",
     );
   }
   return entry;

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { ErrorCode, UpstreamError } from '../errors.js';
 import type { LinkEndpoints } from '../transport/client-link.js';
 import { CoalescingWriter } from '../transport/coalescing-writer.js';
-import { buildHeader, buildLocalHeader, type ProxyProtocolVersion } from '../transport/proxy-protocol.js';
+import { tryBuildHeader, type ProxyProtocolVersion } from '../transport/proxy-protocol.js';
 import { InheritedNamespaces } from '../xml/namespace-declarations.js';
 import { NS } from '../xml/namespaces.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../xml/stream-header.js';
@@ -353,9 +353,12 @@ function connectSocket(target: UpstreamTarget): Promise<Socket> {
         const own = (address: string | undefined, port: number | undefined) => ({ address: address ?? '', port: port ?? 0 });
         const header =
           origin === undefined
-            ? buildLocalHeader(proxyProtocol, own(plain.localAddress, plain.localPort), own(plain.remoteAddress, plain.remotePort))
-            : buildHeader(proxyProtocol, origin.client, origin.listener);
-        plain.write(header);
+            ? tryBuildHeader(proxyProtocol, own(plain.localAddress, plain.localPort), own(plain.remoteAddress, plain.remotePort), 'local')
+            : tryBuildHeader(proxyProtocol, origin.client, origin.listener, 'proxy');
+        // Thrown here, an error would leave the event loop: the connection fails instead.
+        if (header === undefined)
+          plain.destroy(new Error(`no PROXY protocol header can name ${origin?.client.address ?? 'this connection'}`));
+        else plain.write(header);
       });
       socket = target.security === 'tls' ? tlsConnect({ socket: plain, ...tls }) : plain;
       if (socket !== plain) plain.on('error', (err) => socket.destroy(err));

@@ -498,6 +498,11 @@ const invalidCases: readonly InvalidCase[] = [
     problems: ['/admin: same host and port ([::1] 5222) as /listeners/0'],
   },
   {
+    name: 'webhook URL with a password',
+    raw: withPatch({ webhook: { url: 'https://user:secret@push.example/hook', secretFile: 'webhook.secret' } }),
+    problems: ['/webhook/url: must be an http:// or https:// URL without spaces, user name or password'],
+  },
+  {
     name: 'admin listener without a port',
     raw: withPatch({ admin: { host: '127.0.0.1', tokenFile: '' } }),
     problems: ["/admin: missing required key 'port'", '/admin/tokenFile: must NOT have fewer than 1 characters'],

@@ -40,6 +40,9 @@ describe('addressKey: what a per-address limit counts', () => {
     ['::ffff:1.2.3.4', 128, '0:0:0:0:0:ffff:102:304/128'],
     ['::1', 64, '0:0:0:0:0:0:0:0/64'],
     ['not-an-address', 64, 'not-an-address'],
+    // A link-local peer's zone names this host's interface (a VLAN, a Docker bridge): left out.
+    ['fe80::1%eth0.100', 64, 'fe80:0:0:0:0:0:0:0/64'],
+    ['fe80::1%br-1a2b', 64, 'fe80:0:0:0:0:0:0:0/64'],
   ])('%s /%i → %s', (address, prefix, key) => {
     expect(addressKey(address, prefix)).toBe(key);
   });

@@ -1,7 +1,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { waitUntil } from '../support/wait.js';
-import { buildHeader, buildLocalHeader, examineHeader, readHeader } from '../../src/transport/proxy-protocol.js';
+import { buildHeader, buildLocalHeader, examineHeader, readHeader, tryBuildHeader } from '../../src/transport/proxy-protocol.js';
 
 // HAProxy's proxy-protocol.txt, versions 1 (§2.1) and 2 (§2.2). The v2 headers here are written
 // out byte by byte from the specification, not with the code under test.
@@ -60,6 +60,8 @@ describe('examineHeader', () => {
     expect(refused('PROXY TCP4 2001:db8::7 198.51.100.1 40001 5223\r\n')).toBe('refused');
     expect(refused('PROXY TCP4 192.0.2.7 198.51.100.1 70000 5223\r\n')).toBe('refused');
     expect(refused(`PROXY TCP4 ${'1'.repeat(120)}`)).toBe('refused');
+    // §2.1 has no IPv6 zone; Node's isIPv6 takes one, ipaddr.js does not: refused, never thrown.
+    expect(refused('PROXY TCP6 fe80::1%a.b 2001:db8::1 40002 5222\r\n')).toBe('refused');
     expect(refused(Buffer.from([...V2_SIGNATURE, 0x20, 0x11, 0x10, 0x00]))).toBe('refused');
     expect(refused(Buffer.from([...V2_SIGNATURE, 0x31, 0x11, 0x00, 0x00]))).toBe('refused');
   });
@@ -87,6 +89,17 @@ describe('buildHeader and buildLocalHeader', () => {
       Buffer.concat([V2_TCP4.subarray(0, 12), Buffer.from([0x20]), V2_TCP4.subarray(13)]),
     );
     expect(buildLocalHeader('v1', client, listener).toString('latin1')).toBe('PROXY TCP4 192.0.2.7 198.51.100.1 40001 5223\r\n');
+  });
+
+  it('builds no header for an end that is not an IP address (tryBuildHeader), instead of throwing', () => {
+    const listener = { address: '198.51.100.1', port: 5223 };
+    expect(tryBuildHeader('v2', { address: '?', port: 0 }, listener, 'proxy')).toBeUndefined();
+    expect(
+      tryBuildHeader('v1', { address: 'fe80::1%eth0.100', port: 1 }, { address: 'fe80::2', port: 5222 }, 'proxy')?.toString('latin1'),
+    ).toBe('PROXY TCP6 fe80::1 fe80::2 1 5222\r\n');
+    expect(tryBuildHeader('v1', { address: '192.0.2.7', port: 40001 }, listener, 'proxy')?.toString('latin1')).toBe(
+      'PROXY TCP4 192.0.2.7 198.51.100.1 40001 5223\r\n',
+    );
   });
 
   it('sends an IPv4 client to an IPv6 listener as IPv4-mapped IPv6, which reads back as the IPv4 client', () => {

@@ -123,6 +123,24 @@ describe('Webhook', () => {
     expect(received.map((r) => (JSON.parse(r.body) as { data: { sid: string } }).data.sid)).toEqual(['s1', 's1', 's2']);
   });
 
+  it('with room for one event only, keeps the one in flight and drops the newcomer', async () => {
+    const events = new SmEvents();
+    const outcomes: WebhookOutcome[] = [];
+    const webhook = start('http://127.0.0.1:1/hook', events, outcomes, { maxQueue: 1, maxAttempts: 100 });
+    for (const sid of ['a', 'b']) events.notify(log, 'hibernationStarted', { ...started, sid });
+    expect(outcomes).toEqual(['dropped']);
+    expect(webhook.stop()).toBe(1);
+  });
+
+  it('gives up at once on a URL fetch refuses (user name and password), without retries', async () => {
+    const events = new SmEvents();
+    const outcomes: WebhookOutcome[] = [];
+    start('http://user:secret@127.0.0.1:1/hook', events, outcomes);
+    events.notify(log, 'hibernationStarted', started);
+    await waitUntil(() => outcomes.length === 1, 'the outcome', 2000);
+    expect(outcomes).toEqual(['failed']);
+  });
+
   it('drops the oldest waiting event when the queue is full, never the one in flight, and says what is left at stop', async () => {
     const events = new SmEvents();
     const outcomes: WebhookOutcome[] = [];
