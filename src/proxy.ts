@@ -9,6 +9,7 @@ import { Webhook } from './admin/webhook.js';
 import { readSecretFile } from './config/secret-file.js';
 import { ProxyMetrics } from './metrics/proxy-metrics.js';
 import {
+  domainKey,
   findDomain,
   type AdminConfig,
   type ListenerConfig,
@@ -268,7 +269,8 @@ export class Proxy {
     target: UpstreamTarget,
     log: Logger,
   ): Promise<UpstreamStream> {
-    const domain = domainName(target.domain);
+    // Metrics labels are the configured names, however the client spelt the domain.
+    const domain = domainKey(target.domain);
     const startedMs = performance.now();
     try {
       const upstream = await connect(target, log);
@@ -529,11 +531,6 @@ export class Proxy {
       'legacy server advertises SASL channel binding, which cannot work through a TLS-terminating proxy: clients that use it will fail to authenticate (see README, Security)',
     );
   }
-}
-
-/** A served domain as configured (lowercase, no trailing dot): metrics labels stay the configured names. */
-function domainName(domain: string): string {
-  return domain.toLowerCase().replace(/\.$/, '');
 }
 
 function newSid(): string {

@@ -37,7 +37,7 @@ const MAX_DRAIN_RATE = 100_000;
 export interface AdminServerOptions {
   readonly host: string;
   readonly port: number;
-  /** The bearer token `/metrics` requires; undefined = none. */
+  /** The bearer token (`admin.tokenFile`): always needed by `/sessions`, `/kick`, `/drain`, and by `/metrics` when set; undefined = none. */
   readonly token: string | undefined;
   readonly registry: Registry;
   readonly readiness: () => ReadinessReport;

@@ -1,5 +1,7 @@
 import type { StreamErrorCondition } from '../errors.js';
+import { bare } from '../session/stream-setup.js';
 import type { SessionSummary } from '../session/session-summary.js';
+import { sameBareJid } from '../sm/resumption.js';
 
 /** The stream errors an operator may end a session with (RFC 6120 §4.9.3); `policy-violation` by default. */
 export const KICK_CONDITIONS = [
@@ -39,19 +41,16 @@ export interface SessionListing {
 
 /**
  * Which sessions a `jid` names: a full JID names its session, a bare JID every session of the
- * account. Local part and domain compare without ASCII case (how the legacy servers here treat
- * them, README, Resumption and the legacy server); the resource exactly (RFC 7622 §3.4).
+ * account. Bare JIDs compare as resumption compares them (`sameBareJid`: ASCII case folded, README,
+ * Resumption and the legacy server); the resource exactly (RFC 7622 §3.4).
  */
 export function namedBy(jid: string, sessionJid: string | undefined): boolean {
   if (sessionJid === undefined) return false;
-  const [wantedBare, wantedResource] = splitJid(jid);
-  const [bare, resource] = splitJid(sessionJid);
-  return wantedBare.toLowerCase() === bare.toLowerCase() && (wantedResource === undefined || wantedResource === resource);
-}
-
-function splitJid(jid: string): [string, string | undefined] {
-  const slash = jid.indexOf('/');
-  return slash < 0 ? [jid, undefined] : [jid.slice(0, slash), jid.slice(slash + 1)];
+  const wantedBare = bare(jid);
+  const sessionBare = bare(sessionJid);
+  return (
+    sameBareJid(wantedBare, sessionBare) && (wantedBare === jid || jid.slice(wantedBare.length) === sessionJid.slice(sessionBare.length))
+  );
 }
 
 /** The session list and the kick of the admin listener (README, Metrics and health), over the live sessions. */

@@ -575,6 +575,11 @@ export function describeConfig(config: ProxyConfig): string {
  * ignored. Only own keys match.
  */
 export function findDomain(config: ProxyConfig, domain: string): DomainConfig | undefined {
-  const name = domain.toLowerCase().replace(/\.$/, '');
+  const name = domainKey(domain);
   return Object.hasOwn(config.domains, name) ? config.domains[name] : undefined;
+}
+
+/** A domain name as the config's `domains` keys spell it: lowercase, no trailing dot. */
+export function domainKey(domain: string): string {
+  return domain.toLowerCase().replace(/\.$/, '');
 }

@@ -77,10 +77,9 @@ function examineV1(bytes: Buffer): HeaderVerdict {
   }
   const { ipAddress, port } = parsed.source;
   const family = parsed.inetProtocol === INETProtocol.TCP4 ? isIPv4(ipAddress) : isIPv6(ipAddress);
-  if (!family || !validPort(port) || !validPort(parsed.destination.port))
-    return { kind: 'refused', reason: 'malformed PROXY v1 addresses' };
   // §2.1 knows no IPv6 zone (`%eth0`), which isIPv6 accepts and ipaddr.js does not.
-  if (!ipaddr.isValid(ipAddress)) return { kind: 'refused', reason: 'malformed PROXY v1 addresses' };
+  if (!family || !ipaddr.isValid(ipAddress) || !validPort(port) || !validPort(parsed.destination.port))
+    return { kind: 'refused', reason: 'malformed PROXY v1 addresses' };
   return { kind: 'proxied', client: { address: clientAddress(ipAddress), port }, consumed };
 }
 
@@ -139,7 +138,7 @@ export type HeaderOutcome =
  * Reads a fresh socket's first bytes until {@link examineHeader} decides, then leaves the socket as
  * if untouched except for the header: what followed it is pushed back (`unshift`) for whoever reads
  * next (a TLS server, an HTTP server, a client link). Bounded by `timeoutMs` and by the header's
- * size; a socket that closes first is refused.
+ * size; a socket that closes first is `closed`.
  */
 export function readHeader(socket: Socket, trusted: boolean, timeoutMs: number): Promise<HeaderOutcome> {
   return new Promise((resolve) => {

@@ -80,6 +80,8 @@ interface ClientAddress {
   readonly remote: string;
   /** The client's IP address (the peer's, or the forwarded one), for per-address limits. */
   readonly address: string;
+  /** The client's port; 0 when a reverse proxy named only its address. */
+  readonly port: number;
   /** The trusted reverse proxy the request came through, when a forwarded address was used. */
   readonly via: string | undefined;
 }
@@ -325,7 +327,7 @@ export class WebSocketListener implements Listener {
       remote: client.remote,
       address: client.address,
       endpoints: {
-        client: { address: client.address, port: client.via === undefined ? this.gate.clientOf(req.socket).port : 0 },
+        client: { address: client.address, port: client.port },
         listener: { address: normalizeAddress(req.socket.localAddress) ?? '0.0.0.0', port: req.socket.localPort ?? 0 },
       },
       limits: limits(),
@@ -354,7 +356,8 @@ export class WebSocketListener implements Listener {
     const origin = this.gate.clientOf(req.socket);
     const peerRemote = `${origin.address}:${origin.port}`;
     const peer = normalizeAddress(origin.address);
-    if (peer === undefined || !isTrusted(this.trusted, peer)) return { remote: peerRemote, address: peer ?? peerRemote, via: undefined };
+    const direct = { remote: peerRemote, port: origin.port, via: undefined };
+    if (peer === undefined || !isTrusted(this.trusted, peer)) return { ...direct, address: peer ?? peerRemote };
     const xff = req.headers['x-forwarded-for'];
     const hops = xff !== undefined ? splitList(Array.isArray(xff) ? xff.join(',') : xff) : forwardedParams(req, 'for');
     let client = peer;
@@ -365,8 +368,8 @@ export class WebSocketListener implements Listener {
       client = hop;
       if (!isTrusted(this.trusted, hop)) break;
     }
-    if (client === peer) return { remote: peerRemote, address: peer, via: undefined };
-    return { remote: client, address: client, via: peerRemote };
+    if (client === peer) return { ...direct, address: peer };
+    return { remote: client, address: client, port: 0, via: peerRemote };
   }
 }
 
