@@ -4,6 +4,7 @@ import { Resolver } from 'node:dns/promises';
 import { runAdminCommand, type AdminCommand } from './admin/admin-commands.js';
 import { isKickCondition } from './admin/session-admin.js';
 import { checkDns } from './admin/dns-check.js';
+import { checkHostMeta } from './admin/host-meta-check.js';
 import { readAdminToken } from './admin/admin-server.js';
 import { describeConfig, loadConfig } from './config/config.js';
 import { readSecretFile } from './config/secret-file.js';
@@ -43,7 +44,8 @@ const USAGE = `usage: smacks-proxy [--check] [config-file]
 
   config-file   path of proxy.config.json (default: ./proxy.config.json)
   --check       validate the config, print the effective config (secrets elided), exit
-  --check dns   look up each served domain's client SRV records and check them against the listeners
+  --check dns   look up each served domain's client SRV records (and, with a websocket listener, its
+                XEP-0156 host-meta) and check them against the listeners
   --dns-server  ask this DNS server instead of the system's
   sessions      list the running proxy's sessions (all, or those of a full or bare JID)
   kick          end the sessions of a full or bare JID (condition: policy-violation by default)
@@ -121,7 +123,7 @@ async function main(): Promise<number> {
   if (dnsCheck) {
     const resolver = new Resolver({ timeout: DNS_TIMEOUT_MS, tries: 2 });
     if (values['dns-server'] !== undefined) resolver.setServers([values['dns-server']]);
-    const findings = await checkDns(config, resolver);
+    const findings = [...(await checkDns(config, resolver)), ...(await checkHostMeta(config, resolver))];
     for (const { level, text } of findings) process.stdout.write(`${level}: ${text}\n`);
     return findings.some((finding) => finding.level === 'error') ? EXIT.dns : EXIT.ok;
   }

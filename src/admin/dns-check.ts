@@ -77,7 +77,8 @@ export async function checkDns(config: ProxyConfig, resolver: Resolver, localAdd
   return findings;
 }
 
-async function targetAddresses(resolver: Resolver, name: string): Promise<string[]> {
+/** The A and AAAA records of `name`; empty when it has none (or the lookups failed). */
+export async function targetAddresses(resolver: Resolver, name: string): Promise<string[]> {
   const lookups = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
   return lookups.flatMap((lookup) => (lookup.status === 'fulfilled' ? lookup.value : []));
 }

@@ -80,8 +80,15 @@ class CliProcess {
   readonly exited: Promise<Exit>;
   private outcome: Exit | undefined;
 
-  constructor(readonly args: readonly string[]) {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: workDir, stdio: ['ignore', 'pipe', 'pipe'] });
+  constructor(
+    readonly args: readonly string[],
+    env: Readonly<Record<string, string>> = {},
+  ) {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: workDir,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...env },
+    });
     children.add(child);
     this.child = child;
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (this.stdout += chunk));
@@ -161,8 +168,12 @@ class CliProcess {
 }
 
 /** Runs the CLI to completion. */
-async function runCli(args: readonly string[], expected: string): Promise<CliProcess & { exit: Exit }> {
-  const cli = new CliProcess(args);
+async function runCli(
+  args: readonly string[],
+  expected: string,
+  env: Readonly<Record<string, string>> = {},
+): Promise<CliProcess & { exit: Exit }> {
+  const cli = new CliProcess(args, env);
   const exit = await cli.expectExit(QUICK_RUN_MS, expected);
   return Object.assign(cli, { exit });
 }
@@ -281,12 +292,12 @@ class UpstreamSpy {
   }
 }
 
-/** A fresh self-signed EC certificate for localhost, PEM. */
-async function certificate(): Promise<{ cert: string; key: string; fingerprint256: string }> {
-  const pems = await selfsigned.generate([{ name: 'commonName', value: 'localhost' }], {
+/** A fresh self-signed EC certificate for `name` (a DNS name), PEM. */
+async function certificate(name = 'localhost'): Promise<{ cert: string; key: string; fingerprint256: string }> {
+  const pems = await selfsigned.generate([{ name: 'commonName', value: name }], {
     keyType: 'ec',
     algorithm: 'sha256',
-    extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: 'localhost' }] }],
+    extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: name }] }],
   });
   return { cert: pems.cert, key: pems.private, fingerprint256: new X509Certificate(pems.cert).fingerprint256 };
 }
@@ -991,18 +1002,25 @@ describe('the sessions and kick commands', () => {
 });
 
 describe('--check dns', () => {
+  /** Where a proxy serves web.example's host-meta: XEP-0156 clients ask port 443, so an address of its own for it. */
+  const HOST_META_ADDRESS = '127.1.56.1';
   let dns: Dnsmasq;
 
   beforeAll(async () => {
     dns = await startDnsmasq({
-      localDomains: ['good.example', 'bad.example'],
+      localDomains: ['good.example', 'bad.example', 'web.example', 'down.example', 'nohost.example'],
       srv: [
         { name: '_xmpp-client._tcp.good.example', target: 'xmpp.good.example', port: 5222 },
         { name: '_xmpps-client._tcp.good.example', target: 'xmpp.good.example', port: 5223 },
         { name: '_xmpp-client._tcp.bad.example', target: 'xmpp.bad.example', port: 5269 },
         { name: '_xmpps-client._tcp.bad.example', target: 'nowhere.bad.example', port: 5223 },
       ],
-      addresses: { 'xmpp.good.example': '127.0.0.1', 'xmpp.bad.example': '192.0.2.1' },
+      addresses: {
+        'xmpp.good.example': '127.0.0.1',
+        'xmpp.bad.example': '192.0.2.1',
+        'web.example': HOST_META_ADDRESS,
+        'down.example': '127.1.56.2',
+      },
     });
   }, 30_000);
 
@@ -1041,4 +1059,30 @@ describe('--check dns', () => {
       'warning: _xmpps-client._tcp.none.good.example: no SRV record; clients will not find the direct TLS port',
     ]);
   });
+
+  it("fetches each domain's host-meta over HTTPS, as a WebSocket client does, and checks its links against the listeners", async () => {
+    const dir = join(workDir, 'host-meta');
+    await mkdir(dir, { recursive: true });
+    const pems = await certificate('web.example');
+    const files = { cert: join(dir, 'fullchain.pem'), key: join(dir, 'privkey.pem') };
+    await writeFile(files.cert, pems.cert);
+    await writeFile(files.key, pems.key);
+    const upstream = { host: '127.0.0.1', port: await unusedPort(), connectTimeoutSeconds: 1 };
+    const listeners = [{ type: 'websocket', host: HOST_META_ADDRESS, port: 443, path: '/ws' }];
+    await startCli({ listeners, tls: { certificates: [files] }, domains: { 'web.example': { upstream } } });
+
+    const domains = Object.fromEntries(['web.example', 'down.example', 'nohost.example'].map((domain) => [domain, { upstream }]));
+    const run = await runCli(
+      ['--check', 'dns', '--dns-server', dns.server, await configFile({ listeners, tls: { certificates: [files] }, domains })],
+      '--check dns with host-meta',
+      { NODE_EXTRA_CA_CERTS: files.cert },
+    );
+    expect(run.exit, run.describe()).toEqual({ code: EXIT.ok, signal: null });
+    const unreachable = 'WebSocket clients that discover by XEP-0156 will not find the proxy';
+    expect(run.stdout.trimEnd().split('\n')).toEqual([
+      `ok: https://web.example/.well-known/host-meta → wss://web.example/ws: the path of a websocket listener (web.example is ${HOST_META_ADDRESS})`,
+      `warning: https://down.example/.well-known/host-meta: connect ECONNREFUSED 127.1.56.2:443; ${unreachable}`,
+      `warning: https://nohost.example/.well-known/host-meta: nohost.example has no A or AAAA record; ${unreachable}`,
+    ]);
+  }, 30_000);
 });
