@@ -21,6 +21,7 @@ import { ConfigError, ErrorCode, StreamError } from './errors.js';
 import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
 import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
+import { clientStateIndication } from './features/client-state-indication.js';
 import { sessionLimit } from './features/session-limit.js';
 import { failedLoginBackoff } from './features/failed-login-backoff.js';
 import { FailedLogins, type FailedLoginPolicy } from './session/failed-logins.js';
@@ -54,6 +55,7 @@ const CONFIG_SECTIONS = [
   'domains',
   'limits',
   'streamManagement',
+  'clientStateIndication',
   'shutdownGraceSeconds',
   'admin',
   'webhook',
@@ -169,6 +171,7 @@ export class Proxy {
           () => this.registry.boundCount,
           () => this.config.limits.maxSessions,
         ),
+        clientStateIndication(() => this.config.clientStateIndication.enabled, this.now),
       ]),
       upstreamFor: (domain) => this.upstreamTarget(domain),
       connectUpstream: (target, upstreamLog) => this.timedConnect(connectUpstream, target, upstreamLog),

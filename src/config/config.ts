@@ -154,6 +154,12 @@ export interface LimitsConfig {
 /** What happens to unacked stanzas of an expired session. */
 export type ExpiryPolicy = 'bounce' | 'drop';
 
+/** XEP-0352 client state indication, for legacy servers that do not offer it. */
+export interface ClientStateIndicationConfig {
+  /** Offer `<csi/>` when the legacy server does not, and hold what can wait for inactive clients. Default `true`. */
+  readonly enabled: boolean;
+}
+
 /** XEP-0198 stream management. */
 export interface StreamManagementConfig {
   /** Seconds a session stays resumable after its client link is lost (mod_smacks `smacks_hibernation_time`). 0 = no resumption. Default 300, range 0..604800. */
@@ -247,6 +253,8 @@ export interface ProxyConfig {
   readonly limits: LimitsConfig;
   /** XEP-0198 stream management. */
   readonly streamManagement: StreamManagementConfig;
+  /** XEP-0352 client state indication done by the proxy. */
+  readonly clientStateIndication: ClientStateIndicationConfig;
   /** Seconds sessions get to close cleanly on shutdown before sockets are destroyed. Default 5, range 0..300. */
   readonly shutdownGraceSeconds: number;
   /** The admin and metrics listener; absent = none. */

@@ -17,11 +17,12 @@ import type { FeaturesPhase } from './features.js';
  *   counts and queues it, and may pass it, change it, or drop it; a dropped stanza was never sent,
  *   so counts and queues stay exact;
  * - `replay` may rewrite a stanza resent after `<resumed/>` (never drop one: it is counted already);
+ * - `hold` is asked, only while the client is held back ({@link SessionHandle.holdBack}), whether a
+ *   live stanza that passed `toClient` may wait; what waits is the session's (held-stanzas.ts), so
+ *   it keeps one order and one budget with the unacked queue: a stanza that is not held releases
+ *   everything held before it, and expiry, bounces and queue limits see held stanzas as unacked ones;
  * - `advertise` adds features to the stream features the client sees;
  * - through {@link SessionHandle.sendUpstream} a hook speaks to the legacy server on the user's behalf.
- * Holding stanzas back (CSI) must keep one order and one budget with the unacked queue, so that
- * expiry, bounces and memory limits still see them; that verdict arrives with the first feature
- * needing it.
  */
 export interface SessionHook {
   /** For logs and tests: the concept the hook implements. */
@@ -33,10 +34,15 @@ export interface SessionHook {
   readonly deliveries?: readonly Delivery[];
   /** Returns the bytes to deliver (`bytes` itself, or changed ones), or `undefined` to drop the stanza. */
   toClient?(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined;
+  /**
+   * `undefined` delivers the stanza now (after whatever is held, in order); a verdict holds it. The
+   * first hook that holds decides; held stanzas are released without running the hooks again.
+   */
+  hold?(bytes: Buffer, session: SessionHandle): HoldVerdict | undefined;
   /** Returns the bytes to resend; `sentAtMs` is when the stanza was first sent or queued. */
   replay?(bytes: Buffer, sentAtMs: number, session: SessionHandle): Buffer;
-  /** Feature elements to add to the legacy server's features in `phase`. */
-  advertise?(phase: FeaturesPhase): readonly Element[];
+  /** Feature elements to add to the legacy server's features (`offered`, as it sent them) in `phase`. */
+  advertise?(phase: FeaturesPhase, offered: Element): readonly Element[];
 }
 
 /** Where the session is when a client element arrives: before SASL success, before bind, bound. */
@@ -51,7 +57,16 @@ export type FromClientVerdict =
   /** Answered with a stanza, delivered like one from the legacy server (counted by stream management). */
   | { readonly kind: 'answer-stanza'; readonly stanza: string }
   /** Answered with a nonza (a `<failure/>`); with `thenClose`, the session then ends, for that reason. */
-  | { readonly kind: 'answer-nonza'; readonly nonza: string; readonly thenClose?: string };
+  | { readonly kind: 'answer-nonza'; readonly nonza: string; readonly thenClose?: string }
+  /** Acted on by the hook; there is nothing to answer (a XEP-0352 `<inactive/>`). */
+  | { readonly kind: 'consumed' };
+
+/** A stanza waits; one held earlier under the same `key` is superseded (dropped, never sent). */
+export interface HoldVerdict {
+  readonly key?: string;
+  /** What waits in place of the stanza's bytes (stamped with the time it arrived, say); the stanza itself when absent. */
+  readonly bytes?: Buffer;
+}
 
 /** What a hook may know of its session and do through it. */
 export interface SessionHandle {
@@ -66,6 +81,17 @@ export interface SessionHandle {
   readonly log: Logger;
   /** Writes on the user's upstream stream, on the user's behalf; nothing happens once that stream is gone. */
   sendUpstream(data: string): void;
+  /**
+   * Whether the legacy server's stream features after authentication (as it sent them, before the
+   * proxy's changes) hold an element `name` in namespace `ns`.
+   */
+  serverOffers(name: string, ns: string): boolean;
+  /**
+   * On: from now on the `hold` hooks are asked about each live stanza. Off: what is held goes to the
+   * client at once, in order, before anything the client sends next is handled (XEP-0352 §5.1).
+   * Every client link starts with it off, a resumed one too (XEP-0352 §5.2).
+   */
+  holdBack(on: boolean): void;
 }
 
 /**
@@ -77,6 +103,7 @@ export class SessionHooks {
   private readonly fromClientHooks: Readonly<Record<ClientPhase, readonly SessionHook[]>>;
   private readonly toClientHooks: Readonly<Record<Delivery, readonly SessionHook[]>>;
   private readonly replayHooks: readonly SessionHook[];
+  private readonly holdHooks: readonly SessionHook[];
   private readonly advertisers: readonly SessionHook[];
 
   constructor(hooks: readonly SessionHook[]) {
@@ -91,6 +118,7 @@ export class SessionHooks {
     };
     this.toClientHooks = { live: askedFor('live'), queued: askedFor('queued') };
     this.replayHooks = hooks.filter((hook) => hook.replay !== undefined);
+    this.holdHooks = hooks.filter((hook) => hook.hold !== undefined);
     this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
   }
 
@@ -119,7 +147,15 @@ export class SessionHooks {
     return current;
   }
 
-  advertise(phase: FeaturesPhase): Element[] {
-    return this.advertisers.flatMap((hook) => hook.advertise?.(phase) ?? []);
+  hold(bytes: Buffer, session: SessionHandle): HoldVerdict | undefined {
+    for (const hook of this.holdHooks) {
+      const verdict = hook.hold?.(bytes, session);
+      if (verdict !== undefined) return verdict;
+    }
+    return undefined;
+  }
+
+  advertise(phase: FeaturesPhase, offered: Element): Element[] {
+    return this.advertisers.flatMap((hook) => hook.advertise?.(phase, offered) ?? []);
   }
 }

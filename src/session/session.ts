@@ -18,6 +18,7 @@ import { HOW_TO_END, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SessionSummary } from './session-summary.js';
 import { rewriteFeatures } from './features.js';
+import { HeldStanzas } from './held-stanzas.js';
 import type { ClientPhase, SessionHandle } from './hooks.js';
 import { AckClock } from './ack-clock.js';
 import { StreamSetup, bare, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
@@ -57,6 +58,10 @@ export class Session implements SessionHandle {
   );
   /** Whether the client showed its presence, for the unavailable presence sent when the session ends. */
   private readonly presence = new ClientPresence();
+  /** What hooks held back from the attached client (held-stanzas.ts); its `holding` is per client link. */
+  private readonly held = new HeldStanzas();
+  /** The legacy server's features after authentication, as it sent them (`serverOffers`). */
+  private serverFeatures: Element | undefined;
   /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
 
@@ -122,6 +127,16 @@ export class Session implements SessionHandle {
   sendUpstream(data: string): void {
     const upstream = upstreamOf(this.state);
     if (upstream !== undefined && !upstream.ended) this.toUpstream(upstream, data);
+  }
+
+  serverOffers(name: string, ns: string): boolean {
+    return this.serverFeatures?.getChild(name, ns) !== undefined;
+  }
+
+  holdBack(on: boolean): void {
+    this.held.holding = on;
+    const s = this.state;
+    if (!on && s.name === 'active') this.releaseHeld(s);
   }
 
   // --- transitions ---
@@ -290,6 +305,7 @@ export class Session implements SessionHandle {
   private answeredByHook(element: ScannedElement, phase: ClientPhase): boolean {
     const verdict = this.deps.hooks.fromClient(element, phase, this);
     if (verdict === undefined) return false;
+    if (verdict.kind === 'consumed') return true;
     if (verdict.kind === 'answer-nonza') {
       this.sendToClient(verdict.nonza);
       if (verdict.thenClose !== undefined) this.closeEverything(verdict.thenClose);
@@ -537,7 +553,9 @@ export class Session implements SessionHandle {
     this.stats.resumes++;
     sm.linkChanged();
     const clock = this.ackClock(sm);
-    const backlog = s.name === 'active' ? s.backlog : [];
+    // XEP-0352 §5.2: the resumed stream starts active; what a taken-over link held goes out after the replay.
+    this.held.holding = false;
+    const backlog = s.name === 'active' ? [...s.backlog, ...this.held.take()] : [];
     // From here on the old link's events no longer reach this session (clientHandler).
     const next = { name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock, backlog } as const;
     this.transition(next);
@@ -586,8 +604,9 @@ export class Session implements SessionHandle {
     this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
     this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
-    // What waited for room goes to the queue now; a hibernating session's queue that overflows ends it.
-    const waiting = s.backlog.splice(0);
+    // What waited for room, then what was held back, goes to the queue now; a hibernating session's queue that overflows ends it.
+    this.held.holding = false;
+    const waiting = [...s.backlog.splice(0), ...this.held.take()];
     for (const [i, bytes] of waiting.entries()) {
       const pushed = sm.queue.push(bytes, this.deps.now());
       if (!pushed.ok) {
@@ -755,7 +774,9 @@ export class Session implements SessionHandle {
 
   private relayFeatures(setup: StreamSetup | undefined, element: ScannedElement): void {
     const phase = setup?.featuresPhase ?? 'post-auth';
-    const { features, findings } = rewriteFeatures(parseElement(element.bytes), this.deps.hooks.advertise(phase));
+    const offered = parseElement(element.bytes);
+    if (phase === 'post-auth') this.serverFeatures = offered;
+    const { features, findings } = rewriteFeatures(offered, this.deps.hooks.advertise(phase, offered));
     if (findings.channelBindingMechanisms.length > 0 || findings.channelBindingTypes) {
       this.deps.reportFindings(this.domainName ?? '', findings);
     }
@@ -766,6 +787,30 @@ export class Session implements SessionHandle {
   private stanzaToClient(s: Extract<State, { name: 'active' }>, relayed: Buffer): void {
     const bytes = this.deps.hooks.toClient(relayed, 'live', this);
     if (bytes === undefined) return;
+    if (this.held.holding) {
+      const verdict = this.deps.hooks.hold(bytes, this);
+      if (verdict !== undefined) {
+        this.held.hold(verdict.bytes ?? bytes, verdict.key);
+        // Held stanzas count against the queue's own limits: a hold buffer that reaches them goes out.
+        const queue = s.sm?.queue;
+        const { maxQueueStanzas, maxQueueBytes } = this.deps.settings;
+        if (this.held.length + (queue?.length ?? 0) >= maxQueueStanzas || this.held.bytes + (queue?.bytes ?? 0) >= maxQueueBytes) {
+          this.releaseHeld(s);
+        }
+        return;
+      }
+    }
+    if (this.held.length > 0) this.releaseHeld(s);
+    this.deliver(s, bytes);
+  }
+
+  /** What was held goes to the client, in order, through stream management. */
+  private releaseHeld(s: Extract<State, { name: 'active' }>): void {
+    for (const bytes of this.held.take()) this.deliver(s, bytes);
+  }
+
+  /** A stanza the hooks passed: counted, queued and sent, or behind the backlog while the unacked queue is full. */
+  private deliver(s: Extract<State, { name: 'active' }>, bytes: Buffer): void {
     const sm = s.sm;
     if (sm !== undefined) {
       // Order is kept: while stanzas wait for room in the queue, every later one waits behind them.
@@ -980,12 +1025,14 @@ export class Session implements SessionHandle {
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
     if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
     let unacked = NOTHING_UNACKED;
-    if (sm !== undefined && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
+    // Held stanzas (a client without stream management may be held back too) were never sent either.
+    if ((sm !== undefined || this.held.length > 0) && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
-      const entries = sm.queue.drain().map((entry) => entry.bytes);
-      // Then what never reached the client: the backlog of an attached client, the stanzas that overflowed.
+      const entries = sm?.queue.drain().map((entry) => entry.bytes) ?? [];
+      // Then what never reached the client: the backlog of an attached client, what hooks held back, the stanzas that overflowed.
       if (s.name === 'active') entries.push(...s.backlog.splice(0));
+      entries.push(...this.held.take());
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
       unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);

@@ -24,6 +24,24 @@ export const NS = {
   carbons: 'urn:xmpp:carbons:2',
   errors: 'urn:xmpp:errors',
   framing: 'urn:ietf:params:xml:ns:xmpp-framing',
+  /** XEP-0352 client state indication. */
+  csi: 'urn:xmpp:csi:0',
+  forward: 'urn:xmpp:forward:0',
+  chatStates: 'http://jabber.org/protocol/chatstates',
+  muc: 'http://jabber.org/protocol/muc',
+  mucUser: 'http://jabber.org/protocol/muc#user',
+  /** XEP-0249 direct MUC invitation. */
+  conferenceInvite: 'jabber:x:conference',
+  /** XEP-0384 OMEMO, the version clients deploy and the current one. */
+  omemo: 'eu.siacs.conversations.axolotl',
+  omemo2: 'urn:xmpp:omemo:2',
+  /** XEP-0373 OpenPGP for XMPP, and XEP-0027's legacy signing and encryption. */
+  openpgp: 'urn:xmpp:openpgp:0',
+  legacyPgp: 'jabber:x:encrypted',
+  /** XEP-0380 explicit message encryption. */
+  eme: 'urn:xmpp:eme:0',
+  /** XEP-0353 Jingle Message Initiation (call invitations). */
+  jingleMessage: 'urn:xmpp:jingle-message:0',
 } as const;
 
 /** The XEP-0198 namespaces a client may use; the proxy answers in the one the client used. */

@@ -5,7 +5,7 @@
  * that each one's CPU time can be measured), Prosody from the test harness. Every loop is bounded
  * in count and in time. Benchmarks print figures; they never assert on time.
  *
- *   node dist/test/bench/run.js [--quick] [--only scanner,relay,e2e,memory,resume,scale,storm] [--profile]
+ *   node dist/test/bench/run.js [--quick] [--only scanner,relay,e2e,memory,resume,scale,storm,csi] [--profile]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { BenchContext } from './bench-context.js';
 import { fmt, fmtInt, table } from './bench-util.js';
+import { runCsiBench } from './csi-bench.js';
 import { runE2eBench } from './e2e-bench.js';
 import { runMemoryBench } from './memory-bench.js';
 import { runRelayBench } from './relay-bench.js';
@@ -60,6 +61,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   { key: 'resume', title: '5. Resume', run: runResumeBench },
   { key: 'scale', title: '6. Scale: idle sessions in one proxy process', run: runScaleBench },
   { key: 'storm', title: '7. Storm: every stanza accounted for under cuts, resumes and expiries', run: runStormBench },
+  { key: 'csi', title: "8. Client state indication: an inactive phone's hour", run: runCsiBench },
 ];
 
 const USAGE = `usage: node dist/test/bench/run.js [--quick] [--only ${BENCHMARKS.map((b) => b.key).join(',')}] [--profile] [--keep]`;

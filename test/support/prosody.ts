@@ -37,6 +37,8 @@ export type ProsodyUser = LegacyUser;
 export interface ProsodyOptions {
   /** Load mod_smacks (native XEP-0198). Default false: the legacy server, no `<sm/>` feature. */
   smacks?: boolean;
+  /** Load mod_csi_simple (native XEP-0352, which buffers what can wait). Default false. */
+  csi?: boolean;
   /** Accounts registered before start. Default none. */
   users?: ProsodyUser[];
   /** The VirtualHost. Default 'localhost'. */
@@ -82,7 +84,10 @@ async function startOnce(options: ProsodyOptions & { c2sPort: number }): Promise
   mkdirSync(dataDir);
   // An empty certificate dir: Prosody indexes it at start and logs an error if it is missing.
   mkdirSync(join(dir, 'certs'));
-  writeFileSync(configFile, prosodyConfig({ dir, dataDir, logFile, domain, c2sPort, smacks: options.smacks ?? false }));
+  writeFileSync(
+    configFile,
+    prosodyConfig({ dir, dataDir, logFile, domain, c2sPort, smacks: options.smacks ?? false, csi: options.csi ?? false }),
+  );
 
   const registerUser = async ({ username, password }: ProsodyUser): Promise<void> => {
     try {
@@ -159,13 +164,14 @@ interface ConfigValues {
   domain: string;
   c2sPort: number;
   smacks: boolean;
+  csi: boolean;
 }
 
 /** Modules of a realistic small legacy deployment. No carbons/csi/mam: they change delivery. */
 const BASE_MODULES = ['roster', 'saslauth', 'disco', 'presence', 'ping', 'private', 'vcard', 'version', 'time', 'uptime'];
 
 function prosodyConfig(v: ConfigValues): string {
-  const modulesEnabled = v.smacks ? [...BASE_MODULES, 'smacks'] : BASE_MODULES;
+  const modulesEnabled = [...BASE_MODULES, ...(v.smacks ? ['smacks'] : []), ...(v.csi ? ['csi_simple'] : [])];
   // s2s and s2s_auth_certs are autoloaded in 0.12; a sandbox must not dial out, so unload them.
   const modulesDisabled = v.smacks ? ['s2s', 's2s_auth_certs'] : ['s2s', 's2s_auth_certs', 'smacks'];
   const lines = [

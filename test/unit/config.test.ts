@@ -124,6 +124,7 @@ describe('parseConfig: defaults', () => {
         maxRememberedExpired: 100000,
         upstreamKeepaliveSeconds: 60,
       },
+      clientStateIndication: { enabled: true },
       shutdownGraceSeconds: 5,
       log: { level: 'info', format: 'auto' },
     };

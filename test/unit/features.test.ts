@@ -11,7 +11,8 @@ const hooks = new SessionHooks(BUILTIN_HOOKS);
 
 /** The features a client sees: the legacy server's, rewritten, plus what the built-in hooks advertise. */
 function names(xml: string, phase: FeaturesPhase): string[] {
-  const { features } = rewriteFeatures(parseElement(xml), hooks.advertise(phase));
+  const offered = parseElement(xml);
+  const { features } = rewriteFeatures(offered, hooks.advertise(phase, offered));
   return features.getChildElements().map((c) => `${c.name}@${String(c.attrs.xmlns)}`);
 }
 
@@ -35,7 +36,8 @@ describe('rewriteFeatures', () => {
   });
 
   it('keeps SASL mechanisms unchanged and in order', () => {
-    const { features } = rewriteFeatures(parseElement(`<stream:features>${MECHS}</stream:features>`), hooks.advertise('pre-auth'));
+    const offered = parseElement(`<stream:features>${MECHS}</stream:features>`);
+    const { features } = rewriteFeatures(offered, hooks.advertise('pre-auth', offered));
     expect(features.toString()).toBe(parseElement(`<stream:features>${MECHS}</stream:features>`).toString());
   });
 

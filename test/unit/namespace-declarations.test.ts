@@ -131,10 +131,8 @@ describe('declareOnStartTag', () => {
 describe('features rewriting of jabberd2 post-auth features', () => {
   it('removes <ack:ack/> (resolved through the header) and keeps the rest bound', () => {
     const [features] = frame(JABBERD2_HEADER, JABBERD2_POST_AUTH_FEATURES, 0);
-    const rewritten = rewriteFeatures(
-      parseElement(features!.bytes),
-      new SessionHooks(BUILTIN_HOOKS).advertise('post-auth'),
-    ).features.toString();
+    const offered = parseElement(features!.bytes);
+    const rewritten = rewriteFeatures(offered, new SessionHooks(BUILTIN_HOOKS).advertise('post-auth', offered)).features.toString();
     const parsed = strictlyParsed(rewritten);
     expect(parsed).not.toContain('ack@http://www.xmpp.org/extensions/xep-0198.html#ns');
     expect(parsed).toEqual(expect.arrayContaining(['bind@urn:ietf:params:xml:ns:xmpp-bind', 'sm@urn:xmpp:sm:3']));

@@ -24,6 +24,8 @@ function handle(jid: string | undefined = 'a@localhost/r'): SessionHandle & { re
     log: pino({ level: 'silent' }),
     upstream,
     sendUpstream: (data) => void upstream.push(data),
+    serverOffers: () => false,
+    holdBack: () => undefined,
   };
 }
 
@@ -83,7 +85,7 @@ describe('SessionHooks: the order and the verdicts', () => {
     expect(hooks.toClient(bytes, 'queued', handle())).toBe(bytes);
     expect(hooks.replay(bytes, 0, handle())).toBe(bytes);
     expect(hooks.fromClient(scanned('<a/>'), 'authenticating', handle())).toBeUndefined();
-    expect(hooks.advertise('post-auth')).toEqual([]);
+    expect(hooks.advertise('post-auth', xml('stream:features'))).toEqual([]);
   });
 
   it('collects advertised features in hook order', () => {
@@ -91,8 +93,8 @@ describe('SessionHooks: the order and the verdicts', () => {
       { name: 'one', advertise: () => [xml('one', { xmlns: 'urn:x:1' })] },
       { name: 'two', advertise: (phase) => (phase === 'post-auth' ? [xml('two', { xmlns: 'urn:x:2' })] : []) },
     ]);
-    expect(hooks.advertise('pre-auth').map((e) => e.name)).toEqual(['one']);
-    expect(hooks.advertise('post-auth').map((e) => e.name)).toEqual(['one', 'two']);
+    expect(hooks.advertise('pre-auth', xml('stream:features')).map((e) => e.name)).toEqual(['one']);
+    expect(hooks.advertise('post-auth', xml('stream:features')).map((e) => e.name)).toEqual(['one', 'two']);
   });
 });
 
