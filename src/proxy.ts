@@ -22,6 +22,7 @@ import { SmEvents } from './session/events.js';
 import type { FeaturesFindings } from './session/features.js';
 import { BUILTIN_HOOKS } from './features/builtin-hooks.js';
 import { clientStateIndication } from './features/client-state-indication.js';
+import { pushNotifications } from './features/push-notifications.js';
 import { sessionLimit } from './features/session-limit.js';
 import { failedLoginBackoff } from './features/failed-login-backoff.js';
 import { FailedLogins, type FailedLoginPolicy } from './session/failed-logins.js';
@@ -56,6 +57,7 @@ const CONFIG_SECTIONS = [
   'limits',
   'streamManagement',
   'clientStateIndication',
+  'push',
   'shutdownGraceSeconds',
   'admin',
   'webhook',
@@ -172,6 +174,10 @@ export class Proxy {
           () => this.config.limits.maxSessions,
         ),
         clientStateIndication(() => this.config.clientStateIndication.enabled, this.now),
+        ...pushNotifications(() => {
+          const push = this.config.push;
+          return { enabled: push.enabled, intervalMs: push.intervalSeconds * 1000, withSender: push.withSender, withBody: push.withBody };
+        }, this.now),
       ]),
       upstreamFor: (domain) => this.upstreamTarget(domain),
       connectUpstream: (target, upstreamLog) => this.timedConnect(connectUpstream, target, upstreamLog),

@@ -160,6 +160,18 @@ export interface ClientStateIndicationConfig {
   readonly enabled: boolean;
 }
 
+/** XEP-0357 push notifications, for legacy servers without them. */
+export interface PushConfig {
+  /** Answer push enable/disable, keep registrations in private XML storage, notify while hibernating. Default `true`. */
+  readonly enabled: boolean;
+  /** At most one notification per hibernating session within this many seconds. Default 60, range 0..3600. */
+  readonly intervalSeconds: number;
+  /** Include the sender's bare JID in notifications. Default `false`. */
+  readonly withSender: boolean;
+  /** Include the message body in notifications. Default `false`. */
+  readonly withBody: boolean;
+}
+
 /** XEP-0198 stream management. */
 export interface StreamManagementConfig {
   /** Seconds a session stays resumable after its client link is lost (mod_smacks `smacks_hibernation_time`). 0 = no resumption. Default 300, range 0..604800. */
@@ -255,6 +267,8 @@ export interface ProxyConfig {
   readonly streamManagement: StreamManagementConfig;
   /** XEP-0352 client state indication done by the proxy. */
   readonly clientStateIndication: ClientStateIndicationConfig;
+  /** XEP-0357 push notifications done by the proxy. */
+  readonly push: PushConfig;
   /** Seconds sessions get to close cleanly on shutdown before sockets are destroyed. Default 5, range 0..300. */
   readonly shutdownGraceSeconds: number;
   /** The admin and metrics listener; absent = none. */

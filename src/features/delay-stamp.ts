@@ -1,6 +1,7 @@
 import { parseElement } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
+import { isElementNamed } from '../xml/stanza-bytes.js';
 import type { SessionHook } from '../session/hooks.js';
 
 /**
@@ -42,21 +43,12 @@ function elementName(bytes: Buffer): string {
   return bytes.toString('latin1', 1, end);
 }
 
-/** True when the stanza bytes are a `<message`: only messages are delay-stamped on replay. */
-export function isMessage(stanza: Buffer): boolean {
-  return stanza.length > 8 && stanza.toString('latin1', 0, 8) === '<message' && isNameEnd(stanza[8]);
-}
-
-function isNameEnd(c: number | undefined): boolean {
-  return c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x2f || c === 0x3e;
-}
-
 /** XEP-0198 §5 with XEP-0203: a message resent after `<resumed/>` carries the time it was first sent, from the user's server. */
 export const replayDelayStamp: SessionHook = {
   name: 'replay-delay-stamp',
   replay(bytes, sentAtMs, session) {
     const jid = session.jid;
-    if (jid === undefined || !isMessage(bytes)) return bytes;
+    if (jid === undefined || !isElementNamed(bytes, 'message')) return bytes;
     const slash = jid.indexOf('/');
     return addDelay(bytes, sentAtMs, slash === -1 ? jid : jid.slice(0, slash));
   },

@@ -26,6 +26,7 @@ export function pingAnswer(stanza: Buffer): string | undefined {
 export const pingWhileAway: SessionHook = {
   name: 'ping-while-away',
   deliveries: ['queued'],
+  kinds: ['iq'],
   toClient(bytes, _delivery, session) {
     const pong = pingAnswer(bytes);
     if (pong === undefined) return bytes;

@@ -21,6 +21,7 @@ import type { FeaturesPhase } from './features.js';
  *   live stanza that passed `toClient` may wait; what waits is the session's (held-stanzas.ts), so
  *   it keeps one order and one budget with the unacked queue: a stanza that is not held releases
  *   everything held before it, and expiry, bounces and queue limits see held stanzas as unacked ones;
+ * - `bound` learns that the session is bound (to read what a feature keeps on the legacy server);
  * - `advertise` adds features to the stream features the client sees;
  * - through {@link SessionHandle.sendUpstream} a hook speaks to the legacy server on the user's behalf.
  */
@@ -32,6 +33,8 @@ export interface SessionHook {
   fromClient?(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict;
   /** The deliveries whose stanzas `toClient` sees; both when absent. */
   readonly deliveries?: readonly Delivery[];
+  /** The kinds of stanza `toClient` sees; all three when absent (a hook that needs only iqs costs messages nothing). */
+  readonly kinds?: readonly StanzaKind[];
   /** Returns the bytes to deliver (`bytes` itself, or changed ones), or `undefined` to drop the stanza. */
   toClient?(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined;
   /**
@@ -41,6 +44,8 @@ export interface SessionHook {
   hold?(bytes: Buffer, session: SessionHandle): HoldVerdict | undefined;
   /** Returns the bytes to resend; `sentAtMs` is when the stanza was first sent or queued. */
   replay?(bytes: Buffer, sentAtMs: number, session: SessionHandle): Buffer;
+  /** Called once, when the session is bound (its bind result is on its way to the client). */
+  bound?(session: SessionHandle): void;
   /** Feature elements to add to the legacy server's features (`offered`, as it sent them) in `phase`. */
   advertise?(phase: FeaturesPhase, offered: Element): readonly Element[];
 }
@@ -50,6 +55,9 @@ export type ClientPhase = 'authenticating' | 'authenticated' | 'active';
 
 /** `live`: the client is attached; `queued`: the session hibernates and the stanza waits for a resume. */
 export type Delivery = 'live' | 'queued';
+
+/** RFC 6120 §8: the three stanzas. */
+export type StanzaKind = 'message' | 'presence' | 'iq';
 
 /** A from-client hook's decision: `undefined` relays the element; otherwise the hook answered it. */
 export type FromClientVerdict =
@@ -77,6 +85,8 @@ export interface SessionHandle {
   readonly domain: string | undefined;
   /** The full JID, once bound. */
   readonly jid: string | undefined;
+  /** While the session hibernates: when its client link was lost (epoch ms); otherwise `undefined`. */
+  readonly awaySinceMs: number | undefined;
   /** The session's logger (carries the JID once bound). */
   readonly log: Logger;
   /** Writes on the user's upstream stream, on the user's behalf; nothing happens once that stream is gone. */
@@ -101,16 +111,21 @@ export interface SessionHandle {
  */
 export class SessionHooks {
   private readonly fromClientHooks: Readonly<Record<ClientPhase, readonly SessionHook[]>>;
-  private readonly toClientHooks: Readonly<Record<Delivery, readonly SessionHook[]>>;
+  private readonly toClientHooks: Readonly<Record<Delivery, Readonly<Record<StanzaKind, readonly SessionHook[]>>>>;
   private readonly replayHooks: readonly SessionHook[];
   private readonly holdHooks: readonly SessionHook[];
+  private readonly boundHooks: readonly SessionHook[];
   private readonly advertisers: readonly SessionHook[];
 
   constructor(hooks: readonly SessionHook[]) {
     const fromClient = hooks.filter((hook) => hook.fromClient !== undefined);
     const toClient = hooks.filter((hook) => hook.toClient !== undefined);
     const askedIn = (phase: ClientPhase): SessionHook[] => fromClient.filter((hook) => hook.phases?.includes(phase) ?? true);
-    const askedFor = (delivery: Delivery): SessionHook[] => toClient.filter((hook) => hook.deliveries?.includes(delivery) ?? true);
+    const askedFor = (delivery: Delivery): Record<StanzaKind, SessionHook[]> => {
+      const forDelivery = toClient.filter((hook) => hook.deliveries?.includes(delivery) ?? true);
+      const ofKind = (kind: StanzaKind): SessionHook[] => forDelivery.filter((hook) => hook.kinds?.includes(kind) ?? true);
+      return { message: ofKind('message'), presence: ofKind('presence'), iq: ofKind('iq') };
+    };
     this.fromClientHooks = {
       authenticating: askedIn('authenticating'),
       authenticated: askedIn('authenticated'),
@@ -119,6 +134,7 @@ export class SessionHooks {
     this.toClientHooks = { live: askedFor('live'), queued: askedFor('queued') };
     this.replayHooks = hooks.filter((hook) => hook.replay !== undefined);
     this.holdHooks = hooks.filter((hook) => hook.hold !== undefined);
+    this.boundHooks = hooks.filter((hook) => hook.bound !== undefined);
     this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
   }
 
@@ -132,9 +148,9 @@ export class SessionHooks {
   }
 
   /** Each hook sees what the one before it passed on; a drop ends the chain. */
-  toClient(bytes: Buffer, delivery: Delivery, session: SessionHandle): Buffer | undefined {
+  toClient(bytes: Buffer, kind: StanzaKind, delivery: Delivery, session: SessionHandle): Buffer | undefined {
     let current: Buffer | undefined = bytes;
-    for (const hook of this.toClientHooks[delivery]) {
+    for (const hook of this.toClientHooks[delivery][kind]) {
       current = hook.toClient?.(current, delivery, session);
       if (current === undefined) return undefined;
     }
@@ -153,6 +169,10 @@ export class SessionHooks {
       if (verdict !== undefined) return verdict;
     }
     return undefined;
+  }
+
+  bound(session: SessionHandle): void {
+    for (const hook of this.boundHooks) hook.bound?.(session);
   }
 
   advertise(phase: FeaturesPhase, offered: Element): Element[] {

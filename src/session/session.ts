@@ -9,6 +9,7 @@ import { parseElement, type Element } from '../xml/element.js';
 import { NS, isSmNamespace, isStanza, type SmNamespace } from '../xml/namespaces.js';
 import { clipped, sanitizeForLog } from '../xml/sanitize.js';
 import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
+import { stanzaKindOf } from '../xml/stanza-bytes.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
 import { ClientPresence } from './client-presence.js';
@@ -19,7 +20,7 @@ import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SessionSummary } from './session-summary.js';
 import { rewriteFeatures } from './features.js';
 import { HeldStanzas } from './held-stanzas.js';
-import type { ClientPhase, SessionHandle } from './hooks.js';
+import type { ClientPhase, SessionHandle, StanzaKind } from './hooks.js';
 import { AckClock } from './ack-clock.js';
 import { StreamSetup, bare, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
 import type { ResumeHandOver } from './session-registry.js';
@@ -118,6 +119,11 @@ export class Session implements SessionHandle {
   get jid(): string | undefined {
     const s = this.state;
     return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.jid : undefined;
+  }
+
+  get awaySinceMs(): number | undefined {
+    const s = this.state;
+    return s.name === 'hibernating' || s.name === 'stranded' ? s.sinceMs : undefined;
   }
 
   get log(): Logger {
@@ -312,8 +318,10 @@ export class Session implements SessionHandle {
       return true;
     }
     const s = this.state;
-    if (s.name === 'active') this.stanzaToClient(s, Buffer.from(verdict.stanza));
-    else this.sendToClient(verdict.stanza);
+    if (s.name === 'active') {
+      const stanza = Buffer.from(verdict.stanza);
+      this.stanzaToClient(s, stanza, stanzaKindOf(stanza));
+    } else this.sendToClient(verdict.stanza);
     return true;
   }
 
@@ -677,7 +685,7 @@ export class Session implements SessionHandle {
     const s = this.state;
     if (upstreamOf(s) !== upstream) return;
     if (s.name === 'active' && isStanza(element)) {
-      this.stanzaToClient(s, element.bytes);
+      this.stanzaToClient(s, element.bytes, element.localName as StanzaKind);
       return;
     }
     if (s.name === 'hibernating') {
@@ -743,7 +751,7 @@ export class Session implements SessionHandle {
         this.becomeActive(jid);
         // Routed to this full JID before the server bound it here: they come first, in order.
         const s = this.state;
-        if (s.name === 'active') for (const bytes of inherited) this.stanzaToClient(s, bytes);
+        if (s.name === 'active') for (const bytes of inherited) this.stanzaToClient(s, bytes, stanzaKindOf(bytes));
       },
       inheritedLost: (inherited) => this.inheritedLost(inherited),
       redeliver: (held) => {
@@ -770,6 +778,7 @@ export class Session implements SessionHandle {
     s.upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
     this.logger = this.logger.child({ jid });
     this.log.info('bound');
+    this.deps.hooks.bound(this);
   }
 
   private relayFeatures(setup: StreamSetup | undefined, element: ScannedElement): void {
@@ -784,8 +793,8 @@ export class Session implements SessionHandle {
     setup?.featuresRelayed();
   }
 
-  private stanzaToClient(s: Extract<State, { name: 'active' }>, relayed: Buffer): void {
-    const bytes = this.deps.hooks.toClient(relayed, 'live', this);
+  private stanzaToClient(s: Extract<State, { name: 'active' }>, relayed: Buffer, kind: StanzaKind): void {
+    const bytes = this.deps.hooks.toClient(relayed, kind, 'live', this);
     if (bytes === undefined) return;
     if (this.held.holding) {
       const verdict = this.deps.hooks.hold(bytes, this);
@@ -885,7 +894,7 @@ export class Session implements SessionHandle {
       return;
     }
     if (!isStanza(element)) return;
-    const bytes = this.deps.hooks.toClient(element.bytes, 'queued', this);
+    const bytes = this.deps.hooks.toClient(element.bytes, element.localName as StanzaKind, 'queued', this);
     if (bytes === undefined) return;
     const pushed = s.sm.queue.push(bytes, this.deps.now());
     if (!pushed.ok) {

@@ -42,6 +42,15 @@ export const NS = {
   eme: 'urn:xmpp:eme:0',
   /** XEP-0353 Jingle Message Initiation (call invitations). */
   jingleMessage: 'urn:xmpp:jingle-message:0',
+  /** XEP-0357 push notifications. */
+  push: 'urn:xmpp:push:0',
+  /** The proxy's own element in the user's private XML storage: push registrations (push-registrations.ts). */
+  pushStorage: 'urn:x-smacks-proxy:push:0',
+  /** XEP-0049 private XML storage. */
+  private: 'jabber:iq:private',
+  dataForms: 'jabber:x:data',
+  pubsub: 'http://jabber.org/protocol/pubsub',
+  discoInfo: 'http://jabber.org/protocol/disco#info',
 } as const;
 
 /** The XEP-0198 namespaces a client may use; the proxy answers in the one the client used. */

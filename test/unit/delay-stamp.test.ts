@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { addDelay, isMessage } from '../../src/features/delay-stamp.js';
+import { addDelay } from '../../src/features/delay-stamp.js';
+import { isElementNamed } from '../../src/xml/stanza-bytes.js';
 import { parseElement } from '../../src/xml/element.js';
 
 const STAMP = Date.UTC(2026, 10, 25, 8, 30, 0);
@@ -51,14 +52,17 @@ describe('addDelay', () => {
   });
 });
 
-describe('isMessage', () => {
+describe('isElementNamed', () => {
   it.each([
-    ["<message to='a'/>", true],
-    ['<message>', true],
-    ['<messages/>', false],
-    ["<presence to='a'/>", false],
-    ['<iq/>', false],
-  ])('%s → %s', (xml, expected) => {
-    expect(isMessage(Buffer.from(xml))).toBe(expected);
+    ["<message to='a'/>", 'message', true],
+    ['<message>', 'message', true],
+    ['<messages/>', 'message', false],
+    ["<presence to='a'/>", 'message', false],
+    ['<iq/>', 'message', false],
+    ["<iq\ttype='get'/>", 'iq', true],
+    ['<iqx/>', 'iq', false],
+    ['<i', 'iq', false],
+  ])('%s is <%s>: %s', (xml, name, expected) => {
+    expect(isElementNamed(Buffer.from(xml), name)).toBe(expected);
   });
 });

@@ -21,6 +21,7 @@ function handle(jid: string | undefined = 'a@localhost/r'): SessionHandle & { re
     addressKey: '192.0.2.1',
     domain: 'localhost',
     jid,
+    awaySinceMs: undefined,
     log: pino({ level: 'silent' }),
     upstream,
     sendUpstream: (data) => void upstream.push(data),
@@ -57,32 +58,34 @@ describe('SessionHooks: the order and the verdicts', () => {
       { name: 'drop-x', toClient: (bytes) => (calls.push('drop-x'), bytes.includes('X') ? undefined : bytes) },
       { name: 'never', toClient: (bytes) => (calls.push('never'), bytes) },
     ]);
-    expect(hooks.toClient(Buffer.from('<a/>'), 'live', handle())?.toString()).toBe('<A/>');
+    expect(hooks.toClient(Buffer.from('<a/>'), 'message', 'live', handle())?.toString()).toBe('<A/>');
     expect(calls).toEqual(['upper', 'drop-x', 'never']);
     calls.length = 0;
-    expect(hooks.toClient(Buffer.from('<x/>'), 'live', handle())).toBeUndefined();
+    expect(hooks.toClient(Buffer.from('<x/>'), 'message', 'live', handle())).toBeUndefined();
     expect(calls).toEqual(['upper', 'drop-x']);
   });
 
-  it('asks a hook only in the phases and for the deliveries it names', () => {
+  it('asks a hook only in the phases, for the deliveries and the kinds of stanza it names', () => {
     const calls: string[] = [];
     const hooks = new SessionHooks([
       { name: 'pre-auth', phases: ['authenticating'], fromClient: () => (calls.push('pre-auth'), undefined) },
       { name: 'any-phase', fromClient: () => (calls.push('any-phase'), undefined) },
       { name: 'away', deliveries: ['queued'], toClient: (bytes) => (calls.push('away'), bytes) },
       { name: 'any-delivery', toClient: (bytes) => (calls.push('any-delivery'), bytes) },
+      { name: 'iq-only', kinds: ['iq'], toClient: (bytes) => (calls.push('iq-only'), bytes) },
     ]);
     hooks.fromClient(scanned('<a/>'), 'authenticating', handle());
     hooks.fromClient(scanned('<a/>'), 'active', handle());
-    hooks.toClient(Buffer.from('<a/>'), 'live', handle());
-    hooks.toClient(Buffer.from('<a/>'), 'queued', handle());
-    expect(calls).toEqual(['pre-auth', 'any-phase', 'any-phase', 'any-delivery', 'away', 'any-delivery']);
+    hooks.toClient(Buffer.from('<a/>'), 'message', 'live', handle());
+    hooks.toClient(Buffer.from('<a/>'), 'presence', 'queued', handle());
+    hooks.toClient(Buffer.from('<iq/>'), 'iq', 'live', handle());
+    expect(calls).toEqual(['pre-auth', 'any-phase', 'any-phase', 'any-delivery', 'away', 'any-delivery', 'any-delivery', 'iq-only']);
   });
 
   it('lets every hook without an opinion stay out: no hooks, the bytes themselves', () => {
     const bytes = Buffer.from('<message/>');
     const hooks = new SessionHooks([]);
-    expect(hooks.toClient(bytes, 'queued', handle())).toBe(bytes);
+    expect(hooks.toClient(bytes, 'message', 'queued', handle())).toBe(bytes);
     expect(hooks.replay(bytes, 0, handle())).toBe(bytes);
     expect(hooks.fromClient(scanned('<a/>'), 'authenticating', handle())).toBeUndefined();
     expect(hooks.advertise('post-auth', xml('stream:features'))).toEqual([]);
@@ -127,7 +130,7 @@ describe('built-in hooks', () => {
 
   it('leaves a ping to an attached client to the client', () => {
     const session = handle();
-    expect(new SessionHooks(BUILTIN_HOOKS).toClient(ping, 'live', session)).toBe(ping);
+    expect(new SessionHooks(BUILTIN_HOOKS).toClient(ping, 'iq', 'live', session)).toBe(ping);
     expect(session.upstream).toEqual([]);
   });
 

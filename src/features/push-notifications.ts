@@ -1,0 +1,242 @@
+import { parseElement, xml, type Element } from '../xml/element.js';
+import { escapeXml } from '../xml/escape.js';
+import { NS } from '../xml/namespaces.js';
+import type { FromClientVerdict, SessionHandle, SessionHook } from '../session/hooks.js';
+import { notificationIq, wakesUser } from './push-notification.js';
+import { readRegistrations, sameRegistration, storageQuery, type PushRegistration } from './push-registrations.js';
+
+/** config `push`, read at each use (a reload applies at once). */
+export interface PushSettings {
+  readonly enabled: boolean;
+  /** At most one notification per session per this many ms. */
+  readonly intervalMs: number;
+  readonly withSender: boolean;
+  readonly withBody: boolean;
+}
+
+/** The ids of the proxy's own iqs on a user's stream; a client's ids never start so. */
+const ID_PREFIX = 'smacks-proxy-push-';
+const ID_PREFIX_BYTES = Buffer.from(ID_PREFIX, 'latin1');
+const PUSH_NS = Buffer.from(NS.push, 'latin1');
+const DISCO_INFO = Buffer.from(NS.discoInfo, 'latin1');
+/** XEP-0357 §7: the app server's answers that say the registration is gone for good. */
+const GONE = new Set(['item-not-found', 'not-authorized', 'registration-required', 'forbidden']);
+
+/** What the proxy does with the answer to one of its iqs: the bytes to deliver to the client in its place, or nothing. */
+type Answered = (answer: Element) => Buffer | undefined;
+
+interface PushState {
+  /** This account's registrations as stored, once read (at bind); `undefined` until then. */
+  registrations: PushRegistration[] | undefined;
+  readonly pending: Map<string, Answered>;
+  /** The hibernation the counts are for ({@link SessionHandle.awaySinceMs}). */
+  awaySinceMs: number | undefined;
+  /** Stanzas that would wake the user since the client went away, and how many of them were notified. */
+  wakers: number;
+  notified: number;
+  lastNotifiedMs: number | undefined;
+  lastSender: string | undefined;
+  lastBody: string | undefined;
+}
+
+let nextId = 0;
+
+/**
+ * XEP-0357 push notifications for legacy servers without them, as Prosody's mod_cloud_notify does
+ * them: the client's `<enable/>` and `<disable/>` iqs to its own account are answered here, the
+ * registrations kept in the user's private XML storage (push-registrations.ts), `urn:xmpp:push:0`
+ * added to the disco#info answer of the user's own bare JID, and while a session hibernates, a
+ * stanza that would wake the user makes the proxy publish a notification to each registration of
+ * the session's resource, through the user's own stream, at most once per `intervalMs`. An app
+ * server's error that says the registration is gone removes it.
+ */
+export function pushNotifications(settings: () => PushSettings, now: () => number): readonly SessionHook[] {
+  const states = new WeakMap<SessionHandle, PushState>();
+  const stateOf = (session: SessionHandle): PushState => {
+    let state = states.get(session);
+    if (state === undefined) {
+      state = {
+        registrations: undefined,
+        pending: new Map(),
+        awaySinceMs: undefined,
+        wakers: 0,
+        notified: 0,
+        lastNotifiedMs: undefined,
+        lastSender: undefined,
+        lastBody: undefined,
+      };
+      states.set(session, state);
+    }
+    return state;
+  };
+
+  /** Sends an iq on the user's behalf; `answered` gets its result or error. */
+  const request = (session: SessionHandle, iq: Element, answered: Answered): void => {
+    const id = `${ID_PREFIX}${++nextId}`;
+    iq.attrs.id = id;
+    stateOf(session).pending.set(id, answered);
+    session.sendUpstream(iq.toString());
+  };
+
+  /** Reads the stored registrations, applies `change`, writes them back; `done` gets the write's answer. */
+  const update = (session: SessionHandle, change: (stored: PushRegistration[]) => PushRegistration[], done: Answered): void => {
+    request(session, xml('iq', { type: 'get' }, storageQuery([])), (read) => {
+      if (read.attrs.type !== 'result') return done(read);
+      const registrations = change(readRegistrations(read.getChild('query', NS.private)));
+      request(session, xml('iq', { type: 'set' }, storageQuery(registrations)), (written) => {
+        if (written.attrs.type === 'result') stateOf(session).registrations = registrations;
+        return done(written);
+      });
+      return undefined;
+    });
+  };
+
+  /** The client's `<enable/>` or `<disable/>` (XEP-0357 §5, §6) to its own account; `undefined` for any other iq. */
+  const onClientIq = (iq: Element, session: SessionHandle): FromClientVerdict => {
+    const jid = session.jid ?? '';
+    const bare = bareOf(jid);
+    const command = iq.getChild('enable', NS.push) ?? iq.getChild('disable', NS.push);
+    const to = iq.attrs.to as string | undefined;
+    if (iq.attrs.type !== 'set' || command === undefined || (to !== undefined && to !== bare)) return undefined;
+    const id = (iq.attrs.id as string | undefined) ?? '';
+    const answer = (type: 'result' | 'error', error = ''): string =>
+      `<iq type='${type}' id='${escapeXml(id)}' to='${escapeXml(jid)}'${to === undefined ? '' : ` from='${escapeXml(bare)}'`}>${error}</iq>`;
+    const appServer = command.attrs.jid as string | undefined;
+    const node = command.attrs.node as string | undefined;
+    if (appServer === undefined || appServer === '' || (command.name === 'enable' && (node === undefined || node === ''))) {
+      return { kind: 'answer-stanza', stanza: answer('error', `<error type='modify'><bad-request xmlns='${NS.stanzas}'/></error>`) };
+    }
+    const resource = jid.slice(jid.indexOf('/') + 1);
+    const change =
+      command.name === 'enable'
+        ? (stored: PushRegistration[]) => [
+            ...stored.filter((r) => !sameRegistration(r, { jid: appServer, node: node! })),
+            { jid: appServer, node: node!, resource, publishOptions: command.getChild('x', NS.dataForms) },
+          ]
+        : // XEP-0357 §6: without a node, every registration with that app server goes.
+          (stored: PushRegistration[]) => stored.filter((r) => r.jid !== appServer || (node !== undefined && r.node !== node));
+    update(session, change, (written) => {
+      if (written.attrs.type === 'result') {
+        session.log.info(
+          { push: command.name, appServer },
+          command.name === 'enable' ? 'push notifications enabled' : 'push notifications disabled',
+        );
+        return Buffer.from(answer('result'));
+      }
+      session.log.warn({ push: command.name, appServer }, 'push registrations could not be stored in private XML storage');
+      return Buffer.from(answer('error', `<error type='wait'><internal-server-error xmlns='${NS.stanzas}'/></error>`));
+    });
+    // Answered once the private storage is written: the answer to the proxy's write becomes the client's.
+    return { kind: 'consumed' };
+  };
+
+  const notify = (session: SessionHandle, state: PushState): void => {
+    const config = settings();
+    const resource = (session.jid ?? '').slice((session.jid ?? '').indexOf('/') + 1);
+    const mine = (state.registrations ?? []).filter((r) => r.resource === resource);
+    if (mine.length === 0) return;
+    const at = now();
+    if (state.lastNotifiedMs !== undefined && at - state.lastNotifiedMs < config.intervalMs) return;
+    state.lastNotifiedMs = at;
+    state.notified = state.wakers;
+    const summary = {
+      messageCount: state.wakers,
+      ...(config.withSender && state.lastSender !== undefined ? { lastSender: state.lastSender } : {}),
+      ...(config.withBody && state.lastBody !== undefined ? { lastBody: state.lastBody } : {}),
+    };
+    for (const registration of mine) {
+      request(session, notificationIq(registration, '', summary), (answer) => {
+        const condition = answer
+          .getChild('error')
+          ?.getChildElements()
+          .find((c) => c.getNS() === NS.stanzas)?.name;
+        if (answer.attrs.type !== 'error' || condition === undefined || !GONE.has(condition)) return undefined;
+        session.log.info({ appServer: registration.jid, condition }, 'push registration refused by its app server; removed');
+        update(
+          session,
+          (stored) => stored.filter((r) => !sameRegistration(r, registration)),
+          () => undefined,
+        );
+        return undefined;
+      });
+    }
+    session.log.debug({ count: mine.length, messageCount: summary.messageCount }, 'push notification published');
+  };
+
+  /** A stanza for the client: while it is away, one that would wake the user may be notified. */
+  const wokenUp = (state: PushState, bytes: Buffer, session: SessionHandle): void => {
+    if (state.awaySinceMs !== session.awaySinceMs) {
+      // Away again since the last count: what the client got meanwhile needed no notification.
+      state.awaySinceMs = session.awaySinceMs;
+      state.wakers = 0;
+      state.notified = 0;
+      state.lastNotifiedMs = undefined;
+    }
+    if (!settings().enabled || state.registrations === undefined || state.registrations.length === 0) return;
+    const stanza = parseElement(bytes);
+    if (!wakesUser(stanza)) return;
+    state.wakers++;
+    state.lastSender = bareOf((stanza.attrs.from as string | undefined) ?? '');
+    state.lastBody = stanza.getChildText('body') ?? undefined;
+    if (state.wakers > state.notified) notify(session, state);
+  };
+
+  const clientSide: SessionHook = {
+    name: 'push-notifications',
+    phases: ['active'],
+    kinds: ['iq'],
+    bound(session) {
+      if (!settings().enabled) return;
+      request(session, xml('iq', { type: 'get' }, storageQuery([])), (read) => {
+        stateOf(session).registrations = read.attrs.type === 'result' ? readRegistrations(read.getChild('query', NS.private)) : [];
+        return undefined;
+      });
+    },
+    fromClient(element, _phase, session) {
+      if (element.localName !== 'iq' || !element.bytes.includes(PUSH_NS) || !settings().enabled) return undefined;
+      return onClientIq(parseElement(element.bytes), session);
+    },
+    // Only an iq answers the proxy's requests or is a disco#info result.
+    toClient(bytes, _delivery, session) {
+      const state = states.get(session);
+      if (state !== undefined && state.pending.size > 0 && bytes.includes(ID_PREFIX_BYTES)) {
+        const stanza = parseElement(bytes);
+        const id = String(stanza.attrs.id);
+        const answered = state.pending.get(id);
+        if (answered !== undefined && (stanza.attrs.type === 'result' || stanza.attrs.type === 'error')) {
+          state.pending.delete(id);
+          return answered(stanza);
+        }
+      }
+      return bytes.includes(DISCO_INFO) && settings().enabled ? withPushFeature(bytes, session) : bytes;
+    },
+  };
+  // An iq never wakes the user; messages and presence for an attached client are not asked about.
+  const whileAway: SessionHook = {
+    name: 'push-notifications-while-away',
+    deliveries: ['queued'],
+    kinds: ['message', 'presence'],
+    toClient(bytes, _delivery, session) {
+      const state = states.get(session);
+      if (state !== undefined) wokenUp(state, bytes, session);
+      return bytes;
+    },
+  };
+  return [clientSide, whileAway];
+}
+
+/** XEP-0357 §3: clients look for the feature in the disco#info answer of their own account. */
+function withPushFeature(bytes: Buffer, session: SessionHandle): Buffer {
+  const stanza = parseElement(bytes);
+  const query = stanza.getChild('query', NS.discoInfo);
+  const from = stanza.attrs.from as string | undefined;
+  if (stanza.name !== 'iq' || stanza.attrs.type !== 'result' || query === undefined || query.attrs.node !== undefined) return bytes;
+  if (from !== bareOf(session.jid ?? '') || query.getChildren('feature').some((f) => f.attrs.var === NS.push)) return bytes;
+  query.cnode(xml('feature', { var: NS.push }));
+  return Buffer.from(stanza.toString());
+}
+
+function bareOf(jid: string): string {
+  const slash = jid.indexOf('/');
+  return slash === -1 ? jid : jid.slice(0, slash);
+}

@@ -1,0 +1,191 @@
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { notificationIq, wakesUser } from '../../src/features/push-notification.js';
+import { pushNotifications, type PushSettings } from '../../src/features/push-notifications.js';
+import { readRegistrations, storageQuery } from '../../src/features/push-registrations.js';
+import { SessionHooks, type SessionHandle } from '../../src/session/hooks.js';
+import { stanzaKindOf } from '../../src/xml/stanza-bytes.js';
+import { parseElement, xml, type Element } from '../../src/xml/element.js';
+import { scanFragment } from '../../src/xml/stream-scanner.js';
+
+const JID = 'alice@example.org/phone';
+const LIMITS = { maxStanzaBytes: 65536, maxDepth: 16 };
+
+/** A session as the hook sees it; what it sends upstream is parsed and recorded. */
+function handle(): SessionHandle & { readonly upstream: Element[] } {
+  const upstream: Element[] = [];
+  return {
+    sid: 's1',
+    addressKey: '192.0.2.1',
+    domain: 'example.org',
+    jid: JID,
+    awaySinceMs: 1,
+    log: pino({ level: 'silent' }),
+    upstream,
+    sendUpstream: (data) => void upstream.push(parseElement(data)),
+    serverOffers: () => false,
+    holdBack: () => undefined,
+  };
+}
+
+const REGISTRATION = { jid: 'push.example.net', node: 'n1', resource: 'phone', publishOptions: undefined };
+
+/** The legacy server's answer to the proxy's iq `request`, as the session hands it to the hook. */
+function answerTo(request: Element, type: 'result' | 'error', payload = ''): Buffer {
+  return Buffer.from(`<iq type='${type}' id='${String(request.attrs.id)}' to='${JID}'>${payload}</iq>`);
+}
+
+/** The push hooks as a session runs them; `toClient` finds the stanza's kind itself. */
+function hooksOf(settings: Partial<PushSettings>, now: () => number) {
+  const hooks = new SessionHooks(
+    pushNotifications(() => ({ enabled: true, intervalMs: 0, withSender: false, withBody: false, ...settings }), now),
+  );
+  return {
+    bound: (session: SessionHandle) => hooks.bound(session),
+    fromClient: (...args: Parameters<SessionHooks['fromClient']>) => hooks.fromClient(...args),
+    toClient: (bytes: Buffer, delivery: 'live' | 'queued', session: SessionHandle) =>
+      hooks.toClient(bytes, stanzaKindOf(bytes), delivery, session),
+  };
+}
+
+function setUp(settings: Partial<PushSettings> = {}) {
+  let nowMs = 1_000_000;
+  const hook = hooksOf({ intervalMs: 60_000, ...settings }, () => nowMs);
+  const session = handle();
+  hook.bound(session);
+  const read = session.upstream.shift()!;
+  expect(hook.toClient(answerTo(read, 'result', storageQuery([REGISTRATION]).toString()), 'live', session)).toBeUndefined();
+  const queue = (stanza: string) => hook.toClient(Buffer.from(stanza), 'queued', session);
+  return { hook, session, queue, advance: (ms: number) => (nowMs += ms) };
+}
+
+const MESSAGE = "<message from='carol@example.org/pc' type='chat'><body>hi</body></message>";
+
+describe('push notifications while hibernating', () => {
+  it('publishes one notification per interval while the queue grows, counting what arrived meanwhile', () => {
+    const { session, queue, advance } = setUp({ withSender: true });
+    expect(queue(MESSAGE)?.toString()).toBe(MESSAGE);
+    const [first] = session.upstream.splice(0);
+    expect(first?.attrs.to).toBe('push.example.net');
+    const form = first!.getChild('pubsub')!.getChild('publish')!.getChild('item')!.getChild('notification')!.getChild('x')!;
+    const fields = Object.fromEntries(form.getChildren('field').map((f) => [f.attrs.var, f.getChildText('value')]));
+    expect(fields).toEqual({ FORM_TYPE: 'urn:xmpp:push:summary', 'message-count': '1', 'last-message-sender': 'carol@example.org' });
+
+    queue(MESSAGE);
+    queue("<presence from='carol@example.org/pc'/>");
+    expect(session.upstream, 'within the interval').toEqual([]);
+    advance(60_000);
+    queue(MESSAGE);
+    expect(session.upstream.map((iq) => iq.getChild('pubsub')!.toString())).toHaveLength(1);
+    expect(session.upstream[0]!.toString()).toContain('<value>3</value>');
+  });
+
+  it('counts afresh when the client went away again', () => {
+    const { session, queue } = setUp({ intervalMs: 60_000 });
+    queue(MESSAGE);
+    queue(MESSAGE);
+    expect(session.upstream.splice(0)[0]!.toString()).toContain('<field var="message-count"><value>1</value></field>');
+    // Resumed, then lost again: a new hibernation, a new count, no interval carried over.
+    (session as { awaySinceMs: number }).awaySinceMs = 2;
+    queue(MESSAGE);
+    expect(session.upstream[0]!.toString()).toContain('<field var="message-count"><value>1</value></field>');
+  });
+
+  it('removes a registration the app server says is gone, and keeps one it answers with a passing error', () => {
+    const { hook, session, queue, advance } = setUp({ intervalMs: 0 });
+    const error = (condition: string) => `<error type='cancel'><${condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>`;
+    queue(MESSAGE);
+    const timedOut = session.upstream.shift()!;
+    expect(hook.toClient(answerTo(timedOut, 'error', error('remote-server-timeout')), 'queued', session)).toBeUndefined();
+    expect(session.upstream, 'a passing error changes nothing').toEqual([]);
+
+    advance(1);
+    queue(MESSAGE);
+    const gone = session.upstream.shift()!;
+    expect(hook.toClient(answerTo(gone, 'error', error('item-not-found')), 'queued', session)).toBeUndefined();
+    const reread = session.upstream.shift()!;
+    expect(reread.attrs.type).toBe('get');
+    hook.toClient(answerTo(reread, 'result', storageQuery([REGISTRATION]).toString()), 'queued', session);
+    const written = session.upstream.shift()!;
+    expect(written.attrs.type).toBe('set');
+    expect(readRegistrations(written.getChild('query'))).toEqual([]);
+    expect(hook.toClient(answerTo(written, 'result'), 'queued', session)).toBeUndefined();
+    queue(MESSAGE);
+    expect(session.upstream, 'no registration left').toEqual([]);
+  });
+
+  it('never publishes for what would not wake the user, nor for registrations of another resource', () => {
+    const { session, queue } = setUp();
+    queue("<message from='carol@example.org/pc'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>");
+    queue("<presence from='carol@example.org/pc'/>");
+    expect(session.upstream).toEqual([]);
+    const other = hooksOf({}, () => 0);
+    const elsewhere = handle();
+    other.bound(elsewhere);
+    const read = elsewhere.upstream.shift()!;
+    other.toClient(answerTo(read, 'result', storageQuery([{ ...REGISTRATION, resource: 'tablet' }]).toString()), 'live', elsewhere);
+    other.toClient(Buffer.from(MESSAGE), 'queued', elsewhere);
+    expect(elsewhere.upstream).toEqual([]);
+  });
+});
+
+describe('the client side of XEP-0357', () => {
+  it("answers enable once the registration is stored, and adds urn:xmpp:push:0 to its own account's disco#info only", () => {
+    const { hook, session } = setUp();
+    const enable = scanFragment(
+      Buffer.from("<iq type='set' id='e1'><enable xmlns='urn:xmpp:push:0' jid='push.example.net' node='n2'/></iq>"),
+      LIMITS,
+    );
+    expect(hook.fromClient(enable, 'active', session)).toEqual({ kind: 'consumed' });
+    const read = session.upstream.shift()!;
+    expect(hook.toClient(answerTo(read, 'result', storageQuery([REGISTRATION]).toString()), 'live', session)).toBeUndefined();
+    const write = session.upstream.shift()!;
+    expect(readRegistrations(write.getChild('query')).map((r) => r.node)).toEqual(['n1', 'n2']);
+    expect(hook.toClient(answerTo(write, 'result'), 'live', session)?.toString()).toBe(`<iq type='result' id='e1' to='${JID}'></iq>`);
+
+    const disco = (from: string, node = '') =>
+      Buffer.from(
+        `<iq type='result' id='d' from='${from}'><query xmlns='http://jabber.org/protocol/disco#info'${node}><identity category='account' type='registered'/></query></iq>`,
+      );
+    expect(hook.toClient(disco('alice@example.org'), 'live', session)?.toString()).toContain('<feature var="urn:xmpp:push:0"/>');
+    expect(hook.toClient(disco('bob@example.org'), 'live', session)?.toString()).not.toContain('urn:xmpp:push:0');
+    expect(hook.toClient(disco('alice@example.org', " node='x'"), 'live', session)?.toString()).not.toContain('urn:xmpp:push:0');
+  });
+
+  it('leaves push iqs to another entity, and everything when disabled, to the legacy server', () => {
+    const { hook, session } = setUp();
+    const toOther = scanFragment(
+      Buffer.from("<iq type='set' id='e1' to='bob@example.org'><enable xmlns='urn:xmpp:push:0' jid='p' node='n'/></iq>"),
+      LIMITS,
+    );
+    expect(hook.fromClient(toOther, 'active', session)).toBeUndefined();
+    const off = hooksOf({ enabled: false }, () => 0);
+    const mine = scanFragment(Buffer.from("<iq type='set' id='e2'><enable xmlns='urn:xmpp:push:0' jid='p' node='n'/></iq>"), LIMITS);
+    expect(off.fromClient(mine, 'active', session)).toBeUndefined();
+  });
+});
+
+describe('wakesUser and the notification', () => {
+  it.each([
+    ["<message type='chat'><body>x</body></message>", true],
+    ["<message><encrypted xmlns='eu.siacs.conversations.axolotl'/></message>", true],
+    ["<message><propose xmlns='urn:xmpp:jingle-message:0' id='c'/></message>", true],
+    ["<presence type='subscribe'/>", true],
+    ["<message type='groupchat'><body>x</body></message>", false],
+    ["<message type='error'><body>x</body></message>", false],
+    ["<message><received xmlns='urn:xmpp:receipts' id='m'/></message>", false],
+    ['<presence/>', false],
+    ["<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>", false],
+  ])('%s → %s', (stanza, wakes) => {
+    expect(wakesUser(parseElement(stanza))).toBe(wakes);
+  });
+
+  it('keeps publish-options and round-trips registrations through private storage', () => {
+    const options = xml('x', { xmlns: 'jabber:x:data', type: 'submit' }, xml('field', { var: 'secret' }, xml('value', {}, 's3')));
+    const registration = { jid: 'p.example', node: 'n', resource: 'r', publishOptions: options };
+    const [read] = readRegistrations(parseElement(storageQuery([registration]).toString()));
+    expect(read).toMatchObject({ jid: 'p.example', node: 'n', resource: 'r' });
+    expect(read!.publishOptions?.toString()).toBe(options.toString());
+    expect(notificationIq(read!, 'i', { messageCount: 2 }).getChild('pubsub')!.getChild('publish-options')!.toString()).toContain('s3');
+  });
+});
