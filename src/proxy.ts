@@ -176,7 +176,13 @@ export class Proxy {
         clientStateIndication(() => this.config.clientStateIndication.enabled, this.now),
         ...pushNotifications(() => {
           const push = this.config.push;
-          return { enabled: push.enabled, intervalMs: push.intervalSeconds * 1000, withSender: push.withSender, withBody: push.withBody };
+          return {
+            enabled: push.enabled,
+            intervalMs: push.intervalSeconds * 1000,
+            hibernationMs: push.hibernationSeconds * 1000,
+            withSender: push.withSender,
+            withBody: push.withBody,
+          };
         }, this.now),
       ]),
       upstreamFor: (domain) => this.upstreamTarget(domain),

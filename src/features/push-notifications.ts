@@ -1,6 +1,7 @@
 import { parseElement, xml, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
+import { isElementNamed } from '../xml/stanza-bytes.js';
 import type { FromClientVerdict, SessionHandle, SessionHook } from '../session/hooks.js';
 import { notificationIq, wakesUser } from './push-notification.js';
 import { readRegistrations, sameRegistration, storageQuery, type PushRegistration } from './push-registrations.js';
@@ -10,6 +11,8 @@ export interface PushSettings {
   readonly enabled: boolean;
   /** At most one notification per session per this many ms. */
   readonly intervalMs: number;
+  /** How long a session with registrations hibernates until its first notification; 0 = as any other. */
+  readonly hibernationMs: number;
   readonly withSender: boolean;
   readonly withBody: boolean;
 }
@@ -31,6 +34,8 @@ interface PushState {
   readonly pending: Map<string, Answered>;
   /** The hibernation the counts are for ({@link SessionHandle.awaySinceMs}). */
   awaySinceMs: number | undefined;
+  /** The hibernation was made longer (`hibernationMs`) and is shortened again by the first notification. */
+  extended: boolean;
   /** Stanzas that would wake the user since the client went away, and how many of them were notified. */
   wakers: number;
   notified: number;
@@ -59,6 +64,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
         registrations: undefined,
         pending: new Map(),
         awaySinceMs: undefined,
+        extended: false,
         wakers: 0,
         notified: 0,
         lastNotifiedMs: undefined,
@@ -132,8 +138,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
 
   const notify = (session: SessionHandle, state: PushState): void => {
     const config = settings();
-    const resource = (session.jid ?? '').slice((session.jid ?? '').indexOf('/') + 1);
-    const mine = (state.registrations ?? []).filter((r) => r.resource === resource);
+    const mine = registrationsOf(state, session);
     if (mine.length === 0) return;
     const at = now();
     if (state.lastNotifiedMs !== undefined && at - state.lastNotifiedMs < config.intervalMs) return;
@@ -161,30 +166,59 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
       });
     }
     session.log.debug({ count: mine.length, messageCount: summary.messageCount }, 'push notification published');
+    if (state.extended) {
+      // Woken: a phone that does not come back now is not coming back soon (mod_cloud_notify does the same).
+      state.extended = false;
+      session.hibernateFor(undefined);
+    }
   };
 
   /** A stanza for the client: while it is away, one that would wake the user may be notified. */
-  const wokenUp = (state: PushState, bytes: Buffer, session: SessionHandle): void => {
+  /** Counts `bytes` if it would wake the user; true when it does. */
+  const counted = (state: PushState, bytes: Buffer): boolean => {
+    const stanza = parseElement(bytes);
+    if (!wakesUser(stanza)) return false;
+    state.wakers++;
+    state.lastSender = bareOf((stanza.attrs.from as string | undefined) ?? '');
+    state.lastBody = stanza.getChildText('body') ?? undefined;
+    return true;
+  };
+
+  /** The registrations this session notifies, once the hibernation it counts for is the current one. */
+  const awayWithRegistrations = (state: PushState, session: SessionHandle): boolean => {
     if (state.awaySinceMs !== session.awaySinceMs) {
       // Away again since the last count: what the client got meanwhile needed no notification.
       state.awaySinceMs = session.awaySinceMs;
       state.wakers = 0;
       state.notified = 0;
       state.lastNotifiedMs = undefined;
+      state.extended = false;
     }
-    if (!settings().enabled || state.registrations === undefined || state.registrations.length === 0) return;
-    const stanza = parseElement(bytes);
-    if (!wakesUser(stanza)) return;
-    state.wakers++;
-    state.lastSender = bareOf((stanza.attrs.from as string | undefined) ?? '');
-    state.lastBody = stanza.getChildText('body') ?? undefined;
-    if (state.wakers > state.notified) notify(session, state);
+    return settings().enabled && registrationsOf(state, session).length > 0;
+  };
+
+  /** A stanza queued for a hibernating session. */
+  const wokenUp = (state: PushState, bytes: Buffer, session: SessionHandle): void => {
+    if (awayWithRegistrations(state, session) && counted(state, bytes) && state.wakers > state.notified) notify(session, state);
   };
 
   const clientSide: SessionHook = {
     name: 'push-notifications',
     phases: ['active'],
     kinds: ['iq'],
+    // What the client had not acknowledged when it went away it may never have seen: it counts, and
+    // a session with registrations stays longer until its phone is woken.
+    hibernated(session, unacked) {
+      const state = states.get(session);
+      if (state === undefined || !awayWithRegistrations(state, session)) return;
+      const { hibernationMs } = settings();
+      if (hibernationMs > 0) {
+        state.extended = true;
+        session.hibernateFor(hibernationMs);
+      }
+      for (const bytes of unacked) if (isElementNamed(bytes, 'message') || isElementNamed(bytes, 'presence')) counted(state, bytes);
+      if (state.wakers > 0) notify(session, state);
+    },
     bound(session) {
       if (!settings().enabled) return;
       request(session, xml('iq', { type: 'get' }, storageQuery([])), (read) => {
@@ -223,6 +257,13 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     },
   };
   return [clientSide, whileAway];
+}
+
+/** The registrations of the session's resource (push-registrations.ts: a registration belongs to the resource that made it). */
+function registrationsOf(state: PushState, session: SessionHandle): PushRegistration[] {
+  const jid = session.jid ?? '';
+  const resource = jid.slice(jid.indexOf('/') + 1);
+  return (state.registrations ?? []).filter((r) => r.resource === resource);
 }
 
 /** XEP-0357 §3: clients look for the feature in the disco#info answer of their own account. */

@@ -21,7 +21,8 @@ import type { FeaturesPhase } from './features.js';
  *   live stanza that passed `toClient` may wait; what waits is the session's (held-stanzas.ts), so
  *   it keeps one order and one budget with the unacked queue: a stanza that is not held releases
  *   everything held before it, and expiry, bounces and queue limits see held stanzas as unacked ones;
- * - `bound` learns that the session is bound (to read what a feature keeps on the legacy server);
+ * - `bound` learns that the session is bound (to read what a feature keeps on the legacy server),
+ *   `hibernated` that its client is away, with what the client has not acknowledged;
  * - `advertise` adds features to the stream features the client sees;
  * - through {@link SessionHandle.sendUpstream} a hook speaks to the legacy server on the user's behalf.
  */
@@ -46,6 +47,12 @@ export interface SessionHook {
   replay?(bytes: Buffer, sentAtMs: number, session: SessionHandle): Buffer;
   /** Called once, when the session is bound (its bind result is on its way to the client). */
   bound?(session: SessionHandle): void;
+  /**
+   * Called when the session starts to hibernate, with the stanzas the client has not acknowledged
+   * (sent before the link was lost, or held back): what the user may never have seen. The bytes
+   * are the queue's own: read them, do not keep them.
+   */
+  hibernated?(session: SessionHandle, unacked: readonly Buffer[]): void;
   /** Feature elements to add to the legacy server's features (`offered`, as it sent them) in `phase`. */
   advertise?(phase: FeaturesPhase, offered: Element): readonly Element[];
 }
@@ -97,6 +104,12 @@ export interface SessionHandle {
    */
   serverOffers(name: string, ns: string): boolean;
   /**
+   * While the session hibernates: it now expires `ms` from now, or its own hibernation time (the
+   * XEP-0198 `max` it was given) from now if that is longer or `ms` is `undefined`. A push feature
+   * keeps a phone's session longer until the phone has been woken (mod_cloud_notify does the same).
+   */
+  hibernateFor(ms: number | undefined): void;
+  /**
    * On: from now on the `hold` hooks are asked about each live stanza. Off: what is held goes to the
    * client at once, in order, before anything the client sends next is handled (XEP-0352 §5.1).
    * Every client link starts with it off, a resumed one too (XEP-0352 §5.2).
@@ -115,6 +128,7 @@ export class SessionHooks {
   private readonly replayHooks: readonly SessionHook[];
   private readonly holdHooks: readonly SessionHook[];
   private readonly boundHooks: readonly SessionHook[];
+  private readonly hibernatedHooks: readonly SessionHook[];
   private readonly advertisers: readonly SessionHook[];
 
   constructor(hooks: readonly SessionHook[]) {
@@ -135,6 +149,7 @@ export class SessionHooks {
     this.replayHooks = hooks.filter((hook) => hook.replay !== undefined);
     this.holdHooks = hooks.filter((hook) => hook.hold !== undefined);
     this.boundHooks = hooks.filter((hook) => hook.bound !== undefined);
+    this.hibernatedHooks = hooks.filter((hook) => hook.hibernated !== undefined);
     this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
   }
 
@@ -173,6 +188,15 @@ export class SessionHooks {
 
   bound(session: SessionHandle): void {
     for (const hook of this.boundHooks) hook.bound?.(session);
+  }
+
+  /** Whether any hook wants {@link hibernated}: the session then collects the unacked stanzas for it. */
+  get wantHibernated(): boolean {
+    return this.hibernatedHooks.length > 0;
+  }
+
+  hibernated(session: SessionHandle, unacked: readonly Buffer[]): void {
+    for (const hook of this.hibernatedHooks) hook.hibernated?.(session, unacked);
   }
 
   advertise(phase: FeaturesPhase, offered: Element): Element[] {

@@ -48,6 +48,8 @@ export type State =
       readonly jid: string;
       readonly sm: StreamManagement;
       readonly sinceMs: number;
+      /** When `expiryTimer` fires (epoch ms): `sinceMs` plus the hibernation time, unless a hook changed it. */
+      readonly expiresAtMs: number;
       readonly expiryTimer: NodeJS.Timeout;
     }
   /**
@@ -71,7 +73,7 @@ export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   connecting: ['negotiating', 'closed'],
   negotiating: ['active', 'closed'],
   active: ['active', 'hibernating', 'closed'],
-  hibernating: ['active', 'stranded', 'closed'],
+  hibernating: ['active', 'hibernating', 'stranded', 'closed'],
   stranded: ['closed'],
   closed: [],
 };

@@ -139,6 +139,16 @@ export class Session implements SessionHandle {
     return this.serverFeatures?.getChild(name, ns) !== undefined;
   }
 
+  hibernateFor(ms: number | undefined): void {
+    const s = this.state;
+    if (s.name !== 'hibernating') return;
+    const timeoutMs = Math.max(ms ?? 0, s.sm.hibernationMs);
+    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
+    expiryTimer.unref();
+    this.transition({ ...s, expiresAtMs: this.deps.now() + timeoutMs, expiryTimer });
+    this.log.info({ timeoutMs }, 'hibernation time changed');
+  }
+
   holdBack(on: boolean): void {
     this.held.holding = on;
     const s = this.state;
@@ -506,7 +516,7 @@ export class Session implements SessionHandle {
   snapshot(): HibernatedSession | undefined {
     const s = this.state;
     if (s.name !== 'hibernating' || this.domain === undefined) return undefined;
-    return { domain: this.domain, jid: s.jid, sinceMs: s.sinceMs, expiresAtMs: s.sinceMs + s.sm.hibernationMs, sm: s.sm.snapshot() };
+    return { domain: this.domain, jid: s.jid, sinceMs: s.sinceMs, expiresAtMs: s.expiresAtMs, sm: s.sm.snapshot() };
   }
 
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
@@ -609,7 +619,8 @@ export class Session implements SessionHandle {
     expiryTimer.unref();
     sm.linkChanged();
     sm.queue.compact();
-    this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs: this.deps.now(), expiryTimer });
+    const sinceMs = this.deps.now();
+    this.transition({ name: 'hibernating', upstream: s.upstream, jid: s.jid, sm, sinceMs, expiresAtMs: sinceMs + timeoutMs, expiryTimer });
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
     this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
     // What waited for room, then what was held back, goes to the queue now; a hibernating session's queue that overflows ends it.
@@ -623,6 +634,11 @@ export class Session implements SessionHandle {
       }
       this.countedToClient(bytes);
     }
+    if (this.deps.hooks.wantHibernated)
+      this.deps.hooks.hibernated(
+        this,
+        [...sm.queue.entries()].map((entry) => entry.bytes),
+      );
   }
 
   private onExpiryTimer(timer: NodeJS.Timeout): void {

@@ -148,6 +148,21 @@ describeEachLegacyServer((kind) => {
     await client.close();
   });
 
+  it('notifies at once, as the hibernation starts, what the phone had not acknowledged', async () => {
+    const phone = await fixture.login('directtls', USERS.alice, { resource: 'phone', sm: true });
+    expect((await enablePush(phone, 'node-1')).attrs.type).toBe('result');
+    // Sent to the phone, never acknowledged: its connection may have died with it on the way.
+    const id = carol.client.sendMessage(phone.jid, 'did you get this?');
+    await phone.client.expectMessage((el) => el.attrs.id === id);
+    const h = await goAway(phone);
+    const publish = await nextPublish('node-1');
+    expect(publish.toString()).toContain('<value>1</value>');
+    const { client, answer } = await resumeWith(fixture, USERS.alice, phone.smId!, h - 1);
+    expect(answer.name).toBe('resumed');
+    await client.expectMessage((el) => el.attrs.id === id);
+    await client.close();
+  });
+
   it('keeps the registration for the next session and a new proxy process; an app server error removes it', async () => {
     // A proxy that has never seen Alice: what it knows comes from the legacy server.
     const restarted = await startProxyFixture({ server });

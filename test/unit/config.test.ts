@@ -125,7 +125,7 @@ describe('parseConfig: defaults', () => {
         upstreamKeepaliveSeconds: 60,
       },
       clientStateIndication: { enabled: true },
-      push: { enabled: true, intervalSeconds: 60, withSender: false, withBody: false },
+      push: { enabled: true, intervalSeconds: 60, hibernationSeconds: 259200, withSender: false, withBody: false },
       shutdownGraceSeconds: 5,
       log: { level: 'info', format: 'auto' },
     };

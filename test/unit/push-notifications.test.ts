@@ -12,8 +12,9 @@ const JID = 'alice@example.org/phone';
 const LIMITS = { maxStanzaBytes: 65536, maxDepth: 16 };
 
 /** A session as the hook sees it; what it sends upstream is parsed and recorded. */
-function handle(): SessionHandle & { readonly upstream: Element[] } {
+function handle(): SessionHandle & { readonly upstream: Element[]; readonly hibernations: (number | undefined)[] } {
   const upstream: Element[] = [];
+  const hibernations: (number | undefined)[] = [];
   return {
     sid: 's1',
     addressKey: '192.0.2.1',
@@ -25,6 +26,8 @@ function handle(): SessionHandle & { readonly upstream: Element[] } {
     sendUpstream: (data) => void upstream.push(parseElement(data)),
     serverOffers: () => false,
     holdBack: () => undefined,
+    hibernateFor: (ms) => void hibernations.push(ms),
+    hibernations,
   };
 }
 
@@ -38,10 +41,15 @@ function answerTo(request: Element, type: 'result' | 'error', payload = ''): Buf
 /** The push hooks as a session runs them; `toClient` finds the stanza's kind itself. */
 function hooksOf(settings: Partial<PushSettings>, now: () => number) {
   const hooks = new SessionHooks(
-    pushNotifications(() => ({ enabled: true, intervalMs: 0, withSender: false, withBody: false, ...settings }), now),
+    pushNotifications(() => ({ enabled: true, intervalMs: 0, hibernationMs: 0, withSender: false, withBody: false, ...settings }), now),
   );
   return {
     bound: (session: SessionHandle) => hooks.bound(session),
+    hibernated: (session: SessionHandle, unacked: string[]) =>
+      hooks.hibernated(
+        session,
+        unacked.map((stanza) => Buffer.from(stanza)),
+      ),
     fromClient: (...args: Parameters<SessionHooks['fromClient']>) => hooks.fromClient(...args),
     toClient: (bytes: Buffer, delivery: 'live' | 'queued', session: SessionHandle) =>
       hooks.toClient(bytes, stanzaKindOf(bytes), delivery, session),
@@ -78,6 +86,20 @@ describe('push notifications while hibernating', () => {
     queue(MESSAGE);
     expect(session.upstream.map((iq) => iq.getChild('pubsub')!.toString())).toHaveLength(1);
     expect(session.upstream[0]!.toString()).toContain('<value>3</value>');
+  });
+
+  it('counts what the client had not acknowledged, and keeps the session longer until the phone is woken', () => {
+    const { hook, session, queue } = setUp({ hibernationMs: 259_200_000 });
+    hook.hibernated(session, ["<presence from='carol@example.org/pc'/>"]);
+    expect(session.hibernations, 'longer while not woken').toEqual([259_200_000]);
+    expect(session.upstream, 'nothing that wakes').toEqual([]);
+    queue(MESSAGE);
+    expect(session.upstream).toHaveLength(1);
+    expect(session.hibernations, 'woken: its own hibernation time from now').toEqual([259_200_000, undefined]);
+
+    (session as { awaySinceMs: number }).awaySinceMs = 2;
+    hook.hibernated(session, [MESSAGE, MESSAGE]);
+    expect(session.upstream[1]!.toString(), 'the unacked ones, at once').toContain('<field var="message-count"><value>2</value></field>');
   });
 
   it('counts afresh when the client went away again', () => {
