@@ -8,12 +8,14 @@ self-signed).
 
 stdin, one command a line:
   send <to> <id> <body...>   a chat message
+  inactive, active            XEP-0352 client state (slixmpp's xep_0352 plugin; it sends only where
+                              the stream features offered <csi/>)
   quit                        closes the stream and exits (so does the end of stdin)
 
 stdout, one JSON object a line, with "event":
   ready {library, version}, authenticated {mechanism}, session_start {jid}, sm_enabled {id, resume},
-  resumed {h}, sm_failed {xml}, message {from, type, id, body, delay}, disconnected {reason},
-  reconnecting, closed, error {message}.
+  resumed {h}, sm_failed {xml}, message {from, type, id, body, delay}, presence {from, status,
+  delay}, csi_enabled, disconnected {reason}, reconnecting, closed, error {message}.
 The library's own log goes to stderr.
 """
 import argparse
@@ -58,12 +60,15 @@ class Client(slixmpp.ClientXMPP):
         self.use_ipv6 = False
         self.register_plugin("xep_0198")
         self.register_plugin("xep_0203")
+        self.register_plugin("xep_0352")
         self.add_event_handler("auth_success", self.on_auth_success)
         self.add_event_handler("session_start", self.on_session_start)
         self.add_event_handler("sm_enabled", self.on_sm_enabled)
         self.add_event_handler("session_resumed", self.on_resumed)
         self.add_event_handler("sm_failed", self.on_sm_failed)
         self.add_event_handler("message", self.on_message)
+        self.add_event_handler("presence_available", self.on_presence)
+        self.add_event_handler("csi_enabled", lambda _features: emit("csi_enabled"))
         self.add_event_handler("disconnected", self.on_disconnected)
 
     def start(self):
@@ -89,6 +94,12 @@ class Client(slixmpp.ClientXMPP):
         stamp = msg["delay"]["stamp"]
         emit("message", **{"from": msg["from"].full, "type": msg["type"], "id": msg["id"], "body": msg["body"], "delay": stamp.isoformat() if stamp else None})
 
+    def on_presence(self, presence):
+        if presence["from"] == self.boundjid:
+            return
+        stamp = presence["delay"]["stamp"]
+        emit("presence", **{"from": presence["from"].full, "status": presence["status"], "delay": stamp.isoformat() if stamp else None})
+
     def on_disconnected(self, reason):
         if self.quitting:
             emit("closed")
@@ -109,6 +120,10 @@ class Client(slixmpp.ClientXMPP):
             msg = self.make_message(mto=to, mbody=body, mtype="chat")
             msg["id"] = msg_id
             msg.send()
+        elif verb == "inactive":
+            self.plugin["xep_0352"].send_inactive()
+        elif verb == "active":
+            self.plugin["xep_0352"].send_active()
         elif verb == "quit":
             self.quit()
         else:
