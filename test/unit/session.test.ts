@@ -11,7 +11,8 @@ import type { StreamError } from '../../src/errors.js';
 import type { SmEventMap } from '../../src/session/events.js';
 import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
 import { LINGER_TIMING, LingeringUpstreams } from '../../src/session/lingering-upstream.js';
-import { SessionHooks } from '../../src/session/hooks.js';
+import { clientStateIndication } from '../../src/features/client-state-indication.js';
+import { SessionHooks, type SessionHook } from '../../src/session/hooks.js';
 import { SmEvents } from '../../src/session/events.js';
 import { SessionRegistry } from '../../src/session/session-registry.js';
 import { Session } from '../../src/session/session.js';
@@ -301,7 +302,7 @@ class Rig {
   private sessions = 0;
   private pendingUpstreams: FakeUpstream[] = [];
 
-  constructor(settings: Partial<SessionSettings> = {}) {
+  constructor(settings: Partial<SessionSettings> = {}, features: readonly SessionHook[] = []) {
     for (const name of Object.keys(this.seen) as (keyof SmEventMap)[]) {
       this.events.on(name, (event: unknown) => {
         (this.seen[name] as unknown[]).push(event);
@@ -325,7 +326,7 @@ class Rig {
         },
         ackRoundTrip: (ms) => this.metered.ackRoundTrips.push(ms),
       },
-      hooks: new SessionHooks(BUILTIN_HOOKS),
+      hooks: new SessionHooks([...BUILTIN_HOOKS, ...features]),
       upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
       connectUpstream: async () => {
         const upstream = new FakeUpstream();
@@ -671,6 +672,53 @@ describe('Session: a full unacked queue (README, Limits)', () => {
     expect(messageIds(c2.client.received.slice(resumedAt))).toEqual(['m2', 'm3', 'm4', 'm5']);
     expect(c.upstream.paused).toBe(false);
     expect(c.client.failure?.condition).toBe('conflict');
+  });
+});
+
+describe('Session: a client held back (XEP-0352, README, Client state indication)', () => {
+  const CSI = 'urn:xmpp:csi:0';
+  const presenceFrom = (c: Connection, who: string) => `<presence from='${who}@${DOMAIN}/x' to='${c.jid}'/>`;
+  const composingFrom = (c: Connection, id: string) =>
+    `<message from='alice@${DOMAIN}/desk' to='${c.jid}' id='${id}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>`;
+
+  it('releases what is held once it reaches the queue limits, counted then, in order', async () => {
+    rig = new Rig({ maxQueueStanzas: 3 }, [
+      clientStateIndication(
+        () => true,
+        () => Date.now(),
+      ),
+    ]);
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.stanzaFromServer(presenceFrom(c, 'carol'));
+    c.stanzaFromServer(presenceFrom(c, 'dave'));
+    expect(c.client.received.filter((xml) => xml.startsWith('<presence'))).toEqual([]);
+    c.requestFromClient();
+    expect(c.client.last(), 'nothing held is counted').toBe(`<a xmlns='${SM}' h='0'/>`);
+    c.stanzaFromServer(presenceFrom(c, 'erin'));
+    const released = c.client.received.filter((xml) => xml.startsWith('<presence')).map((xml) => parseElement(xml).attrs.from);
+    expect(released).toEqual([`carol@${DOMAIN}/x`, `dave@${DOMAIN}/x`, `erin@${DOMAIN}/x`]);
+    c.ackFromClient(3);
+    expect(c.client.failure, 'the client acks exactly what it got').toBeUndefined();
+  });
+
+  it('answers what is held when a session without stream management ends, as unacknowledged stanzas', async () => {
+    rig = new Rig({}, [
+      clientStateIndication(
+        () => true,
+        () => Date.now(),
+      ),
+    ]);
+    const c = await rig.connect().openAndBind();
+    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.stanzaFromServer(composingFrom(c, 'cs1'));
+    expect(c.client.received.filter((xml) => xml.startsWith('<message'))).toEqual([]);
+    c.client.drop();
+    await settle();
+    expect(c.session.stateName).toBe('closed');
+    const bounced = c.upstream.sent.filter((xml) => xml.startsWith('<message')).map((xml) => parseElement(xml));
+    expect(bounced.map((b) => [b.attrs.type, b.attrs.id])).toEqual([['error', 'cs1']]);
   });
 });
 
