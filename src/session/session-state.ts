@@ -34,12 +34,6 @@ export type State =
       readonly sm: StreamManagement | undefined;
       /** Set with `sm`: when to ask the client for acks (ack-clock.ts). */
       readonly clock: AckClock | undefined;
-      /**
-       * Stanzas for the client that found the unacked queue full: reading from the legacy server
-       * is paused until the client's acks make room, and these go out first, in order. At most
-       * what one read from the legacy server held.
-       */
-      readonly backlog: Buffer[];
     }
   /** The client is away; the upstream is kept alive and stanzas are queued (README, Hibernation). */
   | {

@@ -19,7 +19,7 @@ import { HOW_TO_END, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SessionSummary } from './session-summary.js';
 import { rewriteFeatures } from './features.js';
-import { HeldStanzas } from './held-stanzas.js';
+import { ClientDelivery } from './client-delivery.js';
 import type { ClientPhase, SessionHandle, StanzaKind } from './hooks.js';
 import { AckClock } from './ack-clock.js';
 import { StreamSetup, bare, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
@@ -59,8 +59,8 @@ export class Session implements SessionHandle {
   );
   /** Whether the client showed its presence, for the unavailable presence sent when the session ends. */
   private readonly presence = new ClientPresence();
-  /** What hooks held back from the attached client (held-stanzas.ts); its `holding` is per client link. */
-  private readonly held = new HeldStanzas();
+  /** The way to the attached client: hooks, what they hold back, the unacked queue and its backlog (client-delivery.ts). */
+  private readonly delivery: ClientDelivery;
   /** The legacy server's features after authentication, as it sent them (`serverOffers`). */
   private serverFeatures: Element | undefined;
   /** XML is logged only at trace (README, Security); checked once, not per element. */
@@ -73,6 +73,17 @@ export class Session implements SessionHandle {
     this.logger = start.log;
     this.traceXml = start.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
+    this.delivery = new ClientDelivery({
+      hooks: deps.hooks,
+      handle: this,
+      limits: deps.settings,
+      flow: this.flow,
+      now: deps.now,
+      log: () => this.log,
+      send: (bytes) => this.sendToClient(bytes),
+      counted: (bytes, queued) => this.countedToClient(bytes, queued),
+      overflow: (sm, overflowing, why) => this.queueOverflow(sm, overflowing, why),
+    });
     this.state = { name: 'opening', link: start.link, authTimer: this.armAuthTimer() };
     start.link.setHandler(this.clientHandler(start.link));
     deps.registry.add(this, start.addressKey);
@@ -150,9 +161,8 @@ export class Session implements SessionHandle {
   }
 
   holdBack(on: boolean): void {
-    this.held.holding = on;
     const s = this.state;
-    if (!on && s.name === 'active') this.releaseHeld(s);
+    this.delivery.holdBack(s.name === 'active' ? s : undefined, on);
   }
 
   // --- transitions ---
@@ -330,7 +340,7 @@ export class Session implements SessionHandle {
     const s = this.state;
     if (s.name === 'active') {
       const stanza = Buffer.from(verdict.stanza);
-      this.stanzaToClient(s, stanza, stanzaKindOf(stanza));
+      this.delivery.toClient(s, stanza, stanzaKindOf(stanza));
     } else this.sendToClient(verdict.stanza);
     return true;
   }
@@ -416,7 +426,7 @@ export class Session implements SessionHandle {
       return;
     }
     const sm = result.sm;
-    this.transition({ ...s, sm, clock: this.ackClock(sm), backlog: [] });
+    this.transition({ ...s, sm, clock: this.ackClock(sm) });
     if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
     this.sendToClient(sm.enabledElement());
     this.log.info(
@@ -433,7 +443,7 @@ export class Session implements SessionHandle {
     }
     if (outcome.kind === 'backwards') this.log.info({ h: outcome.h, previous: outcome.previous }, 'client acked less than before; ignored');
     if (outcome.requestedAtMs !== undefined) this.deps.meter.ackRoundTrip(this.deps.now() - outcome.requestedAtMs);
-    if (s.backlog.length > 0) this.sendBacklog(s, sm);
+    this.delivery.sendBacklog(s, sm);
     s.clock?.check();
   }
 
@@ -571,11 +581,9 @@ export class Session implements SessionHandle {
     this.stats.resumes++;
     sm.linkChanged();
     const clock = this.ackClock(sm);
-    // XEP-0352 §5.2: the resumed stream starts active; what a taken-over link held goes out after the replay.
-    this.held.holding = false;
-    const backlog = s.name === 'active' ? [...s.backlog, ...this.held.take()] : [];
+    this.delivery.linkChanged();
     // From here on the old link's events no longer reach this session (clientHandler).
-    const next = { name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock, backlog } as const;
+    const next = { name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock } as const;
     this.transition(next);
     link.setHandler(this.clientHandler(link));
     if (s.name === 'active') {
@@ -587,7 +595,7 @@ export class Session implements SessionHandle {
     this.sendToClient(sm.resumedElement(ns));
     for (const entry of resumed.replay) this.sendToClient(this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this));
     // Then what waited for room in the queue of a taken-over link, as far as the resume's h made room.
-    if (backlog.length > 0) this.sendBacklog(next, sm);
+    this.delivery.sendBacklog(next, sm);
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
     if (s.name === 'hibernating') this.hibernationEnded(s, 'resumed');
@@ -624,15 +632,14 @@ export class Session implements SessionHandle {
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
     this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
     // What waited for room, then what was held back, goes to the queue now; a hibernating session's queue that overflows ends it.
-    this.held.holding = false;
-    const waiting = [...s.backlog.splice(0), ...this.held.take()];
+    const waiting = this.delivery.takeUnsent();
     for (const [i, bytes] of waiting.entries()) {
       const pushed = sm.queue.push(bytes, this.deps.now());
       if (!pushed.ok) {
         this.queueOverflow(sm, waiting.slice(i), `${pushed.reason} limit ${pushed.limit}`);
         return;
       }
-      this.countedToClient(bytes);
+      this.countedToClient(bytes, sm.queue.length);
     }
     if (this.deps.hooks.wantHibernated)
       this.deps.hooks.hibernated(
@@ -701,7 +708,7 @@ export class Session implements SessionHandle {
     const s = this.state;
     if (upstreamOf(s) !== upstream) return;
     if (s.name === 'active' && isStanza(element)) {
-      this.stanzaToClient(s, element.bytes, element.localName as StanzaKind);
+      this.delivery.toClient(s, element.bytes, element.localName as StanzaKind);
       return;
     }
     if (s.name === 'hibernating') {
@@ -767,7 +774,7 @@ export class Session implements SessionHandle {
         this.becomeActive(jid);
         // Routed to this full JID before the server bound it here: they come first, in order.
         const s = this.state;
-        if (s.name === 'active') for (const bytes of inherited) this.stanzaToClient(s, bytes, stanzaKindOf(bytes));
+        if (s.name === 'active') for (const bytes of inherited) this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
       },
       inheritedLost: (inherited) => this.inheritedLost(inherited),
       redeliver: (held) => {
@@ -789,7 +796,7 @@ export class Session implements SessionHandle {
   private becomeActive(jid: string): void {
     const s = this.state;
     if (s.name !== 'negotiating') return;
-    this.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined, backlog: [] });
+    this.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined });
     this.deps.registry.bound(this);
     s.upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
     this.logger = this.logger.child({ jid });
@@ -809,99 +816,11 @@ export class Session implements SessionHandle {
     setup?.featuresRelayed();
   }
 
-  private stanzaToClient(s: Extract<State, { name: 'active' }>, relayed: Buffer, kind: StanzaKind): void {
-    const bytes = this.deps.hooks.toClient(relayed, kind, 'live', this);
-    if (bytes === undefined) return;
-    if (this.held.holding) {
-      const verdict = this.deps.hooks.hold(bytes, this);
-      if (verdict !== undefined) {
-        this.held.hold(verdict.bytes ?? bytes, verdict.key);
-        // Held stanzas count against the queue's own limits: a hold buffer that reaches them goes out.
-        const queue = s.sm?.queue;
-        const { maxQueueStanzas, maxQueueBytes } = this.deps.settings;
-        if (this.held.length + (queue?.length ?? 0) >= maxQueueStanzas || this.held.bytes + (queue?.bytes ?? 0) >= maxQueueBytes) {
-          this.releaseHeld(s);
-        }
-        return;
-      }
-    }
-    if (this.held.length > 0) this.releaseHeld(s);
-    this.deliver(s, bytes);
-  }
-
-  /** What was held goes to the client, in order, through stream management. */
-  private releaseHeld(s: Extract<State, { name: 'active' }>): void {
-    for (const bytes of this.held.take()) this.deliver(s, bytes);
-  }
-
-  /** A stanza the hooks passed: counted, queued and sent, or behind the backlog while the unacked queue is full. */
-  private deliver(s: Extract<State, { name: 'active' }>, bytes: Buffer): void {
-    const sm = s.sm;
-    if (sm !== undefined) {
-      // Order is kept: while stanzas wait for room in the queue, every later one waits behind them.
-      if (s.backlog.length > 0) {
-        s.backlog.push(bytes);
-        return;
-      }
-      const queued = this.enqueue(s, sm, bytes);
-      if (queued !== 'queued') {
-        if (queued === 'full') {
-          this.log.info(
-            { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length },
-            'unacked queue full; reading from the legacy server waits for the client to ack',
-          );
-          s.backlog.push(bytes);
-        }
-        return;
-      }
-      s.clock?.check();
-    }
-    this.countedToClient(bytes);
-    this.sendToClient(bytes);
-  }
-
   /** A stanza for the client was sent or queued: counted for the summary line and the metrics. */
-  private countedToClient(bytes: Buffer): void {
+  private countedToClient(bytes: Buffer, queued: number): void {
     this.stats.toClient++;
     this.deps.meter.toClient(bytes.length);
-  }
-
-  /**
-   * Puts a stanza for the attached client in the unacked queue. A queue at its own limit (stanzas
-   * or bytes) does not end a live session (README, Limits): the caller keeps the stanza at the
-   * head of the backlog, the legacy server's stream is read no further, and the client is asked
-   * for an ack. Only the memory budget of all queues running out, or a stanza larger than the
-   * queue may ever hold, ends the session, with the stanza and the backlog answered.
-   */
-  private enqueue(s: Extract<State, { name: 'active' }>, sm: StreamManagement, bytes: Buffer): 'queued' | 'full' | 'ended' {
-    const pushed = sm.queue.offer(bytes, this.deps.now());
-    if (pushed.ok) {
-      if (sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = sm.queue.length;
-      return 'queued';
-    }
-    // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once).
-    if (pushed.reason === 'global' || sm.queue.length === 0) {
-      this.queueOverflow(sm, [bytes, ...s.backlog.splice(0)], `${pushed.reason} limit ${pushed.limit}`);
-      return 'ended';
-    }
-    this.flow.queueFull();
-    s.clock?.check();
-    return 'full';
-  }
-
-  /** The client acked (or resumed): the stanzas that waited go out, in order, as far as the queue has room. */
-  private sendBacklog(s: Extract<State, { name: 'active' }>, sm: StreamManagement): void {
-    for (let bytes = s.backlog.shift(); bytes !== undefined; bytes = s.backlog.shift()) {
-      const queued = this.enqueue(s, sm, bytes);
-      if (queued === 'ended') return;
-      if (queued === 'full') {
-        s.backlog.unshift(bytes);
-        return;
-      }
-      this.countedToClient(bytes);
-      this.sendToClient(bytes);
-    }
-    this.flow.queueHasRoom();
+    if (queued > this.stats.peakQueue) this.stats.peakQueue = queued;
   }
 
   private onUpstreamWhileHibernating(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): void {
@@ -917,8 +836,7 @@ export class Session implements SessionHandle {
       this.queueOverflow(s.sm, [bytes], `${pushed.reason} limit ${pushed.limit}`);
       return;
     }
-    this.countedToClient(bytes);
-    if (s.sm.queue.length > this.stats.peakQueue) this.stats.peakQueue = s.sm.queue.length;
+    this.countedToClient(bytes, s.sm.queue.length);
     this.log.debug({ queued: s.sm.queue.length, kind: element.localName }, 'stanza queued while hibernating');
     this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', {
       sid: this.sid,
@@ -1050,14 +968,13 @@ export class Session implements SessionHandle {
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
     if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
     let unacked = NOTHING_UNACKED;
-    // Held stanzas (a client without stream management may be held back too) were never sent either.
-    if ((sm !== undefined || this.held.length > 0) && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
+    // What was never sent: what waited for room, what hooks held back (a client without stream management may be held back too).
+    const unsent = this.delivery.takeUnsent();
+    if ((sm !== undefined || unsent.length > 0) && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
+      // The unacked queue, then what was never sent, then the stanzas that overflowed, in that order.
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
-      const entries = sm?.queue.drain().map((entry) => entry.bytes) ?? [];
-      // Then what never reached the client: the backlog of an attached client, what hooks held back, the stanzas that overflowed.
-      if (s.name === 'active') entries.push(...s.backlog.splice(0));
-      entries.push(...this.held.take());
+      const entries = [...(sm?.queue.drain().map((entry) => entry.bytes) ?? []), ...unsent];
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
       unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);

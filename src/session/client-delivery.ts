@@ -1,0 +1,160 @@
+import type { Logger } from 'pino';
+import { ErrorCode } from '../errors.js';
+import type { StreamManagement } from '../sm/stream-management.js';
+import type { AckClock } from './ack-clock.js';
+import type { FlowControl } from './flow-control.js';
+import { HeldStanzas } from './held-stanzas.js';
+import type { SessionHandle, SessionHooks, StanzaKind } from './hooks.js';
+
+/** What delivery needs of a session: its hooks, limits and flow control, and where counted stanzas go. */
+export interface DeliveryPort {
+  readonly hooks: SessionHooks;
+  readonly handle: SessionHandle;
+  readonly limits: { readonly maxQueueStanzas: number; readonly maxQueueBytes: number };
+  readonly flow: FlowControl;
+  now(): number;
+  log(): Logger;
+  /** Writes to the client link. */
+  send(bytes: Buffer): void;
+  /** A stanza was sent or queued for the client (the summary line, the metrics, the queue's peak). */
+  counted(bytes: Buffer, queued: number): void;
+  /** The unacked queue cannot take `overflowing` (the first of them refused): the session ends. */
+  overflow(sm: StreamManagement, overflowing: readonly Buffer[], why: string): void;
+}
+
+/** The attached client's stream management, as the session's active state holds it. */
+export interface Attached {
+  readonly sm: StreamManagement | undefined;
+  readonly clock: AckClock | undefined;
+}
+
+/**
+ * The way from the legacy server to an attached client, in one order: the session hooks (which may
+ * change, drop or hold a stanza), what they hold back (held-stanzas.ts), the unacked queue, and the
+ * backlog of stanzas that found the queue full. Everything not yet sent stays in this order when
+ * the client link changes or the session ends ({@link takeUnsent}).
+ */
+export class ClientDelivery {
+  /** What hooks held back from the attached client; its `holding` is per client link. */
+  readonly held = new HeldStanzas();
+  /**
+   * Stanzas for the client that found the unacked queue full: reading from the legacy server is
+   * paused until the client's acks make room, and these go out first, in order. At most what one
+   * read from the legacy server held, plus what was held when it was released.
+   */
+  private readonly backlog: Buffer[] = [];
+
+  constructor(private readonly port: DeliveryPort) {}
+
+  /** A stanza from the legacy server for the attached client. */
+  toClient(s: Attached, relayed: Buffer, kind: StanzaKind): void {
+    const { hooks, handle } = this.port;
+    const bytes = hooks.toClient(relayed, kind, 'live', handle);
+    if (bytes === undefined) return;
+    if (this.held.holding) {
+      const verdict = hooks.hold(bytes, handle);
+      if (verdict !== undefined) {
+        this.held.hold(verdict.bytes ?? bytes, verdict.key);
+        // Held stanzas count against the queue's own limits: a hold buffer that reaches them goes out.
+        const queue = s.sm?.queue;
+        const { maxQueueStanzas, maxQueueBytes } = this.port.limits;
+        if (this.held.length + (queue?.length ?? 0) >= maxQueueStanzas || this.held.bytes + (queue?.bytes ?? 0) >= maxQueueBytes) {
+          this.release(s);
+        }
+        return;
+      }
+    }
+    if (this.held.length > 0) this.release(s);
+    this.deliver(s, bytes);
+  }
+
+  /** XEP-0352 `<inactive/>` (on) and `<active/>` (off: what is held goes out now, `s` being the attached client's). */
+  holdBack(s: Attached | undefined, on: boolean): void {
+    this.held.holding = on;
+    if (!on && s !== undefined) this.release(s);
+  }
+
+  /** The client acked (or resumed): the stanzas that waited go out, in order, as far as the queue has room. */
+  sendBacklog(s: Attached, sm: StreamManagement): void {
+    if (this.backlog.length === 0) return;
+    for (let bytes = this.backlog.shift(); bytes !== undefined; bytes = this.backlog.shift()) {
+      const queued = this.enqueue(s, sm, bytes);
+      if (queued === 'ended') return;
+      if (queued === 'full') {
+        this.backlog.unshift(bytes);
+        return;
+      }
+      this.port.counted(bytes, sm.queue.length);
+      this.port.send(bytes);
+    }
+    this.port.flow.queueHasRoom();
+  }
+
+  /**
+   * A new client link took over (a resume): it starts active (XEP-0352 §5.2), and what the old link
+   * held goes out after the replay, behind what waited for room.
+   */
+  linkChanged(): void {
+    this.held.holding = false;
+    this.backlog.push(...this.held.take());
+  }
+
+  /** Everything not yet sent, in order (what waited for room, then what was held), for the queue or the end; empties both. */
+  takeUnsent(): Buffer[] {
+    this.held.holding = false;
+    return [...this.backlog.splice(0), ...this.held.take()];
+  }
+
+  /** What was held goes to the client, in order, through stream management. */
+  private release(s: Attached): void {
+    for (const bytes of this.held.take()) this.deliver(s, bytes);
+  }
+
+  /** A stanza the hooks passed: counted, queued and sent, or behind the backlog while the unacked queue is full. */
+  private deliver(s: Attached, bytes: Buffer): void {
+    const sm = s.sm;
+    if (sm !== undefined) {
+      // Order is kept: while stanzas wait for room in the queue, every later one waits behind them.
+      if (this.backlog.length > 0) {
+        this.backlog.push(bytes);
+        return;
+      }
+      const queued = this.enqueue(s, sm, bytes);
+      if (queued !== 'queued') {
+        if (queued === 'full') {
+          this.port
+            .log()
+            .info(
+              { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length },
+              'unacked queue full; reading from the legacy server waits for the client to ack',
+            );
+          this.backlog.push(bytes);
+        }
+        return;
+      }
+      s.clock?.check();
+    }
+    this.port.counted(bytes, sm?.queue.length ?? 0);
+    this.port.send(bytes);
+  }
+
+  /**
+   * Puts a stanza for the attached client in the unacked queue. A queue at its own limit (stanzas
+   * or bytes) does not end a live session (README, Limits): the caller keeps the stanza at the
+   * head of the backlog, the legacy server's stream is read no further, and the client is asked
+   * for an ack. Only the memory budget of all queues running out, or a stanza larger than the
+   * queue may ever hold, ends the session, with the stanza and the backlog answered.
+   */
+  private enqueue(s: Attached, sm: StreamManagement, bytes: Buffer): 'queued' | 'full' | 'ended' {
+    const pushed = sm.queue.offer(bytes, this.port.now());
+    if (pushed.ok) return 'queued';
+    // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once).
+    if (pushed.reason === 'global' || sm.queue.length === 0) {
+      this.port.overflow(sm, [bytes, ...this.backlog.splice(0)], `${pushed.reason} limit ${pushed.limit}`);
+      return 'ended';
+    }
+    this.port.flow.queueFull();
+    s.clock?.check();
+    return 'full';
+  }
+}
