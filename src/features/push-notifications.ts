@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { parseElement, xml, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
@@ -28,10 +29,22 @@ const GONE = new Set(['item-not-found', 'not-authorized', 'registration-required
 /** What the proxy does with the answer to one of its iqs: the bytes to deliver to the client in its place, or nothing. */
 type Answered = (answer: Element) => Buffer | undefined;
 
+/** One of the proxy's iqs in flight: who may answer it (RFC 6120 §8.1.2.1: the entity it was sent to), and what follows. */
+interface Pending {
+  readonly from: string | undefined;
+  readonly answered: Answered;
+}
+
+/**
+ * The proxy's iqs in flight per session at most: a client that sends enable after enable to a
+ * server that does not answer cannot make the proxy remember without end (each enable needs two).
+ */
+const MAX_PENDING = 16;
+
 interface PushState {
   /** This account's registrations as stored, once read (at bind); `undefined` until then. */
   registrations: PushRegistration[] | undefined;
-  readonly pending: Map<string, Answered>;
+  readonly pending: Map<string, Pending>;
   /** The hibernation the counts are for ({@link SessionHandle.awaySinceMs}). */
   awaySinceMs: number | undefined;
   /** The hibernation was made longer (`hibernationMs`) and is shortened again by the first notification. */
@@ -43,8 +56,6 @@ interface PushState {
   lastSender: string | undefined;
   lastBody: string | undefined;
 }
-
-let nextId = 0;
 
 /**
  * XEP-0357 push notifications for legacy servers without them, as Prosody's mod_cloud_notify does
@@ -76,26 +87,33 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     return state;
   };
 
-  /** Sends an iq on the user's behalf; `answered` gets its result or error. */
-  const request = (session: SessionHandle, iq: Element, answered: Answered): void => {
-    const id = `${ID_PREFIX}${++nextId}`;
+  /**
+   * Sends an iq on the user's behalf; `answered` gets its result or error, taken only from the entity
+   * it was sent to (the user's own account when it has no `to`). The id is random: no contact can
+   * guess it and answer in the server's or the app server's place. False (nothing sent) when
+   * MAX_PENDING are in flight.
+   */
+  const request = (session: SessionHandle, iq: Element, answered: Answered): boolean => {
+    const pending = stateOf(session).pending;
+    if (pending.size >= MAX_PENDING) return false;
+    const id = `${ID_PREFIX}${randomUUID()}`;
     iq.attrs.id = id;
-    stateOf(session).pending.set(id, answered);
+    pending.set(id, { from: iq.attrs.to as string | undefined, answered });
     session.sendUpstream(iq.toString());
+    return true;
   };
 
-  /** Reads the stored registrations, applies `change`, writes them back; `done` gets the write's answer. */
-  const update = (session: SessionHandle, change: (stored: PushRegistration[]) => PushRegistration[], done: Answered): void => {
+  /** Reads the stored registrations, applies `change`, writes them back; `done` gets the write's answer. False when nothing could be sent. */
+  const update = (session: SessionHandle, change: (stored: PushRegistration[]) => PushRegistration[], done: Answered): boolean =>
     request(session, xml('iq', { type: 'get' }, storageQuery([])), (read) => {
       if (read.attrs.type !== 'result') return done(read);
       const registrations = change(readRegistrations(read.getChild('query', NS.private)));
-      request(session, xml('iq', { type: 'set' }, storageQuery(registrations)), (written) => {
-        if (written.attrs.type === 'result') stateOf(session).registrations = registrations;
-        return done(written);
+      const written = request(session, xml('iq', { type: 'set' }, storageQuery(registrations)), (answer) => {
+        if (answer.attrs.type === 'result') stateOf(session).registrations = registrations;
+        return done(answer);
       });
-      return undefined;
+      return written ? undefined : done(xml('iq', { type: 'error' }));
     });
-  };
 
   /** The client's `<enable/>` or `<disable/>` (XEP-0357 §5, §6) to its own account; `undefined` for any other iq. */
   const onClientIq = (iq: Element, session: SessionHandle): FromClientVerdict => {
@@ -121,7 +139,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
           ]
         : // XEP-0357 §6: without a node, every registration with that app server goes.
           (stored: PushRegistration[]) => stored.filter((r) => r.jid !== appServer || (node !== undefined && r.node !== node));
-    update(session, change, (written) => {
+    const sent = update(session, change, (written) => {
       if (written.attrs.type === 'result') {
         session.log.info(
           { push: command.name, appServer },
@@ -132,6 +150,8 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
       session.log.warn({ push: command.name, appServer }, 'push registrations could not be stored in private XML storage');
       return Buffer.from(answer('error', `<error type='wait'><internal-server-error xmlns='${NS.stanzas}'/></error>`));
     });
+    if (!sent)
+      return { kind: 'answer-stanza', stanza: answer('error', `<error type='wait'><resource-constraint xmlns='${NS.stanzas}'/></error>`) };
     // Answered once the private storage is written: the answer to the proxy's write becomes the client's.
     return { kind: 'consumed' };
   };
@@ -150,7 +170,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
       ...(config.withBody && state.lastBody !== undefined ? { lastBody: state.lastBody } : {}),
     };
     for (const registration of mine) {
-      request(session, notificationIq(registration, '', summary), (answer) => {
+      const sent = request(session, notificationIq(registration, '', summary), (answer) => {
         const condition = answer
           .getChild('error')
           ?.getChildElements()
@@ -164,6 +184,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
         );
         return undefined;
       });
+      if (!sent) session.log.debug({ appServer: registration.jid }, 'push notification skipped: too many requests in flight');
     }
     session.log.debug({ count: mine.length, messageCount: summary.messageCount }, 'push notification published');
     if (state.extended) {
@@ -173,7 +194,6 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     }
   };
 
-  /** A stanza for the client: while it is away, one that would wake the user may be notified. */
   /** Counts `bytes` if it would wake the user; true when it does. */
   const counted = (state: PushState, bytes: Buffer): boolean => {
     const stanza = parseElement(bytes);
@@ -236,10 +256,11 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
       if (state !== undefined && state.pending.size > 0 && bytes.includes(ID_PREFIX_BYTES)) {
         const stanza = parseElement(bytes);
         const id = String(stanza.attrs.id);
-        const answered = state.pending.get(id);
-        if (answered !== undefined && (stanza.attrs.type === 'result' || stanza.attrs.type === 'error')) {
+        const pending = state.pending.get(id);
+        const type = stanza.attrs.type;
+        if (pending !== undefined && (type === 'result' || type === 'error') && answeredBy(pending, stanza, session)) {
           state.pending.delete(id);
-          return answered(stanza);
+          return pending.answered(stanza);
         }
       }
       return bytes.includes(DISCO_INFO) && settings().enabled ? withPushFeature(bytes, session) : bytes;
@@ -257,6 +278,13 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     },
   };
   return [clientSide, whileAway];
+}
+
+/** RFC 6120 §8.1.2.1: the answer comes from whom the request went to; without a `to`, the user's own account (the server). */
+function answeredBy(pending: Pending, answer: Element, session: SessionHandle): boolean {
+  const from = answer.attrs.from as string | undefined;
+  if (pending.from !== undefined) return from !== undefined && from.toLowerCase() === pending.from.toLowerCase();
+  return from === undefined || from === bareOf(session.jid ?? '');
 }
 
 /** The registrations of the session's resource (push-registrations.ts: a registration belongs to the resource that made it). */

@@ -33,9 +33,10 @@ function handle(): SessionHandle & { readonly upstream: Element[]; readonly hibe
 
 const REGISTRATION = { jid: 'push.example.net', node: 'n1', resource: 'phone', publishOptions: undefined };
 
-/** The legacy server's answer to the proxy's iq `request`, as the session hands it to the hook. */
-function answerTo(request: Element, type: 'result' | 'error', payload = ''): Buffer {
-  return Buffer.from(`<iq type='${type}' id='${String(request.attrs.id)}' to='${JID}'>${payload}</iq>`);
+/** The answer to the proxy's iq `request` from whom it went to (the user's own account when it has no `to`), as the session hands it to the hook. */
+function answerTo(request: Element, type: 'result' | 'error', payload = '', from = request.attrs.to as string | undefined): Buffer {
+  const fromAttr = from === undefined ? '' : ` from='${from}'`;
+  return Buffer.from(`<iq type='${type}' id='${String(request.attrs.id)}' to='${JID}'${fromAttr}>${payload}</iq>`);
 }
 
 /** The push hooks as a session runs them; `toClient` finds the stanza's kind itself. */
@@ -172,6 +173,40 @@ describe('the client side of XEP-0357', () => {
     expect(hook.toClient(disco('alice@example.org'), 'live', session)?.toString()).toContain('<feature var="urn:xmpp:push:0"/>');
     expect(hook.toClient(disco('bob@example.org'), 'live', session)?.toString()).not.toContain('urn:xmpp:push:0');
     expect(hook.toClient(disco('alice@example.org', " node='x'"), 'live', session)?.toString()).not.toContain('urn:xmpp:push:0');
+  });
+
+  it("takes an answer only from whom the request went to: a contact's forgery reaches the client unchanged", () => {
+    const { hook, session, queue } = setUp();
+    queue(MESSAGE);
+    const publish = session.upstream.shift()!;
+    const forged = answerTo(
+      publish,
+      'error',
+      "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>",
+      'mallory@example.org/x',
+    );
+    expect(hook.toClient(forged, 'queued', session)).toBe(forged);
+    expect(session.upstream, 'the registration stays').toEqual([]);
+    const enable = scanFragment(
+      Buffer.from("<iq type='set' id='e1'><enable xmlns='urn:xmpp:push:0' jid='p.example' node='n'/></iq>"),
+      LIMITS,
+    );
+    hook.fromClient(enable, 'active', session);
+    const read = session.upstream.shift()!;
+    const fake = answerTo(read, 'result', '', 'mallory@example.org');
+    expect(hook.toClient(fake, 'live', session), 'not the server: passed on, the read still pending').toBe(fake);
+    expect(hook.toClient(answerTo(read, 'result', '', 'alice@example.org'), 'live', session)).toBeUndefined();
+    expect(String(read.attrs.id)).toMatch(/^smacks-proxy-push-[0-9a-f-]{36}$/);
+  });
+
+  it('refuses an enable while too many of its requests are unanswered', () => {
+    const { hook, session } = setUp();
+    const enable = (i: number) =>
+      scanFragment(Buffer.from(`<iq type='set' id='e${i}'><enable xmlns='urn:xmpp:push:0' jid='p.example' node='n${i}'/></iq>`), LIMITS);
+    for (let i = 0; i < 16; i++) expect(hook.fromClient(enable(i), 'active', session)).toEqual({ kind: 'consumed' });
+    const refused = hook.fromClient(enable(16), 'active', session);
+    expect(refused).toMatchObject({ kind: 'answer-stanza' });
+    expect(refused && 'stanza' in refused ? refused.stanza : '').toContain('resource-constraint');
   });
 
   it('leaves push iqs to another entity, and everything when disabled, to the legacy server', () => {
