@@ -18,7 +18,7 @@ import type { FeaturesPhase } from './features.js';
  *   so counts and queues stay exact;
  * - `replay` may rewrite a stanza resent after `<resumed/>` (never drop one: it is counted already);
  * - `hold` is asked, only while the client is held back ({@link SessionHandle.holdBack}), whether a
- *   live stanza that passed `toClient` may wait; what waits is the session's (held-stanzas.ts), so
+ *   live stanza that passed `toClient` may wait; what waits is the session's (client-delivery.ts), so
  *   it keeps one order and one budget with the unacked queue: a stanza that is not held releases
  *   everything held before it, and expiry, bounces and queue limits see held stanzas as unacked ones;
  * - `bound` learns that the session is bound (to read what a feature keeps on the legacy server),
