@@ -64,7 +64,12 @@ export class ClientDelivery {
         return;
       }
     }
-    if (this.held.length > 0) this.release(s);
+    if (this.held.length > 0) {
+      // Behind what is held, and answered with it should the queue overflow on the way.
+      this.held.hold(bytes, undefined);
+      this.release(s);
+      return;
+    }
     this.deliver(s, bytes);
   }
 
@@ -105,37 +110,45 @@ export class ClientDelivery {
     return [...this.backlog.splice(0), ...this.held.take()];
   }
 
-  /** What was held goes to the client, in order, through stream management. */
+  /**
+   * What was held goes to the client, in order, through stream management, one at a time: should
+   * the queue overflow on the way, what is still held is answered with the stanza that overflowed.
+   */
   private release(s: Attached): void {
-    for (const bytes of this.held.take()) this.deliver(s, bytes);
+    for (let bytes = this.held.shift(); bytes !== undefined; bytes = this.held.shift()) {
+      if (!this.deliver(s, bytes)) return;
+    }
   }
 
-  /** A stanza the hooks passed: counted, queued and sent, or behind the backlog while the unacked queue is full. */
-  private deliver(s: Attached, bytes: Buffer): void {
+  /**
+   * A stanza the hooks passed: counted, queued and sent, or behind the backlog while the unacked
+   * queue is full. False when it ended the session (the queue overflowed).
+   */
+  private deliver(s: Attached, bytes: Buffer): boolean {
     const sm = s.sm;
     if (sm !== undefined) {
       // Order is kept: while stanzas wait for room in the queue, every later one waits behind them.
       if (this.backlog.length > 0) {
         this.backlog.push(bytes);
-        return;
+        return true;
       }
       const queued = this.enqueue(s, sm, bytes);
-      if (queued !== 'queued') {
-        if (queued === 'full') {
-          this.port
-            .log()
-            .info(
-              { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length },
-              'unacked queue full; reading from the legacy server waits for the client to ack',
-            );
-          this.backlog.push(bytes);
-        }
-        return;
+      if (queued === 'ended') return false;
+      if (queued === 'full') {
+        this.port
+          .log()
+          .info(
+            { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length },
+            'unacked queue full; reading from the legacy server waits for the client to ack',
+          );
+        this.backlog.push(bytes);
+        return true;
       }
       s.clock?.check();
     }
     this.port.counted(bytes, sm?.queue.length ?? 0);
     this.port.send(bytes);
+    return true;
   }
 
   /**
@@ -143,14 +156,15 @@ export class ClientDelivery {
    * or bytes) does not end a live session (README, Limits): the caller keeps the stanza at the
    * head of the backlog, the legacy server's stream is read no further, and the client is asked
    * for an ack. Only the memory budget of all queues running out, or a stanza larger than the
-   * queue may ever hold, ends the session, with the stanza and the backlog answered.
+   * queue may ever hold, ends the session, with the stanza, the backlog and what is held answered.
    */
   private enqueue(s: Attached, sm: StreamManagement, bytes: Buffer): 'queued' | 'full' | 'ended' {
     const pushed = sm.queue.offer(bytes, this.port.now());
     if (pushed.ok) return 'queued';
     // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once).
     if (pushed.reason === 'global' || sm.queue.length === 0) {
-      this.port.overflow(sm, [bytes, ...this.backlog.splice(0)], `${pushed.reason} limit ${pushed.limit}`);
+      // In order: this stanza, what waited behind it, what is still held behind those.
+      this.port.overflow(sm, [bytes, ...this.backlog.splice(0), ...this.held.take()], `${pushed.reason} limit ${pushed.limit}`);
       return 'ended';
     }
     this.port.flow.queueFull();

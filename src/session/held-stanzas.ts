@@ -46,6 +46,16 @@ export class HeldStanzas {
     this.#bytes += bytes.length;
   }
 
+  /** Takes the oldest stanza held, or `undefined` when none is. */
+  shift(): Buffer | undefined {
+    const first = this.#entries.entries().next();
+    if (first.done === true) return undefined;
+    const [id, bytes] = first.value;
+    this.#entries.delete(id);
+    this.#bytes -= bytes.length;
+    return bytes;
+  }
+
   /** Empties the buffer; returns what it held, oldest first. */
   take(): Buffer[] {
     const held = [...this.#entries.values()];
