@@ -166,7 +166,7 @@ export interface PushConfig {
   readonly enabled: boolean;
   /** At most one notification per hibernating session within this many seconds. Default 60, range 0..3600. */
   readonly intervalSeconds: number;
-  /** How long a hibernating session with registrations is kept until its first notification. Default 259200, range 0..604800. */
+  /** How long a hibernating session with registrations is kept. Default 259200, range 0..604800. */
   readonly hibernationSeconds: number;
   /** Include the sender's bare JID in notifications. Default `false`. */
   readonly withSender: boolean;

@@ -68,6 +68,8 @@ function bareOf(jid: string): string {
 }
 
 const MUC = Buffer.from(NS.muc, 'utf8');
+/** Rooms remembered per session at most: joins that failed or ended in a kick are never seen leaving. */
+const MAX_ROOMS = 256;
 
 /**
  * The rooms a session's client joined, with its nickname in each (XEP-0045 §7.2: a presence to
@@ -81,7 +83,9 @@ function observeJoin(rooms: Map<string, string>, presence: Element): void {
   const room = to.slice(0, slash);
   const type = presence.attrs.type as string | undefined;
   if (type === 'unavailable') rooms.delete(room);
-  else if (type === undefined && (rooms.has(room) || presence.getChild('x', NS.muc) !== undefined)) rooms.set(room, to.slice(slash + 1));
+  else if (type === undefined && (rooms.has(room) || (presence.getChild('x', NS.muc) !== undefined && rooms.size < MAX_ROOMS))) {
+    rooms.set(room, to.slice(slash + 1));
+  }
 }
 
 /**

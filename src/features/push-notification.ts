@@ -31,7 +31,7 @@ export interface NotificationSummary {
   readonly messageCount: number;
   /** Only when the operator allows it (config `push.withSender`). */
   readonly lastSender?: string;
-  /** Only when the operator allows it (config `push.withBody`). */
+  /** The body when the operator allows it (config `push.withBody`), else a placeholder. */
   readonly lastBody?: string;
 }
 

@@ -12,7 +12,7 @@ export interface PushSettings {
   readonly enabled: boolean;
   /** At most one notification per session per this many ms. */
   readonly intervalMs: number;
-  /** How long a session with registrations hibernates until its first notification; 0 = as any other. */
+  /** How long a session with registrations hibernates; 0 = as any other. */
   readonly hibernationMs: number;
   readonly withSender: boolean;
   readonly withBody: boolean;
@@ -33,13 +33,18 @@ type Answered = (answer: Element) => Buffer | undefined;
 interface Pending {
   readonly from: string | undefined;
   readonly answered: Answered;
+  /** A notification's: an app server may never answer (or be unreachable), so it gives way to newer requests. */
+  readonly evictable: boolean;
 }
 
-/**
- * The proxy's iqs in flight per session at most: a client that sends enable after enable to a
- * server that does not answer cannot make the proxy remember without end (each enable needs two).
- */
+/** The proxy's iqs in flight per session at most; the oldest notification gives way first. */
 const MAX_PENDING = 16;
+/** Registration changes waiting per session at most (they run one after another); beyond, `resource-constraint`. */
+const MAX_UPDATES = 8;
+/** Registrations per account at most; the oldest goes first (mod_cloud_notify's push_max_devices). */
+const MAX_REGISTRATIONS = 5;
+/** What `last-message-body` says when the body is not sent (mod_cloud_notify's push_notification_important_body): iOS app servers show a notification only with one. */
+const PLACEHOLDER_BODY = 'New Message!';
 
 interface PushState {
   /** This account's registrations as stored, once read (at bind); `undefined` until then. */
@@ -47,8 +52,11 @@ interface PushState {
   readonly pending: Map<string, Pending>;
   /** The hibernation the counts are for ({@link SessionHandle.awaySinceMs}). */
   awaySinceMs: number | undefined;
-  /** The hibernation was made longer (`hibernationMs`) and is shortened again by the first notification. */
-  extended: boolean;
+  /** Registration changes waiting for the one in flight (read-modify-write must not interleave). */
+  readonly updates: (() => void)[];
+  updating: boolean;
+  /** Armed when a notification was held back by the interval: sends it at the interval's end. */
+  trailing: NodeJS.Timeout | undefined;
   /** Stanzas that would wake the user since the client went away, and how many of them were notified. */
   wakers: number;
   notified: number;
@@ -75,7 +83,9 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
         registrations: undefined,
         pending: new Map(),
         awaySinceMs: undefined,
-        extended: false,
+        updates: [],
+        updating: false,
+        trailing: undefined,
         wakers: 0,
         notified: 0,
         lastNotifiedMs: undefined,
@@ -90,30 +100,61 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
   /**
    * Sends an iq on the user's behalf; `answered` gets its result or error, taken only from the entity
    * it was sent to (the user's own account when it has no `to`). The id is random: no contact can
-   * guess it and answer in the server's or the app server's place. False (nothing sent) when
-   * MAX_PENDING are in flight.
+   * guess it and answer in the server's or the app server's place. When MAX_PENDING are in flight,
+   * the oldest notification is forgotten (its answer then passes to the client); false (nothing
+   * sent) when none can be.
    */
-  const request = (session: SessionHandle, iq: Element, answered: Answered): boolean => {
+  const request = (session: SessionHandle, iq: Element, answered: Answered, evictable = false): boolean => {
     const pending = stateOf(session).pending;
-    if (pending.size >= MAX_PENDING) return false;
+    if (pending.size >= MAX_PENDING) {
+      const oldest = [...pending].find(([, entry]) => entry.evictable);
+      if (oldest === undefined) return false;
+      pending.delete(oldest[0]);
+    }
     const id = `${ID_PREFIX}${randomUUID()}`;
     iq.attrs.id = id;
-    pending.set(id, { from: iq.attrs.to as string | undefined, answered });
+    pending.set(id, { from: iq.attrs.to as string | undefined, answered, evictable });
     session.sendUpstream(iq.toString());
     return true;
   };
 
-  /** Reads the stored registrations, applies `change`, writes them back; `done` gets the write's answer. False when nothing could be sent. */
-  const update = (session: SessionHandle, change: (stored: PushRegistration[]) => PushRegistration[], done: Answered): boolean =>
-    request(session, xml('iq', { type: 'get' }, storageQuery([])), (read) => {
-      if (read.attrs.type !== 'result') return done(read);
-      const registrations = change(readRegistrations(read.getChild('query', NS.private)));
-      const written = request(session, xml('iq', { type: 'set' }, storageQuery(registrations)), (answer) => {
-        if (answer.attrs.type === 'result') stateOf(session).registrations = registrations;
-        return done(answer);
+  /**
+   * Reads the stored registrations, applies `change`, writes them back; `done` gets the write's
+   * answer. Changes of one session run one after another, so that two enables cannot both read the
+   * same element and the second write lose the first. False when MAX_UPDATES are waiting.
+   */
+  const update = (session: SessionHandle, change: (stored: PushRegistration[]) => PushRegistration[], done: Answered): boolean => {
+    const state = stateOf(session);
+    if (state.updates.length >= MAX_UPDATES) return false;
+    const next = (): void => {
+      state.updating = false;
+      state.updates.shift()?.();
+    };
+    const finish = (answer: Element): Buffer | undefined => {
+      const reply = done(answer);
+      next();
+      return reply;
+    };
+    const run = (): void => {
+      state.updating = true;
+      const read = request(session, xml('iq', { type: 'get' }, storageQuery([])), (stored) => {
+        if (stored.attrs.type !== 'result') return finish(stored);
+        const registrations = change(readRegistrations(stored.getChild('query', NS.private)));
+        const written = request(session, xml('iq', { type: 'set' }, storageQuery(registrations)), (answer) => {
+          if (answer.attrs.type === 'result') state.registrations = registrations;
+          return finish(answer);
+        });
+        return written ? undefined : finish(xml('iq', { type: 'error' }));
       });
-      return written ? undefined : done(xml('iq', { type: 'error' }));
-    });
+      if (!read) {
+        done(xml('iq', { type: 'error' }));
+        next();
+      }
+    };
+    if (state.updating) state.updates.push(run);
+    else run();
+    return true;
+  };
 
   /** The client's `<enable/>` or `<disable/>` (XEP-0357 §5, §6) to its own account; `undefined` for any other iq. */
   const onClientIq = (iq: Element, session: SessionHandle): FromClientVerdict => {
@@ -121,22 +162,25 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     const bare = bareOf(jid);
     const command = iq.getChild('enable', NS.push) ?? iq.getChild('disable', NS.push);
     const to = iq.attrs.to as string | undefined;
-    if (iq.attrs.type !== 'set' || command === undefined || (to !== undefined && to !== bare)) return undefined;
+    if (iq.attrs.type !== 'set' || command === undefined || (to !== undefined && to.toLowerCase() !== bare.toLowerCase())) return undefined;
     const id = (iq.attrs.id as string | undefined) ?? '';
     const answer = (type: 'result' | 'error', error = ''): string =>
       `<iq type='${type}' id='${escapeXml(id)}' to='${escapeXml(jid)}'${to === undefined ? '' : ` from='${escapeXml(bare)}'`}>${error}</iq>`;
     const appServer = command.attrs.jid as string | undefined;
     const node = command.attrs.node as string | undefined;
-    if (appServer === undefined || appServer === '' || (command.name === 'enable' && (node === undefined || node === ''))) {
+    // As mod_cloud_notify: the user's own account is no app server (its PEP would get the notifications).
+    const own = appServer !== undefined && bareOf(appServer).toLowerCase() === bare.toLowerCase();
+    if (appServer === undefined || appServer === '' || own || (command.name === 'enable' && (node === undefined || node === ''))) {
       return { kind: 'answer-stanza', stanza: answer('error', `<error type='modify'><bad-request xmlns='${NS.stanzas}'/></error>`) };
     }
     const resource = jid.slice(jid.indexOf('/') + 1);
     const change =
       command.name === 'enable'
-        ? (stored: PushRegistration[]) => [
-            ...stored.filter((r) => !sameRegistration(r, { jid: appServer, node: node! })),
-            { jid: appServer, node: node!, resource, publishOptions: command.getChild('x', NS.dataForms) },
-          ]
+        ? (stored: PushRegistration[]) =>
+            [
+              ...stored.filter((r) => !sameRegistration(r, { jid: appServer, node: node! })),
+              { jid: appServer, node: node!, resource, publishOptions: command.getChild('x', NS.dataForms) },
+            ].slice(-MAX_REGISTRATIONS)
         : // XEP-0357 §6: without a node, every registration with that app server goes.
           (stored: PushRegistration[]) => stored.filter((r) => r.jid !== appServer || (node !== undefined && r.node !== node));
     const sent = update(session, change, (written) => {
@@ -161,37 +205,51 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     const mine = registrationsOf(state, session);
     if (mine.length === 0) return;
     const at = now();
-    if (state.lastNotifiedMs !== undefined && at - state.lastNotifiedMs < config.intervalMs) return;
+    if (state.lastNotifiedMs !== undefined && at - state.lastNotifiedMs < config.intervalMs) {
+      // Not now: at the interval's end, for what arrived meanwhile, if the session is still away then.
+      if (state.trailing === undefined) {
+        const away = state.awaySinceMs;
+        state.trailing = setTimeout(
+          () => {
+            state.trailing = undefined;
+            if (session.awaySinceMs === away && state.wakers > state.notified) notify(session, state);
+          },
+          state.lastNotifiedMs + config.intervalMs - at,
+        );
+        state.trailing.unref();
+      }
+      return;
+    }
     state.lastNotifiedMs = at;
     state.notified = state.wakers;
     const summary = {
       messageCount: state.wakers,
       ...(config.withSender && state.lastSender !== undefined ? { lastSender: state.lastSender } : {}),
-      ...(config.withBody && state.lastBody !== undefined ? { lastBody: state.lastBody } : {}),
+      lastBody: config.withBody && state.lastBody !== undefined ? state.lastBody : PLACEHOLDER_BODY,
     };
     for (const registration of mine) {
-      const sent = request(session, notificationIq(registration, '', summary), (answer) => {
-        const condition = answer
-          .getChild('error')
-          ?.getChildElements()
-          .find((c) => c.getNS() === NS.stanzas)?.name;
-        if (answer.attrs.type !== 'error' || condition === undefined || !GONE.has(condition)) return undefined;
-        session.log.info({ appServer: registration.jid, condition }, 'push registration refused by its app server; removed');
-        update(
-          session,
-          (stored) => stored.filter((r) => !sameRegistration(r, registration)),
-          () => undefined,
-        );
-        return undefined;
-      });
+      const sent = request(
+        session,
+        notificationIq(registration, '', summary),
+        (answer) => {
+          const condition = answer
+            .getChild('error')
+            ?.getChildElements()
+            .find((c) => c.getNS() === NS.stanzas)?.name;
+          if (answer.attrs.type !== 'error' || condition === undefined || !GONE.has(condition)) return undefined;
+          session.log.info({ appServer: registration.jid, condition }, 'push registration refused by its app server; removed');
+          update(
+            session,
+            (stored) => stored.filter((r) => !sameRegistration(r, registration)),
+            () => undefined,
+          );
+          return undefined;
+        },
+        true,
+      );
       if (!sent) session.log.debug({ appServer: registration.jid }, 'push notification skipped: too many requests in flight');
     }
     session.log.debug({ count: mine.length, messageCount: summary.messageCount }, 'push notification published');
-    if (state.extended) {
-      // Woken: a phone that does not come back now is not coming back soon (mod_cloud_notify does the same).
-      state.extended = false;
-      session.hibernateFor(undefined);
-    }
   };
 
   /** Counts `bytes` if it would wake the user; true when it does. */
@@ -212,7 +270,6 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
       state.wakers = 0;
       state.notified = 0;
       state.lastNotifiedMs = undefined;
-      state.extended = false;
     }
     return settings().enabled && registrationsOf(state, session).length > 0;
   };
@@ -231,11 +288,10 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     hibernated(session, unacked) {
       const state = states.get(session);
       if (state === undefined || !awayWithRegistrations(state, session)) return;
+      // Kept the whole time, not only until the first notification as mod_cloud_notify does: a
+      // session that ends here bounces what it holds, as no offline storage or archive takes it.
       const { hibernationMs } = settings();
-      if (hibernationMs > 0) {
-        state.extended = true;
-        session.hibernateFor(hibernationMs);
-      }
+      if (hibernationMs > 0) session.hibernateFor(hibernationMs);
       for (const bytes of unacked) if (isElementNamed(bytes, 'message') || isElementNamed(bytes, 'presence')) counted(state, bytes);
       if (state.wakers > 0) notify(session, state);
     },

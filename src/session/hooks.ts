@@ -105,10 +105,10 @@ export interface SessionHandle {
   serverOffers(name: string, ns: string): boolean;
   /**
    * While the session hibernates: it now expires `ms` from now, or its own hibernation time (the
-   * XEP-0198 `max` it was given) from now if that is longer or `ms` is `undefined`. A push feature
-   * keeps a phone's session longer until the phone has been woken (mod_cloud_notify does the same).
+   * XEP-0198 `max` it was given) from now if that is longer. A push feature keeps a phone's
+   * session longer (mod_cloud_notify does the same).
    */
-  hibernateFor(ms: number | undefined): void;
+  hibernateFor(ms: number): void;
   /**
    * On: from now on the `hold` hooks are asked about each live stanza. Off: what is held goes to the
    * client at once, in order, before anything the client sends next is handled (XEP-0352 §5.1).

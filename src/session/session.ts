@@ -150,10 +150,10 @@ export class Session implements SessionHandle {
     return this.serverFeatures?.getChild(name, ns) !== undefined;
   }
 
-  hibernateFor(ms: number | undefined): void {
+  hibernateFor(ms: number): void {
     const s = this.state;
     if (s.name !== 'hibernating') return;
-    const timeoutMs = Math.max(ms ?? 0, s.sm.hibernationMs);
+    const timeoutMs = Math.max(ms, s.sm.hibernationMs);
     const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
     expiryTimer.unref();
     this.transition({ ...s, expiresAtMs: this.deps.now() + timeoutMs, expiryTimer });

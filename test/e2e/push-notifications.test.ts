@@ -131,7 +131,7 @@ describeEachLegacyServer((kind) => {
     const summary = fields(
       publish.getChild('pubsub', PUBSUB)!.getChild('publish')!.getChild('item')!.getChild('notification', PUSH)!.getChild('x', DATA),
     );
-    expect(summary).toEqual({ FORM_TYPE: 'urn:xmpp:push:summary', 'message-count': '1' });
+    expect(summary).toEqual({ FORM_TYPE: 'urn:xmpp:push:summary', 'message-count': '1', 'last-message-body': 'New Message!' });
     const options = fields(publish.getChild('pubsub', PUBSUB)!.getChild('publish-options')!.getChild('x', DATA));
     expect(options.secret).toBe('secret-of-node-1');
     expect(publish.attrs.from).toBe(phone.jid);

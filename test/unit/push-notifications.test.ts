@@ -1,5 +1,5 @@
 import { pino } from 'pino';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { notificationIq, wakesUser } from '../../src/features/push-notification.js';
 import { pushNotifications, type PushSettings } from '../../src/features/push-notifications.js';
 import { readRegistrations, storageQuery } from '../../src/features/push-registrations.js';
@@ -12,9 +12,9 @@ const JID = 'alice@example.org/phone';
 const LIMITS = { maxStanzaBytes: 65536, maxDepth: 16 };
 
 /** A session as the hook sees it; what it sends upstream is parsed and recorded. */
-function handle(): SessionHandle & { readonly upstream: Element[]; readonly hibernations: (number | undefined)[] } {
+function handle(): SessionHandle & { readonly upstream: Element[]; readonly hibernations: number[] } {
   const upstream: Element[] = [];
-  const hibernations: (number | undefined)[] = [];
+  const hibernations: number[] = [];
   return {
     sid: 's1',
     addressKey: '192.0.2.1',
@@ -70,6 +70,13 @@ function setUp(settings: Partial<PushSettings> = {}) {
 
 const MESSAGE = "<message from='carol@example.org/pc' type='chat'><body>hi</body></message>";
 
+/** The client's enable of node `n1-of-<i>`, id `e<i>`. */
+const enable = (i: number) =>
+  scanFragment(
+    Buffer.from(`<iq type='set' id='e${i}'><enable xmlns='urn:xmpp:push:0' jid='push.example.net' node='n1-of-${i}'/></iq>`),
+    LIMITS,
+  );
+
 describe('push notifications while hibernating', () => {
   it('publishes one notification per interval while the queue grows, counting what arrived meanwhile', () => {
     const { session, queue, advance } = setUp({ withSender: true });
@@ -78,7 +85,12 @@ describe('push notifications while hibernating', () => {
     expect(first?.attrs.to).toBe('push.example.net');
     const form = first!.getChild('pubsub')!.getChild('publish')!.getChild('item')!.getChild('notification')!.getChild('x')!;
     const fields = Object.fromEntries(form.getChildren('field').map((f) => [f.attrs.var, f.getChildText('value')]));
-    expect(fields).toEqual({ FORM_TYPE: 'urn:xmpp:push:summary', 'message-count': '1', 'last-message-sender': 'carol@example.org' });
+    expect(fields).toEqual({
+      FORM_TYPE: 'urn:xmpp:push:summary',
+      'message-count': '1',
+      'last-message-sender': 'carol@example.org',
+      'last-message-body': 'New Message!',
+    });
 
     queue(MESSAGE);
     queue("<presence from='carol@example.org/pc'/>");
@@ -89,14 +101,14 @@ describe('push notifications while hibernating', () => {
     expect(session.upstream[0]!.toString()).toContain('<value>3</value>');
   });
 
-  it('counts what the client had not acknowledged, and keeps the session longer until the phone is woken', () => {
+  it('counts what the client had not acknowledged, and keeps the session longer', () => {
     const { hook, session, queue } = setUp({ hibernationMs: 259_200_000 });
     hook.hibernated(session, ["<presence from='carol@example.org/pc'/>"]);
     expect(session.hibernations, 'longer while not woken').toEqual([259_200_000]);
     expect(session.upstream, 'nothing that wakes').toEqual([]);
     queue(MESSAGE);
     expect(session.upstream).toHaveLength(1);
-    expect(session.hibernations, 'woken: its own hibernation time from now').toEqual([259_200_000, undefined]);
+    expect(session.hibernations, 'kept longer also once woken: ending would bounce what it holds').toEqual([259_200_000]);
 
     (session as { awaySinceMs: number }).awaySinceMs = 2;
     hook.hibernated(session, [MESSAGE, MESSAGE]);
@@ -199,14 +211,71 @@ describe('the client side of XEP-0357', () => {
     expect(String(read.attrs.id)).toMatch(/^smacks-proxy-push-[0-9a-f-]{36}$/);
   });
 
-  it('refuses an enable while too many of its requests are unanswered', () => {
+  it('runs registration changes one after another, so that a pipelined second enable keeps the first', () => {
     const { hook, session } = setUp();
-    const enable = (i: number) =>
-      scanFragment(Buffer.from(`<iq type='set' id='e${i}'><enable xmlns='urn:xmpp:push:0' jid='p.example' node='n${i}'/></iq>`), LIMITS);
-    for (let i = 0; i < 16; i++) expect(hook.fromClient(enable(i), 'active', session)).toEqual({ kind: 'consumed' });
-    const refused = hook.fromClient(enable(16), 'active', session);
-    expect(refused).toMatchObject({ kind: 'answer-stanza' });
+    hook.fromClient(enable(1), 'active', session);
+    hook.fromClient(enable(2), 'active', session);
+    const firstRead = session.upstream.shift()!;
+    expect(session.upstream, 'the second waits for the first').toEqual([]);
+    hook.toClient(answerTo(firstRead, 'result', storageQuery([REGISTRATION]).toString()), 'live', session);
+    const firstWrite = session.upstream.shift()!;
+    const stored = readRegistrations(firstWrite.getChild('query'));
+    expect(stored.map((r) => r.node)).toEqual(['n1', 'n1-of-1']);
+    expect(hook.toClient(answerTo(firstWrite, 'result'), 'live', session)?.toString()).toContain("id='e1'");
+    const secondRead = session.upstream.shift()!;
+    hook.toClient(answerTo(secondRead, 'result', storageQuery(stored).toString()), 'live', session);
+    expect(readRegistrations(session.upstream.shift()!.getChild('query')).map((r) => r.node)).toEqual(['n1', 'n1-of-1', 'n1-of-2']);
+  });
+
+  it('refuses an enable while too many changes wait, and keeps at most 5 registrations, the newest', () => {
+    const { hook, session } = setUp();
+    for (let i = 0; i < 9; i++) expect(hook.fromClient(enable(i), 'active', session)).toEqual({ kind: 'consumed' });
+    const refused = hook.fromClient(enable(9), 'active', session);
     expect(refused && 'stanza' in refused ? refused.stanza : '').toContain('resource-constraint');
+
+    const read = session.upstream.shift()!;
+    const six = [1, 2, 3, 4, 5, 6].map((i) => ({ ...REGISTRATION, node: `old${i}` }));
+    hook.toClient(answerTo(read, 'result', storageQuery(six).toString()), 'live', session);
+    const written = readRegistrations(session.upstream.shift()!.getChild('query')).map((r) => r.node);
+    expect(written).toEqual(['old3', 'old4', 'old5', 'old6', 'n1-of-0']);
+  });
+
+  it("refuses the user's own account as an app server", () => {
+    const { hook, session } = setUp();
+    const own = scanFragment(
+      Buffer.from("<iq type='set' id='o'><enable xmlns='urn:xmpp:push:0' jid='Alice@example.org' node='n'/></iq>"),
+      LIMITS,
+    );
+    const verdict = hook.fromClient(own, 'active', session);
+    expect(verdict && 'stanza' in verdict ? verdict.stanza : '').toContain('bad-request');
+  });
+
+  it('an app server that never answers holds nothing up: the oldest notification gives way', () => {
+    const { hook, session, queue } = setUp({ intervalMs: 0 });
+    for (let i = 0; i < 20; i++) queue(MESSAGE);
+    expect(session.upstream.filter((iq) => iq.getChild('pubsub') !== undefined)).toHaveLength(20);
+    session.upstream.splice(0);
+    expect(hook.fromClient(enable(1), 'active', session)).toEqual({ kind: 'consumed' });
+    expect(session.upstream[0]!.attrs.type).toBe('get');
+  });
+
+  it('sends, at the end of the interval, a notification the interval held back', () => {
+    vi.useFakeTimers();
+    try {
+      const { session, queue, advance } = setUp({ intervalMs: 60_000 });
+      queue(MESSAGE);
+      advance(10_000);
+      queue(MESSAGE);
+      expect(session.upstream).toHaveLength(1);
+      advance(50_000);
+      vi.advanceTimersByTime(50_000);
+      expect(session.upstream).toHaveLength(2);
+      expect(session.upstream[1]!.toString()).toContain('<field var="message-count"><value>2</value></field>');
+      vi.advanceTimersByTime(120_000);
+      expect(session.upstream, 'nothing new: nothing more').toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('leaves push iqs to another entity, and everything when disabled, to the legacy server', () => {
