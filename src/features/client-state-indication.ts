@@ -1,5 +1,5 @@
 import { parseElement, xml, type Element } from '../xml/element.js';
-import { NS } from '../xml/namespaces.js';
+import { NS, isStanza } from '../xml/namespaces.js';
 import { addDelay } from './delay-stamp.js';
 import type { HoldVerdict, SessionHandle, SessionHook } from '../session/hooks.js';
 
@@ -101,6 +101,14 @@ export function clientStateIndication(enabled: () => boolean, now: () => number)
     name: 'client-state-indication',
     phases: ['authenticated', 'active'],
     fromClient(element, _phase, session) {
+      if (element.ns === NS.csi && (element.localName === 'active' || element.localName === 'inactive')) {
+        if (session.serverOffers('csi', NS.csi)) return undefined;
+        session.holdBack(element.localName === 'inactive');
+        return { kind: 'consumed' };
+      }
+      // The client's radio is awake as it sends: what waits goes now, and holding goes on (as
+      // mod_csi_simple flushes on data from the client).
+      if (isStanza(element)) session.releaseHeld();
       if (element.localName === 'presence') {
         if (element.bytes.includes(MUC) || joined.has(session)) {
           const rooms = joined.get(session) ?? new Map<string, string>();
@@ -108,12 +116,8 @@ export function clientStateIndication(enabled: () => boolean, now: () => number)
           if (rooms.size > 0) joined.set(session, rooms);
           else joined.delete(session);
         }
-        return undefined;
       }
-      if (element.ns !== NS.csi || (element.localName !== 'active' && element.localName !== 'inactive')) return undefined;
-      if (session.serverOffers('csi', NS.csi)) return undefined;
-      session.holdBack(element.localName === 'inactive');
-      return { kind: 'consumed' };
+      return undefined;
     },
     hold(bytes, session) {
       const jid = session.jid ?? '';

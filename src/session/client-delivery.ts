@@ -79,6 +79,11 @@ export class ClientDelivery {
     if (!on && s !== undefined) this.release(s);
   }
 
+  /** What is held goes out now, in order; `holding` stays as it is. */
+  releaseHeld(s: Attached): void {
+    if (this.held.length > 0) this.release(s);
+  }
+
   /** The client acked (or resumed): the stanzas that waited go out, in order, as far as the queue has room. */
   sendBacklog(s: Attached, sm: StreamManagement): void {
     if (this.backlog.length === 0) return;

@@ -115,6 +115,8 @@ export interface SessionHandle {
    * Every client link starts with it off, a resumed one too (XEP-0352 §5.2).
    */
   holdBack(on: boolean): void;
+  /** What is held goes to the client now, in order; holding goes on if it was on. */
+  releaseHeld(): void;
 }
 
 /**

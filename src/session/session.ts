@@ -165,6 +165,11 @@ export class Session implements SessionHandle {
     this.delivery.holdBack(s.name === 'active' ? s : undefined, on);
   }
 
+  releaseHeld(): void {
+    const s = this.state;
+    if (s.name === 'active') this.delivery.releaseHeld(s);
+  }
+
   // --- transitions ---
 
   private transition(next: State): void {

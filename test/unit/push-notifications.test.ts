@@ -26,6 +26,7 @@ function handle(): SessionHandle & { readonly upstream: Element[]; readonly hibe
     sendUpstream: (data) => void upstream.push(parseElement(data)),
     serverOffers: () => false,
     holdBack: () => undefined,
+    releaseHeld: () => undefined,
     hibernateFor: (ms) => void hibernations.push(ms),
     hibernations,
   };

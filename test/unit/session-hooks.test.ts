@@ -27,6 +27,7 @@ function handle(jid: string | undefined = 'a@localhost/r'): SessionHandle & { re
     sendUpstream: (data) => void upstream.push(data),
     serverOffers: () => false,
     holdBack: () => undefined,
+    releaseHeld: () => undefined,
     hibernateFor: () => undefined,
   };
 }

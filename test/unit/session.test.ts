@@ -703,6 +703,24 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     expect(c.client.failure, 'the client acks exactly what it got').toBeUndefined();
   });
 
+  it('releases what is held when the client sends a stanza (its radio is awake), and goes on holding', async () => {
+    rig = new Rig({}, [
+      clientStateIndication(
+        () => true,
+        () => Date.now(),
+      ),
+    ]);
+    const c = await rig.connect().openAndBind();
+    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.stanzaFromServer(presenceFrom(c, 'carol'));
+    const presences = () => c.client.received.filter((xml) => xml.startsWith('<presence')).map((xml) => parseElement(xml).attrs.from);
+    expect(presences()).toEqual([]);
+    c.stanzaFromClient(`<message to='carol@${DOMAIN}' type='chat'><body>hi</body></message>`);
+    expect(presences()).toEqual([`carol@${DOMAIN}/x`]);
+    c.stanzaFromServer(presenceFrom(c, 'dave'));
+    expect(presences(), 'still inactive').toEqual([`carol@${DOMAIN}/x`]);
+  });
+
   it('answers what is held when a session without stream management ends, as unacknowledged stanzas', async () => {
     rig = new Rig({}, [
       clientStateIndication(
