@@ -22,11 +22,12 @@ let nextStreamId = 1;
 class FakeSession {
   private phase: Phase = 'header';
   private text = '';
-  private user = 'user';
+  /** The account SASL named. */
+  user = 'user';
   private readonly closeCounter = new PatternCounter('</stream:stream>');
 
   constructor(
-    private readonly socket: Socket,
+    readonly socket: Socket,
     private readonly domain: string,
   ) {
     socket.setNoDelay(true);
@@ -113,13 +114,13 @@ class FakeSession {
 /** The fake server; also usable in-process. */
 export class FakeUpstream {
   private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
+  private readonly sessions = new Set<FakeSession>();
 
   async start(domain: string): Promise<number> {
     const server = createServer((socket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-      new FakeSession(socket, domain);
+      const session = new FakeSession(socket, domain);
+      this.sessions.add(session);
+      socket.once('close', () => this.sessions.delete(session));
     });
     this.server = server;
     await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0, backlog: 4096 }, resolve));
@@ -128,11 +129,22 @@ export class FakeUpstream {
   }
 
   get connections(): number {
-    return this.sockets.size;
+    return this.sessions.size;
+  }
+
+  /** Writes `data` on the stream of each session of `user`, as a server routes its contacts' stanzas; how many there were. */
+  sendToUser(user: string, data: string): number {
+    let count = 0;
+    for (const session of this.sessions) {
+      if (session.user !== user) continue;
+      session.socket.write(data);
+      count++;
+    }
+    return count;
   }
 
   stop(): void {
-    for (const socket of this.sockets) socket.destroy();
+    for (const session of this.sessions) session.socket.destroy();
     this.server?.close();
   }
 }
