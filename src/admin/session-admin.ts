@@ -1,5 +1,5 @@
 import type { StreamErrorCondition } from '../errors.js';
-import { bare } from '../session/stream-setup.js';
+import { bare } from '../xml/jid.js';
 import type { SessionSummary } from '../session/session-summary.js';
 import { sameBareJid } from '../sm/resumption.js';
 

@@ -1,6 +1,8 @@
 import { parseElement, xml, type Element } from '../xml/element.js';
 import { NS, isStanza } from '../xml/namespaces.js';
+import { bare } from '../xml/jid.js';
 import { addDelay } from './delay-stamp.js';
+import { isEncryptedPayload, receivedCarbon } from './message-payloads.js';
 import type { HoldVerdict, SessionHandle, SessionHook } from '../session/hooks.js';
 
 /**
@@ -29,12 +31,12 @@ export function holdVerdict(stanza: Element, mentionable: (room: string) => read
   if (stanza.name !== 'message' || type === 'error') return undefined;
   if (type === 'headline') return {};
   if (stanza.getChild('sent', NS.carbons) !== undefined) return undefined;
-  const carried = stanza.getChild('received', NS.carbons)?.getChild('forwarded', NS.forward)?.getChild('message');
+  const carried = receivedCarbon(stanza);
   if (carried !== undefined) return holdVerdict(carried, mentionable) === undefined ? undefined : {};
   if (stanza.getChildElements().some(isImportantPayload)) return undefined;
   const body = stanza.getChildText('body');
   if (type === 'groupchat' && body !== null) {
-    const words = mentionable(bareOf(from));
+    const words = mentionable(bare(from));
     const text = body.toLowerCase();
     return words !== undefined && !words.some((word) => word !== '' && text.includes(word.toLowerCase())) ? {} : undefined;
   }
@@ -45,26 +47,10 @@ export function holdVerdict(stanza: Element, mentionable: (room: string) => read
 
 /** Payloads that matter without a body: encryption, calls, invitations. */
 function isImportantPayload(child: Element): boolean {
+  if (isEncryptedPayload(child)) return true;
   const ns = child.getNS() as string | undefined;
-  switch (ns) {
-    case NS.omemo:
-    case NS.omemo2:
-    case NS.openpgp:
-    case NS.legacyPgp:
-    case NS.eme:
-    case NS.jingleMessage:
-    case NS.conferenceInvite:
-      return true;
-    case NS.mucUser:
-      return child.getChild('invite') !== undefined;
-    default:
-      return false;
-  }
-}
-
-function bareOf(jid: string): string {
-  const slash = jid.indexOf('/');
-  return slash === -1 ? jid : jid.slice(0, slash);
+  if (ns === NS.mucUser) return child.getChild('invite') !== undefined;
+  return ns === NS.jingleMessage || ns === NS.conferenceInvite;
 }
 
 const MUC = Buffer.from(NS.muc, 'utf8');
@@ -126,7 +112,7 @@ export function clientStateIndication(enabled: () => boolean, now: () => number)
         return nick === undefined ? undefined : [nick, jid.slice(0, Math.max(0, jid.indexOf('@')))];
       });
       // As mod_csi_simple does: what waits tells the client when it arrived (XEP-0203), from the user's server.
-      return verdict === undefined ? undefined : { ...verdict, bytes: addDelay(bytes, now(), bareOf(jid)) };
+      return verdict === undefined ? undefined : { ...verdict, bytes: addDelay(bytes, now(), bare(jid)) };
     },
     advertise: (phase, offered) =>
       phase === 'post-auth' && enabled() && offered.getChild('csi', NS.csi) === undefined ? [xml('csi', { xmlns: NS.csi })] : [],

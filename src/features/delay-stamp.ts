@@ -1,6 +1,7 @@
 import { parseElement } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
+import { bare } from '../xml/jid.js';
 import { isElementNamed } from '../xml/stanza-bytes.js';
 import type { SessionHook } from '../session/hooks.js';
 
@@ -49,7 +50,6 @@ export const replayDelayStamp: SessionHook = {
   replay(bytes, sentAtMs, session) {
     const jid = session.jid;
     if (jid === undefined || !isElementNamed(bytes, 'message')) return bytes;
-    const slash = jid.indexOf('/');
-    return addDelay(bytes, sentAtMs, slash === -1 ? jid : jid.slice(0, slash));
+    return addDelay(bytes, sentAtMs, bare(jid));
   },
 };

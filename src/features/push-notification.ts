@@ -1,5 +1,6 @@
 import { xml, type Element } from '../xml/element.js';
 import { NS } from '../xml/namespaces.js';
+import { isEncryptedPayload, receivedCarbon } from './message-payloads.js';
 import type { PushRegistration } from './push-registrations.js';
 
 /**
@@ -11,19 +12,12 @@ import type { PushRegistration } from './push-registrations.js';
 export function wakesUser(stanza: Element): boolean {
   if (stanza.name === 'presence') return stanza.attrs.type === 'subscribe';
   if (stanza.name !== 'message' || stanza.attrs.type === 'error' || stanza.attrs.type === 'groupchat') return false;
-  const carried = stanza.getChild('received', NS.carbons)?.getChild('forwarded', NS.forward)?.getChild('message');
+  const carried = receivedCarbon(stanza);
   if (carried !== undefined) return wakesUser(carried);
   if (stanza.getChild('body') !== undefined) return true;
-  return stanza.getChildElements().some((child) => {
-    const ns = child.getNS() as string | undefined;
-    return (
-      ns === NS.omemo ||
-      ns === NS.omemo2 ||
-      ns === NS.openpgp ||
-      ns === NS.legacyPgp ||
-      (ns === NS.jingleMessage && child.name === 'propose')
-    );
-  });
+  return stanza
+    .getChildElements()
+    .some((child) => isEncryptedPayload(child) || (child.name === 'propose' && child.getNS() === NS.jingleMessage));
 }
 
 /** What a notification tells the app server (XEP-0357 §5: the urn:xmpp:push:summary form). */
@@ -35,8 +29,8 @@ export interface NotificationSummary {
   readonly lastBody?: string;
 }
 
-/** XEP-0357 §5: the pubsub publish of a notification to the registration's node, with its publish-options. */
-export function notificationIq(registration: PushRegistration, id: string, summary: NotificationSummary): Element {
+/** XEP-0357 §5: the pubsub publish of a notification to the registration's node, with its publish-options (the sender sets the id). */
+export function notificationIq(registration: PushRegistration, summary: NotificationSummary): Element {
   const form = xml('x', { xmlns: NS.dataForms, type: 'submit' }, field('FORM_TYPE', 'urn:xmpp:push:summary'));
   form.cnode(field('message-count', String(summary.messageCount)));
   if (summary.lastSender !== undefined) form.cnode(field('last-message-sender', summary.lastSender));
@@ -47,7 +41,7 @@ export function notificationIq(registration: PushRegistration, id: string, summa
     xml('publish', { node: registration.node }, xml('item', {}, xml('notification', { xmlns: NS.push }, form))),
   );
   if (registration.publishOptions !== undefined) pubsub.cnode(xml('publish-options', {}, registration.publishOptions));
-  return xml('iq', { type: 'set', to: registration.jid, id }, pubsub);
+  return xml('iq', { type: 'set', to: registration.jid }, pubsub);
 }
 
 function field(name: string, value: string): Element {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { parseElement, xml, type Element } from '../xml/element.js';
 import { escapeXml } from '../xml/escape.js';
 import { NS } from '../xml/namespaces.js';
+import { bare, resourceOf } from '../xml/jid.js';
 import { isElementNamed } from '../xml/stanza-bytes.js';
 import type { FromClientVerdict, SessionHandle, SessionHook } from '../session/hooks.js';
 import { notificationIq, wakesUser } from './push-notification.js';
@@ -159,21 +160,22 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
   /** The client's `<enable/>` or `<disable/>` (XEP-0357 §5, §6) to its own account; `undefined` for any other iq. */
   const onClientIq = (iq: Element, session: SessionHandle): FromClientVerdict => {
     const jid = session.jid ?? '';
-    const bare = bareOf(jid);
+    const account = bare(jid);
     const command = iq.getChild('enable', NS.push) ?? iq.getChild('disable', NS.push);
     const to = iq.attrs.to as string | undefined;
-    if (iq.attrs.type !== 'set' || command === undefined || (to !== undefined && to.toLowerCase() !== bare.toLowerCase())) return undefined;
+    if (iq.attrs.type !== 'set' || command === undefined || (to !== undefined && to.toLowerCase() !== account.toLowerCase()))
+      return undefined;
     const id = (iq.attrs.id as string | undefined) ?? '';
     const answer = (type: 'result' | 'error', error = ''): string =>
-      `<iq type='${type}' id='${escapeXml(id)}' to='${escapeXml(jid)}'${to === undefined ? '' : ` from='${escapeXml(bare)}'`}>${error}</iq>`;
+      `<iq type='${type}' id='${escapeXml(id)}' to='${escapeXml(jid)}'${to === undefined ? '' : ` from='${escapeXml(account)}'`}>${error}</iq>`;
     const appServer = command.attrs.jid as string | undefined;
     const node = command.attrs.node as string | undefined;
     // As mod_cloud_notify: the user's own account is no app server (its PEP would get the notifications).
-    const own = appServer !== undefined && bareOf(appServer).toLowerCase() === bare.toLowerCase();
+    const own = appServer !== undefined && bare(appServer).toLowerCase() === account.toLowerCase();
     if (appServer === undefined || appServer === '' || own || (command.name === 'enable' && (node === undefined || node === ''))) {
       return { kind: 'answer-stanza', stanza: answer('error', `<error type='modify'><bad-request xmlns='${NS.stanzas}'/></error>`) };
     }
-    const resource = jid.slice(jid.indexOf('/') + 1);
+    const resource = resourceOf(jid);
     const change =
       command.name === 'enable'
         ? (stored: PushRegistration[]) =>
@@ -230,7 +232,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     for (const registration of mine) {
       const sent = request(
         session,
-        notificationIq(registration, '', summary),
+        notificationIq(registration, summary),
         (answer) => {
           const condition = answer
             .getChild('error')
@@ -257,7 +259,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     const stanza = parseElement(bytes);
     if (!wakesUser(stanza)) return false;
     state.wakers++;
-    state.lastSender = bareOf((stanza.attrs.from as string | undefined) ?? '');
+    state.lastSender = bare((stanza.attrs.from as string | undefined) ?? '');
     state.lastBody = stanza.getChildText('body') ?? undefined;
     return true;
   };
@@ -284,7 +286,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     phases: ['active'],
     kinds: ['iq'],
     // What the client had not acknowledged when it went away it may never have seen: it counts, and
-    // a session with registrations stays longer until its phone is woken.
+    // a session with registrations stays longer.
     hibernated(session, unacked) {
       const state = states.get(session);
       if (state === undefined || !awayWithRegistrations(state, session)) return;
@@ -340,13 +342,12 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
 function answeredBy(pending: Pending, answer: Element, session: SessionHandle): boolean {
   const from = answer.attrs.from as string | undefined;
   if (pending.from !== undefined) return from !== undefined && from.toLowerCase() === pending.from.toLowerCase();
-  return from === undefined || from === bareOf(session.jid ?? '');
+  return from === undefined || from === bare(session.jid ?? '');
 }
 
 /** The registrations of the session's resource (push-registrations.ts: a registration belongs to the resource that made it). */
 function registrationsOf(state: PushState, session: SessionHandle): PushRegistration[] {
-  const jid = session.jid ?? '';
-  const resource = jid.slice(jid.indexOf('/') + 1);
+  const resource = resourceOf(session.jid ?? '');
   return (state.registrations ?? []).filter((r) => r.resource === resource);
 }
 
@@ -356,12 +357,7 @@ function withPushFeature(bytes: Buffer, session: SessionHandle): Buffer {
   const query = stanza.getChild('query', NS.discoInfo);
   const from = stanza.attrs.from as string | undefined;
   if (stanza.name !== 'iq' || stanza.attrs.type !== 'result' || query === undefined || query.attrs.node !== undefined) return bytes;
-  if (from !== bareOf(session.jid ?? '') || query.getChildren('feature').some((f) => f.attrs.var === NS.push)) return bytes;
+  if (from !== bare(session.jid ?? '') || query.getChildren('feature').some((f) => f.attrs.var === NS.push)) return bytes;
   query.cnode(xml('feature', { var: NS.push }));
   return Buffer.from(stanza.toString());
-}
-
-function bareOf(jid: string): string {
-  const slash = jid.indexOf('/');
-  return slash === -1 ? jid : jid.slice(0, slash);
 }

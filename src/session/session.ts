@@ -22,7 +22,8 @@ import { rewriteFeatures } from './features.js';
 import { ClientDelivery } from './client-delivery.js';
 import type { ClientPhase, SessionHandle, StanzaKind } from './hooks.js';
 import { AckClock } from './ack-clock.js';
-import { StreamSetup, bare, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
+import { StreamSetup, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
+import { bare, resourceOf } from '../xml/jid.js';
 import type { ResumeHandOver } from './session-registry.js';
 import type { SessionDeps, SessionStart } from './session-deps.js';
 import type { HibernationEnd } from './events.js';
@@ -761,8 +762,7 @@ export class Session implements SessionHandle {
       beforeBind: (resource, account, send) => {
         // The same full JID. Only where SASL named the account: what the lingering stream received
         // must never reach another account (EXTERNAL names none; such a bind does not wait).
-        const sameJid = (jid: string): boolean =>
-          account !== undefined && jid.slice(jid.indexOf('/') + 1) === resource && sameBareJid(bare(jid), account);
+        const sameJid = (jid: string): boolean => account !== undefined && resourceOf(jid) === resource && sameBareJid(bare(jid), account);
         if (resource === undefined || !this.deps.lingering.has(sameJid)) {
           send([]);
           return;

@@ -4,6 +4,7 @@ import { NS, type SmNamespace } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
 import type { FeaturesPhase } from './features.js';
 import { SaslIdentity, type SaslAttempt } from './sasl-identity.js';
+import { bare } from '../xml/jid.js';
 
 /** A `<resume/>` waiting for its client's account to be known. */
 export interface ResumeRequest {
@@ -304,10 +305,4 @@ function bindRequestId(element: ScannedElement): string | undefined {
 function requestedResource(element: ScannedElement): string | undefined {
   const resource = parseElement(element.bytes).getChild('bind', NS.bind)?.getChildText('resource') ?? undefined;
   return resource === undefined || resource === '' ? undefined : resource;
-}
-
-/** The bare JID of a full one (RFC 7622 §3.1: everything before the resource). */
-export function bare(jid: string): string {
-  const slash = jid.indexOf('/');
-  return slash === -1 ? jid : jid.slice(0, slash);
 }

@@ -313,6 +313,6 @@ describe('wakesUser and the notification', () => {
     const [read] = readRegistrations(parseElement(storageQuery([registration]).toString()));
     expect(read).toMatchObject({ jid: 'p.example', node: 'n', resource: 'r' });
     expect(read!.publishOptions?.toString()).toBe(options.toString());
-    expect(notificationIq(read!, 'i', { messageCount: 2 }).getChild('pubsub')!.getChild('publish-options')!.toString()).toContain('s3');
+    expect(notificationIq(read!, { messageCount: 2 }).getChild('pubsub')!.getChild('publish-options')!.toString()).toContain('s3');
   });
 });
