@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
+import type { LegacyServer } from '../support/legacy-server.js';
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProsody } from '../support/prosody.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
@@ -23,17 +23,14 @@ function statuses(received: readonly Element[], from: string): string[] {
 }
 
 describeEachLegacyServer((kind) => {
-  let server: LegacyServer;
   let fixture: ProxyFixture;
 
   beforeAll(async () => {
-    server = await startLegacyServer(kind, { users: Object.values(USERS) });
-    fixture = await startProxyFixture({ server });
+    fixture = await startProxyFixture({ kind });
   }, 60_000);
 
   afterAll(async () => {
     await fixture?.stop();
-    await server?.stop();
   });
 
   /** The phone (with SM) watches Bob's presence; both are available. Each test has a phone account of its own: a subscription is made once. */

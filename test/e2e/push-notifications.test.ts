@@ -1,5 +1,4 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { Element, type RawClient } from '../support/raw-client.js';
@@ -42,7 +41,6 @@ const isPublish = (node: string) => (el: Element) =>
   el.is('iq') && el.attrs.type === 'set' && el.getChild('pubsub', PUBSUB)?.getChild('publish')?.attrs.node === node;
 
 describeEachLegacyServer((kind) => {
-  let server: LegacyServer;
   let fixture: ProxyFixture;
   let events: SmEventLog;
   /** The app server: answers each publish with a result unless told otherwise. */
@@ -50,8 +48,7 @@ describeEachLegacyServer((kind) => {
   let carol: LoggedIn;
 
   beforeAll(async () => {
-    server = await startLegacyServer(kind, { users: Object.values(USERS) });
-    fixture = await startProxyFixture({ server });
+    fixture = await startProxyFixture({ kind });
     events = recordSmEvents(fixture.proxy);
     appServer = await fixture.login('directtls', USERS.bob, { resource: 'app-server' });
     carol = await fixture.login('directtls', USERS.carol, { resource: 'sender' });
@@ -59,7 +56,6 @@ describeEachLegacyServer((kind) => {
 
   afterAll(async () => {
     await fixture?.stop();
-    await server?.stop();
   });
 
   /** The next publish to `node`, answered with a result (or the given error condition). */
@@ -165,7 +161,7 @@ describeEachLegacyServer((kind) => {
 
   it('keeps the registration for the next session and a new proxy process; an app server error removes it', async () => {
     // A proxy that has never seen Alice: what it knows comes from the legacy server.
-    const restarted = await startProxyFixture({ server });
+    const restarted = await startProxyFixture({ server: fixture.server });
     const restartedEvents = recordSmEvents(restarted.proxy);
     try {
       const phone = await restarted.login('directtls', USERS.alice, { resource: 'phone', sm: true });

@@ -678,16 +678,19 @@ describe('Session: a full unacked queue (README, Limits)', () => {
 describe('Session: a client held back (XEP-0352, README, Client state indication)', () => {
   const CSI = 'urn:xmpp:csi:0';
   const presenceFrom = (c: Connection, who: string) => `<presence from='${who}@${DOMAIN}/x' to='${c.jid}'/>`;
-  const composingFrom = (c: Connection, id: string) =>
-    `<message from='alice@${DOMAIN}/desk' to='${c.jid}' id='${id}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>`;
-
-  it('releases what is held once it reaches the queue limits, counted then, in order', async () => {
-    rig = new Rig({ maxQueueStanzas: 3 }, [
+  /** A rig whose sessions run the CSI hook, offered. */
+  const csiRig = (settings: Partial<SessionSettings> = {}) =>
+    new Rig(settings, [
       clientStateIndication(
         () => true,
         () => Date.now(),
       ),
     ]);
+  const composingFrom = (c: Connection, id: string) =>
+    `<message from='alice@${DOMAIN}/desk' to='${c.jid}' id='${id}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>`;
+
+  it('releases what is held once it reaches the queue limits, counted then, in order', async () => {
+    rig = csiRig({ maxQueueStanzas: 3 });
     const c = await rig.connect().openAndBind();
     c.enableSm({ resume: true });
     c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
@@ -704,12 +707,7 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
   });
 
   it('releases what is held when the client sends a stanza (its radio is awake), and goes on holding', async () => {
-    rig = new Rig({}, [
-      clientStateIndication(
-        () => true,
-        () => Date.now(),
-      ),
-    ]);
+    rig = csiRig();
     const c = await rig.connect().openAndBind();
     c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
     c.stanzaFromServer(presenceFrom(c, 'carol'));
@@ -722,12 +720,7 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
   });
 
   it('answers what is held when a session without stream management ends, as unacknowledged stanzas', async () => {
-    rig = new Rig({}, [
-      clientStateIndication(
-        () => true,
-        () => Date.now(),
-      ),
-    ]);
+    rig = csiRig();
     const c = await rig.connect().openAndBind();
     c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
     c.stanzaFromServer(composingFrom(c, 'cs1'));
