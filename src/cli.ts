@@ -13,6 +13,11 @@ import { createLogger } from './logger.js';
 import { Proxy } from './proxy.js';
 import { createTlsCredentials } from './transport/tls-credentials.js';
 import { pino, type Logger } from 'pino';
+import { fork, type ChildProcess } from 'node:child_process';
+import { HANDOFF_ENV, HANDOFF_PROTOCOL } from './upgrade/handoff-protocol.js';
+import type { IpcEnd } from './upgrade/ipc-channel.js';
+import { removePidFile, writePidFile } from './upgrade/pid-file.js';
+import { TakeOver } from './upgrade/takeover.js';
 
 /** Each DNS query of `--check dns` waits this long (twice at most). */
 const DNS_TIMEOUT_MS = 3000;
@@ -146,6 +151,11 @@ async function main(): Promise<number> {
 
   const log = createLogger(config.log);
   const proxy = new Proxy(config, log);
+  // Started by a running proxy's upgrade (README, Upgrading): its listeners and sessions come over IPC.
+  const handoff = process.env[HANDOFF_ENV];
+  const takeOver =
+    handoff !== undefined && process.send !== undefined ? new TakeOver(process as IpcEnd, log.child({ component: 'upgrade' })) : undefined;
+  const pidFile = config.pidFile;
   // Handlers first: a signal that arrives while the proxy is still starting (it logs 'listening'
   // before its start-up probe of the legacy servers is done) stops it cleanly once started, instead
   // of ending the process by the signal's default action. README, Signals: every signal an operator
@@ -156,6 +166,8 @@ async function main(): Promise<number> {
   });
   let markStarted = (): void => undefined;
   const started = new Promise<void>((resolve) => (markStarted = resolve));
+  let upgradedAway = (): void => undefined;
+  const handedOver = new Promise<'upgraded'>((resolve) => (upgradedAway = () => resolve('upgraded')));
   process.on('SIGHUP', () => {
     log.info({ signal: 'SIGHUP' }, 'signal received; reloading');
     started
@@ -164,11 +176,51 @@ async function main(): Promise<number> {
   });
   // A listener of its own keeps Node from opening its inspector on 127.0.0.1:9229 (its default for SIGUSR1).
   process.on('SIGUSR1', () => log.info({ signal: 'SIGUSR1' }, 'signal received; it has no meaning here (logs go to stdout)'));
-  process.on('SIGUSR2', () =>
-    log.warn({ signal: 'SIGUSR2' }, 'signal received; upgrading with session hand-off is not available in this version: nothing done'),
-  );
+  // One upgrade at a time; a process that is still taking over from its predecessor waits until it runs alone.
+  let upgrading = takeOver !== undefined;
+  process.on('SIGUSR2', () => {
+    if (upgrading) {
+      log.warn({ signal: 'SIGUSR2' }, 'signal received; an upgrade is in progress already: nothing done');
+      return;
+    }
+    upgrading = true;
+    log.info({ signal: 'SIGUSR2' }, 'signal received; upgrading: starting the new process');
+    void started
+      .then(() => proxy.upgrade(startNext()))
+      .then((outcome) => {
+        if (outcome.ok) {
+          const { handedOver: sessions, left, durationMs } = outcome;
+          log.info({ handedOver: sessions, left, durationMs }, 'upgrade done; the new process serves; this one ends what could not move');
+          upgradedAway();
+          return;
+        }
+        log.error(
+          { code: outcome.error.code, err: outcome.error.message, handedOver: outcome.handedOver, newProcessExit: outcome.exit },
+          'upgrade failed; this process serves on',
+        );
+        upgrading = false;
+      })
+      .catch((err: unknown) => {
+        log.error(
+          { code: ErrorCode.UPGRADE, err: (err as Error).message },
+          'upgrade failed: the new process could not be started; this process serves on',
+        );
+        upgrading = false;
+      });
+  });
   try {
-    await proxy.start();
+    if (takeOver !== undefined) {
+      const refusal = TakeOver.refusal(handoff!);
+      if (refusal !== undefined) {
+        log.fatal({ code: ErrorCode.UPGRADE, err: refusal }, 'upgrade refused');
+        await takeOver.refuse(refusal);
+        return EXIT.startup;
+      }
+      await takeOver.start(proxy);
+    } else {
+      await proxy.start();
+      if (pidFile !== undefined) await writePidFile(pidFile);
+    }
     markStarted();
   } catch (err) {
     const code = err instanceof ProxyError ? err.code : undefined;
@@ -177,16 +229,42 @@ async function main(): Promise<number> {
     // The file was valid; what failed is the machine's side (a port, a certificate file).
     return EXIT.startup;
   }
+  if (takeOver !== undefined) {
+    void takeOver
+      .receiveSessions(proxy, async () => {
+        if (pidFile !== undefined) await writePidFile(pidFile);
+      })
+      .then((adopted) => {
+        upgrading = false;
+        process.disconnect?.();
+        log.info({ adopted }, 'upgrade: taken over; this process runs on alone');
+      });
+  }
 
-  const signal = await signalled;
-  log.info({ signal }, 'signal received');
+  const ending = await Promise.race([signalled, handedOver]);
+  log.info(
+    { signal: ending === 'upgraded' ? undefined : ending },
+    ending === 'upgraded' ? 'stopping after the upgrade' : 'signal received',
+  );
   return new Promise((resolve) => {
     const force = setTimeout(() => resolve(EXIT.forced), (config.shutdownGraceSeconds + 5) * 1000);
     force.unref();
-    void proxy.stop().then(() => {
-      clearTimeout(force);
-      resolve(EXIT.ok);
-    });
+    void proxy
+      .stop()
+      .then(() => (pidFile === undefined ? undefined : removePidFile(pidFile)))
+      .then(() => {
+        clearTimeout(force);
+        resolve(EXIT.ok);
+      });
+  });
+}
+
+/** The next process of an upgrade: this one's code as it is on disk now, its arguments, and an IPC channel for the hand-off. */
+function startNext(): ChildProcess {
+  return fork(process.argv[1]!, process.argv.slice(2), {
+    env: { ...process.env, [HANDOFF_ENV]: String(HANDOFF_PROTOCOL) },
+    execArgv: process.execArgv,
+    stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
   });
 }
 

@@ -22,6 +22,8 @@ export const ErrorCode = {
   WEBHOOK_SECRET: 'PROXY_ERR_WEBHOOK_SECRET',
   /** A webhook POST failed (HTTP error, timeout, refused connection): retried, or dropped after `maxAttempts` (log only). */
   WEBHOOK_DELIVERY: 'PROXY_ERR_WEBHOOK_DELIVERY',
+  /** An upgrade's hand-off failed: the new process refused, exited or fell silent; the old one serves on (log only). */
+  UPGRADE: 'PROXY_ERR_UPGRADE',
 
   /** Malformed XML (RFC 6120 §11.3): `not-well-formed`. */
   XML_NOT_WELL_FORMED: 'PROXY_ERR_XML_NOT_WELL_FORMED',

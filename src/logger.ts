@@ -13,7 +13,8 @@ function requirePretty(): typeof import('pino-pretty').PinoPretty {
  */
 export function createLogger(config: LogConfig, destination: NodeJS.WritableStream = process.stdout): Logger {
   const usePretty = config.format === 'pretty' || (config.format === 'auto' && (destination as { isTTY?: boolean }).isTTY === true);
-  const options = { level: config.level, base: { name: 'smacks-proxy' } };
+  // `pid`: after an upgrade the old and the new process write to the same stdout for a while (README, Upgrading).
+  const options = { level: config.level, base: { name: 'smacks-proxy', pid: process.pid } };
   if (!usePretty) return pino(options, destination);
   return pino(options, requirePretty()({ colorize: true, destination, sync: true, ignore: 'pid,hostname,name' }));
 }

@@ -37,6 +37,14 @@ import { MemoryBudget } from './sm/memory-budget.js';
 import { QueueShares, type ShareLimits } from './sm/queue-budget.js';
 import type { ClientLink } from './transport/client-link.js';
 import type { Listener } from './transport/listener.js';
+import type { Server } from 'node:net';
+import { StreamManagement } from './sm/stream-management.js';
+import { disposeUnacked } from './session/unacked-disposal.js';
+import type { HibernatedSession } from './session/hibernated-snapshot.js';
+import { bare } from './xml/jid.js';
+import { listenerKey } from './upgrade/handoff-protocol.js';
+import { Upgrade, type MovableSession, type UpgradeOutcome } from './upgrade/upgrade.js';
+import type { ChildProcess } from 'node:child_process';
 import { TcpListener } from './transport/tcp-listener.js';
 import { WebSocketListener } from './transport/websocket-listener.js';
 import { CertificateWatcher } from './transport/certificate-watcher.js';
@@ -45,7 +53,7 @@ import { LiveCredentials } from './transport/live-credentials.js';
 import { createTlsCredentials, warnExpiring } from './transport/tls-credentials.js';
 import { probeUpstream } from './upstream/upstream-probe.js';
 import { RetryingUpstream } from './upstream/retrying-upstream.js';
-import { UpstreamLink, type UpstreamStream, type UpstreamTarget } from './upstream/upstream-link.js';
+import { UpstreamLink, type ReleasedUpstream, type UpstreamStream, type UpstreamTarget } from './upstream/upstream-link.js';
 
 /** How often the certificates' expiry is checked while the proxy runs (also at start-up and each reload). */
 const EXPIRY_CHECK_INTERVAL_MS = 24 * 60 * 60 * 1000;
@@ -59,12 +67,17 @@ const CONFIG_SECTIONS = [
   'clientStateIndication',
   'push',
   'shutdownGraceSeconds',
+  'upgrade',
+  'pidFile',
   'admin',
   'webhook',
   'log',
 ] as const;
 /** The sections a reload leaves as they were at start-up (README, Reloading). */
-const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'webhook', 'log']);
+const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'webhook', 'log', 'pidFile']);
+
+/** The connect timeout of an adopted session's upstream stream whose domain this config no longer serves (only its restarts would use it). */
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /** At shutdown, how long the webhook may go on delivering the last events once the sessions are closed. */
 const WEBHOOK_FLUSH_MS = 2000;
@@ -107,11 +120,14 @@ export class Proxy {
   private probeTimer: NodeJS.Timeout | undefined;
   /** Domains whose legacy server is being probed now. */
   private readonly probing = new Set<string>();
-  /** The config in effect: the start-up one, then each reload's (its `listeners`, `admin` and `log` stay the start-up ones). */
+  /** The config in effect: the start-up one, then each reload's (its `listeners`, `admin`, `webhook`, `log` and `pidFile` stay the start-up ones). */
   private config: ProxyConfig;
   /** What new sessions are made with; a reload replaces it, and sessions keep the one they started with. */
   private sessionDeps: SessionDeps;
+  /** Every listener this process had, for shutdown: the ones accepting, and those an upgrade stopped. */
   private readonly listeners: Listener[] = [];
+  /** The listeners accepting now, by `listenerKey` of their config. */
+  private readonly accepting = new Map<string, Listener>();
   private readonly reportedFindings = new Set<string>();
   private readonly now: () => number;
   private credentials: LiveCredentials | undefined;
@@ -152,9 +168,7 @@ export class Proxy {
     );
     this.drain = new Drain({
       sessions: () => this.registry.sessions(),
-      stopAccepting: () => {
-        for (const listener of this.listeners) void listener.stopAccepting();
-      },
+      stopAccepting: () => this.stopAccepting(),
       readiness: this.readiness,
       log: this.log.child({ component: 'admin' }),
     });
@@ -192,8 +206,12 @@ export class Proxy {
     };
   }
 
-  /** Loads the certificates, binds every listener, and probes the legacy servers (in the background). */
-  async start(): Promise<BoundListener[]> {
+  /**
+   * Loads the certificates, binds every listener, and probes the legacy servers (in the background).
+   * `inherited`: listening sockets the previous process handed over (an upgrade), by `listenerKey`;
+   * a listener of this config takes its own over instead of binding, and one no listener takes is closed.
+   */
+  async start(inherited: ReadonlyMap<string, Server> = new Map()): Promise<BoundListener[]> {
     const domains = Object.keys(this.config.domains);
     const tlsLog = this.log.child({ component: 'tls' });
     const credentials = new LiveCredentials(await createTlsCredentials(this.tlsConfig, domains, tlsLog));
@@ -202,14 +220,18 @@ export class Proxy {
     this.expiryCheck = setInterval(() => warnExpiring(credentials.entries, tlsLog, Date.now()), EXPIRY_CHECK_INTERVAL_MS);
     this.expiryCheck.unref();
     const bound: BoundListener[] = [];
+    const admin = this.config.admin;
     for (const listenerConfig of this.config.listeners) {
-      const listener = this.createListener(listenerConfig, this.credentials);
-      this.listeners.push(listener);
-      const address = await listener.listen();
-      bound.push({ type: listenerConfig.type, ...address });
+      const key = listenerKey(listenerConfig);
+      bound.push({ type: listenerConfig.type, ...(await this.startListener(listenerConfig, inherited.get(key))) });
+    }
+    for (const [key, server] of inherited) {
+      if (this.accepting.has(key) || (admin !== undefined && key === adminKey(admin))) continue;
+      this.log.warn({ listener: key }, 'upgrade: a listener of the previous process is not in this config; it is closed');
+      server.close();
     }
     this.readiness.listenersBound();
-    if (this.config.admin !== undefined) bound.push({ type: 'admin', ...(await this.startAdmin(this.config.admin)) });
+    if (admin !== undefined) bound.push({ type: 'admin', ...(await this.startAdmin(admin, inherited.get(adminKey(admin)))) });
     if (this.config.webhook !== undefined) await this.startWebhook(this.config.webhook);
     for (const [domain, { upstream }] of Object.entries(this.config.domains)) {
       if (upstream.security !== 'plain' || isLoopbackHost(upstream.host)) continue;
@@ -224,8 +246,102 @@ export class Proxy {
     return bound;
   }
 
+  private async startListener(config: ListenerConfig, inherited?: Server): Promise<{ host: string; port: number }> {
+    const listener = this.createListener(config, this.credentials!);
+    this.listeners.push(listener);
+    this.accepting.set(listenerKey(config), listener);
+    return listener.listen(inherited);
+  }
+
+  // --- an upgrade's hand-off (upgrade/upgrade.ts; README, Upgrading) ---
+
+  /** Hands the listeners and every session that can move to `next`, a new process of the proxy that was just started. */
+  upgrade(next: ChildProcess): Promise<UpgradeOutcome> {
+    const { resumesPerSecond, windowSeconds } = this.config.upgrade;
+    return new Upgrade(this, { resumesPerSecond, windowMs: windowSeconds * 1000 }, this.log.child({ component: 'upgrade' }), this.now).run(
+      next,
+    );
+  }
+
+  listeningSockets(): ReadonlyMap<string, Server> {
+    const sockets = new Map([...this.accepting].map(([key, listener]) => [key, listener.server]));
+    const admin = this.config.admin;
+    if (this.admin !== undefined && admin !== undefined) sockets.set(adminKey(admin), this.admin.server);
+    return sockets;
+  }
+
+  stopAccepting(): void {
+    for (const listener of this.accepting.values()) void listener.stopAccepting();
+    this.accepting.clear();
+  }
+
+  /** Stops accepting, on the admin listener too: the new process of an upgrade serves both. */
+  handListenersOver(): void {
+    this.stopAccepting();
+    this.admin?.stopAccepting();
+  }
+
+  async acceptAgain(): Promise<void> {
+    const binds = [...this.config.listeners.map((config) => () => this.startListener(config)), async () => this.admin?.listen()];
+    for (const bind of binds) {
+      try {
+        await bind();
+      } catch (err) {
+        this.log.error({ code: ErrorCode.LISTEN, err: (err as Error).message }, 'upgrade failed and a listener cannot bind again');
+      }
+    }
+  }
+
+  sessions(): Iterable<Session> {
+    return this.registry.sessions();
+  }
+
+  canMove(session: MovableSession): boolean {
+    const domain = session.domain;
+    return domain !== undefined && findDomain(this.config, domain)?.upstream.security === 'plain';
+  }
+
+  /**
+   * A hibernated session the previous process handed over, with its upstream socket (undefined when
+   * that closed on the way): it goes on hibernating here. One that does not fit this process's
+   * queue limits ends as at expiry, its queue answered through its upstream stream.
+   */
+  adopt(session: HibernatedSession, released: ReleasedUpstream | undefined): void {
+    const log = this.log.child({ sid: session.sid, jid: session.jid });
+    const queued = session.sm.queue.entries.map((entry) => entry.bytes);
+    if (released === undefined) {
+      log.warn(
+        { code: ErrorCode.UPGRADE, lost: queued.length },
+        'upgrade: a session came without its upstream stream, which had closed; its queue is lost',
+      );
+      return;
+    }
+    const target = this.upstreamTarget(session.domain) ?? {
+      domain: session.domain,
+      host: released.socket.remoteAddress ?? '',
+      port: released.socket.remotePort ?? 0,
+      security: 'plain',
+      connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
+      rejectUnauthorized: true,
+    };
+    const upstream = UpstreamLink.adopt(released, target, log);
+    const deps = this.sessionDeps;
+    const sm = StreamManagement.restore(session.sm, deps.settings, deps.queueShares.forSession(bare(session.jid), session.addressKey));
+    if (sm instanceof StreamManagement) {
+      new Session(deps, { session, upstream, sm, log });
+      return;
+    }
+    log.warn(
+      { code: ErrorCode.SM_QUEUE_OVERFLOW, queued: queued.length, limit: `${sm.reason} ${sm.limit}` },
+      'upgrade: a handed-over session does not fit this process queue limits; it ends as at expiry',
+    );
+    disposeUnacked(queued, deps.settings.expiryPolicy, { upstream, jid: session.jid }, log);
+    upstream.close();
+    upstream.resume();
+  }
+
   /** The admin listener (README, Metrics and health), and the periodic probes its `/readyz` reports. */
-  private async startAdmin(config: AdminConfig): Promise<{ host: string; port: number }> {
+  private async startAdmin(config: AdminConfig, inherited: Server | undefined): Promise<{ host: string; port: number }> {
     const log = this.log.child({ component: 'admin' });
     const token = config.tokenFile === undefined ? undefined : await readAdminToken(config.tokenFile);
     if (token === undefined && !isLoopbackHost(config.host)) {
@@ -242,7 +358,7 @@ export class Proxy {
       drain: (ratePerSecond) => this.drain.start(ratePerSecond),
       log,
     });
-    const address = await this.admin.listen();
+    const address = await this.admin.listen(inherited);
     log.info({ address: `${address.host}:${address.port}` }, 'admin listener ready');
     if (this.options.skipProbe !== true) {
       this.probeTimer = setInterval(() => {
@@ -300,8 +416,8 @@ export class Proxy {
   /**
    * Applies a re-read config file (SIGHUP; README, Reloading): domains, limits, stream management
    * and the shutdown grace take effect for what starts from now on (which keys reach existing
-   * sessions: README), the certificates are loaded again; `listeners` and `log` wait for a restart
-   * and are named at warn when they changed. Never throws: certificates that cannot be loaded leave
+   * sessions: README), the certificates are loaded again; `listeners`, `admin`, `webhook`, `log`
+   * and `pidFile` wait for an upgrade or a restart and are named at warn when they changed. Never throws: certificates that cannot be loaded leave
    * the ones in use in place.
    */
   reload(next: ProxyConfig): Promise<void> {
@@ -311,7 +427,14 @@ export class Proxy {
       this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next restart');
     }
     const before = this.config;
-    this.config = { ...next, listeners: before.listeners, admin: before.admin, webhook: before.webhook, log: before.log };
+    this.config = {
+      ...next,
+      listeners: before.listeners,
+      admin: before.admin,
+      webhook: before.webhook,
+      log: before.log,
+      pidFile: before.pidFile,
+    };
     this.tlsConfig = next.tls;
     this.sessionDeps = { ...this.sessionDeps, settings: sessionSettings(this.config) };
     this.sessionDeps.queueShares.global.setLimit(this.config.streamManagement.globalQueueBytes);
@@ -591,4 +714,9 @@ function queueShareLimits(config: ProxyConfig): ShareLimits {
 
 function failedLoginPolicy(config: ProxyConfig): FailedLoginPolicy {
   return { maxFailedLogins: config.limits.maxFailedLogins, backoffMs: config.limits.failedLoginBackoffSeconds * 1000 };
+}
+
+/** The name the admin listener's socket travels under in an upgrade's hand-off. */
+function adminKey(admin: AdminConfig): string {
+  return listenerKey({ type: 'admin', host: admin.host, port: admin.port });
 }

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Server as NetServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
@@ -56,7 +57,8 @@ export interface AdminServerOptions {
  * when one is configured. It serves no client and never shares a port with a client listener.
  */
 export class AdminServer {
-  private readonly server: Server;
+  /** The listening socket, for handing over to the next process (an upgrade). */
+  readonly server: Server;
   private readonly tokenDigest: Buffer | undefined;
 
   constructor(private readonly options: AdminServerOptions) {
@@ -72,13 +74,14 @@ export class AdminServer {
     this.server.on('error', (err) => options.log.error({ err: err.message }, 'admin listener error'));
   }
 
-  listen(): Promise<{ host: string; port: number }> {
+  /** Binds the address, or goes on with `inherited`, the admin socket the previous process handed over (an upgrade). */
+  listen(inherited?: NetServer): Promise<{ host: string; port: number }> {
     const { host, port } = this.options;
     return new Promise((resolve, reject) => {
       const failed = (err: Error): void =>
         reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (admin): ${err.message}`, { cause: err }));
       this.server.once('error', failed);
-      this.server.listen(port, host, () => {
+      this.server.listen(inherited ?? { port, host }, () => {
         this.server.off('error', failed);
         const address = this.server.address() as AddressInfo;
         resolve({ host: address.address, port: address.port });
@@ -89,9 +92,15 @@ export class AdminServer {
   /** Stops listening and drops open connections (a scrape in progress is cut). */
   close(): Promise<void> {
     return new Promise((resolve) => {
+      // Resolves also when it was not listening (an upgrade handed the socket over).
       this.server.close(() => resolve());
       this.server.closeAllConnections();
     });
+  }
+
+  /** Stops accepting; the requests in progress are answered (an upgrade: the next process serves from now on). */
+  stopAccepting(): void {
+    this.server.close();
   }
 
   private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {

@@ -251,6 +251,14 @@ export interface WebhookConfig {
   readonly maxAttempts: number;
 }
 
+/** The hand-off to a new process on SIGUSR2 (README, Upgrading). */
+export interface UpgradeConfig {
+  /** Attached clients are disconnected, to resume at the new process, at most this many per second. Default 20. */
+  readonly resumesPerSecond: number;
+  /** Sessions that cannot move (no stream management) end no sooner than this many seconds after the upgrade began. Default 30. */
+  readonly windowSeconds: number;
+}
+
 /** The effective configuration: validated, defaults filled, file paths absolute, deeply frozen. */
 export interface ProxyConfig {
   /** Client-facing listeners, at least one. */
@@ -273,6 +281,10 @@ export interface ProxyConfig {
   readonly push: PushConfig;
   /** Seconds sessions get to close cleanly on shutdown before sockets are destroyed. Default 5, range 0..300. */
   readonly shutdownGraceSeconds: number;
+  /** The hand-off to a new process on SIGUSR2 (README, Upgrading). */
+  readonly upgrade: UpgradeConfig;
+  /** Absolute path of the file the running process's PID is written to (resolved against the config file's directory); absent = none. */
+  readonly pidFile?: string;
   /** The admin and metrics listener; absent = none. */
   readonly admin?: AdminConfig;
   /** The webhook for SM events; absent = none. */
@@ -497,9 +509,11 @@ function effectiveConfig(data: Obj, baseDir: string): ProxyConfig {
     domains: Record<string, DomainConfig>;
     admin?: { tokenFile?: string };
     webhook?: { secretFile: string };
+    pidFile?: string;
   };
   if (config.admin?.tokenFile !== undefined) config.admin.tokenFile = resolve(baseDir, config.admin.tokenFile);
   if (config.webhook !== undefined) config.webhook.secretFile = resolve(baseDir, config.webhook.secretFile);
+  if (config.pidFile !== undefined) config.pidFile = resolve(baseDir, config.pidFile);
   config.tls.certificates = config.tls.certificates.map((certificate) => ({
     ...certificate,
     cert: resolve(baseDir, certificate.cert),

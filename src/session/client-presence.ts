@@ -8,7 +8,12 @@ import { parseElement } from '../xml/element.js';
  * never showed itself would still go to every contact.
  */
 export class ClientPresence {
-  #shown = false;
+  #shown: boolean;
+
+  /** `shown`: as it was in the process that handed the session over (an upgrade). */
+  constructor(shown = false) {
+    this.#shown = shown;
+  }
 
   get shown(): boolean {
     return this.#shown;

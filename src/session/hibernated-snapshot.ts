@@ -5,20 +5,27 @@ import type { StreamManagementSnapshot } from '../sm/stream-management.js';
 
 /**
  * A hibernated session written out for another process of the proxy (an upgrade hands its
- * hibernated sessions over with their upstream sockets): versioned, plain JSON data. Times are
- * wall-clock milliseconds (`Date.now()`), so that the next process counts the hibernation on.
+ * hibernated sessions over with their upstream sockets, README "Upgrading"): versioned, plain JSON
+ * data. Times are wall-clock milliseconds (`Date.now()`), so that the next process counts the
+ * hibernation on.
  *
- * Version 1 holds what resumption needs: the account's bound JID and domain, when the hibernation
- * began and when it expires, and the XEP-0198 state (SM-ID, namespace, `h`, the unacked queue with
- * each stanza's original bytes, base64, and first-sent time for the `<delay/>` on replay).
+ * Version 1 holds what resumption needs: the session's log id and client address key, the
+ * account's bound JID and domain, when the hibernation began and when it expires, whether the
+ * client's presence is out there, the legacy server's stream features, and the XEP-0198 state
+ * (SM-ID, namespace, `h`, the unacked queue with each stanza's original bytes, base64, and
+ * first-sent time for the `<delay/>` on replay).
  */
 export interface HibernatedSessionV1 {
   readonly version: 1;
+  readonly sid: string;
+  readonly addressKey: string;
   readonly domain: string;
   /** The full JID the legacy server bound for the session. */
   readonly jid: string;
   readonly sinceMs: number;
   readonly expiresAtMs: number;
+  readonly presenceShown: boolean;
+  readonly serverFeatures: string | null;
   readonly sm: {
     readonly ns: string;
     readonly id: string;
@@ -35,10 +42,18 @@ export interface HibernatedSessionV1 {
 
 /** What a hibernating session is made of, for {@link writeSnapshot}. */
 export interface HibernatedSession {
+  /** The session's id in log lines; it keeps it in the next process. */
+  readonly sid: string;
+  /** What the per-address limits count its client as (ip-range.ts `addressKey`). */
+  readonly addressKey: string;
   readonly domain: string;
   readonly jid: string;
   readonly sinceMs: number;
   readonly expiresAtMs: number;
+  /** The client's available presence is out there: the session's end tells the legacy server it is gone (client-presence.ts). */
+  readonly presenceShown: boolean;
+  /** The legacy server's `<stream:features/>` after authentication, as XML (`SessionHandle.serverOffers`). */
+  readonly serverFeatures: string | undefined;
   readonly sm: StreamManagementSnapshot;
 }
 
@@ -47,10 +62,14 @@ export function writeSnapshot(session: HibernatedSession): HibernatedSessionV1 {
   if (!sm.resumable) throw new InvariantError('only a resumable session hibernates');
   return {
     version: 1,
+    sid: session.sid,
+    addressKey: session.addressKey,
     domain: session.domain,
     jid: session.jid,
     sinceMs: session.sinceMs,
     expiresAtMs: session.expiresAtMs,
+    presenceShown: session.presenceShown,
+    serverFeatures: session.serverFeatures ?? null,
     sm: {
       ns: sm.ns,
       id: sm.id,
@@ -75,10 +94,14 @@ export function readSnapshot(value: unknown): HibernatedSession {
   const v = value as Partial<HibernatedSessionV1> | null;
   if (typeof v !== 'object' || v === null) throw bad('not an object');
   if (v.version !== 1) throw bad(`version ${String(v.version)}, this proxy reads version 1`);
-  const { domain, jid, sinceMs, expiresAtMs, sm } = v;
+  const { sid, addressKey, domain, jid, sinceMs, expiresAtMs, presenceShown, serverFeatures, sm } = v;
+  if (typeof sid !== 'string' || sid === '') throw bad('sid');
+  if (typeof addressKey !== 'string' || addressKey === '') throw bad('addressKey');
   if (typeof domain !== 'string' || domain === '') throw bad('domain');
   if (typeof jid !== 'string' || !jid.includes('@')) throw bad('jid');
   if (!isTime(sinceMs) || !isTime(expiresAtMs) || expiresAtMs < sinceMs) throw bad('sinceMs/expiresAtMs');
+  if (typeof presenceShown !== 'boolean') throw bad('presenceShown');
+  if (serverFeatures !== null && typeof serverFeatures !== 'string') throw bad('serverFeatures');
   if (typeof sm !== 'object' || sm === null) throw bad('sm');
   if (!isSmNamespace(sm.ns)) throw bad('sm.ns');
   if (typeof sm.id !== 'string' || sm.id === '') throw bad('sm.id');
@@ -101,10 +124,14 @@ export function readSnapshot(value: unknown): HibernatedSession {
     return { bytes, sentAtMs: entry.sentAtMs };
   });
   return {
+    sid,
+    addressKey,
     domain,
     jid,
     sinceMs,
     expiresAtMs,
+    presenceShown,
+    serverFeatures: serverFeatures ?? undefined,
     sm: {
       ns: sm.ns,
       id: sm.id,

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { QueueShares } from '../sm/queue-budget.js';
-import type { SmSettings } from '../sm/stream-management.js';
+import type { SmSettings, StreamManagement } from '../sm/stream-management.js';
 import type { ClientLink } from '../transport/client-link.js';
 import type { UpstreamStream, UpstreamTarget } from '../upstream/upstream-link.js';
 import type { SmEvents } from './events.js';
@@ -8,6 +8,7 @@ import type { FeaturesFindings } from './features.js';
 import type { SessionHooks } from './hooks.js';
 import type { SessionRegistry } from './session-registry.js';
 import type { FailedLogins } from './failed-logins.js';
+import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { LingeringUpstreams } from './lingering-upstream.js';
 import type { SessionMeter } from './session-meter.js';
 
@@ -56,5 +57,15 @@ export interface SessionStart {
   readonly link: ClientLink;
   /** What the per-address limits count the client as (ip-range.ts `addressKey`). */
   readonly addressKey: string;
+  readonly log: Logger;
+}
+
+/** A hibernated session another process of the proxy handed over (an upgrade), with its upstream stream taken over already. */
+export interface AdoptedSession {
+  readonly session: HibernatedSession;
+  /** The adopted stream, paused: the session installs its handler, then reads. */
+  readonly upstream: UpstreamStream;
+  /** The session's state under this process's limits (`StreamManagement.restore`). */
+  readonly sm: StreamManagement;
   readonly log: Logger;
 }

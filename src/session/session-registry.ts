@@ -154,6 +154,11 @@ export class SessionRegistry {
     return target.handOverQueue(h);
   }
 
+  /** Forgets a resumable session that goes on in another process (an upgrade): nothing to remember here. */
+  handedOff(smId: string): void {
+    this.resumable.delete(smId);
+  }
+
   /** Forgets a resumable session and remembers how it ended. */
   endResumable(smId: string, ended: EndedSession): void {
     this.resumable.delete(smId);

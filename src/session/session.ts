@@ -4,7 +4,7 @@ import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm
 import { decideBeforeIdentity, decideResume, sameBareJid, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
-import type { UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
+import type { ReleasedUpstream, UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
 import { parseElement, type Element } from '../xml/element.js';
 import { NS, isSmNamespace, isStanza, type SmNamespace } from '../xml/namespaces.js';
 import { clipped, sanitizeForLog } from '../xml/sanitize.js';
@@ -25,7 +25,7 @@ import { AckClock } from './ack-clock.js';
 import { StreamSetup, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
 import { bare, resourceOf } from '../xml/jid.js';
 import type { ResumeHandOver } from './session-registry.js';
-import type { SessionDeps, SessionStart } from './session-deps.js';
+import type { AdoptedSession, SessionDeps, SessionStart } from './session-deps.js';
 import type { HibernationEnd } from './events.js';
 import { checkedTransition, linkOf, upstreamOf, type State, type StateName } from './session-state.js';
 import { StreamManagement } from '../sm/stream-management.js';
@@ -59,7 +59,7 @@ export class Session implements SessionHandle {
     () => upstreamOf(this.state),
   );
   /** Whether the client showed its presence, for the unavailable presence sent when the session ends. */
-  private readonly presence = new ClientPresence();
+  private readonly presence: ClientPresence;
   /** The way to the attached client: hooks, what they hold back, the unacked queue and its backlog (client-delivery.ts). */
   private readonly delivery: ClientDelivery;
   /** The legacy server's features after authentication, as it sent them (`serverOffers`). */
@@ -67,13 +67,19 @@ export class Session implements SessionHandle {
   /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
 
-  constructor(deps: SessionDeps, start: SessionStart) {
+  /**
+   * A session for a client link that just opened, or for a hibernated session another process of
+   * the proxy handed over (an upgrade, README "Upgrading"): that one goes on hibernating here.
+   */
+  constructor(deps: SessionDeps, start: SessionStart | AdoptedSession) {
     this.deps = deps;
-    this.sid = start.sid;
-    this.addressKey = start.addressKey;
+    const from = 'link' in start ? start : start.session;
+    this.sid = from.sid;
+    this.addressKey = from.addressKey;
     this.logger = start.log;
     this.traceXml = start.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
+    this.presence = new ClientPresence('link' in start ? false : start.session.presenceShown);
     this.delivery = new ClientDelivery({
       hooks: deps.hooks,
       handle: this,
@@ -85,10 +91,15 @@ export class Session implements SessionHandle {
       counted: (bytes, queued) => this.countedToClient(bytes, queued),
       overflow: (sm, overflowing, why) => this.queueOverflow(sm, overflowing, why),
     });
-    this.state = { name: 'opening', link: start.link, authTimer: this.armAuthTimer() };
-    start.link.setHandler(this.clientHandler(start.link));
-    deps.registry.add(this, start.addressKey);
-    this.log.debug('session opened');
+    deps.registry.add(this, this.addressKey);
+    if ('link' in start) {
+      this.state = { name: 'opening', link: start.link, authTimer: this.armAuthTimer() };
+      start.link.setHandler(this.clientHandler(start.link));
+      this.log.debug('session opened');
+      return;
+    }
+    this.state = this.adopted(start);
+    start.upstream.resume();
   }
 
   /** The current state's name (while negotiating, the stream setup's phase), for tests and logs. */
@@ -532,7 +543,61 @@ export class Session implements SessionHandle {
   snapshot(): HibernatedSession | undefined {
     const s = this.state;
     if (s.name !== 'hibernating' || this.domain === undefined) return undefined;
-    return { domain: this.domain, jid: s.jid, sinceMs: s.sinceMs, expiresAtMs: s.expiresAtMs, sm: s.sm.snapshot() };
+    return {
+      sid: this.sid,
+      addressKey: this.addressKey,
+      domain: this.domain,
+      jid: s.jid,
+      sinceMs: s.sinceMs,
+      expiresAtMs: s.expiresAtMs,
+      presenceShown: this.presence.shown,
+      serverFeatures: this.serverFeatures?.toString(),
+      sm: s.sm.snapshot(),
+    };
+  }
+
+  /**
+   * Takes this hibernating session out of the proxy for another process (an upgrade, README
+   * "Upgrading"): its state as plain data and its upstream stream, released without a byte to the
+   * legacy server. The session is gone from here without an ending: nothing is answered, no event
+   * is emitted. Undefined, and nothing changed, when it cannot go now: not hibernating, a hop over
+   * TLS, or an element half read or bytes not yet written (a moment later it can).
+   */
+  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream } | undefined {
+    const before = this.state;
+    if (before.name !== 'hibernating' || this.domainName === undefined) return undefined;
+    // The release scans what the socket had buffered (it is queued): the snapshot comes after it.
+    const upstream = before.upstream.release();
+    if (upstream === undefined) return undefined;
+    const s = this.state;
+    const session = this.snapshot();
+    if (s.name !== 'hibernating' || s.upstream !== before.upstream || session === undefined) {
+      upstream.socket.destroy();
+      throw new InvariantError(`upstream released while the session went to ${s.name}`);
+    }
+    // The stanzas go on in the snapshot; their bytes leave this process's budget.
+    s.sm.queue.drain();
+    this.transition({ name: 'closed' });
+    this.deps.registry.delete(this);
+    this.deps.registry.handedOff(s.sm.id);
+    this.log.info({ queued: session.sm.queue.entries.length }, 'session handed over to the new process');
+    return { session, upstream };
+  }
+
+  /** The state of a session another process handed over: hibernating, its expiry counted on from the snapshot. */
+  private adopted({ session, upstream, sm }: AdoptedSession): State {
+    this.domainName = session.domain;
+    this.serverFeatures = session.serverFeatures === undefined ? undefined : parseElement(session.serverFeatures);
+    this.deps.registry.bound(this);
+    this.deps.registry.registerResumable(sm.id, this);
+    const timeoutMs = Math.max(0, session.expiresAtMs - this.deps.now());
+    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
+    expiryTimer.unref();
+    upstream.setHandler(this.upstreamHandler(upstream));
+    upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
+    this.log.info({ queued: sm.queue.length, timeoutMs }, 'hibernating session taken over from the previous process');
+    const { jid, sinceMs } = session;
+    return { name: 'hibernating', upstream, jid, sm, sinceMs, expiresAtMs: this.deps.now() + timeoutMs, expiryTimer };
   }
 
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
@@ -936,6 +1001,16 @@ export class Session implements SessionHandle {
     if (this.state.name === 'closed') return;
     this.log.info('session ended: the proxy is drained');
     this.end({ kind: 'drained' });
+  }
+
+  /**
+   * An upgrade moves the session to the next process (README, Upgrading): its client loses the
+   * connection without a stream close, as in a network cut, so that the session hibernates, goes
+   * over, and the client resumes there. Only a resumable session is detached.
+   */
+  detach(): void {
+    const s = this.state;
+    if (s.name === 'active' && s.sm?.resumable === true) s.link.destroy('the proxy is upgrading');
   }
 
   /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */

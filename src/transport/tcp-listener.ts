@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { ErrorCode, ProxyError } from '../errors.js';
@@ -42,6 +42,8 @@ export class TcpListener implements Listener {
   private readonly gate: ConnectionGate;
   /** The sockets handed to client links (the TLS socket for direct TLS). */
   private readonly sockets = new Set<Socket>();
+  /** Set once it stopped accepting (an upgrade, then the shutdown, may both ask). */
+  private closing: Promise<void> | undefined;
 
   constructor(private readonly options: TcpListenerOptions) {
     const { credentials } = options;
@@ -70,8 +72,7 @@ export class TcpListener implements Listener {
     this.gate.server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
   }
 
-  /** Binds the address; rejects with PROXY_ERR_LISTEN. */
-  listen(): Promise<{ host: string; port: number }> {
+  listen(inherited?: Server): Promise<{ host: string; port: number }> {
     const { host, port, type, log } = this.options;
     const server = this.gate.server;
     return new Promise((resolve, reject) => {
@@ -79,7 +80,7 @@ export class TcpListener implements Listener {
         reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (${type}): ${err.message}`, { cause: err }));
       };
       server.once('error', onError);
-      server.listen({ host, port }, () => {
+      server.listen(inherited ?? { host, port }, () => {
         server.off('error', onError);
         const address = server.address();
         const bound = typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : { host, port };
@@ -89,9 +90,14 @@ export class TcpListener implements Listener {
     });
   }
 
+  get server(): Server {
+    return this.gate.server;
+  }
+
   /** Stops accepting; existing connections stay until the sessions close them. */
   stopAccepting(): Promise<void> {
-    return new Promise((resolve) => this.gate.server.close(() => resolve()));
+    this.closing ??= new Promise((resolve) => this.gate.server.close(() => resolve()));
+    return this.closing;
   }
 
   /** Drops every connection still open (end of the shutdown grace period), TLS handshakes in progress included. */

@@ -91,9 +91,11 @@ interface ClientAddress {
  * {@link TcpListener}: `listen()`, `stopAccepting()`, `destroyAll()`.
  */
 export class WebSocketListener implements Listener {
-  private readonly server: Server;
+  readonly server: Server;
   private readonly wss: WebSocketServer;
   private readonly sockets = new Set<WebSocket>();
+  /** Set once it stopped accepting (an upgrade, then the shutdown, may both ask). */
+  private closing: Promise<void> | undefined;
   /** Every accepted TCP connection, from before its TLS handshake (the HTTP server tracks it only after). */
   private readonly rawSockets = new Set<Socket>();
   private readonly trusted: BlockList;
@@ -159,15 +161,14 @@ export class WebSocketListener implements Listener {
     );
   }
 
-  /** Binds the address; rejects with PROXY_ERR_LISTEN. */
-  listen(): Promise<{ host: string; port: number }> {
+  listen(inherited?: Server): Promise<{ host: string; port: number }> {
     const { host, port, log, path, tls } = this.options;
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         reject(new ProxyError(ErrorCode.LISTEN, `cannot listen on ${host}:${port} (websocket): ${err.message}`, { cause: err }));
       };
       this.server.once('error', onError);
-      this.server.listen({ host, port }, () => {
+      this.server.listen(inherited ?? { host, port }, () => {
         this.server.off('error', onError);
         const address = this.server.address();
         const bound = typeof address === 'object' && address !== null ? { host: address.address, port: address.port } : { host, port };
@@ -192,7 +193,8 @@ export class WebSocketListener implements Listener {
 
   /** Stops accepting; existing WebSocket connections stay until the sessions close them. */
   stopAccepting(): Promise<void> {
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    this.closing ??= new Promise((resolve) => this.server.close(() => resolve()));
+    return this.closing;
   }
 
   /** Drops every connection still open (end of the shutdown grace period). */

@@ -4,7 +4,7 @@ import { parseElement } from '../xml/element.js';
 import { NS } from '../xml/namespaces.js';
 import type { StreamHeaderAttrs } from '../xml/stream-header.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
-import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from './upstream-link.js';
+import type { ReleasedUpstream, UpstreamHandler, UpstreamStream, UpstreamTarget } from './upstream-link.js';
 
 /** Opens a connected upstream stream to `target`: `UpstreamLink.connect`, or a test's fake. */
 export type UpstreamConnector = (target: UpstreamTarget, log: Logger) => Promise<UpstreamStream>;
@@ -207,6 +207,14 @@ export class RetryingUpstream implements UpstreamStream {
   resume(): void {
     this.paused = false;
     this.live?.resume();
+  }
+
+  /** Only a stream that relays goes: before that, the client is still logging in. */
+  release(): ReleasedUpstream | undefined {
+    if (this.phase !== Phase.Relaying) return undefined;
+    const released = this.link.release();
+    if (released !== undefined) this.phase = Phase.Gone;
+    return released;
   }
 
   /** The link calls go to: none while reconnecting (they apply once it is there) or once gone. */

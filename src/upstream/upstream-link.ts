@@ -73,6 +73,8 @@ export interface UpstreamStream {
   pause(): void;
   /** Reads from the server again. */
   resume(): void;
+  /** Takes the open stream out, to be carried to another process ({@link UpstreamLink.release}); undefined when it cannot go now. */
+  release(): ReleasedUpstream | undefined;
 }
 
 /**
@@ -305,7 +307,8 @@ export class UpstreamLink implements UpstreamStream {
     // On a paused socket, read() hands everything it buffered to the 'data' listener: the scanner.
     this.socket.read();
     this.writer.flush();
-    if (this.scanner.midElement || this.socket.writableLength > 0 || this.ended) {
+    // What the scanner reported may have made the owner close or drop the stream meanwhile.
+    if (this.scanner.midElement || this.socket.writableLength > 0 || this.phase.kind !== 'open') {
       if (!this.ended) this.socket.resume();
       return undefined;
     }

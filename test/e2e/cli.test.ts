@@ -7,15 +7,13 @@
  * relay between them, so that the test sees what the proxy writes to the legacy server and how it
  * ends each upstream connection.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import selfsigned from 'selfsigned';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDnsmasq, type Dnsmasq } from '../support/dnsmasq.js';
 import { startProsody, type ProsodyServer } from '../support/prosody.js';
@@ -23,9 +21,8 @@ import { USERS } from '../support/proxy-fixture.js';
 import { NS, RawClient } from '../support/raw-client.js';
 import { findFreePort as unusedPort } from '../support/server-process.js';
 import { waitUntil } from '../support/wait.js';
+import { CliProcess, killCliProcesses, type Exit } from '../support/cli-process.js';
 
-const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
-const CLI = join(REPO_ROOT, 'dist', 'src', 'cli.js');
 const STANZA_ERRORS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
 /** Exit codes from the README's table. */
@@ -39,19 +36,12 @@ const START_TIMEOUT_MS = 10_000;
 const SHUTDOWN_MARGIN_MS = 1_500;
 
 let workDir: string;
-/** CLI children still running: killed (SIGKILL, by their own pid) after each test. */
-const children = new Set<ChildProcess>();
 
 beforeAll(async () => {
   workDir = await mkdtemp(join(tmpdir(), 'smacks-proxy-cli-'));
 });
 
-afterEach(() => {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  }
-  children.clear();
-});
+afterEach(() => killCliProcesses());
 
 afterAll(async () => {
   if (workDir !== undefined) await rm(workDir, { recursive: true, force: true });
@@ -68,119 +58,20 @@ async function configFile(content: unknown, name = `config-${++fileCounter}.json
   return path;
 }
 
-interface Exit {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-}
-
-/** A running `node dist/src/cli.js …`, its output collected as it arrives. */
-class CliProcess {
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<Exit>;
-  private outcome: Exit | undefined;
-
-  constructor(
-    readonly args: readonly string[],
-    env: Readonly<Record<string, string>> = {},
-  ) {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      cwd: workDir,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...env },
-    });
-    children.add(child);
-    this.child = child;
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (this.stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
-    // 'close', not 'exit': every byte of stdout and stderr has been read by then.
-    this.exited = new Promise((resolveExit, reject) => {
-      child.once('error', reject);
-      child.once('close', (code, signal) => {
-        this.outcome = { code, signal };
-        resolveExit(this.outcome);
-      });
-    });
-  }
-
-  readonly child: ChildProcess;
-
-  get pid(): number {
-    return this.child.pid!;
-  }
-
-  get hasExited(): boolean {
-    return this.outcome !== undefined;
-  }
-
-  /** stdout's lines that are JSON objects (pino's lines), in order. */
-  get logLines(): Array<Record<string, unknown>> {
-    const lines: Array<Record<string, unknown>> = [];
-    for (const line of this.stdout.split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // A line cut by a read boundary: complete on a later call.
-      }
-    }
-    return lines;
-  }
-
-  /** Everything the process printed, for failure messages. */
-  describe(): string {
-    const state = this.outcome === undefined ? 'still running' : `exited with code ${this.outcome.code}, signal ${this.outcome.signal}`;
-    return `node dist/src/cli.js ${this.args.join(' ')} (${state})\n--- stdout ---\n${this.stdout}\n--- stderr ---\n${this.stderr}`;
-  }
-
-  /** Resolves with the exit once the process has ended; fails saying what was expected after `timeoutMs`. */
-  async expectExit(timeoutMs: number, expected: string): Promise<Exit> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`expected the CLI to exit (${expected}) within ${timeoutMs} ms; ${this.describe()}`)),
-        timeoutMs,
-      );
-    });
-    try {
-      return await Promise.race([this.exited, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Waits for a log line whose `msg` is `msg` and that satisfies `where`; fails if the process exits first. */
-  async expectLog(
-    msg: string,
-    where: (line: Record<string, unknown>) => boolean = () => true,
-    timeoutMs = 5_000,
-  ): Promise<Record<string, unknown>> {
-    const find = (): Record<string, unknown> | undefined => this.logLines.find((line) => line.msg === msg && where(line));
-    try {
-      await waitUntil(() => find() !== undefined || this.hasExited, `a log line '${msg}'`, timeoutMs);
-    } catch (err) {
-      throw new Error(`${(err as Error).message}; ${this.describe()}`, { cause: err });
-    }
-    const line = find();
-    if (line === undefined) throw new Error(`expected a log line '${msg}' but the CLI exited first; ${this.describe()}`);
-    return line;
-  }
-}
-
 /** Runs the CLI to completion. */
 async function runCli(
   args: readonly string[],
   expected: string,
   env: Readonly<Record<string, string>> = {},
 ): Promise<CliProcess & { exit: Exit }> {
-  const cli = new CliProcess(args, env);
+  const cli = new CliProcess(args, { cwd: workDir, env });
   const exit = await cli.expectExit(QUICK_RUN_MS, expected);
   return Object.assign(cli, { exit });
 }
 
 /** Starts the proxy with `config` and waits until every listener is bound; returns the bound ports by listener type. */
 async function startCli(config: Record<string, unknown>): Promise<{ cli: CliProcess; ports: Record<string, number> }> {
-  const cli = new CliProcess([await configFile(config)]);
+  const cli = new CliProcess([await configFile(config)], { cwd: workDir });
   const listenerCount = (config.listeners as unknown[]).length;
   try {
     await waitUntil(
@@ -892,7 +783,7 @@ describe('reloading and the other signals', () => {
     expect(cli.hasExited).toBe(false);
   }, 20_000);
 
-  it('SIGUSR1 and SIGUSR2 are logged and change nothing: the process runs on and no inspector opens', async () => {
+  it('SIGUSR1 is logged and changes nothing: the process runs on and no inspector opens (SIGUSR2 upgrades: upgrade.test.ts)', async () => {
     const { cli, ports } = await startCli({
       listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
       tls: { selfSigned: true },
@@ -900,8 +791,6 @@ describe('reloading and the other signals', () => {
     });
     process.kill(cli.pid, 'SIGUSR1');
     await cli.expectLog('signal received; it has no meaning here (logs go to stdout)');
-    process.kill(cli.pid, 'SIGUSR2');
-    await cli.expectLog('signal received; upgrading with session hand-off is not available in this version: nothing done');
     const { socket } = await handshake(ports.directtls!);
     socket.destroy();
     expect(cli.hasExited).toBe(false);

@@ -127,6 +127,7 @@ describe('parseConfig: defaults', () => {
       clientStateIndication: { enabled: true },
       push: { enabled: true, intervalSeconds: 60, hibernationSeconds: 259200, withSender: false, withBody: false },
       shutdownGraceSeconds: 5,
+      upgrade: { resumesPerSecond: 20, windowSeconds: 30 },
       log: { level: 'info', format: 'auto' },
     };
     const config = parseConfig(minimal(), BASE);
@@ -225,6 +226,14 @@ describe('parseConfig: file paths', () => {
     const config = parseConfig(withPatch({ admin: { port: 9180, tokenFile: 'admin.token' } }), BASE);
     expect(config.admin).toEqual({ host: '127.0.0.1', port: 9180, tokenFile: '/etc/smacks-proxy/admin.token', probeIntervalSeconds: 30 });
     expect(parseConfig(minimal(), BASE).admin).toBeUndefined();
+  });
+
+  it('resolves the PID file against baseDir; absent means none', () => {
+    expect(parseConfig(withPatch({ pidFile: 'run/proxy.pid' }), BASE).pidFile).toBe('/etc/smacks-proxy/run/proxy.pid');
+    expect(parseConfig(withPatch({ pidFile: '/run/smacks-proxy/smacks-proxy.pid' }), BASE).pidFile).toBe(
+      '/run/smacks-proxy/smacks-proxy.pid',
+    );
+    expect(parseConfig(minimal(), BASE).pidFile).toBeUndefined();
   });
 });
 
@@ -788,6 +797,7 @@ describe('proxy.schema.json', () => {
         '#/properties/admin',
         '#/properties/admin/properties/tokenFile',
         '#/properties/webhook',
+        '#/properties/pidFile',
       ].sort(),
     );
   });

@@ -22,9 +22,21 @@ function enabled(budget = new MemoryBudget(1 << 20)): StreamManagement {
 
 const stanza = (i: number) => Buffer.from(`<message to='a@example.org/r' id='m${i}'><body>caf\u00e9 ${i}</body></message>`);
 
+const SESSION = {
+  sid: 'Ab12Cd34',
+  addressKey: '192.0.2.7',
+  domain: 'example.org',
+  jid: 'a@example.org/r',
+  sinceMs: 1_000,
+  expiresAtMs: 301_000,
+  presenceShown: true,
+  serverFeatures:
+    "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>",
+};
+
 /** Through JSON, as it crosses to the next process. */
 function roundTrip(sm: StreamManagement) {
-  const written = writeSnapshot({ domain: 'example.org', jid: 'a@example.org/r', sinceMs: 1_000, expiresAtMs: 301_000, sm: sm.snapshot() });
+  const written = writeSnapshot({ ...SESSION, sm: sm.snapshot() });
   return readSnapshot(JSON.parse(JSON.stringify(written)));
 }
 
@@ -37,7 +49,9 @@ describe('hibernated session snapshot (version 1)', () => {
     sm.inbound.handled();
     sm.inbound.handled();
     const read = roundTrip(sm);
-    expect(read).toMatchObject({ domain: 'example.org', jid: 'a@example.org/r', sinceMs: 1_000, expiresAtMs: 301_000 });
+    const { sm: _sm, ...facts } = read;
+    expect(facts).toEqual(SESSION);
+    expect(readSnapshot(JSON.parse(JSON.stringify(writeSnapshot({ ...read, serverFeatures: undefined })))).serverFeatures).toBeUndefined();
     const budget = new MemoryBudget(1 << 20);
     const restored = StreamManagement.restore(read.sm, SETTINGS, budget);
     if (!(restored instanceof StreamManagement)) throw new Error(`restore refused: ${restored.reason}`);
@@ -79,12 +93,13 @@ describe('hibernated session snapshot (version 1)', () => {
     ['a queue whose counters disagree with its entries', { sm: { queue: { sent: 9 } } }],
     ['bytes that are not base64', { sm: { queue: { entries: [{ bytes: '%%%', sentAtMs: 1 }] } } }],
     ['an h outside 0..2^32-1', { sm: { h: 2 ** 32 } }],
+    ['no session id', { sid: '' }],
+    ['a presence that is not a boolean', { presenceShown: 'yes' }],
+    ['features that are not a string', { serverFeatures: 7 }],
   ])('refuses %s', (_label, change) => {
     const sm = enabled();
     sm.queue.push(stanza(1), 1);
-    const written = JSON.parse(
-      JSON.stringify(writeSnapshot({ domain: 'example.org', jid: 'a@example.org/r', sinceMs: 1, expiresAtMs: 2, sm: sm.snapshot() })),
-    );
+    const written = JSON.parse(JSON.stringify(writeSnapshot({ ...SESSION, sinceMs: 1, expiresAtMs: 2, sm: sm.snapshot() })));
     const merged = deepMerge(written, change);
     expect(() => {
       const read = readSnapshot(merged);

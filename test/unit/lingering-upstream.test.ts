@@ -38,6 +38,9 @@ class Upstream implements UpstreamStream {
   resume(): void {
     this.paused = false;
   }
+  release(): undefined {
+    return undefined;
+  }
   /** The legacy server sends a stanza (or any element) in the content namespace. */
   element(localName: string, xml: string, ns: string = NS.client): void {
     this.handler?.onElement({ bytes: Buffer.from(xml), name: localName, localName, ns });

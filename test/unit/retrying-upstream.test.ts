@@ -6,7 +6,8 @@
 import { pino, type Logger } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode, UpstreamError, type StreamError } from '../../src/errors.js';
-import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
+import type { ReleasedUpstream, UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
+import { Socket } from 'node:net';
 import { MAX_REPLAY_BYTES, RetryingUpstream } from '../../src/upstream/retrying-upstream.js';
 import { NS } from '../../src/xml/namespaces.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../../src/xml/stream-header.js';
@@ -62,6 +63,14 @@ class FakeLink implements UpstreamStream {
 
   get ended(): boolean {
     return this.isEnded;
+  }
+
+  /** A stand-in for a released socket: what RetryingUpstream passes on is this very object. */
+  readonly released = { socket: new Socket(), serverHeader: Buffer.from("<stream:stream xmlns='jabber:client'>") };
+
+  release(): ReleasedUpstream {
+    this.isEnded = true;
+    return this.released;
   }
 
   setHandler(handler: UpstreamHandler): void {
@@ -402,6 +411,17 @@ describe('RetryingUpstream: no retry outside the narrow case', () => {
     first.end(true);
     expect(handler.events).toEqual(['open', FEATURES, SUCCESS, 'open', FEATURES, 'drain', 'close', 'end clean']);
     expect(first.keepaliveMs).toBe(60_000);
+    expect(upstream.ended).toBe(true);
+  });
+
+  it('hands its stream over only once it relays: a stream still logging in stays', async () => {
+    const { upstream, first } = await open();
+    first.write(SERVER_HEADER + FEATURES);
+    expect(upstream.release(), 'recording').toBeUndefined();
+    expect(first.ended).toBe(false);
+    first.write(SUCCESS);
+    upstream.expectRestart();
+    expect(upstream.release()).toBe(first.released);
     expect(upstream.ended).toBe(true);
   });
 });

@@ -19,9 +19,12 @@ import { Session } from '../../src/session/session.js';
 import { FailedLogins } from '../../src/session/failed-logins.js';
 import type { SessionDeps, SessionSettings } from '../../src/session/session-deps.js';
 import { MemoryBudget } from '../../src/sm/memory-budget.js';
+import { StreamManagement } from '../../src/sm/stream-management.js';
+import { readSnapshot, writeSnapshot, type HibernatedSession } from '../../src/session/hibernated-snapshot.js';
+import { Socket } from 'node:net';
 import { QueueShares } from '../../src/sm/queue-budget.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
-import type { UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
+import type { ReleasedUpstream, UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
 import { parseElement, type Element } from '../../src/xml/element.js';
 import { NS } from '../../src/xml/namespaces.js';
 import { renderStreamError } from '../../src/xml/stream-error.js';
@@ -233,6 +236,15 @@ class FakeUpstream extends ScriptedPeer<UpstreamHandler> implements UpstreamStre
     this.keepaliveMs = intervalMs;
   }
 
+  /** What `release` hands over (an upgrade); undefined, the default, refuses as a hop over TLS does. */
+  releasable: ReleasedUpstream | undefined;
+
+  release(): ReleasedUpstream | undefined {
+    const released = this.releasable;
+    if (released !== undefined) this.isEnded = true;
+    return released;
+  }
+
   close(): void {
     if (this.closed || this.isEnded) return;
     this.sent.push(STREAM_CLOSE);
@@ -341,7 +353,25 @@ class Rig {
   /** A client connects: a new session on a fresh link. */
   connect(): Connection {
     const client = new FakeClientLink();
-    const log = pino(
+    const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, addressKey: client.address, log: this.logger() });
+    return new Connection(this, client, session);
+  }
+
+  /**
+   * A hibernated session another process handed over (an upgrade), as proxy.ts adopts it: its
+   * queue restored under this rig's limits, its upstream stream already inside the server's stream.
+   */
+  adopt(handed: HibernatedSession): { session: Session; upstream: FakeUpstream } {
+    const upstream = new FakeUpstream();
+    upstream.openStream();
+    const sm = StreamManagement.restore(handed.sm, this.deps.settings, this.queueShares.forSession(USER, handed.addressKey));
+    if (!(sm instanceof StreamManagement)) throw new Error(`restore refused: ${sm.reason}`);
+    const session = new Session(this.deps, { session: handed, upstream, sm, log: this.logger() });
+    return { session, upstream };
+  }
+
+  private logger() {
+    return pino(
       { level: 'info' },
       {
         write: (line: string) => {
@@ -351,8 +381,6 @@ class Rig {
         },
       },
     );
-    const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, addressKey: client.address, log });
-    return new Connection(this, client, session);
   }
 
   /** The upstream stream the last connect asked for. */
@@ -730,6 +758,117 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     expect(c.session.stateName).toBe('closed');
     const bounced = c.upstream.sent.filter((xml) => xml.startsWith('<message')).map((xml) => parseElement(xml));
     expect(bounced.map((b) => [b.attrs.type, b.attrs.id])).toEqual([['error', 'cs1']]);
+  });
+});
+
+describe('Session: handed to the next process (an upgrade, README Upgrading)', () => {
+  /** A resumable session with three unacked stanzas and its presence shown, whose client vanished. */
+  async function hibernating(): Promise<{ c: Connection; smId: string }> {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    c.stanzaFromClient(`<presence/>`);
+    c.stanzaFromServer(c.messageTo('m1'));
+    c.stanzaFromServer(c.messageTo('m2'));
+    c.stanzaFromClient(`<a xmlns='${SM}' h='1'/>`);
+    c.stanzaFromServer(c.messageTo('m3'));
+    await settle();
+    c.client.drop();
+    expect(c.session.stateName).toBe('hibernating');
+    return { c, smId };
+  }
+
+  const released = (): ReleasedUpstream => ({ socket: new Socket(), serverHeader: Buffer.from(`<stream:stream xmlns='${NS.client}'>`) });
+
+  it('leaves without a trace here: no byte upstream, no event, no memory, not resumable here any more', async () => {
+    const { c, smId } = await hibernating();
+    const written = c.upstream.sent.length;
+    const endedBefore = rig.seen.hibernationEnded.length;
+    c.upstream.releasable = released();
+    const handed = c.session.handOff();
+    expect(handed?.upstream).toBe(c.upstream.releasable);
+    expect(handed?.session).toMatchObject({
+      sid: c.session.sid,
+      jid: c.jid,
+      domain: DOMAIN,
+      presenceShown: true,
+      sinceMs: T0,
+      expiresAtMs: T0 + H,
+    });
+    expect(handed?.session.serverFeatures).toContain(NS.bind);
+    expect(handed?.session.sm).toMatchObject({ id: smId, h: 1, queue: { sent: 3, acked: 1 } });
+    expect(c.session.stateName).toBe('closed');
+    expect(c.upstream.sent.length).toBe(written);
+    expect(rig.seen.hibernationEnded.length).toBe(endedBefore);
+    expect(rig.seen.sessionEnded).toEqual([]);
+    expect(rig.registry.findResumable(smId)).toBeUndefined();
+    expect(rig.registry.recallEnded(smId, Date.now())).toBeUndefined();
+    expect([rig.registry.size, rig.budget.usedBytes]).toEqual([0, 0]);
+  });
+
+  it('stays when it cannot go now: attached, or its upstream stream refuses (a TLS hop, an element half read)', async () => {
+    const attached = await rig.connect().openAndBind();
+    attached.enableSm({ resume: true });
+    attached.upstream.releasable = released();
+    expect(attached.session.handOff()).toBeUndefined();
+    expect(attached.session.stateName).toBe('active');
+
+    const { c, smId } = await hibernating();
+    expect(c.session.handOff()).toBeUndefined();
+    expect(c.session.stateName).toBe('hibernating');
+    expect(rig.registry.findResumable(smId)).toBe(c.session);
+  });
+
+  it('resumes at the next process with the exact replay, its expiry counted on from the snapshot', async () => {
+    const { c, smId } = await hibernating();
+    c.upstream.releasable = released();
+    const handed = readSnapshot(JSON.parse(JSON.stringify(writeSnapshot(c.session.handOff()!.session))));
+    await advance(1_000);
+
+    const next = new Rig();
+    const adopted = next.adopt(handed);
+    expect(adopted.session.stateName).toBe('hibernating');
+    expect(adopted.session.summary()).toMatchObject({ sid: c.session.sid, jid: c.jid, hibernatingSinceMs: T0, queued: 2 });
+    expect(adopted.upstream.keepaliveMs).toBe(SETTINGS.upstreamKeepaliveMs);
+    adopted.upstream.write(c.messageTo('m4'));
+
+    const back = next.connect();
+    await back.authenticate();
+    back.resume(smId, 1);
+    const resumedAt = back.client.received.indexOf(`<resumed xmlns='${SM}' previd='${smId}' h='1'/>`);
+    expect(resumedAt).toBeGreaterThan(-1);
+    const replay = back.client.received.slice(resumedAt + 1).map((xml) => parseElement(xml));
+    expect(replay.map((el) => [el.name, el.attrs.id])).toEqual([
+      ['message', 'm2'],
+      ['message', 'm3'],
+      ['message', 'm4'],
+      ['r', undefined],
+    ]);
+    // The client's stanzas go to the adopted stream: the one the user logged in on.
+    back.stanzaFromClient(`<message to='alice@${DOMAIN}' id='out'/>`);
+    expect(adopted.upstream.sent.at(-1)).toContain("id='out'");
+    expect(next.errors).toEqual([]);
+  });
+
+  it('expires at the next process when the snapshot said, answering its queue and saying the user is gone', async () => {
+    const { c } = await hibernating();
+    c.upstream.releasable = released();
+    const handed = c.session.handOff()!.session;
+    await advance(H - 10);
+    const next = new Rig();
+    const adopted = next.adopt(handed);
+    await advance(9);
+    expect(adopted.session.stateName).toBe('hibernating');
+    await advance(1);
+    expect(adopted.session.stateName).toBe('closed');
+    await advance(LINGER_TIMING.quietMs);
+    const written = adopted.upstream.sent.map((xml) => (xml === STREAM_CLOSE ? xml : parseElement(xml)));
+    expect(written.map((el) => (typeof el === 'string' ? el : [el.name, el.attrs.type, el.attrs.id]))).toEqual([
+      ['message', 'error', 'm2'],
+      ['message', 'error', 'm3'],
+      ['presence', 'unavailable', undefined],
+      STREAM_CLOSE,
+    ]);
+    expect(next.seen.hibernationEnded).toMatchObject([{ reason: 'expired', hibernatedMs: H }]);
   });
 });
 

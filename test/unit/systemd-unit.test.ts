@@ -20,7 +20,7 @@ async function readmeUnit(): Promise<string> {
 }
 
 describe("the README's systemd unit", () => {
-  it('reloads with SIGHUP, waits for the network, and keeps the one capability it needs', async () => {
+  it('reloads with SIGHUP, follows an upgrade by its PID file, waits for the network, and keeps the one capability it needs', async () => {
     const unit = await readmeUnit();
     for (const line of [
       'Wants=network-online.target',
@@ -28,6 +28,9 @@ describe("the README's systemd unit", () => {
       'CapabilityBoundingSet=CAP_NET_BIND_SERVICE',
       'NoNewPrivileges=yes',
       'ProtectSystem=strict',
+      // An upgrade's new process writes its PID there (README, Upgrading); systemd follows it.
+      'PIDFile=/run/smacks-proxy/smacks-proxy.pid',
+      'RuntimeDirectory=smacks-proxy',
     ]) {
       expect(unit.split('\n')).toContain(line);
     }

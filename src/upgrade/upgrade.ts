@@ -1,0 +1,200 @@
+import type { ChildProcess } from 'node:child_process';
+import type { Server } from 'node:net';
+import type { Logger } from 'pino';
+import { ErrorCode, ProxyError } from '../errors.js';
+import { writeSnapshot, type HibernatedSession } from '../session/hibernated-snapshot.js';
+import type { SessionSummary } from '../session/session-summary.js';
+import type { ReleasedUpstream } from '../upstream/upstream-link.js';
+import { readToPrevious, type ToNext, type ToPrevious } from './handoff-protocol.js';
+import { IpcChannel } from './ipc-channel.js';
+
+/** How long the new process may take to read its config and certificates and say it is ready. */
+const READY_TIMEOUT_MS = 60_000;
+/** How long it may take for anything else it answers: listening on the sockets, the PID file. */
+const ANSWER_TIMEOUT_MS = 15_000;
+/** How long a failed new process gets to exit by itself (its exit code says why) before it is killed. */
+const EXIT_WAIT_MS = 2_000;
+/** How often the hand-off looks at the sessions left. */
+const TICK_MS = 100;
+/**
+ * A hibernating session that cannot go yet (an element half read from its legacy server, bytes
+ * not yet written) is tried again at each tick; after the window and this much more, it stays.
+ */
+const STUCK_GRACE_MS = 10_000;
+
+/** One session, as the hand-off sees it. */
+export interface MovableSession {
+  /** The domain the client's stream was opened to. */
+  readonly domain: string | undefined;
+  summary(): SessionSummary;
+  /** The client loses its connection without a stream close: a resumable session hibernates. */
+  detach(): void;
+  /** A hibernating session's state and upstream stream, taken out of this process; undefined when it cannot go now. */
+  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream } | undefined;
+}
+
+/** What the hand-off needs of the running proxy. */
+export interface UpgradingProxy {
+  /** Every listening socket, by `listenerKey`. */
+  listeningSockets(): ReadonlyMap<string, Server>;
+  /** Stops accepting connections, on every listener and the admin listener; existing ones go on. */
+  handListenersOver(): void;
+  /** Accepts again, on sockets of its own (the new process died after taking the listeners over). */
+  acceptAgain(): Promise<void>;
+  sessions(): Iterable<MovableSession>;
+  /** Whether the session's upstream stream can leave this process (a TLS hop cannot). */
+  canMove(session: MovableSession): boolean;
+}
+
+export interface UpgradeSettings {
+  /** Attached clients are disconnected, to resume at the new process, at most this many per second. */
+  readonly resumesPerSecond: number;
+  /** Sessions that cannot move (no stream management) are ended no sooner than this after the start. */
+  readonly windowMs: number;
+}
+
+export type UpgradeOutcome =
+  | { readonly ok: true; readonly handedOver: number; readonly left: number; readonly durationMs: number }
+  | {
+      readonly ok: false;
+      readonly error: ProxyError;
+      readonly handedOver: number;
+      /** How the new process ended (killed by this one if it was still running). */
+      readonly exit: { readonly code: number | null; readonly signal: NodeJS.Signals | null };
+    };
+
+/**
+ * The running process's side of an upgrade (README "Upgrading"): starts the new process, hands it
+ * the listening sockets once it is ready, then every session that can move, each with its upstream
+ * socket, and returns when the new process runs on alone. Attached clients of resumable sessions
+ * lose their connection at `resumesPerSecond` and resume at the new process. What cannot move is
+ * left for the caller to end, as at shutdown.
+ *
+ * A new process that fails before it took the listeners changes nothing; one that dies after
+ * leaves this process accepting again, with the sessions it has not taken yet.
+ */
+export class Upgrade {
+  private handedOver = 0;
+
+  constructor(
+    private readonly proxy: UpgradingProxy,
+    private readonly settings: UpgradeSettings,
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async run(child: ChildProcess): Promise<UpgradeOutcome> {
+    const startedMs = this.now();
+    const channel = new IpcChannel<ToPrevious>(child, readToPrevious);
+    channel.watchExit(child);
+    let listening = false;
+    try {
+      await answer(channel, 'ready', READY_TIMEOUT_MS);
+      const sockets = this.proxy.listeningSockets();
+      for (const [key, server] of sockets) await channel.send({ kind: 'listener', key } satisfies ToNext, server);
+      await channel.send({ kind: 'listeners-sent', count: sockets.size } satisfies ToNext);
+      await answer(channel, 'listening', ANSWER_TIMEOUT_MS);
+      listening = true;
+      this.proxy.handListenersOver();
+      this.log.info({ pid: child.pid }, 'upgrade: the new process accepts connections; handing sessions over');
+      const left = await this.moveSessions(channel, startedMs);
+      await channel.send({ kind: 'done', handedOver: this.handedOver } satisfies ToNext);
+      await answer(channel, 'running', ANSWER_TIMEOUT_MS);
+      channel.close();
+      child.disconnect();
+      return { ok: true, handedOver: this.handedOver, left, durationMs: this.now() - startedMs };
+    } catch (err) {
+      channel.close();
+      const error = err instanceof ProxyError ? err : new ProxyError(ErrorCode.UPGRADE, (err as Error).message, { cause: err });
+      const exited = new Promise<void>((resolve) =>
+        child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve()),
+      );
+      // A process that failed on its own exits at once; one that is stuck (or silent) is made to.
+      const exitedAlone = await Promise.race([exited.then(() => true), delay(EXIT_WAIT_MS).then(() => false)]);
+      if (!exitedAlone) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+      if (listening) await this.proxy.acceptAgain();
+      return { ok: false, error, handedOver: this.handedOver, exit: { code: child.exitCode, signal: child.signalCode } };
+    }
+  }
+
+  /**
+   * Hands over every hibernating session at once, and detaches attached resumable clients at the
+   * configured rate so that they hibernate and go next. Returns, with the number of sessions
+   * left, once nothing movable is left and the window is over (or no session is left at all).
+   */
+  private async moveSessions(channel: IpcChannel<ToPrevious>, startedMs: number): Promise<number> {
+    const { resumesPerSecond, windowMs } = this.settings;
+    let allowance = 0;
+    let deadlineMs: number | undefined;
+    for (;;) {
+      allowance = Math.min(allowance + (resumesPerSecond * TICK_MS) / 1000, Math.max(1, resumesPerSecond));
+      let movable = 0;
+      let stuck = 0;
+      let left = 0;
+      for (const session of [...this.proxy.sessions()]) {
+        left++;
+        if (!this.proxy.canMove(session)) continue;
+        const { state, resumable } = session.summary();
+        if (state === 'hibernating') {
+          const handed = session.handOff();
+          if (handed === undefined) {
+            stuck++;
+            continue;
+          }
+          left--;
+          await this.send(channel, handed);
+        } else if (state === 'active' && resumable) {
+          movable++;
+          if (allowance >= 1) {
+            allowance--;
+            session.detach();
+          }
+        }
+      }
+      const nowMs = this.now();
+      const windowOver = nowMs - startedMs >= windowMs;
+      if (movable === 0 && stuck === 0 && (windowOver || left === 0)) return left;
+      // Only sessions that cannot go yet are left: they get a bounded while longer.
+      if (movable === 0 && windowOver) {
+        deadlineMs ??= nowMs + STUCK_GRACE_MS;
+        if (nowMs >= deadlineMs) return left;
+      }
+      await delay(TICK_MS);
+    }
+  }
+
+  private async send(channel: IpcChannel<ToPrevious>, handed: { session: HibernatedSession; upstream: ReleasedUpstream }): Promise<void> {
+    const { socket, serverHeader } = handed.upstream;
+    // Node's child_process keeps a sent socket's handle open, its reads discarded, until the
+    // receiver acknowledges it; and a paused net.Socket stops reading from the kernel only when it
+    // was made with `onread`. So the kernel reads stop here: what the legacy server sends from now
+    // on waits in the socket for the new process.
+    stopReading(socket);
+    const message: ToNext = { kind: 'session', session: writeSnapshot(handed.session), serverHeader: serverHeader.toString('base64') };
+    await channel.send(message, socket);
+    this.handedOver++;
+  }
+}
+
+/**
+ * Stops the kernel reads of a paused socket (see `Upgrade.send`). A socket without its handle was
+ * destroyed meanwhile: it travels as nothing, and the new process finds the session's upstream gone.
+ */
+function stopReading(socket: ReleasedUpstream['socket']): void {
+  const handle = (socket as unknown as { _handle?: { readStop?: () => number } | null })._handle;
+  handle?.readStop?.();
+}
+
+async function answer(channel: IpcChannel<ToPrevious>, kind: ToPrevious['kind'], timeoutMs: number): Promise<void> {
+  const { message } = await channel.next(timeoutMs);
+  if (message.kind === kind) return;
+  if (message.kind === 'refused') throw new ProxyError(ErrorCode.UPGRADE, `the new process refused the hand-off: ${message.reason}`);
+  throw new ProxyError(ErrorCode.UPGRADE, `expected '${kind}' from the new process, got '${message.kind}'`);
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
