@@ -42,7 +42,7 @@ import { StreamManagement } from './sm/stream-management.js';
 import { disposeUnacked } from './session/unacked-disposal.js';
 import type { HibernatedSession } from './session/hibernated-snapshot.js';
 import { bare } from './xml/jid.js';
-import { listenerKey } from './upgrade/handoff-protocol.js';
+import { listenerKey, type RememberedEnd } from './upgrade/handoff-protocol.js';
 import { Upgrade, type MovableSession, type UpgradeOutcome } from './upgrade/upgrade.js';
 import type { ChildProcess } from 'node:child_process';
 import { TcpListener } from './transport/tcp-listener.js';
@@ -294,6 +294,14 @@ export class Proxy {
 
   sessions(): Iterable<Session> {
     return this.registry.sessions();
+  }
+
+  rememberedEnded(): RememberedEnd[] {
+    return this.registry.rememberedEnded(this.now()).map(([smId, ended]) => ({ smId, ...ended }));
+  }
+
+  rememberEnded(sessions: readonly RememberedEnd[]): void {
+    for (const { smId, ...ended } of sessions) this.registry.endResumable(smId, ended);
   }
 
   canMove(session: MovableSession): boolean {

@@ -116,5 +116,17 @@ export function clientStateIndication(enabled: () => boolean, now: () => number)
     },
     advertise: (phase, offered) =>
       phase === 'post-auth' && enabled() && offered.getChild('csi', NS.csi) === undefined ? [xml('csi', { xmlns: NS.csi })] : [],
+    // An upgrade: the rooms joined, with the nicknames, go to the next process with the session.
+    handedOff: (session) => {
+      const rooms = joined.get(session);
+      return rooms === undefined ? undefined : Object.fromEntries(rooms);
+    },
+    adopted(session, carried) {
+      if (typeof carried !== 'object' || carried === null) return;
+      const rooms = Object.entries(carried as Record<string, unknown>)
+        .filter((entry): entry is [string, string] => typeof entry[1] === 'string')
+        .slice(0, MAX_ROOMS);
+      if (rooms.length > 0) joined.set(session, new Map(rooms));
+    },
   };
 }

@@ -297,6 +297,22 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
       for (const bytes of unacked) if (isElementNamed(bytes, 'message') || isElementNamed(bytes, 'presence')) counted(state, bytes);
       if (state.wakers > 0) notify(session, state);
     },
+    // An upgrade: the registrations and this hibernation's counts go to the next process with the session.
+    handedOff(session) {
+      const state = states.get(session);
+      return state?.registrations === undefined ? undefined : writeCarried(state, state.registrations);
+    },
+    adopted(session, carried) {
+      const read = readCarried(carried);
+      if (read === undefined) {
+        session.log.warn('push state handed over by the previous process cannot be read; registrations are read again at the next bind');
+        return;
+      }
+      const state = stateOf(session);
+      Object.assign(state, read);
+      // What woke the user before the upgrade and was held back by the interval is notified at its end.
+      if (awayWithRegistrations(state, session) && state.wakers > state.notified) notify(session, state);
+    },
     bound(session) {
       if (!settings().enabled) return;
       request(session, xml('iq', { type: 'get' }, storageQuery([])), (read) => {
@@ -360,4 +376,75 @@ function withPushFeature(bytes: Buffer, session: SessionHandle): Buffer {
   if (from !== bare(session.jid ?? '') || query.getChildren('feature').some((f) => f.attrs.var === NS.push)) return bytes;
   query.cnode(xml('feature', { var: NS.push }));
   return Buffer.from(stanza.toString());
+}
+
+/** The part of a session's push state that an upgrade carries to the next process (hooks.ts `handedOff`): plain JSON data. */
+interface CarriedPushState {
+  readonly registrations: readonly { jid: string; node: string; resource: string; publishOptions: string | null }[];
+  readonly awaySinceMs: number | null;
+  readonly wakers: number;
+  readonly notified: number;
+  readonly lastNotifiedMs: number | null;
+  readonly lastSender: string | null;
+  readonly lastBody: string | null;
+}
+
+function writeCarried(state: PushState, registrations: readonly PushRegistration[]): CarriedPushState {
+  return {
+    registrations: registrations.map((r) => ({
+      jid: r.jid,
+      node: r.node,
+      resource: r.resource,
+      publishOptions: r.publishOptions?.toString() ?? null,
+    })),
+    awaySinceMs: state.awaySinceMs ?? null,
+    wakers: state.wakers,
+    notified: state.notified,
+    lastNotifiedMs: state.lastNotifiedMs ?? null,
+    lastSender: state.lastSender ?? null,
+    lastBody: state.lastBody ?? null,
+  };
+}
+
+type CarriedFields = Pick<
+  PushState,
+  'registrations' | 'awaySinceMs' | 'wakers' | 'notified' | 'lastNotifiedMs' | 'lastSender' | 'lastBody'
+>;
+
+/** What {@link writeCarried} wrote, checked field by field (another version may have written it); `undefined` when it does not hold together. */
+function readCarried(value: unknown): CarriedFields | undefined {
+  const v = (typeof value === 'object' && value !== null ? value : {}) as Partial<Record<keyof CarriedPushState, unknown>>;
+  const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+  const isText = (x: unknown): x is string => typeof x === 'string';
+  const nullable = (x: unknown, is: (y: unknown) => boolean): boolean => x === null || is(x);
+  if (!Array.isArray(v.registrations) || !isCount(v.wakers) || !isCount(v.notified)) return undefined;
+  if (
+    !nullable(v.awaySinceMs, isCount) ||
+    !nullable(v.lastNotifiedMs, isCount) ||
+    !nullable(v.lastSender, isText) ||
+    !nullable(v.lastBody, isText)
+  )
+    return undefined;
+  const registrations: PushRegistration[] = [];
+  for (const entry of v.registrations as unknown[]) {
+    const r = (typeof entry === 'object' && entry !== null ? entry : {}) as Record<string, unknown>;
+    if (!isText(r.jid) || !isText(r.node) || !isText(r.resource) || !nullable(r.publishOptions, isText)) return undefined;
+    let publishOptions: Element | undefined;
+    try {
+      publishOptions = isText(r.publishOptions) ? parseElement(r.publishOptions) : undefined;
+    } catch {
+      return undefined;
+    }
+    registrations.push({ jid: r.jid, node: r.node, resource: r.resource, publishOptions });
+  }
+  const orUndefined = <T>(x: unknown): T | undefined => (x === null ? undefined : (x as T));
+  return {
+    registrations,
+    awaySinceMs: orUndefined(v.awaySinceMs),
+    wakers: v.wakers,
+    notified: v.notified,
+    lastNotifiedMs: orUndefined(v.lastNotifiedMs),
+    lastSender: orUndefined(v.lastSender),
+    lastBody: orUndefined(v.lastBody),
+  };
 }

@@ -11,7 +11,8 @@ import type { StreamManagementSnapshot } from '../sm/stream-management.js';
  *
  * Version 1 holds what resumption needs: the session's log id and client address key, the
  * account's bound JID and domain, when the hibernation began and when it expires, whether the
- * client's presence is out there, the legacy server's stream features, and the XEP-0198 state
+ * client's presence is out there, the legacy server's stream features, what the features (session
+ * hooks) keep for it by hook name, and the XEP-0198 state
  * (SM-ID, namespace, `h`, the unacked queue with each stanza's original bytes, base64, and
  * first-sent time for the `<delay/>` on replay).
  */
@@ -26,6 +27,7 @@ export interface HibernatedSessionV1 {
   readonly expiresAtMs: number;
   readonly presenceShown: boolean;
   readonly serverFeatures: string | null;
+  readonly features: Readonly<Record<string, unknown>>;
   readonly sm: {
     readonly ns: string;
     readonly id: string;
@@ -54,6 +56,8 @@ export interface HibernatedSession {
   readonly presenceShown: boolean;
   /** The legacy server's `<stream:features/>` after authentication, as XML (`SessionHandle.serverOffers`). */
   readonly serverFeatures: string | undefined;
+  /** What each session hook keeps for the session, by hook name (hooks.ts `handedOff`): plain JSON data. */
+  readonly features: Readonly<Record<string, unknown>>;
   readonly sm: StreamManagementSnapshot;
 }
 
@@ -70,6 +74,7 @@ export function writeSnapshot(session: HibernatedSession): HibernatedSessionV1 {
     expiresAtMs: session.expiresAtMs,
     presenceShown: session.presenceShown,
     serverFeatures: session.serverFeatures ?? null,
+    features: session.features,
     sm: {
       ns: sm.ns,
       id: sm.id,
@@ -94,7 +99,7 @@ export function readSnapshot(value: unknown): HibernatedSession {
   const v = value as Partial<HibernatedSessionV1> | null;
   if (typeof v !== 'object' || v === null) throw bad('not an object');
   if (v.version !== 1) throw bad(`version ${String(v.version)}, this proxy reads version 1`);
-  const { sid, addressKey, domain, jid, sinceMs, expiresAtMs, presenceShown, serverFeatures, sm } = v;
+  const { sid, addressKey, domain, jid, sinceMs, expiresAtMs, presenceShown, serverFeatures, features, sm } = v;
   if (typeof sid !== 'string' || sid === '') throw bad('sid');
   if (typeof addressKey !== 'string' || addressKey === '') throw bad('addressKey');
   if (typeof domain !== 'string' || domain === '') throw bad('domain');
@@ -102,6 +107,7 @@ export function readSnapshot(value: unknown): HibernatedSession {
   if (!isTime(sinceMs) || !isTime(expiresAtMs) || expiresAtMs < sinceMs) throw bad('sinceMs/expiresAtMs');
   if (typeof presenceShown !== 'boolean') throw bad('presenceShown');
   if (serverFeatures !== null && typeof serverFeatures !== 'string') throw bad('serverFeatures');
+  if (typeof features !== 'object' || features === null || Array.isArray(features)) throw bad('features');
   if (typeof sm !== 'object' || sm === null) throw bad('sm');
   if (!isSmNamespace(sm.ns)) throw bad('sm.ns');
   if (typeof sm.id !== 'string' || sm.id === '') throw bad('sm.id');
@@ -132,6 +138,7 @@ export function readSnapshot(value: unknown): HibernatedSession {
     expiresAtMs,
     presenceShown,
     serverFeatures: serverFeatures ?? undefined,
+    features,
     sm: {
       ns: sm.ns,
       id: sm.id,

@@ -24,6 +24,8 @@ import type { FeaturesPhase } from './features.js';
  * - `bound` learns that the session is bound (to read what a feature keeps on the legacy server),
  *   `hibernated` that its client is away, with what the client has not acknowledged;
  * - `advertise` adds features to the stream features the client sees;
+ * - `handedOff` writes what the feature keeps for a hibernating session that an upgrade hands to
+ *   the next process, as plain JSON data, and `adopted` reads it back there;
  * - through {@link SessionHandle.sendUpstream} a hook speaks to the legacy server on the user's behalf.
  */
 export interface SessionHook {
@@ -55,6 +57,16 @@ export interface SessionHook {
   hibernated?(session: SessionHandle, unacked: readonly Buffer[]): void;
   /** Feature elements to add to the legacy server's features (`offered`, as it sent them) in `phase`. */
   advertise?(phase: FeaturesPhase, offered: Element): readonly Element[];
+  /**
+   * An upgrade hands the hibernating session to the next process (README, Upgrading): what this
+   * feature keeps for it, as plain JSON data, or `undefined` for nothing.
+   */
+  handedOff?(session: SessionHandle): unknown;
+  /**
+   * The session came from the previous process, hibernating, with what the hook of this name wrote
+   * in `handedOff` there (another version of the proxy may have written it: check what it holds).
+   */
+  adopted?(session: SessionHandle, carried: unknown): void;
 }
 
 /** Where the session is when a client element arrives: before SASL success, before bind, bound. */
@@ -132,6 +144,7 @@ export class SessionHooks {
   private readonly boundHooks: readonly SessionHook[];
   private readonly hibernatedHooks: readonly SessionHook[];
   private readonly advertisers: readonly SessionHook[];
+  private readonly carriers: readonly SessionHook[];
 
   constructor(hooks: readonly SessionHook[]) {
     const fromClient = hooks.filter((hook) => hook.fromClient !== undefined);
@@ -153,6 +166,7 @@ export class SessionHooks {
     this.boundHooks = hooks.filter((hook) => hook.bound !== undefined);
     this.hibernatedHooks = hooks.filter((hook) => hook.hibernated !== undefined);
     this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
+    this.carriers = hooks.filter((hook) => hook.handedOff !== undefined || hook.adopted !== undefined);
   }
 
   /** The first hook that answers decides; `undefined` when every hook lets the element through. */
@@ -203,5 +217,22 @@ export class SessionHooks {
 
   advertise(phase: FeaturesPhase, offered: Element): Element[] {
     return this.advertisers.flatMap((hook) => hook.advertise?.(phase, offered) ?? []);
+  }
+
+  /** What each hook keeps for `session`, by hook name, for the next process. */
+  handedOff(session: SessionHandle): Record<string, unknown> {
+    const carried: Record<string, unknown> = {};
+    for (const hook of this.carriers) {
+      const data = hook.handedOff?.(session);
+      if (data !== undefined) carried[hook.name] = data;
+    }
+    return carried;
+  }
+
+  /** Gives each hook what the hook of its name wrote in the previous process; a hook that wrote nothing is not called. */
+  adopted(session: SessionHandle, carried: Readonly<Record<string, unknown>>): void {
+    for (const hook of this.carriers) {
+      if (Object.hasOwn(carried, hook.name)) hook.adopted?.(session, carried[hook.name]);
+    }
   }
 }

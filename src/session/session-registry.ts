@@ -159,6 +159,12 @@ export class SessionRegistry {
     this.resumable.delete(smId);
   }
 
+  /** The ended sessions remembered now, oldest first, by SM-ID (an upgrade hands them to the next process). */
+  rememberedEnded(nowMs: number): [string, EndedSession][] {
+    this.prune(nowMs);
+    return [...this.ended];
+  }
+
   /** Forgets a resumable session and remembers how it ended. */
   endResumable(smId: string, ended: EndedSession): void {
     this.resumable.delete(smId);

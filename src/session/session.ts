@@ -99,6 +99,7 @@ export class Session implements SessionHandle {
       return;
     }
     this.state = this.adopted(start);
+    this.deps.hooks.adopted(this, start.session.features);
     start.upstream.resume();
   }
 
@@ -552,6 +553,7 @@ export class Session implements SessionHandle {
       expiresAtMs: s.expiresAtMs,
       presenceShown: this.presence.shown,
       serverFeatures: this.serverFeatures?.toString(),
+      features: this.deps.hooks.handedOff(this),
       sm: s.sm.snapshot(),
     };
   }

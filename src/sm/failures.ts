@@ -6,6 +6,11 @@ import { renderAppCondition } from '../xml/stream-error.js';
 /** Why a stream-management session ended; a late `<resume/>` of it is told (README, Errors). */
 export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked' | 'drained';
 
+/** Whether `value` names an {@link EndedReason} (one read back from another process of the proxy). */
+export function isEndedReason(value: unknown): value is EndedReason {
+  return typeof value === 'string' && Object.hasOwn(ENDED_TEXT, value);
+}
+
 const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   expired: 'expired: the client did not come back within the hibernation time',
   closed: 'was closed by the client',

@@ -1,4 +1,7 @@
 import { InvariantError } from '../errors.js';
+import type { EndedSession } from '../session/session-registry.js';
+import { isEndedReason } from '../sm/failures.js';
+import { isSeq } from '../sm/sequence.js';
 
 /**
  * The messages of an upgrade's hand-off (README "Upgrading"), over the IPC channel between the
@@ -19,8 +22,18 @@ export type ToNext =
   | { readonly kind: 'listeners-sent'; readonly count: number }
   /** A hibernated session (hibernated-snapshot.ts), and the legacy server's stream header of its upstream stream, base64. */
   | { readonly kind: 'session'; readonly session: unknown; readonly serverHeader: string }
+  /** Sessions that ended here, remembered for a late `<resume/>` (XEP-0198 §5 `<failed h/>`), oldest first: up to {@link ENDED_PER_MESSAGE}. */
+  | { readonly kind: 'ended'; readonly sessions: readonly RememberedEnd[] }
   /** No more sessions come: the new process is on its own. */
   | { readonly kind: 'done'; readonly handedOver: number };
+
+/** How many remembered ended sessions one `ended` message carries at most. */
+export const ENDED_PER_MESSAGE = 1000;
+
+/** One ended session remembered for `<failed h/>` (session-registry.ts `EndedSession`, with its SM-ID). */
+export interface RememberedEnd extends EndedSession {
+  readonly smId: string;
+}
 
 /** From the new process to the one that started it. */
 export type ToPrevious =
@@ -35,7 +48,8 @@ export type ToPrevious =
 
 /** The name a listener's listening socket travels under: the same entry of `listeners` in both processes' config. */
 export function listenerKey(listener: { readonly type: string; readonly host: string; readonly port: number }): string {
-  return `${listener.type} ${listener.host}:${listener.port}`;
+  const host = listener.host.includes(':') ? `[${listener.host}]` : listener.host;
+  return `${listener.type} ${host}:${listener.port}`;
 }
 
 export function readToNext(value: unknown): ToNext {
@@ -47,6 +61,9 @@ export function readToNext(value: unknown): ToNext {
       return { kind: 'listeners-sent', count: count(message, 'count') };
     case 'session':
       return { kind: 'session', session: message.session, serverHeader: text(message, 'serverHeader') };
+    case 'ended':
+      if (!Array.isArray(message.sessions)) throw bad('ended.sessions');
+      return { kind: 'ended', sessions: message.sessions.map(readRememberedEnd) };
     case 'done':
       return { kind: 'done', handedOver: count(message, 'handedOver') };
     default:
@@ -66,6 +83,25 @@ export function readToPrevious(value: unknown): ToPrevious {
     default:
       throw bad(`unknown message kind ${JSON.stringify(message.kind)}`);
   }
+}
+
+function readRememberedEnd(value: unknown): RememberedEnd {
+  const entry = record(value);
+  if (!isEndedReason(entry.reason)) throw bad('ended.sessions[].reason');
+  return {
+    smId: text(entry, 'smId'),
+    h: seq(entry, 'h'),
+    bareJid: text(entry, 'bareJid'),
+    domain: text(entry, 'domain'),
+    reason: entry.reason,
+    endedAtMs: count(entry, 'endedAtMs'),
+  };
+}
+
+function seq(message: Record<string, unknown>, key: string): number {
+  const value = message[key];
+  if (typeof value !== 'number' || !isSeq(value)) throw bad(`ended.sessions[].${key}`);
+  return value;
 }
 
 function record(value: unknown): Record<string, unknown> {

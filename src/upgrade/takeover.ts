@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { ErrorCode, ProxyError } from '../errors.js';
 import { readSnapshot, type HibernatedSession } from '../session/hibernated-snapshot.js';
 import type { ReleasedUpstream } from '../upstream/upstream-link.js';
-import { HANDOFF_PROTOCOL, readToNext, type ToNext, type ToPrevious } from './handoff-protocol.js';
+import { HANDOFF_PROTOCOL, readToNext, type RememberedEnd, type ToNext, type ToPrevious } from './handoff-protocol.js';
 import { IpcChannel, type IpcEnd } from './ipc-channel.js';
 
 /** How long the old process may take between two messages before the listeners came. */
@@ -13,6 +13,8 @@ const LISTENERS_TIMEOUT_MS = 15_000;
 export interface TakingOverProxy {
   start(inherited: ReadonlyMap<string, Server>): Promise<unknown>;
   adopt(session: HibernatedSession, released: ReleasedUpstream | undefined): void;
+  /** Ended sessions the previous process remembered, for a late `<resume/>`. */
+  rememberEnded(sessions: readonly RememberedEnd[]): void;
 }
 
 /**
@@ -76,6 +78,10 @@ export class TakeOver {
       }
       const { message, handle } = received;
       if (message.kind === 'done') break;
+      if (message.kind === 'ended') {
+        proxy.rememberEnded(message.sessions);
+        continue;
+      }
       if (message.kind !== 'session') {
         this.log.error({ code: ErrorCode.UPGRADE, kind: message.kind }, 'upgrade: unexpected message from the previous process');
         continue;

@@ -5,7 +5,7 @@ import { ErrorCode, ProxyError } from '../errors.js';
 import { writeSnapshot, type HibernatedSession } from '../session/hibernated-snapshot.js';
 import type { SessionSummary } from '../session/session-summary.js';
 import type { ReleasedUpstream } from '../upstream/upstream-link.js';
-import { readToPrevious, type ToNext, type ToPrevious } from './handoff-protocol.js';
+import { ENDED_PER_MESSAGE, readToPrevious, type RememberedEnd, type ToNext, type ToPrevious } from './handoff-protocol.js';
 import { IpcChannel } from './ipc-channel.js';
 
 /** How long the new process may take to read its config and certificates and say it is ready. */
@@ -44,6 +44,8 @@ export interface UpgradingProxy {
   sessions(): Iterable<MovableSession>;
   /** Whether the session's upstream stream can leave this process (a TLS hop cannot). */
   canMove(session: MovableSession): boolean;
+  /** The ended sessions remembered for a late `<resume/>`, oldest first. */
+  rememberedEnded(): readonly RememberedEnd[];
 }
 
 export interface UpgradeSettings {
@@ -98,6 +100,11 @@ export class Upgrade {
       this.proxy.handListenersOver();
       this.log.info({ pid: child.pid }, 'upgrade: the new process accepts connections; handing sessions over');
       const left = await this.moveSessions(channel, startedMs);
+      // Last, so that the sessions that ended during the hand-off are in it: a late <resume/> gets its <failed h/> there.
+      const ended = this.proxy.rememberedEnded();
+      for (let i = 0; i < ended.length; i += ENDED_PER_MESSAGE) {
+        await channel.send({ kind: 'ended', sessions: ended.slice(i, i + ENDED_PER_MESSAGE) } satisfies ToNext);
+      }
       await channel.send({ kind: 'done', handedOver: this.handedOver } satisfies ToNext);
       await answer(channel, 'running', ANSWER_TIMEOUT_MS);
       channel.close();

@@ -47,12 +47,13 @@ describeEachLegacyServer((kind) => {
     await server?.stop();
   });
 
-  /** The proxy config: both TCP listeners, the admin listener, the legacy server, a PID file. */
+  /** The proxy config: a listener of each transport, the admin listener, the legacy server, a PID file. */
   function proxyConfig(adminPort: number): Record<string, unknown> {
     return {
       listeners: [
         { type: 'starttls', host: '127.0.0.1', port: 0 },
         { type: 'directtls', host: '127.0.0.1', port: 0 },
+        { type: 'websocket', host: '127.0.0.1', port: 0, tls: true },
       ],
       tls: { selfSigned: true },
       domains: { [server.domain]: { upstream: { host: server.host, port: server.c2sPort, connectTimeoutSeconds: 2 } } },
@@ -112,8 +113,8 @@ describeEachLegacyServer((kind) => {
     );
   }
 
-  async function resumeAt(port: number, user: LegacyUser, smId: string, h: number) {
-    const client = await RawClient.connect({ host: '127.0.0.1', port, transport: 'directtls', domain: server.domain });
+  async function resumeAt(port: number, user: LegacyUser, smId: string, h: number, transport: RawTransport = 'directtls') {
+    const client = await RawClient.connect({ host: '127.0.0.1', port, transport, domain: server.domain });
     await client.authenticatePlain(user.username, user.password);
     const answer = await client.resume(smId, h);
     return { client, answer };
@@ -145,6 +146,12 @@ describeEachLegacyServer((kind) => {
           .length === 3,
       'three messages queued for bob',
     );
+    // A session that ended before the upgrade: a late resume of it gets <failed h/> at the new process.
+    const gone = await loginThroughProxy(ports.directtls, 'directtls', USERS.alice, `${run}-gone`);
+    await gone.client.close();
+    // A client without stream management cannot move: it gets system-shutdown at the window's end.
+    const plain = await RawClient.connect({ host: '127.0.0.1', port: ports.starttls, transport: 'starttls', domain: server.domain });
+    await plain.login(USERS.alice.username, USERS.alice.password, { resource: `${run}-plain` });
     // Alice is attached and receiving while the upgrade happens.
     for (let i = 1; i <= 10; i++) contact.client.sendMessage(alice.jid, `to alice ${i}`, `${run}-a${i}`);
     await collectMessages(alice.client, 10, 'the messages to alice before the upgrade');
@@ -161,7 +168,8 @@ describeEachLegacyServer((kind) => {
       () => true,
       START_TIMEOUT_MS,
     );
-    expect(done).toMatchObject({ handedOver: 2, left: 0 });
+    expect(done).toMatchObject({ handedOver: 2, left: 1 });
+    await plain.expectStreamError('system-shutdown');
     expect(await cli.processExited).toEqual({ code: 0, signal: null });
     const taken = await cli.expectLog('upgrade: taken over; this process runs on alone');
     expect(taken).toMatchObject({ adopted: 2 });
@@ -180,9 +188,14 @@ describeEachLegacyServer((kind) => {
     const rest = await collectMessages(aliceBack.client, 25 - seenByAlice.length, 'the rest of the messages to alice, after the resume');
     expect([...bodies(seenByAlice), ...bodies(rest)]).toEqual(Array.from({ length: 25 }, (_, i) => `to alice ${i + 1}`));
 
-    const bobBack = await resumeAt(ports.directtls, USERS.bob, bob.smId, 0);
+    const bobBack = await resumeAt(ports.websocket, USERS.bob, bob.smId, 0, 'websocket');
     expect(bobBack.answer.name, bobBack.answer.toString()).toBe('resumed');
     expect(bodies(await collectMessages(bobBack.client, 3, 'the replay of bob’s queue'))).toEqual(['to bob 1', 'to bob 2', 'to bob 3']);
+
+    const late = await resumeAt(ports.directtls, USERS.alice, gone.smId, 0);
+    expect(late.answer.name, late.answer.toString()).toBe('failed');
+    expect(late.answer.attrs.h, 'the h the old process remembered').toBe('1');
+    late.client.drop();
 
     // Both answer the contact: their upstream streams are the ones they logged in on.
     bobBack.client.sendMessage(contact.jid, 'bob is back');

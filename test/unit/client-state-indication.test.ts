@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { holdVerdict } from '../../src/features/client-state-indication.js';
+import { pino } from 'pino';
+import { clientStateIndication, holdVerdict } from '../../src/features/client-state-indication.js';
+import type { SessionHandle } from '../../src/session/hooks.js';
+import { scanFragment } from '../../src/xml/stream-scanner.js';
 import { HeldStanzas } from '../../src/session/held-stanzas.js';
 import { parseElement } from '../../src/xml/element.js';
 
@@ -94,5 +97,48 @@ describe('HeldStanzas', () => {
 
   it('starts not holding, for every client link', () => {
     expect(new HeldStanzas().holding).toBe(false);
+  });
+});
+
+describe('the CSI hook across an upgrade (README, Upgrading)', () => {
+  const session = (): SessionHandle => ({
+    sid: 's1',
+    addressKey: '192.0.2.1',
+    domain: 'example.org',
+    jid: 'alice@example.org/phone',
+    awaySinceMs: 1,
+    log: pino({ level: 'silent' }),
+    sendUpstream: () => undefined,
+    serverOffers: () => false,
+    holdBack: () => undefined,
+    releaseHeld: () => undefined,
+    hibernateFor: () => undefined,
+  });
+  const join = scanFragment(Buffer.from(`<presence to='${ROOM}/Ally'><x xmlns='http://jabber.org/protocol/muc'/></presence>`), {
+    maxStanzaBytes: 65536,
+    maxDepth: 16,
+  });
+  const chatter = Buffer.from(`<message from='${ROOM}/carol' type='groupchat'><body>lunch?</body></message>`);
+
+  it('carries the rooms joined, so that room chatter still waits at the next process', () => {
+    const before = clientStateIndication(
+      () => true,
+      () => 0,
+    );
+    const old = session();
+    before.fromClient?.(join, 'active', old);
+    const carried = JSON.parse(JSON.stringify(before.handedOff?.(old))) as unknown;
+    expect(carried).toEqual({ [ROOM]: 'Ally' });
+
+    const after = clientStateIndication(
+      () => true,
+      () => 0,
+    );
+    const unknown = session();
+    expect(after.hold?.(chatter, unknown), 'a room whose join was not seen counts as mentioning').toBeUndefined();
+    const adopted = session();
+    after.adopted?.(adopted, carried);
+    expect(after.hold?.(chatter, adopted)).toMatchObject({ bytes: expect.any(Buffer) });
+    expect(after.handedOff?.(session()), 'no rooms, nothing carried').toBeUndefined();
   });
 });

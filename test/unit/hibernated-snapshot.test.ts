@@ -30,6 +30,7 @@ const SESSION = {
   sinceMs: 1_000,
   expiresAtMs: 301_000,
   presenceShown: true,
+  features: { 'push-notifications': { registrations: [{ jid: 'push.example.org', node: 'n1' }], wakers: 2 } },
   serverFeatures:
     "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>",
 };
@@ -96,6 +97,7 @@ describe('hibernated session snapshot (version 1)', () => {
     ['no session id', { sid: '' }],
     ['a presence that is not a boolean', { presenceShown: 'yes' }],
     ['features that are not a string', { serverFeatures: 7 }],
+    ['hook data that is not an object', { features: [] }],
   ])('refuses %s', (_label, change) => {
     const sm = enabled();
     sm.queue.push(stanza(1), 1);

@@ -55,6 +55,8 @@ function hooksOf(settings: Partial<PushSettings>, now: () => number) {
     fromClient: (...args: Parameters<SessionHooks['fromClient']>) => hooks.fromClient(...args),
     toClient: (bytes: Buffer, delivery: 'live' | 'queued', session: SessionHandle) =>
       hooks.toClient(bytes, stanzaKindOf(bytes), delivery, session),
+    handedOff: (session: SessionHandle) => hooks.handedOff(session),
+    adopted: (session: SessionHandle, carried: Record<string, unknown>) => hooks.adopted(session, carried),
   };
 }
 
@@ -162,6 +164,60 @@ describe('push notifications while hibernating', () => {
     other.toClient(answerTo(read, 'result', storageQuery([{ ...REGISTRATION, resource: 'tablet' }]).toString()), 'live', elsewhere);
     other.toClient(Buffer.from(MESSAGE), 'queued', elsewhere);
     expect(elsewhere.upstream).toEqual([]);
+  });
+});
+
+describe('push notifications across an upgrade (README, Upgrading)', () => {
+  it('carry the registrations and the counts to the next process: no read of private storage, the interval kept', () => {
+    const { hook, session, queue, advance } = setUp({ withBody: true });
+    const publishOptions = xml(
+      'x',
+      { xmlns: 'jabber:x:data', type: 'submit' },
+      xml('field', { var: 'secret' }, xml('value', {}, 's3cret')),
+    );
+    // The registration as stored, with publish-options: what the app server needs to accept a notification.
+    hook.fromClient(
+      scanFragment(
+        Buffer.from(
+          `<iq type='set' id='e1'><enable xmlns='urn:xmpp:push:0' jid='push.example.net' node='n1'>${publishOptions.toString()}</enable></iq>`,
+        ),
+        LIMITS,
+      ),
+      'active',
+      session,
+    );
+    const read = session.upstream.shift()!;
+    hook.toClient(answerTo(read, 'result', storageQuery([REGISTRATION]).toString()), 'live', session);
+    const write = session.upstream.shift()!;
+    hook.toClient(answerTo(write, 'result'), 'live', session);
+    queue(MESSAGE);
+    queue(MESSAGE);
+    expect(session.upstream.splice(0), 'one notification, the second held by the interval').toHaveLength(1);
+
+    const carried = JSON.parse(JSON.stringify(hook.handedOff(session))) as Record<string, unknown>;
+    let nowMs = 1_000_000 + 30_000;
+    const next = hooksOf({ intervalMs: 60_000, withBody: true }, () => nowMs);
+    const adopted = handle();
+    next.adopted(adopted, carried);
+    expect(adopted.upstream, 'nothing read from private storage, nothing notified within the interval').toEqual([]);
+    next.toClient(Buffer.from(MESSAGE), 'queued', adopted);
+    expect(adopted.upstream).toEqual([]);
+    nowMs += 30_000;
+    advance(60_000);
+    next.toClient(Buffer.from(MESSAGE), 'queued', adopted);
+    const [notification] = adopted.upstream.splice(0);
+    expect(notification?.attrs.to).toBe('push.example.net');
+    expect(notification?.toString(), 'two before the upgrade, two after').toContain('<value>4</value>');
+    expect(notification?.getChild('pubsub')?.getChild('publish-options')?.toString()).toContain('s3cret');
+  });
+
+  it('leave the state behind when what arrives cannot be read: registrations are read again at the next bind', () => {
+    const next = hooksOf({}, () => 0);
+    const adopted = handle();
+    next.adopted(adopted, { 'push-notifications': { registrations: 'not a list', wakers: 1, notified: 0 } });
+    next.toClient(Buffer.from(MESSAGE), 'queued', adopted);
+    expect(adopted.upstream).toEqual([]);
+    expect(next.handedOff(adopted), 'a session that knows no registrations carries nothing').toEqual({});
   });
 });
 
