@@ -109,6 +109,18 @@ export class Session implements SessionHandle {
     return s.name === 'negotiating' ? s.setup.phaseName : s.name;
   }
 
+  /** The XEP-0198 SM-ID once stream management is on. */
+  get smId(): string | undefined {
+    const s = this.state;
+    return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.sm?.id : undefined;
+  }
+
+  /** While this connection's `<resume/>` waits for its identity check: the SM-ID it resumes (an upgrade leaves that session here). */
+  get resuming(): string | undefined {
+    const s = this.state;
+    return s.name === 'negotiating' ? s.setup.resuming : undefined;
+  }
+
   /** The bare JID once bound (logs, identity check on resumption). */
   get bareJid(): string | undefined {
     const s = this.state;

@@ -110,6 +110,11 @@ export class StreamSetup {
     return this.phase.name;
   }
 
+  /** While a `<resume/>` waits for the account to be known: the SM-ID it resumes. */
+  get resuming(): string | undefined {
+    return this.phase.name === 'resuming' ? this.phase.request.previd : undefined;
+  }
+
   /** Which features the legacy server sends now: before SASL success, or after the restart. */
   get featuresPhase(): FeaturesPhase {
     return this.phase.name === 'authenticating' ? 'pre-auth' : 'post-auth';

@@ -79,7 +79,13 @@ export class IpcChannel<In> {
     }
   }
 
+  /** Throws (PROXY_ERR_UPGRADE) once the other end went away or sent nonsense: nothing more may be given to it. */
+  check(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
   send(message: unknown, handle?: Socket | Server): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
       this.end.send(message, handle, (err) => {
         if (err === null) resolve();

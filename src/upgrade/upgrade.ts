@@ -26,6 +26,10 @@ const STUCK_GRACE_MS = 10_000;
 export interface MovableSession {
   /** The domain the client's stream was opened to. */
   readonly domain: string | undefined;
+  /** The SM-ID this connection's `<resume/>` resumes while its identity is being checked. */
+  readonly resuming: string | undefined;
+  /** The XEP-0198 SM-ID, once stream management is on. */
+  readonly smId: string | undefined;
   summary(): SessionSummary;
   /** The client loses its connection without a stream close: a resumable session hibernates. */
   detach(): void;
@@ -141,11 +145,18 @@ export class Upgrade {
       let movable = 0;
       let stuck = 0;
       let left = 0;
-      for (const session of [...this.proxy.sessions()]) {
+      const sessions = [...this.proxy.sessions()];
+      // A session a connection here is resuming stays until that resume is decided: it then moves attached.
+      const beingResumed = new Set(sessions.map((session) => session.resuming).filter((smId) => smId !== undefined));
+      for (const session of sessions) {
         left++;
         if (!this.proxy.canMove(session)) continue;
         const { state, resumable } = session.summary();
-        if (state === 'hibernating') {
+        if (session.smId !== undefined && beingResumed.has(session.smId)) {
+          movable++;
+        } else if (state === 'hibernating') {
+          // A session taken out for a process that is gone would be lost: checked before each one.
+          channel.check();
           const handed = session.handOff();
           if (handed === undefined) {
             stuck++;

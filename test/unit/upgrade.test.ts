@@ -1,0 +1,303 @@
+/**
+ * The running process's side of an upgrade (src/upgrade/upgrade.ts) against a scripted new
+ * process and in-memory sessions, with fake timers: the pace of the disconnects, what stays, and
+ * what a failing new process leaves behind. The real thing, two processes and a legacy server,
+ * is test/e2e/upgrade.test.ts.
+ */
+import { EventEmitter } from 'node:events';
+import type { ChildProcess } from 'node:child_process';
+import { Server, Socket } from 'node:net';
+import { pino } from 'pino';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { HibernatedSession } from '../../src/session/hibernated-snapshot.js';
+import type { SessionSummary } from '../../src/session/session-summary.js';
+import { MemoryBudget } from '../../src/sm/memory-budget.js';
+import { StreamManagement } from '../../src/sm/stream-management.js';
+import type { ReleasedUpstream } from '../../src/upstream/upstream-link.js';
+import type { ToNext, ToPrevious } from '../../src/upgrade/handoff-protocol.js';
+import { Upgrade, type MovableSession, type UpgradeOutcome, type UpgradingProxy } from '../../src/upgrade/upgrade.js';
+
+const SETTINGS = {
+  hibernationMs: 300_000,
+  maxHibernationMs: 300_000,
+  maxUnackedStanzas: 0,
+  maxAckDelayMs: 30_000,
+  ackRequestIntervalMs: 60_000,
+  maxQueueStanzas: 100,
+  maxQueueBytes: 1 << 20,
+};
+
+/** A session as the hand-off sees it: `detach` makes an attached one hibernate a moment later, as a cut link does. */
+class FakeSession implements MovableSession {
+  state: 'active' | 'hibernating' | 'authenticating' | 'gone';
+  resuming: string | undefined;
+  readonly smId: string | undefined;
+  detachedAtMs: number | undefined;
+  /** How many more times `handOff` refuses (an element half read from the legacy server). */
+  refusals = 0;
+
+  constructor(
+    state: FakeSession['state'],
+    readonly resumable = true,
+    readonly domain: string | undefined = 'example.org',
+  ) {
+    this.state = state;
+    this.smId = resumable ? `sm-${Math.random()}` : undefined;
+  }
+
+  summary(): SessionSummary {
+    return {
+      sid: 's',
+      jid: 'a@example.org/r',
+      state: this.state,
+      transport: undefined,
+      remote: undefined,
+      sinceMs: 0,
+      hibernatingSinceMs: undefined,
+      smEnabled: this.resumable,
+      resumable: this.resumable,
+      queued: 0,
+    };
+  }
+
+  detach(): void {
+    this.detachedAtMs = Date.now();
+    setTimeout(() => (this.state = 'hibernating'), 1);
+  }
+
+  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream } | undefined {
+    if (this.state !== 'hibernating') return undefined;
+    if (this.refusals > 0) {
+      this.refusals--;
+      return undefined;
+    }
+    this.state = 'gone';
+    const enabled = StreamManagement.enable({
+      ns: 'urn:xmpp:sm:3',
+      resumeAttr: 'true',
+      maxAttr: undefined,
+      settings: SETTINGS,
+      budget: new MemoryBudget(1 << 20),
+    });
+    if (!enabled.ok) throw new Error(enabled.text);
+    const session = {
+      sid: 's',
+      addressKey: '192.0.2.1',
+      domain: 'example.org',
+      jid: 'a@example.org/r',
+      sinceMs: 0,
+      expiresAtMs: 300_000,
+      presenceShown: false,
+      serverFeatures: undefined,
+      features: {},
+      sm: enabled.sm.snapshot(),
+    };
+    return { session, upstream: { socket: new Socket(), serverHeader: Buffer.from('<stream:stream>') } };
+  }
+}
+
+class FakeProxy implements UpgradingProxy {
+  readonly sessions_: FakeSession[] = [];
+  accepting = true;
+  acceptedAgain = 0;
+  readonly listener = new Server();
+
+  listeningSockets(): ReadonlyMap<string, Server> {
+    return new Map([['starttls 127.0.0.1:5222', this.listener]]);
+  }
+  handListenersOver(): void {
+    this.accepting = false;
+  }
+  async acceptAgain(): Promise<void> {
+    this.accepting = true;
+    this.acceptedAgain++;
+  }
+  sessions(): Iterable<MovableSession> {
+    return this.sessions_.filter((session) => session.state !== 'gone');
+  }
+  canMove(session: MovableSession): boolean {
+    return session.domain === 'example.org';
+  }
+  rememberedEnded() {
+    return [{ smId: 'old', h: 3, bareJid: 'b@example.org', domain: 'example.org', reason: 'expired' as const, endedAtMs: 1 }];
+  }
+}
+
+/** The new process, scripted: it answers each step, unless it exits at one (`start`: before it is ready) or stays silent. */
+class FakeNext extends EventEmitter {
+  readonly pid = 4242;
+  exitCode: number | null = null;
+  signalCode: NodeJS.Signals | null = null;
+  readonly received: ToNext[] = [];
+  handles = 0;
+  private readonly exitAt: ToNext['kind'] | 'start' | undefined;
+  private readonly exitCodeThen: number;
+  private readonly silent: boolean;
+
+  constructor(script: { exitAt?: ToNext['kind'] | 'start'; exitCode?: number; silent?: boolean } = {}) {
+    super();
+    this.exitAt = script.exitAt;
+    this.exitCodeThen = script.exitCode ?? 3;
+    this.silent = script.silent ?? false;
+    if (this.exitAt === 'start') setTimeout(() => this.exit(this.exitCodeThen, null), 10);
+    else setTimeout(() => this.reply({ kind: 'ready' }), 10);
+  }
+
+  send(message: ToNext, handle: unknown, callback: (err: Error | null) => void): boolean {
+    this.received.push(message);
+    if (handle !== undefined) this.handles++;
+    queueMicrotask(() => callback(null));
+    if (message.kind === this.exitAt) {
+      setTimeout(() => this.exit(this.exitCodeThen, null), 1);
+      return true;
+    }
+    if (message.kind === 'listeners-sent') setTimeout(() => this.reply({ kind: 'listening' }), 5);
+    if (message.kind === 'done') setTimeout(() => this.reply({ kind: 'running' }), 5);
+    return true;
+  }
+
+  kill(signal: NodeJS.Signals): boolean {
+    setTimeout(() => this.exit(null, signal), 1);
+    return true;
+  }
+
+  disconnect(): void {
+    this.emit('disconnect');
+  }
+
+  private reply(message: ToPrevious): void {
+    if (!this.silent && this.exitCode === null && this.signalCode === null) this.emit('message', message, undefined);
+  }
+
+  private exit(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.exitCode !== null || this.signalCode !== null) return;
+    this.exitCode = code;
+    this.signalCode = signal;
+    this.emit('disconnect');
+    this.emit('exit', code, signal);
+  }
+}
+
+function run(proxy: FakeProxy, next: FakeNext, settings = { resumesPerSecond: 10, windowMs: 1_000 }): Promise<UpgradeOutcome> {
+  return new Upgrade(proxy, settings, pino({ level: 'silent' })).run(next as unknown as ChildProcess);
+}
+
+beforeEach(() => {
+  vi.useFakeTimers();
+  vi.setSystemTime(0);
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('Upgrade: the running process hands over', () => {
+  it('hands hibernating sessions over at once, and cuts attached ones at resumesPerSecond; the listeners first, the ended sessions last', async () => {
+    const proxy = new FakeProxy();
+    const hibernating = Array.from({ length: 5 }, () => new FakeSession('hibernating'));
+    const attached = Array.from({ length: 20 }, () => new FakeSession('active'));
+    proxy.sessions_.push(...hibernating, ...attached);
+    const next = new FakeNext();
+    const outcome = run(proxy, next);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(proxy.accepting).toBe(false);
+    expect(hibernating.every((s) => s.state === 'gone')).toBe(true);
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(await outcome).toMatchObject({ ok: true, handedOver: 25, left: 0 });
+    // 10 per second: the 20 cuts take two seconds, none two at the same moment.
+    const cuts = attached.map((s) => s.detachedAtMs!).sort((a, b) => a - b);
+    expect(cuts.at(-1)! - cuts[0]!).toBeGreaterThanOrEqual(1_800);
+    expect(new Set(cuts).size).toBe(20);
+    expect(next.received.map((m) => m.kind)).toEqual(['listener', 'listeners-sent', ...Array<string>(25).fill('session'), 'ended', 'done']);
+    expect(next.handles, 'the listening socket and one upstream socket per session').toBe(26);
+  });
+
+  it('leaves what cannot move, and returns only once the window is over', async () => {
+    const proxy = new FakeProxy();
+    const noSm = new FakeSession('active', false);
+    const tlsHop = new FakeSession('hibernating', true, 'tls.example.org');
+    const loggingIn = new FakeSession('authenticating', false);
+    proxy.sessions_.push(noSm, tlsHop, loggingIn, new FakeSession('hibernating'));
+    const outcome = run(proxy, new FakeNext(), { resumesPerSecond: 10, windowMs: 5_000 });
+    let settled = false;
+    void outcome.then(() => (settled = true));
+    await vi.advanceTimersByTimeAsync(4_500);
+    expect(settled, 'the window is not over').toBe(false);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(await outcome).toMatchObject({ ok: true, handedOver: 1, left: 3 });
+    expect([noSm.detachedAtMs, tlsHop.state]).toEqual([undefined, 'hibernating']);
+  });
+
+  it('keeps a session a connection here is resuming until the resume is decided; then it moves', async () => {
+    const proxy = new FakeProxy();
+    const target = new FakeSession('hibernating');
+    const resumer = new FakeSession('authenticating', false);
+    resumer.resuming = target.smId;
+    proxy.sessions_.push(target, resumer);
+    const outcome = run(proxy, new FakeNext(), { resumesPerSecond: 10, windowMs: 0 });
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(target.state, 'still here while its resume is checked').toBe('hibernating');
+    // The resume succeeds: the resumer's stream closes, the target is attached, then cut and moved.
+    resumer.state = 'gone';
+    target.state = 'active';
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(await outcome).toMatchObject({ ok: true, handedOver: 1, left: 0 });
+    expect(target.detachedAtMs).toBeDefined();
+  });
+
+  it('tries a session that cannot go yet again, and leaves it after the window and a grace', async () => {
+    const proxy = new FakeProxy();
+    const busy = new FakeSession('hibernating');
+    busy.refusals = 3;
+    const stuck = new FakeSession('hibernating');
+    stuck.refusals = Infinity;
+    proxy.sessions_.push(busy, stuck);
+    const outcome = run(proxy, new FakeNext(), { resumesPerSecond: 10, windowMs: 1_000 });
+    await vi.advanceTimersByTimeAsync(500);
+    expect(busy.state).toBe('gone');
+    await vi.advanceTimersByTimeAsync(12_000);
+    expect(await outcome).toMatchObject({ ok: true, handedOver: 1, left: 1 });
+  });
+});
+
+describe('Upgrade: a new process that fails', () => {
+  it('exiting before it is ready changes nothing; its exit code is reported', async () => {
+    const proxy = new FakeProxy();
+    const session = new FakeSession('active');
+    proxy.sessions_.push(session);
+    const outcome = run(proxy, new FakeNext({ exitAt: 'start', exitCode: 2 }));
+    await vi.advanceTimersByTimeAsync(100);
+    expect(await outcome).toMatchObject({
+      ok: false,
+      handedOver: 0,
+      exit: { code: 2, signal: null },
+      error: { code: 'PROXY_ERR_UPGRADE' },
+    });
+    expect([proxy.accepting, proxy.acceptedAgain, session.detachedAtMs]).toEqual([true, 0, undefined]);
+  });
+
+  it('silent past the ready timeout is killed', async () => {
+    const proxy = new FakeProxy();
+    const next = new FakeNext({ silent: true });
+    const outcome = run(proxy, next);
+    await vi.advanceTimersByTimeAsync(60_000 + 2_000 + 100);
+    expect(await outcome).toMatchObject({
+      ok: false,
+      exit: { code: null, signal: 'SIGKILL' },
+      error: { message: expect.stringContaining('no answer within') },
+    });
+  });
+
+  it('dying after it took the listeners makes this process accept again, with the sessions it has not handed over', async () => {
+    const proxy = new FakeProxy();
+    const hibernating = new FakeSession('hibernating');
+    const attached = Array.from({ length: 10 }, () => new FakeSession('active'));
+    proxy.sessions_.push(hibernating, ...attached);
+    const next = new FakeNext({ exitAt: 'session', exitCode: 1 });
+    const outcome = run(proxy, next);
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(await outcome).toMatchObject({ ok: false, handedOver: 1, exit: { code: 1 } });
+    expect([proxy.accepting, proxy.acceptedAgain]).toEqual([true, 1]);
+    expect(attached.filter((s) => s.state !== 'gone').length, 'the rest stays here').toBeGreaterThan(0);
+  });
+});
