@@ -571,31 +571,49 @@ export class Session implements SessionHandle {
   }
 
   /**
-   * Takes this hibernating session out of the proxy for another process (an upgrade, README
-   * "Upgrading"): its state as plain data and its upstream stream, released without a byte to the
-   * legacy server. The session is gone from here without an ending: nothing is answered, no event
-   * is emitted. Undefined, and nothing changed, when it cannot go now: not hibernating, a hop over
-   * TLS, or an element half read or bytes not yet written (a moment later it can).
+   * Takes this session out of the proxy for another process (an upgrade, README "Upgrading"): its
+   * state as plain data and its upstream stream, released without a byte to the legacy server. The
+   * session is gone from here without an ending: nothing is answered, no event but the hibernation's
+   * is emitted. An attached, resumable session hibernates first; its client link comes back with it,
+   * still open but no longer the session's (what the client sends from now on is not counted, so it
+   * sends it again after its resume): the caller drops it once the next process holds the session,
+   * so that the client's `<resume/>` finds it there. Undefined, and nothing changed, when it cannot
+   * go now: not resumable, a hop over TLS, or an element half read or bytes not yet written (a
+   * moment later it can).
    */
-  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream } | undefined {
+  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream; link: ClientLink | undefined } | undefined {
     const before = this.state;
-    if (before.name !== 'hibernating' || this.domainName === undefined) return undefined;
-    // The release scans what the socket had buffered (it is queued): the snapshot comes after it.
+    const attached = before.name === 'active' && before.sm?.resumable === true;
+    if ((before.name !== 'hibernating' && !attached) || this.domainName === undefined) return undefined;
+    // The release scans what the socket had buffered (it is delivered or queued): the snapshot comes after it.
     const upstream = before.upstream.release();
     if (upstream === undefined) return undefined;
+    if (this.state !== before) {
+      upstream.socket.destroy();
+      throw new InvariantError(`upstream released while the session went to ${this.state.name}`);
+    }
+    let link: ClientLink | undefined;
+    if (before.name === 'active') {
+      link = before.link;
+      this.flow.clientGone();
+      this.hibernate(before, 'the proxy is upgrading');
+    }
     const s = this.state;
     const session = this.snapshot();
-    if (s.name !== 'hibernating' || s.upstream !== before.upstream || session === undefined) {
+    if (s.name !== 'hibernating' || session === undefined) {
+      // Hibernation ended it (its queue overflowed): what it held was answered on a stream that had left.
       upstream.socket.destroy();
-      throw new InvariantError(`upstream released while the session went to ${s.name}`);
+      link?.destroy('the proxy is upgrading');
+      this.log.error({ code: ErrorCode.UPGRADE, state: s.name }, 'session ended while it was handed over');
+      return undefined;
     }
     // The stanzas go on in the snapshot; their bytes leave this process's budget.
     s.sm.queue.drain();
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
     this.deps.registry.handedOff(s.sm.id);
-    this.log.info({ queued: session.sm.queue.entries.length }, 'session handed over to the new process');
-    return { session, upstream };
+    this.log.info({ queued: session.sm.queue.entries.length, attached }, 'session handed over to the new process');
+    return { session, upstream, link };
   }
 
   /** The state of a session another process handed over: hibernating, its expiry counted on from the snapshot. */
@@ -1015,16 +1033,6 @@ export class Session implements SessionHandle {
     if (this.state.name === 'closed') return;
     this.log.info('session ended: the proxy is drained');
     this.end({ kind: 'drained' });
-  }
-
-  /**
-   * An upgrade moves the session to the next process (README, Upgrading): its client loses the
-   * connection without a stream close, as in a network cut, so that the session hibernates, goes
-   * over, and the client resumes there. Only a resumable session is detached.
-   */
-  detach(): void {
-    const s = this.state;
-    if (s.name === 'active' && s.sm?.resumable === true) s.link.destroy('the proxy is upgrading');
   }
 
   /** Proxy shutdown (RFC 6120 §4.9.3.20 `system-shutdown`). */

@@ -43,6 +43,8 @@ export type ToPrevious =
   | { readonly kind: 'refused'; readonly reason: string }
   /** The new process accepts connections on every listener: the old one stops accepting. */
   | { readonly kind: 'listening' }
+  /** The new process holds the session just sent (or dropped it, logged there): the old one may cut its client. */
+  | { readonly kind: 'adopted' }
   /** The new process wrote the PID file and runs on alone: the old one may exit. */
   | { readonly kind: 'running' };
 
@@ -76,6 +78,7 @@ export function readToPrevious(value: unknown): ToPrevious {
   switch (message.kind) {
     case 'ready':
     case 'listening':
+    case 'adopted':
     case 'running':
       return { kind: message.kind };
     case 'refused':

@@ -88,6 +88,11 @@ export class TakeOver {
       }
       this.adopt(proxy, message, handle);
       adopted++;
+      try {
+        await this.channel.send({ kind: 'adopted' } satisfies ToPrevious);
+      } catch {
+        // The predecessor is gone: the next read of the channel says so.
+      }
     }
     await running();
     try {

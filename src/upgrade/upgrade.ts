@@ -31,10 +31,19 @@ export interface MovableSession {
   /** The XEP-0198 SM-ID, once stream management is on. */
   readonly smId: string | undefined;
   summary(): SessionSummary;
-  /** The client loses its connection without a stream close: a resumable session hibernates. */
-  detach(): void;
-  /** A hibernating session's state and upstream stream, taken out of this process; undefined when it cannot go now. */
-  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream } | undefined;
+  /**
+   * A resumable session's state and upstream stream, taken out of this process (an attached one
+   * hibernates first, and its client link comes with it, to be dropped); undefined when it cannot go now.
+   */
+  handOff(): HandedOff | undefined;
+}
+
+/** What {@link MovableSession.handOff} takes out. */
+export interface HandedOff {
+  readonly session: HibernatedSession;
+  readonly upstream: ReleasedUpstream;
+  /** The client link of a session that was attached: open, no longer the session's. */
+  readonly link: { destroy(reason: string): void } | undefined;
 }
 
 /** What the hand-off needs of the running proxy. */
@@ -132,16 +141,25 @@ export class Upgrade {
   }
 
   /**
-   * Hands over every hibernating session at once, and detaches attached resumable clients at the
-   * configured rate so that they hibernate and go next. Returns, with the number of sessions
-   * left, once nothing movable is left and the window is over (or no session is left at all).
+   * Hands over every hibernating session at once, and attached resumable ones at the configured
+   * rate (their clients lose the connection once the new process holds the session, and resume
+   * there). Returns, with the number of sessions left, once nothing movable is left and the window
+   * is over (or no session is left at all).
    */
   private async moveSessions(channel: IpcChannel<ToPrevious>, startedMs: number): Promise<number> {
     const { resumesPerSecond, windowMs } = this.settings;
+    // A token bucket refilled by the time that passed, holding at most one tick's worth: a slow
+    // round (many sessions, a busy new process) never turns into a burst above the rate.
     let allowance = 0;
+    let refilledAtMs = this.now();
     let deadlineMs: number | undefined;
     for (;;) {
-      allowance = Math.min(allowance + (resumesPerSecond * TICK_MS) / 1000, Math.max(1, resumesPerSecond));
+      const nowMs = this.now();
+      allowance = Math.min(
+        allowance + (resumesPerSecond * (nowMs - refilledAtMs)) / 1000,
+        Math.max(1, (resumesPerSecond * TICK_MS) / 1000),
+      );
+      refilledAtMs = nowMs;
       let movable = 0;
       let stuck = 0;
       let left = 0;
@@ -152,27 +170,29 @@ export class Upgrade {
         left++;
         if (!this.proxy.canMove(session)) continue;
         const { state, resumable } = session.summary();
+        const attached = state === 'active' && resumable;
         if (session.smId !== undefined && beingResumed.has(session.smId)) {
           movable++;
-        } else if (state === 'hibernating') {
-          // A session taken out for a process that is gone would be lost: checked before each one.
-          channel.check();
-          const handed = session.handOff();
-          if (handed === undefined) {
-            stuck++;
-            continue;
-          }
-          left--;
-          await this.send(channel, handed);
-        } else if (state === 'active' && resumable) {
-          movable++;
-          if (allowance >= 1) {
-            allowance--;
-            session.detach();
-          }
+          continue;
         }
+        if (state !== 'hibernating' && !attached) continue;
+        if (attached && allowance < 1) {
+          movable++;
+          continue;
+        }
+        // A session taken out for a process that is gone would be lost: checked before each one.
+        channel.check();
+        const handed = session.handOff();
+        if (handed === undefined) {
+          stuck++;
+          continue;
+        }
+        if (attached) allowance--;
+        left--;
+        await this.send(channel, handed);
+        // The new process holds the session: the client's <resume/> will find it there.
+        handed.link?.destroy('the proxy is upgrading');
       }
-      const nowMs = this.now();
       const windowOver = nowMs - startedMs >= windowMs;
       if (movable === 0 && stuck === 0 && (windowOver || left === 0)) return left;
       // Only sessions that cannot go yet are left: they get a bounded while longer.
@@ -184,7 +204,8 @@ export class Upgrade {
     }
   }
 
-  private async send(channel: IpcChannel<ToPrevious>, handed: { session: HibernatedSession; upstream: ReleasedUpstream }): Promise<void> {
+  /** Sends one session and waits until the new process holds it. */
+  private async send(channel: IpcChannel<ToPrevious>, handed: HandedOff): Promise<void> {
     const { socket, serverHeader } = handed.upstream;
     // Node's child_process keeps a sent socket's handle open, its reads discarded, until the
     // receiver acknowledges it; and a paused net.Socket stops reading from the kernel only when it
@@ -194,6 +215,7 @@ export class Upgrade {
     const message: ToNext = { kind: 'session', session: writeSnapshot(handed.session), serverHeader: serverHeader.toString('base64') };
     await channel.send(message, socket);
     this.handedOver++;
+    await answer(channel, 'adopted', ANSWER_TIMEOUT_MS);
   }
 }
 

@@ -279,16 +279,17 @@ export class UpstreamLink implements UpstreamStream {
     this.phase = { kind: 'closing', closeTimer };
   }
 
+  /** A released link leaves its socket alone: it belongs to the adopter (a resumed socket without its reader would lose what it reads). */
   destroy(): void {
-    this.socket.destroy();
+    if (this.phase.kind !== 'released') this.socket.destroy();
   }
 
   pause(): void {
-    this.socket.pause();
+    if (this.phase.kind !== 'released') this.socket.pause();
   }
 
   resume(): void {
-    this.socket.resume();
+    if (this.phase.kind !== 'released') this.socket.resume();
   }
 
   /**

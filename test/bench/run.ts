@@ -5,7 +5,7 @@
  * that each one's CPU time can be measured), Prosody from the test harness. Every loop is bounded
  * in count and in time. Benchmarks print figures; they never assert on time.
  *
- *   node dist/test/bench/run.js [--quick] [--only scanner,relay,e2e,memory,resume,scale,storm,csi] [--profile]
+ *   node dist/test/bench/run.js [--quick] [--only scanner,relay,e2e,memory,resume,scale,storm,csi,upgrade] [--profile]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -22,6 +22,7 @@ import { runResumeBench } from './resume-bench.js';
 import { runScaleBench } from './scale-bench.js';
 import { runScannerBench } from './scanner-bench.js';
 import { runStormBench } from './storm-bench.js';
+import { runUpgradeBench } from './upgrade-bench.js';
 
 interface Benchmark {
   readonly key: string;
@@ -62,6 +63,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   { key: 'scale', title: '6. Scale: idle sessions in one proxy process', run: runScaleBench },
   { key: 'storm', title: '7. Storm: every stanza accounted for under cuts, resumes and expiries', run: runStormBench },
   { key: 'csi', title: "8. Client state indication: an inactive phone's hour", run: runCsiBench },
+  { key: 'upgrade', title: '9. Upgrade: SIGUSR2 under load, nobody logged out', run: runUpgradeBench },
 ];
 
 const USAGE = `usage: node dist/test/bench/run.js [--quick] [--only ${BENCHMARKS.map((b) => b.key).join(',')}] [--profile] [--keep]`;

@@ -805,17 +805,35 @@ describe('Session: handed to the next process (an upgrade, README Upgrading)', (
     expect([rig.registry.size, rig.budget.usedBytes]).toEqual([0, 0]);
   });
 
-  it('stays when it cannot go now: attached, or its upstream stream refuses (a TLS hop, an element half read)', async () => {
-    const attached = await rig.connect().openAndBind();
-    attached.enableSm({ resume: true });
-    attached.upstream.releasable = released();
-    expect(attached.session.handOff()).toBeUndefined();
-    expect(attached.session.stateName).toBe('active');
+  it('stays when it cannot go now: not resumable, or its upstream stream refuses (a TLS hop, an element half read)', async () => {
+    const notResumable = await rig.connect().openAndBind();
+    notResumable.enableSm();
+    notResumable.upstream.releasable = released();
+    expect(notResumable.session.handOff()).toBeUndefined();
+    expect(notResumable.session.stateName).toBe('active');
 
     const { c, smId } = await hibernating();
     expect(c.session.handOff()).toBeUndefined();
     expect(c.session.stateName).toBe('hibernating');
     expect(rig.registry.findResumable(smId)).toBe(c.session);
+  });
+
+  it('takes an attached session with its client link, still open but no longer the session: what the client sends then is not counted', async () => {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    c.stanzaFromClient(`<presence/>`);
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle();
+    c.upstream.releasable = released();
+    const handed = c.session.handOff();
+    expect(handed?.link).toBe(c.client);
+    expect(c.client.ended, 'dropped by the caller once the next process holds the session').toBe(false);
+    expect(handed?.session.sm).toMatchObject({ id: smId, h: 1, queue: { sent: 1, acked: 0 } });
+    expect(rig.seen.hibernationStarted).toMatchObject([{ smId }]);
+    const written = c.upstream.sent.length;
+    c.stanzaFromClient(`<message to='alice@${DOMAIN}' id='late'/>`);
+    expect(c.upstream.sent.length).toBe(written);
+    expect(c.session.stateName).toBe('closed');
   });
 
   it('resumes at the next process with the exact replay, its expiry counted on from the snapshot', async () => {

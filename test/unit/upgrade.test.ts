@@ -9,13 +9,11 @@ import type { ChildProcess } from 'node:child_process';
 import { Server, Socket } from 'node:net';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { HibernatedSession } from '../../src/session/hibernated-snapshot.js';
 import type { SessionSummary } from '../../src/session/session-summary.js';
 import { MemoryBudget } from '../../src/sm/memory-budget.js';
 import { StreamManagement } from '../../src/sm/stream-management.js';
-import type { ReleasedUpstream } from '../../src/upstream/upstream-link.js';
 import type { ToNext, ToPrevious } from '../../src/upgrade/handoff-protocol.js';
-import { Upgrade, type MovableSession, type UpgradeOutcome, type UpgradingProxy } from '../../src/upgrade/upgrade.js';
+import { Upgrade, type HandedOff, type MovableSession, type UpgradeOutcome, type UpgradingProxy } from '../../src/upgrade/upgrade.js';
 
 const SETTINGS = {
   hibernationMs: 300_000,
@@ -27,12 +25,13 @@ const SETTINGS = {
   maxQueueBytes: 1 << 20,
 };
 
-/** A session as the hand-off sees it: `detach` makes an attached one hibernate a moment later, as a cut link does. */
+/** A session as the hand-off sees it; an attached one comes with its client link, whose drop is recorded. */
 class FakeSession implements MovableSession {
   state: 'active' | 'hibernating' | 'authenticating' | 'gone';
   resuming: string | undefined;
   readonly smId: string | undefined;
-  detachedAtMs: number | undefined;
+  /** When its client link was dropped (an attached session, once handed over). */
+  cutAtMs: number | undefined;
   /** How many more times `handOff` refuses (an element half read from the legacy server). */
   refusals = 0;
 
@@ -60,13 +59,9 @@ class FakeSession implements MovableSession {
     };
   }
 
-  detach(): void {
-    this.detachedAtMs = Date.now();
-    setTimeout(() => (this.state = 'hibernating'), 1);
-  }
-
-  handOff(): { session: HibernatedSession; upstream: ReleasedUpstream } | undefined {
-    if (this.state !== 'hibernating') return undefined;
+  handOff(): HandedOff | undefined {
+    const attached = this.state === 'active' && this.resumable;
+    if (this.state !== 'hibernating' && !attached) return undefined;
     if (this.refusals > 0) {
       this.refusals--;
       return undefined;
@@ -92,7 +87,8 @@ class FakeSession implements MovableSession {
       features: {},
       sm: enabled.sm.snapshot(),
     };
-    return { session, upstream: { socket: new Socket(), serverHeader: Buffer.from('<stream:stream>') } };
+    const link = attached ? { destroy: () => void (this.cutAtMs = Date.now()) } : undefined;
+    return { session, upstream: { socket: new Socket(), serverHeader: Buffer.from('<stream:stream>') }, link };
   }
 }
 
@@ -152,6 +148,7 @@ class FakeNext extends EventEmitter {
       return true;
     }
     if (message.kind === 'listeners-sent') setTimeout(() => this.reply({ kind: 'listening' }), 5);
+    if (message.kind === 'session') setTimeout(() => this.reply({ kind: 'adopted' }), 1);
     if (message.kind === 'done') setTimeout(() => this.reply({ kind: 'running' }), 5);
     return true;
   }
@@ -205,7 +202,7 @@ describe('Upgrade: the running process hands over', () => {
     await vi.advanceTimersByTimeAsync(3_000);
     expect(await outcome).toMatchObject({ ok: true, handedOver: 25, left: 0 });
     // 10 per second: the 20 cuts take two seconds, none two at the same moment.
-    const cuts = attached.map((s) => s.detachedAtMs!).sort((a, b) => a - b);
+    const cuts = attached.map((s) => s.cutAtMs!).sort((a, b) => a - b);
     expect(cuts.at(-1)! - cuts[0]!).toBeGreaterThanOrEqual(1_800);
     expect(new Set(cuts).size).toBe(20);
     expect(next.received.map((m) => m.kind)).toEqual(['listener', 'listeners-sent', ...Array<string>(25).fill('session'), 'ended', 'done']);
@@ -225,7 +222,7 @@ describe('Upgrade: the running process hands over', () => {
     expect(settled, 'the window is not over').toBe(false);
     await vi.advanceTimersByTimeAsync(1_000);
     expect(await outcome).toMatchObject({ ok: true, handedOver: 1, left: 3 });
-    expect([noSm.detachedAtMs, tlsHop.state]).toEqual([undefined, 'hibernating']);
+    expect([noSm.cutAtMs, tlsHop.state]).toEqual([undefined, 'hibernating']);
   });
 
   it('keeps a session a connection here is resuming until the resume is decided; then it moves', async () => {
@@ -237,12 +234,12 @@ describe('Upgrade: the running process hands over', () => {
     const outcome = run(proxy, new FakeNext(), { resumesPerSecond: 10, windowMs: 0 });
     await vi.advanceTimersByTimeAsync(2_000);
     expect(target.state, 'still here while its resume is checked').toBe('hibernating');
-    // The resume succeeds: the resumer's stream closes, the target is attached, then cut and moved.
+    // The resume succeeds: the resumer's stream closes, the target is attached, then moved and its client cut.
     resumer.state = 'gone';
     target.state = 'active';
     await vi.advanceTimersByTimeAsync(1_000);
     expect(await outcome).toMatchObject({ ok: true, handedOver: 1, left: 0 });
-    expect(target.detachedAtMs).toBeDefined();
+    expect(target.cutAtMs).toBeDefined();
   });
 
   it('tries a session that cannot go yet again, and leaves it after the window and a grace', async () => {
@@ -273,7 +270,7 @@ describe('Upgrade: a new process that fails', () => {
       exit: { code: 2, signal: null },
       error: { code: 'PROXY_ERR_UPGRADE' },
     });
-    expect([proxy.accepting, proxy.acceptedAgain, session.detachedAtMs]).toEqual([true, 0, undefined]);
+    expect([proxy.accepting, proxy.acceptedAgain, session.cutAtMs]).toEqual([true, 0, undefined]);
   });
 
   it('silent past the ready timeout is killed', async () => {
