@@ -199,6 +199,8 @@ async function main(): Promise<number> {
           'upgrade failed; this process serves on',
         );
         upgrading = false;
+        // The new process may have named itself there already.
+        if (pidFile !== undefined) void writePidFile(pidFile).catch((err: unknown) => pidFileFailed(log, err));
       })
       .catch((err: unknown) => {
         log.error(
@@ -217,6 +219,8 @@ async function main(): Promise<number> {
         return EXIT.startup;
       }
       await takeOver.start(proxy);
+      // At once: should the predecessor die from here on, systemd finds this process in the PID file.
+      if (pidFile !== undefined) await writePidFile(pidFile).catch((err: unknown) => pidFileFailed(log, err));
     } else {
       await proxy.start();
       if (pidFile !== undefined) await writePidFile(pidFile);
@@ -230,15 +234,11 @@ async function main(): Promise<number> {
     return EXIT.startup;
   }
   if (takeOver !== undefined) {
-    void takeOver
-      .receiveSessions(proxy, async () => {
-        if (pidFile !== undefined) await writePidFile(pidFile);
-      })
-      .then((adopted) => {
-        upgrading = false;
-        process.disconnect?.();
-        log.info({ adopted }, 'upgrade: taken over; this process runs on alone');
-      });
+    void takeOver.receiveSessions(proxy).then((adopted) => {
+      upgrading = false;
+      if (process.connected) process.disconnect();
+      log.info({ adopted }, 'upgrade: taken over; this process runs on alone');
+    });
   }
 
   const ending = await Promise.race([signalled, handedOver]);
@@ -257,6 +257,10 @@ async function main(): Promise<number> {
         resolve(EXIT.ok);
       });
   });
+}
+
+function pidFileFailed(log: Logger, err: unknown): void {
+  log.error({ err: (err as Error).message }, 'the PID file cannot be written; a service manager that reads it will not find this process');
 }
 
 /** The next process of an upgrade: this one's code as it is on disk now, its arguments, and an IPC channel for the hand-off. */

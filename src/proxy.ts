@@ -212,13 +212,8 @@ export class Proxy {
    * a listener of this config takes its own over instead of binding, and one no listener takes is closed.
    */
   async start(inherited: ReadonlyMap<string, Server> = new Map()): Promise<BoundListener[]> {
+    await this.prepare();
     const domains = Object.keys(this.config.domains);
-    const tlsLog = this.log.child({ component: 'tls' });
-    const credentials = new LiveCredentials(await createTlsCredentials(this.tlsConfig, domains, tlsLog));
-    this.credentials = credentials;
-    this.watchCertificates();
-    this.expiryCheck = setInterval(() => warnExpiring(credentials.entries, tlsLog, Date.now()), EXPIRY_CHECK_INTERVAL_MS);
-    this.expiryCheck.unref();
     const bound: BoundListener[] = [];
     const admin = this.config.admin;
     for (const listenerConfig of this.config.listeners) {
@@ -244,6 +239,20 @@ export class Proxy {
       for (const domain of domains) void this.probe(domain);
     }
     return bound;
+  }
+
+  /**
+   * Loads the certificates (and starts watching them): what `start` does before it binds, done
+   * first by a new process of an upgrade, before it asks for the listening sockets (README, Upgrading).
+   */
+  async prepare(): Promise<void> {
+    if (this.credentials !== undefined) return;
+    const tlsLog = this.log.child({ component: 'tls' });
+    const credentials = new LiveCredentials(await createTlsCredentials(this.tlsConfig, Object.keys(this.config.domains), tlsLog));
+    this.credentials = credentials;
+    this.watchCertificates();
+    this.expiryCheck = setInterval(() => warnExpiring(credentials.entries, tlsLog, Date.now()), EXPIRY_CHECK_INTERVAL_MS);
+    this.expiryCheck.unref();
   }
 
   private async startListener(config: ListenerConfig, inherited?: Server): Promise<{ host: string; port: number }> {
@@ -300,6 +309,16 @@ export class Proxy {
     return this.registry.rememberedEnded(this.now()).map(([smId, ended]) => ({ smId, ...ended }));
   }
 
+  /** The previous process of an upgrade will hand these sessions over (registry `expectArrivals`). */
+  expectArrivals(smIds: readonly string[]): void {
+    this.registry.expectArrivals(smIds);
+  }
+
+  /** The hand-off is over, or failed (registry `forgetElsewhere`). */
+  handOffOver(): void {
+    this.registry.forgetElsewhere();
+  }
+
   rememberEnded(sessions: readonly RememberedEnd[]): void {
     for (const { smId, ...ended } of sessions) this.registry.endResumable(smId, ended);
   }
@@ -336,7 +355,9 @@ export class Proxy {
     const deps = this.sessionDeps;
     const sm = StreamManagement.restore(session.sm, deps.settings, deps.queueShares.forSession(bare(session.jid), session.addressKey));
     if (sm instanceof StreamManagement) {
-      new Session(deps, { session, upstream, sm, log });
+      const adopted = new Session(deps, { session, upstream, sm, log });
+      // Stopping already (SIGTERM during the hand-off): it ends with the others.
+      if (this.stopping !== undefined) adopted.shutdown();
       return;
     }
     log.warn(

@@ -43,6 +43,12 @@ export class SessionRegistry {
   private readonly pending = new Map<Session, string>();
   private readonly pendingPerAddress = new Map<string, number>();
   private readonly resumable = new Map<string, Session>();
+  /**
+   * SM-IDs of sessions in the other process of an upgrade (README, Upgrading): handed over from
+   * here, or announced by the previous process and not arrived yet. A `<resume/>` of one is told to
+   * connect again (resumption.ts `elsewhere`).
+   */
+  private readonly elsewhere = new Set<string>();
   /** Insertion-ordered: the first entry is the oldest. */
   private readonly ended = new Map<string, EndedSession>();
 
@@ -118,6 +124,7 @@ export class SessionRegistry {
 
   registerResumable(smId: string, session: Session): void {
     this.resumable.set(smId, session);
+    this.elsewhere.delete(smId);
   }
 
   findResumable(smId: string): Session | undefined {
@@ -128,6 +135,7 @@ export class SessionRegistry {
   lookup(smId: string, h: number, nowMs: number): ResumeCandidate {
     const live = this.resumable.get(smId);
     if (live !== undefined) return live.resumeCandidate(h);
+    if (this.elsewhere.has(smId)) return { kind: 'elsewhere' };
     const ended = this.recallEnded(smId, nowMs);
     return ended === undefined
       ? { kind: 'unknown' }
@@ -154,9 +162,23 @@ export class SessionRegistry {
     return target.handOverQueue(h);
   }
 
-  /** Forgets a resumable session that goes on in another process (an upgrade): nothing to remember here. */
+  /** A resumable session went on to the next process of an upgrade: a `<resume/>` of it here is told to connect again. */
   handedOff(smId: string): void {
     this.resumable.delete(smId);
+    this.elsewhere.add(smId);
+  }
+
+  /** The previous process of an upgrade will hand these sessions over: until they arrive, a `<resume/>` of one is told to connect again. */
+  expectArrivals(smIds: readonly string[]): void {
+    for (const smId of smIds) if (!this.resumable.has(smId)) this.elsewhere.add(smId);
+  }
+
+  /**
+   * The hand-off is over: what was announced and did not arrive, or was handed to a process that
+   * died, is unknown from now on.
+   */
+  forgetElsewhere(): void {
+    this.elsewhere.clear();
   }
 
   /** The ended sessions remembered now, oldest first, by SM-ID (an upgrade hands them to the next process). */

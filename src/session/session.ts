@@ -512,10 +512,22 @@ export class Session implements SessionHandle {
     const candidate = this.deps.registry.lookup(previd, h, this.deps.now());
     const early = decideBeforeIdentity(candidate);
     if (early !== undefined) {
-      if (!early.ok) this.refuse(ns, early.failure, previd);
+      if (early.ok) return;
+      if ('reconnect' in early) this.reconnectElsewhere(previd);
+      else this.refuse(ns, early.failure, previd);
       return;
     }
-    s.setup.resume({ ns, previd, h }, candidate.kind === 'unknown' ? undefined : candidate.bareJid);
+    s.setup.resume({ ns, previd, h }, candidate.kind === 'live' || candidate.kind === 'ended' ? candidate.bareJid : undefined);
+  }
+
+  /**
+   * The session this connection resumes is in the other process of an upgrade (resumption.ts
+   * `elsewhere`): the connection is dropped without an answer, as when the proxy is drained, and
+   * the client's next connection reaches the session where it is.
+   */
+  private reconnectElsewhere(previd: string): void {
+    this.log.info({ previd: shortId(previd) }, 'resumed session is in the other process of an upgrade; the client connects again');
+    this.end({ kind: 'drained' });
   }
 
   /** The resuming client's account is known (stream-setup.ts): `bareJid`, or undefined when the server refused the identity bind. */
@@ -526,6 +538,10 @@ export class Session implements SessionHandle {
     // Looked up again: the session may have ended, or its client acked, during the identity check.
     const account = bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '' };
     const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), account);
+    if (!decision.ok && 'reconnect' in decision) {
+      this.reconnectElsewhere(request.previd);
+      return;
+    }
     if (!decision.ok) {
       const queued = decision.takeQueue === true ? this.deps.registry.takeQueue(request.previd, request.h) : [];
       this.refuse(request.ns, decision.failure, request.previd);
@@ -596,7 +612,7 @@ export class Session implements SessionHandle {
     if (before.name === 'active') {
       link = before.link;
       this.flow.clientGone();
-      this.hibernate(before, 'the proxy is upgrading');
+      this.hibernate(before, 'the proxy is upgrading', true);
     }
     const s = this.state;
     const session = this.snapshot();
@@ -722,7 +738,11 @@ export class Session implements SessionHandle {
 
   // --- hibernation and expiry ---
 
-  private hibernate(s: Extract<State, { name: 'active' }>, reason: string): void {
+  /**
+   * `handOff`: the session hibernates only to move to the next process of an upgrade, whose client
+   * resumes at once: the hooks are not told (a push notification for it would wake the phone for nothing).
+   */
+  private hibernate(s: Extract<State, { name: 'active' }>, reason: string, handOff = false): void {
     const sm = s.sm;
     if (sm === undefined) throw new InvariantError('hibernate without stream management');
     const timeoutMs = sm.hibernationMs;
@@ -744,7 +764,7 @@ export class Session implements SessionHandle {
       }
       this.countedToClient(bytes, sm.queue.length);
     }
-    if (this.deps.hooks.wantHibernated)
+    if (this.deps.hooks.wantHibernated && !handOff)
       this.deps.hooks.hibernated(
         this,
         [...sm.queue.entries()].map((entry) => entry.bytes),

@@ -8,6 +8,11 @@ import type { AckCheck } from './unacked-queue.js';
 export type ResumeCandidate =
   /** No session with that id, live or remembered. */
   | { readonly kind: 'unknown' }
+  /**
+   * The session is in the other process of an upgrade (README, Upgrading): handed over from this
+   * one, or announced and not arrived yet. Where the client connects again, it finds it.
+   */
+  | { readonly kind: 'elsewhere' }
   /** The session ended; the registry remembers how, its account (and the domain it was opened to) and its final `h`. */
   | { readonly kind: 'ended'; readonly reason: EndedReason; readonly bareJid: string; readonly domain: string; readonly h: number }
   /** A live session (attached or hibernating). */
@@ -30,7 +35,13 @@ export type ResumeCandidate =
 export type ResumeDecision =
   | { readonly ok: true }
   /** With `takeQueue`, the resuming stream takes the session's unacked stanzas, for its client's next bind. */
-  | { readonly ok: false; readonly failure: SmFailure; readonly takeQueue?: true };
+  | { readonly ok: false; readonly failure: SmFailure; readonly takeQueue?: true }
+  /**
+   * No answer: the connection is dropped as in a network cut, so that the client connects again
+   * and resumes where the session is now (an upgrade moves it between processes). A `<failed/>`
+   * would make it bind afresh, and the legacy server end the session it could have resumed.
+   */
+  | { readonly ok: false; readonly reconnect: true };
 
 /**
  * Who is resuming: the account the new stream authenticated as (bare JID, as the legacy server
@@ -72,6 +83,7 @@ function asciiLower(text: string): string {
  * ended, its `h`) is told to its own account only.
  */
 export function decideBeforeIdentity(candidate: ResumeCandidate): ResumeDecision | undefined {
+  if (candidate.kind === 'elsewhere') return { ok: false, reconnect: true };
   return candidate.kind === 'unknown' ? { ok: false, failure: smFailure('resume-unknown-id') } : undefined;
 }
 
@@ -86,6 +98,8 @@ export function decideBeforeIdentity(candidate: ResumeCandidate): ResumeDecision
 export function decideResume(candidate: ResumeCandidate, account: ResumingAccount | undefined): ResumeDecision {
   if (account === undefined) return { ok: false, failure: smFailure('resume-identity-refused') };
   switch (candidate.kind) {
+    case 'elsewhere':
+      return { ok: false, reconnect: true };
     case 'unknown':
       // It was live when the `<resume/>` arrived, and has gone since without a trace.
       return { ok: false, failure: smFailure('resume-not-resumable') };

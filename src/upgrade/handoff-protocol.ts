@@ -20,15 +20,17 @@ export type ToNext =
   | { readonly kind: 'listener'; readonly key: string }
   /** Every listening socket was sent: the new process starts serving. */
   | { readonly kind: 'listeners-sent'; readonly count: number }
+  /** The SM-IDs of the sessions that will come: a `<resume/>` of one that has not arrived yet is told to connect again. */
+  | { readonly kind: 'coming'; readonly smIds: readonly string[] }
   /** A hibernated session (hibernated-snapshot.ts), and the legacy server's stream header of its upstream stream, base64. */
   | { readonly kind: 'session'; readonly session: unknown; readonly serverHeader: string }
-  /** Sessions that ended here, remembered for a late `<resume/>` (XEP-0198 §5 `<failed h/>`), oldest first: up to {@link ENDED_PER_MESSAGE}. */
+  /** Sessions that ended here, remembered for a late `<resume/>` (XEP-0198 §5 `<failed h/>`), oldest first: up to {@link ENTRIES_PER_MESSAGE}. */
   | { readonly kind: 'ended'; readonly sessions: readonly RememberedEnd[] }
   /** No more sessions come: the new process is on its own. */
   | { readonly kind: 'done'; readonly handedOver: number };
 
-/** How many remembered ended sessions one `ended` message carries at most. */
-export const ENDED_PER_MESSAGE = 1000;
+/** How many entries one `ended` or `coming` message carries at most. */
+export const ENTRIES_PER_MESSAGE = 1000;
 
 /** One ended session remembered for `<failed h/>` (session-registry.ts `EndedSession`, with its SM-ID). */
 export interface RememberedEnd extends EndedSession {
@@ -61,6 +63,9 @@ export function readToNext(value: unknown): ToNext {
       return { kind: 'listener', key: text(message, 'key') };
     case 'listeners-sent':
       return { kind: 'listeners-sent', count: count(message, 'count') };
+    case 'coming':
+      if (!Array.isArray(message.smIds) || !message.smIds.every((id) => typeof id === 'string' && id !== '')) throw bad('coming.smIds');
+      return { kind: 'coming', smIds: message.smIds as string[] };
     case 'session':
       return { kind: 'session', session: message.session, serverHeader: text(message, 'serverHeader') };
     case 'ended':

@@ -11,6 +11,9 @@ export interface IpcEnd {
   off(event: 'disconnect', listener: () => void): unknown;
 }
 
+/** How long one message may wait to be written (Node writes a handle only once the previous one was acknowledged). */
+const SEND_TIMEOUT_MS = 15_000;
+
 /** A message received, with the handle that came with it (a `net.Server` or `net.Socket`, or nothing). */
 export interface Received<T> {
   readonly message: T;
@@ -20,25 +23,28 @@ export interface Received<T> {
 /**
  * One end of the hand-off's IPC channel (`child_process.fork`'s, README "Upgrading"): messages
  * are read in order through `next`, which fails when the other end goes away or takes too long.
- * A message that does not parse fails the waiting `next` too: the two processes disagree on the
- * protocol, and the hand-off stops.
+ * A message that does not parse fails the channel: the two processes disagree on the protocol,
+ * and the hand-off stops (what is still unread is dropped, sends in flight fail).
  */
 export class IpcChannel<In> {
   private readonly inbox: Received<In>[] = [];
   private failure: ProxyError | undefined;
   private wake: (() => void) | undefined;
+  /** Sends not yet written: a handle waits in Node for the previous one's acknowledgement, and a gone process never gives it. */
+  private readonly sending = new Set<(failure: ProxyError) => void>();
   private readonly onMessage = (message: unknown, handle: unknown): void => {
+    if (this.failure !== undefined) return;
     try {
       this.inbox.push({ message: this.read(message), handle });
     } catch (err) {
-      this.failure ??= new ProxyError(ErrorCode.UPGRADE, (err as Error).message, { cause: err });
+      this.fail(new ProxyError(ErrorCode.UPGRADE, (err as Error).message, { cause: err }));
+      // What came with it was meant for a hand-off that stops here.
+      if (handle !== null && typeof handle === 'object' && 'destroy' in handle) (handle as { destroy(): void }).destroy();
+      return;
     }
     this.wake?.();
   };
-  private readonly onGone = (): void => {
-    this.failure ??= new ProxyError(ErrorCode.UPGRADE, 'the other process of the hand-off went away');
-    this.wake?.();
-  };
+  private readonly onGone = (): void => this.fail(new ProxyError(ErrorCode.UPGRADE, 'the other process of the hand-off went away'));
 
   constructor(
     private readonly end: IpcEnd,
@@ -48,12 +54,22 @@ export class IpcChannel<In> {
     end.once('disconnect', this.onGone);
   }
 
-  /** The other process exited (the old side may see this before the channel's `disconnect`). */
-  watchExit(child: ChildProcess): void {
-    child.once('exit', (code, signal) => {
-      this.failure ??= new ProxyError(ErrorCode.UPGRADE, `the new process exited (code ${String(code)}, signal ${String(signal)})`);
-      this.wake?.();
-    });
+  /** The new process, from the old side: its exit (which may come before the channel's `disconnect`) and a failed start. */
+  watch(child: ChildProcess): void {
+    child.once('exit', (code, signal) =>
+      this.fail(new ProxyError(ErrorCode.UPGRADE, `the new process exited (code ${String(code)}, signal ${String(signal)})`)),
+    );
+    child.once('error', (err) => this.fail(new ProxyError(ErrorCode.UPGRADE, `the new process: ${err.message}`, { cause: err })));
+  }
+
+  /** The hand-off stops: whoever waits learns why; nothing is read or sent any more. */
+  private fail(failure: ProxyError): void {
+    if (this.failure !== undefined) return;
+    this.failure = failure;
+    this.inbox.length = 0;
+    for (const reject of this.sending) reject(failure);
+    this.sending.clear();
+    this.wake?.();
   }
 
   /**
@@ -84,13 +100,34 @@ export class IpcChannel<In> {
     if (this.failure !== undefined) throw this.failure;
   }
 
-  send(message: unknown, handle?: Socket | Server): Promise<void> {
+  /** Resolves once the message (and its handle) is written; rejects when the hand-off failed, now or before, or after `timeoutMs`. */
+  send(message: unknown, handle?: Socket | Server, timeoutMs = SEND_TIMEOUT_MS): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     return new Promise((resolve, reject) => {
-      this.end.send(message, handle, (err) => {
-        if (err === null) resolve();
-        else reject(new ProxyError(ErrorCode.UPGRADE, `cannot send to the other process: ${err.message}`, { cause: err }));
-      });
+      const settle = (failure: ProxyError | undefined): void => {
+        clearTimeout(timer);
+        this.sending.delete(rejectWith);
+        if (failure === undefined) resolve();
+        else reject(failure);
+      };
+      const rejectWith = (failure: ProxyError): void => settle(failure);
+      const timer = setTimeout(
+        () => this.fail(new ProxyError(ErrorCode.UPGRADE, `a message was not taken within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      this.sending.add(rejectWith);
+      try {
+        this.end.send(message, handle, (err) => {
+          settle(
+            err === null
+              ? undefined
+              : new ProxyError(ErrorCode.UPGRADE, `cannot send to the other process: ${err.message}`, { cause: err }),
+          );
+        });
+      } catch (err) {
+        // A channel closed meanwhile throws at once.
+        settle(new ProxyError(ErrorCode.UPGRADE, `cannot send to the other process: ${(err as Error).message}`, { cause: err }));
+      }
     });
   }
 

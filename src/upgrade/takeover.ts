@@ -11,10 +11,18 @@ const LISTENERS_TIMEOUT_MS = 15_000;
 
 /** What the new process's proxy does with what it is handed. */
 export interface TakingOverProxy {
+  /** Everything slow before the sockets come (the certificates): the predecessor's sockets then wait only for `start`. */
+  prepare(): Promise<void>;
   start(inherited: ReadonlyMap<string, Server>): Promise<unknown>;
+  /** The listening sockets serving now, by `listenerKey`. */
+  listeningSockets(): ReadonlyMap<string, Server>;
   adopt(session: HibernatedSession, released: ReleasedUpstream | undefined): void;
   /** Ended sessions the previous process remembered, for a late `<resume/>`. */
   rememberEnded(sessions: readonly RememberedEnd[]): void;
+  /** Sessions that will come: a `<resume/>` of one is told to connect again until it is here. */
+  expectArrivals(smIds: readonly string[]): void;
+  /** The hand-off is over: what was announced and did not come is unknown. */
+  handOffOver(): void;
 }
 
 /**
@@ -42,27 +50,51 @@ export class TakeOver {
     return this.channel.send({ kind: 'refused', reason } satisfies ToPrevious);
   }
 
-  /** Says it is ready, takes the listening sockets and starts the proxy on them; rejects if it cannot (the predecessor serves on). */
+  /**
+   * Loads what is slow first, says it is ready, takes the listening sockets and starts the proxy on
+   * them; rejects if it cannot (the predecessor serves on). A listening socket accepts from the
+   * moment Node hands it over, before the proxy's own server takes it: connections accepted
+   * meanwhile are parked and handed to that server, none is dropped.
+   */
   async start(proxy: TakingOverProxy): Promise<void> {
+    await proxy.prepare();
     await this.channel.send({ kind: 'ready' } satisfies ToPrevious);
     const inherited = new Map<string, Server>();
-    for (;;) {
-      const { message, handle } = await this.channel.next(LISTENERS_TIMEOUT_MS);
-      if (message.kind === 'listeners-sent') break;
-      if (message.kind !== 'listener' || !(handle instanceof Server)) {
-        throw new ProxyError(ErrorCode.UPGRADE, `expected a listening socket from the previous process, got '${message.kind}'`);
+    const parked = new Map<string, Socket[]>();
+    try {
+      for (;;) {
+        const { message, handle } = await this.channel.next(LISTENERS_TIMEOUT_MS);
+        if (message.kind === 'listeners-sent') break;
+        if (message.kind !== 'listener' || !(handle instanceof Server)) {
+          throw new ProxyError(ErrorCode.UPGRADE, `expected a listening socket from the previous process, got '${message.kind}'`);
+        }
+        // Installed before the event loop polls again (this runs in the message's own turn).
+        const sockets: Socket[] = [];
+        handle.on('connection', (socket: Socket) => sockets.push(socket));
+        inherited.set(message.key, handle);
+        parked.set(message.key, sockets);
       }
-      inherited.set(message.key, handle);
+      await proxy.start(inherited);
+    } finally {
+      const serving = proxy.listeningSockets();
+      for (const [key, server] of inherited) {
+        server.removeAllListeners('connection');
+        const to = serving.get(key);
+        for (const socket of parked.get(key) ?? []) {
+          if (to === undefined) socket.destroy();
+          else to.emit('connection', socket);
+        }
+      }
     }
-    await proxy.start(inherited);
     await this.channel.send({ kind: 'listening' } satisfies ToPrevious);
   }
 
   /**
-   * Adopts each session the predecessor hands over, until it says it is done or goes away; then
-   * `running` is called (the PID file), and the predecessor is told. Resolves with the count.
+   * Adopts each session the predecessor hands over (and remembers the ended ones it names), until
+   * it says it is done or goes away; then tells it this process runs on alone. Resolves with the
+   * number adopted; never rejects: a session that cannot be adopted is logged and dropped.
    */
-  async receiveSessions(proxy: TakingOverProxy, running: () => Promise<void>): Promise<number> {
+  async receiveSessions(proxy: TakingOverProxy): Promise<number> {
     let adopted = 0;
     for (;;) {
       let received;
@@ -74,7 +106,8 @@ export class TakeOver {
           { code: ErrorCode.UPGRADE, err: (err as Error).message, adopted },
           'upgrade: the previous process went away before it was done',
         );
-        break;
+        proxy.handOffOver();
+        return adopted;
       }
       const { message, handle } = received;
       if (message.kind === 'done') break;
@@ -82,43 +115,39 @@ export class TakeOver {
         proxy.rememberEnded(message.sessions);
         continue;
       }
+      if (message.kind === 'coming') {
+        proxy.expectArrivals(message.smIds);
+        continue;
+      }
       if (message.kind !== 'session') {
         this.log.error({ code: ErrorCode.UPGRADE, kind: message.kind }, 'upgrade: unexpected message from the previous process');
         continue;
       }
-      this.adopt(proxy, message, handle);
-      adopted++;
-      try {
-        await this.channel.send({ kind: 'adopted' } satisfies ToPrevious);
-      } catch {
-        // The predecessor is gone: the next read of the channel says so.
-      }
+      if (this.adopt(proxy, message, handle)) adopted++;
+      // Answered also for a session that could not be adopted: the predecessor waits for it to drop the client.
+      await this.channel.send({ kind: 'adopted' } satisfies ToPrevious).catch(() => undefined);
     }
-    await running();
-    try {
-      await this.channel.send({ kind: 'running' } satisfies ToPrevious);
-    } catch {
-      // The predecessor is gone already: there is nobody to tell.
-    }
+    proxy.handOffOver();
+    await this.channel.send({ kind: 'running' } satisfies ToPrevious).catch(() => undefined);
     this.channel.close();
     return adopted;
   }
 
-  private adopt(proxy: TakingOverProxy, message: Extract<ToNext, { kind: 'session' }>, handle: unknown): void {
+  private adopt(proxy: TakingOverProxy, message: Extract<ToNext, { kind: 'session' }>, handle: unknown): boolean {
     const socket = handle instanceof Socket ? handle : undefined;
-    let session;
     try {
-      session = readSnapshot(message.session);
+      const session = readSnapshot(message.session);
+      socket?.pause();
+      proxy.adopt(session, socket === undefined ? undefined : { socket, serverHeader: Buffer.from(message.serverHeader, 'base64') });
+      return true;
     } catch (err) {
-      // Both processes agreed on the version: a snapshot that does not read is a bug, and the session is lost.
+      // Both processes agreed on the version: a session that does not read or adopt is a bug; it is lost.
       this.log.error(
         { code: ErrorCode.UPGRADE, err: (err as Error).message },
-        'upgrade: a handed-over session cannot be read; it is dropped',
+        'upgrade: a handed-over session cannot be adopted; it is dropped',
       );
       socket?.destroy();
-      return;
+      return false;
     }
-    socket?.pause();
-    proxy.adopt(session, socket === undefined ? undefined : { socket, serverHeader: Buffer.from(message.serverHeader, 'base64') });
   }
 }

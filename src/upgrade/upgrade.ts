@@ -5,7 +5,7 @@ import { ErrorCode, ProxyError } from '../errors.js';
 import { writeSnapshot, type HibernatedSession } from '../session/hibernated-snapshot.js';
 import type { SessionSummary } from '../session/session-summary.js';
 import type { ReleasedUpstream } from '../upstream/upstream-link.js';
-import { ENDED_PER_MESSAGE, readToPrevious, type RememberedEnd, type ToNext, type ToPrevious } from './handoff-protocol.js';
+import { ENTRIES_PER_MESSAGE, readToPrevious, type RememberedEnd, type ToNext, type ToPrevious } from './handoff-protocol.js';
 import { IpcChannel } from './ipc-channel.js';
 
 /** How long the new process may take to read its config and certificates and say it is ready. */
@@ -59,6 +59,8 @@ export interface UpgradingProxy {
   canMove(session: MovableSession): boolean;
   /** The ended sessions remembered for a late `<resume/>`, oldest first. */
   rememberedEnded(): readonly RememberedEnd[];
+  /** The hand-off failed: sessions handed to the new process are unknown here from now on. */
+  handOffOver(): void;
 }
 
 export interface UpgradeSettings {
@@ -101,7 +103,7 @@ export class Upgrade {
   async run(child: ChildProcess): Promise<UpgradeOutcome> {
     const startedMs = this.now();
     const channel = new IpcChannel<ToPrevious>(child, readToPrevious);
-    channel.watchExit(child);
+    channel.watch(child);
     let listening = false;
     try {
       await answer(channel, 'ready', READY_TIMEOUT_MS);
@@ -112,30 +114,39 @@ export class Upgrade {
       listening = true;
       this.proxy.handListenersOver();
       this.log.info({ pid: child.pid }, 'upgrade: the new process accepts connections; handing sessions over');
-      const left = await this.moveSessions(channel, startedMs);
-      // Last, so that the sessions that ended during the hand-off are in it: a late <resume/> gets its <failed h/> there.
-      const ended = this.proxy.rememberedEnded();
-      for (let i = 0; i < ended.length; i += ENDED_PER_MESSAGE) {
-        await channel.send({ kind: 'ended', sessions: ended.slice(i, i + ENDED_PER_MESSAGE) } satisfies ToNext);
+      // First, so that a late <resume/> at the new process gets its <failed h/> from the start; at
+      // the end, the sessions that ended meanwhile.
+      const endedBefore = this.now();
+      await this.sendEnded(channel, () => true);
+      const coming = [...this.proxy.sessions()]
+        .filter((session) => session.smId !== undefined && session.summary().resumable && this.proxy.canMove(session))
+        .map((session) => session.smId!);
+      for (let i = 0; i < coming.length; i += ENTRIES_PER_MESSAGE) {
+        await channel.send({ kind: 'coming', smIds: coming.slice(i, i + ENTRIES_PER_MESSAGE) } satisfies ToNext);
       }
+      const left = await this.moveSessions(channel, startedMs);
+      await this.sendEnded(channel, (ended) => ended.endedAtMs >= endedBefore);
       await channel.send({ kind: 'done', handedOver: this.handedOver } satisfies ToNext);
       await answer(channel, 'running', ANSWER_TIMEOUT_MS);
       channel.close();
-      child.disconnect();
+      if (child.connected) child.disconnect();
       return { ok: true, handedOver: this.handedOver, left, durationMs: this.now() - startedMs };
     } catch (err) {
       channel.close();
       const error = err instanceof ProxyError ? err : new ProxyError(ErrorCode.UPGRADE, (err as Error).message, { cause: err });
-      const exited = new Promise<void>((resolve) =>
-        child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve()),
-      );
+      // A process that never started (no pid: the fork failed) has nothing to wait for.
+      const gone = child.pid === undefined || child.exitCode !== null || child.signalCode !== null;
+      const exited = new Promise<void>((resolve) => (gone ? resolve() : child.once('exit', () => resolve())));
       // A process that failed on its own exits at once; one that is stuck (or silent) is made to.
       const exitedAlone = await Promise.race([exited.then(() => true), delay(EXIT_WAIT_MS).then(() => false)]);
       if (!exitedAlone) {
         child.kill('SIGKILL');
         await exited;
       }
-      if (listening) await this.proxy.acceptAgain();
+      if (listening) {
+        this.proxy.handOffOver();
+        await this.proxy.acceptAgain();
+      }
       return { ok: false, error, handedOver: this.handedOver, exit: { code: child.exitCode, signal: child.signalCode } };
     }
   }
@@ -182,7 +193,14 @@ export class Upgrade {
         }
         // A session taken out for a process that is gone would be lost: checked before each one.
         channel.check();
-        const handed = session.handOff();
+        let handed;
+        try {
+          handed = session.handOff();
+        } catch (err) {
+          // A bug in one session (logged there) stops neither the hand-off nor the others.
+          this.log.error({ code: ErrorCode.UPGRADE, err: (err as Error).message }, 'upgrade: a session could not be handed over');
+          continue;
+        }
         if (handed === undefined) {
           stuck++;
           continue;
@@ -204,6 +222,13 @@ export class Upgrade {
     }
   }
 
+  private async sendEnded(channel: IpcChannel<ToPrevious>, which: (ended: RememberedEnd) => boolean): Promise<void> {
+    const ended = this.proxy.rememberedEnded().filter(which);
+    for (let i = 0; i < ended.length; i += ENTRIES_PER_MESSAGE) {
+      await channel.send({ kind: 'ended', sessions: ended.slice(i, i + ENTRIES_PER_MESSAGE) } satisfies ToNext);
+    }
+  }
+
   /** Sends one session and waits until the new process holds it. */
   private async send(channel: IpcChannel<ToPrevious>, handed: HandedOff): Promise<void> {
     const { socket, serverHeader } = handed.upstream;
@@ -220,12 +245,17 @@ export class Upgrade {
 }
 
 /**
- * Stops the kernel reads of a paused socket (see `Upgrade.send`). A socket without its handle was
- * destroyed meanwhile: it travels as nothing, and the new process finds the session's upstream gone.
+ * Stops the kernel reads of a paused socket (see `Upgrade.send`), as `Socket.pause()` does for an
+ * `onread` socket. A socket without its handle was destroyed meanwhile: it travels as nothing, and
+ * the new process finds the session's upstream gone. A handle without `readStop` (another Node)
+ * would lose bytes silently: that stops the hand-off instead.
  */
 function stopReading(socket: ReleasedUpstream['socket']): void {
-  const handle = (socket as unknown as { _handle?: { readStop?: () => number } | null })._handle;
-  handle?.readStop?.();
+  const handle = (socket as unknown as { _handle?: { readStop?: () => number; reading?: boolean } | null })._handle;
+  if (handle === null || handle === undefined) return;
+  if (typeof handle.readStop !== 'function') throw new ProxyError(ErrorCode.UPGRADE, 'this Node cannot stop a socket reading: no hand-off');
+  handle.reading = false;
+  handle.readStop();
 }
 
 async function answer(channel: IpcChannel<ToPrevious>, kind: ToPrevious['kind'], timeoutMs: number): Promise<void> {

@@ -21,12 +21,14 @@ const ended: ResumeCandidate = { kind: 'ended', reason: 'expired', bareJid: ALIC
 function outcome(decision: ReturnType<typeof decideResume> | undefined): string {
   if (decision === undefined) return 'check identity';
   if (decision.ok) return 'resumed';
+  if ('reconnect' in decision) return 'reconnect';
   return `${decision.failure.key}${decision.failure.h === undefined ? '' : ` h=${decision.failure.h}`}${decision.takeQueue === true ? ' +queue' : ''}`;
 }
 
 describe('decideBeforeIdentity: what may be said before the account is known', () => {
   it.each([
     ['an unknown id', { kind: 'unknown' } as ResumeCandidate, 'resume-unknown-id'],
+    ['a session in the other process of an upgrade: the client connects again', { kind: 'elsewhere' } as ResumeCandidate, 'reconnect'],
     ['an ended session: what it remembers waits for the identity', ended, 'check identity'],
     ['a live session: the identity decides', live(), 'check identity'],
   ])('%s → %s', (_label, candidate, expected) => {
@@ -37,6 +39,7 @@ describe('decideBeforeIdentity: what may be said before the account is known', (
 describe('decideResume (XEP-0198 §5, §6)', () => {
   it.each([
     ['the same account, h in range (hibernated or still attached: a takeover)', live(), ALICE, 'resumed'],
+    ['moved to the other process of an upgrade during the identity check', { kind: 'elsewhere' } as ResumeCandidate, ALICE, 'reconnect'],
     ['the legacy server refused the identity check', live(), undefined, 'resume-identity-refused'],
     ['another account', live(), MALLORY, 'resume-other-account'],
     ['the same bare JID through another domain of the proxy', live(), ALICE_VIA_OTHER_DOMAIN, 'resume-other-account'],
@@ -81,7 +84,7 @@ describe('decideResume (XEP-0198 §5, §6)', () => {
 
   it('carries <handled-count-too-high/> with the client h and the send count', () => {
     const decision = decideResume(live({ ack: { kind: 'too-high', h: 9, sendCount: 4 } }), ALICE);
-    expect(decision.ok ? undefined : decision.failure.appCondition).toMatchObject({
+    expect(decision.ok || 'reconnect' in decision ? undefined : decision.failure.appCondition).toMatchObject({
       name: 'handled-count-too-high',
       attrs: { h: '9', 'send-count': '4' },
     });

@@ -96,6 +96,7 @@ class FakeProxy implements UpgradingProxy {
   readonly sessions_: FakeSession[] = [];
   accepting = true;
   acceptedAgain = 0;
+  handOffsOver = 0;
   readonly listener = new Server();
 
   listeningSockets(): ReadonlyMap<string, Server> {
@@ -114,34 +115,56 @@ class FakeProxy implements UpgradingProxy {
   canMove(session: MovableSession): boolean {
     return session.domain === 'example.org';
   }
+  handOffOver(): void {
+    this.handOffsOver++;
+  }
   rememberedEnded() {
     return [{ smId: 'old', h: 3, bareJid: 'b@example.org', domain: 'example.org', reason: 'expired' as const, endedAtMs: 1 }];
   }
 }
 
-/** The new process, scripted: it answers each step, unless it exits at one (`start`: before it is ready) or stays silent. */
+/**
+ * The new process, scripted: it answers each step, unless it exits at one (`start`: before it is
+ * ready), stays silent, never gets started (a failed fork: an 'error', no pid), or dies with a
+ * send still waiting to be written (Node then never calls that send's callback).
+ */
 class FakeNext extends EventEmitter {
-  readonly pid = 4242;
+  readonly pid: number | undefined;
   exitCode: number | null = null;
   signalCode: NodeJS.Signals | null = null;
+  connected = true;
   readonly received: ToNext[] = [];
   handles = 0;
   private readonly exitAt: ToNext['kind'] | 'start' | undefined;
   private readonly exitCodeThen: number;
   private readonly silent: boolean;
+  private readonly stallAt: ToNext['kind'] | undefined;
 
-  constructor(script: { exitAt?: ToNext['kind'] | 'start'; exitCode?: number; silent?: boolean } = {}) {
+  constructor(
+    script: { exitAt?: ToNext['kind'] | 'start'; exitCode?: number; silent?: boolean; forkFails?: boolean; stallAt?: ToNext['kind'] } = {},
+  ) {
     super();
     this.exitAt = script.exitAt;
     this.exitCodeThen = script.exitCode ?? 3;
     this.silent = script.silent ?? false;
-    if (this.exitAt === 'start') setTimeout(() => this.exit(this.exitCodeThen, null), 10);
+    this.stallAt = script.stallAt;
+    this.pid = script.forkFails === true ? undefined : 4242;
+    if (script.forkFails === true) {
+      this.connected = false;
+      setTimeout(() => this.emit('error', Object.assign(new Error('spawn EMFILE'), { code: 'EMFILE' })), 1);
+    } else if (this.exitAt === 'start') setTimeout(() => this.exit(this.exitCodeThen, null), 10);
     else setTimeout(() => this.reply({ kind: 'ready' }), 10);
   }
 
   send(message: ToNext, handle: unknown, callback: (err: Error | null) => void): boolean {
+    if (!this.connected) throw new Error('Channel closed');
     this.received.push(message);
     if (handle !== undefined) this.handles++;
+    if (message.kind === this.stallAt) {
+      // Written never: the process dies before it acknowledges the handle before this one.
+      setTimeout(() => this.exit(1, null), 1);
+      return true;
+    }
     queueMicrotask(() => callback(null));
     if (message.kind === this.exitAt) {
       setTimeout(() => this.exit(this.exitCodeThen, null), 1);
@@ -159,6 +182,8 @@ class FakeNext extends EventEmitter {
   }
 
   disconnect(): void {
+    if (!this.connected) throw new Error('IPC channel is already disconnected');
+    this.connected = false;
     this.emit('disconnect');
   }
 
@@ -170,7 +195,7 @@ class FakeNext extends EventEmitter {
     if (this.exitCode !== null || this.signalCode !== null) return;
     this.exitCode = code;
     this.signalCode = signal;
-    this.emit('disconnect');
+    if (this.connected) this.disconnect();
     this.emit('exit', code, signal);
   }
 }
@@ -181,7 +206,7 @@ function run(proxy: FakeProxy, next: FakeNext, settings = { resumesPerSecond: 10
 
 beforeEach(() => {
   vi.useFakeTimers();
-  vi.setSystemTime(0);
+  vi.setSystemTime(10_000);
 });
 
 afterEach(() => {
@@ -189,7 +214,7 @@ afterEach(() => {
 });
 
 describe('Upgrade: the running process hands over', () => {
-  it('hands hibernating sessions over at once, and cuts attached ones at resumesPerSecond; the listeners first, the ended sessions last', async () => {
+  it('hands hibernating sessions over at once, and cuts attached ones at resumesPerSecond; the listeners first, then the ended sessions and who comes', async () => {
     const proxy = new FakeProxy();
     const hibernating = Array.from({ length: 5 }, () => new FakeSession('hibernating'));
     const attached = Array.from({ length: 20 }, () => new FakeSession('active'));
@@ -205,7 +230,16 @@ describe('Upgrade: the running process hands over', () => {
     const cuts = attached.map((s) => s.cutAtMs!).sort((a, b) => a - b);
     expect(cuts.at(-1)! - cuts[0]!).toBeGreaterThanOrEqual(1_800);
     expect(new Set(cuts).size).toBe(20);
-    expect(next.received.map((m) => m.kind)).toEqual(['listener', 'listeners-sent', ...Array<string>(25).fill('session'), 'ended', 'done']);
+    // The ended sessions first (a late resume learns its h from the start), then the announcement of who comes.
+    expect(next.received.map((m) => m.kind)).toEqual([
+      'listener',
+      'listeners-sent',
+      'ended',
+      'coming',
+      ...Array<string>(25).fill('session'),
+      'done',
+    ]);
+    expect(next.received.find((m) => m.kind === 'coming')).toMatchObject({ smIds: [...hibernating, ...attached].map((s) => s.smId) });
     expect(next.handles, 'the listening socket and one upstream socket per session').toBe(26);
   });
 
@@ -273,6 +307,27 @@ describe('Upgrade: a new process that fails', () => {
     expect([proxy.accepting, proxy.acceptedAgain, session.cutAtMs]).toEqual([true, 0, undefined]);
   });
 
+  it('that cannot be started (the fork fails) changes nothing', async () => {
+    const proxy = new FakeProxy();
+    const outcome = run(proxy, new FakeNext({ forkFails: true }));
+    await vi.advanceTimersByTimeAsync(100);
+    expect(await outcome).toMatchObject({
+      ok: false,
+      exit: { code: null, signal: null },
+      error: { message: expect.stringContaining('EMFILE') },
+    });
+    expect([proxy.accepting, proxy.acceptedAgain]).toEqual([true, 0]);
+  });
+
+  it('dying with a socket not yet written leaves nothing waiting: this process accepts again', async () => {
+    const proxy = new FakeProxy();
+    proxy.sessions_.push(new FakeSession('hibernating'), new FakeSession('hibernating'));
+    const outcome = run(proxy, new FakeNext({ stallAt: 'session' }));
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(await outcome).toMatchObject({ ok: false, exit: { code: 1 } });
+    expect([proxy.accepting, proxy.acceptedAgain, proxy.handOffsOver]).toEqual([true, 1, 1]);
+  });
+
   it('silent past the ready timeout is killed', async () => {
     const proxy = new FakeProxy();
     const next = new FakeNext({ silent: true });
@@ -294,7 +349,7 @@ describe('Upgrade: a new process that fails', () => {
     const outcome = run(proxy, next);
     await vi.advanceTimersByTimeAsync(3_000);
     expect(await outcome).toMatchObject({ ok: false, handedOver: 1, exit: { code: 1 } });
-    expect([proxy.accepting, proxy.acceptedAgain]).toEqual([true, 1]);
+    expect([proxy.accepting, proxy.acceptedAgain, proxy.handOffsOver]).toEqual([true, 1, 1]);
     expect(attached.filter((s) => s.state !== 'gone').length, 'the rest stays here').toBeGreaterThan(0);
   });
 });
