@@ -64,7 +64,12 @@ export class TakeOver {
     try {
       for (;;) {
         const { message, handle } = await this.channel.next(LISTENERS_TIMEOUT_MS);
-        if (message.kind === 'listeners-sent') break;
+        if (message.kind === 'listeners-sent') {
+          if (message.count !== inherited.size) {
+            throw new ProxyError(ErrorCode.UPGRADE, `${inherited.size} listening sockets arrived of the ${message.count} sent`);
+          }
+          break;
+        }
         if (message.kind !== 'listener' || !(handle instanceof Server)) {
           throw new ProxyError(ErrorCode.UPGRADE, `expected a listening socket from the previous process, got '${message.kind}'`);
         }
@@ -96,6 +101,8 @@ export class TakeOver {
    */
   async receiveSessions(proxy: TakingOverProxy): Promise<number> {
     let adopted = 0;
+    /** Sessions that arrived, adopted or not: the predecessor's count must match. */
+    let arrived = 0;
     for (;;) {
       let received;
       try {
@@ -110,7 +117,15 @@ export class TakeOver {
         return adopted;
       }
       const { message, handle } = received;
-      if (message.kind === 'done') break;
+      if (message.kind === 'done') {
+        if (message.handedOver !== arrived) {
+          this.log.error(
+            { code: ErrorCode.UPGRADE, sent: message.handedOver, received: arrived },
+            'upgrade: sessions were lost on the way',
+          );
+        }
+        break;
+      }
       if (message.kind === 'ended') {
         proxy.rememberEnded(message.sessions);
         continue;
@@ -123,6 +138,7 @@ export class TakeOver {
         this.log.error({ code: ErrorCode.UPGRADE, kind: message.kind }, 'upgrade: unexpected message from the previous process');
         continue;
       }
+      arrived++;
       if (this.adopt(proxy, message, handle)) adopted++;
       // Answered also for a session that could not be adopted: the predecessor waits for it to drop the client.
       await this.channel.send({ kind: 'adopted' } satisfies ToPrevious).catch(() => undefined);
