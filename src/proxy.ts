@@ -74,7 +74,7 @@ const CONFIG_SECTIONS = [
   'log',
 ] as const;
 /** The sections a reload leaves as they were at start-up (README, Reloading). */
-const RESTART_SECTIONS: ReadonlySet<string> = new Set(['listeners', 'admin', 'webhook', 'log', 'pidFile']);
+const RESTART_SECTIONS: ReadonlySet<string> = new Set(['admin', 'webhook', 'log', 'pidFile']);
 
 /** The connect timeout of an adopted session's upstream stream whose domain this config no longer serves (only its restarts would use it). */
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -120,7 +120,7 @@ export class Proxy {
   private probeTimer: NodeJS.Timeout | undefined;
   /** Domains whose legacy server is being probed now. */
   private readonly probing = new Set<string>();
-  /** The config in effect: the start-up one, then each reload's (its `listeners`, `admin`, `webhook`, `log` and `pidFile` stay the start-up ones). */
+  /** The config in effect: the start-up one, then each reload's (its `admin`, `webhook`, `log` and `pidFile` stay the start-up ones; `listeners` those in effect). */
   private config: ProxyConfig;
   /** What new sessions are made with; a reload replaces it, and sessions keep the one they started with. */
   private sessionDeps: SessionDeps;
@@ -445,15 +445,16 @@ export class Proxy {
   /**
    * Applies a re-read config file (SIGHUP; README, Reloading): domains, limits, stream management
    * and the shutdown grace take effect for what starts from now on (which keys reach existing
-   * sessions: README), the certificates are loaded again; `listeners`, `admin`, `webhook`, `log`
-   * and `pidFile` wait for an upgrade or a restart and are named at warn when they changed. Never throws: certificates that cannot be loaded leave
+   * sessions: README), listeners added or removed (`reloadListeners`), the certificates loaded
+   * again; `admin`, `webhook`, `log` and `pidFile` wait for an upgrade or a restart and are named
+   * at warn when they changed. Never throws: certificates that cannot be loaded leave
    * the ones in use in place.
    */
   reload(next: ProxyConfig): Promise<void> {
     const changed = CONFIG_SECTIONS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(this.config[key]));
     const waiting = changed.filter((key) => RESTART_SECTIONS.has(key));
     if (waiting.length > 0) {
-      this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next restart');
+      this.log.warn({ sections: waiting }, 'config reloaded: these sections changed and take effect at the next upgrade or restart');
     }
     const before = this.config;
     this.config = {
@@ -480,7 +481,60 @@ export class Proxy {
     if (this.options.skipProbe !== true) {
       for (const domain of added) void this.probe(domain);
     }
+    if (changed.includes('listeners')) {
+      // In turn with the other reloads: two SIGHUPs close together must not bind one listener twice.
+      this.reloading = this.reloading.then(async () => {
+        this.config = { ...this.config, listeners: await this.reloadListeners(next.listeners) };
+      });
+    }
     return this.reloadCertificates('SIGHUP');
+  }
+
+  /**
+   * The listeners of a reloaded config (README, Reloading): one added is bound, one removed stops
+   * accepting (its connections go on); one changed in place (same type and address, other
+   * settings), or replaced by another type on its address, waits for the next upgrade or restart,
+   * since its port cannot be bound twice. Returns the listeners in effect.
+   */
+  private async reloadListeners(next: readonly ListenerConfig[]): Promise<ListenerConfig[]> {
+    const current = this.config.listeners;
+    if (this.stopping !== undefined || (this.accepting.size === 0 && current.length > 0)) {
+      // Stopping, drained, or handed to an upgrade's new process: nothing accepts here any more.
+      this.log.warn('config reloaded: listeners not changed, this process does not accept connections any more');
+      return [...current];
+    }
+    const sameAddress = (a: ListenerConfig, b: ListenerConfig): boolean => a.port !== 0 && a.port === b.port && a.host === b.host;
+    const wanted = new Map(next.map((config) => [listenerKey(config), config]));
+    const effective: ListenerConfig[] = [];
+    const report = { added: [] as string[], removed: [] as string[], waiting: [] as string[], failed: [] as string[] };
+    for (const config of current) {
+      const key = listenerKey(config);
+      const want = wanted.get(key);
+      if (want === undefined && !next.some((other) => sameAddress(other, config))) {
+        void this.accepting.get(key)?.stopAccepting();
+        this.accepting.delete(key);
+        report.removed.push(key);
+        continue;
+      }
+      effective.push(config);
+      if (want === undefined || JSON.stringify(want) !== JSON.stringify(config)) report.waiting.push(key);
+    }
+    for (const [key, config] of wanted) {
+      if (current.some((old) => listenerKey(old) === key || sameAddress(old, config))) continue;
+      try {
+        await this.startListener(config);
+        effective.push(config);
+        report.added.push(key);
+      } catch (err) {
+        this.log.error(
+          { code: ErrorCode.LISTEN, listener: key, err: (err as Error).message },
+          'config reloaded: a new listener cannot bind',
+        );
+        report.failed.push(key);
+      }
+    }
+    this.log.info(report, 'listeners reloaded');
+    return effective;
   }
 
   private reloadCertificates(trigger: 'SIGHUP' | 'file change'): Promise<void> {

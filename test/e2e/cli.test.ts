@@ -764,7 +764,7 @@ describe('reloading and the other signals', () => {
       }),
     );
     process.kill(cli.pid, 'SIGHUP');
-    const waiting = await cli.expectLog('config reloaded: these sections changed and take effect at the next restart');
+    const waiting = await cli.expectLog('config reloaded: these sections changed and take effect at the next upgrade or restart');
     expect(waiting.sections).toEqual(['log']);
     const reloaded = await cli.expectLog('config reloaded');
     expect(reloaded).toMatchObject({ changed: ['domains', 'limits', 'log'], domainsAdded: ['added.test'], domainsRemoved: [] });
@@ -780,6 +780,44 @@ describe('reloading and the other signals', () => {
     expect(answer).toContain('policy-violation');
     first.socket.destroy();
     second.socket.destroy();
+    expect(cli.hasExited).toBe(false);
+  }, 20_000);
+
+  it('SIGHUP adds and removes listeners: a new one accepts at once, a removed one stops accepting while its connections go on', async () => {
+    const { cli, port, config } = await proxyWithCertificate('listeners');
+    const path = cli.args[0]!;
+    const [starttlsPort, addedPort] = [await unusedPort(), await unusedPort()];
+    const directtls = (config.listeners as unknown[])[0];
+    await writeFile(
+      path,
+      JSON.stringify({ ...config, listeners: [directtls, { type: 'starttls', host: '127.0.0.1', port: starttlsPort }] }),
+    );
+    process.kill(cli.pid, 'SIGHUP');
+    expect(await cli.expectLog('listeners reloaded')).toMatchObject({ added: [`starttls 127.0.0.1:${starttlsPort}`], removed: [] });
+    // A stream opened on it before it is removed goes on.
+    const open = netConnect({ host: '127.0.0.1', port: starttlsPort });
+    let received = '';
+    open.on('data', (chunk: Buffer) => (received += chunk.toString('utf8')));
+    open.write(
+      "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    await waitUntil(() => received.includes('</stream:features>'), 'the features on the STARTTLS listener');
+
+    await writeFile(path, JSON.stringify({ ...config, listeners: [directtls, { type: 'directtls', host: '127.0.0.1', port: addedPort }] }));
+    process.kill(cli.pid, 'SIGHUP');
+    const second = await cli.expectLog('listeners reloaded', (line) => (line.removed as unknown[]).length > 0);
+    expect(second).toMatchObject({
+      added: [`directtls 127.0.0.1:${addedPort}`],
+      removed: [`starttls 127.0.0.1:${starttlsPort}`],
+      waiting: [],
+    });
+    expect(await connectRefused(starttlsPort), 'the removed listener refuses').toBe(true);
+    open.write(`<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>`);
+    await waitUntil(() => received.includes('<proceed'), 'the open stream answered after its listener was removed');
+    const added = await handshake(addedPort, 'localhost');
+    added.socket.destroy();
+    (await handshake(port, 'localhost')).socket.destroy();
+    open.destroy();
     expect(cli.hasExited).toBe(false);
   }, 20_000);
 
