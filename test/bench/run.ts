@@ -109,7 +109,7 @@ function header(only: readonly Benchmark[], quick: boolean): string {
       .join(' / ')} (1/5/15 min; anything else running on the machine skews the figures)`,
     `- run: ${new Date().toISOString()}, ${quick ? '`--quick` (fewer and shorter repetitions: noisier)' : 'full'}; benchmarks: ${only.map((b) => b.key).join(', ')}`,
     '',
-    'How to run: `npm run bench` (all, about 8 minutes on 2 cores), `node dist/test/bench/run.js --only relay,resume`, `--quick` (short),',
+    'How to run: `npm run bench` (all, about 9 minutes on 2 cores), `node dist/test/bench/run.js --only relay,resume`, `--quick` (short),',
     '`--profile` (adds a V8 CPU profile summary of the proxy where a benchmark offers one), `--keep` (keeps the scratch directory with proxy logs and profiles).',
     "Everything runs on 127.0.0.1: the proxy, the fake upstream, the pipe relay and the load client are separate Node processes, so each one's",
     'CPU time is its own (`process.cpuUsage()` of that process; Prosody from /proc/<pid>/stat). Medians over repetitions; ratios are taken within one repetition.',
