@@ -7,10 +7,8 @@
  * relay between them, so that the test sees what the proxy writes to the legacy server and how it
  * ends each upstream connection.
  */
-import { X509Certificate } from 'node:crypto';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import selfsigned from 'selfsigned';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +20,7 @@ import { NS, RawClient } from '../support/raw-client.js';
 import { findFreePort as unusedPort } from '../support/server-process.js';
 import { waitUntil } from '../support/wait.js';
 import { CliProcess, killCliProcesses, type Exit } from '../support/cli-process.js';
+import { certificate, handshake, renameOver } from '../support/certificates.js';
 
 const STANZA_ERRORS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
@@ -184,15 +183,6 @@ class UpstreamSpy {
 }
 
 /** A fresh self-signed EC certificate for `name` (a DNS name), PEM. */
-async function certificate(name = 'localhost'): Promise<{ cert: string; key: string; fingerprint256: string }> {
-  const pems = await selfsigned.generate([{ name: 'commonName', value: name }], {
-    keyType: 'ec',
-    algorithm: 'sha256',
-    extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: name }] }],
-  });
-  return { cert: pems.cert, key: pems.private, fingerprint256: new X509Certificate(pems.cert).fingerprint256 };
-}
-
 // ---- --check ---------------------------------------------------------------------------------
 
 describe('--check', () => {
@@ -661,32 +651,6 @@ describe('shutdown on a signal', () => {
 describe('reloading and the other signals', () => {
   /** A certificate for localhost (EC: quick to make), as PEM, with its fingerprint. */
   /** Replaces `path` the way certbot's and acme.sh's deploy steps do: a new file renamed over the old one. */
-  async function renameOver(path: string, content: string): Promise<void> {
-    await writeFile(`${path}.new`, content);
-    await rename(`${path}.new`, path);
-  }
-
-  /** Opens a TLS connection (with SNI `servername`, or none) and returns it with the certificate it was shown. */
-  function handshake(port: number, servername?: string): Promise<{ socket: TLSSocket; fingerprint256: string }> {
-    return new Promise((resolveHandshake, reject) => {
-      const socket = tlsConnect({
-        host: '127.0.0.1',
-        port,
-        rejectUnauthorized: false,
-        ...(servername === undefined ? {} : { servername }),
-      });
-      const timer = setTimeout(() => reject(new Error(`expected a TLS handshake with 127.0.0.1:${port} within 5 s`)), 5_000);
-      socket.once('secureConnect', () => {
-        clearTimeout(timer);
-        resolveHandshake({ socket, fingerprint256: socket.getPeerCertificate().fingerprint256 });
-      });
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
-  }
-
   async function servedFingerprints(port: number): Promise<{ noSni: string; sni: string }> {
     const plain = await handshake(port);
     const named = await handshake(port, 'localhost');

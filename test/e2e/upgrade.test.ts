@@ -157,6 +157,9 @@ describeEachLegacyServer((kind) => {
     await collectMessages(alice.client, 10, 'the messages to alice before the upgrade');
     const seenBefore = contact.client.received.length;
 
+    // Alice is in the middle of a stanza when her connection is cut: never counted, so she sends it again after her resume.
+    const half = `<message to='${contact.jid}' id='${run}-half' type='chat'><body>half`;
+    alice.client.sendRaw(half);
     process.kill(cli.pid, 'SIGUSR2');
     await cli.expectLog('signal received; upgrading: starting the new process');
     // A second upgrade during the first is refused (signals sent back to back would merge into one).
@@ -198,10 +201,13 @@ describeEachLegacyServer((kind) => {
     late.client.drop();
 
     // Both answer the contact: their upstream streams are the ones they logged in on.
+    // Her presence and her answer to the subscription request: the half stanza was not counted.
+    expect(aliceBack.answer.attrs.h).toBe('2');
+    aliceBack.client.sendRaw(`${half} and whole</body></message>`);
     bobBack.client.sendMessage(contact.jid, 'bob is back');
     aliceBack.client.sendMessage(contact.jid, 'alice is back');
-    const replies = await collectMessages(contact.client, 2, 'the replies');
-    expect(bodies(replies).sort()).toEqual(['alice is back', 'bob is back']);
+    const replies = await collectMessages(contact.client, 3, 'the replies');
+    expect(bodies(replies).sort()).toEqual(['alice is back', 'bob is back', 'half and whole']);
     await aliceBack.client.expectNone((el) => el.is('message'), 'a duplicate message', 300);
     const presenceChanges = contact.client.received
       .slice(seenBefore)
