@@ -1,6 +1,8 @@
 import type { StreamError, UpstreamError } from '../errors.js';
 import type { EndedReason } from '../sm/failures.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
+import type { ClientLink } from '../transport/client-link.js';
+import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 
 /** Why a session ends (`Session.end`). */
 export type EndCause =
@@ -44,3 +46,31 @@ export const HOW_TO_END: Readonly<
   drained: { reason: 'drained', unacked: 'answer', upstream: 'close' },
   'queue-handed-over': { reason: 'upstream-lost', unacked: 'answer', upstream: 'close' },
 };
+
+/** What the client of a session that ends is told, per cause (README, Errors): the other half of HOW_TO_END. */
+export function tellClient(link: ClientLink, cause: EndCause): void {
+  switch (cause.kind) {
+    case 'stream-error':
+    case 'upstream-lost':
+    case 'queue-overflow':
+    case 'kicked':
+      link.fail(cause.error);
+      return;
+    case 'upstream-error':
+      link.send(toRfc6120StreamError(cause.element.bytes));
+      link.close();
+      return;
+    case 'closed':
+      link.close();
+      return;
+    case 'drained':
+      // Like a network cut: the client reconnects at once, through the load balancer, to another node.
+      link.destroy('drained');
+      return;
+    case 'expired':
+    case 'shutdown':
+    case 'queue-handed-over':
+      // Hibernating or stranded: no client link.
+      return;
+  }
+}

@@ -1,4 +1,6 @@
 import { InvariantError } from '../errors.js';
+import type { ResumeCandidate } from '../sm/resumption.js';
+import { bare } from '../xml/jid.js';
 import type { StreamManagement } from '../sm/stream-management.js';
 import type { ClientLink } from '../transport/client-link.js';
 import type { UpstreamStream } from '../upstream/upstream-link.js';
@@ -92,6 +94,18 @@ export function checkedTransition(from: State, to: State): void {
   clearStateTimers(from, to);
 }
 
+/** The states of a bound session: its full JID and (maybe) stream management live there. */
+export type BoundState = Extract<State, { name: 'active' | 'hibernating' | 'stranded' }>;
+
+export function isBound(s: State): s is BoundState {
+  return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded';
+}
+
+/** Stream management of a bound session, once enabled. */
+export function smOf(s: State): StreamManagement | undefined {
+  return isBound(s) ? s.sm : undefined;
+}
+
 export function upstreamOf(s: State): UpstreamStream | undefined {
   return 'upstream' in s ? s.upstream : undefined;
 }
@@ -105,4 +119,21 @@ function clearStateTimers(from: State, to: State): void {
     timers.push(from.expiryTimer);
   }
   for (const timer of timers) if (timer !== undefined) clearTimeout(timer);
+}
+
+/** What a `<resume/>` of a session in state `s` with `h` would find (the registry asks, for decideResume). */
+export function resumeCandidateOf(s: State, domain: string | undefined, h: number): ResumeCandidate {
+  const none = { kind: 'live', domain, resumable: false, upstreamGone: false, h: 0, ack: { kind: 'in-range' } } as const;
+  if (!isBound(s)) return { ...none, bareJid: undefined };
+  const sm = s.sm;
+  if (sm === undefined) return { ...none, bareJid: bare(s.jid) };
+  return {
+    kind: 'live',
+    bareJid: bare(s.jid),
+    domain,
+    resumable: sm.resumable,
+    upstreamGone: s.name === 'stranded',
+    h: sm.inbound.h,
+    ack: sm.queue.checkAck(h),
+  };
 }

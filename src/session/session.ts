@@ -8,14 +8,13 @@ import type { ReleasedUpstream, UpstreamHandler, UpstreamStream } from '../upstr
 import { parseElement, type Element } from '../xml/element.js';
 import { NS, isSmNamespace, isStanza, type SmNamespace } from '../xml/namespaces.js';
 import { clipped, sanitizeForLog } from '../xml/sanitize.js';
-import { toRfc6120StreamError } from '../xml/legacy-stream-error.js';
 import { stanzaKindOf } from '../xml/stanza-bytes.js';
 import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
 import { ClientPresence } from './client-presence.js';
 import type { LateStanzas } from './lingering-upstream.js';
 import { NOTHING_UNACKED, disposeUnacked, type UnackedOutcome } from './unacked-disposal.js';
-import { HOW_TO_END, type EndCause } from './session-end.js';
+import { HOW_TO_END, tellClient, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
 import type { SessionSummary } from './session-summary.js';
 import { rewriteFeatures } from './features.js';
@@ -27,7 +26,7 @@ import { bare, resourceOf } from '../xml/jid.js';
 import type { ResumeHandOver } from './session-registry.js';
 import type { AdoptedSession, SessionDeps, SessionStart } from './session-deps.js';
 import type { HibernationEnd } from './events.js';
-import { checkedTransition, linkOf, upstreamOf, type State, type StateName } from './session-state.js';
+import { checkedTransition, isBound, linkOf, resumeCandidateOf, smOf, upstreamOf, type State, type StateName } from './session-state.js';
 import { StreamManagement } from '../sm/stream-management.js';
 
 /** Counters for the summary line logged when the session ends. */
@@ -111,8 +110,7 @@ export class Session implements SessionHandle {
 
   /** The XEP-0198 SM-ID once stream management is on. */
   get smId(): string | undefined {
-    const s = this.state;
-    return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.sm?.id : undefined;
+    return smOf(this.state)?.id;
   }
 
   /** While this connection's `<resume/>` waits for its identity check: the SM-ID it resumes (an upgrade leaves that session here). */
@@ -124,13 +122,13 @@ export class Session implements SessionHandle {
   /** The bare JID once bound (logs, identity check on resumption). */
   get bareJid(): string | undefined {
     const s = this.state;
-    return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? bare(s.jid) : undefined;
+    return isBound(s) ? bare(s.jid) : undefined;
   }
 
   /** The session as plain data, for the metrics and the admin listener (session-summary.ts). */
   summary(): SessionSummary {
     const s = this.state;
-    const sm = s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.sm : undefined;
+    const sm = smOf(s);
     const link = linkOf(s);
     return {
       sid: this.sid,
@@ -154,7 +152,7 @@ export class Session implements SessionHandle {
 
   get jid(): string | undefined {
     const s = this.state;
-    return s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.jid : undefined;
+    return isBound(s) ? s.jid : undefined;
   }
 
   get awaySinceMs(): number | undefined {
@@ -179,8 +177,7 @@ export class Session implements SessionHandle {
     const s = this.state;
     if (s.name !== 'hibernating') return;
     const timeoutMs = Math.max(ms, s.sm.hibernationMs);
-    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
-    expiryTimer.unref();
+    const expiryTimer = this.armExpiry(timeoutMs);
     this.transition({ ...s, expiresAtMs: this.deps.now() + timeoutMs, expiryTimer });
     this.log.info({ timeoutMs }, 'hibernation time changed');
   }
@@ -639,8 +636,7 @@ export class Session implements SessionHandle {
     this.deps.registry.bound(this);
     this.deps.registry.registerResumable(sm.id, this);
     const timeoutMs = Math.max(0, session.expiresAtMs - this.deps.now());
-    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
-    expiryTimer.unref();
+    const expiryTimer = this.armExpiry(timeoutMs);
     upstream.setHandler(this.upstreamHandler(upstream));
     upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
     this.log.info({ queued: sm.queue.length, timeoutMs }, 'hibernating session taken over from the previous process');
@@ -650,21 +646,7 @@ export class Session implements SessionHandle {
 
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
   resumeCandidate(h: number): ResumeCandidate {
-    const s = this.state;
-    const domain = this.domainName;
-    const none = { kind: 'live', domain, resumable: false, upstreamGone: false, h: 0, ack: { kind: 'in-range' } } as const;
-    if (s.name !== 'active' && s.name !== 'hibernating' && s.name !== 'stranded') return { ...none, bareJid: undefined };
-    const sm = s.sm;
-    if (sm === undefined) return { ...none, bareJid: bare(s.jid) };
-    return {
-      kind: 'live',
-      bareJid: bare(s.jid),
-      domain,
-      resumable: sm.resumable,
-      upstreamGone: s.name === 'stranded',
-      h: sm.inbound.h,
-      ack: sm.queue.checkAck(h),
-    };
+    return resumeCandidateOf(this.state, this.domainName, h);
   }
 
   /**
@@ -746,8 +728,7 @@ export class Session implements SessionHandle {
     const sm = s.sm;
     if (sm === undefined) throw new InvariantError('hibernate without stream management');
     const timeoutMs = sm.hibernationMs;
-    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
-    expiryTimer.unref();
+    const expiryTimer = this.armExpiry(timeoutMs);
     sm.linkChanged();
     sm.queue.compact();
     const sinceMs = this.deps.now();
@@ -769,6 +750,13 @@ export class Session implements SessionHandle {
         this,
         [...sm.queue.entries()].map((entry) => entry.bytes),
       );
+  }
+
+  /** The hibernation's end, `timeoutMs` from now; the timer re-checks that it is still the state's own. */
+  private armExpiry(timeoutMs: number): NodeJS.Timeout {
+    const expiryTimer = setTimeout(() => this.guard(() => this.onExpiryTimer(expiryTimer)), timeoutMs);
+    expiryTimer.unref();
+    return expiryTimer;
   }
 
   private onExpiryTimer(timer: NodeJS.Timeout): void {
@@ -1085,14 +1073,14 @@ export class Session implements SessionHandle {
     if (s.name === 'closed') return;
     const how = HOW_TO_END[cause.kind];
     const upstream = upstreamOf(s);
-    const sm = s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded' ? s.sm : undefined;
+    const sm = smOf(s);
     const jid = s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
     if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
     let unacked = NOTHING_UNACKED;
     // What was never sent: what waited for room, what hooks held back (a client without stream management may be held back too).
     const unsent = this.delivery.takeUnsent();
-    if ((sm !== undefined || unsent.length > 0) && (s.name === 'active' || s.name === 'hibernating' || s.name === 'stranded')) {
+    if ((sm !== undefined || unsent.length > 0) && isBound(s)) {
       // The unacked queue, then what was never sent, then the stanzas that overflowed, in that order.
       // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces
       // written behind it would never be processed, so with the upstream failed they are lost.
@@ -1106,30 +1094,7 @@ export class Session implements SessionHandle {
     // Closed before the link and the upstream are told: whatever they report from here on is not the session's any more.
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
-    switch (cause.kind) {
-      case 'stream-error':
-      case 'upstream-lost':
-      case 'queue-overflow':
-      case 'kicked':
-        link?.fail(cause.error);
-        break;
-      case 'upstream-error':
-        link?.send(toRfc6120StreamError(cause.element.bytes));
-        link?.close();
-        break;
-      case 'closed':
-        link?.close();
-        break;
-      case 'drained':
-        // Like a network cut: the client reconnects at once, through the load balancer, to another node.
-        link?.destroy('drained');
-        break;
-      case 'expired':
-      case 'shutdown':
-      case 'queue-handed-over':
-        // Hibernating or stranded: no client link.
-        break;
-    }
+    if (link !== undefined) tellClient(link, cause);
     if (how.upstream === 'destroy') upstream?.destroy();
     else if (upstream !== undefined && jid !== undefined && how.unacked === 'answer' && !upstream.ended) {
       const options = { jid, expiryPolicy: this.deps.settings.expiryPolicy, wasAvailable: this.presence.shown, log: this.log };
