@@ -102,7 +102,7 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
    * Sends an iq on the user's behalf; `answered` gets its result or error, taken only from the entity
    * it was sent to (the user's own account when it has no `to`). The id is random: no contact can
    * guess it and answer in the server's or the app server's place. When MAX_PENDING are in flight,
-   * the oldest notification is forgotten (its answer then passes to the client); false (nothing
+   * the oldest notification is forgotten (its answer, when it comes, is dropped); false (nothing
    * sent) when none can be.
    */
   const request = (session: SessionHandle, iq: Element, answered: Answered, evictable = false): boolean => {
@@ -326,15 +326,21 @@ export function pushNotifications(settings: () => PushSettings, now: () => numbe
     },
     // Only an iq answers the proxy's requests or is a disco#info result.
     toClient(bytes, _delivery, session) {
-      const state = states.get(session);
-      if (state !== undefined && state.pending.size > 0 && bytes.includes(ID_PREFIX_BYTES)) {
+      if (bytes.includes(ID_PREFIX_BYTES)) {
         const stanza = parseElement(bytes);
         const id = String(stanza.attrs.id);
-        const pending = state.pending.get(id);
         const type = stanza.attrs.type;
-        if (pending !== undefined && (type === 'result' || type === 'error') && answeredBy(pending, stanza, session)) {
-          state.pending.delete(id);
-          return pending.answered(stanza);
+        if ((type === 'result' || type === 'error') && id.startsWith(ID_PREFIX)) {
+          const state = states.get(session);
+          const pending = state?.pending.get(id);
+          if (pending !== undefined && answeredBy(pending, stanza, session)) {
+            state!.pending.delete(id);
+            return pending.answered(stanza);
+          }
+          // An answer to a request this session no longer waits for (one that gave way, or was sent
+          // before an upgrade by the previous process): the proxy's own, never the client's. A
+          // forgery from someone else than the request went to is the client's to see (RFC 6120 §8.1.2.1).
+          if (pending === undefined) return undefined;
         }
       }
       return bytes.includes(DISCO_INFO) && settings().enabled ? withPushFeature(bytes, session) : bytes;

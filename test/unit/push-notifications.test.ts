@@ -314,6 +314,9 @@ describe('the client side of XEP-0357', () => {
     session.upstream.splice(0);
     expect(hook.fromClient(enable(1), 'active', session)).toEqual({ kind: 'consumed' });
     expect(session.upstream[0]!.attrs.type).toBe('get');
+    // The answer of a notification that gave way comes late: it is the proxy's, not the client's.
+    const late = Buffer.from(`<iq type='result' id='smacks-proxy-push-gone' from='push.example.net' to='${JID}'/>`);
+    expect(hook.toClient(late, 'live', session)).toBeUndefined();
   });
 
   it('sends, at the end of the interval, a notification the interval held back', () => {
