@@ -40,6 +40,7 @@ import type { Listener } from './transport/listener.js';
 import type { Server } from 'node:net';
 import { StreamManagement } from './sm/stream-management.js';
 import { disposeUnacked } from './session/unacked-disposal.js';
+import type { EndedReason } from './sm/failures.js';
 import type { HibernatedSession } from './session/hibernated-snapshot.js';
 import { bare } from './xml/jid.js';
 import { listenerKey, type RememberedEnd } from './upgrade/handoff-protocol.js';
@@ -138,6 +139,8 @@ export class Proxy {
   /** Reloads run one after the other: a file change during a SIGHUP reload waits for it. */
   private reloading: Promise<void> = Promise.resolve();
   private stopping: Promise<void> | undefined;
+  /** An upgrade's hand-off is under way: reloads change no listeners meanwhile. */
+  private upgrading = false;
 
   constructor(
     config: ProxyConfig,
@@ -265,11 +268,17 @@ export class Proxy {
   // --- an upgrade's hand-off (upgrade/upgrade.ts; README, Upgrading) ---
 
   /** Hands the listeners and every session that can move to `next`, a new process of the proxy that was just started. */
-  upgrade(next: ChildProcess): Promise<UpgradeOutcome> {
+  async upgrade(next: ChildProcess): Promise<UpgradeOutcome> {
     const { resumesPerSecond, windowSeconds } = this.config.upgrade;
-    return new Upgrade(this, { resumesPerSecond, windowMs: windowSeconds * 1000 }, this.log.child({ component: 'upgrade' }), this.now).run(
-      next,
-    );
+    // After the listener changes of reloads already under way; none starts until the hand-off is over.
+    await this.reloading;
+    this.upgrading = true;
+    try {
+      const log = this.log.child({ component: 'upgrade' });
+      return await new Upgrade(this, { resumesPerSecond, windowMs: windowSeconds * 1000 }, log, this.now).run(next);
+    } finally {
+      this.upgrading = false;
+    }
   }
 
   listeningSockets(): ReadonlyMap<string, Server> {
@@ -336,11 +345,21 @@ export class Proxy {
   adopt(session: HibernatedSession, released: ReleasedUpstream | undefined): void {
     const log = this.log.child({ sid: session.sid, jid: session.jid });
     const queued = session.sm.queue.entries.map((entry) => entry.bytes);
+    // One that cannot go on here ends as it would have there: a late <resume/> learns so, with its h.
+    const ended = (reason: EndedReason): void =>
+      this.registry.endResumable(session.sm.id, {
+        h: session.sm.h,
+        bareJid: bare(session.jid),
+        domain: session.domain,
+        reason,
+        endedAtMs: this.now(),
+      });
     if (released === undefined) {
       log.warn(
         { code: ErrorCode.UPGRADE, lost: queued.length },
         'upgrade: a session came without its upstream stream, which had closed; its queue is lost',
       );
+      ended('upstream-lost');
       return;
     }
     const target = this.upstreamTarget(session.domain) ?? {
@@ -367,6 +386,7 @@ export class Proxy {
     disposeUnacked(queued, deps.settings.expiryPolicy, { upstream, jid: session.jid }, log);
     upstream.close();
     upstream.resume();
+    ended('queue-overflow');
   }
 
   /** The admin listener (README, Metrics and health), and the periodic probes its `/readyz` reports. */
@@ -481,12 +501,14 @@ export class Proxy {
     if (this.options.skipProbe !== true) {
       for (const domain of added) void this.probe(domain);
     }
-    if (changed.includes('listeners')) {
-      // In turn with the other reloads: two SIGHUPs close together must not bind one listener twice.
-      this.reloading = this.reloading.then(async () => {
+    // In turn with the other reloads, and compared with the listeners in effect when its turn comes:
+    // two SIGHUPs close together must leave the second one's listeners.
+    this.reloading = this.reloading
+      .then(async () => {
+        if (JSON.stringify(next.listeners) === JSON.stringify(this.config.listeners)) return;
         this.config = { ...this.config, listeners: await this.reloadListeners(next.listeners) };
-      });
-    }
+      })
+      .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'config reloaded: the listeners could not be changed'));
     return this.reloadCertificates('SIGHUP');
   }
 
@@ -498,9 +520,10 @@ export class Proxy {
    */
   private async reloadListeners(next: readonly ListenerConfig[]): Promise<ListenerConfig[]> {
     const current = this.config.listeners;
-    if (this.stopping !== undefined || (this.accepting.size === 0 && current.length > 0)) {
-      // Stopping, drained, or handed to an upgrade's new process: nothing accepts here any more.
-      this.log.warn('config reloaded: listeners not changed, this process does not accept connections any more');
+    const closed = (): boolean => this.stopping !== undefined || this.upgrading || (this.accepting.size === 0 && current.length > 0);
+    if (closed()) {
+      // Stopping, drained, or upgrading: the listeners are this process's to give up, not to change.
+      this.log.warn('config reloaded: listeners not changed, this process is stopping, drained or upgrading');
       return [...current];
     }
     const sameAddress = (a: ListenerConfig, b: ListenerConfig): boolean => a.port !== 0 && a.port === b.port && a.host === b.host;
@@ -521,6 +544,8 @@ export class Proxy {
     }
     for (const [key, config] of wanted) {
       if (current.some((old) => listenerKey(old) === key || sameAddress(old, config))) continue;
+      // Checked again at each bind: a stop, drain or upgrade may have begun meanwhile.
+      if (closed()) break;
       try {
         await this.startListener(config);
         effective.push(config);

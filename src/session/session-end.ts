@@ -22,6 +22,11 @@ export type EndCause =
   | { readonly kind: 'upstream-lost'; readonly error: UpstreamError }
   /** An operator drains the proxy (admin listener): an attached client's connection is dropped without a stream close, so that it reconnects elsewhere. */
   | { readonly kind: 'drained' }
+  /**
+   * The session a connection resumes is in the other process of an upgrade (resumption.ts
+   * `elsewhere`): its connection is dropped without a stream close, so that it reconnects there.
+   */
+  | { readonly kind: 'moved' }
   /** An operator ended the session (admin listener): `error` goes to an attached client. */
   | { readonly kind: 'kicked'; readonly error: StreamError }
   /** A stranded session's queue went to the stream its client came back on (resumption.ts `takeQueue`). */
@@ -44,6 +49,7 @@ export const HOW_TO_END: Readonly<
   'upstream-lost': { reason: 'upstream-lost', unacked: 'lost', upstream: 'destroy' },
   kicked: { reason: 'kicked', unacked: 'answer', upstream: 'close' },
   drained: { reason: 'drained', unacked: 'answer', upstream: 'close' },
+  moved: { reason: 'moved', unacked: 'answer', upstream: 'close' },
   'queue-handed-over': { reason: 'upstream-lost', unacked: 'answer', upstream: 'close' },
 };
 
@@ -66,6 +72,9 @@ export function tellClient(link: ClientLink, cause: EndCause): void {
     case 'drained':
       // Like a network cut: the client reconnects at once, through the load balancer, to another node.
       link.destroy('drained');
+      return;
+    case 'moved':
+      link.destroy('the session is in the other process of an upgrade');
       return;
     case 'expired':
     case 'shutdown':

@@ -187,9 +187,10 @@ export class SessionRegistry {
     return [...this.ended];
   }
 
-  /** Forgets a resumable session and remembers how it ended. */
+  /** Forgets a resumable session and remembers how it ended (one announced by an upgrade, too: it will not come). */
   endResumable(smId: string, ended: EndedSession): void {
     this.resumable.delete(smId);
+    this.elsewhere.delete(smId);
     if (this.limits.rememberEndedMs <= 0 || this.limits.maxRememberedEnded <= 0) return;
     this.ended.delete(smId);
     this.ended.set(smId, ended);

@@ -524,7 +524,7 @@ export class Session implements SessionHandle {
    */
   private reconnectElsewhere(previd: string): void {
     this.log.info({ previd: shortId(previd) }, 'resumed session is in the other process of an upgrade; the client connects again');
-    this.end({ kind: 'drained' });
+    this.end({ kind: 'moved' });
   }
 
   /** The resuming client's account is known (stream-setup.ts): `bareJid`, or undefined when the server refused the identity bind. */

@@ -4,7 +4,7 @@ import { NS, type SmNamespace } from '../xml/namespaces.js';
 import { renderAppCondition } from '../xml/stream-error.js';
 
 /** Why a stream-management session ended; a late `<resume/>` of it is told (README, Errors). */
-export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked' | 'drained';
+export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked' | 'drained' | 'moved';
 
 /** Whether `value` names an {@link EndedReason} (one read back from another process of the proxy). */
 export function isEndedReason(value: unknown): value is EndedReason {
@@ -20,6 +20,7 @@ const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   shutdown: 'ended when the proxy restarted',
   kicked: 'was ended by the server administrator',
   drained: 'was ended when its server was drained for maintenance',
+  moved: 'moved to the new process of an upgrade',
 };
 
 /** The RFC 6120 §8.3.3 conditions a `<failed/>` carries here. */

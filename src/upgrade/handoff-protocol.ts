@@ -47,7 +47,7 @@ export type ToPrevious =
   | { readonly kind: 'listening' }
   /** The new process holds the session just sent (or dropped it, logged there): the old one may cut its client. */
   | { readonly kind: 'adopted' }
-  /** The new process wrote the PID file and runs on alone: the old one may exit. */
+  /** The new process runs on alone (it wrote the PID file when it took the listeners): the old one may exit. */
   | { readonly kind: 'running' };
 
 /** The name a listener's listening socket travels under: the same entry of `listeners` in both processes' config. */

@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import type { Server, Socket } from 'node:net';
+import { Server, Socket } from 'node:net';
 import { ErrorCode, ProxyError } from '../errors.js';
 
 /** What both ends of the hand-off need of Node's IPC channel: messages, with a socket or server handle riding along. */
@@ -33,13 +33,15 @@ export class IpcChannel<In> {
   /** Sends not yet written: a handle waits in Node for the previous one's acknowledgement, and a gone process never gives it. */
   private readonly sending = new Set<(failure: ProxyError) => void>();
   private readonly onMessage = (message: unknown, handle: unknown): void => {
-    if (this.failure !== undefined) return;
+    if (this.failure !== undefined) {
+      release(handle);
+      return;
+    }
     try {
       this.inbox.push({ message: this.read(message), handle });
     } catch (err) {
+      release(handle);
       this.fail(new ProxyError(ErrorCode.UPGRADE, (err as Error).message, { cause: err }));
-      // What came with it was meant for a hand-off that stops here.
-      if (handle !== null && typeof handle === 'object' && 'destroy' in handle) (handle as { destroy(): void }).destroy();
       return;
     }
     this.wake?.();
@@ -66,7 +68,7 @@ export class IpcChannel<In> {
   private fail(failure: ProxyError): void {
     if (this.failure !== undefined) return;
     this.failure = failure;
-    this.inbox.length = 0;
+    for (const { handle } of this.inbox.splice(0)) release(handle);
     for (const reject of this.sending) reject(failure);
     this.sending.clear();
     this.wake?.();
@@ -135,4 +137,10 @@ export class IpcChannel<In> {
     this.end.off('message', this.onMessage);
     this.end.off('disconnect', this.onGone);
   }
+}
+
+/** Closes what came with a message that the hand-off will not use: a socket or a listening server. */
+function release(handle: unknown): void {
+  if (handle instanceof Socket) handle.destroy();
+  else if (handle instanceof Server) handle.close();
 }

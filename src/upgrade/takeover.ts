@@ -75,7 +75,11 @@ export class TakeOver {
         }
         // Installed before the event loop polls again (this runs in the message's own turn).
         const sockets: Socket[] = [];
-        handle.on('connection', (socket: Socket) => sockets.push(socket));
+        handle.on('connection', (socket: Socket) => {
+          // A client that resets meanwhile must not end the process with an unhandled 'error'.
+          socket.on('error', () => socket.destroy());
+          sockets.push(socket);
+        });
         inherited.set(message.key, handle);
         parked.set(message.key, sockets);
       }
@@ -87,7 +91,7 @@ export class TakeOver {
         const to = serving.get(key);
         for (const socket of parked.get(key) ?? []) {
           if (to === undefined) socket.destroy();
-          else to.emit('connection', socket);
+          else if (!socket.destroyed) to.emit('connection', socket);
         }
       }
     }

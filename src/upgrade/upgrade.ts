@@ -92,6 +92,8 @@ export type UpgradeOutcome =
  */
 export class Upgrade {
   private handedOver = 0;
+  /** When the ended sessions were last sent (`sendEndedSince`). */
+  private endedSentMs = 0;
 
   constructor(
     private readonly proxy: UpgradingProxy,
@@ -116,16 +118,14 @@ export class Upgrade {
       this.log.info({ pid: child.pid }, 'upgrade: the new process accepts connections; handing sessions over');
       // First, so that a late <resume/> at the new process gets its <failed h/> from the start; at
       // the end, the sessions that ended meanwhile.
-      const endedBefore = this.now();
+      this.endedSentMs = this.now();
       await this.sendEnded(channel, () => true);
-      const coming = [...this.proxy.sessions()]
-        .filter((session) => session.smId !== undefined && session.summary().resumable && this.proxy.canMove(session))
-        .map((session) => session.smId!);
+      const coming = [...this.proxy.sessions()].filter((session) => movable(session, this.proxy)).map((session) => session.smId!);
       for (let i = 0; i < coming.length; i += ENTRIES_PER_MESSAGE) {
         await channel.send({ kind: 'coming', smIds: coming.slice(i, i + ENTRIES_PER_MESSAGE) } satisfies ToNext);
       }
       const left = await this.moveSessions(channel, startedMs);
-      await this.sendEnded(channel, (ended) => ended.endedAtMs >= endedBefore);
+      await this.sendEndedSince(channel);
       await channel.send({ kind: 'done', handedOver: this.handedOver } satisfies ToNext);
       await answer(channel, 'running', ANSWER_TIMEOUT_MS);
       channel.close();
@@ -207,10 +207,15 @@ export class Upgrade {
         }
         if (attached) allowance--;
         left--;
-        await this.send(channel, handed);
-        // The new process holds the session: the client's <resume/> will find it there.
-        handed.link?.destroy('the proxy is upgrading');
+        try {
+          await this.send(channel, handed);
+        } finally {
+          // The new process holds the session (the client's <resume/> will find it there), or the
+          // hand-off failed and the session is gone: either way its client connects again.
+          handed.link?.destroy('the proxy is upgrading');
+        }
       }
+      await this.sendEndedSince(channel);
       const windowOver = nowMs - startedMs >= windowMs;
       if (movable === 0 && stuck === 0 && (windowOver || left === 0)) return left;
       // Only sessions that cannot go yet are left: they get a bounded while longer.
@@ -220,6 +225,13 @@ export class Upgrade {
       }
       await delay(TICK_MS);
     }
+  }
+
+  /** What ended since the last `ended` message: an announced session that ends here is no longer awaited there. */
+  private async sendEndedSince(channel: IpcChannel<ToPrevious>): Promise<void> {
+    const since = this.endedSentMs;
+    this.endedSentMs = this.now();
+    await this.sendEnded(channel, (ended) => ended.endedAtMs >= since);
   }
 
   private async sendEnded(channel: IpcChannel<ToPrevious>, which: (ended: RememberedEnd) => boolean): Promise<void> {
@@ -238,10 +250,22 @@ export class Upgrade {
     // on waits in the socket for the new process.
     stopReading(socket);
     const message: ToNext = { kind: 'session', session: writeSnapshot(handed.session), serverHeader: serverHeader.toString('base64') };
-    await channel.send(message, socket);
+    try {
+      await channel.send(message, socket);
+    } catch (err) {
+      // Not taken (the channel failed first): the session is lost, and its stream must not keep the user online at the legacy server.
+      socket.destroy();
+      throw err;
+    }
     this.handedOver++;
     await answer(channel, 'adopted', ANSWER_TIMEOUT_MS);
   }
+}
+
+/** A session the hand-off moves: resumable, on a hop that can leave this process, hibernating or attached. */
+function movable(session: MovableSession, proxy: UpgradingProxy): boolean {
+  const { state, resumable } = session.summary();
+  return session.smId !== undefined && resumable && proxy.canMove(session) && (state === 'hibernating' || state === 'active');
 }
 
 /**

@@ -51,14 +51,18 @@ describeEachLegacyServer((kind) => {
     await writeFile(files.cert, first.cert);
     await writeFile(files.key, first.key);
     const path = join(dir, 'proxy.config.json');
-    await writeFile(
-      path,
-      JSON.stringify({
-        listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
-        tls: { certificates: [files] },
-        domains: { [server.domain]: { upstream: { host: server.host, port: server.c2sPort, connectTimeoutSeconds: 2 } } },
-      }),
-    );
+    // Each reload changes a limit, so that each one applies something while the session runs.
+    const writeConfig = (reload: number) =>
+      writeFile(
+        path,
+        JSON.stringify({
+          listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
+          tls: { certificates: [files] },
+          domains: { [server.domain]: { upstream: { host: server.host, port: server.c2sPort, connectTimeoutSeconds: 2 } } },
+          limits: { maxUnauthenticated: 1000 + reload },
+        }),
+      );
+    await writeConfig(0);
     const cli = new CliProcess([path], { cwd: dir });
     const listening = await cli.expectLog('listening', () => true, 15_000);
     const port = Number(listening.port);
@@ -74,6 +78,7 @@ describeEachLegacyServer((kind) => {
     for (let i = 1; i <= RELOADS; i++) {
       contact.sendMessage(userJid, `in ${i}`);
       user.sendMessage(contactJid, `out ${i}`);
+      await writeConfig(i);
       process.kill(cli.pid, 'SIGHUP');
       await waitUntil(() => cli.logLines.filter((line) => line.msg === 'config reloaded').length === i, `reload ${i}`);
       if (i % (RELOADS / RENEWALS) === 0) {
@@ -93,6 +98,9 @@ describeEachLegacyServer((kind) => {
         served = renewed.fingerprint256;
       }
     }
+    expect(cli.logLines.filter((line) => line.msg === 'config reloaded').map((line) => line.changed)).toEqual(
+      Array.from({ length: RELOADS }, () => ['limits']),
+    );
     expect(bodies(await collectMessages(user, RELOADS, 'what the contact sent'))).toEqual(
       Array.from({ length: RELOADS }, (_, i) => `in ${i + 1}`),
     );
@@ -102,6 +110,8 @@ describeEachLegacyServer((kind) => {
     // Everything the user sent was handled by the proxy, on the stream it started with.
     expect(await user.ackRequest()).toBe(RELOADS);
     expect(user.isClosed).toBe(false);
+    await user.expectNone((el) => el.is('message'), 'a message twice', 300);
+    await contact.expectNone((el) => el.is('message'), 'a message twice', 300);
     const { socket, fingerprint256 } = await handshake(port, 'localhost');
     socket.destroy();
     expect(fingerprint256).toBe(served);

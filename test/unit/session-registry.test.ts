@@ -82,3 +82,31 @@ describe('SessionRegistry: sessions not yet bound', () => {
     expect(registry.oldestPending()).toBe(c);
   });
 });
+
+describe('SessionRegistry: sessions in the other process of an upgrade (README, Upgrading)', () => {
+  const live = { resumeCandidate: () => ({ kind: 'live' }) } as unknown as Session;
+
+  it('says elsewhere for a session announced and not arrived, and for one handed over from here', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
+    registry.expectArrivals(['coming', 'ends-there']);
+    expect(registry.lookup('coming', 0, 0)).toEqual({ kind: 'elsewhere' });
+    registry.registerResumable('coming', live);
+    expect(registry.lookup('coming', 0, 0)).toEqual({ kind: 'live' });
+    // The previous process says it ended there: answered as ended, with its h, not sent away again.
+    registry.endResumable('ends-there', ended(5, 0));
+    expect(registry.lookup('ends-there', 0, 0)).toMatchObject({ kind: 'ended', h: 5 });
+
+    registry.registerResumable('leaving', live);
+    registry.handedOff('leaving');
+    expect(registry.lookup('leaving', 0, 0)).toEqual({ kind: 'elsewhere' });
+  });
+
+  it('forgets what did not come once the hand-off is over: unknown from then on', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
+    registry.expectArrivals(['never']);
+    registry.registerResumable('here', live);
+    registry.forgetElsewhere();
+    expect(registry.lookup('never', 0, 0)).toEqual({ kind: 'unknown' });
+    expect(registry.lookup('here', 0, 0), 'what arrived stays').toEqual({ kind: 'live' });
+  });
+});

@@ -867,6 +867,20 @@ describe('Session: handed to the next process (an upgrade, README Upgrading)', (
     expect(next.errors).toEqual([]);
   });
 
+  it('a resume of a session in the other process gets no answer: the connection is dropped, the client connects again', async () => {
+    rig.registry.expectArrivals(['on-its-way']);
+    const c = rig.connect();
+    await c.authenticate();
+    c.resume('on-its-way', 0);
+    expect(c.client.ended, 'dropped').toBe(true);
+    expect(
+      c.client.received.some((xml) => xml.includes('<failed')),
+      'no <failed/>',
+    ).toBe(false);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'moved' });
+  });
+
   it('expires at the next process when the snapshot said, answering its queue and saying the user is gone', async () => {
     const { c } = await hibernating();
     c.upstream.releasable = released();

@@ -27,7 +27,7 @@ const SETTINGS = {
 
 /** A session as the hand-off sees it; an attached one comes with its client link, whose drop is recorded. */
 class FakeSession implements MovableSession {
-  state: 'active' | 'hibernating' | 'authenticating' | 'gone';
+  state: 'active' | 'hibernating' | 'authenticating' | 'stranded' | 'gone';
   resuming: string | undefined;
   readonly smId: string | undefined;
   /** When its client link was dropped (an attached session, once handed over). */
@@ -259,6 +259,18 @@ describe('Upgrade: the running process hands over', () => {
     expect([noSm.cutAtMs, tlsHop.state]).toEqual([undefined, 'hibernating']);
   });
 
+  it('announces only what it will move: not a stranded session (no upstream stream to send)', async () => {
+    const proxy = new FakeProxy();
+    const stranded = new FakeSession('stranded');
+    const hibernating = new FakeSession('hibernating');
+    proxy.sessions_.push(stranded, hibernating);
+    const next = new FakeNext();
+    const outcome = run(proxy, next, { resumesPerSecond: 10, windowMs: 0 });
+    await vi.advanceTimersByTimeAsync(15_000);
+    await outcome;
+    expect(next.received.find((m) => m.kind === 'coming')).toEqual({ kind: 'coming', smIds: [hibernating.smId] });
+  });
+
   it('keeps a session a connection here is resuming until the resume is decided; then it moves', async () => {
     const proxy = new FakeProxy();
     const target = new FakeSession('hibernating');
@@ -326,6 +338,16 @@ describe('Upgrade: a new process that fails', () => {
     await vi.advanceTimersByTimeAsync(3_000);
     expect(await outcome).toMatchObject({ ok: false, exit: { code: 1 } });
     expect([proxy.accepting, proxy.acceptedAgain, proxy.handOffsOver]).toEqual([true, 1, 1]);
+  });
+
+  it('dying while an attached session is on its way: that client is cut too, and connects again', async () => {
+    const proxy = new FakeProxy();
+    const attached = new FakeSession('active');
+    proxy.sessions_.push(attached);
+    const outcome = run(proxy, new FakeNext({ stallAt: 'session' }));
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(await outcome).toMatchObject({ ok: false });
+    expect([attached.state, attached.cutAtMs]).toEqual(['gone', expect.any(Number)]);
   });
 
   it('silent past the ready timeout is killed', async () => {
