@@ -36,6 +36,8 @@ export interface MovableSession {
    * hibernates first, and its client link comes with it, to be dropped); undefined when it cannot go now.
    */
   handOff(): HandedOff | undefined;
+  /** Ends the session as at SIGTERM (`system-shutdown`; a hibernating one's queue answered). */
+  shutdown(): void;
 }
 
 /** What {@link MovableSession.handOff} takes out. */
@@ -125,6 +127,8 @@ export class Upgrade {
         await channel.send({ kind: 'coming', smIds: coming.slice(i, i + ENTRIES_PER_MESSAGE) } satisfies ToNext);
       }
       const left = await this.moveSessions(channel, startedMs);
+      // What stays ends now, as at SIGTERM, so that the new process learns how (a late <resume/> of it gets its h there).
+      for (const session of [...this.proxy.sessions()]) session.shutdown();
       await this.sendEndedSince(channel);
       await channel.send({ kind: 'done', handedOver: this.handedOver } satisfies ToNext);
       await answer(channel, 'running', ANSWER_TIMEOUT_MS);

@@ -32,6 +32,8 @@ class FakeSession implements MovableSession {
   readonly smId: string | undefined;
   /** When its client link was dropped (an attached session, once handed over). */
   cutAtMs: number | undefined;
+  /** Ended by the hand-off as at SIGTERM: it could not move. */
+  shutDown = false;
   /** How many more times `handOff` refuses (an element half read from the legacy server). */
   refusals = 0;
 
@@ -57,6 +59,11 @@ class FakeSession implements MovableSession {
       resumable: this.resumable,
       queued: 0,
     };
+  }
+
+  shutdown(): void {
+    this.shutDown = true;
+    this.state = 'gone';
   }
 
   handOff(): HandedOff | undefined {
@@ -256,7 +263,8 @@ describe('Upgrade: the running process hands over', () => {
     expect(settled, 'the window is not over').toBe(false);
     await vi.advanceTimersByTimeAsync(1_000);
     expect(await outcome).toMatchObject({ ok: true, handedOver: 1, left: 3 });
-    expect([noSm.cutAtMs, tlsHop.state]).toEqual([undefined, 'hibernating']);
+    // What stayed ends as at SIGTERM before the new process is told it is done.
+    expect([noSm.cutAtMs, noSm.shutDown, tlsHop.shutDown, loggingIn.shutDown]).toEqual([undefined, true, true, true]);
   });
 
   it('announces only what it will move: not a stranded session (no upstream stream to send)', async () => {
