@@ -224,6 +224,30 @@ describeEachLegacyServer((kind) => {
     contact.client.drop();
   }, 60_000);
 
+  it('SIGTERM to the old process during the hand-off stops it; the new process keeps what it took and serves on', async () => {
+    const run = `term${fileCounter}`;
+    const config = proxyConfig(await findFreePort());
+    const { cli, ports } = await startCli(config);
+    const alice = await loginThroughProxy(ports.directtls, 'directtls', USERS.alice, `${run}-a`);
+    alice.client.drop();
+    await cli.expectLog('hibernating', (line) => line.jid === alice.jid);
+
+    process.kill(cli.pid, 'SIGUSR2');
+    await cli.expectLog('upgrade: the new process accepts connections; handing sessions over', () => true, START_TIMEOUT_MS);
+    process.kill(cli.pid, 'SIGTERM');
+    expect(await cli.processExited).toEqual({ code: 0, signal: null });
+    // The new process runs on alone, whatever it had been handed by then.
+    await cli.expectLog('upgrade: taken over; this process runs on alone', () => true, START_TIMEOUT_MS);
+    const back = await resumeAt(ports.directtls, USERS.alice, alice.smId, alice.client.stanzasReceived);
+    // Handed over before the SIGTERM: resumed; ended by the old process's stop: answered as ended, with its h.
+    expect(['resumed', 'failed'], back.answer.toString()).toContain(back.answer.name);
+    if (back.answer.name === 'failed') expect(back.answer.attrs.h).toBeDefined();
+    const fresh = await loginThroughProxy(ports.starttls, 'starttls', USERS.carol, `${run}-c`);
+    await fresh.client.syncWithServer();
+    back.client.drop();
+    fresh.client.drop();
+  }, 60_000);
+
   it('a new process that cannot start changes nothing: the old one serves on, and a later upgrade works', async () => {
     const run = `fail${fileCounter}`;
     const { cli, path, ports } = await startCli(proxyConfig(await findFreePort()));
