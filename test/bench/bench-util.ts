@@ -93,6 +93,21 @@ export function procRssBytes(pid: number): number {
   return match === null ? Number.NaN : Number(match[1]) * 1024;
 }
 
+/** The processes whose parent is `pid`, from /proc. */
+export function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return children;
+}
+
 /** The pid of the process whose command line contains `needle` (e.g. a config file path). */
 export function findPidByCmdline(needle: string): number | undefined {
   for (const entry of readdirSync('/proc')) {

@@ -14,12 +14,13 @@
  * failed resumes and unavailable presences the watcher saw (target 0: nobody logged out of Prosody).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startProsody } from '../support/prosody.js';
 import { attr, BenchXmpp, type SmState, type XmppClientOptions } from './xmpp-bench-client.js';
-import { fmt, fmtInt, procRssBytes, sleep, table, verdict } from './bench-util.js';
+import { childrenOf, fmt, fmtInt, procRssBytes, sleep, table, verdict } from './bench-util.js';
+import { waitUntil } from '../support/wait.js';
 import { DOMAIN, type BenchContext } from './bench-context.js';
 
 const PASSWORD = 'secret';
@@ -83,31 +84,6 @@ function rateOf(lines: readonly LogLine[]): string {
   return `${fmt(times.length / spanS, 0)} / ${fmtInt(Math.max(...perSecond.values()))}`;
 }
 
-/** The processes whose parent is `pid`, from /proc. */
-function childrenOf(pid: number): number[] {
-  const children: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return children;
-}
-
-async function waitFor<T>(find: () => T | undefined, what: string, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const found = find();
-    if (found !== undefined) return found;
-    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms`);
-    await sleep(50);
-  }
-}
-
 export async function runUpgradeBench(ctx: BenchContext): Promise<string> {
   const receiverCount = ctx.quick ? 150 : 1000;
   const resumesPerSecond = ctx.quick ? 100 : 200;
@@ -167,11 +143,9 @@ export async function runUpgradeBench(ctx: BenchContext): Promise<string> {
   let watcher: BenchXmpp | undefined;
   const lines: string[] = [];
   try {
-    const port = await waitFor(
-      () => logLines(logFile).find((line) => line.msg === 'listening')?.port as number | undefined,
-      "the proxy's listener",
-      15_000,
-    );
+    const listening = (): LogLine | undefined => logLines(logFile).find((line) => line.msg === 'listening');
+    await waitUntil(() => listening() !== undefined, "the proxy's listener", 15_000, 50);
+    const port = Number(listening()!.port);
     const viaProxy: XmppClientOptions = {
       host: '127.0.0.1',
       port,

@@ -7,10 +7,9 @@
  * relay between them, so that the test sees what the proxy writes to the legacy server and how it
  * ends each upstream connection.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import selfsigned from 'selfsigned';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startDnsmasq, type Dnsmasq } from '../support/dnsmasq.js';
@@ -19,7 +18,7 @@ import { USERS } from '../support/proxy-fixture.js';
 import { NS, RawClient } from '../support/raw-client.js';
 import { findFreePort as unusedPort } from '../support/server-process.js';
 import { waitUntil } from '../support/wait.js';
-import { CliProcess, killCliProcesses, type Exit } from '../support/cli-process.js';
+import { CliProcess, cliWorkDir, type Exit } from '../support/cli-process.js';
 import { certificate, handshake, renameOver } from '../support/certificates.js';
 
 const STANZA_ERRORS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
@@ -34,17 +33,7 @@ const START_TIMEOUT_MS = 10_000;
 /** Slack over `shutdownGraceSeconds` for a clean shutdown (process start-up excluded: it is already running). */
 const SHUTDOWN_MARGIN_MS = 1_500;
 
-let workDir: string;
-
-beforeAll(async () => {
-  workDir = await mkdtemp(join(tmpdir(), 'smacks-proxy-cli-'));
-});
-
-afterEach(() => killCliProcesses());
-
-afterAll(async () => {
-  if (workDir !== undefined) await rm(workDir, { recursive: true, force: true });
-});
+const scratch = cliWorkDir('smacks-proxy-cli-');
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -52,7 +41,7 @@ let fileCounter = 0;
 
 /** Writes `content` (an object is JSON-encoded) to a fresh file in the temp dir; returns its path. */
 async function configFile(content: unknown, name = `config-${++fileCounter}.json`): Promise<string> {
-  const path = join(workDir, name);
+  const path = join(scratch(), name);
   await writeFile(path, typeof content === 'string' ? content : JSON.stringify(content, null, 2));
   return path;
 }
@@ -63,14 +52,14 @@ async function runCli(
   expected: string,
   env: Readonly<Record<string, string>> = {},
 ): Promise<CliProcess & { exit: Exit }> {
-  const cli = new CliProcess(args, { cwd: workDir, env });
+  const cli = new CliProcess(args, { cwd: scratch(), env });
   const exit = await cli.expectExit(QUICK_RUN_MS, expected);
   return Object.assign(cli, { exit });
 }
 
 /** Starts the proxy with `config` and waits until every listener is bound; returns the bound ports by listener type. */
 async function startCli(config: Record<string, unknown>): Promise<{ cli: CliProcess; ports: Record<string, number> }> {
-  const cli = new CliProcess([await configFile(config)], { cwd: workDir });
+  const cli = new CliProcess([await configFile(config)], { cwd: scratch() });
   const listenerCount = (config.listeners as unknown[]).length;
   try {
     await waitUntil(
@@ -190,9 +179,9 @@ describe('--check', () => {
     const secret = 'correct horse battery staple';
     // The certificates are loaded and matched, as at start-up (the passphrase does not matter to an unencrypted key).
     const pems = await certificate();
-    await mkdir(join(workDir, 'certs'), { recursive: true });
-    await writeFile(join(workDir, 'certs/fullchain.pem'), pems.cert);
-    await writeFile(join(workDir, 'certs/privkey.pem'), pems.key);
+    await mkdir(join(scratch(), 'certs'), { recursive: true });
+    await writeFile(join(scratch(), 'certs/fullchain.pem'), pems.cert);
+    await writeFile(join(scratch(), 'certs/privkey.pem'), pems.key);
     const path = await configFile({
       $schema: './src/config/proxy.schema.json',
       listeners: [{ type: 'directtls', host: '127.0.0.1', port: 5223 }],
@@ -206,7 +195,7 @@ describe('--check', () => {
     expect(run.stderr).not.toContain(secret);
     const effective = JSON.parse(run.stdout) as Record<string, any>;
     expect(effective.tls.certificates).toEqual([
-      { cert: join(workDir, 'certs/fullchain.pem'), key: join(workDir, 'certs/privkey.pem'), passphrase: '<elided>' },
+      { cert: join(scratch(), 'certs/fullchain.pem'), key: join(scratch(), 'certs/privkey.pem'), passphrase: '<elided>' },
     ]);
     expect(effective.tls).toMatchObject({ defaultCertificate: 0, selfSigned: false, minVersion: 'TLSv1.2' });
     expect(effective.domains.localhost.upstream).toEqual({
@@ -243,7 +232,7 @@ describe('--check', () => {
     ['a key that belongs to another certificate', 'other-key.pem', /key|match/i],
   ])('exits 3 for %s, as the start would', async (_label, keyFile, message) => {
     const [mine, other] = [await certificate(), await certificate()];
-    const dir = join(workDir, 'check-certs');
+    const dir = join(scratch(), 'check-certs');
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'fullchain.pem'), mine.cert);
     await writeFile(join(dir, 'other-key.pem'), other.key);
@@ -271,7 +260,7 @@ describe('--check', () => {
       ca: { key: ca.private, cert: ca.cert },
       extensions: [{ name: 'subjectAltName', altNames: [{ type: 2 as const, value: 'localhost' }] }],
     });
-    const dir = join(workDir, 'chain');
+    const dir = join(scratch(), 'chain');
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'cert.pem'), leaf.cert);
     await writeFile(join(dir, 'fullchain.pem'), `${leaf.cert.trimEnd()}\n${ca.cert}`);
@@ -332,11 +321,11 @@ describe('--check', () => {
   });
 
   it.each([
-    ['a file that does not exist', async () => join(workDir, 'missing.json'), /cannot read config file .*missing\.json/],
+    ['a file that does not exist', async () => join(scratch(), 'missing.json'), /cannot read config file .*missing\.json/],
     [
       'a directory',
       async () => {
-        const dir = join(workDir, 'a-directory.json');
+        const dir = join(scratch(), 'a-directory.json');
         await mkdir(dir, { recursive: true });
         return dir;
       },
@@ -662,7 +651,7 @@ describe('reloading and the other signals', () => {
   async function proxyWithCertificate(
     name: string,
   ): Promise<{ cli: CliProcess; port: number; config: Record<string, unknown>; files: { cert: string; key: string } }> {
-    const dir = join(workDir, name);
+    const dir = join(scratch(), name);
     await mkdir(dir, { recursive: true });
     const files = { cert: join(dir, 'fullchain.pem'), key: join(dir, 'privkey.pem') };
     const first = await certificate();
@@ -843,13 +832,13 @@ describe('the sessions and kick commands', () => {
   });
 
   it("list the running proxy's sessions, end an account's and drain it, through its admin listener, with the token from the config", async () => {
-    await writeFile(join(workDir, 'admin.token'), 'cli-token\n');
+    await writeFile(join(scratch(), 'admin.token'), 'cli-token\n');
     const adminPort = await unusedPort();
     const config = {
       listeners: [{ type: 'directtls', host: '127.0.0.1', port: 0 }],
       tls: { selfSigned: true },
       domains: { [prosody.domain]: { upstream: { host: prosody.host, port: prosody.c2sPort } } },
-      admin: { host: '127.0.0.1', port: adminPort, tokenFile: join(workDir, 'admin.token') },
+      admin: { host: '127.0.0.1', port: adminPort, tokenFile: join(scratch(), 'admin.token') },
     };
     const { ports } = await startCli(config);
     const path = await configFile(config);
@@ -952,7 +941,7 @@ describe('--check dns', () => {
   });
 
   it("fetches each domain's host-meta over HTTPS, as a WebSocket client does, and checks its links against the listeners", async () => {
-    const dir = join(workDir, 'host-meta');
+    const dir = join(scratch(), 'host-meta');
     await mkdir(dir, { recursive: true });
     const pems = await certificate('web.example');
     const files = { cert: join(dir, 'fullchain.pem'), key: join(dir, 'privkey.pem') };

@@ -5,12 +5,11 @@
  * does). Nothing the two send may be lost, duplicated or reordered, the session never notices,
  * and each renewal reaches the next TLS handshake.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { certificate, handshake, renameOver } from '../support/certificates.js';
-import { CliProcess, killCliProcesses } from '../support/cli-process.js';
+import { CliProcess, cliWorkDir } from '../support/cli-process.js';
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
 import { USERS } from '../support/proxy-fixture.js';
@@ -21,17 +20,7 @@ import { waitUntil } from '../support/wait.js';
 const RELOADS = 100;
 const RENEWALS = 10;
 
-let workDir: string;
-
-beforeAll(async () => {
-  workDir = await mkdtemp(join(tmpdir(), 'smacks-proxy-reload-'));
-});
-
-afterEach(() => killCliProcesses());
-
-afterAll(async () => {
-  if (workDir !== undefined) await rm(workDir, { recursive: true, force: true });
-});
+const scratch = cliWorkDir('smacks-proxy-reload-');
 
 describeEachLegacyServer((kind) => {
   let server: LegacyServer;
@@ -45,7 +34,7 @@ describeEachLegacyServer((kind) => {
   });
 
   it(`a session goes on across ${RELOADS} reloads and ${RENEWALS} certificate renewals: nothing lost, each renewal served at once`, async () => {
-    const dir = await mkdtemp(join(workDir, `${kind}-`));
+    const dir = await mkdtemp(join(scratch(), `${kind}-`));
     const files = { cert: join(dir, 'fullchain.pem'), key: join(dir, 'privkey.pem') };
     const first = await certificate();
     await writeFile(files.cert, first.cert);

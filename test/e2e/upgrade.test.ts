@@ -6,33 +6,22 @@
  * every message it sends arrives once, in order, at the users of the proxy, who resume at the new
  * process without logging in again.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { CliProcess, killCliProcesses } from '../support/cli-process.js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { CliProcess, cliWorkDir } from '../support/cli-process.js';
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startLegacyServer, type LegacyServer, type LegacyUser } from '../support/legacy-server.js';
 import { USERS } from '../support/proxy-fixture.js';
 import { RawClient, type RawTransport } from '../support/raw-client.js';
-import { bodies, collectMessages } from '../support/sm-steps.js';
+import { bodies, collectMessages, subscribe } from '../support/sm-steps.js';
 import { waitUntil } from '../support/wait.js';
 import { findFreePort } from '../support/server-process.js';
 
 /** How long the CLI may take to bind its listeners, and a new process to take over. */
 const START_TIMEOUT_MS = 15_000;
 
-let workDir: string;
-
-beforeAll(async () => {
-  workDir = await mkdtemp(join(tmpdir(), 'smacks-proxy-upgrade-'));
-});
-
-afterEach(() => killCliProcesses());
-
-afterAll(async () => {
-  if (workDir !== undefined) await rm(workDir, { recursive: true, force: true });
-});
+const scratch = cliWorkDir('smacks-proxy-upgrade-');
 
 let fileCounter = 0;
 
@@ -58,7 +47,7 @@ describeEachLegacyServer((kind) => {
       tls: { selfSigned: true },
       domains: { [server.domain]: { upstream: { host: server.host, port: server.c2sPort, connectTimeoutSeconds: 2 } } },
       shutdownGraceSeconds: 1,
-      pidFile: join(workDir, `proxy-${fileCounter}.pid`),
+      pidFile: join(scratch(), `proxy-${fileCounter}.pid`),
       upgrade: { resumesPerSecond: 50, windowSeconds: 1 },
       // A fixed port: the new process must take the old one's socket over, not bind another.
       admin: { host: '127.0.0.1', port: adminPort },
@@ -70,9 +59,9 @@ describeEachLegacyServer((kind) => {
   async function startCli(
     config: Record<string, unknown>,
   ): Promise<{ cli: CliProcess; path: string; ports: Record<RawTransport, number> }> {
-    const path = join(workDir, `config-${++fileCounter}.json`);
+    const path = join(scratch(), `config-${++fileCounter}.json`);
     await writeFile(path, JSON.stringify(config));
-    const cli = new CliProcess([path], { cwd: workDir });
+    const cli = new CliProcess([path], { cwd: scratch() });
     await waitUntil(
       () => cli.hasExited || cli.logLines.some((l) => l.msg === 'admin listener ready'),
       'the listeners bound',
@@ -102,17 +91,6 @@ describeEachLegacyServer((kind) => {
     return { client, jid };
   }
 
-  /** Makes `contact` subscribed to `user`'s presence; done once `user`'s available presence reaches it. */
-  async function watch(contact: { client: RawClient; jid: string }, user: { client: RawClient; jid: string }): Promise<void> {
-    contact.client.presence({ to: user.jid.split('/')[0]!, type: 'subscribe' });
-    await user.client.expect((el) => el.is('presence') && el.attrs.type === 'subscribe', 'the subscription request');
-    user.client.presence({ to: contact.jid.split('/')[0]!, type: 'subscribed' });
-    await contact.client.expect(
-      (el) => el.is('presence') && el.attrs.from === user.jid && el.attrs.type === undefined,
-      'the available presence',
-    );
-  }
-
   async function resumeAt(port: number, user: LegacyUser, smId: string, h: number, transport: RawTransport = 'directtls') {
     const client = await RawClient.connect({ host: '127.0.0.1', port, transport, domain: server.domain });
     await client.authenticatePlain(user.username, user.password);
@@ -134,8 +112,8 @@ describeEachLegacyServer((kind) => {
     const contact = await contactOnLegacyServer(`${run}-contact`);
     const alice = await loginThroughProxy(ports.directtls, 'directtls', USERS.alice, `${run}-a`);
     const bob = await loginThroughProxy(ports.starttls, 'starttls', USERS.bob, `${run}-b`);
-    await watch(contact, alice);
-    await watch(contact, bob);
+    await subscribe(contact, alice);
+    await subscribe(contact, bob);
     // Bob's connection is cut: he hibernates, and the contact's messages to him are queued.
     bob.client.drop();
     await cli.expectLog('hibernating', (line) => line.jid === bob.jid);

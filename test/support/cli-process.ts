@@ -1,5 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import { fileURLToPath } from 'node:url';
 import { waitUntil } from './wait.js';
 
@@ -8,6 +11,26 @@ const CLI = join(REPO_ROOT, 'dist', 'src', 'cli.js');
 
 /** CLI processes started by the tests: killed after each test, with every process an upgrade of theirs started. */
 const running = new Set<CliProcess>();
+
+/**
+ * A test file's scratch directory for CLI runs (config files, certificates, PID files), made before
+ * its tests and removed after them; the CLI processes a test leaves running are killed after it.
+ * Returns the directory's path (available once the file's tests run).
+ */
+export function cliWorkDir(prefix: string): () => string {
+  let dir: string | undefined;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), prefix));
+  });
+  afterEach(() => killCliProcesses());
+  afterAll(async () => {
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+  return () => {
+    if (dir === undefined) throw new Error('cliWorkDir: used before the tests run');
+    return dir;
+  };
+}
 
 /** SIGKILL to every CLI process a test left running (by pid: the ones upgrades started are no children of the test). */
 export function killCliProcesses(): void {

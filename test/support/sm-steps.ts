@@ -52,7 +52,7 @@ export async function resumeWith(
  * Makes `watcher` subscribed to `target`'s presence (RFC 6121 §3); both must be available. Done
  * when the target's available presence reaches the watcher.
  */
-export async function subscribe(watcher: LoggedIn, target: LoggedIn): Promise<void> {
+export async function subscribe(watcher: Pick<LoggedIn, 'client' | 'jid'>, target: Pick<LoggedIn, 'client' | 'jid'>): Promise<void> {
   const watcherBare = watcher.jid.split('/')[0]!;
   watcher.client.presence({ to: target.jid.split('/')[0]!, type: 'subscribe' });
   await target.client.expect((el) => el.is('presence') && el.attrs.type === 'subscribe', 'the subscription request');
