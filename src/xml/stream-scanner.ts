@@ -5,8 +5,9 @@
  * top-level elements (children of `<stream:stream>`, RFC 6120 §4.1: stanzas and nonzas) and the stream
  * close, and hands out each element's exact original bytes so they are forwarded and queued without
  * re-serialisation. On the way it enforces what RFC 6120 §11 asks of every XMPP entity: restricted XML
- * (§11.1), namespace prefixes of top-level elements (§11.2), well-formedness (§11.3) and UTF-8
- * (§11.6), plus the proxy's own per-stanza byte limit and nesting depth limit.
+ * (§11.1), namespace prefixes of top-level elements (§11.2), well-formedness (§11.3, including
+ * Namespaces in XML 1.0 at every depth, see namespace-scope.ts) and UTF-8 (§11.6), plus the proxy's
+ * own per-stanza byte limit and nesting depth limit.
  *
  * It is one explicit state machine over bytes (numbered states as in the `ws` receiver). Only names of
  * the stream header and of top-level elements become strings; deeper end tags are matched as bytes
@@ -20,6 +21,7 @@
 
 import { isUtf8 } from 'node:buffer';
 import { ErrorCode, InvariantError, StreamError } from '../errors.js';
+import { NamespaceScope, XML_NS, type NamespaceDeclaration } from './namespace-scope.js';
 
 /** Limits of one direction of a stream. */
 export interface ScannerLimits {
@@ -62,8 +64,11 @@ export interface ScannerHandlers {
 
 /** RFC 6120 §4.8.1: the streams namespace. */
 const STREAMS_NS = 'http://etherx.jabber.org/streams';
-/** Namespaces in XML 1.0 §3: the `xml` prefix is bound by definition. */
-const XML_NS = 'http://www.w3.org/XML/1998/namespace';
+/** The prefixes in scope before any declaration: Namespaces in XML 1.0 §3 binds `xml` by definition. */
+const XML_ONLY: ReadonlyMap<string, string> = new Map([['xml', XML_NS]]);
+/** The lengths in bytes of the two reserved namespace names (Namespaces in XML 1.0 §3), written plainly. */
+const XML_NS_BYTES = 36;
+const XMLNS_NS_BYTES = 29;
 /** XEP-0205 / RFC 6120 §4.9.4 application condition of a too-big stanza. */
 const STANZA_TOO_BIG_CONDITION = { name: 'stanza-too-big', xmlns: 'urn:xmpp:errors' } as const;
 
@@ -187,11 +192,21 @@ function table(pred: (b: number) => boolean): Uint8Array {
 
 /**
  * XML 1.0 §2.3 NameStartChar, ASCII part; every byte of a multi-byte UTF-8 character is accepted
- * (the UTF-8 check runs separately, and the non-ASCII NameStartChar ranges are nearly everything).
+ * here, and a name that has one is checked character by character when its tag ends
+ * (qualified-name.ts), as is a name with a colon.
  */
 const NAME_START = table((b) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === COLON || b >= 0x80);
-/** XML 1.0 §2.3 NameChar (ASCII part), as NAME_START. */
-const NAME_CHAR = table((b) => NAME_START[b] === 1 || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x2e);
+/** Namespaces in XML 1.0 §3 [4] NCName's first character, ASCII part: a letter or '_'. */
+const NCNAME_START_ASCII = table((b) => (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f);
+/**
+ * XML 1.0 §2.3 NameChar (ASCII part), as NAME_START: 0 for a byte that ends a name, 1 for a plain
+ * one, 2 for a colon or a byte above ASCII (the name then needs the namespace check).
+ */
+const NAME_CHAR = (() => {
+  const t = table((b) => NAME_START[b] === 1 || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x2e);
+  for (let b = 0; b < 256; b++) if (t[b] === 1 && (b === COLON || b >= 0x80)) t[b] = 2;
+  return t;
+})();
 /** Bytes that end a run of character data: markup, references, a possible ']]>' and controls. */
 const TEXT_STOP = table((b) => b === LT || b === AMP || b === RSQB || isControl(b));
 /** Bytes that end a run of a "-quoted attribute value. */
@@ -299,6 +314,31 @@ function firstInvalidUtf8(buf: Buffer, from: number, to: number): number {
     }
   }
   return to;
+}
+
+/**
+ * Whether name bytes [s, e) have a colon or a byte above ASCII: the names the byte tables cannot
+ * judge alone. `xml:` and an ASCII local part that starts with a letter or '_' (`xml:lang` on many
+ * stanzas) is fine as it is: the prefix is bound by definition, and no other prefix may be bound to
+ * its namespace, so it cannot clash with another attribute.
+ */
+function isWideName(names: Buffer, s: number, e: number): boolean {
+  let k = s;
+  if (
+    e - s > 4 &&
+    names[s] === 0x78 &&
+    names[s + 1] === 0x6d &&
+    names[s + 2] === 0x6c &&
+    names[s + 3] === COLON &&
+    NCNAME_START_ASCII[names[s + 4]!] === 1
+  ) {
+    k = s + 5;
+  }
+  for (; k < e; k++) {
+    const b = names[k]!;
+    if (b === COLON || b >= 0x80) return true;
+  }
+  return false;
 }
 
 /** XML 1.0 §4.6 predefined entities: the only named references RFC 6120 §11.1 leaves. */
@@ -433,7 +473,18 @@ export class StreamScanner {
   private attrSet: Set<string> | undefined;
   private quote = 0;
 
-  // Captured attributes: all of the header's, the xmlns ones of a top-level element. Offsets are
+  /**
+   * The start tag being scanned needs the namespace check (namespace-scope.ts): a name in it has a
+   * colon or a byte above ASCII. Its attribute names of that kind are in `wideAttrs`.
+   */
+  private nsCheck = false;
+  private wideAttrs: string[] = [];
+  /** The attribute name being scanned has a colon or a byte above ASCII. */
+  private attrWide = false;
+  /** `scope.innermost`, kept here for the end tag's quick test. */
+  private scopeDepth = 0;
+
+  // Captured attributes: all of the header's, the xmlns ones of every other start tag. Offsets are
   // relative to the construct's '<'.
   private capturing = false;
   private capName = '';
@@ -441,6 +492,8 @@ export class StreamScanner {
   private capNames: string[] = [];
   private capRanges: number[] = [];
   private capCount = 0;
+  /** A captured value of the tag being scanned has a reference in it: its bytes are not its value. */
+  private capHasRef = false;
 
   // References.
   private refReturn: S = S.Text;
@@ -449,9 +502,10 @@ export class StreamScanner {
   private readonly refName: Buffer;
   private cdataMatched = 0;
 
-  // Namespace declarations of the stream header (RFC 6120 §4.8), used for top-level elements.
+  // Namespace declarations of the stream header (RFC 6120 §4.8), and the prefixes the open
+  // elements declare below it.
   private defaultNs: string | undefined;
-  private prefixes = new Map<string, string>([['xml', XML_NS]]);
+  private readonly scope = new NamespaceScope(XML_ONLY);
 
   // The open top-level element.
   private elName = '';
@@ -493,7 +547,8 @@ export class StreamScanner {
     this.inThing = false;
     this.pendingLen = 0;
     this.defaultNs = undefined;
-    this.prefixes = new Map([['xml', XML_NS]]);
+    this.scope.reset(XML_ONLY);
+    this.scopeDepth = 0;
   }
 
   /** Change the limits (the proxy uses a smaller stanza limit before authentication). Applies to elements that start after the call. */
@@ -655,15 +710,21 @@ export class StreamScanner {
           const b = buf[i]!;
           if (b === q) {
             if (this.capturing) {
-              const c = this.capCount++;
-              this.capNames[c] = this.capName;
-              this.capRanges[2 * c] = this.capStart;
-              this.capRanges[2 * c + 1] = this.pendingLen + i - this.thingStart;
               this.capturing = false;
+              const valueEnd = this.pendingLen + i - this.thingStart;
+              const length = valueEnd - this.capStart;
+              // Below the top level a default namespace matters only when it may be a reserved one.
+              if (this.depth < 2 || this.capName !== 'xmlns' || this.capHasRef || length === XML_NS_BYTES || length === XMLNS_NS_BYTES) {
+                const c = this.capCount++;
+                this.capNames[c] = this.capName;
+                this.capRanges[2 * c] = this.capStart;
+                this.capRanges[2 * c + 1] = valueEnd;
+              }
             }
             state = S.AfterAttr;
           } else if (b === AMP) {
             this.refReturn = S.AttrValue;
+            if (this.capturing) this.capHasRef = true;
             state = S.Ref;
           } else if (b === LT) {
             // XML 1.0 §3.1 WFC: No < in Attribute Values.
@@ -683,6 +744,8 @@ export class StreamScanner {
             this.attrCount = 0;
             this.attrSet = undefined;
             this.capCount = 0;
+            this.capHasRef = false;
+            this.nsCheck = false;
             state = S.StartName;
             continue;
           }
@@ -707,14 +770,18 @@ export class StreamScanner {
         case S.StartName: {
           let k = this.tagNameEnd;
           let stack = this.nameStack;
+          let kinds = 0;
           while (i < end) {
             const b = buf[i]!;
-            if (nameChar[b] === 0) break;
+            const kind = nameChar[b]!;
+            if (kind === 0) break;
+            kinds |= kind;
             if (k === stack.length) stack = this.growNameStack();
             stack[k++] = b;
             i++;
           }
           this.tagNameEnd = k;
+          if (kinds > 1) this.nsCheck = true;
           if (i >= end) continue;
           const b = buf[i]!;
           if (b === GT) {
@@ -734,6 +801,7 @@ export class StreamScanner {
           const b = buf[i]!;
           if (nameStart[b] !== 0) {
             this.attrHash = FNV_OFFSET;
+            this.attrWide = false;
             state = S.AttrName;
             continue;
           }
@@ -751,9 +819,12 @@ export class StreamScanner {
           let k = this.attrLen;
           let h = this.attrHash;
           let names = this.attrNames;
+          let kinds = 0;
           while (i < end) {
             const b = buf[i]!;
-            if (nameChar[b] === 0) break;
+            const kind = nameChar[b]!;
+            if (kind === 0) break;
+            kinds |= kind;
             if (k === names.length) names = this.growAttrNames();
             names[k++] = b;
             h = Math.imul(h ^ b, FNV_PRIME);
@@ -761,6 +832,7 @@ export class StreamScanner {
           }
           this.attrLen = k;
           this.attrHash = h;
+          if (kinds > 1) this.attrWide = true;
           if (i >= end) continue;
           const b = buf[i]!;
           if (b === EQ) state = S.AttrQuote;
@@ -818,6 +890,10 @@ export class StreamScanner {
           // buf[i] is the '>' of a start tag.
           const d = this.depth;
           if (d >= 2) {
+            if (this.nsCheck || this.capCount !== 0) {
+              const err = this.namespaceProblem(buf, i, d, false);
+              if (err !== undefined) return this.fail(err);
+            }
             this.push(d);
             state = S.Text;
             i++;
@@ -838,6 +914,10 @@ export class StreamScanner {
           if (b !== GT) return this.fail(unexpectedByte(b, "after '/' in a start tag", this.consumed + i));
           const d = this.depth;
           if (d >= 2) {
+            if (this.nsCheck || this.capCount !== 0) {
+              const err = this.namespaceProblem(buf, i, d, true);
+              if (err !== undefined) return this.fail(err);
+            }
             // The name is dropped: nameTop stays.
             state = S.Text;
             i++;
@@ -918,6 +998,10 @@ export class StreamScanner {
           const d = this.depth - 1;
           this.nameTop = this.nameStarts[d]!;
           this.depth = d;
+          if (d <= this.scopeDepth) {
+            this.scope.close(d);
+            this.scopeDepth = this.scope.innermost;
+          }
           i++;
           if (d >= 2) {
             state = S.Text;
@@ -1334,21 +1418,22 @@ export class StreamScanner {
       this.attrLen = 0; // names past the linear part live in the set only
     }
     this.attrCount = c + 1;
-    // Capture: every attribute of the stream header; xmlns and xmlns:* of a top-level element.
-    const d = this.depth;
-    if (
-      d === 0 ||
-      (d === 1 &&
-        len >= 5 &&
-        names[s] === 0x78 &&
-        names[s + 1] === 0x6d &&
-        names[s + 2] === 0x6c &&
-        names[s + 3] === 0x6e &&
-        names[s + 4] === 0x73 &&
-        (len === 5 || names[s + 5] === COLON))
-    ) {
+    // Capture: every attribute of the stream header; xmlns and xmlns:* of every other start tag.
+    const declaration =
+      len >= 5 &&
+      names[s] === 0x78 &&
+      names[s + 1] === 0x6d &&
+      names[s + 2] === 0x6c &&
+      names[s + 3] === 0x6e &&
+      names[s + 4] === 0x73 &&
+      (len === 5 || names[s + 5] === COLON);
+    if (declaration || this.depth === 0) {
       this.capturing = true;
-      this.capName = names.toString('utf8', s, e);
+      this.capName = len === 5 && declaration ? 'xmlns' : names.toString('utf8', s, e);
+    }
+    if (this.attrWide && !declaration && isWideName(names, s, e)) {
+      this.nsCheck = true;
+      this.wideAttrs.push(names.toString('utf8', s, e));
     }
     return undefined;
   }
@@ -1409,12 +1494,19 @@ export class StreamScanner {
     for (let j = 0; j < names.length; j++) attrs[names[j]!] = decodeAttrValue(this.relSlice(buf, ranges[2 * j]!, ranges[2 * j + 1]!));
     const bytes = Buffer.from(this.thingBytes(buf, i + 1));
 
-    const prefixes = new Map<string, string>([['xml', XML_NS]]);
+    const prefixes = new Map<string, string>(XML_ONLY);
     let defaultNs: string | undefined;
+    const declarations: NamespaceDeclaration[] = [];
     for (const key of names) {
-      if (key === 'xmlns') defaultNs = attrs[key] === '' ? undefined : attrs[key];
-      else if (key.startsWith('xmlns:') && attrs[key] !== '') prefixes.set(key.slice(6), attrs[key]!);
+      if (key === 'xmlns') {
+        defaultNs = attrs[key] === '' ? undefined : attrs[key];
+        declarations.push({ prefix: undefined, uri: attrs[key]! });
+      } else if (key.startsWith('xmlns:')) {
+        if (attrs[key] !== '') prefixes.set(key.slice(6), attrs[key]!);
+        declarations.push({ prefix: key.slice(6), uri: attrs[key]! });
+      }
     }
+    const wideAttrs = this.takeWideAttrs();
     const colon = name.indexOf(':');
     const prefix = colon < 0 ? undefined : name.slice(0, colon);
     const localName = colon < 0 ? name : name.slice(colon + 1);
@@ -1435,8 +1527,14 @@ export class StreamScanner {
       );
       return S.Done;
     }
+    const problem = new NamespaceScope(XML_ONLY).open(0, name, wideAttrs, declarations, true);
+    if (problem !== undefined) {
+      this.fail(notWellFormed(`stream header: ${problem}`));
+      return S.Done;
+    }
     this.defaultNs = defaultNs;
-    this.prefixes = prefixes;
+    this.scope.reset(prefixes);
+    this.scopeDepth = 0;
     this.push(0);
     this.endThing();
     this.state = S.Between;
@@ -1460,7 +1558,7 @@ export class StreamScanner {
         break;
       }
     }
-    if (!own) ns = entry.prefix === undefined ? this.defaultNs : this.prefixes.get(entry.prefix);
+    if (!own) ns = entry.prefix === undefined ? this.defaultNs : this.scope.resolve(entry.prefix);
     if (entry.prefix !== undefined && ns === undefined) {
       // RFC 6120 §11.2 / §4.9.3.2: a prefix that no declaration in scope binds.
       this.fail(
@@ -1470,12 +1568,54 @@ export class StreamScanner {
       );
       return S.Done;
     }
+    const problem = this.namespaceProblem(buf, i, 1, selfClosing);
+    if (problem !== undefined) {
+      this.fail(problem);
+      return S.Done;
+    }
     this.elName = entry.name;
     this.elLocal = entry.localName;
     this.elNs = ns;
     if (selfClosing) return this.elementEnd(buf, i + 1);
     this.push(1);
     return S.Text;
+  }
+
+  /**
+   * Namespaces in XML 1.0 for the start tag of depth `d >= 1` that ended at buf[i]: nothing to do
+   * for the common tag (names without a colon or a byte above ASCII, no declaration), nor for one
+   * whose only declaration is a default namespace that cannot be a reserved one (its plain bytes are
+   * of another length); anything else goes to the full check (namespace-scope.ts), which also puts
+   * the tag's prefixes in scope.
+   */
+  private namespaceProblem(buf: Buffer, i: number, d: number, selfClosing: boolean): StreamError | undefined {
+    const count = this.capCount;
+    if (!this.nsCheck) {
+      if (count === 0) return undefined;
+      if (count === 1 && !this.capHasRef && this.capNames[0] === 'xmlns') {
+        const length = this.capRanges[1]! - this.capRanges[0]!;
+        if (length !== XML_NS_BYTES && length !== XMLNS_NS_BYTES) return undefined;
+      }
+    }
+    const declarations: NamespaceDeclaration[] = [];
+    const ranges = this.capRanges;
+    for (let j = 0; j < count; j++) {
+      const name = this.capNames[j]!;
+      const uri = decodeAttrValue(this.relSlice(buf, ranges[2 * j]!, ranges[2 * j + 1]!));
+      declarations.push({ prefix: name === 'xmlns' ? undefined : name.slice('xmlns:'.length), uri });
+    }
+    const element = this.nameStack.toString('utf8', this.nameTop, this.tagNameEnd);
+    const problem = this.scope.open(d, element, this.takeWideAttrs(), declarations, selfClosing);
+    this.scopeDepth = this.scope.innermost;
+    // RFC 6120 §4.9.3.13 not-well-formed: "XML that violates the well-formedness rules of [XML] or [XML-NAMES]".
+    return problem === undefined ? undefined : notWellFormed(`${problem}, in the start tag ending at byte offset ${this.consumed + i}`);
+  }
+
+  /** The attribute names of the tag that needed the namespace check; the list starts afresh. */
+  private takeWideAttrs(): string[] {
+    const taken = this.wideAttrs;
+    if (taken.length !== 0) this.wideAttrs = [];
+    return taken;
   }
 
   /** Decodes a top-level element name, from a small cache when seen before. */
@@ -1536,7 +1676,8 @@ export class StreamScanner {
     this.nameTop = 0;
     this.depth = 1;
     this.defaultNs = undefined;
-    this.prefixes = new Map([['xml', XML_NS]]);
+    this.scope.reset(XML_ONLY);
+    this.scopeDepth = 0;
   }
 
   /** scanFragment: true when the message ended inside a UTF-8 sequence. */

@@ -183,6 +183,37 @@ const BAD_INPUTS: readonly BadInput[] = [
     input: `<auth xmlns='${NS.sasl}' mechanism='PLAIN'>AGFsaWNlAHg=</a>`,
     answer: streamError('not-well-formed', /end tag/),
   },
+  // RFC 6120 §4.9.3.13: not-well-formed covers Namespaces in XML too, at every depth (README, Limits and abuse).
+  {
+    label: 'a prefix below the top level that nothing declares',
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><x:body>x</x:body></message>",
+    answer: streamError('not-well-formed', /undeclared prefix 'x'/),
+  },
+  {
+    label: "a prefix undeclared with xmlns:a=''",
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><body xmlns:a=''>x</body></message>",
+    answer: streamError('not-well-formed', /undeclares a prefix/),
+  },
+  {
+    label: 'two attributes with one namespace and local name',
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><x xmlns='urn:x' xmlns:p='urn:u' xmlns:q='urn:u' p:a='1' q:a='2'/></message>",
+    answer: streamError('not-well-formed', /two attributes named/),
+  },
+  {
+    label: 'U+00A0 (not a name character) in an element name',
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><b\u00a0x/></message>",
+    answer: streamError('not-well-formed', /U\+00A0/),
+  },
+  {
+    label: 'U+FFFE (not an XML character) in text',
+    phase: 'after-auth',
+    input: "<message to='bob@localhost'><body>\ufffe</body></message>",
+    answer: streamError('not-well-formed', /U\+FFFE/),
+  },
   // RFC 6120 §11.1: no comments, processing instructions, DTDs or entity references other than the predefined ones (§4.9.3.18 restricted-xml).
   { label: 'a comment', phase: 'after-auth', input: '<!-- hello -->', answer: streamError('restricted-xml', /comment/) },
   {

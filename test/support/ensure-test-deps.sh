@@ -4,13 +4,14 @@
 # instances on their own ports), and the real clients that nobody here wrote: `chromium` (the
 # browser tests), `python3-slixmpp`, and libstrophe (`libstrophe-dev`, compiled with `gcc` and
 # `pkg-config` by the test), `haproxy` (the load balancer that sends the PROXY protocol header),
-# `dnsmasq-base` (the DNS server `--check dns` asks), and `systemd` for `systemd-analyze`, which
-# rates the README's unit. Installs what is missing when we are root, with every daemon kept from
-# starting: policy-rc.d exiting 101 tells invoke-rc.d not to start services during the install;
-# whatever policy-rc.d was there before is put back. Used by `npm test`, `npm run demo` and .ci/run.
+# `dnsmasq-base` (the DNS server `--check dns` asks), `libxml2-utils` (xmllint, the strict parser
+# the scanner is compared with), and `systemd` for `systemd-analyze`, which rates the README's unit.
+# Installs what is missing when we are root, with every daemon kept from starting: policy-rc.d
+# exiting 101 tells invoke-rc.d not to start services during the install; whatever policy-rc.d was
+# there before is put back. Used by `npm test`, `npm run demo` and .ci/run.
 set -euo pipefail
 
-packages=(prosody ejabberd jabberd2 sqlite3 chromium python3-slixmpp libstrophe-dev gcc libc6-dev pkg-config haproxy dnsmasq-base systemd)
+packages=(prosody ejabberd jabberd2 sqlite3 chromium python3-slixmpp libstrophe-dev gcc libc6-dev pkg-config haproxy dnsmasq-base libxml2-utils systemd)
 missing=()
 for package in "${packages[@]}"; do
   status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"

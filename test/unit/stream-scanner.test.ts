@@ -347,6 +347,29 @@ const validCases: ValidCase[] = [
     expected: [openEvent()],
     midElement: true,
   },
+  {
+    name: 'Namespaces in XML below the top level: prefixes declared on an ancestor, redeclared, and out of scope again',
+    input:
+      `${HEADER}<message xmlns:x='urn:x'><x:a><x:b xmlns:x='urn:y' x:c='1'/><y:d xmlns:y='urn:x' x:e='1' y:f='2'/></x:a></message>` +
+      "<iq><q xmlns:x='urn:z'/><r xml:lang='en' xmlns:xml='http://www.w3.org/XML/1998/namespace'/></iq>",
+    expected: [
+      openEvent(),
+      el(
+        "<message xmlns:x='urn:x'><x:a><x:b xmlns:x='urn:y' x:c='1'/><y:d xmlns:y='urn:x' x:e='1' y:f='2'/></x:a></message>",
+        'message',
+        'jabber:client',
+      ),
+      el("<iq><q xmlns:x='urn:z'/><r xml:lang='en' xmlns:xml='http://www.w3.org/XML/1998/namespace'/></iq>", 'iq', 'jabber:client'),
+    ],
+  },
+  {
+    name: 'the same local attribute name in two namespaces, and names with characters above ASCII that XML allows',
+    input: `${HEADER}<m xmlns:p='urn:p' xmlns:q='urn:q' p:a='1' q:a='2' a='3'><é·̀‿ x:ü='1' xmlns:x='urn:x'/><𐀀/></m>`,
+    expected: [
+      openEvent(),
+      el(`<m xmlns:p='urn:p' xmlns:q='urn:q' p:a='1' q:a='2' a='3'><é·̀‿ x:ü='1' xmlns:x='urn:x'/><𐀀/></m>`, 'm', 'jabber:client'),
+    ],
+  },
 ];
 
 describe('StreamScanner: valid streams, in every chunking', () => {
@@ -655,6 +678,125 @@ const errorCases: ErrorCase[] = [
     input: `${HEADER}<sm:a xmlns:sm='urn:xmpp:sm:3'/><sm:r/>`,
     ...PREFIX,
     before: [openEvent(), el("<sm:a xmlns:sm='urn:xmpp:sm:3'/>", 'sm:a', 'urn:xmpp:sm:3')],
+  },
+  {
+    name: 'a prefix below the top level that nothing declares',
+    input: `${HEADER}<message><x:a/></message>`,
+    ...NWF,
+    message: "<x:a> uses the undeclared prefix 'x'",
+  },
+  {
+    name: 'a prefix used after the element that declared it has ended',
+    input: `${HEADER}<message><a xmlns:x='urn:x'><x:b/></a><x:c/></message>`,
+    ...NWF,
+    message: "<x:c> uses the undeclared prefix 'x'",
+  },
+  {
+    name: 'an attribute prefix that nothing declares',
+    input: `${HEADER}<message><a x:b='1'/></message>`,
+    ...NWF,
+    message: "attribute 'x:b' on <a> uses the undeclared prefix 'x'",
+  },
+  {
+    name: "xmlns:a='' (no prefix undeclaring in Namespaces in XML 1.0)",
+    input: `${HEADER}<message><a xmlns:a=''/></message>`,
+    ...NWF,
+    message: "xmlns:a='' undeclares a prefix",
+  },
+  {
+    name: "xmlns:a='' on a top-level element",
+    input: `${HEADER}<message xmlns:a=''/>`,
+    ...NWF,
+    message: 'undeclares a prefix',
+  },
+  {
+    name: 'two attributes with one expanded name',
+    input: `${HEADER}<message><a xmlns:p='urn:u' xmlns:q='urn:u' p:x='1' q:x='2'/></message>`,
+    ...NWF,
+    message: 'two attributes named {urn:u}x',
+  },
+  {
+    name: 'the prefix xml bound to another namespace',
+    input: `${HEADER}<message><a xmlns:xml='urn:x'/></message>`,
+    ...NWF,
+    message: "binds the prefix 'xml'",
+  },
+  {
+    name: "a declaration of the empty prefix (xmlns:='v')",
+    input: `${HEADER}<message><a xmlns:='urn:a'/></message>`,
+    ...NWF,
+    message: 'empty prefix or local part',
+  },
+  {
+    name: 'the prefix xmlns declared',
+    input: `${HEADER}<message><a xmlns:xmlns='urn:x'/></message>`,
+    ...NWF,
+    message: "reserved prefix 'xmlns'",
+  },
+  {
+    name: 'the XML namespace as the default namespace',
+    input: `${HEADER}<message><a xmlns='http://www.w3.org/XML/1998/namespace'/></message>`,
+    ...NWF,
+    message: 'binds the reserved namespace',
+  },
+  {
+    name: 'the xmlns namespace bound to a prefix',
+    input: `${HEADER}<message><a xmlns:p='http://www.w3.org/2000/xmlns/'/></message>`,
+    ...NWF,
+    message: 'binds the reserved namespace',
+  },
+  {
+    name: 'the xmlns namespace as the default, written with a character reference',
+    input: `${HEADER}<message xmlns='&#x68;ttp://www.w3.org/2000/xmlns/'/>`,
+    ...NWF,
+    message: 'binds the reserved namespace',
+  },
+  {
+    name: 'an element name with two colons',
+    input: `${HEADER}<message><a:b:c xmlns:a='urn:a'/></message>`,
+    ...NWF,
+    message: 'more than one colon',
+  },
+  {
+    name: 'an element name that starts with a colon',
+    input: `${HEADER}<message><:a/></message>`,
+    ...NWF,
+    message: 'empty prefix or local part',
+  },
+  {
+    name: 'an attribute name that ends with a colon',
+    input: `${HEADER}<message><a b:='1'/></message>`,
+    ...NWF,
+    message: 'empty prefix or local part',
+  },
+  {
+    name: 'a local part that starts with a digit',
+    input: `${HEADER}<message><a xmlns:p='urn:p' p:1='1'/></message>`,
+    ...NWF,
+    message: 'U+0031',
+  },
+  { name: 'U+00A0 in an element name', input: `${HEADER}<message><a\u00a0b/></message>`, ...NWF, message: 'U+00A0' },
+  { name: 'U+00D7 in an attribute name', input: `${HEADER}<message a\u00d7='1'/>`, ...NWF, message: 'U+00D7' },
+  { name: 'U+00B7 (a name character, not a name start character) first', input: `${HEADER}<\u00b7a/>`, ...NWF, message: 'U+00B7' },
+  { name: 'U+037E in a name', input: `${HEADER}<message><a\u037e/></message>`, ...NWF, message: 'U+037E' },
+  { name: 'U+F0000 (above the name ranges) in a name', input: `${HEADER}<message><a\u{f0000}/></message>`, ...NWF, message: 'U+F0000' },
+  {
+    name: 'an element with the prefix xmlns',
+    input: `${HEADER}<message xmlns:p='urn:p'><xmlns:a/></message>`,
+    ...NWF,
+    message: "prefix 'xmlns'",
+  },
+  {
+    name: "xmlns:a='' on the stream header",
+    input: "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' xmlns:a=''>",
+    ...NWF,
+    message: 'stream header',
+  },
+  {
+    name: 'the error comes after the complete stanzas before it',
+    input: `${HEADER}<a/><message><b><c:d/></b></message>`,
+    ...NWF,
+    before: [openEvent(), el('<a/>', 'a', 'jabber:client')],
   },
 ];
 
