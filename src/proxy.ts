@@ -165,7 +165,11 @@ export class Proxy {
         *sessions() {
           for (const session of registry.sessions()) yield session.summary();
         },
-        queueBytes: () => ({ used: queueShares.global.usedBytes, limit: queueShares.global.limitBytes }),
+        queueBytes: () => ({
+          used: queueShares.global.usedBytes,
+          limit: queueShares.global.limitBytes,
+          waiting: queueShares.waitingForRoom,
+        }),
       },
       this.events,
     );

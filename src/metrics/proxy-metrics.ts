@@ -6,7 +6,7 @@ import type { SessionSummary } from '../session/session-summary.js';
 /** What the metrics read when scraped: the live sessions, and the memory of all unacked queues. */
 export interface MetricsSources {
   sessions(): Iterable<SessionSummary>;
-  readonly queueBytes: () => { readonly used: number; readonly limit: number };
+  readonly queueBytes: () => { readonly used: number; readonly limit: number; readonly waiting: number };
 }
 
 /** Seconds; ack round trips of a mobile client range from tens of ms to the `maxAckDelaySeconds` deadline. */
@@ -72,6 +72,14 @@ export class ProxyMetrics implements SessionMeter {
       registers,
       collect() {
         this.set(sources.queueBytes().limit);
+      },
+    });
+    new Gauge({
+      name: 'smacks_sessions_waiting_for_room',
+      help: 'Sessions whose stanzas wait because globalQueueBytes is used up (their legacy server stream is not read meanwhile)',
+      registers,
+      collect() {
+        this.set(sources.queueBytes().waiting);
       },
     });
     new Counter({

@@ -20,6 +20,10 @@ export interface DeliveryPort {
   counted(bytes: Buffer, queued: number): void;
   /** The unacked queue cannot take `overflowing` (the first of them refused): the session ends. */
   overflow(sm: StreamManagement, overflowing: readonly Buffer[], why: string): void;
+  /** Calls `retry` once the memory budget of all queues has room again (queue-budget.ts); returns a cancel. */
+  whenRoom(retry: () => void): () => void;
+  /** The memory budget has room again: the session offers what waited, as its state allows ({@link sendBacklog}, {@link queueBacklog}). */
+  roomFreed(): void;
 }
 
 /** The attached client's stream management, as the session's active state holds it. */
@@ -38,11 +42,14 @@ export class ClientDelivery {
   /** What hooks held back from the attached client; its `holding` is per client link. */
   readonly held = new HeldStanzas();
   /**
-   * Stanzas for the client that found the unacked queue full: reading from the legacy server is
-   * paused until the client's acks make room, and these go out first, in order. At most what one
-   * read from the legacy server held, plus what was held when it was released.
+   * Stanzas for the client that found the unacked queue full, or the memory budget of all queues
+   * used up: reading from the legacy server is paused until the client's acks (or other sessions)
+   * make room, and these go first, in order. At most what one read from the legacy server held,
+   * plus what was held when it was released.
    */
   private readonly backlog: Buffer[] = [];
+  /** Stops the wait for room in the memory budget, while one is asked for. */
+  private stopWaiting: (() => void) | undefined;
 
   constructor(private readonly port: DeliveryPort) {}
 
@@ -84,13 +91,13 @@ export class ClientDelivery {
     if (this.held.length > 0) this.release(s);
   }
 
-  /** The client acked (or resumed): the stanzas that waited go out, in order, as far as the queue has room. */
+  /** The client acked (or resumed, or room freed): the stanzas that waited go out, in order, as far as the queue has room. */
   sendBacklog(s: Attached, sm: StreamManagement): void {
     if (this.backlog.length === 0) return;
     for (let bytes = this.backlog.shift(); bytes !== undefined; bytes = this.backlog.shift()) {
       const queued = this.enqueue(s, sm, bytes);
       if (queued === 'ended') return;
-      if (queued === 'full') {
+      if (queued !== 'queued') {
         this.backlog.unshift(bytes);
         return;
       }
@@ -109,10 +116,72 @@ export class ClientDelivery {
     this.backlog.push(...this.held.take());
   }
 
-  /** Everything not yet sent, in order (what waited for room, then what was held), for the queue or the end; empties both. */
+  /** Everything not yet sent, in order (what waited for room, then what was held), for the end; empties both. */
   takeUnsent(): Buffer[] {
     this.held.holding = false;
+    this.stopWaitingForRoom();
     return [...this.backlog.splice(0), ...this.held.take()];
+  }
+
+  /** Whether stanzas wait for room in the memory budget of all queues (a hibernating session's cannot move with it). */
+  get waitingForRoom(): boolean {
+    return this.stopWaiting !== undefined;
+  }
+
+  /**
+   * The client left (hibernation): what waited for room and what was held go to the unacked queue,
+   * in order, as far as the memory budget has room.
+   */
+  clientLeft(sm: StreamManagement): 'queued' | 'waiting' | 'ended' {
+    this.held.holding = false;
+    this.backlog.push(...this.held.take());
+    return this.queueBacklog(sm);
+  }
+
+  /**
+   * A stanza for the hibernating client: to the queue behind whatever waits for room. A queue (or
+   * share) over its limit ends the session with the stanza answered; a used-up memory budget of all
+   * queues makes it wait for room instead (README, Limits and abuse).
+   */
+  queueWhileAway(sm: StreamManagement, bytes: Buffer): 'queued' | 'waiting' | 'ended' {
+    this.backlog.push(bytes);
+    return this.queueBacklog(sm);
+  }
+
+  /** What waits goes to the hibernating client's queue, in order, as far as there is room. */
+  queueBacklog(sm: StreamManagement): 'queued' | 'waiting' | 'ended' {
+    if (this.stopWaiting !== undefined) return 'waiting';
+    for (let bytes = this.backlog.shift(); bytes !== undefined; bytes = this.backlog.shift()) {
+      const pushed = sm.queue.offer(bytes, this.port.now());
+      if (pushed.ok) {
+        this.port.counted(bytes, sm.queue.length);
+        continue;
+      }
+      if (pushed.reason === 'global') {
+        this.backlog.unshift(bytes);
+        this.waitForRoom();
+        return 'waiting';
+      }
+      this.port.overflow(sm, [bytes, ...this.backlog.splice(0)], `${pushed.reason} limit ${pushed.limit}`);
+      return 'ended';
+    }
+    this.port.flow.queueHasRoom();
+    return 'queued';
+  }
+
+  /** The legacy server's stream waits until the memory budget has room; then the session offers the backlog again. */
+  private waitForRoom(): void {
+    this.port.flow.noRoom();
+    if (this.stopWaiting !== undefined) return;
+    this.stopWaiting = this.port.whenRoom(() => {
+      this.stopWaiting = undefined;
+      this.port.roomFreed();
+    });
+  }
+
+  private stopWaitingForRoom(): void {
+    this.stopWaiting?.();
+    this.stopWaiting = undefined;
   }
 
   /**
@@ -139,12 +208,14 @@ export class ClientDelivery {
       }
       const queued = this.enqueue(s, sm, bytes);
       if (queued === 'ended') return false;
-      if (queued === 'full') {
+      if (queued !== 'queued') {
         this.port
           .log()
           .info(
-            { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length },
-            'unacked queue full; reading from the legacy server waits for the client to ack',
+            { code: ErrorCode.SM_QUEUE_FULL, queued: sm.queue.length, limit: queued === 'no-room' ? 'global' : 'own' },
+            queued === 'no-room'
+              ? 'memory budget of all queues used up; reading from the legacy server waits for room'
+              : 'unacked queue full; reading from the legacy server waits for the client to ack',
           );
         this.backlog.push(bytes);
         return true;
@@ -158,16 +229,23 @@ export class ClientDelivery {
 
   /**
    * Puts a stanza for the attached client in the unacked queue. A queue at its own limit (stanzas
-   * or bytes) does not end a live session (README, Limits): the caller keeps the stanza at the
-   * head of the backlog, the legacy server's stream is read no further, and the client is asked
-   * for an ack. Only the memory budget of all queues running out, or a stanza larger than the
-   * queue may ever hold, ends the session, with the stanza, the backlog and what is held answered.
+   * or bytes) does not end a live session (README, Limits and abuse): the caller keeps the stanza
+   * at the head of the backlog, the legacy server's stream is read no further, and the client is
+   * asked for an ack. The memory budget of all queues used up does not end it either: the same,
+   * until other sessions (or this one's acks) make room. Only a stanza larger than the queue (or
+   * its share) may ever hold ends the session, with the stanza, the backlog and what is held answered.
    */
-  private enqueue(s: Attached, sm: StreamManagement, bytes: Buffer): 'queued' | 'full' | 'ended' {
+  private enqueue(s: Attached, sm: StreamManagement, bytes: Buffer): 'queued' | 'full' | 'no-room' | 'ended' {
+    if (this.stopWaiting !== undefined) return 'no-room';
     const pushed = sm.queue.offer(bytes, this.port.now());
     if (pushed.ok) return 'queued';
+    if (pushed.reason === 'global') {
+      this.waitForRoom();
+      s.clock?.check();
+      return 'no-room';
+    }
     // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once).
-    if (pushed.reason === 'global' || sm.queue.length === 0) {
+    if (sm.queue.length === 0) {
       // In order: this stanza, what waited behind it, what is still held behind those.
       this.port.overflow(sm, [bytes, ...this.backlog.splice(0), ...this.held.take()], `${pushed.reason} limit ${pushed.limit}`);
       return 'ended';

@@ -18,7 +18,9 @@ type UpstreamHold =
   /** The client's socket is full. */
   | 'client-full'
   /** The unacked queue of an attached client is full: reading waits for the client's acks. */
-  | 'queue-full';
+  | 'queue-full'
+  /** The memory budget of all queues is used up: reading waits for room, attached or hibernating. */
+  | 'no-room';
 
 /**
  * Backpressure and protocol waits of one session, in one place. A write that returns false pauses
@@ -58,9 +60,15 @@ export class FlowControl {
     this.holdUpstream('queue-full');
   }
 
-  /** The client's acks made room for every stanza that waited. */
+  /** The memory budget of all queues has no room for the next stanza to the client: the legacy server waits. */
+  noRoom(): void {
+    this.holdUpstream('no-room');
+  }
+
+  /** Acks, or room in the memory budget, let every stanza that waited into the queue. */
   queueHasRoom(): void {
     this.releaseUpstream('queue-full');
+    this.releaseUpstream('no-room');
   }
 
   upstreamDrained(): void {
@@ -76,7 +84,10 @@ export class FlowControl {
     this.release('waiting');
   }
 
-  /** The client link is gone (hibernation, or taken over): its holds go with it, and the upstream reads again. */
+  /**
+   * The client link is gone (hibernation, or taken over): its holds go with it, and the upstream
+   * reads again, unless it waits for room in the memory budget.
+   */
   clientGone(): void {
     this.clientHolds.clear();
     this.releaseUpstream('client-full');

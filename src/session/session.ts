@@ -89,6 +89,8 @@ export class Session implements SessionHandle {
       send: (bytes) => this.sendToClient(bytes),
       counted: (bytes, queued) => this.countedToClient(bytes, queued),
       overflow: (sm, overflowing, why) => this.queueOverflow(sm, overflowing, why),
+      whenRoom: (retry) => deps.queueShares.whenRoom(retry),
+      roomFreed: () => this.guard(() => this.roomFreed()),
     });
     deps.registry.add(this, this.addressKey);
     if ('link' in start) {
@@ -598,6 +600,8 @@ export class Session implements SessionHandle {
     const before = this.state;
     const attached = before.name === 'active' && before.sm?.resumable === true;
     if ((before.name !== 'hibernating' && !attached) || this.domainName === undefined) return undefined;
+    // Stanzas that wait for room in the memory budget are in no snapshot: such a session cannot move.
+    if (this.delivery.waitingForRoom) return undefined;
     // The release scans what the socket had buffered (it is delivered or queued): the snapshot comes after it.
     const upstream = before.upstream.release();
     if (upstream === undefined) return undefined;
@@ -610,6 +614,10 @@ export class Session implements SessionHandle {
       link = before.link;
       this.flow.clientGone();
       this.hibernate(before, 'the proxy is upgrading', true);
+    }
+    // Held stanzas that found no room on the way to the queue: the session cannot move after all.
+    if (this.state.name === 'hibernating' && this.delivery.waitingForRoom) {
+      this.queueOverflow(this.state.sm, this.delivery.takeUnsent(), 'global limit: stanzas wait for room during the upgrade');
     }
     const s = this.state;
     const session = this.snapshot();
@@ -736,15 +744,7 @@ export class Session implements SessionHandle {
     this.log.info({ reason, queued: sm.queue.length, timeoutMs }, 'hibernating');
     this.deps.events.notify(this.log, 'hibernationStarted', { sid: this.sid, jid: s.jid, smId: sm.id, queued: sm.queue.length, timeoutMs });
     // What waited for room, then what was held back, goes to the queue now; a hibernating session's queue that overflows ends it.
-    const waiting = this.delivery.takeUnsent();
-    for (const [i, bytes] of waiting.entries()) {
-      const pushed = sm.queue.push(bytes, this.deps.now());
-      if (!pushed.ok) {
-        this.queueOverflow(sm, waiting.slice(i), `${pushed.reason} limit ${pushed.limit}`);
-        return;
-      }
-      this.countedToClient(bytes, sm.queue.length);
-    }
+    if (this.delivery.clientLeft(sm) === 'ended') return;
     if (this.deps.hooks.wantHibernated && !handOff)
       this.deps.hooks.hibernated(
         this,
@@ -941,12 +941,7 @@ export class Session implements SessionHandle {
     if (!isStanza(element)) return;
     const bytes = this.deps.hooks.toClient(element.bytes, element.localName as StanzaKind, 'queued', this);
     if (bytes === undefined) return;
-    const pushed = s.sm.queue.push(bytes, this.deps.now());
-    if (!pushed.ok) {
-      this.queueOverflow(s.sm, [bytes], `${pushed.reason} limit ${pushed.limit}`);
-      return;
-    }
-    this.countedToClient(bytes, s.sm.queue.length);
+    if (this.delivery.queueWhileAway(s.sm, bytes) !== 'queued') return;
     this.log.debug({ queued: s.sm.queue.length, kind: element.localName }, 'stanza queued while hibernating');
     this.deps.events.notify(this.log, 'stanzaQueuedWhileHibernating', {
       sid: this.sid,
@@ -955,6 +950,13 @@ export class Session implements SessionHandle {
       queued: s.sm.queue.length,
       kind: element.localName,
     });
+  }
+
+  /** The memory budget of all queues has room again: what waited for it goes on, as the state now allows. */
+  private roomFreed(): void {
+    const s = this.state;
+    if (s.name === 'active' && s.sm !== undefined) this.delivery.sendBacklog(s, s.sm);
+    else if (s.name === 'hibernating') this.delivery.queueBacklog(s.sm);
   }
 
   /** The queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */

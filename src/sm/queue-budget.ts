@@ -32,22 +32,45 @@ export interface ShareLimits {
  * The memory of all unacked queues, shared out (README, Limits and abuse): the global budget
  * (`globalQueueBytes`), and within it a share per account and per client address, so that one
  * account (or one address) that never acks fills its own share and not everyone's. Whoever
- * reaches a share pays: its session waits for its client's acks, or, hibernating, ends.
+ * reaches a share pays: its session waits for its client's acks, or, hibernating, ends. A session
+ * within its shares that finds the global budget used up waits for room ({@link whenRoom}): it is
+ * never ended for what others hold.
  */
 export class QueueShares {
   readonly #accounts = new Map<string, Share>();
   readonly #addresses = new Map<string, Share>();
+  /** Who waits for room in the global budget, in the order they asked. */
+  readonly #waiters = new Set<() => void>();
+  #waking = false;
 
   constructor(
     readonly global: MemoryBudget,
     private limits: ShareLimits,
   ) {}
 
-  /** New limits (a config reload): later reservations are held to them. */
+  /** New limits (a config reload, after any change to the global limit): later reservations are held to them. */
   setLimits(limits: ShareLimits): void {
     this.limits = limits;
     for (const share of this.#accounts.values()) share.budget.setLimit(this.limits.perAccountBytes);
     for (const share of this.#addresses.values()) share.budget.setLimit(this.#addressLimit());
+    this.#wake();
+  }
+
+  /**
+   * Calls `retry` once, soon after bytes of the global budget are released, when it has room; a
+   * retry that still finds no room asks again. Waiters are called in the order they asked, for as
+   * long as room is left. Returns the way to stop waiting (the session ended, or took its stanzas
+   * back).
+   */
+  whenRoom(retry: () => void): () => void {
+    this.#waiters.add(retry);
+    this.#wake();
+    return () => this.#waiters.delete(retry);
+  }
+
+  /** Sessions waiting for room in the global budget (for tests and metrics). */
+  get waitingForRoom(): number {
+    return this.#waiters.size;
   }
 
   /** Accounts and addresses holding bytes now (for tests and metrics). */
@@ -93,8 +116,30 @@ export class QueueShares {
         this.global.release(bytes);
         this.#release(this.#accounts, account, accountShare, bytes);
         this.#release(this.#addresses, addressKey, addressShare, bytes);
+        this.#wake();
       },
     };
+  }
+
+  #hasRoom(): boolean {
+    return this.global.usedBytes < this.global.limitBytes;
+  }
+
+  /**
+   * Releases come in the middle of another session's work (an ack, an ending): the waiters are
+   * called after it, from the event loop, never from inside it.
+   */
+  #wake(): void {
+    if (this.#waking || this.#waiters.size === 0 || !this.#hasRoom()) return;
+    this.#waking = true;
+    setImmediate(() => {
+      this.#waking = false;
+      for (const retry of [...this.#waiters]) {
+        if (!this.#hasRoom()) return;
+        if (!this.#waiters.delete(retry)) continue;
+        retry();
+      }
+    });
   }
 
   #addressLimit(): number {

@@ -227,10 +227,7 @@ export class UnackedQueue {
       return this.#refuse('bytes', this.#limits.maxBytes, final);
     }
     const refusal = this.#budget.reserve(size);
-    if (refusal !== undefined) {
-      // The account's or address's share frees as their clients ack; the global budget's refusal is final.
-      return this.#refuse(refusal.reason, refusal.limit, final || refusal.reason === 'global');
-    }
+    if (refusal !== undefined) return this.#refuse(refusal.reason, refusal.limit, final);
     this.#store(bytes);
     this.#sentAt.push(nowMs);
     this.#bytes += size;
@@ -239,10 +236,9 @@ export class UnackedQueue {
   }
 
   /**
-   * Like {@link push}, for a stanza the caller can hold back instead of sending it: a refusal by
-   * the queue's own limits (stanzas, bytes) or by its account's or address's share changes
-   * nothing, so the caller can offer it again once acks made room, with no gap in what was sent. A
-   * refusal by the global budget is final, as in `push`.
+   * Like {@link push}, for a stanza the caller can hold back instead of sending it: a refusal (by
+   * the queue's own limits, its account's or address's share, or the global budget) changes
+   * nothing, so the caller can offer it again once there is room, with no gap in what was sent.
    */
   offer(bytes: Buffer, nowMs: number): PushResult {
     return this.#push(bytes, nowMs, false);

@@ -4,9 +4,17 @@ import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS } from '../support/raw-client.js';
 import { recordSmEvents, resumeWith } from '../support/sm-steps.js';
+import { waitUntil } from '../support/wait.js';
 
 // README, Limits and abuse: connections that never log in, against users who do, in front of each
 // real legacy server. Every test client comes from 127.0.0.1: one address.
+
+/** A gauge of the proxy's metrics (README, Metrics and health), read as a scrape would. */
+async function gauge(fixture: ProxyFixture, name: string): Promise<number> {
+  const metric = fixture.proxy.metrics.registry.getSingleMetric(name);
+  if (metric === undefined) throw new Error(`no metric ${name}`);
+  return (await metric.get()).values[0]!.value;
+}
 
 describeEachLegacyServer((kind) => {
   let server: LegacyServer;
@@ -158,6 +166,64 @@ describeEachLegacyServer((kind) => {
       expect(await victim.client.ackRequest(), 'the stream answers: carol sent no stanza').toBe(0);
       expect(events.of('hibernationEnded').filter((e) => e.jid === victim.jid)).toEqual([]);
       for (const client of [victim.client, sender.client, ...hoarders.map((h) => h.client)]) client.drop();
+    });
+  });
+
+  describe('the memory budget of all queues used up by other accounts', () => {
+    let fixture: ProxyFixture;
+
+    beforeAll(async () => {
+      // Two accounts' shares together are the whole global budget.
+      fixture = await startProxyFixture({
+        server,
+        limits: { maxStanzaBytes: 4096, maxStanzaBytesPreAuth: 4096 },
+        streamManagement: { maxQueueBytes: 4096, maxQueueBytesPerAccount: 4096, globalQueueBytes: 8192 },
+      });
+    });
+
+    afterAll(async () => {
+      await fixture?.stop();
+    });
+
+    it("ends no session within its share: a connected and a hibernating one wait for room, and get their stanzas once another account's client acks", async () => {
+      const events = recordSmEvents(fixture.proxy);
+      const victim = await fixture.login('directtls', USERS.carol, { resource: 'victim', sm: true });
+      const away = await fixture.login('directtls', USERS.carol, { resource: 'away', sm: true });
+      away.client.drop();
+      await events.waitFor('hibernationStarted', away.jid);
+      const sender = await fixture.login('directtls', USERS.alice, { resource: 'sender' });
+      // Bob's and alice's never-acking sessions each fill their account's share: together, all of
+      // the global budget but for less than one small message.
+      const hoarders = [
+        await fixture.login('directtls', USERS.bob, { resource: 'hoard', sm: true }),
+        await fixture.login('directtls', USERS.alice, { resource: 'hoard', sm: true }),
+      ];
+      for (const hoarder of hoarders) for (let n = 0; n < 40; n++) sender.client.sendMessage(hoarder.jid, 'x');
+      await sender.client.syncWithServer();
+      await waitUntil(async () => (await gauge(fixture, 'smacks_unacked_bytes')) > 8192 - 200, 'the hoarders to fill the global budget');
+
+      const body = 'y'.repeat(500);
+      sender.client.sendMessage(victim.jid, body, 'V1');
+      sender.client.sendMessage(away.jid, body, 'V2');
+      await victim.client.expectNone((el) => el.is('message'), 'a message while no room is left', 500);
+      expect(victim.client.streamClosedByPeer).toBe(false);
+      expect(await gauge(fixture, 'smacks_sessions_waiting_for_room')).toBe(2);
+
+      // Bob's client acks what it got: room for both, in the order they asked.
+      hoarders[0]!.client.ack();
+      const message = await victim.client.expectMessage((m) => m.attrs.id === 'V1');
+      expect(message.getChildText('body')).toBe(body);
+      expect(await victim.client.ackRequest(), 'the stream answers: carol sent no stanza').toBe(0);
+      const { client: back, answer } = await resumeWith(fixture, USERS.carol, away.smId!, 0);
+      expect(answer.name).toBe('resumed');
+      expect((await back.expectMessage((m) => m.attrs.id === 'V2')).getChildText('body')).toBe(body);
+      expect(
+        events
+          .of('hibernationEnded')
+          .filter((e) => e.jid === away.jid)
+          .map((e) => e.reason),
+      ).toEqual(['resumed']);
+      for (const client of [victim.client, back, sender.client, ...hoarders.map((h) => h.client)]) client.drop();
     });
   });
 });

@@ -82,3 +82,66 @@ describe('UnackedQueue with shares: a share refuses like the queue’s own limit
     expect(queue.overflowed).toBe(true);
   });
 });
+
+describe('QueueShares.whenRoom: waiting for room in the global budget', () => {
+  const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+  it('calls the waiters after a release, from the event loop, in the order they asked, while room is left', async () => {
+    const shares = new QueueShares(new MemoryBudget(300), { perAccountBytes: 1000, perAddressBytes: 0 });
+    const hoarder = shares.forSession('h@example.org', 'x');
+    expect(hoarder.reserve(300)).toBeUndefined();
+    const a = shares.forSession('a@example.org', 'x');
+    const b = shares.forSession('b@example.org', 'x');
+    const order: string[] = [];
+    // Each waiter takes 100 bytes when called, as a session whose stanza now fits.
+    shares.whenRoom(() => {
+      order.push('a');
+      expect(a.reserve(100)).toBeUndefined();
+    });
+    shares.whenRoom(() => {
+      order.push('b');
+      expect(b.reserve(100)).toBeUndefined();
+    });
+    await nextTurn();
+    expect(order, 'no room yet: nobody is called').toEqual([]);
+    expect(shares.waitingForRoom).toBe(2);
+
+    hoarder.release(100);
+    expect(order, 'not from inside the release').toEqual([]);
+    await nextTurn();
+    expect(order, 'room for one: the first to ask').toEqual(['a']);
+    expect(shares.waitingForRoom).toBe(1);
+
+    hoarder.release(200);
+    await nextTurn();
+    expect(order).toEqual(['a', 'b']);
+    expect(shares.waitingForRoom).toBe(0);
+  });
+
+  it('a waiter that stops waiting is not called', async () => {
+    const shares = new QueueShares(new MemoryBudget(100), { perAccountBytes: 1000, perAddressBytes: 0 });
+    const hoarder = shares.forSession('h@example.org', 'x');
+    expect(hoarder.reserve(100)).toBeUndefined();
+    let called = false;
+    const stop = shares.whenRoom(() => {
+      called = true;
+    });
+    stop();
+    hoarder.release(100);
+    await nextTurn();
+    expect(called).toBe(false);
+    expect(shares.waitingForRoom).toBe(0);
+  });
+
+  it('a raised limit (a reload) wakes the waiters', async () => {
+    const global = new MemoryBudget(100);
+    const shares = new QueueShares(global, { perAccountBytes: 1000, perAddressBytes: 0 });
+    expect(shares.forSession('h@example.org', 'x').reserve(100)).toBeUndefined();
+    let called = 0;
+    shares.whenRoom(() => called++);
+    global.setLimit(200);
+    shares.setLimits({ perAccountBytes: 1000, perAddressBytes: 0 });
+    await nextTurn();
+    expect(called).toBe(1);
+  });
+});

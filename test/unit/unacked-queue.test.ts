@@ -375,12 +375,17 @@ describe('UnackedQueue overflow', () => {
     expect(queue.sent).toBe(3);
   });
 
-  it('offer: a refusal by the global budget is final, as with push', () => {
+  it('offer: a refusal by the global budget leaves the queue as it was, and the stanza fits once another queue released room', () => {
     const budget = new MemoryBudget(20);
     const queue = new UnackedQueue(UNLIMITED, budget);
-    expect(queue.offer(stanza(0), T0)).toEqual({ ok: true });
+    const other = new UnackedQueue(UNLIMITED, budget);
+    expect(other.offer(stanza(0), T0)).toEqual({ ok: true });
     expect(queue.offer(stanza(1), T0)).toEqual({ ok: false, reason: 'global', limit: 20 });
-    expect(queue.overflowed).toBe(true);
+    expect(queue.overflowed).toBe(false);
+    expect(queue.sent).toBe(0);
+    expect(other.ack(1)).toEqual({ kind: 'acked', count: 1 });
+    expect(queue.offer(stanza(1), T0)).toEqual({ ok: true });
+    expect(ids(queue.entries())).toEqual(['m1']);
   });
 
   it('shares the global budget between queues and releases it on ack and drain', () => {
