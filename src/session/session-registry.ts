@@ -155,6 +155,14 @@ export class SessionRegistry {
     return (held) => target.acceptHeld(held);
   }
 
+  /**
+   * A round trip on the upstream stream of the hibernating session `smId` names (upstream-probe.ts),
+   * before a resume whose account a bind confirmed is decided; `undefined` when there is none to wait for.
+   */
+  probe(smId: string): Promise<void> | undefined {
+    return this.resumable.get(smId)?.probeUpstream();
+  }
+
   /** The queue of the stranded session `smId` names, for the stream its client came back on (decideResume's `takeQueue`). */
   takeQueue(smId: string, h: number): Buffer[] {
     const target = this.resumable.get(smId);

@@ -21,6 +21,7 @@ import { rewriteFeatures } from './features.js';
 import { ClientDelivery } from './client-delivery.js';
 import type { ClientPhase, SessionHandle, StanzaKind } from './hooks.js';
 import { AckClock } from './ack-clock.js';
+import { UpstreamProbe } from './upstream-probe.js';
 import { StreamSetup, type ResumeRequest, type SetupPhaseName, type SetupPort } from './stream-setup.js';
 import { bare, resourceOf } from '../xml/jid.js';
 import type { ResumeHandOver } from './session-registry.js';
@@ -38,6 +39,8 @@ interface SessionStats {
 }
 
 const BIND_ID_PREFIX = 'smacks-proxy-bind-';
+/** How long a resume waits for the legacy server's answer on the hibernated session's stream (upstream-probe.ts). */
+const PROBE_TIMEOUT_MS = 10_000;
 
 /**
  * One client stream and its upstream stream to the legacy server. Relays SASL and
@@ -65,6 +68,8 @@ export class Session implements SessionHandle {
   private serverFeatures: Element | undefined;
   /** XML is logged only at trace (README, Security); checked once, not per element. */
   private readonly traceXml: boolean;
+  /** While hibernating: the round trip a resume waits for, until its answer arrives. */
+  private probe: UpstreamProbe | undefined;
 
   /**
    * A session for a client link that just opened, or for a hibernated session another process of
@@ -201,6 +206,7 @@ export class Session implements SessionHandle {
     checkedTransition(from, next);
     this.state = next;
     if (from.name !== next.name) this.log.debug({ from: from.name, to: next.name }, 'session state');
+    if (from.name === 'hibernating' && next.name !== 'hibernating') this.probe?.settled();
   }
 
   private armAuthTimer(): NodeJS.Timeout {
@@ -529,10 +535,30 @@ export class Session implements SessionHandle {
     this.end({ kind: 'moved' });
   }
 
-  /** The resuming client's account is known (stream-setup.ts): `bareJid`, or undefined when the server refused the identity bind. */
-  private onIdentityKnown(request: ResumeRequest, bareJid: string | undefined): void {
+  /**
+   * The resuming client's account is known (stream-setup.ts): `bareJid`, or undefined when the
+   * server refused the identity bind. When a bind told it, that bind may have made the legacy
+   * server replace the very session being resumed (one resource per account): the resume is
+   * decided only after a round trip on that session's stream has shown whether it is still there.
+   */
+  private onIdentityKnown(request: ResumeRequest, bareJid: string | undefined, byBind: boolean): void {
+    if (this.state.name !== 'negotiating') throw new InvariantError(`resume identity known in state ${this.state.name}`);
+    const probed = byBind && bareJid !== undefined ? this.deps.registry.probe(request.previd) : undefined;
+    if (probed === undefined) {
+      this.decideResumeOf(request, bareJid);
+      return;
+    }
+    void probed.then(() =>
+      this.guard(() => {
+        // The client may have gone while the legacy server answered.
+        if (this.state.name === 'negotiating') this.decideResumeOf(request, bareJid);
+      }),
+    );
+  }
+
+  private decideResumeOf(request: ResumeRequest, bareJid: string | undefined): void {
     const s = this.state;
-    if (s.name !== 'negotiating') throw new InvariantError(`resume identity known in state ${s.name}`);
+    if (s.name !== 'negotiating') throw new InvariantError(`resume decided in state ${s.name}`);
     const link = s.link;
     // Looked up again: the session may have ended, or its client acked, during the identity check.
     const account = bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '' };
@@ -650,6 +676,17 @@ export class Session implements SessionHandle {
     this.log.info({ queued: sm.queue.length, timeoutMs }, 'hibernating session taken over from the previous process');
     const { jid, sinceMs } = session;
     return { name: 'hibernating', upstream, jid, sm, sinceMs, expiresAtMs: this.deps.now() + timeoutMs, expiryTimer };
+  }
+
+  /**
+   * A round trip on this hibernating session's upstream stream (upstream-probe.ts), settled when
+   * the session stops hibernating too; `undefined` in any other state.
+   */
+  probeUpstream(): Promise<void> | undefined {
+    const s = this.state;
+    if (s.name !== 'hibernating' || this.domainName === undefined) return undefined;
+    this.probe ??= new UpstreamProbe((data) => this.toUpstream(s.upstream, data), this.domainName, PROBE_TIMEOUT_MS);
+    return this.probe.done;
   }
 
   /** What a `<resume/>` of this session with `h` would find (the registry asks, for decideResume). */
@@ -890,7 +927,7 @@ export class Session implements SessionHandle {
       redeliver: (held) => {
         for (const element of held) this.onClientElement(element);
       },
-      identityKnown: (request, bareJid) => this.onIdentityKnown(request, bareJid),
+      identityKnown: (request, bareJid, byBind) => this.onIdentityKnown(request, bareJid, byBind),
     };
   }
 
@@ -934,6 +971,10 @@ export class Session implements SessionHandle {
   }
 
   private onUpstreamWhileHibernating(s: Extract<State, { name: 'hibernating' }>, element: ScannedElement): void {
+    if (this.probe?.answers(element) === true) {
+      this.probe = undefined;
+      return;
+    }
     if (element.localName === 'error' && element.ns === NS.stream) {
       this.strand(s, 'the legacy server ended the stream with a stream error');
       return;

@@ -80,8 +80,12 @@ export interface SetupPort {
   inheritedLost(inherited: readonly Buffer[]): void;
   /** Elements held while the setup waited, to be handled again, in order, as if they arrived now. */
   redeliver(held: readonly ScannedElement[]): void;
-  /** The account `request` comes from is known; `undefined` when the legacy server refused the identity bind. */
-  identityKnown(request: ResumeRequest, bareJid: string | undefined): void;
+  /**
+   * The account `request` comes from is known; `undefined` when the legacy server refused the
+   * identity bind. `byBind`: the server told it by binding a resource on this stream (which may
+   * have replaced the session being resumed), not the SASL exchange.
+   */
+  identityKnown(request: ResumeRequest, bareJid: string | undefined, byBind: boolean): void;
 }
 
 /**
@@ -206,7 +210,7 @@ export class StreamSetup {
     if (p.name === 'authenticated') this.phase = { ...p, featuresRelayed: true };
     else if (p.name === 'resuming' && p.awaitingFeatures) {
       this.phase = { ...p, awaitingFeatures: false };
-      this.port.identityKnown(p.request, p.saslJid);
+      this.port.identityKnown(p.request, p.saslJid, false);
     }
   }
 
@@ -235,11 +239,11 @@ export class StreamSetup {
     if (confirmedBySasl) {
       // XEP-0198 §5: the client resumes "where it would otherwise bind", so `<resumed/>` belongs
       // after the restarted stream's header and features; a pipelined `<resume/>` waits for them.
-      if (p.featuresRelayed) this.port.identityKnown(request, p.saslJid);
+      if (p.featuresRelayed) this.port.identityKnown(request, p.saslJid, false);
       return;
     }
     if (p.boundJid !== undefined) {
-      this.port.identityKnown(request, bare(p.boundJid));
+      this.port.identityKnown(request, bare(p.boundJid), true);
       return;
     }
     this.port.toServer(`<iq type='set' id='${this.identityBindId}'><bind xmlns='${NS.bind}'/></iq>`);
@@ -282,7 +286,7 @@ export class StreamSetup {
     const jid = iq.attrs.type === 'result' ? (iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined) : undefined;
     if (p.name === 'resuming') {
       this.phase = { ...p, boundJid: jid };
-      this.port.identityKnown(p.request, jid === undefined ? undefined : bare(jid));
+      this.port.identityKnown(p.request, jid === undefined ? undefined : bare(jid), true);
       return true;
     }
     this.port.toClient(element.bytes);

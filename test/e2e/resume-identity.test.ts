@@ -194,5 +194,18 @@ describe.runIf(legacyServersUnderTest().includes('ejabberd'))(
       await client.close();
       await hibernated.bob.client.close();
     });
+
+    it('another spelling (ALICE) needs the throwaway bind, which replaces the hibernated session: the resume fails cleanly, nothing queued is lost', async () => {
+      const hibernated = await hibernatingAlice(fixture, events, 'one-resource-shouting', USERS.carol);
+      const shouting = { username: USERS.alice.username.toUpperCase(), password: USERS.alice.password };
+      const { client, answer } = await resumeWith(fixture, shouting, hibernated.alice.smId!, 0);
+      expect(answer.toString()).toMatch(/^<failed /);
+      expect(answer.getChildText('text'), 'the <failed/> says why').toMatch(/legacy server/);
+      await client.bind('after-failed');
+      await client.expectMessage((m) => m.attrs.id === hibernated.queuedId);
+      await client.expectNone((el) => el.is('error', NS.stream), 'a stream error after the failed resume', 1000);
+      await client.close();
+      await hibernated.bob.client.close();
+    });
   },
 );

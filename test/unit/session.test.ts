@@ -283,6 +283,13 @@ class FakeUpstream extends ScriptedPeer<UpstreamHandler> implements UpstreamStre
     const id = parseElement(request).attrs.id as string;
     this.write(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${jid}</jid></bind></iq>`);
   }
+
+  /** Answers the proxy's round trip on this (hibernated) stream, as a legacy server answers a ping. */
+  answerProbe(): void {
+    const request = this.sent.findLast((written) => written.includes("id='smacks-probe-"));
+    if (request === undefined) throw new Error(`no probe was sent upstream; sent: ${this.sent.join(' ')}`);
+    this.write(`<iq type='result' id='${parseElement(request).attrs.id as string}'/>`);
+  }
 }
 
 type SeenEvents = { [K in keyof SmEventMap]: SmEventMap[K][0][] };
@@ -1254,8 +1261,39 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     expect(c2.session.stateName).toBe('resuming');
     expect(identityBinds(c2)).toHaveLength(1);
     c2.upstream.answerBind(`${USER}/identity-check`);
+    // The bind may have replaced the hibernated session (one resource per account): a round trip on its stream first.
+    await settle();
+    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);
+    c.upstream.answerProbe();
+    await settle();
     expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(true);
     expect(c.session.stateName).toBe('active');
+    expect(
+      c.client.received.concat(c2.client.received).some((xml) => xml.includes('smacks-probe-')),
+      'the answer reaches no client',
+    ).toBe(false);
+  });
+
+  it('a bind that made the legacy server replace the hibernated session: the round trip finds its stream gone; the resume fails, the queue follows the next bind', async () => {
+    const { c, smId } = await hibernating();
+    const c2 = rig.connect();
+    await c2.authenticate({ as: 'USER' });
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
+    c2.upstream.answerBind(`${USER}/identity-check`);
+    // What ejabberd with max_user_sessions: 1 does to the older stream, before it reads the ping.
+    c.upstream.write(`<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`);
+    await settle();
+    const failed = c2.client.elements().at(-1);
+    expect(failed?.name).toBe('failed');
+    expect(failed?.getChildText('text')).toMatch(/^the legacy server ended the session/);
+    expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);
+    c2.client.write(`<iq type='set' id='b2'><bind xmlns='${NS.bind}'/></iq>`);
+    expect(
+      c2.client
+        .elements()
+        .filter((el) => el.name === 'message')
+        .map((el) => el.attrs.id),
+    ).toEqual(['m1']);
   });
 
   it('a SASL name of another account is not trusted either way: the bind answer refuses it', async () => {
@@ -1264,6 +1302,8 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     await c2.authenticate({ as: 'mallory' });
     c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='0'/>`);
     c2.upstream.answerBind(`mallory@${DOMAIN}/identity-check`);
+    c.upstream.answerProbe();
+    await settle();
     const failed = c2.client.elements().at(-1);
     expect(failed?.name).toBe('failed');
     expect(failed?.getChildText('text')).toBe('the session belongs to another account');
