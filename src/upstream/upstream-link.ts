@@ -165,6 +165,8 @@ export class UpstreamLink implements UpstreamStream {
         },
       },
       { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
+      // The legacy server's own serialisation of what other users wrote (stream-scanner.ts NameChecks).
+      'top-level',
     );
     this.writer = new CoalescingWriter(socket);
     socket.setNoDelay(true);
@@ -460,6 +462,7 @@ function negotiateStartTls(socket: Socket, target: UpstreamTarget): Promise<Sock
         onError: (error) => fail(error.message, error),
       },
       { maxStanzaBytes: UPSTREAM_MAX_STANZA_BYTES, maxDepth: UPSTREAM_MAX_DEPTH },
+      'top-level',
     );
     socket.on('data', (chunk: Buffer) => scanner.write(chunk));
     socket.once('close', () => fail('connection closed'));

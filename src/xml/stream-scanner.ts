@@ -31,6 +31,16 @@ export interface ScannerLimits {
   maxDepth: number;
 }
 
+/**
+ * How strict a scanner is about names and namespaces below the top level. `every-depth` (the
+ * default): Namespaces in XML 1.0 and XML 1.0 name characters in every start tag, for what clients
+ * send. `top-level`: only the prefixes of top-level elements and the stream header, for what a
+ * legacy server sends: it re-serialises stanzas other users wrote (ejabberd 23.01 writes
+ * `<note xmlns='u' ex:level='2'>` for `<ex:note ex:level='2'>`, leaving `ex` unbound), and ending
+ * a user's stream over that would let any contact end it.
+ */
+export type NameChecks = 'every-depth' | 'top-level';
+
 /** The opening tag of an XML stream (RFC 6120 §4.7). */
 export interface StreamHeader {
   /** Exact bytes of the opening tag, from '<' to '>' (not including a preceding XML declaration). */
@@ -513,7 +523,11 @@ export class StreamScanner {
   private elNs: string | undefined;
   private readonly nameCache: NameEntry[] = [];
 
-  constructor(handlers: ScannerHandlers, limits: ScannerLimits) {
+  constructor(
+    handlers: ScannerHandlers,
+    limits: ScannerLimits,
+    private readonly nameChecks: NameChecks = 'every-depth',
+  ) {
     checkLimits(limits);
     this.handlers = handlers;
     this.maxStanzaBytes = limits.maxStanzaBytes;
@@ -890,7 +904,7 @@ export class StreamScanner {
           // buf[i] is the '>' of a start tag.
           const d = this.depth;
           if (d >= 2) {
-            if (this.nsCheck || this.capCount !== 0) {
+            if ((this.nsCheck || this.capCount !== 0) && this.nameChecks === 'every-depth') {
               const err = this.namespaceProblem(buf, i, d, false);
               if (err !== undefined) return this.fail(err);
             }
@@ -914,7 +928,7 @@ export class StreamScanner {
           if (b !== GT) return this.fail(unexpectedByte(b, "after '/' in a start tag", this.consumed + i));
           const d = this.depth;
           if (d >= 2) {
-            if (this.nsCheck || this.capCount !== 0) {
+            if ((this.nsCheck || this.capCount !== 0) && this.nameChecks === 'every-depth') {
               const err = this.namespaceProblem(buf, i, d, true);
               if (err !== undefined) return this.fail(err);
             }
@@ -1431,7 +1445,7 @@ export class StreamScanner {
       this.capturing = true;
       this.capName = len === 5 && declaration ? 'xmlns' : names.toString('utf8', s, e);
     }
-    if (this.attrWide && !declaration && isWideName(names, s, e)) {
+    if (this.attrWide && !declaration && (this.depth === 0 || this.nameChecks === 'every-depth') && isWideName(names, s, e)) {
       this.nsCheck = true;
       this.wideAttrs.push(names.toString('utf8', s, e));
     }
@@ -1568,7 +1582,7 @@ export class StreamScanner {
       );
       return S.Done;
     }
-    const problem = this.namespaceProblem(buf, i, 1, selfClosing);
+    const problem = this.nameChecks === 'every-depth' ? this.namespaceProblem(buf, i, 1, selfClosing) : undefined;
     if (problem !== undefined) {
       this.fail(problem);
       return S.Done;

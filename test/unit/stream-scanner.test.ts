@@ -800,6 +800,40 @@ const errorCases: ErrorCase[] = [
   },
 ];
 
+describe("StreamScanner: 'top-level' name checks, for what a legacy server sends", () => {
+  /** Events of `input` scanned in one chunk with `nameChecks`. */
+  function scanWith(input: string, nameChecks: 'every-depth' | 'top-level'): string[] {
+    const events: string[] = [];
+    const scanner = new StreamScanner(
+      {
+        onStreamOpen: () => events.push('open'),
+        onElement: (element) => events.push(element.bytes.toString('utf8')),
+        onStreamClose: () => events.push('close'),
+        onError: (error) => events.push(`error ${error.condition}`),
+      },
+      DEFAULT_LIMITS,
+      nameChecks,
+    );
+    scanner.write(Buffer.from(input, 'utf8'));
+    return events;
+  }
+
+  it.each([
+    ['an attribute prefix left unbound by a re-serialisation (ejabberd)', "<message><note xmlns='urn:x' ex:level='2'/></message>"],
+    ['a prefix below the top level that nothing declares', '<message><x:a/></message>'],
+    ["xmlns:a=''", "<message><a xmlns:a=''/></message>"],
+    ['U+00A0 in a name below the top level', '<message><a\u00a0b/></message>'],
+  ])('relays %s, which a client stream refuses', (_label, stanza) => {
+    expect(scanWith(`${HEADER}${stanza}`, 'top-level')).toEqual(['open', stanza]);
+    expect(scanWith(`${HEADER}${stanza}`, 'every-depth')).toEqual(['open', 'error not-well-formed']);
+  });
+
+  it('still refuses an unbound prefix on a top-level element, and malformed XML', () => {
+    expect(scanWith(`${HEADER}<foo:message/>`, 'top-level')).toEqual(['open', 'error bad-namespace-prefix']);
+    expect(scanWith(`${HEADER}<message><a></b></message>`, 'top-level')).toEqual(['open', 'error not-well-formed']);
+  });
+});
+
 describe('StreamScanner: errors, in every chunking', () => {
   for (const c of errorCases) {
     it(`${c.condition}: ${c.name}`, () => {
