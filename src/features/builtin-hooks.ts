@@ -5,6 +5,7 @@ import { legacyAuthRefusal } from './legacy-auth.js';
 import { pingWhileAway } from './ping-while-away.js';
 import { streamManagementOffer } from './stream-management-offer.js';
 import { transportRefusals } from './transport-refusals.js';
+import { upstreamRenewal } from './upstream-renewal.js';
 
 /**
  * The hooks every session runs (session/hooks.ts), in order. A feature that changes what flows
@@ -18,4 +19,5 @@ export const BUILTIN_HOOKS: readonly SessionHook[] = [
   pingWhileAway,
   replayDelayStamp,
   streamManagementOffer,
+  upstreamRenewal(),
 ];

@@ -26,6 +26,9 @@ import type { FeaturesPhase } from './features.js';
  * - `advertise` adds features to the stream features the client sees;
  * - `handedOff` writes what the feature keeps for a hibernating session that an upgrade hands to
  *   the next process, as plain JSON data, and `adopted` reads it back there;
+ * - `upstreamRenewed` learns that the session goes on over a new upstream stream (its legacy
+ *   server restarted while the client was away): the server knows nothing of what the client told
+ *   it on the old one;
  * - through {@link SessionHandle.sendUpstream} a hook speaks to the legacy server on the user's behalf.
  */
 export interface SessionHook {
@@ -33,6 +36,11 @@ export interface SessionHook {
   readonly name: string;
   /** The phases whose client elements `fromClient` sees; every phase when absent. */
   readonly phases?: readonly ClientPhase[];
+  /**
+   * The stanzas `fromClient` sees (and no nonza); every element when absent. A hook that needs only
+   * presence and iqs costs the client's messages nothing.
+   */
+  readonly fromClientKinds?: readonly StanzaKind[];
   fromClient?(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict;
   /** The deliveries whose stanzas `toClient` sees; both when absent. */
   readonly deliveries?: readonly Delivery[];
@@ -67,6 +75,12 @@ export interface SessionHook {
    * in `handedOff` there (another version of the proxy may have written it: check what it holds).
    */
   adopted?(session: SessionHandle, carried: unknown): void;
+  /**
+   * The session now runs over a new upstream stream, bound to the same full JID, and its client
+   * resumes: what the client told the legacy server on the old stream is told again through
+   * {@link SessionHandle.sendUpstream}, before `<resumed/>` and anything the client sends after it.
+   */
+  upstreamRenewed?(session: SessionHandle): void;
 }
 
 /** Where the session is when a client element arrives: before SASL success, before bind, bound. */
@@ -137,7 +151,7 @@ export interface SessionHandle {
  * built-in hooks cost one call per client element and none per stanza to the client.
  */
 export class SessionHooks {
-  private readonly fromClientHooks: Readonly<Record<ClientPhase, readonly SessionHook[]>>;
+  private readonly fromClientHooks: Readonly<Record<ClientPhase, Readonly<Record<StanzaKind | 'nonza', readonly SessionHook[]>>>>;
   private readonly toClientHooks: Readonly<Record<Delivery, Readonly<Record<StanzaKind, readonly SessionHook[]>>>>;
   private readonly replayHooks: readonly SessionHook[];
   private readonly holdHooks: readonly SessionHook[];
@@ -145,11 +159,17 @@ export class SessionHooks {
   private readonly hibernatedHooks: readonly SessionHook[];
   private readonly advertisers: readonly SessionHook[];
   private readonly carriers: readonly SessionHook[];
+  private readonly renewers: readonly SessionHook[];
 
   constructor(hooks: readonly SessionHook[]) {
     const fromClient = hooks.filter((hook) => hook.fromClient !== undefined);
     const toClient = hooks.filter((hook) => hook.toClient !== undefined);
-    const askedIn = (phase: ClientPhase): SessionHook[] => fromClient.filter((hook) => hook.phases?.includes(phase) ?? true);
+    const askedIn = (phase: ClientPhase): Record<StanzaKind | 'nonza', SessionHook[]> => {
+      const inPhase = fromClient.filter((hook) => hook.phases?.includes(phase) ?? true);
+      const about = (kind: StanzaKind | 'nonza'): SessionHook[] =>
+        inPhase.filter((hook) => hook.fromClientKinds === undefined || (kind !== 'nonza' && hook.fromClientKinds.includes(kind)));
+      return { message: about('message'), presence: about('presence'), iq: about('iq'), nonza: about('nonza') };
+    };
     const askedFor = (delivery: Delivery): Record<StanzaKind, SessionHook[]> => {
       const forDelivery = toClient.filter((hook) => hook.deliveries?.includes(delivery) ?? true);
       const ofKind = (kind: StanzaKind): SessionHook[] => forDelivery.filter((hook) => hook.kinds?.includes(kind) ?? true);
@@ -167,11 +187,15 @@ export class SessionHooks {
     this.hibernatedHooks = hooks.filter((hook) => hook.hibernated !== undefined);
     this.advertisers = hooks.filter((hook) => hook.advertise !== undefined);
     this.carriers = hooks.filter((hook) => hook.handedOff !== undefined || hook.adopted !== undefined);
+    this.renewers = hooks.filter((hook) => hook.upstreamRenewed !== undefined);
   }
 
   /** The first hook that answers decides; `undefined` when every hook lets the element through. */
   fromClient(element: ScannedElement, phase: ClientPhase, session: SessionHandle): FromClientVerdict {
-    for (const hook of this.fromClientHooks[phase]) {
+    const hooks = this.fromClientHooks[phase];
+    const name = element.localName;
+    const asked = name === 'message' || name === 'presence' || name === 'iq' ? hooks[name] : hooks.nonza;
+    for (const hook of asked) {
       const verdict = hook.fromClient?.(element, phase, session);
       if (verdict !== undefined) return verdict;
     }
@@ -227,6 +251,10 @@ export class SessionHooks {
       if (data !== undefined) carried[hook.name] = data;
     }
     return carried;
+  }
+
+  upstreamRenewed(session: SessionHandle): void {
+    for (const hook of this.renewers) hook.upstreamRenewed?.(session);
   }
 
   /** Gives each hook what the hook of its name wrote in the previous process; a hook that wrote nothing is not called. */

@@ -5,12 +5,18 @@ import type { ClientLink } from '../transport/client-link.js';
 import type { SmNamespace } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
 import type { Session } from './session.js';
+import type { UpstreamStream } from '../upstream/upstream-link.js';
 
 /** What a resuming connection hands the session it resumes (XEP-0198 §5): its link, the namespace of its `<resume/>` and its `h`. */
 export interface ResumeHandOver {
   readonly link: ClientLink;
   readonly ns: SmNamespace;
   readonly h: number;
+  /**
+   * The resuming connection's upstream stream, bound to the session's full JID, for a session whose
+   * own stream is gone (resumption.ts `renewUpstream`): it becomes the session's.
+   */
+  readonly upstream?: UpstreamStream;
 }
 
 export interface EndedSession {

@@ -58,6 +58,11 @@ export type State =
       readonly sm: StreamManagement;
       readonly sinceMs: number;
       readonly expiryTimer: NodeJS.Timeout;
+      /**
+       * The server ended the stream for a resource conflict: another session holds the full JID
+       * now, so a resume may not bind it again (it would end that session).
+       */
+      readonly replaced: boolean;
     }
   | { readonly name: 'closed' };
 
@@ -70,7 +75,7 @@ export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   negotiating: ['active', 'closed'],
   active: ['active', 'hibernating', 'closed'],
   hibernating: ['active', 'hibernating', 'stranded', 'closed'],
-  stranded: ['closed'],
+  stranded: ['active', 'closed'],
   closed: [],
 };
 
@@ -123,16 +128,18 @@ function clearStateTimers(from: State, to: State): void {
 
 /** What a `<resume/>` of a session in state `s` with `h` would find (the registry asks, for decideResume). */
 export function resumeCandidateOf(s: State, domain: string | undefined, h: number): ResumeCandidate {
-  const none = { kind: 'live', domain, resumable: false, upstreamGone: false, h: 0, ack: { kind: 'in-range' } } as const;
-  if (!isBound(s)) return { ...none, bareJid: undefined };
+  const none = { kind: 'live', domain, resumable: false, upstreamGone: false, renewable: false, h: 0, ack: { kind: 'in-range' } } as const;
+  if (!isBound(s)) return { ...none, bareJid: undefined, jid: undefined };
   const sm = s.sm;
-  if (sm === undefined) return { ...none, bareJid: bare(s.jid) };
+  if (sm === undefined) return { ...none, bareJid: bare(s.jid), jid: s.jid };
   return {
     kind: 'live',
     bareJid: bare(s.jid),
+    jid: s.jid,
     domain,
     resumable: sm.resumable,
     upstreamGone: s.name === 'stranded',
+    renewable: s.name === 'stranded' && !s.replaced,
     h: sm.inbound.h,
     ack: sm.queue.checkAck(h),
   };

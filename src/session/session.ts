@@ -522,7 +522,13 @@ export class Session implements SessionHandle {
       else this.refuse(ns, early.failure, previd);
       return;
     }
-    s.setup.resume({ ns, previd, h }, candidate.kind === 'live' || candidate.kind === 'ended' ? candidate.bareJid : undefined);
+    // A session whose upstream stream is gone may go on over this one, bound to its own resource.
+    const renewable = candidate.kind === 'live' && candidate.renewable && candidate.jid !== undefined ? candidate.jid : undefined;
+    s.setup.resume(
+      { ns, previd, h },
+      candidate.kind === 'live' || candidate.kind === 'ended' ? candidate.bareJid : undefined,
+      renewable === undefined ? undefined : resourceOf(renewable),
+    );
   }
 
   /**
@@ -541,27 +547,28 @@ export class Session implements SessionHandle {
    * server replace the very session being resumed (one resource per account): the resume is
    * decided only after a round trip on that session's stream has shown whether it is still there.
    */
-  private onIdentityKnown(request: ResumeRequest, bareJid: string | undefined, byBind: boolean): void {
+  private onIdentityKnown(request: ResumeRequest, bareJid: string | undefined, byBind: boolean, boundJid: string | undefined): void {
     if (this.state.name !== 'negotiating') throw new InvariantError(`resume identity known in state ${this.state.name}`);
     const probed = byBind && bareJid !== undefined ? this.deps.registry.probe(request.previd) : undefined;
     if (probed === undefined) {
-      this.decideResumeOf(request, bareJid);
+      this.decideResumeOf(request, bareJid, boundJid);
       return;
     }
     void probed.then(() =>
       this.guard(() => {
         // The client may have gone while the legacy server answered.
-        if (this.state.name === 'negotiating') this.decideResumeOf(request, bareJid);
+        if (this.state.name === 'negotiating') this.decideResumeOf(request, bareJid, boundJid);
       }),
     );
   }
 
-  private decideResumeOf(request: ResumeRequest, bareJid: string | undefined): void {
+  private decideResumeOf(request: ResumeRequest, bareJid: string | undefined, boundJid: string | undefined): void {
     const s = this.state;
     if (s.name !== 'negotiating') throw new InvariantError(`resume decided in state ${s.name}`);
     const link = s.link;
     // Looked up again: the session may have ended, or its client acked, during the identity check.
-    const account = bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '' };
+    const account =
+      bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '', ...(boundJid === undefined ? {} : { boundJid }) };
     const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), account);
     if (!decision.ok && 'reconnect' in decision) {
       this.reconnectElsewhere(request.previd);
@@ -573,13 +580,19 @@ export class Session implements SessionHandle {
       s.setup.resumeRefused(queued);
       return;
     }
-    const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h });
-    // The client now belongs to the resumed session: the temporary stream closes cleanly, and
-    // what the client pipelined after <resume/> goes to the resumed session, in order.
+    const renewed = decision.renewUpstream === true ? s.upstream : undefined;
+    const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h, upstream: renewed });
+    // The client now belongs to the resumed session: the temporary stream closes cleanly (or, bound
+    // to the session's own JID, becomes its stream), and what the client pipelined after <resume/>
+    // goes to the resumed session, in order.
     this.flow.clientHandedOver();
     this.inheritedLost(s.setup.unclaimed);
-    s.upstream.close();
-    this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
+    if (renewed === undefined) {
+      s.upstream.close();
+      this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');
+    } else {
+      this.log.info({ previd: shortId(request.previd) }, 'client resumed another session; this upstream stream is its stream now');
+    }
     this.transition({ name: 'closed' });
     this.deps.registry.delete(this);
     this.deps.events.notify(this.log, 'sessionEnded', {
@@ -714,24 +727,32 @@ export class Session implements SessionHandle {
    * Called by the registry once decideResume accepted a resume of this (hibernated or still
    * attached) session: takes the link, `<resumed/>`, replay of unacked stanzas, normal flow.
    */
-  takeOver({ link, ns, h }: ResumeHandOver): void {
+  takeOver({ link, ns, h, upstream: renewed }: ResumeHandOver): void {
     const s = this.state;
-    if ((s.name !== 'active' && s.name !== 'hibernating') || s.sm === undefined)
+    if (!(s.name === 'active' || s.name === 'hibernating' || (s.name === 'stranded' && renewed !== undefined)) || s.sm === undefined)
       throw new InvariantError(`resume accepted for a session in state ${s.name}`);
     const sm = s.sm;
     const resumed = sm.queue.resume(h);
     if (resumed.ack.kind !== 'acked')
       throw new InvariantError(`resume accepted with h=${h}, which the queue refuses (${resumed.ack.kind})`);
-    const hibernatedMs = s.name === 'hibernating' ? this.deps.now() - s.sinceMs : 0;
+    const hibernatedMs = s.name === 'hibernating' || s.name === 'stranded' ? this.deps.now() - s.sinceMs : 0;
     this.flow.clientGone();
     this.stats.resumes++;
     sm.linkChanged();
     const clock = this.ackClock(sm);
     this.delivery.linkChanged();
+    const upstream = s.name === 'stranded' ? renewed! : s.upstream;
     // From here on the old link's events no longer reach this session (clientHandler).
-    const next = { name: 'active', link, upstream: s.upstream, jid: s.jid, sm, clock } as const;
+    const next = { name: 'active', link, upstream, jid: s.jid, sm, clock } as const;
     this.transition(next);
     link.setHandler(this.clientHandler(link));
+    if (s.name === 'stranded') {
+      // The legacy server restarted: its new session of this JID hears again what the old one heard.
+      upstream.setHandler(this.upstreamHandler(upstream));
+      upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
+      this.deps.hooks.upstreamRenewed(this);
+      this.log.info({ jid: s.jid }, 'session goes on over a new upstream stream');
+    }
     if (s.name === 'active') {
       // XEP-0198 §5: "the server SHOULD send a <conflict/> stream error on the old stream".
       s.link.fail(new StreamError(ErrorCode.SM_TAKEOVER, 'conflict', 'the session was resumed from another connection'));
@@ -744,7 +765,7 @@ export class Session implements SessionHandle {
     this.delivery.sendBacklog(next, sm);
     this.log.info({ replayed: resumed.replay.length, hibernatedMs, h }, 'session resumed');
     // A takeover of a still-attached session ends no hibernation: events stay paired for metrics.
-    if (s.name === 'hibernating') this.hibernationEnded(s, 'resumed');
+    if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, 'resumed');
     const tookOver = s.name === 'active';
     this.deps.events.notify(this.log, 'resumed', {
       sid: this.sid,
@@ -927,7 +948,7 @@ export class Session implements SessionHandle {
       redeliver: (held) => {
         for (const element of held) this.onClientElement(element);
       },
-      identityKnown: (request, bareJid, byBind) => this.onIdentityKnown(request, bareJid, byBind),
+      identityKnown: (request, bareJid, byBind, boundJid) => this.onIdentityKnown(request, bareJid, byBind, boundJid),
     };
   }
 
@@ -976,7 +997,9 @@ export class Session implements SessionHandle {
       return;
     }
     if (element.localName === 'error' && element.ns === NS.stream) {
-      this.strand(s, 'the legacy server ended the stream with a stream error');
+      // RFC 6120 §4.9.3.3 conflict: another session took the resource (or, one resource per account, the account).
+      const replaced = parseElement(element.bytes).getChild('conflict', NS.streams) !== undefined;
+      this.strand(s, 'the legacy server ended the stream with a stream error', replaced);
       return;
     }
     if (!isStanza(element)) return;
@@ -1025,8 +1048,8 @@ export class Session implements SessionHandle {
    * (decideResume's `takeQueue`), or until the hibernation expires, when it is lost: with no
    * stream of the user's, nothing can answer it (README, What it does).
    */
-  private strand(s: Extract<State, { name: 'hibernating' }>, why: string): void {
-    this.transition({ name: 'stranded', jid: s.jid, sm: s.sm, sinceMs: s.sinceMs, expiryTimer: s.expiryTimer });
+  private strand(s: Extract<State, { name: 'hibernating' }>, why: string, replaced: boolean): void {
+    this.transition({ name: 'stranded', jid: s.jid, sm: s.sm, sinceMs: s.sinceMs, expiryTimer: s.expiryTimer, replaced });
     this.log.warn(
       { code: ErrorCode.UPSTREAM_CLOSED, why, queued: s.sm.queue.length },
       'legacy server ended the stream of a hibernating session; its queue waits for the client',
@@ -1038,7 +1061,7 @@ export class Session implements SessionHandle {
   private upstreamLost(error: UpstreamError): void {
     const s = this.state;
     if (s.name === 'hibernating') {
-      this.strand(s, error.message);
+      this.strand(s, error.message, false);
       return;
     }
     if (s.name === 'closed') return;

@@ -83,9 +83,9 @@ export interface SetupPort {
   /**
    * The account `request` comes from is known; `undefined` when the legacy server refused the
    * identity bind. `byBind`: the server told it by binding a resource on this stream (which may
-   * have replaced the session being resumed), not the SASL exchange.
+   * have replaced the session being resumed), not the SASL exchange; `boundJid` is the full JID it bound.
    */
-  identityKnown(request: ResumeRequest, bareJid: string | undefined, byBind: boolean): void;
+  identityKnown(request: ResumeRequest, bareJid: string | undefined, byBind: boolean, boundJid?: string): void;
 }
 
 /**
@@ -217,15 +217,17 @@ export class StreamSetup {
   /**
    * A `<resume/>` of a session of `sessionAccount` (its bare JID, if bound; live or remembered) after SASL success:
    * finds out which account this stream authenticated as, then {@link SetupPort.identityKnown}.
-   * Only in the `authenticated` phase.
+   * Only in the `authenticated` phase. `resource`: the session's own, when its upstream stream is
+   * gone (a legacy server restart): the check binds that resource, so that this stream can become
+   * the session's (resumption.ts `renewUpstream`).
    */
-  resume(request: ResumeRequest, sessionAccount: string | undefined): void {
+  resume(request: ResumeRequest, sessionAccount: string | undefined, resource?: string): void {
     const p = this.phase;
     if (p.name !== 'authenticated') return;
     // The SASL exchange named exactly the hibernated session's account: confirmed with no second
     // resource, which a server allowing one resource per account would trade for the session. A
     // stream that bound a resource already has the server's own answer, which comes first.
-    const confirmedBySasl = p.boundJid === undefined && p.saslJid !== undefined && p.saslJid === sessionAccount;
+    const confirmedBySasl = resource === undefined && p.boundJid === undefined && p.saslJid !== undefined && p.saslJid === sessionAccount;
     this.phase = {
       name: 'resuming',
       request,
@@ -243,10 +245,12 @@ export class StreamSetup {
       return;
     }
     if (p.boundJid !== undefined) {
-      this.port.identityKnown(request, bare(p.boundJid), true);
+      this.port.identityKnown(request, bare(p.boundJid), true, p.boundJid);
       return;
     }
-    this.port.toServer(`<iq type='set' id='${this.identityBindId}'><bind xmlns='${NS.bind}'/></iq>`);
+    const bind =
+      resource === undefined ? `<bind xmlns='${NS.bind}'/>` : `<bind xmlns='${NS.bind}'><resource>${escapeXml(resource)}</resource></bind>`;
+    this.port.toServer(`<iq type='set' id='${this.identityBindId}'>${bind}</iq>`);
   }
 
   /**
@@ -286,7 +290,7 @@ export class StreamSetup {
     const jid = iq.attrs.type === 'result' ? (iq.getChild('bind', NS.bind)?.getChildText('jid') ?? undefined) : undefined;
     if (p.name === 'resuming') {
       this.phase = { ...p, boundJid: jid };
-      this.port.identityKnown(p.request, jid === undefined ? undefined : bare(jid), true);
+      this.port.identityKnown(p.request, jid === undefined ? undefined : bare(jid), true, jid);
       return true;
     }
     this.port.toClient(element.bytes);

@@ -20,12 +20,19 @@ export type ResumeCandidate =
       readonly kind: 'live';
       /** Its account, once bound. */
       readonly bareJid: string | undefined;
+      /** Its full JID, once bound. */
+      readonly jid: string | undefined;
       /** The domain its client's stream was opened to. */
       readonly domain: string | undefined;
       /** It can still be resumed (its queue never overflowed, it is not ending). */
       readonly resumable: boolean;
       /** The legacy server ended its stream while its client was away: its queue waits for the next bind. */
       readonly upstreamGone: boolean;
+      /**
+       * Its stream is gone and no other session took its full JID (a restart, not a resource
+       * conflict): a resuming stream may bind that JID and become the session's.
+       */
+      readonly renewable: boolean;
       /** Its handled count, told to the client in a `<failed/>` about `h`. */
       readonly h: number;
       /** The client's `h` against the session's unacked queue. */
@@ -33,7 +40,11 @@ export type ResumeCandidate =
     };
 
 export type ResumeDecision =
-  | { readonly ok: true }
+  /**
+   * With `renewUpstream`, the session's own upstream stream is gone (the legacy server restarted)
+   * and the resuming stream bound the very same full JID: that stream becomes the session's.
+   */
+  | { readonly ok: true; readonly renewUpstream?: true }
   /** With `takeQueue`, the resuming stream takes the session's unacked stanzas, for its client's next bind. */
   | { readonly ok: false; readonly failure: SmFailure; readonly takeQueue?: true }
   /**
@@ -51,6 +62,8 @@ export type ResumeDecision =
 export interface ResumingAccount {
   readonly bareJid: string;
   readonly domain: string;
+  /** The full JID the resuming stream bound, when the legacy server told the account by a bind. */
+  readonly boundJid?: string;
 }
 
 function sameAccount(
@@ -115,8 +128,14 @@ export function decideResume(candidate: ResumeCandidate, account: ResumingAccoun
       if (ack.kind === 'too-high') return { ok: false, failure: withH(smFailure('resume-h-too-high', ack.h, ack.sendCount), candidate.h) };
       if (ack.kind === 'backwards') return { ok: false, failure: withH(smFailure('resume-h-below-ack', ack.h, ack.previous), candidate.h) };
       // Its upstream session is gone, and with it the full JID: the client binds again, and gets the queue then.
-      if (candidate.upstreamGone)
+      if (candidate.upstreamGone) {
+        // The same resource on a new stream: contacts see the same full JID, so the client resumes
+        // as if nothing happened. Another one would be a JID the client never learns from
+        // <resumed/>: it binds afresh instead, and the queue follows that bind.
+        if (candidate.renewable && account.boundJid !== undefined && account.boundJid === candidate.jid)
+          return { ok: true, renewUpstream: true };
         return { ok: false, failure: withH(smFailure('resume-upstream-restarted'), candidate.h), takeQueue: true };
+      }
       return { ok: true };
     }
   }

@@ -8,9 +8,11 @@ const ALICE_VIA_OTHER_DOMAIN: ResumingAccount = { bareJid: 'alice@example.org', 
 const live = (over: Partial<Extract<ResumeCandidate, { kind: 'live' }>> = {}): ResumeCandidate => ({
   kind: 'live',
   bareJid: ALICE.bareJid,
+  jid: `${ALICE.bareJid}/phone`,
   domain: ALICE.domain,
   resumable: true,
   upstreamGone: false,
+  renewable: false,
   h: 7,
   ack: { kind: 'in-range' },
   ...over,
@@ -20,7 +22,7 @@ const ended: ResumeCandidate = { kind: 'ended', reason: 'expired', bareJid: ALIC
 /** key and h of a refusal, or 'resumed'. */
 function outcome(decision: ReturnType<typeof decideResume> | undefined): string {
   if (decision === undefined) return 'check identity';
-  if (decision.ok) return 'resumed';
+  if (decision.ok) return decision.renewUpstream === true ? 'resumed on the new stream' : 'resumed';
   if ('reconnect' in decision) return 'reconnect';
   return `${decision.failure.key}${decision.failure.h === undefined ? '' : ` h=${decision.failure.h}`}${decision.takeQueue === true ? ' +queue' : ''}`;
 }
@@ -67,7 +69,38 @@ describe('decideResume (XEP-0198 §5, §6)', () => {
       ALICE,
       'resume-upstream-restarted h=7 +queue',
     ],
+    [
+      'stranded by a restart, and the resuming stream bound the same full JID: that stream becomes the session’s',
+      live({ upstreamGone: true, renewable: true }),
+      { ...ALICE, boundJid: `${ALICE.bareJid}/phone` },
+      'resumed on the new stream',
+    ],
+    [
+      'stranded by a restart, and the resuming stream got another resource: the queue goes to the next bind',
+      live({ upstreamGone: true, renewable: true }),
+      { ...ALICE, boundJid: `${ALICE.bareJid}/1234-other` },
+      'resume-upstream-restarted h=7 +queue',
+    ],
+    [
+      'stranded by a restart, another spelling of the same full JID (ALICE): the client binds afresh',
+      live({ upstreamGone: true, renewable: true }),
+      { ...ALICE, boundJid: `ALICE@example.org/phone` },
+      'resume-upstream-restarted h=7 +queue',
+    ],
+    [
+      'stranded by a resource conflict (another session holds the JID): never taken back',
+      live({ upstreamGone: true, renewable: false }),
+      { ...ALICE, boundJid: `${ALICE.bareJid}/phone` },
+      'resume-upstream-restarted h=7 +queue',
+    ],
+    ['a session that has its stream: the bound JID changes nothing', live(), { ...ALICE, boundJid: `${ALICE.bareJid}/phone` }, 'resumed'],
     ['stranded, another account: nothing', live({ upstreamGone: true }), MALLORY, 'resume-other-account'],
+    [
+      'stranded, another account bound the same resource name: nothing',
+      live({ upstreamGone: true, renewable: true }),
+      { ...MALLORY, boundJid: `${ALICE.bareJid}/phone` },
+      'resume-other-account',
+    ],
     [
       'stranded, h above what was sent',
       live({ upstreamGone: true, ack: { kind: 'too-high', h: 9, sendCount: 4 } }),

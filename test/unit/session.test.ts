@@ -1052,9 +1052,12 @@ describe('Session: hibernation expiry', () => {
     expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['upstream-lost']);
     expect(rig.budget.usedBytes).toBe(0);
 
+    // The identity check bound the session's resource, and the server gave another: the client's
+    // bind is answered with that one, and the queue follows it.
     c2.client.write(`<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
-    c2.upstream.answerBind(`${USER}/phone`);
-    c2.stanzaFromServer(`<message from='erin@${DOMAIN}/z' to='${USER}/phone' id='after'/>`);
+    const bindAnswer = c2.client.elements().find((el) => el.attrs.id === 'bind_2');
+    expect(bindAnswer?.getChild('bind', NS.bind)?.getChildText('jid')).toBe(`${USER}/identity-check`);
+    c2.stanzaFromServer(`<message from='erin@${DOMAIN}/z' to='${USER}/identity-check' id='after'/>`);
     const received = c2.client.elements();
     const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
     // m1 was acknowledged by the resume's h; the iq and the presence waited, then what is new.
@@ -1064,6 +1067,71 @@ describe('Session: hibernation expiry', () => {
       ['presence', undefined],
       ['message', 'after'],
     ]);
+  });
+
+  it('goes on over the resuming stream when it binds the same full JID: carbons and presence told again, <resumed/>, the replay', async () => {
+    const c = await rig.connect().openAndBind();
+    const smId = c.enableSm({ resume: true }).attrs.id as string;
+    c.stanzaFromClient(`<iq type='set' id='carbons'><enable xmlns='${NS.carbons}'/></iq>`);
+    c.stanzaFromClient(`<presence><show>away</show></presence>`);
+    c.stanzaFromServer(c.messageTo('m1'));
+    c.stanzaFromServer(c.messageTo('m2'));
+    await settle();
+    c.client.drop();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    expect(c.session.stateName).toBe('stranded');
+
+    const c2 = rig.connect();
+    await c2.authenticate();
+    const start = c2.client.elements().length;
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='1'/>`);
+    // Even with SASL naming the account, the check binds the session's own resource.
+    const identityBind = c2.upstream.sent.findLast((xml) => xml.includes(NS.bind));
+    expect(identityBind).toContain('<resource>phone</resource>');
+    const before = c2.upstream.sent.length;
+    c2.upstream.answerBind(c.jid);
+
+    expect(c.session.stateName).toBe('active');
+    expect(c2.session.stateName).toBe('closed');
+    expect(c2.upstream.closed, 'the resuming stream is the session’s now').toBe(false);
+    const told = c2.upstream.sent.slice(before);
+    expect(told[0]).toMatch(new RegExp(`^<iq type='set' id='smacks-renew-[0-9a-f]+'><enable xmlns='${NS.carbons}'/></iq>$`));
+    expect(told[1]).toBe('<presence><show>away</show></presence>');
+    const received = c2.client.elements().slice(start);
+    expect(received.map((el) => [el.name, el.attrs.id])).toEqual([
+      ['resumed', undefined],
+      ['message', 'm2'],
+      ['r', undefined],
+    ]);
+    expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['resumed']);
+
+    // The stream goes on: the answer to the proxy's own request stays with the proxy, the rest reaches the client.
+    c2.upstream.write(`<iq type='result' id='${parseElement(told[0]!).attrs.id as string}'/>`);
+    c2.upstream.write(c.messageTo('m3'));
+    expect(
+      c2.client
+        .elements()
+        .slice(start + received.length)
+        .map((el) => [el.name, el.attrs.id]),
+    ).toEqual([['message', 'm3']]);
+    c2.client.write(`<message to='bob@${DOMAIN}' id='out'><body>back</body></message>`);
+    expect(c2.upstream.sent.at(-1)).toContain("id='out'");
+  });
+
+  it('never binds the resource of a session that a resource conflict ended: another session holds it now', async () => {
+    const { c, smId } = await hibernatingWithUnacked();
+    c.upstream.write(`<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`);
+    expect(c.session.stateName).toBe('stranded');
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.client.write(`<resume xmlns='${SM}' previd='${smId}' h='1'/>`);
+    expect(
+      c2.upstream.sent.filter((xml) => xml.includes(NS.bind)),
+      'SASL named the account: no bind at all',
+    ).toEqual([]);
+    const failed = c2.client.elements().at(-1);
+    expect(failed?.name).toBe('failed');
+    expect(failed?.getChildText('text')).toMatch(/bind again/);
   });
 
   it('loses a stranded queue at expiry, with a warning that counts it', async () => {
