@@ -20,8 +20,8 @@ export interface DeliveryPort {
   counted(bytes: Buffer, queued: number): void;
   /** The unacked queue cannot take `overflowing` (the first of them refused): the session ends. */
   overflow(sm: StreamManagement, overflowing: readonly Buffer[], why: string): void;
-  /** Calls `retry` once the memory budget of all queues has room again (queue-budget.ts); returns a cancel. */
-  whenRoom(retry: () => void): () => void;
+  /** Calls `retry` once `need` bytes of the memory budget of all queues are free (queue-budget.ts); returns a cancel. */
+  whenRoom(need: number, retry: () => void): () => void;
   /** The memory budget has room again: the session offers what waited, as its state allows ({@link sendBacklog}, {@link queueBacklog}). */
   roomFreed(): void;
 }
@@ -157,9 +157,9 @@ export class ClientDelivery {
         this.port.counted(bytes, sm.queue.length);
         continue;
       }
-      if (pushed.reason === 'global') {
+      if (pushed.reason === 'global' && bytes.length <= pushed.limit) {
         this.backlog.unshift(bytes);
-        this.waitForRoom();
+        this.waitForRoom(bytes.length);
         return 'waiting';
       }
       this.port.overflow(sm, [bytes, ...this.backlog.splice(0)], `${pushed.reason} limit ${pushed.limit}`);
@@ -169,11 +169,11 @@ export class ClientDelivery {
     return 'queued';
   }
 
-  /** The legacy server's stream waits until the memory budget has room; then the session offers the backlog again. */
-  private waitForRoom(): void {
+  /** The legacy server's stream waits until `need` bytes of the memory budget are free; then the session offers the backlog again. */
+  private waitForRoom(need: number): void {
     this.port.flow.noRoom();
     if (this.stopWaiting !== undefined) return;
-    this.stopWaiting = this.port.whenRoom(() => {
+    this.stopWaiting = this.port.whenRoom(need, () => {
       this.stopWaiting = undefined;
       this.port.roomFreed();
     });
@@ -239,13 +239,14 @@ export class ClientDelivery {
     if (this.stopWaiting !== undefined) return 'no-room';
     const pushed = sm.queue.offer(bytes, this.port.now());
     if (pushed.ok) return 'queued';
-    if (pushed.reason === 'global') {
-      this.waitForRoom();
+    if (pushed.reason === 'global' && bytes.length <= pushed.limit) {
+      this.waitForRoom(bytes.length);
       s.clock?.check();
       return 'no-room';
     }
-    // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once).
-    if (sm.queue.length === 0) {
+    // A stanza that does not fit an empty queue never will (the legacy server may send more than maxQueueBytes at once),
+    // nor one larger than the whole memory budget (after a reload lowered it).
+    if (sm.queue.length === 0 || pushed.reason === 'global') {
       // In order: this stanza, what waited behind it, what is still held behind those.
       this.port.overflow(sm, [bytes, ...this.backlog.splice(0), ...this.held.take()], `${pushed.reason} limit ${pushed.limit}`);
       return 'ended';

@@ -94,6 +94,18 @@ export class FlowControl {
     this.releaseUpstream('queue-full');
   }
 
+  /** This session's upstream stream now belongs to another session (a renewal): it reads again, under that session's control. */
+  upstreamHandedOver(): void {
+    if (this.upstreamHolds.size === 0) return;
+    this.upstreamHolds.clear();
+    this.upstream()?.resume();
+  }
+
+  /** The session has a new upstream stream (a renewal): what holds reading from the old one holds it too. */
+  upstreamChanged(): void {
+    if (this.upstreamHolds.size > 0) this.upstream()?.pause();
+  }
+
   /** The client link now belongs to another session (resumption): it reads again, under that session's control. */
   clientHandedOver(): void {
     if (this.clientHolds.size === 0) return;

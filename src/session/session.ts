@@ -94,7 +94,7 @@ export class Session implements SessionHandle {
       send: (bytes) => this.sendToClient(bytes),
       counted: (bytes, queued) => this.countedToClient(bytes, queued),
       overflow: (sm, overflowing, why) => this.queueOverflow(sm, overflowing, why),
-      whenRoom: (retry) => deps.queueShares.whenRoom(retry),
+      whenRoom: (need, retry) => deps.queueShares.whenRoom(this, need, retry),
       roomFreed: () => this.guard(() => this.roomFreed()),
     });
     deps.registry.add(this, this.addressKey);
@@ -206,7 +206,10 @@ export class Session implements SessionHandle {
     checkedTransition(from, next);
     this.state = next;
     if (from.name !== next.name) this.log.debug({ from: from.name, to: next.name }, 'session state');
-    if (from.name === 'hibernating' && next.name !== 'hibernating') this.probe?.settled();
+    if (from.name === 'hibernating' && next.name !== 'hibernating') {
+      this.probe?.settled();
+      this.probe = undefined;
+    }
   }
 
   private armAuthTimer(): NodeJS.Timeout {
@@ -586,6 +589,7 @@ export class Session implements SessionHandle {
     // to the session's own JID, becomes its stream), and what the client pipelined after <resume/>
     // goes to the resumed session, in order.
     this.flow.clientHandedOver();
+    if (renewed !== undefined) this.flow.upstreamHandedOver();
     this.inheritedLost(s.setup.unclaimed);
     if (renewed === undefined) {
       s.upstream.close();
@@ -698,6 +702,7 @@ export class Session implements SessionHandle {
   probeUpstream(): Promise<void> | undefined {
     const s = this.state;
     if (s.name !== 'hibernating' || this.domainName === undefined) return undefined;
+    if (this.probe?.isSettled === true) this.probe = undefined;
     this.probe ??= new UpstreamProbe((data) => this.toUpstream(s.upstream, data), this.domainName, PROBE_TIMEOUT_MS);
     return this.probe.done;
   }
@@ -717,7 +722,8 @@ export class Session implements SessionHandle {
     if (s.name !== 'stranded') throw new InvariantError(`queue handed over in state ${s.name}`);
     const trimmed = s.sm.queue.resume(h);
     if (trimmed.ack.kind !== 'acked') throw new InvariantError(`queue handed over with h=${h}, which it refuses (${trimmed.ack.kind})`);
-    const queued = s.sm.queue.drain().map((entry) => entry.bytes);
+    // The queue, then what waited behind it for room in the memory budget, in order.
+    const queued = [...s.sm.queue.drain().map((entry) => entry.bytes), ...this.delivery.takeUnsent()];
     this.log.info({ handedOver: queued.length, h }, 'client came back; the queue goes to its next bind');
     this.end({ kind: 'queue-handed-over' });
     return queued;
@@ -749,6 +755,7 @@ export class Session implements SessionHandle {
     if (s.name === 'stranded') {
       // The legacy server restarted: its new session of this JID hears again what the old one heard.
       upstream.setHandler(this.upstreamHandler(upstream));
+      this.flow.upstreamChanged();
       upstream.startKeepalive(this.deps.settings.upstreamKeepaliveMs);
       this.deps.hooks.upstreamRenewed(this);
       this.log.info({ jid: s.jid }, 'session goes on over a new upstream stream');

@@ -19,6 +19,7 @@ import type { ScannedElement } from '../xml/stream-scanner.js';
 export class UpstreamProbe {
   private readonly id = `smacks-probe-${randomBytes(6).toString('hex')}`;
   private settle!: () => void;
+  #settled = false;
   private readonly timer: NodeJS.Timeout;
   /** Settles when the legacy server answered, when {@link settled} was called, or after `timeoutMs`. */
   readonly done: Promise<void>;
@@ -41,9 +42,15 @@ export class UpstreamProbe {
     return true;
   }
 
-  /** Nothing more to wait for: answered, or the session is no longer hibernating. */
+  /** Nothing more to wait for: answered, timed out, or the session is no longer hibernating. */
   settled(): void {
+    this.#settled = true;
     clearTimeout(this.timer);
     this.settle();
+  }
+
+  /** Whether {@link done} has settled: a later resume needs a round trip of its own. */
+  get isSettled(): boolean {
+    return this.#settled;
   }
 }

@@ -39,8 +39,8 @@ export interface ShareLimits {
 export class QueueShares {
   readonly #accounts = new Map<string, Share>();
   readonly #addresses = new Map<string, Share>();
-  /** Who waits for room in the global budget, in the order they asked. */
-  readonly #waiters = new Set<() => void>();
+  /** Who waits for room in the global budget, in the order they began to wait, with the bytes each needs. */
+  readonly #waiters = new Map<unknown, { readonly need: number; readonly retry: () => void }>();
   #waking = false;
 
   constructor(
@@ -57,15 +57,18 @@ export class QueueShares {
   }
 
   /**
-   * Calls `retry` once, soon after bytes of the global budget are released, when it has room; a
-   * retry that still finds no room asks again. Waiters are called in the order they asked, for as
-   * long as room is left. Returns the way to stop waiting (the session ended, or took its stanzas
-   * back).
+   * Calls `retry` once, soon after bytes of the global budget are released, when `need` bytes are
+   * free. Waiters (one per `key`) are called in the order they began to wait, and none is called
+   * while the one before it does not fit: a retry that still finds no room asks again under the
+   * same key, which keeps its place. Returns the way to stop waiting (the session ended).
    */
-  whenRoom(retry: () => void): () => void {
-    this.#waiters.add(retry);
+  whenRoom(key: unknown, need: number, retry: () => void): () => void {
+    const waiter = { need, retry };
+    this.#waiters.set(key, waiter);
     this.#wake();
-    return () => this.#waiters.delete(retry);
+    return () => {
+      if (this.#waiters.get(key) === waiter) this.#waiters.delete(key);
+    };
   }
 
   /** Sessions waiting for room in the global budget (for tests and metrics). */
@@ -121,23 +124,29 @@ export class QueueShares {
     };
   }
 
-  #hasRoom(): boolean {
-    return this.global.usedBytes < this.global.limitBytes;
+  /** Whether the longest-waiting waiter's bytes are free now. */
+  #firstFits(): boolean {
+    const first = this.#waiters.values().next();
+    return !first.done && this.global.limitBytes - this.global.usedBytes >= first.value.need;
   }
 
   /**
    * Releases come in the middle of another session's work (an ack, an ending): the waiters are
-   * called after it, from the event loop, never from inside it.
+   * called after it, from the event loop, never from inside it, and only when the first of them
+   * fits (no retry loop while too little is free).
    */
   #wake(): void {
-    if (this.#waking || this.#waiters.size === 0 || !this.#hasRoom()) return;
+    if (this.#waking || !this.#firstFits()) return;
     this.#waking = true;
     setImmediate(() => {
       this.#waking = false;
-      for (const retry of [...this.#waiters]) {
-        if (!this.#hasRoom()) return;
-        if (!this.#waiters.delete(retry)) continue;
-        retry();
+      while (this.#firstFits()) {
+        const [key, waiter] = this.#waiters.entries().next().value!;
+        waiter.retry();
+        // Served, or (asked again under its key) still waiting in front: the others wait behind it.
+        if (this.#waiters.get(key) !== waiter) {
+          if (this.#waiters.has(key)) return;
+        } else this.#waiters.delete(key);
       }
     });
   }

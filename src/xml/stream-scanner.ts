@@ -760,6 +760,8 @@ export class StreamScanner {
             this.capCount = 0;
             this.capHasRef = false;
             this.nsCheck = false;
+            // A tag that failed after one of its names was noted (a fragment scanner lives on).
+            if (this.wideAttrs.length !== 0) this.wideAttrs = [];
             state = S.StartName;
             continue;
           }

@@ -86,19 +86,19 @@ describe('UnackedQueue with shares: a share refuses like the queue’s own limit
 describe('QueueShares.whenRoom: waiting for room in the global budget', () => {
   const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-  it('calls the waiters after a release, from the event loop, in the order they asked, while room is left', async () => {
+  it('calls the waiters after a release, from the event loop, in the order they began to wait, when their bytes are free', async () => {
     const shares = new QueueShares(new MemoryBudget(300), { perAccountBytes: 1000, perAddressBytes: 0 });
     const hoarder = shares.forSession('h@example.org', 'x');
     expect(hoarder.reserve(300)).toBeUndefined();
     const a = shares.forSession('a@example.org', 'x');
     const b = shares.forSession('b@example.org', 'x');
     const order: string[] = [];
-    // Each waiter takes 100 bytes when called, as a session whose stanza now fits.
-    shares.whenRoom(() => {
+    // Each waiter takes its 100 bytes when called, as a session whose stanza now fits.
+    shares.whenRoom(a, 100, () => {
       order.push('a');
       expect(a.reserve(100)).toBeUndefined();
     });
-    shares.whenRoom(() => {
+    shares.whenRoom(b, 100, () => {
       order.push('b');
       expect(b.reserve(100)).toBeUndefined();
     });
@@ -109,7 +109,7 @@ describe('QueueShares.whenRoom: waiting for room in the global budget', () => {
     hoarder.release(100);
     expect(order, 'not from inside the release').toEqual([]);
     await nextTurn();
-    expect(order, 'room for one: the first to ask').toEqual(['a']);
+    expect(order, 'room for one: the first to wait').toEqual(['a']);
     expect(shares.waitingForRoom).toBe(1);
 
     hoarder.release(200);
@@ -118,12 +118,48 @@ describe('QueueShares.whenRoom: waiting for room in the global budget', () => {
     expect(shares.waitingForRoom).toBe(0);
   });
 
+  it('calls no one while the first waiter’s bytes are not free: no retry loop, and no one overtakes it', async () => {
+    const shares = new QueueShares(new MemoryBudget(1000), { perAccountBytes: 1000, perAddressBytes: 0 });
+    const hoarder = shares.forSession('h@example.org', 'x');
+    expect(hoarder.reserve(1000)).toBeUndefined();
+    const calls: string[] = [];
+    shares.whenRoom('big', 500, () => calls.push('big'));
+    shares.whenRoom('small', 50, () => calls.push('small'));
+    hoarder.release(100);
+    for (let turn = 0; turn < 5; turn++) await nextTurn();
+    expect(calls).toEqual([]);
+    hoarder.release(400);
+    await nextTurn();
+    expect(calls).toEqual(['big', 'small']);
+  });
+
+  it('a retry that still does not fit asks again and keeps its place in front', async () => {
+    const shares = new QueueShares(new MemoryBudget(300), { perAccountBytes: 1000, perAddressBytes: 0 });
+    const hoarder = shares.forSession('h@example.org', 'x');
+    expect(hoarder.reserve(300)).toBeUndefined();
+    const calls: string[] = [];
+    let firstNeed = 100;
+    const first = (): void => {
+      calls.push(`first ${firstNeed}`);
+      // Its stanza grew (another one went first in its backlog): it asks again, for more.
+      if (firstNeed === 100) shares.whenRoom('first', (firstNeed = 250), first);
+    };
+    shares.whenRoom('first', firstNeed, first);
+    shares.whenRoom('second', 100, () => calls.push('second'));
+    hoarder.release(100);
+    await nextTurn();
+    expect(calls, 'the second does not overtake the first').toEqual(['first 100']);
+    hoarder.release(150);
+    await nextTurn();
+    expect(calls).toEqual(['first 100', 'first 250', 'second']);
+  });
+
   it('a waiter that stops waiting is not called', async () => {
     const shares = new QueueShares(new MemoryBudget(100), { perAccountBytes: 1000, perAddressBytes: 0 });
     const hoarder = shares.forSession('h@example.org', 'x');
     expect(hoarder.reserve(100)).toBeUndefined();
     let called = false;
-    const stop = shares.whenRoom(() => {
+    const stop = shares.whenRoom('w', 10, () => {
       called = true;
     });
     stop();
@@ -138,7 +174,7 @@ describe('QueueShares.whenRoom: waiting for room in the global budget', () => {
     const shares = new QueueShares(global, { perAccountBytes: 1000, perAddressBytes: 0 });
     expect(shares.forSession('h@example.org', 'x').reserve(100)).toBeUndefined();
     let called = 0;
-    shares.whenRoom(() => called++);
+    shares.whenRoom('w', 50, () => called++);
     global.setLimit(200);
     shares.setLimits({ perAccountBytes: 1000, perAddressBytes: 0 });
     await nextTurn();

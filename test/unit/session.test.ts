@@ -1364,6 +1364,19 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     ).toEqual(['m1']);
   });
 
+  it('a round trip that timed out is not reused: the next resume waits for one of its own', async () => {
+    const { c } = await hibernating();
+    const probes = (): number => c.upstream.sent.filter((xml) => xml.includes("id='smacks-probe-")).length;
+    const first = c.session.probeUpstream();
+    expect(probes()).toBe(1);
+    expect(c.session.probeUpstream(), 'asked again while it waits: the same round trip').toBe(first);
+    await advance(10_000);
+    await first;
+    const second = c.session.probeUpstream();
+    expect(second).not.toBe(first);
+    expect(probes()).toBe(2);
+  });
+
   it('a SASL name of another account is not trusted either way: the bind answer refuses it', async () => {
     const { c, smId } = await hibernating();
     const c2 = rig.connect();

@@ -1223,3 +1223,12 @@ describe('StreamScanner: chunking invariance on mutated streams', () => {
     }
   });
 });
+
+describe('scanFragment: one refused message leaves nothing behind for the next connection', () => {
+  it('a prefixed attribute name noted before a failure does not reach the next message (another user’s)', () => {
+    const limits = { maxStanzaBytes: 65536, maxDepth: 16 };
+    expect(() => scanFragment(Buffer.from(`<message xmlns='jabber:client' evil:a='<'/>`), limits)).toThrow(/'<' in an attribute value/);
+    const next = scanFragment(Buffer.from(`<message xmlns='jabber:client' xml:lang='en'><x xmlns:p='urn:p' p:b='1'/></message>`), limits);
+    expect(next.name).toBe('message');
+  });
+});
