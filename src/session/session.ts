@@ -584,12 +584,13 @@ export class Session implements SessionHandle {
       return;
     }
     const renewed = decision.renewUpstream === true ? s.upstream : undefined;
-    const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h, upstream: renewed });
-    // The client now belongs to the resumed session: the temporary stream closes cleanly (or, bound
-    // to the session's own JID, becomes its stream), and what the client pipelined after <resume/>
-    // goes to the resumed session, in order.
+    // The client (and, renewed, the stream) now belong to the resumed session: this one lets go of
+    // its holds on them first, and the resumed session sets its own.
     this.flow.clientHandedOver();
     if (renewed !== undefined) this.flow.upstreamHandedOver();
+    const deliverHeld = this.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h, upstream: renewed });
+    // The temporary stream closes cleanly (or, bound to the session's own JID, is the session's
+    // now), and what the client pipelined after <resume/> goes to the resumed session, in order.
     this.inheritedLost(s.setup.unclaimed);
     if (renewed === undefined) {
       s.upstream.close();
@@ -892,6 +893,8 @@ export class Session implements SessionHandle {
       return;
     }
     if (element.localName === 'error' && element.ns === NS.stream) {
+      // RFC 6120 §4.9.3.3 conflict: another session took the resource; that one is told as it is.
+      if (parseElement(element.bytes).getChild('conflict', NS.streams) === undefined && this.outliveUpstream(s, 'a stream error')) return;
       this.log.info({ code: ErrorCode.UPSTREAM_STREAM_ERROR }, 'legacy server sent a stream error; relayed');
       this.end({ kind: 'upstream-error', element });
       return;
@@ -1071,9 +1074,28 @@ export class Session implements SessionHandle {
       this.strand(s, error.message, false);
       return;
     }
-    if (s.name === 'closed') return;
+    if (s.name === 'closed' || this.outliveUpstream(s, error.message)) return;
     this.log.info({ code: error.code, err: error.message }, 'upstream lost');
     this.end({ kind: 'upstream-lost', error });
+  }
+
+  /**
+   * The legacy server ended the user's stream (a restart, a crash) while the client is attached
+   * with a resumable session: nothing the client has not acknowledged can be answered through
+   * that stream, so instead of ending, the session drops the client's connection without a stream
+   * error (the client reconnects and resumes, as after a network cut) and waits stranded. The
+   * resume then binds the same resource on its own stream and goes on over it (README, What it
+   * promises). False, and nothing done, for any other session.
+   */
+  private outliveUpstream(s: State, why: string): boolean {
+    if (s.name !== 'active' || s.sm?.resumable !== true) return false;
+    this.log.info({ code: ErrorCode.UPSTREAM_CLOSED, why }, 'legacy server ended the stream; the client is cut off to resume');
+    s.link.destroy('the legacy server ended the stream: resume');
+    this.flow.clientGone();
+    this.hibernate(s, `the legacy server ended the stream (${why})`);
+    const next = this.state;
+    if (next.name === 'hibernating') this.strand(next, why, false);
+    return true;
   }
 
   // --- the end of a session ---

@@ -67,7 +67,10 @@ export class QueueShares {
     this.#waiters.set(key, waiter);
     this.#wake();
     return () => {
-      if (this.#waiters.get(key) === waiter) this.#waiters.delete(key);
+      if (this.#waiters.get(key) !== waiter) return;
+      this.#waiters.delete(key);
+      // The one behind it may fit now.
+      this.#wake();
     };
   }
 
@@ -124,10 +127,15 @@ export class QueueShares {
     };
   }
 
-  /** Whether the longest-waiting waiter's bytes are free now. */
+  /**
+   * Whether the longest-waiting waiter's bytes are free now, or can never be (a reload lowered the
+   * limit below them: its retry is refused for good and ends its session, and the others move up).
+   */
   #firstFits(): boolean {
     const first = this.#waiters.values().next();
-    return !first.done && this.global.limitBytes - this.global.usedBytes >= first.value.need;
+    if (first.done) return false;
+    const { limitBytes, usedBytes } = this.global;
+    return limitBytes - usedBytes >= first.value.need || first.value.need > limitBytes;
   }
 
   /**

@@ -758,6 +758,7 @@ export class StreamScanner {
             this.attrCount = 0;
             this.attrSet = undefined;
             this.capCount = 0;
+            this.capturing = false;
             this.capHasRef = false;
             this.nsCheck = false;
             // A tag that failed after one of its names was noted (a fragment scanner lives on).
@@ -1694,6 +1695,12 @@ export class StreamScanner {
     this.defaultNs = undefined;
     this.scope.reset(XML_ONLY);
     this.scopeDepth = 0;
+    // Nothing of a message that failed mid-tag reaches the next one (another user's).
+    this.capturing = false;
+    this.capCount = 0;
+    this.nsCheck = false;
+    this.attrWide = false;
+    this.wideAttrs = [];
   }
 
   /** scanFragment: true when the message ended inside a UTF-8 sequence. */

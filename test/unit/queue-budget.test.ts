@@ -154,6 +154,35 @@ describe('QueueShares.whenRoom: waiting for room in the global budget', () => {
     expect(calls).toEqual(['first 100', 'first 250', 'second']);
   });
 
+  it('a waiter that stops waiting lets the one behind it move up at once', async () => {
+    const shares = new QueueShares(new MemoryBudget(1000), { perAccountBytes: 1000, perAddressBytes: 0 });
+    const hoarder = shares.forSession('h@example.org', 'x');
+    expect(hoarder.reserve(900)).toBeUndefined();
+    const calls: string[] = [];
+    const stopBig = shares.whenRoom('big', 800, () => calls.push('big'));
+    shares.whenRoom('small', 10, () => calls.push('small'));
+    await nextTurn();
+    expect(calls).toEqual([]);
+    stopBig();
+    await nextTurn();
+    expect(calls).toEqual(['small']);
+  });
+
+  it('a waiter that can never fit (a reload lowered the limit) is called, so that its session ends and the others move up', async () => {
+    const global = new MemoryBudget(1000);
+    const shares = new QueueShares(global, { perAccountBytes: 1000, perAddressBytes: 0 });
+    const hoarder = shares.forSession('h@example.org', 'x');
+    expect(hoarder.reserve(1000)).toBeUndefined();
+    const calls: string[] = [];
+    shares.whenRoom('big', 800, () => calls.push('big'));
+    shares.whenRoom('small', 10, () => calls.push('small'));
+    global.setLimit(500);
+    shares.setLimits({ perAccountBytes: 1000, perAddressBytes: 0 });
+    hoarder.release(1000);
+    await nextTurn();
+    expect(calls).toEqual(['big', 'small']);
+  });
+
   it('a waiter that stops waiting is not called', async () => {
     const shares = new QueueShares(new MemoryBudget(100), { perAccountBytes: 1000, perAddressBytes: 0 });
     const hoarder = shares.forSession('h@example.org', 'x');

@@ -1118,6 +1118,28 @@ describe('Session: hibernation expiry', () => {
     expect(c2.upstream.sent.at(-1)).toContain("id='out'");
   });
 
+  it('a connected resumable session outlives its upstream stream: the client is cut off without a stream error, the queue waits stranded', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromServer(c.messageTo('m1'));
+    await settle();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    await settle();
+    expect(c.client.failure, 'no stream error to the client').toBeUndefined();
+    expect(c.client.destroyedBecause).toMatch(/resume/);
+    expect(c.session.stateName).toBe('stranded');
+    expect(rig.seen.hibernationStarted).toHaveLength(1);
+  });
+
+  it('a connected session whose resource another session took gets the conflict and ends', async () => {
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.upstream.write(`<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`);
+    await settle();
+    expect(c.client.received.some((xml) => xml.includes('<conflict'))).toBe(true);
+    expect(c.session.stateName).toBe('closed');
+  });
+
   it('never binds the resource of a session that a resource conflict ended: another session holds it now', async () => {
     const { c, smId } = await hibernatingWithUnacked();
     c.upstream.write(`<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`);

@@ -1231,4 +1231,14 @@ describe('scanFragment: one refused message leaves nothing behind for the next c
     const next = scanFragment(Buffer.from(`<message xmlns='jabber:client' xml:lang='en'><x xmlns:p='urn:p' p:b='1'/></message>`), limits);
     expect(next.name).toBe('message');
   });
+
+  it('a declaration whose value failed does not turn the next message’s attribute into a declaration', () => {
+    const limits = { maxStanzaBytes: 65536, maxDepth: 16 };
+    expect(() => scanFragment(Buffer.from(`<message xmlns:evil='a<'/>`), limits)).toThrow(/'<' in an attribute value/);
+    expect(() => scanFragment(Buffer.from(`<message to='urn:x' xmlns='jabber:client'><evil:x/></message>`), limits)).toThrow(
+      /undeclared prefix 'evil'/,
+    );
+    expect(() => scanFragment(Buffer.from(`<message xmlns='a<'/>`), limits)).toThrow(/'<' in an attribute value/);
+    expect(scanFragment(Buffer.from(`<r to='urn:other'/>`), limits).ns).toBeUndefined();
+  });
 });
