@@ -39,6 +39,8 @@ interface SessionStats {
 }
 
 const BIND_ID_PREFIX = 'smacks-proxy-bind-';
+/** RFC 6120 §4.9.3 stream errors that say the legacy server goes away, not that it refuses this session. */
+const SERVER_GOING_AWAY: ReadonlySet<string> = new Set(['system-shutdown', 'reset', 'internal-server-error', 'connection-timeout']);
 /** How long a resume waits for the legacy server's answer on the hibernated session's stream (upstream-probe.ts). */
 const PROBE_TIMEOUT_MS = 10_000;
 
@@ -893,8 +895,10 @@ export class Session implements SessionHandle {
       return;
     }
     if (element.localName === 'error' && element.ns === NS.stream) {
-      // RFC 6120 §4.9.3.3 conflict: another session took the resource; that one is told as it is.
-      if (parseElement(element.bytes).getChild('conflict', NS.streams) === undefined && this.outliveUpstream(s, 'a stream error')) return;
+      // Only the server going away is outlived; a conflict (another session took the resource), a
+      // policy violation or a kick is the server's word on this session and is told as it is.
+      const condition = parseElement(element.bytes).getChildElements()[0]?.name ?? '';
+      if (SERVER_GOING_AWAY.has(condition) && this.outliveUpstream(s, `stream error ${condition}`)) return;
       this.log.info({ code: ErrorCode.UPSTREAM_STREAM_ERROR }, 'legacy server sent a stream error; relayed');
       this.end({ kind: 'upstream-error', element });
       return;

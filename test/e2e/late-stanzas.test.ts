@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLegacyServer, type LegacyServer } from '../support/legacy-server.js';
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
-import type { RawClient } from '../support/raw-client.js';
+import { NS, type RawClient } from '../support/raw-client.js';
 import { resumeWith, subscribe } from '../support/sm-steps.js';
 import { waitUntil } from '../support/wait.js';
 
@@ -201,6 +201,29 @@ describeEachLegacyServer((kind) => {
       bobAgain.client.sendMessage(alice.jid, 'again', 'R4');
       await client.expectMessage((m) => m.attrs.id === 'R4');
       expect(await client.ackRequest(), 'the session counted her stanzas from before the restart').toBeGreaterThan(0);
+      await client.close();
+      await bobAgain.client.close();
+    }, 60_000);
+
+    it('keeps a connected session through the restart: its client is cut off without a stream error, resumes, and gets what it had not acknowledged', async () => {
+      const alice = await patient.login('directtls', USERS.alice, { resource: 'connected-restart', sm: true });
+      alice.client.presence();
+      await alice.client.syncWithServer();
+      const bob = await contact('connected-restart');
+      bob.client.sendMessage(alice.jid, 'unacked', 'C1');
+      await alice.client.expectMessage((m) => m.attrs.id === 'C1');
+      // Alice received C1 but has not acknowledged it when the server stops.
+      await server.restart!();
+      await alice.client.expectClosed();
+      expect(alice.client.received.filter((el) => el.is('error', NS.stream)).map(String), 'no stream error').toEqual([]);
+      await waitUntil(() => [...patient.proxy.registry.sessions()].some((s) => s.stateName === 'stranded'), 'the session to be stranded');
+
+      const { client, answer } = await resumeWith(patient, USERS.alice, alice.smId!, 0);
+      expect(answer.name).toBe('resumed');
+      await client.expectMessage((m) => m.attrs.id === 'C1');
+      const bobAgain = await contact('connected-restart-again');
+      bobAgain.client.sendMessage(alice.jid, 'after', 'C2');
+      await client.expectMessage((m) => m.attrs.id === 'C2');
       await client.close();
       await bobAgain.client.close();
     }, 60_000);

@@ -1131,14 +1131,17 @@ describe('Session: hibernation expiry', () => {
     expect(rig.seen.hibernationStarted).toHaveLength(1);
   });
 
-  it('a connected session whose resource another session took gets the conflict and ends', async () => {
-    const c = await rig.connect().openAndBind();
-    c.enableSm({ resume: true });
-    c.upstream.write(`<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`);
-    await settle();
-    expect(c.client.received.some((xml) => xml.includes('<conflict'))).toBe(true);
-    expect(c.session.stateName).toBe('closed');
-  });
+  it.each(['conflict', 'policy-violation'])(
+    'a connected session that the legacy server refuses (%s, not going away) gets the error and ends',
+    async (condition) => {
+      const c = await rig.connect().openAndBind();
+      c.enableSm({ resume: true });
+      c.upstream.write(`<stream:error><${condition} xmlns='${NS.streams}'/></stream:error>`);
+      await settle();
+      expect(c.client.received.some((xml) => xml.includes(`<${condition}`))).toBe(true);
+      expect(c.session.stateName).toBe('closed');
+    },
+  );
 
   it('never binds the resource of a session that a resource conflict ended: another session holds it now', async () => {
     const { c, smId } = await hibernatingWithUnacked();
