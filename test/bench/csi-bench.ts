@@ -14,7 +14,7 @@
 import { fmtInt, sleep, table } from './bench-util.js';
 import { DOMAIN, proxyConfig, startProxy, type BenchContext } from './bench-context.js';
 import { FakeUpstream } from './fake-upstream.js';
-import { seededRandom } from './scanner-bench.js';
+import { seededRandom } from '../support/seeded-random.js';
 import { BenchXmpp, attr } from './xmpp-bench-client.js';
 
 const CONTACTS = 50;

@@ -14,6 +14,7 @@ import { pathToFileURL } from 'node:url';
 import { Element, Parser as LtxParser } from 'ltx';
 import sax from 'sax';
 import { StreamScanner } from '../../src/xml/stream-scanner.js';
+import { seededRandom } from '../support/seeded-random.js';
 
 /** One row of the results table. */
 export interface BenchRow {
@@ -38,18 +39,6 @@ export interface BenchOptions {
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic generator.
-
-/** mulberry32: small, fast, seeded. Returns a function giving floats in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const WORDS = (
   'the of and to in is you that it he was for on are as with his they at be this have from or one had by word but not what ' +

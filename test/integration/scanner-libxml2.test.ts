@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StreamScanner } from '../../src/xml/stream-scanner.js';
+import { seededRandom } from '../support/seeded-random.js';
 
 // The scanner against a parser nobody here wrote: libxml2 (Debian's xmllint), on generated streams
 // full of names and namespace declarations, right and wrong. What the scanner forwards must be what
@@ -20,18 +21,6 @@ const XMLNS_NS = 'http://www.w3.org/2000/xmlns/';
 const CASES = 3000;
 /** Files per xmllint run: one process for many documents keeps the test short. */
 const BATCH = 500;
-
-/** mulberry32: the same cases on every run. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // Mostly good names and declarations, with the mistakes a fuzzer finds: unbound prefixes, undeclared
 // prefixes, reserved prefixes and namespaces, two colons, characters above ASCII in and out of the
@@ -125,7 +114,7 @@ afterAll(async () => {
 
 describe('StreamScanner and libxml2 agree on names and namespaces', () => {
   it(`accepts and refuses the same ${CASES} generated streams`, async () => {
-    const rnd = random(0x1b2a);
+    const rnd = seededRandom(0x1b2a);
     const inputs = Array.from({ length: CASES }, () => stream(rnd));
     const disagreements: { input: string; scanner: string | undefined; libxml2: string | undefined }[] = [];
     let refused = 0;

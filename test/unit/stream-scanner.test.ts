@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { ErrorCode, StreamError } from '../../src/errors.js';
 import { StreamScanner, scanFragment, type ScannedElement, type ScannerLimits } from '../../src/xml/stream-scanner.js';
+import { seededRandom } from '../support/seeded-random.js';
 
 // ---------------------------------------------------------------------------------------------
 // Toolkit: feed input in every chunking, record events, compare.
@@ -1175,15 +1176,7 @@ describe('scanFragment (RFC 7395 §3.3.3)', () => {
 
 describe('StreamScanner: chunking invariance on mutated streams', () => {
   it('gives the same events in one chunk and in random small chunks (seeded)', () => {
-    let seed = 0x5ca7;
-    const rnd = (): number => {
-      // mulberry32
-      seed = (seed + 0x6d2b79f5) >>> 0;
-      let t = seed;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
+    const rnd = seededRandom(0x5ca7);
     const pieces = [
       MESSAGE,
       PRESENCE,
