@@ -1173,7 +1173,7 @@ export class Session implements SessionHandle {
     const how = HOW_TO_END[cause.kind];
     const upstream = upstreamOf(s);
     const sm = smOf(s);
-    const jid = s.name === 'active' || s.name === 'hibernating' ? s.jid : undefined;
+    const jid = isBound(s) ? s.jid : undefined;
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
     if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
     let unacked = NOTHING_UNACKED;

@@ -1166,6 +1166,8 @@ describe('Session: hibernation expiry', () => {
     expect(c.session.stateName).toBe('closed');
     expect(rig.lines.find((line) => line.msg?.toString().startsWith('unacked stanzas dropped unanswered'))).toMatchObject({ dropped: 3 });
     expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['expired']);
+    // The metrics and integrations learn whose queue it was.
+    expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ jid: c.jid, reason: 'expired', unacked: { lost: 3 } });
   });
 
   it('does not hold a bind whose SASL exchange names no account: nothing of the ended session may reach another account', async () => {
