@@ -81,6 +81,8 @@ export const ErrorCode = {
   SM_QUEUE_FULL: 'PROXY_ERR_SM_QUEUE_FULL',
   /** A newer connection resumed this session (XEP-0198 §5): `conflict`. */
   SM_TAKEOVER: 'PROXY_ERR_SM_TAKEOVER',
+  /** A new login of the client bound this session's full JID instead of resuming: `conflict`; the queue goes to the new login. */
+  SM_REPLACED: 'PROXY_ERR_SM_REPLACED',
   /** Stanzas that needed an answer reached an ended session after its stream to the legacy server was closed (log only). */
   LATE_STANZA_UNANSWERED: 'PROXY_ERR_LATE_STANZA_UNANSWERED',
 

@@ -30,7 +30,12 @@ export type EndCause =
   /** An operator ended the session (admin listener): `error` goes to an attached client. */
   | { readonly kind: 'kicked'; readonly error: StreamError }
   /** A stranded session's queue went to the stream its client came back on (resumption.ts `takeQueue`). */
-  | { readonly kind: 'queue-handed-over' };
+  | { readonly kind: 'queue-handed-over' }
+  /**
+   * A new login of its client bound the session's full JID instead of resuming: its queue went to
+   * that login; `error` (`conflict`) goes to an attached client.
+   */
+  | { readonly kind: 'replaced'; readonly error: StreamError };
 
 /**
  * What each ending does (the client side is in `end`'s switch): the reason remembered for a late
@@ -51,6 +56,7 @@ export const HOW_TO_END: Readonly<
   drained: { reason: 'drained', unacked: 'answer', upstream: 'close' },
   moved: { reason: 'moved', unacked: 'answer', upstream: 'close' },
   'queue-handed-over': { reason: 'upstream-lost', unacked: 'answer', upstream: 'close' },
+  replaced: { reason: 'replaced', unacked: 'answer', upstream: 'close' },
 };
 
 /** What the client of a session that ends is told, per cause (README, Errors): the other half of HOW_TO_END. */
@@ -60,6 +66,7 @@ export function tellClient(link: ClientLink, cause: EndCause): void {
     case 'upstream-lost':
     case 'queue-overflow':
     case 'kicked':
+    case 'replaced':
       link.fail(cause.error);
       return;
     case 'upstream-error':

@@ -1,6 +1,7 @@
 import { InvariantError } from '../errors.js';
 import type { EndedReason } from '../sm/failures.js';
-import type { ResumeCandidate } from '../sm/resumption.js';
+import { fullJidKey, type ResumeCandidate } from '../sm/resumption.js';
+import { bare, resourceOf } from '../xml/jid.js';
 import type { ClientLink } from '../transport/client-link.js';
 import type { SmNamespace } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
@@ -49,6 +50,10 @@ export class SessionRegistry {
   private readonly pending = new Map<Session, string>();
   private readonly pendingPerAddress = new Map<string, number>();
   private readonly resumable = new Map<string, Session>();
+  /** The SM-IDs of resumable sessions by full JID (`fullJidKey`), for a new login of the same resource. */
+  private readonly resumableByJid = new Map<string, Set<string>>();
+  /** The other way: the `fullJidKey` of each resumable session by SM-ID. */
+  private readonly jidKeyOf = new Map<string, string>();
   /**
    * SM-IDs of sessions in the other process of an upgrade (README, Upgrading): handed over from
    * here, or announced by the previous process and not arrived yet. A `<resume/>` of one is told to
@@ -128,9 +133,25 @@ export class SessionRegistry {
     decrement(this.perAddress, addressKey);
   }
 
-  registerResumable(smId: string, session: Session): void {
+  /** `session`, bound to the full JID `jid`, can be resumed by `smId` from now on. */
+  registerResumable(smId: string, session: Session, jid: string): void {
     this.resumable.set(smId, session);
     this.elsewhere.delete(smId);
+    const key = fullJidKey(bare(jid), resourceOf(jid));
+    const smIds = this.resumableByJid.get(key) ?? new Set();
+    smIds.add(smId);
+    this.resumableByJid.set(key, smIds);
+    this.jidKeyOf.set(smId, key);
+  }
+
+  private forgetResumable(smId: string): void {
+    this.resumable.delete(smId);
+    const key = this.jidKeyOf.get(smId);
+    if (key === undefined) return;
+    this.jidKeyOf.delete(smId);
+    const smIds = this.resumableByJid.get(key);
+    smIds?.delete(smId);
+    if (smIds?.size === 0) this.resumableByJid.delete(key);
   }
 
   findResumable(smId: string): Session | undefined {
@@ -176,9 +197,19 @@ export class SessionRegistry {
     return target.handOverQueue(h);
   }
 
+  /**
+   * A new login binds `resource` of the account `bareJid` (as its SASL exchange named it): the
+   * resumable sessions of that full JID end, and their queues, in order, go to the login
+   * (`Session.yieldToLogin`).
+   */
+  replaceByLogin(bareJid: string, resource: string): Buffer[] {
+    const smIds = [...(this.resumableByJid.get(fullJidKey(bareJid, resource)) ?? [])];
+    return smIds.flatMap((smId) => this.resumable.get(smId)?.yieldToLogin() ?? []);
+  }
+
   /** A resumable session went on to the next process of an upgrade: a `<resume/>` of it here is told to connect again. */
   handedOff(smId: string): void {
-    this.resumable.delete(smId);
+    this.forgetResumable(smId);
     this.elsewhere.add(smId);
   }
 
@@ -203,7 +234,7 @@ export class SessionRegistry {
 
   /** Forgets a resumable session and remembers how it ended (one announced by an upgrade, too: it will not come). */
   endResumable(smId: string, ended: EndedSession): void {
-    this.resumable.delete(smId);
+    this.forgetResumable(smId);
     this.elsewhere.delete(smId);
     if (this.limits.rememberEndedMs <= 0 || this.limits.maxRememberedEnded <= 0) return;
     this.ended.delete(smId);

@@ -467,7 +467,7 @@ export class Session implements SessionHandle {
     }
     const sm = result.sm;
     this.transition({ ...s, sm, clock: this.ackClock(sm) });
-    if (sm.resumable) this.deps.registry.registerResumable(sm.id, this);
+    if (sm.resumable) this.deps.registry.registerResumable(sm.id, this, s.jid);
     this.sendToClient(sm.enabledElement());
     this.log.info(
       { smId: sm.resumable ? shortId(sm.id) : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 },
@@ -688,7 +688,7 @@ export class Session implements SessionHandle {
     this.domainName = session.domain;
     this.serverFeatures = session.serverFeatures === undefined ? undefined : parseElement(session.serverFeatures);
     this.deps.registry.bound(this);
-    this.deps.registry.registerResumable(sm.id, this);
+    this.deps.registry.registerResumable(sm.id, this, session.jid);
     const timeoutMs = Math.max(0, session.expiresAtMs - this.deps.now());
     const expiryTimer = this.armExpiry(timeoutMs);
     upstream.setHandler(this.upstreamHandler(upstream));
@@ -729,6 +729,23 @@ export class Session implements SessionHandle {
     const queued = [...s.sm.queue.drain().map((entry) => entry.bytes), ...this.delivery.takeUnsent()];
     this.log.info({ handedOver: queued.length, h }, 'client came back; the queue goes to its next bind');
     this.end({ kind: 'queue-handed-over' });
+    return queued;
+  }
+
+  /**
+   * A new login of this session's client binds its full JID instead of resuming (the app was
+   * restarted, or does not resume). The legacy server would end this session's stream for a
+   * resource conflict (RFC 6120 §7.7.2.2), and what the client had not acknowledged would be lost:
+   * instead, that queue, then what waited behind it, goes to the new login, in order; this session
+   * ends (an attached client is told `conflict`, RFC 6120 §4.9.3.3), and its upstream stream
+   * lingers until closed, so that what the server routed there follows too.
+   */
+  yieldToLogin(): Buffer[] {
+    const s = this.state;
+    if (!isBound(s)) return [];
+    const queued = [...(s.sm?.queue.drain().map((entry) => entry.bytes) ?? []), ...this.delivery.takeUnsent()];
+    this.log.info({ handedOver: queued.length }, 'a new login bound this resource; the queue goes to it');
+    this.end({ kind: 'replaced', error: new StreamError(ErrorCode.SM_REPLACED, 'conflict', 'Replaced by new connection') });
     return queued;
   }
 
@@ -937,18 +954,25 @@ export class Session implements SessionHandle {
       waitForServer: () => this.flow.waitForServer(),
       serverAnswered: () => this.flow.serverAnswered(),
       beforeBind: (resource, account, send) => {
-        // The same full JID. Only where SASL named the account: what the lingering stream received
-        // must never reach another account (EXTERNAL names none; such a bind does not wait).
-        const sameJid = (jid: string): boolean => account !== undefined && resourceOf(jid) === resource && sameBareJid(bare(jid), account);
-        if (resource === undefined || !this.deps.lingering.has(sameJid)) {
+        // The same full JID. Only where SASL named the account: what the sessions of that JID
+        // queued or received must never reach another account (EXTERNAL names none; such a bind
+        // replaces nothing and does not wait).
+        if (resource === undefined || account === undefined) {
           send([]);
+          return;
+        }
+        const sameJid = (jid: string): boolean => resourceOf(jid) === resource && sameBareJid(bare(jid), account);
+        // README, What it does: a live session of this JID ends here, and its stream lingers.
+        const queued = this.deps.registry.replaceByLogin(account, resource);
+        if (!this.deps.lingering.has(sameJid)) {
+          send(queued);
           return;
         }
         this.log.debug({ resource }, 'bind waits for the ended session of this resource to close upstream');
         void this.deps.lingering.handOver(sameJid).then((inherited) =>
           this.guard(() => {
-            if (upstreamOf(this.state) === upstream && this.state.name === 'negotiating') send(inherited);
-            else this.inheritedLost(inherited);
+            if (upstreamOf(this.state) === upstream && this.state.name === 'negotiating') send([...queued, ...inherited]);
+            else this.inheritedLost([...queued, ...inherited]);
           }),
         );
       },

@@ -4,7 +4,8 @@ import { NS, type SmNamespace } from '../xml/namespaces.js';
 import { renderAppCondition } from '../xml/stream-error.js';
 
 /** Why a stream-management session ended; a late `<resume/>` of it is told (README, Errors). */
-export type EndedReason = 'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked' | 'drained' | 'moved';
+export type EndedReason =
+  'expired' | 'closed' | 'upstream-lost' | 'queue-overflow' | 'error' | 'shutdown' | 'kicked' | 'drained' | 'moved' | 'replaced';
 
 /** Whether `value` names an {@link EndedReason} (one read back from another process of the proxy). */
 export function isEndedReason(value: unknown): value is EndedReason {
@@ -21,6 +22,7 @@ const ENDED_TEXT: Readonly<Record<EndedReason, string>> = {
   kicked: 'was ended by the server administrator',
   drained: 'was ended when its server was drained for maintenance',
   moved: 'moved to the new process of an upgrade',
+  replaced: 'was replaced by a new login of the same resource, which got what it had queued',
 };
 
 /** The RFC 6120 §8.3.3 conditions a `<failed/>` carries here. */

@@ -85,6 +85,11 @@ export function sameBareJid(a: string, b: string): boolean {
   return a === b || (a.length === b.length && asciiLower(a) === asciiLower(b));
 }
 
+/** One string per full JID that {@link sameBareJid} and an equal resource take for the same one: a map key. */
+export function fullJidKey(bareJid: string, resource: string): string {
+  return `${asciiLower(bareJid)}/${resource}`;
+}
+
 function asciiLower(text: string): string {
   return text.replace(/[A-Z]+/g, (letters) => letters.toLowerCase());
 }

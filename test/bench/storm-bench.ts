@@ -11,7 +11,7 @@
  *
  * Three scenarios: Prosody without restarts; then Prosody and ejabberd restarted (SIGTERM, started
  * again) every few seconds on top of the cuts. A restart drops every receiver's connection (the
- * proxy keeps their queues and drops the client without a stream error, README, What it promises),
+ * proxy keeps their queues and drops the client without a stream error, README, What it does),
  * so receivers come back and resume as after a cut; a session that was away already waits
  * stranded. The senders' streams end with the restart, and they log in again.
  *
@@ -25,7 +25,7 @@
  * - of which a stranded queue: as many of a receiver's lost messages as the proxy reported lost
  *   (`sessionEnded` with `unacked.lost`) for that receiver's sessions: queued for a stranded session
  *   whose client came back only after the hibernation would have expired, so no stream of the
- *   user's was left to answer on (README, What it promises);
+ *   user's was left to answer on (README, What it does);
  * - duplicated: delivered twice;
  * - reordered: delivered after a later message of the same sender to the same receiver;
  * - delivered and bounced: received by a client that was cut before acking it, and then, the

@@ -149,6 +149,59 @@ describeEachLegacyServer((kind) => {
     }, 30_000);
   });
 
+  describe('a new login of the same resource instead of a resume', () => {
+    let patient: ProxyFixture;
+
+    beforeAll(async () => {
+      patient = await startProxyFixture({ server, streamManagement: { hibernationSeconds: 60 } });
+    });
+
+    afterAll(async () => {
+      await patient?.stop();
+    });
+
+    /** The `<message/>` ids `client` received after the result of its bind, in order. */
+    const idsAfterBind = (client: RawClient): string[] => {
+      const bindAt = client.received.findIndex((el) => el.is('iq') && el.getChild('bind', NS.bind) !== undefined);
+      return client.received
+        .slice(bindAt)
+        .filter((el) => el.is('message'))
+        .map((el) => el.attrs.id as string);
+    };
+
+    it.each([{ how: 'hibernating' }, { how: 'attached' }] as const)(
+      'hands the unacknowledged messages of a session still $how to the login, first and in order; nothing is bounced',
+      async ({ how }) => {
+        const resource = `relogin-${how}`;
+        const alice = await patient.login('directtls', USERS.alice, { resource, sm: true });
+        alice.client.presence();
+        await alice.client.syncWithServer();
+        const bob = await contact(resource);
+        const queued = ['Q1', 'Q2', 'Q3'].map((id) => bob.client.sendMessage(alice.jid, `queued ${id}`, id));
+        // Received or not, never acknowledged: the app is killed, or gives up on a dead connection.
+        await alice.client.expectMessage((m) => m.attrs.id === 'Q3');
+        if (how === 'hibernating') {
+          alice.client.drop();
+          await waitUntil(() => [...patient.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'), 'alice to hibernate');
+        }
+        const again = await patient.login('directtls', USERS.alice, { resource });
+        expect(again.jid).toBe(alice.jid);
+        await again.client.expectMessage((m) => m.attrs.id === 'Q3');
+        expect(idsAfterBind(again.client).slice(0, 3)).toEqual(queued);
+        bob.client.sendMessage(alice.jid, 'after the login', 'A1');
+        await again.client.expectMessage((m) => m.attrs.id === 'A1');
+        if (how === 'attached') {
+          // RFC 6120 §4.9.3.3, as the legacy server itself would have said.
+          await alice.client.expectStreamError('conflict');
+        }
+        expect(messageIds(bob.client, 'error'), 'no message bounced').toEqual(new Set());
+        await again.client.close();
+        await bob.client.close();
+      },
+      30_000,
+    );
+  });
+
   // Last in the file: the restart ends every stream of this legacy server.
   describe.runIf(kind !== 'jabberd2')('across a restart of the legacy server', () => {
     let patient: ProxyFixture;

@@ -90,13 +90,13 @@ describe('SessionRegistry: sessions in the other process of an upgrade (README, 
     const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
     registry.expectArrivals(['coming', 'ends-there']);
     expect(registry.lookup('coming', 0, 0)).toEqual({ kind: 'elsewhere' });
-    registry.registerResumable('coming', live);
+    registry.registerResumable('coming', live, 'alice@example.net/phone');
     expect(registry.lookup('coming', 0, 0)).toEqual({ kind: 'live' });
     // The previous process says it ended there: answered as ended, with its h, not sent away again.
     registry.endResumable('ends-there', ended(5, 0));
     expect(registry.lookup('ends-there', 0, 0)).toMatchObject({ kind: 'ended', h: 5 });
 
-    registry.registerResumable('leaving', live);
+    registry.registerResumable('leaving', live, 'alice@example.net/phone');
     registry.handedOff('leaving');
     expect(registry.lookup('leaving', 0, 0)).toEqual({ kind: 'elsewhere' });
   });
@@ -104,9 +104,44 @@ describe('SessionRegistry: sessions in the other process of an upgrade (README, 
   it('forgets what did not come once the hand-off is over: unknown from then on', () => {
     const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
     registry.expectArrivals(['never']);
-    registry.registerResumable('here', live);
+    registry.registerResumable('here', live, 'alice@example.net/phone');
     registry.forgetElsewhere();
     expect(registry.lookup('never', 0, 0)).toEqual({ kind: 'unknown' });
     expect(registry.lookup('here', 0, 0), 'what arrived stays').toEqual({ kind: 'live' });
+  });
+});
+
+describe('SessionRegistry: a new login of the same resource (README, What it does)', () => {
+  const session = (queued: string) => {
+    const yielded: string[] = [];
+    const s = { yieldToLogin: () => (yielded.push(queued), [Buffer.from(queued)]) } as unknown as Session;
+    return { s, yielded };
+  };
+
+  it('hands over the queues of the resumable sessions of that full JID only, the user name compared as servers do (ASCII case)', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
+    const phone = session('p');
+    const typed = session('P');
+    const desk = session('d');
+    const other = session('o');
+    registry.registerResumable('phone', phone.s, 'alice@example.net/phone');
+    registry.registerResumable('typed', typed.s, 'ALICE@example.net/phone');
+    registry.registerResumable('desk', desk.s, 'alice@example.net/desk');
+    registry.registerResumable('other', other.s, 'bob@example.net/phone');
+    expect(registry.replaceByLogin('alice@example.net', 'phone').map(String)).toEqual(['p', 'P']);
+    expect(registry.replaceByLogin('alice@example.net', 'Phone'), 'resources are compared exactly').toEqual([]);
+    expect([desk.yielded, other.yielded]).toEqual([[], []]);
+  });
+
+  it('forgets a session that ended or moved to another process', () => {
+    const registry = new SessionRegistry({ rememberEndedMs: 1000, maxRememberedEnded: 10 });
+    const ending = session('e');
+    const leaving = session('l');
+    registry.registerResumable('ending', ending.s, 'alice@example.net/phone');
+    registry.registerResumable('leaving', leaving.s, 'alice@example.net/phone');
+    registry.endResumable('ending', ended(1, 0));
+    registry.handedOff('leaving');
+    expect(registry.replaceByLogin('alice@example.net', 'phone')).toEqual([]);
+    expect([ending.yielded, leaving.yielded]).toEqual([[], []]);
   });
 });

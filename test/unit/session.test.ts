@@ -1034,6 +1034,105 @@ describe('Session: hibernation expiry', () => {
     });
   });
 
+  describe('a new login of the same resource, instead of a resume (README, What it does)', () => {
+    const bindPhone = `<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`;
+    const relayed = (c: Connection): boolean => c.upstream.sent.some((xml) => xml.includes('bind_2'));
+    const afterBind = (c: Connection): (string | undefined)[][] => {
+      const received = c.client.elements();
+      return received.slice(received.findIndex((el) => el.attrs.id === 'bind_2')).map((el) => [el.name, el.attrs.id as string | undefined]);
+    };
+
+    it('ends the hibernating session: its queue, then what reached its stream behind the close, go to the login first', async () => {
+      const { c, smId } = await hibernatingWithUnacked();
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone);
+      expect(c.session.stateName).toBe('closed');
+      expect(relayed(c2), 'the bind waits until the old stream is closed: no resource conflict upstream').toBe(false);
+      expect(c.upstream.closed).toBe(true);
+      c.stanzaFromServer(c.messageTo('behind-close', `erin@${DOMAIN}/z`, 'routed before the server read the close'));
+      c.upstream.closeStream();
+      await settle();
+      expect(relayed(c2)).toBe(true);
+      c2.upstream.answerBind(c.jid);
+      expect(afterBind(c2)).toEqual([
+        ['iq', 'bind_2'],
+        ['message', 'm1'],
+        ['iq', 'q1'],
+        ['presence', undefined],
+        ['message', 'behind-close'],
+      ]);
+      expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['replaced']);
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({
+        jid: c.jid,
+        reason: 'replaced',
+        unacked: { bounced: 0, dropped: 0, lost: 0 },
+        late: { handedOver: 1, answered: 0, unanswerable: 0 },
+      });
+      expect(rig.budget.usedBytes).toBe(0);
+
+      // A late <resume/> of the old session learns what became of it, with its h.
+      const c3 = rig.connect();
+      await c3.authenticate();
+      c3.resume(smId, 0);
+      const failed = c3.client.elements().at(-1);
+      expect(failed?.name).toBe('failed');
+      expect(failed?.attrs.h).toBe('1');
+      expect(failed?.getChildText('text')).toMatch(/replaced by a new login/);
+    });
+
+    it('tells an attached session conflict, and hands its unacknowledged stanzas to the login', async () => {
+      const c = await rig.connect().openAndBind();
+      c.enableSm({ resume: true });
+      c.stanzaFromServer(c.messageTo('m1', `alice@${DOMAIN}/desk`, 'one'));
+      c.stanzaFromServer(c.messageTo('m2', `alice@${DOMAIN}/desk`, 'two'));
+      c.ackFromClient(1);
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone);
+      expect(c.client.failure?.condition).toBe('conflict');
+      c.upstream.closeStream();
+      await settle();
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'replaced', code: 'PROXY_ERR_SM_REPLACED' });
+      c2.upstream.answerBind(c.jid);
+      expect(afterBind(c2)).toEqual([
+        ['iq', 'bind_2'],
+        ['message', 'm2'],
+      ]);
+    });
+
+    it('hands a stranded queue to the login', async () => {
+      const { c } = await hibernatingWithUnacked();
+      c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+      expect(c.session.stateName).toBe('stranded');
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone);
+      expect(c.session.stateName).toBe('closed');
+      expect(relayed(c2), 'no stream of the session is left to wait for').toBe(true);
+      c2.upstream.answerBind(c.jid);
+      expect(afterBind(c2)).toEqual([
+        ['iq', 'bind_2'],
+        ['message', 'm1'],
+        ['iq', 'q1'],
+        ['presence', undefined],
+      ]);
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'replaced', unacked: { lost: 0 } });
+    });
+
+    it.each([
+      ['another resource', 'PLAIN', 'tablet'],
+      ['a SASL exchange that names no account (EXTERNAL)', 'EXTERNAL', 'phone'],
+    ] as const)('replaces nothing for %s', async (_what, mechanism, resource) => {
+      const { c } = await hibernatingWithUnacked();
+      const c2 = rig.connect();
+      await c2.authenticate({ mechanism });
+      c2.client.write(`<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>${resource}</resource></bind></iq>`);
+      expect(relayed(c2)).toBe(true);
+      expect(c.session.stateName).toBe('hibernating');
+    });
+  });
+
   it('keeps the queue when the legacy server ends a hibernating stream: the resume fails with h, and the next bind gets the queue first', async () => {
     const { c, smId } = await hibernatingWithUnacked();
     c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
