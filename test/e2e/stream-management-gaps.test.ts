@@ -3,7 +3,16 @@ import { BEHAVIOUR, startLegacyServer, type LegacyServer, type LegacyUser } from
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS, type Element } from '../support/raw-client.js';
-import { bodies, collectMessages, failedCondition, recordSmEvents, resumeWith, subscribe, type SmEventLog } from '../support/sm-steps.js';
+import {
+  bodies,
+  collectMessages,
+  failedCondition,
+  loginDirect,
+  recordSmEvents,
+  resumeWith,
+  subscribe,
+  type SmEventLog,
+} from '../support/sm-steps.js';
 import { startTcpRelay, type TcpRelay } from '../support/tcp-relay.js';
 import { waitUntil } from '../support/wait.js';
 
@@ -216,15 +225,16 @@ describeEachLegacyServer((kind) => {
     it("relays the legacy server's stream error (its resource conflict) to the client; a later resume fails fast with the reason", async () => {
       const alice = await fixture.login('directtls', USERS.alice, { resource: 'kicked-active', sm: true });
       await sendCounted(alice, 2);
-      // The legacy server resolves the resource conflict by closing the older stream with <conflict/>.
-      const usurper = await fixture.login('directtls', USERS.alice, { resource: 'kicked-active' });
+      // Another client of alice's, connected to the server directly, binds the same resource: the
+      // server resolves the resource conflict by closing the older stream with <conflict/>.
+      const usurper = await loginDirect(server, USERS.alice, 'kicked-active');
       const error = await alice.client.expectStreamError('conflict');
       // Relayed as the legacy server wrote it (its own text, or none), not the proxy's own takeover conflict.
       expect(error.getChildText('text', NS.streamErrors) ?? undefined).toBe(BEHAVIOUR[kind].conflictText);
       await alice.client.expectClosed();
       await waitUntil(() => fixture.proxy.registry.findResumable(alice.smId!) === undefined, "alice's session to end");
       await expectResumeRefused(alice, 2);
-      await usurper.client.close();
+      await usurper.close();
     });
 
     it.each(['fin', 'reset'] as const)(

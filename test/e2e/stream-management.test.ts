@@ -4,7 +4,7 @@ import { startLegacyServer, type LegacyServer } from '../support/legacy-server.j
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS } from '../support/raw-client.js';
-import { bodies, collectMessages, failedCondition, resumeWith, subscribe } from '../support/sm-steps.js';
+import { bodies, collectMessages, failedCondition, loginDirect, resumeWith, subscribe } from '../support/sm-steps.js';
 import { waitUntil } from '../support/wait.js';
 
 // XEP-0198 done by the proxy in front of a real legacy Prosody 0.12 (mod_smacks off).
@@ -449,13 +449,14 @@ describeEachLegacyServer((kind) => {
       const alice = await fixture.login('directtls', USERS.alice, { resource: 'kicked', sm: true });
       alice.client.drop();
       await waitUntil(() => [...fixture.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'), 'alice to hibernate');
-      // Prosody resolves the resource conflict by closing the old (hibernating) stream.
-      const usurper = await fixture.login('directtls', USERS.alice, { resource: 'kicked' });
+      // Another client of alice's, connected to the server directly, binds the same resource: the
+      // server resolves the resource conflict by closing the old (hibernating) stream.
+      const usurper = await loginDirect(server, USERS.alice, 'kicked');
       const { client, answer } = await resumeWith(fixture, USERS.alice, alice.smId!, 0);
       expect(failedCondition(answer)).toBe('item-not-found');
       expect(answer.getChildText('text')).toMatch(/legacy server/);
       await client.close();
-      await usurper.client.close();
+      await usurper.close();
     });
   });
 

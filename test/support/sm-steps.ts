@@ -6,8 +6,9 @@
  */
 import type { SmEventMap } from '../../src/session/events.js';
 import type { Proxy } from '../../src/proxy.js';
+import type { LegacyServer, LegacyUser } from './legacy-server.js';
 import type { LoggedIn, ProxyFixture } from './proxy-fixture.js';
-import { NS, type Element, type RawClient, type RawTransport } from './raw-client.js';
+import { NS, RawClient, type Element, type RawTransport } from './raw-client.js';
 
 /** The bodies of `messages`, in their order. */
 export function bodies(messages: Element[]): string[] {
@@ -32,6 +33,18 @@ export async function collectMessages(client: RawClient, count: number, what: st
 /** The defined condition of a `<failed/>` (XEP-0198 §5): its child in the stanza-error namespace. */
 export function failedCondition(failed: Element): string | undefined {
   return failed.getChildElements().find((c) => c.getNS() === NS.stanzas && c.name !== 'text')?.name;
+}
+
+/**
+ * Another client of `user`, logged in to the legacy server directly (its plain c2s port, not
+ * through the proxy) and bound to `resource`: binding the resource of a session the proxy holds
+ * makes the server end that session's stream for a resource conflict (RFC 6120 §7.7.2.2).
+ */
+export async function loginDirect(server: LegacyServer, user: LegacyUser, resource: string): Promise<RawClient> {
+  const client = await RawClient.connectPlain({ host: server.host, port: server.c2sPort, domain: server.domain });
+  await client.openStream();
+  await client.login(user.username, user.password, { resource });
+  return client;
 }
 
 /** A fresh connection that authenticates as `user` and sends `<resume previd h/>`: the answer is `<resumed/>` or `<failed/>`. */
