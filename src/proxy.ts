@@ -806,6 +806,7 @@ function sessionSettings(config: ProxyConfig): SessionSettings {
     maxQueueStanzas: sm.maxQueueStanzas,
     maxQueueBytes: sm.maxQueueBytes,
     expiryPolicy: sm.expiryPolicy,
+    strandedMs: sm.strandedSeconds * 1000,
     upstreamKeepaliveMs: sm.upstreamKeepaliveSeconds * 1000,
   };
 }

@@ -22,6 +22,8 @@ export interface SessionSettings extends SmSettings {
   readonly upstreamKeepaliveMs: number;
   /** `bounce` answers unacked stanzas at expiry; `drop` discards them quietly. */
   readonly expiryPolicy: 'bounce' | 'drop';
+  /** How long a stranded session waits for its client, from the end of its upstream stream (its hibernation time when longer). */
+  readonly strandedMs: number;
 }
 
 /**

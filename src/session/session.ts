@@ -1082,12 +1082,16 @@ export class Session implements SessionHandle {
 
   /**
    * The legacy server ended the user's stream while the client is away (a restart, a kick): the
-   * session cannot go on, but what it queued is kept until the client comes back and binds again
-   * (decideResume's `takeQueue`), or until the hibernation expires, when it is lost: with no
-   * stream of the user's, nothing can answer it (README, What it does).
+   * session cannot go on, but what it queued is kept until the client comes back (a resume, or a
+   * login of the same resource), or until `strandedMs` from now or the end of its hibernation,
+   * whichever is later: then it is lost, since with no stream of the user's nothing can answer it
+   * (README, What it does). Waiting longer than a hibernation costs only memory: no answer is
+   * given meanwhile that a client coming back later would have missed.
    */
   private strand(s: Extract<State, { name: 'hibernating' }>, why: string, replaced: boolean): void {
-    this.transition({ name: 'stranded', jid: s.jid, sm: s.sm, sinceMs: s.sinceMs, expiryTimer: s.expiryTimer, replaced });
+    const strandedMs = this.deps.settings.strandedMs;
+    const expiryTimer = s.expiresAtMs - this.deps.now() < strandedMs ? this.armExpiry(strandedMs) : s.expiryTimer;
+    this.transition({ name: 'stranded', jid: s.jid, sm: s.sm, sinceMs: s.sinceMs, expiryTimer, replaced });
     this.log.warn(
       { code: ErrorCode.UPSTREAM_CLOSED, why, queued: s.sm.queue.length },
       'legacy server ended the stream of a hibernating session; its queue waits for the client',

@@ -120,6 +120,7 @@ describe('parseConfig: defaults', () => {
         maxQueueBytesPerAddress: 67108864,
         globalQueueBytes: 268435456,
         expiryPolicy: 'bounce',
+        strandedSeconds: 3600,
         rememberExpiredSeconds: 3600,
         maxRememberedExpired: 100000,
         upstreamKeepaliveSeconds: 60,

@@ -50,6 +50,8 @@ const SETTINGS: SessionSettings = {
   authTimeoutMs: 30_000,
   upstreamKeepaliveMs: 60_000,
   expiryPolicy: 'bounce',
+  // A stranded session waits out its hibernation only, unless a test says otherwise.
+  strandedMs: 0,
 };
 const H = SETTINGS.hibernationMs;
 const D = SETTINGS.maxAckDelayMs;
@@ -1267,6 +1269,31 @@ describe('Session: hibernation expiry', () => {
     expect(rig.seen.hibernationEnded.map((e) => e.reason)).toEqual(['expired']);
     // The metrics and integrations learn whose queue it was.
     expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ jid: c.jid, reason: 'expired', unacked: { lost: 3 } });
+  });
+
+  it('keeps a stranded queue for strandedMs after the stream ended, when that is longer than the hibernation left', async () => {
+    rig = new Rig({ strandedMs: 3 * H });
+    const { c, smId } = await hibernatingWithUnacked();
+    await advance(H / 2);
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    await advance(3 * H - 1);
+    expect(c.session.stateName).toBe('stranded');
+    // A client that comes back this late still gets its queue, after the bind its failed resume asks for.
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.resume(smId, 1);
+    expect(c2.client.elements().at(-1)?.getChildText('text')).toMatch(/bind again/);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ unacked: { lost: 0 } });
+  });
+
+  it('ends a stranded session strandedMs after its stream ended: its queue is lost, counted', async () => {
+    rig = new Rig({ strandedMs: 3 * H });
+    const { c } = await hibernatingWithUnacked();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    await advance(3 * H);
+    expect(c.session.stateName).toBe('closed');
+    expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'expired', unacked: { lost: 3 } });
   });
 
   it('does not hold a bind whose SASL exchange names no account: nothing of the ended session may reach another account', async () => {
