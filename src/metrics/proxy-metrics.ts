@@ -156,7 +156,7 @@ export class ProxyMetrics implements SessionMeter {
     });
     const atEnd = new Counter({
       name: 'smacks_stanzas_at_end_total',
-      help: 'Stanzas for the client that were never delivered when its session ended, by outcome: bounced (an error to the sender), dropped (no answer needed, or expiryPolicy drop), lost (the legacy server had ended the stream), handed_over (to the same resource bound again), unanswerable (arrived after the close)',
+      help: "Stanzas for the client that were never delivered when its session ended, by outcome: bounced (an error to the sender), dropped (no answer needed, or expiryPolicy drop), lost (the legacy server had ended the stream), handed_over (to the same resource bound again), unanswerable (arrived after the close), unread (answered on a stream the legacy server ended without reading the answers; kept for the resource's next login)",
       labelNames: ['outcome'],
       registers,
     });
@@ -204,6 +204,7 @@ export class ProxyMetrics implements SessionMeter {
       atEnd.inc({ outcome: 'lost' }, unacked.lost);
       atEnd.inc({ outcome: 'handed_over' }, late?.handedOver ?? 0);
       atEnd.inc({ outcome: 'unanswerable' }, late?.unanswerable ?? 0);
+      atEnd.inc({ outcome: 'unread' }, late?.unread ?? 0);
     });
     events.on('resumed', (event) => resumed.inc({ from: event.tookOver ? 'attached' : 'hibernating' }));
     events.on('smFailed', (event) => failed.inc({ key: event.failed }));

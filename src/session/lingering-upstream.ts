@@ -35,6 +35,12 @@ export interface LateStanzas {
    * nothing can answer them. Logged at warn.
    */
   unanswerable: number;
+  /**
+   * Answered (by the session as it ended, or here) on a stream the legacy server then ended without
+   * reading the proxy's close (it stopped, or restarted): the answers may never have been read.
+   * The stanzas are kept for the next session of the same full JID (`LingerOptions.keepMs`).
+   */
+  unread: number;
 }
 
 export interface LingerOptions {
@@ -43,6 +49,10 @@ export interface LingerOptions {
   readonly expiryPolicy: 'bounce' | 'drop';
   /** The client had sent available presence: the user's unavailable presence (RFC 6121 §4.5) goes first. */
   readonly wasAvailable: boolean;
+  /** What the session answered on the stream as it ended (its unacked stanzas), in order. */
+  readonly answered: readonly Buffer[];
+  /** How long answered stanzas the server may not have read wait for a new session of the full JID; 0: not at all. */
+  readonly keepMs: number;
   readonly log: Logger;
 }
 
@@ -59,9 +69,15 @@ export interface LingerOptions {
  * to what it routed there just before would be lost. So that bind waits for {@link handOver}: the
  * lingering stream closes at once, and what arrives behind the close goes to the new session.
  * Only a stanza that arrives behind a close with no such session cannot be answered; it is counted.
+ *
+ * The answers count as read once the server has answered the close with its own: it reads a
+ * stream in order. A server that ends the stream otherwise (a stream error such as
+ * `system-shutdown`, or the connection) may never have read them: the stanzas they answered are
+ * kept for `keepMs`, and a new session binding that full JID gets them ({@link takeUnread}).
  */
 export class LingeringUpstreams {
   readonly #streams = new Set<LingeringStream>();
+  readonly #unread = new Map<string, { readonly stanzas: Buffer[]; readonly timer: NodeJS.Timeout }>();
   #idle: (() => void) | undefined;
 
   constructor(private readonly timing: LingerTiming = LINGER_TIMING) {}
@@ -73,13 +89,60 @@ export class LingeringUpstreams {
 
   /** Takes over `upstream` (its handler is replaced) and calls `done` once its connection is gone. */
   linger(upstream: UpstreamStream, options: LingerOptions, done: (late: LateStanzas) => void): void {
-    const stream = new LingeringStream(upstream, options, this.timing, (late) => {
+    const stream = new LingeringStream(upstream, options, this.timing, (late, unread) => {
       if (!this.#streams.delete(stream)) return;
+      this.keepUnread(options, unread);
       done(late);
       if (this.#streams.size === 0) this.#idle?.();
     });
     this.#streams.add(stream);
     stream.start();
+  }
+
+  /** Full JIDs with answered stanzas the legacy server may not have read, waiting for a new session. */
+  get unreadCount(): number {
+    return this.#unread.size;
+  }
+
+  /** Takes the answered stanzas the server may not have read for full JIDs that `matches`, in order. */
+  takeUnread(matches: (jid: string) => boolean): Buffer[] {
+    const taken: Buffer[] = [];
+    for (const [jid, entry] of this.#unread) {
+      if (!matches(jid)) continue;
+      clearTimeout(entry.timer);
+      this.#unread.delete(jid);
+      taken.push(...entry.stanzas);
+    }
+    return taken;
+  }
+
+  private keepUnread(options: LingerOptions, unread: readonly Buffer[]): void {
+    if (unread.length === 0) return;
+    const { jid, log } = options;
+    if (options.keepMs <= 0) {
+      log.warn(
+        { code: ErrorCode.LATE_STANZA_UNANSWERED, unread: unread.length },
+        'the legacy server ended the stream without reading the answers to stanzas; their senders may get no answer',
+      );
+      return;
+    }
+    const earlier = this.#unread.get(jid);
+    if (earlier !== undefined) clearTimeout(earlier.timer);
+    const stanzas = [...(earlier?.stanzas ?? []), ...unread];
+    const timer = setTimeout(() => {
+      if (this.#unread.get(jid)?.timer !== timer) return;
+      this.#unread.delete(jid);
+      log.warn(
+        { code: ErrorCode.LATE_STANZA_UNANSWERED, unread: stanzas.length },
+        'no session of this resource came back for stanzas whose answers the legacy server may not have read; their senders may get no answer',
+      );
+    }, options.keepMs);
+    timer.unref();
+    this.#unread.set(jid, { stanzas, timer });
+    log.info(
+      { unread: unread.length },
+      'the legacy server ended the stream without reading the answers; the stanzas wait for the next session of this resource',
+    );
   }
 
   /** Whether a stream lingers whose full JID `matches`. */
@@ -96,7 +159,7 @@ export class LingeringUpstreams {
   async handOver(matches: (jid: string) => boolean): Promise<Buffer[]> {
     const streams = [...this.#streams].filter((stream) => matches(stream.jid));
     const late = await Promise.all(streams.map((stream) => stream.handOver()));
-    return late.flat();
+    return [...this.takeUnread(matches), ...late.flat()];
   }
 
   /** Resolves once no stream lingers any more. */
@@ -120,9 +183,15 @@ export class LingeringUpstreams {
 
 /** One ended session's upstream stream, from its end to the end of its connection. */
 class LingeringStream {
-  readonly #late: LateStanzas = { answered: 0, dropped: 0, handedOver: 0, unanswerable: 0 };
+  readonly #late: LateStanzas = { answered: 0, dropped: 0, handedOver: 0, unanswerable: 0, unread: 0 };
   /** The proxy closed the stream, or the server ended it: nothing written any more is processed. */
   #closed = false;
+  /** The proxy wrote its close, before the server ended the stream. */
+  #closeSent = false;
+  /** The server answered the proxy's close with its own: it has read every answer. */
+  #closeRead = false;
+  /** The stanzas answered on this stream, in order, until the server has read them. */
+  readonly #answered: Buffer[];
   /** Set once a new session of this JID waits: what arrives behind the close is kept for it. */
   #forNewSession: Buffer[] | undefined;
   #quietTimer: NodeJS.Timeout | undefined;
@@ -135,9 +204,10 @@ class LingeringStream {
     private readonly upstream: UpstreamStream,
     private readonly options: LingerOptions,
     private readonly timing: LingerTiming,
-    private readonly onFinished: (late: LateStanzas) => void,
+    private readonly onFinished: (late: LateStanzas, unread: readonly Buffer[]) => void,
   ) {
     this.#ended = new Promise((resolve) => (this.#resolveEnded = resolve));
+    this.#answered = [...options.answered];
   }
 
   get jid(): string {
@@ -149,7 +219,11 @@ class LingeringStream {
     upstream.setHandler({
       onStreamOpen: () => undefined,
       onElement: (element) => this.onElement(element),
-      onStreamClose: () => this.close(),
+      onStreamClose: () => {
+        // RFC 6120 §4.4: the server's answer to the proxy's close comes after it read all before it.
+        if (this.#closeSent) this.#closeRead = true;
+        this.close();
+      },
       onFailure: () => undefined,
       onEnd: () => this.finish(),
       onDrain: () => undefined,
@@ -194,6 +268,7 @@ class LingeringStream {
     else if (this.#closed) this.#late.unanswerable++;
     else {
       this.upstream.send(answer);
+      this.#answered.push(Buffer.from(element.bytes));
       this.#late.answered++;
     }
     if (!this.#closed) this.quiet();
@@ -210,6 +285,7 @@ class LingeringStream {
     clearTimeout(this.#maxTimer);
     if (this.#closed) return;
     this.#closed = true;
+    this.#closeSent = true;
     this.upstream.close();
   }
 
@@ -218,13 +294,15 @@ class LingeringStream {
     this.#finished = true;
     clearTimeout(this.#quietTimer);
     clearTimeout(this.#maxTimer);
+    const unread = this.#closeRead ? [] : this.#answered;
+    this.#late.unread = unread.length;
     if (this.#late.unanswerable > 0) {
       this.options.log.warn(
         { code: ErrorCode.LATE_STANZA_UNANSWERED, unanswerable: this.#late.unanswerable },
         'stanzas arrived after the stream to the legacy server was closed; their senders get no answer',
       );
     }
+    this.onFinished(this.#late, unread);
     this.#resolveEnded();
-    this.onFinished(this.#late);
   }
 }

@@ -963,7 +963,8 @@ export class Session implements SessionHandle {
         }
         const sameJid = (jid: string): boolean => resourceOf(jid) === resource && sameBareJid(bare(jid), account);
         // README, What it does: a live session of this JID ends here, and its stream lingers.
-        const queued = this.deps.registry.replaceByLogin(account, resource);
+        // Oldest first: what an ended session answered on a stream the server never read, then a live session's queue.
+        const queued = [...this.deps.lingering.takeUnread(sameJid), ...this.deps.registry.replaceByLogin(account, resource)];
         if (!this.deps.lingering.has(sameJid)) {
           send(queued);
           return;
@@ -1205,6 +1206,8 @@ export class Session implements SessionHandle {
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
     if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
     let unacked = NOTHING_UNACKED;
+    /** The stanzas answered through the upstream stream: if the server never reads the answers, the client's next session gets them. */
+    let answered: readonly Buffer[] = [];
     // What was never sent: what waited for room, what hooks held back (a client without stream management may be held back too).
     const unsent = this.delivery.takeUnsent();
     if ((sm !== undefined || unsent.length > 0) && isBound(s)) {
@@ -1215,6 +1218,7 @@ export class Session implements SessionHandle {
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
       unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
+      if (unacked.bounced > 0) answered = entries;
     }
     this.endSm(sm, how.reason);
     const link = linkOf(s);
@@ -1224,7 +1228,16 @@ export class Session implements SessionHandle {
     if (link !== undefined) tellClient(link, cause);
     if (how.upstream === 'destroy') upstream?.destroy();
     else if (upstream !== undefined && jid !== undefined && how.unacked === 'answer' && !upstream.ended) {
-      const options = { jid, expiryPolicy: this.deps.settings.expiryPolicy, wasAvailable: this.presence.shown, log: this.log };
+      const options = {
+        jid,
+        expiryPolicy: this.deps.settings.expiryPolicy,
+        wasAvailable: this.presence.shown,
+        answered,
+        // At shutdown no session of this process will come for them.
+        keepMs:
+          cause.kind === 'shutdown' || ('error' in cause && cause.error.code === ErrorCode.SHUTDOWN) ? 0 : this.deps.settings.strandedMs,
+        log: this.log,
+      };
       this.deps.lingering.linger(upstream, options, (late) => this.ended(how.reason, jid, cause, unacked, late));
       return;
     } else upstream?.close();

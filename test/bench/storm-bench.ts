@@ -22,10 +22,11 @@
  * message must end up delivered to its receiver, answered to its sender with an error, or stored
  * offline by the server, which a session with initial presence collects at the end:
  * - lost: none of these;
- * - of which a stranded queue: as many of a receiver's lost messages as the proxy reported lost
- *   (`sessionEnded` with `unacked.lost`) for that receiver's sessions: queued for a stranded session
- *   whose client came back only after the hibernation would have expired, so no stream of the
- *   user's was left to answer on (README, What it does);
+ * - of which the README names: as many of a receiver's lost messages as the proxy reported for
+ *   that receiver's sessions when they ended (`sessionEnded`), as lost (`unacked.lost`: queued for
+ *   a stranded session whose client did not come back in time, so no stream of the user's was left
+ *   to answer on) or unanswerable (`late.unanswerable`: routed to an ended session in the moment
+ *   between the proxy's close of its stream and the server's reading of it); README, What it does;
  * - duplicated: delivered twice;
  * - reordered: delivered after a later message of the same sender to the same receiver;
  * - delivered and bounced: received by a client that was cut before acking it, and then, the
@@ -165,12 +166,13 @@ async function runStorm(ctx: BenchContext, scenario: StormScenario): Promise<str
   }));
   const restarts: { atMs: number; tookMs: number }[] = [];
   let restarting: Promise<void> | undefined;
-  /** Per receiver resource: the stanzas the proxy reported lost when one of its sessions ended. */
+  /** Per receiver resource: the stanzas the proxy reported lost or unanswerable when one of its sessions ended. */
   const lostByProxy = new Map<string, number>();
   proxy.peer.on('sessionEnded', (data) => {
-    const { jid, unacked } = data as { jid: string | undefined; unacked: { lost: number } };
+    const { jid, unacked, late } = data as { jid: string | undefined; unacked: { lost: number }; late?: { unanswerable: number } };
     const resource = jid?.split('/')[1];
-    if (resource !== undefined && unacked.lost > 0) lostByProxy.set(resource, (lostByProxy.get(resource) ?? 0) + unacked.lost);
+    const reported = unacked.lost + (late?.unanswerable ?? 0);
+    if (resource !== undefined && reported > 0) lostByProxy.set(resource, (lostByProxy.get(resource) ?? 0) + reported);
   });
   await proxy.peer.call('watch', { events: ['sessionEnded'] });
   /** The run is over: clients stop coming back. */
@@ -445,7 +447,7 @@ async function runStorm(ctx: BenchContext, scenario: StormScenario): Promise<str
           'stored offline by the server',
           'delivered and bounced',
           'lost',
-          'of which a stranded queue (README)',
+          'of which the README names (stranded, unanswerable)',
           'duplicated',
           'reordered',
         ],
@@ -492,7 +494,7 @@ async function runStorm(ctx: BenchContext, scenario: StormScenario): Promise<str
       '',
       verdict(
         unexplained === 0,
-        `${fmtInt(unexplained)} lost other than a stranded queue the README names` +
+        `${fmtInt(unexplained)} lost other than what the README names` +
           `${lost.length > 0 ? ` (first lost: ${lost.slice(0, 5).join(', ')})` : ''} (target 0)`,
       ),
       verdict(counts.reordered === 0, `${fmtInt(counts.reordered)} reordered (target 0)`),

@@ -62,7 +62,9 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     const lingering = new LingeringUpstreams(TIMING);
     const upstream = new Upstream();
     const reports: LateStanzas[] = [];
-    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: true, log }, (late) => reports.push(late));
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: true, answered: [], keepMs: 0, log }, (late) =>
+      reports.push(late),
+    );
     expect(upstream.paused).toBe(false);
     expect(upstream.sent).toEqual(["<presence type='unavailable'/>"]);
     upstream.element('message', message('a'));
@@ -71,7 +73,7 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     expect(upstream.closed).toBe(true);
     expect(lingering.count).toBe(1);
     upstream.serverCloses();
-    expect(reports).toEqual([{ answered: 1, dropped: 0, handedOver: 0, unanswerable: 0 }]);
+    expect(reports).toEqual([{ answered: 1, dropped: 0, handedOver: 0, unanswerable: 0, unread: 0 }]);
     expect(lingering.count).toBe(0);
   });
 
@@ -79,23 +81,27 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     const lingering = new LingeringUpstreams(TIMING);
     const upstream = new Upstream();
     const reports: LateStanzas[] = [];
-    lingering.linger(upstream, { jid: JID, expiryPolicy: 'drop', wasAvailable: false, log }, (late) => reports.push(late));
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'drop', wasAvailable: false, answered: [], keepMs: 0, log }, (late) =>
+      reports.push(late),
+    );
     upstream.element('message', message('a'));
     upstream.serverCloses();
     expect(upstream.sent).toEqual([]);
-    expect(reports).toEqual([{ answered: 0, dropped: 1, handedOver: 0, unanswerable: 0 }]);
+    expect(reports).toEqual([{ answered: 0, dropped: 1, handedOver: 0, unanswerable: 0, unread: 0 }]);
   });
 
   it('answers nothing after the server ended the stream with a stream error', () => {
     const lingering = new LingeringUpstreams(TIMING);
     const upstream = new Upstream();
     const reports: LateStanzas[] = [];
-    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, log }, (late) => reports.push(late));
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, answered: [], keepMs: 0, log }, (late) =>
+      reports.push(late),
+    );
     upstream.element('error', `<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`, NS.stream);
     upstream.element('message', message('b'));
     upstream.serverCloses();
     expect(upstream.sent).toEqual([]);
-    expect(reports).toEqual([{ answered: 0, dropped: 0, handedOver: 0, unanswerable: 1 }]);
+    expect(reports).toEqual([{ answered: 0, dropped: 0, handedOver: 0, unanswerable: 1, unread: 0 }]);
   });
 
   it('hands what arrives behind the close to a new session of the same JID, in order, once the server closed', async () => {
@@ -103,8 +109,14 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     const upstream = new Upstream();
     const other = new Upstream();
     const reports: LateStanzas[] = [];
-    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, log }, (late) => reports.push(late));
-    lingering.linger(other, { jid: 'user@example.com/desk', expiryPolicy: 'bounce', wasAvailable: false, log }, () => undefined);
+    lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, answered: [], keepMs: 0, log }, (late) =>
+      reports.push(late),
+    );
+    lingering.linger(
+      other,
+      { jid: 'user@example.com/desk', expiryPolicy: 'bounce', wasAvailable: false, answered: [], keepMs: 0, log },
+      () => undefined,
+    );
     const sameJid = (jid: string): boolean => jid === JID;
     expect(lingering.has(sameJid)).toBe(true);
     let settled = false;
@@ -118,8 +130,91 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     upstream.serverCloses();
     const inherited = await handing;
     expect(inherited.map((bytes) => bytes.toString())).toEqual([message('c'), `<presence from='c@example.com/x' to='${JID}'/>`]);
-    expect(reports).toEqual([{ answered: 0, dropped: 0, handedOver: 2, unanswerable: 0 }]);
+    expect(reports).toEqual([{ answered: 0, dropped: 0, handedOver: 2, unanswerable: 0, unread: 0 }]);
     expect(lingering.has(sameJid)).toBe(false);
+  });
+
+  describe('answers the server never read (it stopped before answering the close)', () => {
+    const queued = [message('q1'), message('q2')].map((xml) => Buffer.from(xml));
+    const shutdown = `<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`;
+    const linger = (lingering: LingeringUpstreams, upstream: Upstream, reports: LateStanzas[], keepMs = 10_000): void =>
+      lingering.linger(upstream, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, answered: queued, keepMs, log }, (late) =>
+        reports.push(late),
+      );
+
+    it('keeps the answered stanzas, and those answered while lingering, for the next session of the JID, in order', () => {
+      const lingering = new LingeringUpstreams(TIMING);
+      const upstream = new Upstream();
+      const reports: LateStanzas[] = [];
+      linger(lingering, upstream, reports);
+      upstream.element('message', message('late'));
+      upstream.element('error', shutdown, NS.stream);
+      upstream.destroy();
+      expect(reports).toEqual([{ answered: 1, dropped: 0, handedOver: 0, unanswerable: 0, unread: 3 }]);
+      expect(lingering.takeUnread((jid) => jid === 'user@example.com/desk')).toEqual([]);
+      expect(lingering.takeUnread((jid) => jid === JID).map(String)).toEqual([message('q1'), message('q2'), message('late')]);
+      expect(
+        lingering.takeUnread((jid) => jid === JID),
+        'taken once',
+      ).toEqual([]);
+    });
+
+    it('keeps nothing once the server answered the close: it read every answer before it', () => {
+      const lingering = new LingeringUpstreams(TIMING);
+      const upstream = new Upstream();
+      const reports: LateStanzas[] = [];
+      linger(lingering, upstream, reports);
+      vi.advanceTimersByTime(TIMING.quietMs);
+      upstream.serverCloses();
+      expect(reports).toMatchObject([{ unread: 0 }]);
+      expect(lingering.unreadCount).toBe(0);
+    });
+
+    it('counts the connection lost before the server answered the close as unread', () => {
+      const lingering = new LingeringUpstreams(TIMING);
+      const upstream = new Upstream();
+      const reports: LateStanzas[] = [];
+      linger(lingering, upstream, reports);
+      vi.advanceTimersByTime(TIMING.quietMs);
+      upstream.destroy();
+      expect(reports).toMatchObject([{ unread: 2 }]);
+    });
+
+    it('forgets them after keepMs, and keeps nothing with keepMs 0', () => {
+      const lingering = new LingeringUpstreams(TIMING);
+      const reports: LateStanzas[] = [];
+      const upstream = new Upstream();
+      linger(lingering, upstream, reports, 5000);
+      upstream.destroy();
+      vi.advanceTimersByTime(4999);
+      expect(lingering.unreadCount).toBe(1);
+      vi.advanceTimersByTime(1);
+      expect(lingering.unreadCount).toBe(0);
+      const unkept = new Upstream();
+      linger(lingering, unkept, reports, 0);
+      unkept.destroy();
+      expect(reports.at(-1)).toMatchObject({ unread: 2 });
+      expect(lingering.unreadCount).toBe(0);
+    });
+
+    it('gives them first to a new session that waited for the lingering stream', async () => {
+      const lingering = new LingeringUpstreams(TIMING);
+      const first = new Upstream();
+      const reports: LateStanzas[] = [];
+      linger(lingering, first, reports);
+      first.element('error', shutdown, NS.stream);
+      first.destroy();
+      const second = new Upstream();
+      lingering.linger(
+        second,
+        { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, answered: [], keepMs: 10_000, log },
+        () => undefined,
+      );
+      const handing = lingering.handOver((jid) => jid === JID);
+      second.element('message', message('behind'));
+      second.serverCloses();
+      expect((await handing).map(String)).toEqual([message('q1'), message('q2'), message('behind')]);
+    });
   });
 
   it('reports at once for a connection already gone, and idle() waits for the rest until destroyAll', async () => {
@@ -127,12 +222,16 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
     const gone = new Upstream();
     gone.ended = true;
     const reports: LateStanzas[] = [];
-    lingering.linger(gone, { jid: JID, expiryPolicy: 'bounce', wasAvailable: true, log }, (late) => reports.push(late));
+    lingering.linger(gone, { jid: JID, expiryPolicy: 'bounce', wasAvailable: true, answered: [], keepMs: 0, log }, (late) =>
+      reports.push(late),
+    );
     expect(reports).toHaveLength(1);
     expect(gone.sent).toEqual([]);
 
     const open = new Upstream();
-    lingering.linger(open, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, log }, (late) => reports.push(late));
+    lingering.linger(open, { jid: JID, expiryPolicy: 'bounce', wasAvailable: false, answered: [], keepMs: 0, log }, (late) =>
+      reports.push(late),
+    );
     let idle = false;
     void lingering.idle().then(() => (idle = true));
     await Promise.resolve();

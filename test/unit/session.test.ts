@@ -1122,6 +1122,33 @@ describe('Session: hibernation expiry', () => {
       expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'replaced', unacked: { lost: 0 } });
     });
 
+    it('gives the login what an expired session answered on a stream the server stopped without reading', async () => {
+      rig = new Rig({ strandedMs: 10 * H });
+      const { c, smId } = await hibernatingWithUnacked();
+      await advance(H);
+      expect(c.session.stateName).toBe('closed');
+      // The answers went out; then the server stops instead of answering the close.
+      expect(c.upstream.sent.some((xml) => xml.includes("type='error'") || xml.includes('type="error"'))).toBe(true);
+      c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+      c.upstream.closeStream();
+      await settle();
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'expired', late: { unread: 3 } });
+      // The client comes back late: its resume fails, and the bind that follows gets them.
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.resume(smId, 1);
+      expect(c2.client.elements().at(-1)?.name).toBe('failed');
+      c2.client.write(bindPhone);
+      expect(relayed(c2)).toBe(true);
+      c2.upstream.answerBind(c.jid);
+      expect(afterBind(c2)).toEqual([
+        ['iq', 'bind_2'],
+        ['message', 'm1'],
+        ['iq', 'q1'],
+        ['presence', undefined],
+      ]);
+    });
+
     it.each([
       ['another resource', 'PLAIN', 'tablet'],
       ['a SASL exchange that names no account (EXTERNAL)', 'EXTERNAL', 'phone'],
