@@ -85,6 +85,8 @@ export const ErrorCode = {
   SM_REPLACED: 'PROXY_ERR_SM_REPLACED',
   /** Stanzas that needed an answer reached an ended session after its stream to the legacy server was closed (log only). */
   LATE_STANZA_UNANSWERED: 'PROXY_ERR_LATE_STANZA_UNANSWERED',
+  /** Stanzas kept for the next session of a full JID (kept-stanzas.ts) were dropped: none came in time, or the proxy stopped (log only). */
+  KEPT_STANZAS_DROPPED: 'PROXY_ERR_KEPT_STANZAS_DROPPED',
 
   /** The legacy server refused a SASL exchange: logged with the client's address, the mechanism and the user name it shows; the failure is relayed. */
   SASL_FAILED: 'PROXY_ERR_SASL_FAILED',

@@ -198,9 +198,9 @@ export interface StreamManagementConfig {
   readonly globalQueueBytes: number;
   /** `bounce` = answer unacked stanzas with errors on expiry; `drop` = discard them. Default `"bounce"`. */
   readonly expiryPolicy: ExpiryPolicy;
-  /** Seconds the h of an expired session is kept for `<failed h='…'/>`. 0 = not kept. Default 3600, range 0..604800. */
   /** How long a stranded session keeps its queue after its legacy server stream ended, seconds (its hibernation time when longer). Default 3600, range 0..604800. */
   readonly strandedSeconds: number;
+  /** Seconds the h of an expired session is kept for `<failed h='…'/>`. 0 = not kept. Default 3600, range 0..604800. */
   readonly rememberExpiredSeconds: number;
   /** Most expired sessions remembered at once, oldest forgotten first. Default 100000, range 0..10000000. */
   readonly maxRememberedExpired: number;

@@ -4,6 +4,7 @@ import type { UpstreamStream } from '../upstream/upstream-link.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
 import { NS, isStanza } from '../xml/namespaces.js';
 import { bounceFor } from './bounce.js';
+import { KeptStanzas } from './kept-stanzas.js';
 
 /**
  * How long an ended session's upstream stream stays open for late stanzas (README, What it does):
@@ -73,14 +74,17 @@ export interface LingerOptions {
  * The answers count as read once the server has answered the close with its own: it reads a
  * stream in order. A server that ends the stream otherwise (a stream error such as
  * `system-shutdown`, or the connection) may never have read them: the stanzas they answered are
- * kept for `keepMs`, and a new session binding that full JID gets them ({@link takeUnread}).
+ * kept for `keepMs`, and a new session binding that full JID gets them (kept-stanzas.ts).
  */
 export class LingeringUpstreams {
   readonly #streams = new Set<LingeringStream>();
-  readonly #unread = new Map<string, { readonly stanzas: Buffer[]; readonly timer: NodeJS.Timeout }>();
   #idle: (() => void) | undefined;
 
-  constructor(private readonly timing: LingerTiming = LINGER_TIMING) {}
+  constructor(
+    private readonly timing: LingerTiming = LINGER_TIMING,
+    /** Where the stanzas of answers the server never read wait for the next session of their full JID. */
+    readonly kept: KeptStanzas = new KeptStanzas(),
+  ) {}
 
   /** Upstream streams still open for late stanzas. */
   get count(): number {
@@ -91,58 +95,12 @@ export class LingeringUpstreams {
   linger(upstream: UpstreamStream, options: LingerOptions, done: (late: LateStanzas) => void): void {
     const stream = new LingeringStream(upstream, options, this.timing, (late, unread) => {
       if (!this.#streams.delete(stream)) return;
-      this.keepUnread(options, unread);
+      this.kept.keep(options.jid, unread, options.keepMs, options.log);
       done(late);
       if (this.#streams.size === 0) this.#idle?.();
     });
     this.#streams.add(stream);
     stream.start();
-  }
-
-  /** Full JIDs with answered stanzas the legacy server may not have read, waiting for a new session. */
-  get unreadCount(): number {
-    return this.#unread.size;
-  }
-
-  /** Takes the answered stanzas the server may not have read for full JIDs that `matches`, in order. */
-  takeUnread(matches: (jid: string) => boolean): Buffer[] {
-    const taken: Buffer[] = [];
-    for (const [jid, entry] of this.#unread) {
-      if (!matches(jid)) continue;
-      clearTimeout(entry.timer);
-      this.#unread.delete(jid);
-      taken.push(...entry.stanzas);
-    }
-    return taken;
-  }
-
-  private keepUnread(options: LingerOptions, unread: readonly Buffer[]): void {
-    if (unread.length === 0) return;
-    const { jid, log } = options;
-    if (options.keepMs <= 0) {
-      log.warn(
-        { code: ErrorCode.LATE_STANZA_UNANSWERED, unread: unread.length },
-        'the legacy server ended the stream without reading the answers to stanzas; their senders may get no answer',
-      );
-      return;
-    }
-    const earlier = this.#unread.get(jid);
-    if (earlier !== undefined) clearTimeout(earlier.timer);
-    const stanzas = [...(earlier?.stanzas ?? []), ...unread];
-    const timer = setTimeout(() => {
-      if (this.#unread.get(jid)?.timer !== timer) return;
-      this.#unread.delete(jid);
-      log.warn(
-        { code: ErrorCode.LATE_STANZA_UNANSWERED, unread: stanzas.length },
-        'no session of this resource came back for stanzas whose answers the legacy server may not have read; their senders may get no answer',
-      );
-    }, options.keepMs);
-    timer.unref();
-    this.#unread.set(jid, { stanzas, timer });
-    log.info(
-      { unread: unread.length },
-      'the legacy server ended the stream without reading the answers; the stanzas wait for the next session of this resource',
-    );
   }
 
   /** Whether a stream lingers whose full JID `matches`. */
@@ -159,7 +117,7 @@ export class LingeringUpstreams {
   async handOver(matches: (jid: string) => boolean): Promise<Buffer[]> {
     const streams = [...this.#streams].filter((stream) => matches(stream.jid));
     const late = await Promise.all(streams.map((stream) => stream.handOver()));
-    return [...this.takeUnread(matches), ...late.flat()];
+    return late.flat();
   }
 
   /** Resolves once no stream lingers any more. */

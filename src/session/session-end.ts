@@ -30,12 +30,12 @@ export type EndCause =
   /** An operator ended the session (admin listener): `error` goes to an attached client. */
   | { readonly kind: 'kicked'; readonly error: StreamError }
   /** A stranded session's queue went to the stream its client came back on (resumption.ts `takeQueue`). */
-  | { readonly kind: 'queue-handed-over' }
+  | { readonly kind: 'queue-handed-over'; readonly handedOver: number }
   /**
    * A new login of its client bound the session's full JID instead of resuming: its queue went to
    * that login; `error` (`conflict`) goes to an attached client.
    */
-  | { readonly kind: 'replaced'; readonly error: StreamError };
+  | { readonly kind: 'replaced'; readonly error: StreamError; readonly handedOver: number };
 
 /**
  * What each ending does (the client side is in `end`'s switch): the reason remembered for a late

@@ -50,7 +50,8 @@ export type State =
     }
   /**
    * Hibernating, and the legacy server ended the user's stream (a restart): the queue is kept until
-   * the client comes back (its next bind gets it) or the hibernation expires.
+   * the client comes back (a resume, or its next bind of the resource) or `strandedMs` from the
+   * end of the stream has passed (the hibernation's end, when later).
    */
   | {
       readonly name: 'stranded';
@@ -119,7 +120,7 @@ function clearStateTimers(from: State, to: State): void {
   const timers: (NodeJS.Timeout | undefined)[] = [];
   if ('authTimer' in from && !('authTimer' in to && to.authTimer === from.authTimer)) timers.push(from.authTimer);
   if (from.name === 'active' && (to.name !== 'active' || to.clock !== from.clock)) from.clock?.stop();
-  // A session stranded from hibernation keeps its expiry.
+  // A session stranded from hibernation keeps its expiry timer, unless strand() armed a later one.
   if ((from.name === 'hibernating' || from.name === 'stranded') && !('expiryTimer' in to && to.expiryTimer === from.expiryTimer)) {
     timers.push(from.expiryTimer);
   }

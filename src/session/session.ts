@@ -72,6 +72,8 @@ export class Session implements SessionHandle {
   private readonly traceXml: boolean;
   /** While hibernating: the round trip a resume waits for, until its answer arrives. */
   private probe: UpstreamProbe | undefined;
+  /** The full JID of the stanzas this stream inherits for its bind (a replaced or stranded session's queue, kept stanzas). */
+  private inheritedFor: string | undefined;
 
   /**
    * A session for a client link that just opened, or for a hibernated session another process of
@@ -574,13 +576,15 @@ export class Session implements SessionHandle {
     // Looked up again: the session may have ended, or its client acked, during the identity check.
     const account =
       bareJid === undefined ? undefined : { bareJid, domain: this.domainName ?? '', ...(boundJid === undefined ? {} : { boundJid }) };
-    const decision = decideResume(this.deps.registry.lookup(request.previd, request.h, this.deps.now()), account);
+    const candidate = this.deps.registry.lookup(request.previd, request.h, this.deps.now());
+    const decision = decideResume(candidate, account);
     if (!decision.ok && 'reconnect' in decision) {
       this.reconnectElsewhere(request.previd);
       return;
     }
     if (!decision.ok) {
       const queued = decision.takeQueue === true ? this.deps.registry.takeQueue(request.previd, request.h) : [];
+      if (queued.length > 0 && candidate.kind === 'live') this.inheritedFor = candidate.jid;
       this.refuse(request.ns, decision.failure, request.previd);
       s.setup.resumeRefused(queued);
       return;
@@ -726,9 +730,10 @@ export class Session implements SessionHandle {
     const trimmed = s.sm.queue.resume(h);
     if (trimmed.ack.kind !== 'acked') throw new InvariantError(`queue handed over with h=${h}, which it refuses (${trimmed.ack.kind})`);
     // The queue, then what waited behind it for room in the memory budget, in order.
-    const queued = [...s.sm.queue.drain().map((entry) => entry.bytes), ...this.delivery.takeUnsent()];
+    const replayed = s.sm.queue.drain().map((entry) => this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this));
+    const queued = [...replayed, ...this.delivery.takeUnsent()];
     this.log.info({ handedOver: queued.length, h }, 'client came back; the queue goes to its next bind');
-    this.end({ kind: 'queue-handed-over' });
+    this.end({ kind: 'queue-handed-over', handedOver: queued.length });
     return queued;
   }
 
@@ -743,9 +748,15 @@ export class Session implements SessionHandle {
   yieldToLogin(): Buffer[] {
     const s = this.state;
     if (!isBound(s)) return [];
-    const queued = [...(s.sm?.queue.drain().map((entry) => entry.bytes) ?? []), ...this.delivery.takeUnsent()];
+    // Sent before: they go out again with their original time (XEP-0203), as in a replay.
+    const replayed = s.sm?.queue.drain().map((entry) => this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this)) ?? [];
+    const queued = [...replayed, ...this.delivery.takeUnsent()];
     this.log.info({ handedOver: queued.length }, 'a new login bound this resource; the queue goes to it');
-    this.end({ kind: 'replaced', error: new StreamError(ErrorCode.SM_REPLACED, 'conflict', 'Replaced by new connection') });
+    this.end({
+      kind: 'replaced',
+      error: new StreamError(ErrorCode.SM_REPLACED, 'conflict', 'Replaced by new connection'),
+      handedOver: queued.length,
+    });
     return queued;
   }
 
@@ -962,9 +973,9 @@ export class Session implements SessionHandle {
           return;
         }
         const sameJid = (jid: string): boolean => resourceOf(jid) === resource && sameBareJid(bare(jid), account);
+        this.inheritedFor = `${account}/${resource}`;
         // README, What it does: a live session of this JID ends here, and its stream lingers.
-        // Oldest first: what an ended session answered on a stream the server never read, then a live session's queue.
-        const queued = [...this.deps.lingering.takeUnread(sameJid), ...this.deps.registry.replaceByLogin(account, resource)];
+        const queued = this.deps.registry.replaceByLogin(account, resource);
         if (!this.deps.lingering.has(sameJid)) {
           send(queued);
           return;
@@ -978,10 +989,19 @@ export class Session implements SessionHandle {
         );
       },
       bound: (jid, inherited) => {
+        // Only the account they were for may have them: a server could bind a SASL name to another.
+        const forAnother = this.inheritedFor !== undefined && !sameBareJid(bare(jid), bare(this.inheritedFor));
+        if (forAnother) this.inheritedLost(inherited);
+        this.inheritedFor = undefined;
+        // What was kept for this very full JID (kept-stanzas.ts): the server bound it here, whatever the SASL mechanism.
+        const kept = this.deps.lingering.kept.take(
+          (keptFor) => resourceOf(keptFor) === resourceOf(jid) && sameBareJid(bare(keptFor), bare(jid)),
+        );
         this.becomeActive(jid);
-        // Routed to this full JID before the server bound it here: they come first, in order.
+        // Routed to this full JID before the server bound it here: they come first, oldest first, in order.
         const s = this.state;
-        if (s.name === 'active') for (const bytes of inherited) this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
+        if (s.name !== 'active') return;
+        for (const bytes of [...kept, ...(forAnother ? [] : inherited)]) this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
       },
       inheritedLost: (inherited) => this.inheritedLost(inherited),
       redeliver: (held) => {
@@ -991,13 +1011,14 @@ export class Session implements SessionHandle {
     };
   }
 
-  /** Stanzas an ended session of this JID handed over, with no bound session to take them. */
-  private inheritedLost(inherited: readonly Buffer[]): void {
-    if (inherited.length === 0) return;
-    this.log.warn(
-      { code: ErrorCode.LATE_STANZA_UNANSWERED, unanswerable: inherited.length },
-      'stanzas for an ended session of this resource found no new session to take them; their senders get no answer',
-    );
+  /**
+   * Stanzas handed to this stream for a bind that did not take them (the stream ended first, the
+   * server refused the bind or bound another account): the next session that binds their full JID
+   * gets them (kept-stanzas.ts); `keepMs` 0 when the proxy stops.
+   */
+  private inheritedLost(inherited: readonly Buffer[], keepMs = this.deps.settings.strandedMs): void {
+    const jid = this.inheritedFor;
+    this.deps.lingering.kept.keep(jid ?? '', inherited, jid === undefined ? 0 : keepMs, this.log);
   }
 
   private becomeActive(jid: string): void {
@@ -1204,7 +1225,7 @@ export class Session implements SessionHandle {
     const sm = smOf(s);
     const jid = isBound(s) ? s.jid : undefined;
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
-    if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
+    if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed, keepMsAfter(cause, this.deps.settings.strandedMs));
     let unacked = NOTHING_UNACKED;
     /** The stanzas answered through the upstream stream: if the server never reads the answers, the client's next session gets them. */
     let answered: readonly Buffer[] = [];
@@ -1220,6 +1241,7 @@ export class Session implements SessionHandle {
       unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
       if (unacked.bounced > 0) answered = entries;
     }
+    if ('handedOver' in cause) unacked = { ...unacked, handedOver: cause.handedOver };
     this.endSm(sm, how.reason);
     const link = linkOf(s);
     // Closed before the link and the upstream are told: whatever they report from here on is not the session's any more.
@@ -1233,9 +1255,7 @@ export class Session implements SessionHandle {
         expiryPolicy: this.deps.settings.expiryPolicy,
         wasAvailable: this.presence.shown,
         answered,
-        // At shutdown no session of this process will come for them.
-        keepMs:
-          cause.kind === 'shutdown' || ('error' in cause && cause.error.code === ErrorCode.SHUTDOWN) ? 0 : this.deps.settings.strandedMs,
+        keepMs: keepMsAfter(cause, this.deps.settings.strandedMs),
         log: this.log,
       };
       this.deps.lingering.linger(upstream, options, (late) => this.ended(how.reason, jid, cause, unacked, late));
@@ -1295,6 +1315,11 @@ export class Session implements SessionHandle {
 
 function headerAttrs(header: StreamHeader): { to?: string; from?: string; version?: string; lang?: string } {
   return { to: header.attrs.to, from: header.attrs.from, version: header.attrs.version, lang: header.attrs['xml:lang'] };
+}
+
+/** How long stanzas no session took wait for the next session of their full JID: at shutdown, none of this process will come. */
+function keepMsAfter(cause: EndCause, strandedMs: number): number {
+  return cause.kind === 'shutdown' || ('error' in cause && cause.error.code === ErrorCode.SHUTDOWN) ? 0 : strandedMs;
 }
 
 /** SM-IDs are secrets of their session: logs carry only a prefix. */

@@ -70,8 +70,9 @@ export interface SetupPort {
   serverAnswered(): void;
   /**
    * The client asks to bind `resource` (undefined: the server chooses) for `account` (the SASL
-   * exchange's, when known): `send` writes the request once no ended session of that full JID
-   * lingers, with what that session received behind its close.
+   * exchange's, when known): live resumable sessions of that full JID end first, and `send`
+   * writes the request once no ended session of that full JID lingers, with the stanzas kept for
+   * it (their queues, what reached their streams behind the close, what the server never read).
    */
   beforeBind(resource: string | undefined, account: string | undefined, send: (inherited: readonly Buffer[]) => void): void;
   /** The client's resource is bound to `jid`: the session becomes active; `inherited` goes to the client first. */

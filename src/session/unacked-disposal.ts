@@ -26,14 +26,19 @@ export function unackedDisposal(entries: readonly Buffer[], expiryPolicy: 'bounc
   return { kind: 'answered', count: entries.length, bounces };
 }
 
-/** How many unacked stanzas were bounced, dropped without an answer (none needed, or by policy), or lost. */
+/**
+ * How many unacked stanzas were bounced, dropped without an answer (none needed, or by policy),
+ * lost, or handed over to a new session of the same client (a login of the resource, or the
+ * stream of a resume that could not go on).
+ */
 export interface UnackedOutcome {
   readonly bounced: number;
   readonly dropped: number;
   readonly lost: number;
+  readonly handedOver: number;
 }
 
-export const NOTHING_UNACKED: UnackedOutcome = { bounced: 0, dropped: 0, lost: 0 };
+export const NOTHING_UNACKED: UnackedOutcome = { bounced: 0, dropped: 0, lost: 0, handedOver: 0 };
 
 /** Where unacked stanzas can still be answered: the user's upstream stream, and the full JID bound on it. */
 export interface AnswerRoute {
@@ -69,6 +74,6 @@ export function disposeUnacked(
     case 'answered':
       for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
       log.info({ unacked: disposal.count, bounced: disposal.bounces.length }, 'unacked stanzas answered to their senders');
-      return { bounced: disposal.bounces.length, dropped: disposal.count - disposal.bounces.length, lost: 0 };
+      return { ...NOTHING_UNACKED, bounced: disposal.bounces.length, dropped: disposal.count - disposal.bounces.length };
   }
 }

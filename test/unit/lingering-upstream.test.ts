@@ -151,10 +151,10 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
       upstream.element('error', shutdown, NS.stream);
       upstream.destroy();
       expect(reports).toEqual([{ answered: 1, dropped: 0, handedOver: 0, unanswerable: 0, unread: 3 }]);
-      expect(lingering.takeUnread((jid) => jid === 'user@example.com/desk')).toEqual([]);
-      expect(lingering.takeUnread((jid) => jid === JID).map(String)).toEqual([message('q1'), message('q2'), message('late')]);
+      expect(lingering.kept.take((jid) => jid === 'user@example.com/desk')).toEqual([]);
+      expect(lingering.kept.take((jid) => jid === JID).map(String)).toEqual([message('q1'), message('q2'), message('late')]);
       expect(
-        lingering.takeUnread((jid) => jid === JID),
+        lingering.kept.take((jid) => jid === JID),
         'taken once',
       ).toEqual([]);
     });
@@ -167,7 +167,7 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
       vi.advanceTimersByTime(TIMING.quietMs);
       upstream.serverCloses();
       expect(reports).toMatchObject([{ unread: 0 }]);
-      expect(lingering.unreadCount).toBe(0);
+      expect(lingering.kept.count).toBe(0);
     });
 
     it('counts the connection lost before the server answered the close as unread', () => {
@@ -187,17 +187,17 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
       linger(lingering, upstream, reports, 5000);
       upstream.destroy();
       vi.advanceTimersByTime(4999);
-      expect(lingering.unreadCount).toBe(1);
+      expect(lingering.kept.count).toBe(1);
       vi.advanceTimersByTime(1);
-      expect(lingering.unreadCount).toBe(0);
+      expect(lingering.kept.count).toBe(0);
       const unkept = new Upstream();
       linger(lingering, unkept, reports, 0);
       unkept.destroy();
       expect(reports.at(-1)).toMatchObject({ unread: 2 });
-      expect(lingering.unreadCount).toBe(0);
+      expect(lingering.kept.count).toBe(0);
     });
 
-    it('gives them first to a new session that waited for the lingering stream', async () => {
+    it('has them kept by the time a new session that waited for the lingering stream gets what arrived behind the close', async () => {
       const lingering = new LingeringUpstreams(TIMING);
       const first = new Upstream();
       const reports: LateStanzas[] = [];
@@ -213,7 +213,8 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
       const handing = lingering.handOver((jid) => jid === JID);
       second.element('message', message('behind'));
       second.serverCloses();
-      expect((await handing).map(String)).toEqual([message('q1'), message('q2'), message('behind')]);
+      expect((await handing).map(String)).toEqual([message('behind')]);
+      expect(lingering.kept.take((jid) => jid === JID).map(String)).toEqual([message('q1'), message('q2')]);
     });
   });
 

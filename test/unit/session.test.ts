@@ -756,6 +756,27 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     expect(presences(), 'still inactive').toEqual([`carol@${DOMAIN}/x`]);
   });
 
+  it('hands what it holds back, after the unacknowledged, to a new login of the resource', async () => {
+    rig = csiRig();
+    const c = await rig.connect().openAndBind();
+    c.enableSm({ resume: true });
+    c.stanzaFromServer(c.messageTo('m1', `alice@${DOMAIN}/desk`, 'one'));
+    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.stanzaFromServer(presenceFrom(c, 'carol'));
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.client.write(`<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
+    c.upstream.closeStream();
+    await settle();
+    c2.upstream.answerBind(c.jid);
+    const received = c2.client.elements();
+    const after = received.slice(received.findIndex((el) => el.attrs.id === 'bind_2') + 1);
+    expect(after.map((el) => [el.name, el.attrs.id ?? el.attrs.from])).toEqual([
+      ['message', 'm1'],
+      ['presence', `carol@${DOMAIN}/x`],
+    ]);
+  });
+
   it('answers what is held when a session without stream management ends, as unacknowledged stanzas', async () => {
     rig = csiRig();
     const c = await rig.connect().openAndBind();
@@ -1068,7 +1089,7 @@ describe('Session: hibernation expiry', () => {
       expect(rig.seen.sessionEnded.at(-1)).toMatchObject({
         jid: c.jid,
         reason: 'replaced',
-        unacked: { bounced: 0, dropped: 0, lost: 0 },
+        unacked: { bounced: 0, dropped: 0, lost: 0, handedOver: 3 },
         late: { handedOver: 1, answered: 0, unanswerable: 0 },
       });
       expect(rig.budget.usedBytes).toBe(0);
@@ -1147,6 +1168,58 @@ describe('Session: hibernation expiry', () => {
         ['iq', 'q1'],
         ['presence', undefined],
       ]);
+    });
+
+    it('stamps a handed-over message with the time the proxy first sent it (XEP-0203)', async () => {
+      const { c } = await hibernatingWithUnacked();
+      await advance(60_000);
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone);
+      c.upstream.closeStream();
+      await settle();
+      c2.upstream.answerBind(c.jid);
+      const m1 = c2.client.elements().find((el) => el.attrs.id === 'm1');
+      expect(m1?.getChild('delay', 'urn:xmpp:delay')?.attrs.stamp).toBe(new Date(T0).toISOString());
+    });
+
+    it('keeps the queue for the next login of the resource when this one ends before its bind is granted', async () => {
+      rig = new Rig({ strandedMs: H });
+      const { c } = await hibernatingWithUnacked();
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone);
+      c.upstream.closeStream();
+      await settle();
+      expect(relayed(c2)).toBe(true);
+      c2.client.drop();
+      expect(c2.session.stateName).toBe('closed');
+      expect(rig.lingering.kept.count).toBe(1);
+      const c3 = rig.connect();
+      await c3.authenticate();
+      c3.client.write(bindPhone);
+      expect(relayed(c3)).toBe(true);
+      c3.upstream.answerBind(c.jid);
+      expect(afterBind(c3)).toEqual([
+        ['iq', 'bind_2'],
+        ['message', 'm1'],
+        ['iq', 'q1'],
+        ['presence', undefined],
+      ]);
+      expect(rig.lingering.kept.count).toBe(0);
+    });
+
+    it('keeps the queue for its own account when the server binds the login to another', async () => {
+      rig = new Rig({ strandedMs: H });
+      const { c } = await hibernatingWithUnacked();
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone);
+      c.upstream.closeStream();
+      await settle();
+      c2.upstream.answerBind(`mallory@${DOMAIN}/phone`);
+      expect(afterBind(c2)).toEqual([['iq', 'bind_2']]);
+      expect(rig.lingering.kept.count).toBe(1);
     });
 
     it.each([
@@ -1312,6 +1385,16 @@ describe('Session: hibernation expiry', () => {
     expect(c2.client.elements().at(-1)?.getChildText('text')).toMatch(/bind again/);
     expect(c.session.stateName).toBe('closed');
     expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ unacked: { lost: 0 } });
+  });
+
+  it('keeps a stranded queue to the end of its hibernation when that is later than strandedMs', async () => {
+    rig = new Rig({ strandedMs: H / 10 });
+    const { c } = await hibernatingWithUnacked();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    await advance(H - 1);
+    expect(c.session.stateName).toBe('stranded');
+    await advance(1);
+    expect(c.session.stateName).toBe('closed');
   });
 
   it('ends a stranded session strandedMs after its stream ended: its queue is lost, counted', async () => {
