@@ -988,20 +988,24 @@ export class Session implements SessionHandle {
           }),
         );
       },
-      bound: (jid, inherited) => {
+      bound: (jid, inherited, held) => {
         // Only the account they were for may have them: a server could bind a SASL name to another.
         const forAnother = this.inheritedFor !== undefined && !sameBareJid(bare(jid), bare(this.inheritedFor));
         if (forAnother) this.inheritedLost(inherited);
-        this.inheritedFor = undefined;
         // What was kept for this very full JID (kept-stanzas.ts): the server bound it here, whatever the SASL mechanism.
         const kept = this.deps.lingering.kept.take(
           (keptFor) => resourceOf(keptFor) === resourceOf(jid) && sameBareJid(bare(keptFor), bare(jid)),
         );
+        const handedOver = [...kept, ...(forAnother ? [] : inherited)];
+        this.inheritedFor = handedOver.length > 0 ? jid : undefined;
         this.becomeActive(jid);
-        // Routed to this full JID before the server bound it here: they come first, oldest first, in order.
+        // A pipelined <enable/> first: what is handed over is then counted, and kept until acknowledged.
+        for (const element of held) this.onClientElement(element);
         const s = this.state;
-        if (s.name !== 'active') return;
-        for (const bytes of [...kept, ...(forAnother ? [] : inherited)]) this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
+        if (s.name !== 'active') this.inheritedLost(handedOver);
+        // Routed to this full JID before the server bound it here: they come first, oldest first, in order.
+        else for (const bytes of handedOver) this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
+        this.inheritedFor = undefined;
       },
       inheritedLost: (inherited) => this.inheritedLost(inherited),
       redeliver: (held) => {

@@ -75,8 +75,12 @@ export interface SetupPort {
    * it (their queues, what reached their streams behind the close, what the server never read).
    */
   beforeBind(resource: string | undefined, account: string | undefined, send: (inherited: readonly Buffer[]) => void): void;
-  /** The client's resource is bound to `jid`: the session becomes active; `inherited` goes to the client first. */
-  bound(jid: string, inherited: readonly Buffer[]): void;
+  /**
+   * The client's resource is bound to `jid`: the session becomes active, handles `held` (what the
+   * client pipelined behind its bind, an `<enable/>` among it), then sends `inherited` to the client
+   * before anything from the legacy server.
+   */
+  bound(jid: string, inherited: readonly Buffer[], held: readonly ScannedElement[]): void;
   /** The legacy server refused the bind: stanzas inherited for it reach no one. */
   inheritedLost(inherited: readonly Buffer[]): void;
   /** Elements held while the setup waited, to be handled again, in order, as if they arrived now. */
@@ -158,7 +162,7 @@ export class StreamSetup {
           `<iq type='result' id='${escapeXml(bindId)}'><bind xmlns='${NS.bind}'><jid>${escapeXml(p.boundJid)}</jid></bind></iq>`,
         );
         this.phase = { ...p, inherited: [] };
-        this.port.bound(p.boundJid, p.inherited);
+        this.port.bound(p.boundJid, p.inherited, []);
         return;
       }
       if (bindId !== undefined) {
@@ -299,9 +303,12 @@ export class StreamSetup {
     const inherited = p.pendingBind?.inherited ?? [];
     // A refused bind leaves the stream authenticated; the client may try again.
     this.phase = { ...p, pendingBind: undefined };
-    if (jid !== undefined) this.port.bound(jid, inherited);
-    else if (inherited.length > 0) this.port.inheritedLost(inherited);
     this.port.serverAnswered();
+    if (jid !== undefined) {
+      this.port.bound(jid, inherited, held);
+      return true;
+    }
+    if (inherited.length > 0) this.port.inheritedLost(inherited);
     this.port.redeliver(held);
     return true;
   }

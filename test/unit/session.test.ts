@@ -1170,6 +1170,20 @@ describe('Session: hibernation expiry', () => {
       ]);
     });
 
+    it('counts the handed-over stanzas in stream management when the login pipelined <enable/> behind its bind', async () => {
+      const { c } = await hibernatingWithUnacked();
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone + `<enable xmlns='${SM}' resume='true'/>`);
+      c.upstream.closeStream();
+      await settle();
+      c2.upstream.answerBind(c.jid);
+      const received = c2.client.elements();
+      const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
+      expect(received.slice(bindAt).map((el) => el.name)).toEqual(['iq', 'enabled', 'message', 'iq', 'presence']);
+      expect(c2.session.summary().queued, 'kept until the client acknowledges them').toBe(3);
+    });
+
     it('stamps a handed-over message with the time the proxy first sent it (XEP-0203)', async () => {
       const { c } = await hibernatingWithUnacked();
       await advance(60_000);

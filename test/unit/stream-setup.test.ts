@@ -45,8 +45,10 @@ function recordingPort(): SetupPort & { readonly calls: string[]; lingering: boo
       void calls.push(`sasl failed ${condition} ${attempt?.mechanism ?? '-'} ${attempt?.username ?? '-'}`),
     waitForServer: () => void calls.push('wait'),
     serverAnswered: () => void calls.push('answered'),
-    bound: (jid: string, inherited: readonly Buffer[]) =>
-      void calls.push(`bound ${jid}${inherited.map((bytes) => ` + ${bytes.toString()}`).join('')}`),
+    bound: (jid: string, inherited: readonly Buffer[], held: readonly ScannedElement[]) =>
+      void calls.push(
+        `bound ${jid}${inherited.map((bytes) => ` + ${bytes.toString()}`).join('')}${held.length > 0 ? `, then held ${held.map((e) => e.localName).join(',')}` : ''}`,
+      ),
     redeliver: (held: readonly ScannedElement[]) => void calls.push(`redeliver ${held.map((e) => e.localName).join(',')}`),
     identityKnown: (_request: ResumeRequest, bareJid: string | undefined) => void calls.push(`identity ${bareJid ?? '(refused)'}`),
   } satisfies SetupPort & Record<string, unknown>;
@@ -97,9 +99,8 @@ describe('StreamSetup: SASL and bind relayed and watched (RFC 6120 §6, §7)', (
       'wait',
       expect.stringMatching(/^server <iq type='set' id='b1'>/),
       expect.stringMatching(/^client <iq type='result' id='b1'>/),
-      'bound alice@localhost/r',
       'answered',
-      'redeliver enable',
+      'bound alice@localhost/r, then held enable',
     ]);
   });
 
@@ -113,7 +114,7 @@ describe('StreamSetup: SASL and bind relayed and watched (RFC 6120 §6, §7)', (
     port.waiting[0]!.send([Buffer.from("<message id='late'/>")]);
     expect(port.calls.slice(1)).toEqual([`server ${bindRequest('b1').bytes.toString()}`]);
     setup.fromServer(bindResult('b1', 'alice@localhost/r'));
-    expect(port.calls.slice(3)).toEqual(["bound alice@localhost/r + <message id='late'/>", 'answered', 'redeliver enable']);
+    expect(port.calls.slice(3)).toEqual(['answered', "bound alice@localhost/r + <message id='late'/>, then held enable"]);
   });
 
   it('reports the inherited stanzas as lost when the legacy server refuses the bind they waited for', () => {
