@@ -31,6 +31,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -385,6 +386,9 @@ int main(int argc, char **argv)
     int stdin_open = 1;
     int i;
 
+    /* A write to a connection the peer has cut fails with EPIPE, as in every long-running client
+     * (profanity ignores SIGPIPE too); by default the signal would kill the process first. */
+    signal(SIGPIPE, SIG_IGN);
     memset(&c, 0, sizeof(c));
     c.reconnect_delay_ms = -1;
     for (i = 1; i + 1 < argc; i += 2) {
