@@ -670,6 +670,7 @@ export class Proxy {
     for (const listener of this.listeners) listener.destroyAll();
     lingering.destroyAll();
     await closing;
+    lingering.kept.dropAll(this.log);
     // The sessions' last events (hibernationEnded at shutdown) get a moment to reach the webhook.
     if (this.webhook !== undefined) await Promise.race([this.webhook.idle(), delay(WEBHOOK_FLUSH_MS)]);
     const undelivered = this.webhook?.stop() ?? 0;

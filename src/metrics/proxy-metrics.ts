@@ -156,7 +156,7 @@ export class ProxyMetrics implements SessionMeter {
     });
     const atEnd = new Counter({
       name: 'smacks_stanzas_at_end_total',
-      help: "Stanzas for the client that were never delivered when its session ended, by outcome: bounced (an error to the sender), dropped (no answer needed, or expiryPolicy drop), lost (the legacy server had ended the stream), handed_over (to a new session of the same client: a login of the resource, a failed resume's bind, or bound again behind the close), unanswerable (arrived after the close), unread (answered on a stream the legacy server ended without reading the answers; kept for the resource's next login)",
+      help: "Stanzas for the client that were never delivered when its session ended, by outcome: bounced (an error to the sender), dropped (no answer needed, or expiryPolicy drop), lost (the legacy server had ended the stream), handed_over (to a new session of the same client: a login of the resource, a failed resume's bind, or bound again behind the close), unanswerable (arrived after the close), unread (counted as bounced or answered late first: answered on a stream the legacy server ended without reading the answers; kept for the resource's next login)",
       labelNames: ['outcome'],
       registers,
     });

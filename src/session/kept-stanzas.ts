@@ -5,7 +5,9 @@ import { ErrorCode } from '../errors.js';
  * Stanzas for a full JID that no session holds any more and that nothing could answer (README,
  * What it does): answers the legacy server never read, a queue handed to a login that then failed
  * before its bind was granted. The next session that binds that full JID gets them, first and in
- * order ({@link take}); after `keepMs` they are dropped, with a warning that counts them.
+ * order ({@link take}); `keepMs` after the first of them was kept they are dropped, with a
+ * warning that counts them. They are held outside the queue budgets: at most what the sessions
+ * they come from had queued.
  */
 export class KeptStanzas {
   readonly #byJid = new Map<string, { readonly stanzas: Buffer[]; readonly timer: NodeJS.Timeout }>();
@@ -16,8 +18,8 @@ export class KeptStanzas {
   }
 
   /**
-   * Keeps `stanzas` for `jid`, after any kept for it already, for `keepMs` from now; with 0 (the
-   * proxy stops) nothing is kept and the warning counts them at once.
+   * Keeps `stanzas` for `jid`, after any kept for it already, until `keepMs` after the first keep
+   * for it; with 0 (the proxy stops) nothing is kept and the warning counts them at once.
    */
   keep(jid: string, stanzas: readonly Buffer[], keepMs: number, log: Logger): void {
     if (stanzas.length === 0) return;
@@ -26,8 +28,13 @@ export class KeptStanzas {
       return;
     }
     const earlier = this.#byJid.get(jid);
-    if (earlier !== undefined) clearTimeout(earlier.timer);
-    const kept = [...(earlier?.stanzas ?? []), ...stanzas];
+    if (earlier !== undefined) {
+      // The first stanzas' time runs on: no keep makes an older one wait longer.
+      earlier.stanzas.push(...stanzas);
+      log.info({ kept: stanzas.length }, 'stanzas wait for the next session of this resource');
+      return;
+    }
+    const kept = [...stanzas];
     const timer = setTimeout(() => {
       if (this.#byJid.get(jid)?.timer !== timer) return;
       this.#byJid.delete(jid);
@@ -39,6 +46,21 @@ export class KeptStanzas {
     timer.unref();
     this.#byJid.set(jid, { stanzas: kept, timer });
     log.info({ kept: stanzas.length }, 'stanzas wait for the next session of this resource');
+  }
+
+  /** The proxy stops (a shutdown, or the old process of an upgrade): nothing kept can reach a session any more. */
+  dropAll(log: Logger): void {
+    let dropped = 0;
+    for (const entry of this.#byJid.values()) {
+      clearTimeout(entry.timer);
+      dropped += entry.stanzas.length;
+    }
+    this.#byJid.clear();
+    if (dropped > 0)
+      log.warn(
+        { code: ErrorCode.KEPT_STANZAS_DROPPED, dropped },
+        'stanzas kept for sessions that did not come back are dropped unanswered at shutdown',
+      );
   }
 
   /** Takes what is kept for the full JIDs that `matches`, in order. */

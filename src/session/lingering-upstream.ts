@@ -148,6 +148,8 @@ class LingeringStream {
   #closeSent = false;
   /** The server answered the proxy's close with its own: it has read every answer. */
   #closeRead = false;
+  /** The server ended the stream with a stream error: a close after it answers nothing. */
+  #errorSeen = false;
   /** The stanzas answered on this stream, in order, until the server has read them. */
   readonly #answered: Buffer[];
   /** Set once a new session of this JID waits: what arrives behind the close is kept for it. */
@@ -179,7 +181,7 @@ class LingeringStream {
       onElement: (element) => this.onElement(element),
       onStreamClose: () => {
         // RFC 6120 §4.4: the server's answer to the proxy's close comes after it read all before it.
-        if (this.#closeSent) this.#closeRead = true;
+        if (this.#closeSent && !this.#errorSeen) this.#closeRead = true;
         this.close();
       },
       onFailure: () => undefined,
@@ -213,6 +215,7 @@ class LingeringStream {
     if (element.localName === 'error' && element.ns === NS.stream) {
       // The server ends the stream: nothing written to it any more is processed.
       this.#closed = true;
+      this.#errorSeen = true;
       return;
     }
     if (!isStanza(element)) return;

@@ -13,6 +13,7 @@ import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
 import { ClientPresence } from './client-presence.js';
 import type { LateStanzas } from './lingering-upstream.js';
+import { bounceFor } from './bounce.js';
 import { NOTHING_UNACKED, disposeUnacked, type UnackedOutcome } from './unacked-disposal.js';
 import { HOW_TO_END, tellClient, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
@@ -1001,10 +1002,16 @@ export class Session implements SessionHandle {
         this.becomeActive(jid);
         // A pipelined <enable/> first: what is handed over is then counted, and kept until acknowledged.
         for (const element of held) this.onClientElement(element);
+        // Routed to this full JID before the server bound it here: they come first, oldest first, in
+        // order, for as long as the session lasts (a queue that overflows ends it).
         const s = this.state;
-        if (s.name !== 'active') this.inheritedLost(handedOver);
-        // Routed to this full JID before the server bound it here: they come first, oldest first, in order.
-        else for (const bytes of handedOver) this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
+        for (const [i, bytes] of handedOver.entries()) {
+          if (this.state !== s || s.name !== 'active') {
+            this.inheritedLost(handedOver.slice(i));
+            break;
+          }
+          this.delivery.toClient(s, bytes, stanzaKindOf(bytes));
+        }
         this.inheritedFor = undefined;
       },
       inheritedLost: (inherited) => this.inheritedLost(inherited),
@@ -1018,11 +1025,11 @@ export class Session implements SessionHandle {
   /**
    * Stanzas handed to this stream for a bind that did not take them (the stream ended first, the
    * server refused the bind or bound another account): the next session that binds their full JID
-   * gets them (kept-stanzas.ts); `keepMs` 0 when the proxy stops.
+   * gets them (kept-stanzas.ts).
    */
-  private inheritedLost(inherited: readonly Buffer[], keepMs = this.deps.settings.strandedMs): void {
+  private inheritedLost(inherited: readonly Buffer[]): void {
     const jid = this.inheritedFor;
-    this.deps.lingering.kept.keep(jid ?? '', inherited, jid === undefined ? 0 : keepMs, this.log);
+    this.deps.lingering.kept.keep(jid ?? '', inherited, jid === undefined ? 0 : this.deps.settings.strandedMs, this.log);
   }
 
   private becomeActive(jid: string): void {
@@ -1229,7 +1236,7 @@ export class Session implements SessionHandle {
     const sm = smOf(s);
     const jid = isBound(s) ? s.jid : undefined;
     if (s.name === 'hibernating' || s.name === 'stranded') this.hibernationEnded(s, how.reason);
-    if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed, keepMsAfter(cause, this.deps.settings.strandedMs));
+    if (s.name === 'negotiating') this.inheritedLost(s.setup.unclaimed);
     let unacked = NOTHING_UNACKED;
     /** The stanzas answered through the upstream stream: if the server never reads the answers, the client's next session gets them. */
     let answered: readonly Buffer[] = [];
@@ -1243,7 +1250,7 @@ export class Session implements SessionHandle {
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
       unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
-      if (unacked.bounced > 0) answered = entries;
+      if (unacked.bounced > 0) answered = entries.filter((bytes) => bounceFor(bytes, s.jid) !== undefined);
     }
     if ('handedOver' in cause) unacked = { ...unacked, handedOver: cause.handedOver };
     this.endSm(sm, how.reason);
@@ -1259,7 +1266,8 @@ export class Session implements SessionHandle {
         expiryPolicy: this.deps.settings.expiryPolicy,
         wasAvailable: this.presence.shown,
         answered,
-        keepMs: keepMsAfter(cause, this.deps.settings.strandedMs),
+        // At shutdown the proxy drops what is kept once every stream is gone (KeptStanzas.dropAll).
+        keepMs: this.deps.settings.strandedMs,
         log: this.log,
       };
       this.deps.lingering.linger(upstream, options, (late) => this.ended(how.reason, jid, cause, unacked, late));
@@ -1319,11 +1327,6 @@ export class Session implements SessionHandle {
 
 function headerAttrs(header: StreamHeader): { to?: string; from?: string; version?: string; lang?: string } {
   return { to: header.attrs.to, from: header.attrs.from, version: header.attrs.version, lang: header.attrs['xml:lang'] };
-}
-
-/** How long stanzas no session took wait for the next session of their full JID: at shutdown, none of this process will come. */
-function keepMsAfter(cause: EndCause, strandedMs: number): number {
-  return cause.kind === 'shutdown' || ('error' in cause && cause.error.code === ErrorCode.SHUTDOWN) ? 0 : strandedMs;
 }
 
 /** SM-IDs are secrets of their session: logs carry only a prefix. */

@@ -30,17 +30,27 @@ describe('KeptStanzas: stanzas for the next session of a full JID', () => {
     expect(kept.count).toBe(1);
   });
 
-  it('drops them after keepMs from the last keep, with a warning that counts them', () => {
+  it('drops them keepMs after the first keep (a later one does not extend it), with a warning that counts them', () => {
     const { log, lines } = recordingLog();
     const kept = new KeptStanzas();
     kept.keep(PHONE, stanzas('a'), 1000, log);
     vi.advanceTimersByTime(600);
     kept.keep(PHONE, stanzas('b'), 1000, log);
-    vi.advanceTimersByTime(999);
+    vi.advanceTimersByTime(399);
     expect(kept.count).toBe(1);
     vi.advanceTimersByTime(1);
     expect(kept.count).toBe(0);
     expect(lines.filter((line) => line.code === 'PROXY_ERR_KEPT_STANZAS_DROPPED')).toMatchObject([{ dropped: 2 }]);
+  });
+
+  it('drops everything when the proxy stops, with a warning that counts them', () => {
+    const { log, lines } = recordingLog();
+    const kept = new KeptStanzas();
+    kept.keep(PHONE, stanzas('a', 'b'), 1000, log);
+    kept.keep(DESK, stanzas('c'), 1000, log);
+    kept.dropAll(log);
+    expect(kept.count).toBe(0);
+    expect(lines.filter((line) => line.code === 'PROXY_ERR_KEPT_STANZAS_DROPPED')).toMatchObject([{ dropped: 3 }]);
   });
 
   it('keeps nothing with keepMs 0 (the proxy stops), and warns with the count at once', () => {

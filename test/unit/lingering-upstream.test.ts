@@ -170,6 +170,18 @@ describe('LingeringUpstreams: an ended session reads its upstream stream until t
       expect(lingering.kept.count).toBe(0);
     });
 
+    it("counts a close that follows the server's own stream error as no answer to the proxy's close", () => {
+      const lingering = new LingeringUpstreams(TIMING);
+      const upstream = new Upstream();
+      const reports: LateStanzas[] = [];
+      linger(lingering, upstream, reports);
+      vi.advanceTimersByTime(TIMING.quietMs);
+      expect(upstream.closed).toBe(true);
+      upstream.element('error', shutdown, NS.stream);
+      upstream.serverCloses();
+      expect(reports).toMatchObject([{ unread: 2 }]);
+    });
+
     it('counts the connection lost before the server answered the close as unread', () => {
       const lingering = new LingeringUpstreams(TIMING);
       const upstream = new Upstream();

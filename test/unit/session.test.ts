@@ -1153,7 +1153,7 @@ describe('Session: hibernation expiry', () => {
       c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
       c.upstream.closeStream();
       await settle();
-      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'expired', late: { unread: 3 } });
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'expired', late: { unread: 2 } });
       // The client comes back late: its resume fails, and the bind that follows gets them.
       const c2 = rig.connect();
       await c2.authenticate();
@@ -1166,7 +1166,6 @@ describe('Session: hibernation expiry', () => {
         ['iq', 'bind_2'],
         ['message', 'm1'],
         ['iq', 'q1'],
-        ['presence', undefined],
       ]);
     });
 
@@ -1182,6 +1181,44 @@ describe('Session: hibernation expiry', () => {
       const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
       expect(received.slice(bindAt).map((el) => el.name)).toEqual(['iq', 'enabled', 'message', 'iq', 'presence']);
       expect(c2.session.summary().queued, 'kept until the client acknowledges them').toBe(3);
+    });
+
+    it('keeps what it could not hand over when a pipelined element ends the new session first', async () => {
+      rig = new Rig({ strandedMs: H });
+      const { c } = await hibernatingWithUnacked();
+      const c2 = rig.connect();
+      await c2.authenticate();
+      // An ack of stanzas never sent: the stream ends (XEP-0198 §4) before the hand-over.
+      c2.client.write(bindPhone + `<enable xmlns='${SM}' resume='true'/><a xmlns='${SM}' h='99'/>`);
+      c.upstream.closeStream();
+      await settle();
+      c2.upstream.answerBind(c.jid);
+      expect(c2.session.stateName).toBe('closed');
+      expect(rig.lingering.kept.count).toBe(1);
+      expect(rig.budget.usedBytes).toBe(0);
+    });
+
+    it("keeps the rest when a handed-over stanza overflows the new session's queue", async () => {
+      rig = new Rig({ strandedMs: H, maxQueueBytes: 400 });
+      const c = await rig.connect().openAndBind();
+      c.enableSm({ resume: true });
+      // Together exactly the queue's 400 bytes.
+      const small = `<message from='alice@${DOMAIN}/desk' to='${c.jid}' id='small'/>`;
+      const frame = c.messageTo('big', `alice@${DOMAIN}/desk`, '');
+      c.stanzaFromServer(c.messageTo('big', `alice@${DOMAIN}/desk`, 'x'.repeat(400 - small.length - frame.length)));
+      c.stanzaFromServer(small);
+      await settle();
+      c.client.drop();
+      const c2 = rig.connect();
+      await c2.authenticate();
+      c2.client.write(bindPhone + `<enable xmlns='${SM}' resume='true'/>`);
+      c.upstream.closeStream();
+      await settle();
+      c2.upstream.answerBind(c.jid);
+      // The delay stamp makes the first one too large for the queue: the session ends with it.
+      expect(c2.session.stateName).toBe('closed');
+      expect(rig.lingering.kept.take(() => true).map((bytes) => parseElement(bytes.toString()).attrs.id)).toEqual(['small']);
+      expect(rig.budget.usedBytes).toBe(0);
     });
 
     it('stamps a handed-over message with the time the proxy first sent it (XEP-0203)', async () => {
@@ -1281,6 +1318,29 @@ describe('Session: hibernation expiry', () => {
       ['iq', 'q1'],
       ['presence', undefined],
       ['message', 'after'],
+    ]);
+  });
+
+  it("keeps a stranded queue a failed resume took for the session's own resource when that stream ends before binding", async () => {
+    rig = new Rig({ strandedMs: H });
+    const { c, smId } = await hibernatingWithUnacked();
+    c.upstream.write(`<stream:error><system-shutdown xmlns='${NS.streams}'/></stream:error>`);
+    const c2 = rig.connect();
+    await c2.authenticate();
+    c2.resume(smId, 1);
+    expect(c2.client.elements().at(-1)?.name).toBe('failed');
+    c2.client.drop();
+    expect(rig.lingering.kept.count).toBe(1);
+    const c3 = rig.connect();
+    await c3.authenticate();
+    c3.client.write(`<iq type='set' id='bind_3'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
+    c3.upstream.answerBind(c.jid);
+    const received = c3.client.elements();
+    const bindAt = received.findIndex((el) => el.attrs.id === 'bind_3');
+    expect(received.slice(bindAt).map((el) => [el.name, el.attrs.id])).toEqual([
+      ['iq', 'bind_3'],
+      ['iq', 'q1'],
+      ['presence', undefined],
     ]);
   });
 
