@@ -27,11 +27,11 @@ export class KeptStanzas {
       log.warn({ code: ErrorCode.KEPT_STANZAS_DROPPED, dropped: stanzas.length }, 'stanzas no session can take are dropped unanswered');
       return;
     }
+    log.info({ kept: stanzas.length }, 'stanzas wait for the next session of this resource');
+    // Behind what is kept already, whose time runs on: no keep makes an older stanza wait longer.
     const earlier = this.#byJid.get(jid);
     if (earlier !== undefined) {
-      // The first stanzas' time runs on: no keep makes an older one wait longer.
       earlier.stanzas.push(...stanzas);
-      log.info({ kept: stanzas.length }, 'stanzas wait for the next session of this resource');
       return;
     }
     const kept = [...stanzas];
@@ -45,7 +45,6 @@ export class KeptStanzas {
     }, keepMs);
     timer.unref();
     this.#byJid.set(jid, { stanzas: kept, timer });
-    log.info({ kept: stanzas.length }, 'stanzas wait for the next session of this resource');
   }
 
   /** The proxy stops (a shutdown, or the old process of an upgrade): nothing kept can reach a session any more. */

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { ErrorCode, InvariantError, StreamError, UpstreamError, asProxyError, hostUnknown, type StreamErrorCondition } from '../errors.js';
 import { renderFailed, smFailure, type EndedReason, type SmFailure } from '../sm/failures.js';
-import { decideBeforeIdentity, decideResume, sameBareJid, type ResumeCandidate } from '../sm/resumption.js';
+import { decideBeforeIdentity, decideResume, sameBareJid, sameFullJid, type ResumeCandidate } from '../sm/resumption.js';
 import { parseH } from '../sm/sequence.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../transport/client-link.js';
 import type { ReleasedUpstream, UpstreamHandler, UpstreamStream } from '../upstream/upstream-link.js';
@@ -13,7 +13,6 @@ import type { ScannedElement, StreamHeader } from '../xml/stream-scanner.js';
 import { FlowControl } from './flow-control.js';
 import { ClientPresence } from './client-presence.js';
 import type { LateStanzas } from './lingering-upstream.js';
-import { bounceFor } from './bounce.js';
 import { NOTHING_UNACKED, disposeUnacked, type UnackedOutcome } from './unacked-disposal.js';
 import { HOW_TO_END, tellClient, type EndCause } from './session-end.js';
 import type { HibernatedSession } from './hibernated-snapshot.js';
@@ -730,9 +729,7 @@ export class Session implements SessionHandle {
     if (s.name !== 'stranded') throw new InvariantError(`queue handed over in state ${s.name}`);
     const trimmed = s.sm.queue.resume(h);
     if (trimmed.ack.kind !== 'acked') throw new InvariantError(`queue handed over with h=${h}, which it refuses (${trimmed.ack.kind})`);
-    // The queue, then what waited behind it for room in the memory budget, in order.
-    const replayed = s.sm.queue.drain().map((entry) => this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this));
-    const queued = [...replayed, ...this.delivery.takeUnsent()];
+    const queued = this.takeQueue(s.sm);
     this.log.info({ handedOver: queued.length, h }, 'client came back; the queue goes to its next bind');
     this.end({ kind: 'queue-handed-over', handedOver: queued.length });
     return queued;
@@ -749,9 +746,7 @@ export class Session implements SessionHandle {
   yieldToLogin(): Buffer[] {
     const s = this.state;
     if (!isBound(s)) return [];
-    // Sent before: they go out again with their original time (XEP-0203), as in a replay.
-    const replayed = s.sm?.queue.drain().map((entry) => this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this)) ?? [];
-    const queued = [...replayed, ...this.delivery.takeUnsent()];
+    const queued = this.takeQueue(s.sm);
     this.log.info({ handedOver: queued.length }, 'a new login bound this resource; the queue goes to it');
     this.end({
       kind: 'replaced',
@@ -759,6 +754,16 @@ export class Session implements SessionHandle {
       handedOver: queued.length,
     });
     return queued;
+  }
+
+  /**
+   * The unacknowledged stanzas, for another session of the client, then what waited behind them
+   * (for room in the memory budget, or held back by a hook), in order. Sent before, they go out
+   * again with their original time (XEP-0203), as in a replay.
+   */
+  private takeQueue(sm: StreamManagement | undefined): Buffer[] {
+    const replayed = sm?.queue.drain().map((entry) => this.deps.hooks.replay(entry.bytes, entry.sentAtMs, this)) ?? [];
+    return [...replayed, ...this.delivery.takeUnsent()];
   }
 
   /**
@@ -973,8 +978,9 @@ export class Session implements SessionHandle {
           send([]);
           return;
         }
-        const sameJid = (jid: string): boolean => resourceOf(jid) === resource && sameBareJid(bare(jid), account);
-        this.inheritedFor = `${account}/${resource}`;
+        const wanted = `${account}/${resource}`;
+        const sameJid = (jid: string): boolean => sameFullJid(jid, wanted);
+        this.inheritedFor = wanted;
         // README, What it does: a live session of this JID ends here, and its stream lingers.
         const queued = this.deps.registry.replaceByLogin(account, resource);
         if (!this.deps.lingering.has(sameJid)) {
@@ -994,9 +1000,7 @@ export class Session implements SessionHandle {
         const forAnother = this.inheritedFor !== undefined && !sameBareJid(bare(jid), bare(this.inheritedFor));
         if (forAnother) this.inheritedLost(inherited);
         // What was kept for this very full JID (kept-stanzas.ts): the server bound it here, whatever the SASL mechanism.
-        const kept = this.deps.lingering.kept.take(
-          (keptFor) => resourceOf(keptFor) === resourceOf(jid) && sameBareJid(bare(keptFor), bare(jid)),
-        );
+        const kept = this.deps.lingering.kept.take((keptFor) => sameFullJid(keptFor, jid));
         const handedOver = [...kept, ...(forAnother ? [] : inherited)];
         this.inheritedFor = handedOver.length > 0 ? jid : undefined;
         this.becomeActive(jid);
@@ -1249,8 +1253,7 @@ export class Session implements SessionHandle {
       const entries = [...(sm?.queue.drain().map((entry) => entry.bytes) ?? []), ...unsent];
       if (cause.kind === 'queue-overflow') entries.push(...cause.overflowing);
       const via = how.unacked === 'answer' && s.name !== 'stranded' ? { upstream: s.upstream, jid: s.jid } : undefined;
-      unacked = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log);
-      if (unacked.bounced > 0) answered = entries.filter((bytes) => bounceFor(bytes, s.jid) !== undefined);
+      ({ outcome: unacked, answered } = disposeUnacked(entries, this.deps.settings.expiryPolicy, via, this.log));
     }
     if ('handedOver' in cause) unacked = { ...unacked, handedOver: cause.handedOver };
     this.endSm(sm, how.reason);

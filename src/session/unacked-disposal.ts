@@ -7,8 +7,11 @@ export type UnackedDisposal =
   | { readonly kind: 'dropped-by-policy'; readonly count: number }
   /** The legacy server ended the stream they would be answered on: nothing written to it is processed. */
   | { readonly kind: 'lost'; readonly count: number }
-  /** Answered to their senders through the user's stream, as `bounces` (bounce.ts chooses). */
-  | { readonly kind: 'answered'; readonly count: number; readonly bounces: readonly string[] };
+  /**
+   * Answered to their senders through the user's stream, as `bounces` (bounce.ts chooses);
+   * `answered` holds the stanzas that got one, in order.
+   */
+  | { readonly kind: 'answered'; readonly count: number; readonly bounces: readonly string[]; readonly answered: readonly Buffer[] };
 
 /**
  * XEP-0198 §5: unacked stanzas of a session that ends are treated "as if sent to an unavailable
@@ -19,11 +22,14 @@ export function unackedDisposal(entries: readonly Buffer[], expiryPolicy: 'bounc
   if (expiryPolicy === 'drop') return { kind: 'dropped-by-policy', count: entries.length };
   if (ownJid === undefined) return { kind: 'lost', count: entries.length };
   const bounces: string[] = [];
+  const answered: Buffer[] = [];
   for (const bytes of entries) {
     const bounce = bounceFor(bytes, ownJid);
-    if (bounce !== undefined) bounces.push(bounce);
+    if (bounce === undefined) continue;
+    bounces.push(bounce);
+    answered.push(bytes);
   }
-  return { kind: 'answered', count: entries.length, bounces };
+  return { kind: 'answered', count: entries.length, bounces, answered };
 }
 
 /**
@@ -48,32 +54,35 @@ export interface AnswerRoute {
 
 /**
  * Answers a session's unacked stanzas (`entries`, in order) on the user's behalf, or drops them
- * per `expiryPolicy`, and logs what became of them. `via` is undefined when the legacy server's
- * stream is gone or going: nothing written to it would be processed, so the stanzas are lost and
- * the senders get no error; that is a warning.
+ * per `expiryPolicy`, and logs what became of them; `answered` holds the stanzas that got an
+ * answer. `via` is undefined when the legacy server's stream is gone or going: nothing written to
+ * it would be processed, so the stanzas are lost and the senders get no error; that is a warning.
  */
 export function disposeUnacked(
   entries: readonly Buffer[],
   expiryPolicy: 'bounce' | 'drop',
   via: AnswerRoute | undefined,
   log: Logger,
-): UnackedOutcome {
-  if (entries.length === 0) return NOTHING_UNACKED;
+): { readonly outcome: UnackedOutcome; readonly answered: readonly Buffer[] } {
+  if (entries.length === 0) return { outcome: NOTHING_UNACKED, answered: [] };
   const usable = via !== undefined && !via.upstream.ended ? via : undefined;
   const disposal = unackedDisposal(entries, expiryPolicy, usable?.jid);
   switch (disposal.kind) {
     case 'dropped-by-policy':
       log.info({ dropped: disposal.count }, 'unacked stanzas dropped (expiryPolicy drop)');
-      return { ...NOTHING_UNACKED, dropped: disposal.count };
+      return { outcome: { ...NOTHING_UNACKED, dropped: disposal.count }, answered: [] };
     case 'lost':
       log.warn(
         { dropped: disposal.count },
         'unacked stanzas dropped unanswered: the legacy server ended the stream they would be bounced on',
       );
-      return { ...NOTHING_UNACKED, lost: disposal.count };
+      return { outcome: { ...NOTHING_UNACKED, lost: disposal.count }, answered: [] };
     case 'answered':
       for (const bounce of disposal.bounces) usable?.upstream.send(bounce);
       log.info({ unacked: disposal.count, bounced: disposal.bounces.length }, 'unacked stanzas answered to their senders');
-      return { ...NOTHING_UNACKED, bounced: disposal.bounces.length, dropped: disposal.count - disposal.bounces.length };
+      return {
+        outcome: { ...NOTHING_UNACKED, bounced: disposal.bounces.length, dropped: disposal.count - disposal.bounces.length },
+        answered: disposal.answered,
+      };
   }
 }

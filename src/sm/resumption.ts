@@ -1,3 +1,4 @@
+import { bare, resourceOf } from '../xml/jid.js';
 import { smFailure, withH, type EndedReason, type SmFailure } from './failures.js';
 import type { AckCheck } from './unacked-queue.js';
 
@@ -85,7 +86,12 @@ export function sameBareJid(a: string, b: string): boolean {
   return a === b || (a.length === b.length && asciiLower(a) === asciiLower(b));
 }
 
-/** One string per full JID that {@link sameBareJid} and an equal resource take for the same one: a map key. */
+/** Two full JIDs name the same resource of the same account: {@link sameBareJid}, and resources equal byte for byte. */
+export function sameFullJid(a: string, b: string): boolean {
+  return resourceOf(a) === resourceOf(b) && sameBareJid(bare(a), bare(b));
+}
+
+/** One string per full JID that {@link sameFullJid} takes for the same one: a map key. */
 export function fullJidKey(bareJid: string, resource: string): string {
   return `${asciiLower(bareJid)}/${resource}`;
 }

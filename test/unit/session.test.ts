@@ -1064,6 +1064,15 @@ describe('Session: hibernation expiry', () => {
       const received = c.client.elements();
       return received.slice(received.findIndex((el) => el.attrs.id === 'bind_2')).map((el) => [el.name, el.attrs.id as string | undefined]);
     };
+    /** A new login binding the resource, `pipelined` behind its bind; the old stream's close is answered. */
+    const loginAgain = async (old: Connection, pipelined = ''): Promise<Connection> => {
+      const next = rig.connect();
+      await next.authenticate();
+      next.client.write(bindPhone + pipelined);
+      old.upstream.closeStream();
+      await settle();
+      return next;
+    };
 
     it('ends the hibernating session: its queue, then what reached its stream behind the close, go to the login first', async () => {
       const { c, smId } = await hibernatingWithUnacked();
@@ -1171,11 +1180,7 @@ describe('Session: hibernation expiry', () => {
 
     it('counts the handed-over stanzas in stream management when the login pipelined <enable/> behind its bind', async () => {
       const { c } = await hibernatingWithUnacked();
-      const c2 = rig.connect();
-      await c2.authenticate();
-      c2.client.write(bindPhone + `<enable xmlns='${SM}' resume='true'/>`);
-      c.upstream.closeStream();
-      await settle();
+      const c2 = await loginAgain(c, `<enable xmlns='${SM}' resume='true'/>`);
       c2.upstream.answerBind(c.jid);
       const received = c2.client.elements();
       const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
@@ -1209,11 +1214,7 @@ describe('Session: hibernation expiry', () => {
       c.stanzaFromServer(small);
       await settle();
       c.client.drop();
-      const c2 = rig.connect();
-      await c2.authenticate();
-      c2.client.write(bindPhone + `<enable xmlns='${SM}' resume='true'/>`);
-      c.upstream.closeStream();
-      await settle();
+      const c2 = await loginAgain(c, `<enable xmlns='${SM}' resume='true'/>`);
       c2.upstream.answerBind(c.jid);
       // The delay stamp makes the first one too large for the queue: the session ends with it.
       expect(c2.session.stateName).toBe('closed');
@@ -1224,11 +1225,7 @@ describe('Session: hibernation expiry', () => {
     it('stamps a handed-over message with the time the proxy first sent it (XEP-0203)', async () => {
       const { c } = await hibernatingWithUnacked();
       await advance(60_000);
-      const c2 = rig.connect();
-      await c2.authenticate();
-      c2.client.write(bindPhone);
-      c.upstream.closeStream();
-      await settle();
+      const c2 = await loginAgain(c);
       c2.upstream.answerBind(c.jid);
       const m1 = c2.client.elements().find((el) => el.attrs.id === 'm1');
       expect(m1?.getChild('delay', 'urn:xmpp:delay')?.attrs.stamp).toBe(new Date(T0).toISOString());
@@ -1237,11 +1234,7 @@ describe('Session: hibernation expiry', () => {
     it('keeps the queue for the next login of the resource when this one ends before its bind is granted', async () => {
       rig = new Rig({ strandedMs: H });
       const { c } = await hibernatingWithUnacked();
-      const c2 = rig.connect();
-      await c2.authenticate();
-      c2.client.write(bindPhone);
-      c.upstream.closeStream();
-      await settle();
+      const c2 = await loginAgain(c);
       expect(relayed(c2)).toBe(true);
       c2.client.drop();
       expect(c2.session.stateName).toBe('closed');
@@ -1263,11 +1256,7 @@ describe('Session: hibernation expiry', () => {
     it('keeps the queue for its own account when the server binds the login to another', async () => {
       rig = new Rig({ strandedMs: H });
       const { c } = await hibernatingWithUnacked();
-      const c2 = rig.connect();
-      await c2.authenticate();
-      c2.client.write(bindPhone);
-      c.upstream.closeStream();
-      await settle();
+      const c2 = await loginAgain(c);
       c2.upstream.answerBind(`mallory@${DOMAIN}/phone`);
       expect(afterBind(c2)).toEqual([['iq', 'bind_2']]);
       expect(rig.lingering.kept.count).toBe(1);

@@ -12,6 +12,7 @@ describe('unackedDisposal (XEP-0198 §5)', () => {
     if (disposal.kind !== 'answered') return;
     expect(disposal.count).toBe(2);
     expect(disposal.bounces.map((xml) => parseElement(xml).attrs)).toEqual([{ to: 'b@localhost/x', type: 'error', id: 'm1' }]);
+    expect(disposal.answered).toEqual([message]);
   });
 
   it('drops them by policy, or loses them when the stream is gone', () => {
