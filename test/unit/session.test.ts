@@ -1,481 +1,19 @@
 /**
- * The Session state machine against in-memory peers: a fake client link and a fake legacy server
- * stream, both framing what the test writes with the real StreamScanner, a real registry, event
- * emitter and memory budget, and fake timers with the clock injected through `deps.now`. What the
+ * The Session state machine against in-memory peers, in the unit rig (session-rig.ts). What the
  * end-to-end files can only approach with real time (an ack arriving 1 ms before its deadline, a
  * resume racing the expiry timer) is exact here.
  */
-import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { StreamError } from '../../src/errors.js';
-import type { SmEventMap } from '../../src/session/events.js';
-import { BUILTIN_HOOKS } from '../../src/features/builtin-hooks.js';
-import { LINGER_TIMING, LingeringUpstreams } from '../../src/session/lingering-upstream.js';
+import { LINGER_TIMING } from '../../src/session/lingering-upstream.js';
 import { clientStateIndication } from '../../src/features/client-state-indication.js';
-import { SessionHooks, type SessionHook } from '../../src/session/hooks.js';
-import { SmEvents } from '../../src/session/events.js';
-import { SessionRegistry } from '../../src/session/session-registry.js';
-import { Session } from '../../src/session/session.js';
-import { FailedLogins } from '../../src/session/failed-logins.js';
-import type { SessionDeps, SessionSettings } from '../../src/session/session-deps.js';
-import { MemoryBudget } from '../../src/sm/memory-budget.js';
-import { StreamManagement } from '../../src/sm/stream-management.js';
-import { readSnapshot, writeSnapshot, type HibernatedSession } from '../../src/session/hibernated-snapshot.js';
+import type { SessionSettings } from '../../src/session/session-deps.js';
+import { readSnapshot, writeSnapshot } from '../../src/session/hibernated-snapshot.js';
 import { Socket } from 'node:net';
-import { QueueShares } from '../../src/sm/queue-budget.js';
-import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
-import type { ReleasedUpstream, UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
-import { parseElement, type Element } from '../../src/xml/element.js';
+import type { ReleasedUpstream } from '../../src/upstream/upstream-link.js';
+import { parseElement } from '../../src/xml/element.js';
 import { NS } from '../../src/xml/namespaces.js';
-import { renderStreamError } from '../../src/xml/stream-error.js';
-import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../../src/xml/stream-header.js';
-import { StreamScanner, type ScannerHandlers, type ScannerLimits } from '../../src/xml/stream-scanner.js';
-
-const T0 = 1_700_000_000_000;
-const DOMAIN = 'example.com';
-const USER = `user@${DOMAIN}`;
-const SM = NS.sm3;
-const SCANNER_LIMITS: ScannerLimits = { maxStanzaBytes: 1 << 20, maxDepth: 64 };
-
-const SETTINGS: SessionSettings = {
-  hibernationMs: 300_000,
-  maxHibernationMs: 600_000,
-  maxUnackedStanzas: 0,
-  maxAckDelayMs: 30_000,
-  ackRequestIntervalMs: 60_000,
-  maxQueueStanzas: 1000,
-  maxQueueBytes: 1 << 20,
-  maxStanzaBytes: 1 << 18,
-  maxStanzaBytesPreAuth: 1 << 14,
-  authTimeoutMs: 30_000,
-  upstreamKeepaliveMs: 60_000,
-  expiryPolicy: 'bounce',
-  // A stranded session waits out its hibernation only, unless a test says otherwise.
-  strandedMs: 0,
-};
-const H = SETTINGS.hibernationMs;
-const D = SETTINGS.maxAckDelayMs;
-
-const TARGET: UpstreamTarget = {
-  domain: DOMAIN,
-  host: '127.0.0.1',
-  port: 5222,
-  security: 'plain',
-  connectTimeoutMs: 5000,
-  rejectUnauthorized: true,
-};
-
-/** Lets what the session deferred run: `process.nextTick` (not faked) and promise callbacks. */
-async function settle(): Promise<void> {
-  for (let i = 0; i < 5; i++) await new Promise<void>((resolve) => process.nextTick(resolve));
-}
-
-/** Moves the fake clock (timers and `deps.now` together), then lets deferred work run. */
-async function advance(ms: number): Promise<void> {
-  vi.advanceTimersByTime(ms);
-  await settle();
-}
-
-function isHeader(written: string): boolean {
-  return written.startsWith('<?xml') || written.startsWith('<stream:stream');
-}
-
-/**
- * What both fakes share: the test writes XML as the peer would and a real StreamScanner frames it
- * (stream restarts included) for the session's handler; what the session writes is kept, in
- * order, as strings.
- */
-abstract class ScriptedPeer<H extends Pick<ScannerHandlers, 'onStreamOpen' | 'onElement' | 'onStreamClose'>> {
-  paused = false;
-  protected readonly written: string[] = [];
-  protected handler: H | undefined;
-  protected isEnded = false;
-  protected readonly scanner = new StreamScanner(
-    {
-      onStreamOpen: (header) => this.handler?.onStreamOpen(header),
-      onElement: (element) => this.handler?.onElement(element),
-      onStreamClose: () => this.handler?.onStreamClose(),
-      onError: (error) => this.onScanError(error),
-    },
-    SCANNER_LIMITS,
-  );
-
-  get ended(): boolean {
-    return this.isEnded;
-  }
-
-  setHandler(handler: H): void {
-    this.handler = handler;
-  }
-
-  sendHeader(attrs: StreamHeaderAttrs): void {
-    this.written.push(renderStreamHeader(attrs));
-  }
-
-  send(element: Buffer | string): boolean {
-    if (!this.isEnded) this.written.push(element.toString());
-    return true;
-  }
-
-  expectRestart(): void {
-    this.scanner.restart();
-  }
-
-  pause(): void {
-    this.paused = true;
-  }
-
-  resume(): void {
-    this.paused = false;
-  }
-
-  /** The peer writes `xml` to the session. */
-  write(xml: string): void {
-    this.scanner.write(Buffer.from(xml));
-  }
-
-  protected abstract onScanError(error: StreamError): void;
-}
-
-/**
- * A client connection as the session sees it. The test writes XML as the client would; a real
- * StreamScanner frames it (stream restarts included). What the session sends is kept as strings;
- * a stream error is rendered as the real links render it. Links the proxy ends report `onEnd`
- * later, as a socket's `close` event does.
- */
-class FakeClientLink extends ScriptedPeer<ClientLinkHandler> implements ClientLink {
-  readonly transport = 'directtls' as const;
-  readonly remote = '192.0.2.1:50000';
-  readonly address = '192.0.2.1';
-  readonly endpoints = { client: { address: '192.0.2.1', port: 50000 }, listener: { address: '198.51.100.1', port: 5223 } };
-  failure: StreamError | undefined;
-  closed = false;
-  destroyedBecause: string | undefined;
-
-  /** Everything written to the client, in order. */
-  get received(): string[] {
-    return this.written;
-  }
-
-  fail(error: StreamError): void {
-    if (this.isEnded) return;
-    this.failure = error;
-    this.received.push(renderStreamError(error) + STREAM_CLOSE);
-    this.endLater({ kind: 'local', reason: `stream error ${error.condition}` });
-  }
-
-  close(): void {
-    if (this.isEnded) return;
-    this.closed = true;
-    this.received.push(STREAM_CLOSE);
-    this.endLater({ kind: 'local', reason: 'closed by proxy' });
-  }
-
-  destroy(reason: string): void {
-    this.destroyedBecause ??= reason;
-    this.endLater({ kind: 'local', reason });
-  }
-
-  setLimits(limits: Partial<ScannerLimits>): void {
-    this.scanner.setLimits(limits);
-  }
-
-  protected onScanError(error: StreamError): void {
-    this.handler?.onProtocolError(error);
-  }
-
-  // --- what the client does ---
-
-  openStream(): void {
-    this.write(`<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' to='${DOMAIN}' version='1.0'>`);
-  }
-
-  /** The connection is gone without a stream close (a phone losing its network). */
-  drop(): void {
-    if (this.isEnded) return;
-    this.isEnded = true;
-    this.handler?.onEnd({ kind: 'lost', reason: 'connection lost without stream close' });
-  }
-
-  // --- what the client got ---
-
-  /** The elements written to the client (stream headers left out), parsed. */
-  elements(): Element[] {
-    return this.received.filter((written) => !isHeader(written) && written !== STREAM_CLOSE).map((written) => parseElement(written));
-  }
-
-  last(): string | undefined {
-    return this.received.at(-1);
-  }
-
-  /** How many `<r/>` the proxy sent to this client. */
-  requests(): number {
-    return this.received.filter((written) => written === `<r xmlns='${SM}'/>`).length;
-  }
-
-  private endLater(end: LinkEnd): void {
-    if (this.isEnded) return;
-    this.isEnded = true;
-    process.nextTick(() => this.handler?.onEnd(end));
-  }
-}
-
-/**
- * The legacy server's stream as the session sees it. The test writes XML as the server would;
- * a real StreamScanner frames it. What the session sends upstream is kept as strings.
- */
-class FakeUpstream extends ScriptedPeer<UpstreamHandler> implements UpstreamStream {
-  closed = false;
-  destroyed = false;
-  keepaliveMs: number | undefined;
-
-  /** Everything written to the legacy server, in order (headers and `</stream:stream>` included). */
-  get sent(): string[] {
-    return this.written;
-  }
-
-  startKeepalive(intervalMs: number): void {
-    this.keepaliveMs = intervalMs;
-  }
-
-  /** What `release` hands over (an upgrade); undefined, the default, refuses as a hop over TLS does. */
-  releasable: ReleasedUpstream | undefined;
-
-  release(): ReleasedUpstream | undefined {
-    const released = this.releasable;
-    if (released !== undefined) this.isEnded = true;
-    return released;
-  }
-
-  close(): void {
-    if (this.closed || this.isEnded) return;
-    this.sent.push(STREAM_CLOSE);
-    this.closed = true;
-  }
-
-  destroy(): void {
-    this.destroyed = true;
-    this.isEnded = true;
-  }
-
-  /** The test's own XML from the legacy server is well-formed; anything else is a bug in the test. */
-  protected onScanError(error: StreamError): void {
-    throw error;
-  }
-
-  // --- what the legacy server does ---
-
-  openStream(): void {
-    this.write(
-      `<?xml version='1.0'?><stream:stream xmlns='${NS.client}' xmlns:stream='${NS.stream}' from='${DOMAIN}' id='up-${this.sent.length}' version='1.0'>`,
-    );
-  }
-
-  /** The server closes its stream, then the connection (RFC 6120 §4.4). */
-  closeStream(): void {
-    this.write(STREAM_CLOSE);
-    this.isEnded = true;
-    this.handler?.onEnd(true);
-  }
-
-  /** Answers the last bind request written to it with `jid` (RFC 6120 §7.6.1). */
-  answerBind(jid: string): void {
-    const request = this.sent.findLast((written) => written.startsWith('<iq') && written.includes(NS.bind));
-    if (request === undefined) throw new Error(`no bind request was sent upstream; sent: ${this.sent.join(' ')}`);
-    const id = parseElement(request).attrs.id as string;
-    this.write(`<iq type='result' id='${id}'><bind xmlns='${NS.bind}'><jid>${jid}</jid></bind></iq>`);
-  }
-
-  /** Answers the proxy's round trip on this (hibernated) stream, as a legacy server answers a ping. */
-  answerProbe(): void {
-    const request = this.sent.findLast((written) => written.includes("id='smacks-probe-"));
-    if (request === undefined) throw new Error(`no probe was sent upstream; sent: ${this.sent.join(' ')}`);
-    this.write(`<iq type='result' id='${parseElement(request).attrs.id as string}'/>`);
-  }
-}
-
-type SeenEvents = { [K in keyof SmEventMap]: SmEventMap[K][0][] };
-
-/** What every session of one test shares: the SessionDeps, with the events recorded. */
-class Rig {
-  readonly registry = new SessionRegistry({ rememberEndedMs: 3_600_000, maxRememberedEnded: 100 });
-  readonly events = new SmEvents();
-  readonly budget = new MemoryBudget(Infinity);
-  readonly queueShares = new QueueShares(this.budget, { perAccountBytes: Infinity, perAddressBytes: 0 });
-  readonly failedLogins = new FailedLogins({ maxFailedLogins: 5, backoffMs: 60_000 });
-  readonly lingering = new LingeringUpstreams();
-  readonly seen: SeenEvents = {
-    ackDelayed: [],
-    hibernationStarted: [],
-    hibernationEnded: [],
-    stanzaQueuedWhileHibernating: [],
-    resumed: [],
-    smFailed: [],
-    sessionEnded: [],
-  };
-  /** What the sessions counted for the metrics (session-meter.ts). */
-  readonly metered = { fromClient: 0, fromClientBytes: 0, toClient: 0, toClientBytes: 0, ackRoundTrips: [] as number[] };
-  /** Lines the sessions logged at error level (a session that caught a bug of its own). */
-  readonly errors: string[] = [];
-  /** Every line the sessions logged at info level and above, parsed. */
-  readonly lines: Record<string, unknown>[] = [];
-  readonly deps: SessionDeps;
-  private sessions = 0;
-  private pendingUpstreams: FakeUpstream[] = [];
-
-  constructor(settings: Partial<SessionSettings> = {}, features: readonly SessionHook[] = []) {
-    for (const name of Object.keys(this.seen) as (keyof SmEventMap)[]) {
-      this.events.on(name, (event: unknown) => {
-        (this.seen[name] as unknown[]).push(event);
-      });
-    }
-    this.deps = {
-      settings: { ...SETTINGS, ...settings },
-      registry: this.registry,
-      events: this.events,
-      queueShares: this.queueShares,
-      failedLogins: this.failedLogins,
-      lingering: this.lingering,
-      meter: {
-        fromClient: (bytes) => {
-          this.metered.fromClient++;
-          this.metered.fromClientBytes += bytes;
-        },
-        toClient: (bytes) => {
-          this.metered.toClient++;
-          this.metered.toClientBytes += bytes;
-        },
-        ackRoundTrip: (ms) => this.metered.ackRoundTrips.push(ms),
-      },
-      hooks: new SessionHooks([...BUILTIN_HOOKS, ...features]),
-      upstreamFor: (domain) => (domain === DOMAIN ? TARGET : undefined),
-      connectUpstream: async () => {
-        const upstream = new FakeUpstream();
-        this.pendingUpstreams.push(upstream);
-        return upstream;
-      },
-      reportFindings: () => undefined,
-      now: () => Date.now(),
-    };
-  }
-
-  /** A client connects: a new session on a fresh link. */
-  connect(): Connection {
-    const client = new FakeClientLink();
-    const session = new Session(this.deps, { sid: `s${++this.sessions}`, link: client, addressKey: client.address, log: this.logger() });
-    return new Connection(this, client, session);
-  }
-
-  /**
-   * A hibernated session another process handed over (an upgrade), as proxy.ts adopts it: its
-   * queue restored under this rig's limits, its upstream stream already inside the server's stream.
-   */
-  adopt(handed: HibernatedSession): { session: Session; upstream: FakeUpstream } {
-    const upstream = new FakeUpstream();
-    upstream.openStream();
-    const sm = StreamManagement.restore(handed.sm, this.deps.settings, this.queueShares.forSession(USER, handed.addressKey));
-    if (!(sm instanceof StreamManagement)) throw new Error(`restore refused: ${sm.reason}`);
-    const session = new Session(this.deps, { session: handed, upstream, sm, log: this.logger() });
-    return { session, upstream };
-  }
-
-  private logger() {
-    return pino(
-      { level: 'info' },
-      {
-        write: (line: string) => {
-          const parsed = JSON.parse(line) as Record<string, unknown>;
-          this.lines.push(parsed);
-          if ((parsed.level as number) >= 50) this.errors.push(line);
-        },
-      },
-    );
-  }
-
-  /** The upstream stream the last connect asked for. */
-  takeUpstream(): FakeUpstream {
-    const upstream = this.pendingUpstreams.shift();
-    if (upstream === undefined) throw new Error('the session did not connect upstream');
-    return upstream;
-  }
-}
-
-/** One client connection, its session, and that session's upstream: the protocol verbs. */
-class Connection {
-  upstream!: FakeUpstream;
-  jid = '';
-
-  constructor(
-    private readonly rig: Rig,
-    readonly client: FakeClientLink,
-    readonly session: Session,
-  ) {}
-
-  /**
-   * Stream open and SASL through the proxy, up to the stream restart after `<success/>`. PLAIN as
-   * `user` names USER's account (a resume is then confirmed without an identity bind); `as`
-   * another name, or EXTERNAL (which names no account), leaves the identity to the bind check.
-   */
-  async authenticate(options: { mechanism?: 'PLAIN' | 'EXTERNAL'; as?: string } = {}): Promise<void> {
-    const initial = options.mechanism === 'EXTERNAL' ? '=' : Buffer.from(`\0${options.as ?? 'user'}\0secret`).toString('base64');
-    this.client.openStream();
-    await settle();
-    this.upstream = this.rig.takeUpstream();
-    this.upstream.openStream();
-    this.upstream.write(`<stream:features><mechanisms xmlns='${NS.sasl}'><mechanism>PLAIN</mechanism></mechanisms></stream:features>`);
-    this.client.write(`<auth xmlns='${NS.sasl}' mechanism='${options.mechanism ?? 'PLAIN'}'>${initial}</auth>`);
-    this.upstream.write(`<success xmlns='${NS.sasl}'/>`);
-    this.client.openStream();
-    this.upstream.openStream();
-    this.upstream.write(`<stream:features><bind xmlns='${NS.bind}'/></stream:features>`);
-    expect(this.session.stateName).toBe('authenticated');
-  }
-
-  /** Authenticates and binds `resource`: the session is active. */
-  async openAndBind(resource = 'phone'): Promise<this> {
-    await this.authenticate();
-    this.client.write(`<iq type='set' id='bind_1'><bind xmlns='${NS.bind}'><resource>${resource}</resource></bind></iq>`);
-    this.jid = `${USER}/${resource}`;
-    this.upstream.answerBind(this.jid);
-    expect(this.session.stateName).toBe('active');
-    return this;
-  }
-
-  /** `<enable/>`; returns the `<enabled/>` answer. */
-  enableSm(options: { resume?: boolean } = {}): Element {
-    this.client.write(`<enable xmlns='${SM}'${options.resume === true ? " resume='true'" : ''}/>`);
-    const enabled = parseElement(this.client.last() ?? '');
-    expect(enabled.name).toBe('enabled');
-    return enabled;
-  }
-
-  /** `<resume/>` on this (authenticated) connection; an identity bind, if the session asks one, is answered for USER. */
-  resume(previd: string, h: number): void {
-    this.client.write(`<resume xmlns='${SM}' previd='${previd}' h='${h}'/>`);
-    if (this.session.stateName === 'resuming') this.upstream.answerBind(`${USER}/identity-check`);
-  }
-
-  stanzaFromServer(xml: string): void {
-    this.upstream.write(xml);
-  }
-
-  stanzaFromClient(xml: string): void {
-    this.client.write(xml);
-  }
-
-  requestFromClient(): void {
-    this.client.write(`<r xmlns='${SM}'/>`);
-  }
-
-  ackFromClient(h: number): void {
-    this.client.write(`<a xmlns='${SM}' h='${h}'/>`);
-  }
-
-  /** A message from `from` to this connection's JID. */
-  messageTo(id: string, from = `alice@${DOMAIN}/desk`, body = id): string {
-    return `<message from='${from}' to='${this.jid}' id='${id}' type='chat'><body>${body}</body></message>`;
-  }
-}
+import { STREAM_CLOSE } from '../../src/xml/stream-header.js';
+import { T0, DOMAIN, USER, SM, SETTINGS, H, D, settle, advance, Rig, Connection } from '../support/session-rig.js';
 
 let rig: Rig;
 
@@ -513,16 +51,16 @@ describe('Session: acks the client asks for (XEP-0198 §4)', () => {
   it('answers <r/> at once, with h counting only message, presence and iq in jabber:client', async () => {
     const c = await rig.connect().openAndBind();
     c.enableSm();
-    c.requestFromClient();
+    c.ackRequest();
     expect(c.client.last()).toBe(`<a xmlns='${SM}' h='0'/>`);
 
-    c.stanzaFromClient(`<message to='alice@${DOMAIN}' id='c1' type='chat'><body>hi</body></message>`);
-    c.stanzaFromClient(`<presence/>`);
-    c.stanzaFromClient(`<iq type='get' id='c2' to='${DOMAIN}'><ping xmlns='${NS.ping}'/></iq>`);
+    c.send(`<message to='alice@${DOMAIN}' id='c1' type='chat'><body>hi</body></message>`);
+    c.send(`<presence/>`);
+    c.send(`<iq type='get' id='c2' to='${DOMAIN}'><ping xmlns='${NS.ping}'/></iq>`);
     // Relayed, but not stanzas: a nonza, and an element with a stanza's name in another namespace.
     c.client.write(`<custom xmlns='urn:example:nonza'/>`);
     c.client.write(`<message xmlns='urn:example:not-a-stanza'/>`);
-    c.requestFromClient();
+    c.ackRequest();
     expect(c.client.last()).toBe(`<a xmlns='${SM}' h='3'/>`);
 
     const relayed = c.upstream.sent.slice(-5).map((written) => parseElement(written).name);
@@ -546,11 +84,11 @@ describe('Session: when the proxy sends <r/>', () => {
     await settle();
     expect(c.client.requests()).toBe(1); // the first is still outstanding
 
-    c.ackFromClient(3);
+    c.ack(3);
     await settle();
     expect(c.client.requests()).toBe(2); // answered, and m4, m5 are unacked
 
-    c.ackFromClient(5);
+    c.ack(5);
     await settle();
     expect(c.client.requests()).toBe(2); // nothing unacked
 
@@ -598,7 +136,7 @@ describe('Session: maxAckDelayMs', () => {
     c.stanzaFromServer(c.messageTo('m1'));
     await settle();
     await advance(D - 1);
-    c.ackFromClient(1);
+    c.ack(1);
     await advance(1);
     await advance(3 * D);
     expect(rig.seen.ackDelayed).toEqual([]);
@@ -612,7 +150,7 @@ describe('Session: maxAckDelayMs', () => {
     c.stanzaFromServer(c.messageTo('m1'));
     await settle(); // <r/> at T0
     await advance(D - 1000);
-    c.ackFromClient(1);
+    c.ack(1);
     c.stanzaFromServer(c.messageTo('m2'));
     await settle(); // <r/> at T0 + D - 1000
     expect(c.client.requests()).toBe(2);
@@ -652,7 +190,7 @@ describe('Session: a full unacked queue (README, Limits)', () => {
     expect(c.upstream.paused).toBe(true);
     expect(c.client.requests(), 'the client is asked for an ack').toBe(1);
 
-    c.ackFromClient(2);
+    c.ack(2);
     expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
     expect(c.upstream.paused, 'nothing waits any more').toBe(false);
 
@@ -660,7 +198,7 @@ describe('Session: a full unacked queue (README, Limits)', () => {
     c.stanzaFromServer(c.messageTo('m6'));
     expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5']);
     expect(c.upstream.paused).toBe(true);
-    c.ackFromClient(5);
+    c.ack(5);
     expect(messageIds(c.client.received)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5', 'm6']);
     expect(c.upstream.paused).toBe(false);
     expect(c.client.failure).toBeUndefined();
@@ -705,7 +243,7 @@ describe('Session: a full unacked queue (README, Limits)', () => {
     expect(resumedAt).toBeGreaterThan(-1);
     expect(messageIds(c2.client.received.slice(resumedAt))).toEqual(['m2', 'm3', 'm4']);
     expect(c.upstream.paused, 'm5 still waits: the queue holds m2, m3, m4').toBe(true);
-    c2.ackFromClient(4);
+    c2.ack(4);
     expect(messageIds(c2.client.received.slice(resumedAt))).toEqual(['m2', 'm3', 'm4', 'm5']);
     expect(c.upstream.paused).toBe(false);
     expect(c.client.failure?.condition).toBe('conflict');
@@ -730,27 +268,27 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     rig = csiRig({ maxQueueStanzas: 3 });
     const c = await rig.connect().openAndBind();
     c.enableSm({ resume: true });
-    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.send(`<inactive xmlns='${CSI}'/>`);
     c.stanzaFromServer(presenceFrom(c, 'carol'));
     c.stanzaFromServer(presenceFrom(c, 'dave'));
     expect(c.client.received.filter((xml) => xml.startsWith('<presence'))).toEqual([]);
-    c.requestFromClient();
+    c.ackRequest();
     expect(c.client.last(), 'nothing held is counted').toBe(`<a xmlns='${SM}' h='0'/>`);
     c.stanzaFromServer(presenceFrom(c, 'erin'));
     const released = c.client.received.filter((xml) => xml.startsWith('<presence')).map((xml) => parseElement(xml).attrs.from);
     expect(released).toEqual([`carol@${DOMAIN}/x`, `dave@${DOMAIN}/x`, `erin@${DOMAIN}/x`]);
-    c.ackFromClient(3);
+    c.ack(3);
     expect(c.client.failure, 'the client acks exactly what it got').toBeUndefined();
   });
 
   it('releases what is held when the client sends a stanza (its radio is awake), and goes on holding', async () => {
     rig = csiRig();
     const c = await rig.connect().openAndBind();
-    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.send(`<inactive xmlns='${CSI}'/>`);
     c.stanzaFromServer(presenceFrom(c, 'carol'));
     const presences = () => c.client.received.filter((xml) => xml.startsWith('<presence')).map((xml) => parseElement(xml).attrs.from);
     expect(presences()).toEqual([]);
-    c.stanzaFromClient(`<message to='carol@${DOMAIN}' type='chat'><body>hi</body></message>`);
+    c.send(`<message to='carol@${DOMAIN}' type='chat'><body>hi</body></message>`);
     expect(presences()).toEqual([`carol@${DOMAIN}/x`]);
     c.stanzaFromServer(presenceFrom(c, 'dave'));
     expect(presences(), 'still inactive').toEqual([`carol@${DOMAIN}/x`]);
@@ -761,7 +299,7 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     const c = await rig.connect().openAndBind();
     c.enableSm({ resume: true });
     c.stanzaFromServer(c.messageTo('m1', `alice@${DOMAIN}/desk`, 'one'));
-    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.send(`<inactive xmlns='${CSI}'/>`);
     c.stanzaFromServer(presenceFrom(c, 'carol'));
     const c2 = rig.connect();
     await c2.authenticate();
@@ -780,7 +318,7 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
   it('answers what is held when a session without stream management ends, as unacknowledged stanzas', async () => {
     rig = csiRig();
     const c = await rig.connect().openAndBind();
-    c.stanzaFromClient(`<inactive xmlns='${CSI}'/>`);
+    c.send(`<inactive xmlns='${CSI}'/>`);
     c.stanzaFromServer(composingFrom(c, 'cs1'));
     expect(c.client.received.filter((xml) => xml.startsWith('<message'))).toEqual([]);
     c.client.drop();
@@ -796,10 +334,10 @@ describe('Session: handed to the next process (an upgrade, README Upgrading)', (
   async function hibernating(): Promise<{ c: Connection; smId: string }> {
     const c = await rig.connect().openAndBind();
     const smId = c.enableSm({ resume: true }).attrs.id as string;
-    c.stanzaFromClient(`<presence/>`);
+    c.send(`<presence/>`);
     c.stanzaFromServer(c.messageTo('m1'));
     c.stanzaFromServer(c.messageTo('m2'));
-    c.stanzaFromClient(`<a xmlns='${SM}' h='1'/>`);
+    c.send(`<a xmlns='${SM}' h='1'/>`);
     c.stanzaFromServer(c.messageTo('m3'));
     await settle();
     c.client.drop();
@@ -851,7 +389,7 @@ describe('Session: handed to the next process (an upgrade, README Upgrading)', (
   it('takes an attached session with its client link, still open but no longer the session: what the client sends then is not counted', async () => {
     const c = await rig.connect().openAndBind();
     const smId = c.enableSm({ resume: true }).attrs.id as string;
-    c.stanzaFromClient(`<presence/>`);
+    c.send(`<presence/>`);
     c.stanzaFromServer(c.messageTo('m1'));
     await settle();
     c.upstream.releasable = released();
@@ -861,7 +399,7 @@ describe('Session: handed to the next process (an upgrade, README Upgrading)', (
     expect(handed?.session.sm).toMatchObject({ id: smId, h: 1, queue: { sent: 1, acked: 0 } });
     expect(rig.seen.hibernationStarted).toMatchObject([{ smId }]);
     const written = c.upstream.sent.length;
-    c.stanzaFromClient(`<message to='alice@${DOMAIN}' id='late'/>`);
+    c.send(`<message to='alice@${DOMAIN}' id='late'/>`);
     expect(c.upstream.sent.length).toBe(written);
     expect(c.session.stateName).toBe('closed');
   });
@@ -892,7 +430,7 @@ describe('Session: handed to the next process (an upgrade, README Upgrading)', (
       ['r', undefined],
     ]);
     // The client's stanzas go to the adopted stream: the one the user logged in on.
-    back.stanzaFromClient(`<message to='alice@${DOMAIN}' id='out'/>`);
+    back.send(`<message to='alice@${DOMAIN}' id='out'/>`);
     expect(adopted.upstream.sent.at(-1)).toContain("id='out'");
     expect(next.errors).toEqual([]);
   });
@@ -939,7 +477,7 @@ describe('Session: hibernation expiry', () => {
   async function hibernatingWithUnacked(): Promise<{ c: Connection; smId: string }> {
     const c = await rig.connect().openAndBind();
     const smId = c.enableSm({ resume: true }).attrs.id as string;
-    c.stanzaFromClient(`<presence/>`); // inbound h = 1
+    c.send(`<presence/>`); // inbound h = 1
     c.stanzaFromServer(c.messageTo('m1', `alice@${DOMAIN}/desk`, 'one'));
     c.stanzaFromServer(`<iq from='bob@${DOMAIN}/lap' to='${c.jid}' id='q1' type='get'><query xmlns='jabber:iq:version'/></iq>`);
     c.stanzaFromServer(`<presence from='carol@${DOMAIN}/x' to='${c.jid}'/>`);
@@ -1118,7 +656,7 @@ describe('Session: hibernation expiry', () => {
       c.enableSm({ resume: true });
       c.stanzaFromServer(c.messageTo('m1', `alice@${DOMAIN}/desk`, 'one'));
       c.stanzaFromServer(c.messageTo('m2', `alice@${DOMAIN}/desk`, 'two'));
-      c.ackFromClient(1);
+      c.ack(1);
       const c2 = rig.connect();
       await c2.authenticate();
       c2.client.write(bindPhone);
@@ -1336,8 +874,8 @@ describe('Session: hibernation expiry', () => {
   it('goes on over the resuming stream when it binds the same full JID: carbons and presence told again, <resumed/>, the replay', async () => {
     const c = await rig.connect().openAndBind();
     const smId = c.enableSm({ resume: true }).attrs.id as string;
-    c.stanzaFromClient(`<iq type='set' id='carbons'><enable xmlns='${NS.carbons}'/></iq>`);
-    c.stanzaFromClient(`<presence><show>away</show></presence>`);
+    c.send(`<iq type='set' id='carbons'><enable xmlns='${NS.carbons}'/></iq>`);
+    c.send(`<presence><show>away</show></presence>`);
     c.stanzaFromServer(c.messageTo('m1'));
     c.stanzaFromServer(c.messageTo('m2'));
     await settle();
@@ -1555,10 +1093,10 @@ describe('Session: <a h/> above what was sent (XEP-0198 §6)', () => {
     c.stanzaFromServer(c.messageTo('m1'));
     c.stanzaFromServer(c.messageTo('m2'));
     await settle();
-    c.ackFromClient(2); // all that was sent: fine
+    c.ack(2); // all that was sent: fine
     expect(c.client.failure).toBeUndefined();
 
-    c.ackFromClient(5);
+    c.ack(5);
     expect(c.client.failure?.condition).toBe('undefined-condition');
     expect(c.client.failure?.appCondition).toEqual({ name: 'handled-count-too-high', xmlns: SM, attrs: { h: '5', 'send-count': '2' } });
     expect(c.client.last()).toContain(`<handled-count-too-high xmlns='${SM}' h='5' send-count='2'/>`);
@@ -1723,7 +1261,7 @@ describe('Session: a hibernated session written out', () => {
     const c = await rig.connect().openAndBind();
     const smId = c.enableSm({ resume: true }).attrs.id as string;
     expect(c.session.snapshot()).toBeUndefined();
-    c.stanzaFromClient(`<presence/>`);
+    c.send(`<presence/>`);
     c.stanzaFromServer(c.messageTo('m1'));
     await settle();
     c.client.drop();
