@@ -20,7 +20,7 @@ export interface PushRegistration {
  * own stream. The proxy keeps no database, and the registrations survive sessions, restarts and
  * upgrades of the proxy (README, Push notifications).
  */
-export const STORAGE_ELEMENT = 'push-registrations';
+const STORAGE_ELEMENT = 'push-registrations';
 
 /** The registrations in a private-storage `<query/>` answer; what does not parse is left out. */
 export function readRegistrations(query: Element | undefined): PushRegistration[] {

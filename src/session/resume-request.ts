@@ -82,6 +82,12 @@ export function onIdentityKnown(
   );
 }
 
+/**
+ * The resume decided (resumption.ts `decideResume`) on what the registry finds now: refused with
+ * `<failed/>` (a stranded session's queue then goes to this stream's bind), or accepted: the
+ * registry hands this connection's link (and, renewed, its upstream stream) to the resumed session,
+ * and this session ends without a trace of its own.
+ */
 function decideResumeOf(core: SessionCore, request: ResumeRequest, bareJid: string | undefined, boundJid: string | undefined): void {
   const s = core.state;
   if (s.name !== 'negotiating') throw new InvariantError(`resume decided in state ${s.name}`);

@@ -18,7 +18,7 @@ import type { UpstreamProbe } from './upstream-probe.js';
 import { bare } from '../xml/jid.js';
 
 /** Counters for the summary line logged when the session ends. */
-export interface SessionStats {
+interface SessionStats {
   fromClient: number;
   toClient: number;
   resumes: number;
@@ -29,7 +29,7 @@ export interface SessionStats {
  * What the state machine (session.ts) gives its parts: the handlers for a client link and an
  * upstream stream it takes on, and the way a client element is handled in the current state.
  */
-export interface SessionWiring {
+interface SessionWiring {
   clientHandler(link: ClientLink): ClientLinkHandler;
   upstreamHandler(upstream: UpstreamStream): UpstreamHandler;
   /** Handles an element from the client as if it arrived now (held elements, in order). */
@@ -37,7 +37,7 @@ export interface SessionWiring {
 }
 
 /** Who the session is: its ids, the session object itself, and its logger. */
-export interface SessionIdentity {
+interface SessionIdentity {
   readonly sid: string;
   readonly addressKey: string;
   readonly session: Session;
@@ -48,7 +48,7 @@ export interface SessionIdentity {
 
 /**
  * One session's state and what its parts share: the state machine (session.ts) and the parts it
- * hands work to (session-setup.ts, sm-requests.ts, resume-request.ts, takeover.ts,
+ * hands work to (session-setup.ts, sm-requests.ts, resume-request.ts, client-return.ts,
  * hibernation.ts, session-handoff.ts, session-end.ts) read the state here and change it only
  * through {@link transition}; they write to the client and the legacy server only through
  * {@link toClient} and {@link toUpstream}, where flow control sees every write.

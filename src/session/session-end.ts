@@ -49,7 +49,7 @@ export type EndCause =
  * `<resume/>` and logged, whether the unacked stanzas can still be answered through the user's
  * upstream stream (README, What it does), and whether that stream is closed or dropped.
  */
-export const HOW_TO_END: Readonly<
+const HOW_TO_END: Readonly<
   Record<EndCause['kind'], { readonly reason: EndedReason; readonly unacked: 'answer' | 'lost'; readonly upstream: 'close' | 'destroy' }>
 > = {
   closed: { reason: 'closed', unacked: 'answer', upstream: 'close' },
@@ -67,7 +67,7 @@ export const HOW_TO_END: Readonly<
 };
 
 /** What the client of a session that ends is told, per cause (README, Errors): the other half of HOW_TO_END. */
-export function tellClient(link: ClientLink, cause: EndCause): void {
+function tellClient(link: ClientLink, cause: EndCause): void {
   switch (cause.kind) {
     case 'stream-error':
     case 'upstream-lost':

@@ -90,7 +90,7 @@ function onUpstreamConnected(core: SessionCore, upstream: UpstreamStream, header
 }
 
 /** What stream setup does through this session (stream-setup.ts). */
-export function setupPort(core: SessionCore, upstream: UpstreamStream): SetupPort {
+function setupPort(core: SessionCore, upstream: UpstreamStream): SetupPort {
   return {
     toClient: (data) => core.toClient(data),
     toServer: (data) => core.toUpstream(upstream, data),

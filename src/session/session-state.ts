@@ -70,7 +70,7 @@ export type State =
 export type StateName = State['name'];
 
 /** One table of allowed transitions; anything else is a bug. */
-export const TRANSITIONS: Record<StateName, readonly StateName[]> = {
+const TRANSITIONS: Record<StateName, readonly StateName[]> = {
   opening: ['connecting', 'closed'],
   connecting: ['negotiating', 'closed'],
   negotiating: ['active', 'closed'],

@@ -3,7 +3,7 @@ import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 
 /** How long the files must be quiet before a reload: a renewal replaces the certificate and the key one after the other. */
-export const CERTIFICATE_SETTLE_MS = 1000;
+const CERTIFICATE_SETTLE_MS = 1000;
 
 /**
  * Watches the configured certificate and key files, so that a renewal needs no signal (README,

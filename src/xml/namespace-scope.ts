@@ -15,7 +15,7 @@ export interface NamespaceDeclaration {
  * Why a start tag's own namespace declarations are not allowed, or `undefined`: Namespaces in XML
  * 1.0 §3, "Reserved Prefixes and Namespace Names", and [NSC: No Prefix Undeclaring].
  */
-export function declarationProblem(declarations: readonly NamespaceDeclaration[]): string | undefined {
+function declarationProblem(declarations: readonly NamespaceDeclaration[]): string | undefined {
   for (const { prefix, uri } of declarations) {
     const attr = prefix === undefined ? 'xmlns' : `xmlns:${prefix}`;
     const nameProblem = prefix === undefined ? undefined : qualifiedNameProblem(attr);

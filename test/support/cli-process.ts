@@ -33,7 +33,7 @@ export function cliWorkDir(prefix: string): () => string {
 }
 
 /** SIGKILL to every CLI process a test left running (by pid: the ones upgrades started are no children of the test). */
-export function killCliProcesses(): void {
+function killCliProcesses(): void {
   for (const cli of running) {
     for (const pid of cli.pids()) {
       try {

@@ -61,7 +61,7 @@ export const BEHAVIOUR: Readonly<Record<LegacyServerKind, LegacyServerBehaviour>
   jabberd2: { echoesOwnPresence: false, conflictText: undefined, upperCaseLogin: 'refused' },
 };
 
-export const ALL_LEGACY_SERVERS: readonly LegacyServerKind[] = ['prosody', 'ejabberd', 'jabberd2'];
+const ALL_LEGACY_SERVERS: readonly LegacyServerKind[] = ['prosody', 'ejabberd', 'jabberd2'];
 
 /** The servers this run covers: all three, or those named in SMACKS_TEST_SERVERS. */
 export function legacyServersUnderTest(): LegacyServerKind[] {

@@ -76,6 +76,10 @@ export function spawnSupervised(
   const halt = (graceMs = 5_000): Promise<void> =>
     (halted ??= (async () => {
       if (!hasExited()) {
+        // The child is unref'd so that a running server never holds the test process open; while
+        // this waits for its exit, it must (a server slower than graceMs would otherwise leave the
+        // event loop empty after the SIGKILL, and a script awaiting stop() would end unsettled).
+        child.ref();
         child.kill('SIGTERM');
         const killTimer = setTimeout(() => child.kill('SIGKILL'), graceMs);
         await exited;
@@ -99,7 +103,7 @@ export function spawnSupervised(
 
 /** Connects, sends a stream header, resolves once `<stream:features` arrives. */
 /** `preamble` goes before the stream header (a PROXY protocol header, for a listener that requires one). */
-export function probeStreamFeatures(host: string, port: number, domain: string, timeoutMs: number, preamble = ''): Promise<void> {
+function probeStreamFeatures(host: string, port: number, domain: string, timeoutMs: number, preamble = ''): Promise<void> {
   return new Promise((resolve, reject) => {
     let received = '';
     const socket = connect({ host, port });

@@ -142,7 +142,7 @@ abstract class ScriptedPeer<H extends Pick<ScannerHandlers, 'onStreamOpen' | 'on
  * a stream error is rendered as the real links render it. Links the proxy ends report `onEnd`
  * later, as a socket's `close` event does.
  */
-export class FakeClientLink extends ScriptedPeer<ClientLinkHandler> implements ClientLink {
+class FakeClientLink extends ScriptedPeer<ClientLinkHandler> implements ClientLink {
   readonly transport = 'directtls' as const;
   readonly remote = '192.0.2.1:50000';
   readonly address = '192.0.2.1';

@@ -25,7 +25,7 @@ beforeEach(() => {
 
 afterEach(() => {
   vi.useRealTimers();
-  // Session.guard turns a bug into a closed session; a test must not pass because of one.
+  // SessionCore.guard turns a bug into a closed session; a test must not pass because of one.
   expect(rig.errors).toEqual([]);
 });
 
