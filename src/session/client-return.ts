@@ -101,7 +101,7 @@ export function takeOver(core: SessionCore, { link, ns, h, upstream: renewed }: 
   const clock = ackClock(core, sm);
   core.delivery.linkChanged();
   const upstream = s.name === 'stranded' ? renewed! : s.upstream;
-  // From here on the old link's events no longer reach this session (clientHandler).
+  // From here on the old link's events no longer reach this session (`Session.clientHandler`).
   const next = { name: 'active', link, upstream, jid: s.jid, sm, clock } as const;
   core.transition(next);
   link.setHandler(core.wiring.clientHandler(link));

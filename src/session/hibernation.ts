@@ -98,7 +98,7 @@ export function onUpstreamWhileHibernating(core: SessionCore, s: Extract<State, 
  * (README, What it does). Waiting longer than a hibernation costs only memory: no answer is
  * given meanwhile that a client coming back later would have missed.
  */
-export function strand(core: SessionCore, s: Extract<State, { name: 'hibernating' }>, why: string, replaced: boolean): void {
+function strand(core: SessionCore, s: Extract<State, { name: 'hibernating' }>, why: string, replaced: boolean): void {
   const strandedMs = core.deps.settings.strandedMs;
   const expiryTimer = s.expiresAtMs - core.deps.now() < strandedMs ? armExpiry(core, strandedMs) : s.expiryTimer;
   core.transition({ name: 'stranded', jid: s.jid, sm: s.sm, sinceMs: s.sinceMs, expiryTimer, replaced });

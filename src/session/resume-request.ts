@@ -5,8 +5,8 @@ import { parseH } from '../sm/sequence.js';
 import type { Element } from '../xml/element.js';
 import { resourceOf } from '../xml/jid.js';
 import type { SmNamespace } from '../xml/namespaces.js';
-import { shortId, type SessionCore } from './session-core.js';
-import { inheritedLost } from './session-setup.js';
+import { shortId } from '../sm/enable-decision.js';
+import type { SessionCore } from './session-core.js';
 import type { ResumeRequest } from './stream-setup.js';
 import { NOTHING_UNACKED } from './unacked-disposal.js';
 
@@ -116,7 +116,7 @@ function decideResumeOf(core: SessionCore, request: ResumeRequest, bareJid: stri
   const deliverHeld = core.deps.registry.resume(request.previd, { link, ns: request.ns, h: request.h, upstream: renewed });
   // The temporary stream closes cleanly (or, bound to the session's own JID, is the session's
   // now), and what the client pipelined after <resume/> goes to the resumed session, in order.
-  inheritedLost(core, s.setup.unclaimed);
+  core.inheritedLost(s.setup.unclaimed);
   if (renewed === undefined) {
     s.upstream.close();
     core.log.info({ previd: shortId(request.previd) }, 'client resumed another session; temporary stream closed');

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { ErrorCode, InvariantError, StreamError, asProxyError } from '../errors.js';
+import { shortId } from '../sm/enable-decision.js';
 import { renderFailed, type SmFailure } from '../sm/failures.js';
 import type { StreamManagement } from '../sm/stream-management.js';
 import type { SmNamespace } from '../xml/namespaces.js';
@@ -50,8 +51,9 @@ interface SessionIdentity {
  * One session's state and what its parts share: the state machine (session.ts) and the parts it
  * hands work to (session-setup.ts, sm-requests.ts, resume-request.ts, client-return.ts,
  * hibernation.ts, session-handoff.ts, session-end.ts) read the state here and change it only
- * through {@link transition}; they write to the client and the legacy server only through
- * {@link toClient} and {@link toUpstream}, where flow control sees every write.
+ * through {@link transition}. Stanzas and nonzas go to the client and the legacy server through
+ * {@link toClient} and {@link toUpstream}, where flow control sees every write; stream headers,
+ * closes and stream errors go to the links themselves.
  */
 export class SessionCore {
   readonly sid: string;
@@ -178,6 +180,16 @@ export class SessionCore {
     this.deps.events.notify(this.log, 'smFailed', { sid: this.sid, failed: failure.key });
   }
 
+  /**
+   * Stanzas handed to this stream for a bind that did not take them (the stream ended first, the
+   * server refused the bind or bound another account): the next session that binds their full JID
+   * gets them (kept-stanzas.ts).
+   */
+  inheritedLost(inherited: readonly Buffer[]): void {
+    const jid = this.inheritedFor;
+    this.deps.lingering.kept.keep(jid ?? '', inherited, jid === undefined ? 0 : this.deps.settings.strandedMs, this.log);
+  }
+
   /** The unacked queue is full: the session stops being resumable and the client is told (`resource-constraint`, README, Errors). */
   queueOverflow(sm: StreamManagement, overflowing: readonly Buffer[], why: string): void {
     this.log.warn({ code: ErrorCode.SM_QUEUE_OVERFLOW, why, queued: sm.queue.length }, 'unacked queue overflow; session ends');
@@ -201,9 +213,4 @@ export class SessionCore {
     if (s.name === 'active' && s.sm !== undefined) this.delivery.sendBacklog(s, s.sm);
     else if (s.name === 'hibernating') this.delivery.queueBacklog(s.sm);
   }
-}
-
-/** SM-IDs are secrets of their session: logs carry only a prefix. */
-export function shortId(id: string): string {
-  return id.slice(0, 6);
 }

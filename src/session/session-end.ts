@@ -8,7 +8,6 @@ import type { HibernationEnd } from './events.js';
 import type { LateStanzas } from './lingering-upstream.js';
 import type { SessionCore } from './session-core.js';
 import { isBound, linkOf, smOf, upstreamOf, type State } from './session-state.js';
-import { inheritedLost } from './session-setup.js';
 import { NOTHING_UNACKED, disposeUnacked, type UnackedOutcome } from './unacked-disposal.js';
 
 /** Why a session ends ({@link endSession}). */
@@ -181,7 +180,7 @@ export function endSession(core: SessionCore, cause: EndCause): void {
   const sm = smOf(s);
   const jid = isBound(s) ? s.jid : undefined;
   if (s.name === 'hibernating' || s.name === 'stranded') hibernationEnded(core, s, how.reason);
-  if (s.name === 'negotiating') inheritedLost(core, s.setup.unclaimed);
+  if (s.name === 'negotiating') core.inheritedLost(s.setup.unclaimed);
   let unacked = NOTHING_UNACKED;
   /** The stanzas answered through the upstream stream: if the server never reads the answers, the client's next session gets them. */
   let answered: readonly Buffer[] = [];
@@ -250,5 +249,3 @@ function logEnded(
     'session ended',
   );
 }
-
-// --- writing ---

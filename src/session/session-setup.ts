@@ -134,14 +134,14 @@ function setupPort(core: SessionCore, upstream: UpstreamStream): SetupPort {
       void core.deps.lingering.handOver(sameJid).then((inherited) =>
         core.guard(() => {
           if (upstreamOf(core.state) === upstream && core.state.name === 'negotiating') send([...queued, ...inherited]);
-          else inheritedLost(core, [...queued, ...inherited]);
+          else core.inheritedLost([...queued, ...inherited]);
         }),
       );
     },
     bound: (jid, inherited, held) => {
       // Only the account they were for may have them: a server could bind a SASL name to another.
       const forAnother = core.inheritedFor !== undefined && !sameBareJid(bare(jid), bare(core.inheritedFor));
-      if (forAnother) inheritedLost(core, inherited);
+      if (forAnother) core.inheritedLost(inherited);
       // What was kept for this very full JID (kept-stanzas.ts): the server bound it here, whatever the SASL mechanism.
       const kept = core.deps.lingering.kept.take((keptFor) => sameFullJid(keptFor, jid));
       const handedOver = [...kept, ...(forAnother ? [] : inherited)];
@@ -154,29 +154,19 @@ function setupPort(core: SessionCore, upstream: UpstreamStream): SetupPort {
       const s = core.state;
       for (const [i, bytes] of handedOver.entries()) {
         if (core.state !== s || s.name !== 'active') {
-          inheritedLost(core, handedOver.slice(i));
+          core.inheritedLost(handedOver.slice(i));
           break;
         }
         core.delivery.toClient(s, bytes, stanzaKindOf(bytes));
       }
       core.inheritedFor = undefined;
     },
-    inheritedLost: (inherited) => inheritedLost(core, inherited),
+    inheritedLost: (inherited) => core.inheritedLost(inherited),
     redeliver: (held) => {
       for (const element of held) core.wiring.fromClient(element);
     },
     identityKnown: (request, bareJid, byBind, boundJid) => onIdentityKnown(core, request, bareJid, byBind, boundJid),
   };
-}
-
-/**
- * Stanzas handed to this stream for a bind that did not take them (the stream ended first, the
- * server refused the bind or bound another account): the next session that binds their full JID
- * gets them (kept-stanzas.ts).
- */
-export function inheritedLost(core: SessionCore, inherited: readonly Buffer[]): void {
-  const jid = core.inheritedFor;
-  core.deps.lingering.kept.keep(jid ?? '', inherited, jid === undefined ? 0 : core.deps.settings.strandedMs, core.log);
 }
 
 function becomeActive(core: SessionCore, jid: string): void {

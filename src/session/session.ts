@@ -329,7 +329,7 @@ export class Session implements SessionHandle {
   private onClientStreamClose(): void {
     const s = this.state;
     // XEP-0198 (since v1.5.2) recommends an `<a/>` just before a graceful close: the peer trims its
-    // queue. What it did not ack is answered as at expiry (XEP-0198 §5), by `end`.
+    // queue. What it did not ack is answered as at expiry (XEP-0198 §5), by `endSession`.
     if (s.name === 'active' && s.sm !== undefined) this.core.toClient(s.sm.ackElement());
     closeSession(this.core, 'client closed the stream');
   }

@@ -6,7 +6,8 @@ import type { SmNamespace } from '../xml/namespaces.js';
 import type { ScannedElement } from '../xml/stream-scanner.js';
 import { AckClock } from './ack-clock.js';
 import { onResume } from './resume-request.js';
-import { shortId, type SessionCore } from './session-core.js';
+import { shortId } from '../sm/enable-decision.js';
+import type { SessionCore } from './session-core.js';
 import type { State } from './session-state.js';
 
 /*
@@ -105,5 +106,3 @@ export function ackClock(core: SessionCore, sm: StreamManagement): AckClock {
     },
   });
 }
-
-// --- resumption (XEP-0198 §5; README, Resumption and the legacy server) ---

@@ -66,3 +66,8 @@ export function negotiateMax(clientMax: string | undefined, defaultSeconds: numb
 export function newSmId(): string {
   return randomBytes(18).toString('base64url');
 }
+
+/** SM-IDs are secrets of their session: logs carry only a prefix. */
+export function shortId(id: string): string {
+  return id.slice(0, 6);
+}

@@ -24,7 +24,7 @@ import { type HibernatedSession } from '../../src/session/hibernated-snapshot.js
 import { QueueShares } from '../../src/sm/queue-budget.js';
 import type { ClientLink, ClientLinkHandler, LinkEnd } from '../../src/transport/client-link.js';
 import type { ReleasedUpstream, UpstreamHandler, UpstreamStream, UpstreamTarget } from '../../src/upstream/upstream-link.js';
-import { parseElement, type Element } from '../../src/xml/element.js';
+import { parseElement, xml, type Element } from '../../src/xml/element.js';
 import { NS } from '../../src/xml/namespaces.js';
 import { renderStreamError } from '../../src/xml/stream-error.js';
 import { renderStreamHeader, STREAM_CLOSE, type StreamHeaderAttrs } from '../../src/xml/stream-header.js';
@@ -482,7 +482,7 @@ export class Connection {
 
   /** A chat message to `to`; returns its id. */
   sendMessage(to: string, body: string, id = `m${++this.sentMessages}`): string {
-    this.send(`<message to='${to}' id='${id}' type='chat'><body>${body}</body></message>`);
+    this.send(xml('message', { to, id, type: 'chat' }, xml('body', {}, body)).toString());
     return id;
   }
 

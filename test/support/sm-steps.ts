@@ -10,10 +10,7 @@ import type { LegacyServer, LegacyUser } from './legacy-server.js';
 import type { LoggedIn, ProxyFixture } from './proxy-fixture.js';
 import { NS, RawClient, type Element, type RawTransport } from './raw-client.js';
 
-/** The bodies of `messages`, in their order. */
-export function bodies(messages: Element[]): string[] {
-  return messages.map((m) => m.getChildText('body') ?? '');
-}
+export { bodies } from './sm-scenarios.js';
 
 /** The next `count` messages `client` receives, in arrival order; the error says how many came. */
 export async function collectMessages(client: RawClient, count: number, what: string, timeoutMs = 5000): Promise<Element[]> {
