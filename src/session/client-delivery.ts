@@ -4,7 +4,7 @@ import type { StreamManagement } from '../sm/stream-management.js';
 import type { AckClock } from './ack-clock.js';
 import type { FlowControl } from './flow-control.js';
 import { HeldStanzas } from './held-stanzas.js';
-import type { SessionHandle, SessionHooks, StanzaKind } from './hooks.js';
+import type { HoldVerdict, SessionHandle, SessionHooks, StanzaKind } from './hooks.js';
 
 /** What delivery needs of a session: its hooks, limits and flow control, and where counted stanzas go. */
 export interface DeliveryPort {
@@ -32,6 +32,9 @@ export interface Attached {
   readonly clock: AckClock | undefined;
 }
 
+/** What waits while stanzas handed to a new login wait for its `<enable/>`: everything, unkeyed. */
+const WAIT_FOR_ENABLE: HoldVerdict = {};
+
 /**
  * The way from the legacy server to an attached client, in one order: the session hooks (which may
  * change, drop or hold a stanza), what they hold back (held-stanzas.ts), the unacked queue, and the
@@ -50,6 +53,12 @@ export class ClientDelivery {
   private readonly backlog: Buffer[] = [];
   /** Stops the wait for room in the memory budget, while one is asked for. */
   private stopWaiting: (() => void) | undefined;
+  /**
+   * Stanzas handed to a new login wait in `held`, and every later stanza behind them, until the
+   * client enables stream management ({@link awaitEnable}): then they are counted and kept until
+   * acknowledged.
+   */
+  private awaitingEnable = false;
 
   constructor(private readonly port: DeliveryPort) {}
 
@@ -58,18 +67,17 @@ export class ClientDelivery {
     const { hooks, handle } = this.port;
     const bytes = hooks.toClient(relayed, kind, 'live', handle);
     if (bytes === undefined) return;
-    if (this.held.holding) {
-      const verdict = hooks.hold(bytes, handle);
-      if (verdict !== undefined) {
-        this.held.hold(verdict.bytes ?? bytes, verdict.key);
-        // Held stanzas count against the queue's own limits: a hold buffer that reaches them goes out.
-        const queue = s.sm?.queue;
-        const { maxQueueStanzas, maxQueueBytes } = this.port.limits;
-        if (this.held.length + (queue?.length ?? 0) >= maxQueueStanzas || this.held.bytes + (queue?.bytes ?? 0) >= maxQueueBytes) {
-          this.release(s);
-        }
-        return;
+    const verdict = this.awaitingEnable ? WAIT_FOR_ENABLE : this.held.holding ? hooks.hold(bytes, handle) : undefined;
+    if (verdict !== undefined) {
+      this.held.hold(verdict.bytes ?? bytes, verdict.key);
+      // Held stanzas count against the queue's own limits: a hold buffer that reaches them goes out.
+      const queue = s.sm?.queue;
+      const { maxQueueStanzas, maxQueueBytes } = this.port.limits;
+      if (this.held.length + (queue?.length ?? 0) >= maxQueueStanzas || this.held.bytes + (queue?.bytes ?? 0) >= maxQueueBytes) {
+        this.awaitingEnable = false;
+        this.release(s);
       }
+      return;
     }
     if (this.held.length > 0) {
       // Behind what is held, and answered with it should the queue overflow on the way.
@@ -84,6 +92,18 @@ export class ClientDelivery {
   holdBack(s: Attached | undefined, on: boolean): void {
     this.held.holding = on;
     if (!on && s !== undefined) this.release(s);
+  }
+
+  /** From now on every stanza for the client (first those handed to this login) waits, in order, until {@link stopAwaitingEnable}. */
+  awaitEnable(): void {
+    this.awaitingEnable = true;
+  }
+
+  /** The client enabled stream management, or was waited for long enough: what waits goes out, in order. */
+  stopAwaitingEnable(s: Attached): void {
+    if (!this.awaitingEnable) return;
+    this.awaitingEnable = false;
+    this.release(s);
   }
 
   /** What is held goes out now, in order; `holding` stays as it is. */
@@ -113,12 +133,14 @@ export class ClientDelivery {
    */
   linkChanged(): void {
     this.held.holding = false;
+    this.awaitingEnable = false;
     this.backlog.push(...this.held.take());
   }
 
   /** Everything not yet sent, in order (what waited for room, then what was held), for the end; empties both. */
   takeUnsent(): Buffer[] {
     this.held.holding = false;
+    this.awaitingEnable = false;
     this.stopWaitingForRoom();
     return [...this.backlog.splice(0), ...this.held.take()];
   }
@@ -134,6 +156,7 @@ export class ClientDelivery {
    */
   clientLeft(sm: StreamManagement): 'queued' | 'waiting' | 'ended' {
     this.held.holding = false;
+    this.awaitingEnable = false;
     this.backlog.push(...this.held.take());
     return this.queueBacklog(sm);
   }
@@ -189,6 +212,7 @@ export class ClientDelivery {
    * the queue overflow on the way, what is still held is answered with the stanza that overflowed.
    */
   private release(s: Attached): void {
+    if (this.awaitingEnable) return;
     for (let bytes = this.held.shift(); bytes !== undefined; bytes = this.held.shift()) {
       if (!this.deliver(s, bytes)) return;
     }

@@ -1,4 +1,5 @@
 import { ErrorCode, StreamError, UpstreamError, asProxyError, hostUnknown } from '../errors.js';
+import type { ClientLink } from '../transport/client-link.js';
 import type { UpstreamStream } from '../upstream/upstream-link.js';
 import { parseElement } from '../xml/element.js';
 import { bare } from '../xml/jid.js';
@@ -19,6 +20,8 @@ import { onIdentityKnown } from './resume-request.js';
  */
 
 const BIND_ID_PREFIX = 'smacks-proxy-bind-';
+/** How long stanzas handed to a new login wait for its `<enable/>` (waitForEnable). */
+export const ENABLE_WAIT_MS = 2_000;
 
 /** The time a client has to authenticate and bind (`authTimeoutMs`): then `connection-timeout`. */
 export function armAuthTimer(core: SessionCore): NodeJS.Timeout {
@@ -152,6 +155,7 @@ function setupPort(core: SessionCore, upstream: UpstreamStream): SetupPort {
       // Routed to this full JID before the server bound it here: they come first, oldest first, in
       // order, for as long as the session lasts (a queue that overflows ends it).
       const s = core.state;
+      if (handedOver.length > 0 && s.name === 'active' && s.sm === undefined) waitForEnable(core, s.link);
       for (const [i, bytes] of handedOver.entries()) {
         if (core.state !== s || s.name !== 'active') {
           core.inheritedLost(handedOver.slice(i));
@@ -190,6 +194,25 @@ export function relayFeatures(core: SessionCore, setup: StreamSetup | undefined,
   }
   core.toClient(features.toString());
   setup?.featuresRelayed();
+}
+
+/**
+ * Stanzas handed to a new login wait, with everything behind them, for the client's `<enable/>`
+ * after its bind result, so that stream management counts them and keeps them until they are
+ * acknowledged; a client that does not enable within ENABLE_WAIT_MS gets them then (README, What
+ * it does). The timer re-checks that the client link it was armed for is still attached.
+ */
+function waitForEnable(core: SessionCore, link: ClientLink): void {
+  core.delivery.awaitEnable();
+  const timer = setTimeout(
+    () =>
+      core.guard(() => {
+        const s = core.state;
+        if (s.name === 'active' && s.link === link) core.delivery.stopAwaitingEnable(s);
+      }),
+    ENABLE_WAIT_MS,
+  );
+  timer.unref();
 }
 
 /** The stream header attributes the hop to the legacy server opens with: the client's own. */

@@ -69,13 +69,16 @@ function onEnable(core: SessionCore, enable: Element, ns: SmNamespace): void {
     return;
   }
   const sm = result.sm;
-  core.transition({ ...s, sm, clock: ackClock(core, sm) });
+  const next = { ...s, sm, clock: ackClock(core, sm) };
+  core.transition(next);
   if (sm.resumable) core.deps.registry.registerResumable(sm.id, core.session, s.jid);
   core.toClient(sm.enabledElement());
   core.log.info(
     { smId: sm.resumable ? shortId(sm.id) : undefined, resumable: sm.resumable, maxSeconds: sm.hibernationMs / 1000 },
     'stream management enabled',
   );
+  // Stanzas handed to this login waited for this <enable/> (session-setup.ts waitForEnable): counted now.
+  core.delivery.stopAwaitingEnable(next);
 }
 
 function onClientAck(core: SessionCore, s: Extract<State, { name: 'active' }>, sm: StreamManagement, a: Element): void {

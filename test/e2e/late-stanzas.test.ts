@@ -3,7 +3,7 @@ import { startLegacyServer, type LegacyServer } from '../support/legacy-server.j
 import { describeEachLegacyServer } from '../support/legacy-suites.js';
 import { startProxyFixture, USERS, type LoggedIn, type ProxyFixture } from '../support/proxy-fixture.js';
 import { NS, type RawClient } from '../support/raw-client.js';
-import { resumeWith, subscribe } from '../support/sm-steps.js';
+import { bodies, collectMessages, resumeWith, subscribe } from '../support/sm-steps.js';
 import { waitUntil } from '../support/wait.js';
 
 // "Nothing acknowledged is lost silently" at the end of a session (README, What it does): a
@@ -200,6 +200,37 @@ describeEachLegacyServer((kind) => {
       },
       30_000,
     );
+
+    it('holds them for an <enable/> the login sends after its bind result: counted, a cut then loses nothing', async () => {
+      const resource = 'relogin-enable-late';
+      const alice = await patient.login('directtls', USERS.alice, { resource, sm: true });
+      const bob = await contact(resource);
+      const queued = ['E1', 'E2'].map((id) => bob.client.sendMessage(alice.jid, `queued ${id}`, id));
+      await alice.client.expectMessage((m) => m.attrs.id === 'E2');
+      alice.client.drop();
+      await waitUntil(() => [...patient.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating'), 'alice to hibernate');
+
+      const again = await patient.login('directtls', USERS.alice, { resource });
+      const enabled = await again.client.enableSm({ resume: true });
+      expect(enabled.name).toBe('enabled');
+      await again.client.expectMessage((m) => m.attrs.id === 'E2');
+      const enabledAt = again.client.received.findIndex((el) => el.is('enabled', NS.sm3));
+      const firstAt = again.client.received.findIndex((el) => el.is('message') && el.attrs.id === 'E1');
+      expect(firstAt, 'after <enabled/>').toBeGreaterThan(enabledAt);
+
+      // Never acknowledged, then cut: the resume replays them, so they were counted.
+      again.client.drop();
+      await waitUntil(
+        () => [...patient.proxy.registry.sessions()].some((s) => s.stateName === 'hibernating' && s.smId === enabled.attrs.id),
+        'the login to hibernate',
+      );
+      const { client: back, answer } = await resumeWith(patient, USERS.alice, enabled.attrs.id as string, 0);
+      expect(answer.name).toBe('resumed');
+      expect(bodies(await collectMessages(back, 2, 'the replay'))).toEqual(queued.map((id) => `queued ${id}`));
+      expect(messageIds(bob.client, 'error'), 'no message bounced').toEqual(new Set());
+      await back.close();
+      await bob.client.close();
+    }, 30_000);
   });
 
   // Last in the file: the restart ends every stream of this legacy server.

@@ -13,6 +13,7 @@ import type { ReleasedUpstream } from '../../src/upstream/upstream-link.js';
 import { parseElement } from '../../src/xml/element.js';
 import { NS } from '../../src/xml/namespaces.js';
 import { STREAM_CLOSE } from '../../src/xml/stream-header.js';
+import { ENABLE_WAIT_MS } from '../../src/session/session-setup.js';
 import { T0, DOMAIN, USER, SM, SETTINGS, H, D, settle, advance, Rig, Connection } from '../support/session-rig.js';
 
 let rig: Rig;
@@ -307,6 +308,7 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     c.upstream.closeStream();
     await settle();
     c2.upstream.answerBind(c.jid);
+    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
     const received = c2.client.elements();
     const after = received.slice(received.findIndex((el) => el.attrs.id === 'bind_2') + 1);
     expect(after.map((el) => [el.name, el.attrs.id ?? el.attrs.from])).toEqual([
@@ -583,6 +585,7 @@ describe('Session: hibernation expiry', () => {
     await settle();
     expect(c2.upstream.sent.some((xml) => xml.includes('bind_2'))).toBe(true);
     c2.upstream.answerBind(c.jid);
+    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
     expect(c2.session.stateName).toBe('active');
     const received = c2.client.elements();
     const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
@@ -625,6 +628,7 @@ describe('Session: hibernation expiry', () => {
       await settle();
       expect(relayed(c2)).toBe(true);
       c2.upstream.answerBind(c.jid);
+      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -665,6 +669,7 @@ describe('Session: hibernation expiry', () => {
       await settle();
       expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'replaced', code: 'PROXY_ERR_SM_REPLACED' });
       c2.upstream.answerBind(c.jid);
+      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm2'],
@@ -681,6 +686,7 @@ describe('Session: hibernation expiry', () => {
       expect(c.session.stateName).toBe('closed');
       expect(relayed(c2), 'no stream of the session is left to wait for').toBe(true);
       c2.upstream.answerBind(c.jid);
+      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -709,6 +715,7 @@ describe('Session: hibernation expiry', () => {
       c2.client.write(bindPhone);
       expect(relayed(c2)).toBe(true);
       c2.upstream.answerBind(c.jid);
+      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -724,6 +731,55 @@ describe('Session: hibernation expiry', () => {
       const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
       expect(received.slice(bindAt).map((el) => el.name)).toEqual(['iq', 'enabled', 'message', 'iq', 'presence']);
       expect(c2.session.summary().queued, 'kept until the client acknowledges them').toBe(3);
+    });
+
+    it('holds the handed-over stanzas, and what comes behind them, for an <enable/> sent after the bind result: then counts them', async () => {
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      c2.stanzaFromServer(c2.messageTo('live', `erin@${DOMAIN}/z`, 'routed after the bind'));
+      expect(afterBind(c2), 'nothing before the client says whether it enables').toEqual([['iq', 'bind_2']]);
+      c2.client.write(`<enable xmlns='${SM}' resume='true'/>`);
+      expect(afterBind(c2).map(([name, id]) => (name === 'enabled' ? name : (id ?? name)))).toEqual([
+        'bind_2',
+        'enabled',
+        'm1',
+        'q1',
+        'presence',
+        'live',
+      ]);
+      expect(c2.session.summary().queued, 'kept until the client acknowledges them').toBe(4);
+      await advance(ENABLE_WAIT_MS);
+      expect(
+        c2.client.elements().filter((el) => el.attrs.id === 'm1'),
+        'the wait ended with the <enable/>: nothing twice',
+      ).toHaveLength(1);
+    });
+
+    it('gives a login that does not enable stream management the handed-over stanzas ENABLE_WAIT_MS after its bind result, in order', async () => {
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      c2.send(`<presence/>`);
+      c2.stanzaFromServer(c2.messageTo('live', `erin@${DOMAIN}/z`, 'routed after the bind'));
+      await advance(ENABLE_WAIT_MS - 1);
+      expect(afterBind(c2)).toEqual([['iq', 'bind_2']]);
+      await advance(1);
+      expect(afterBind(c2).map(([name, id]) => id ?? name)).toEqual(['bind_2', 'm1', 'q1', 'presence', 'live']);
+    });
+
+    it('answers the handed-over stanzas when the login ends while they wait for its <enable/>', async () => {
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      c2.client.write(STREAM_CLOSE);
+      await settle();
+      expect(c2.client.elements().some((el) => el.name === 'message')).toBe(false);
+      c2.upstream.closeStream();
+      await settle();
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ jid: c.jid, reason: 'closed', unacked: { bounced: 2, lost: 0 } });
+      const bounces = c2.upstream.sent.filter((xml) => xml.includes("type='error'") || xml.includes('type="error"'));
+      expect(bounces.map((xml) => parseElement(xml).attrs.id)).toEqual(['m1', 'q1']);
     });
 
     it('keeps what it could not hand over when a pipelined element ends the new session first', async () => {
@@ -765,6 +821,7 @@ describe('Session: hibernation expiry', () => {
       await advance(60_000);
       const c2 = await loginAgain(c);
       c2.upstream.answerBind(c.jid);
+      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
       const m1 = c2.client.elements().find((el) => el.attrs.id === 'm1');
       expect(m1?.getChild('delay', 'urn:xmpp:delay')?.attrs.stamp).toBe(new Date(T0).toISOString());
     });
@@ -782,6 +839,7 @@ describe('Session: hibernation expiry', () => {
       c3.client.write(bindPhone);
       expect(relayed(c3)).toBe(true);
       c3.upstream.answerBind(c.jid);
+      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
       expect(afterBind(c3)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -837,6 +895,7 @@ describe('Session: hibernation expiry', () => {
     const bindAnswer = c2.client.elements().find((el) => el.attrs.id === 'bind_2');
     expect(bindAnswer?.getChild('bind', NS.bind)?.getChildText('jid')).toBe(`${USER}/identity-check`);
     c2.stanzaFromServer(`<message from='erin@${DOMAIN}/z' to='${USER}/identity-check' id='after'/>`);
+    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
     const received = c2.client.elements();
     const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
     // m1 was acknowledged by the resume's h; the iq and the presence waited, then what is new.
@@ -862,6 +921,7 @@ describe('Session: hibernation expiry', () => {
     await c3.authenticate();
     c3.client.write(`<iq type='set' id='bind_3'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
     c3.upstream.answerBind(c.jid);
+    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
     const received = c3.client.elements();
     const bindAt = received.findIndex((el) => el.attrs.id === 'bind_3');
     expect(received.slice(bindAt).map((el) => [el.name, el.attrs.id])).toEqual([
@@ -1220,6 +1280,7 @@ describe('Session: the resuming account, from SASL or from the legacy server (XE
     expect(failed?.getChildText('text')).toMatch(/^the legacy server ended the session/);
     expect(c2.client.received.some((xml) => xml.startsWith('<resumed'))).toBe(false);
     c2.client.write(`<iq type='set' id='b2'><bind xmlns='${NS.bind}'/></iq>`);
+    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
     expect(
       c2.client
         .elements()
