@@ -204,7 +204,12 @@ export class SessionRegistry {
    */
   replaceByLogin(bareJid: string, resource: string): Buffer[] {
     const smIds = [...(this.resumableByJid.get(fullJidKey(bareJid, resource)) ?? [])];
-    return smIds.flatMap((smId) => this.resumable.get(smId)?.yieldToLogin() ?? []);
+    return smIds.flatMap((smId) => {
+      // The index holds resumable sessions only: an entry left behind by one that ended is a leak.
+      const session = this.resumable.get(smId);
+      if (session === undefined) throw new InvariantError(`the login index names ${smId.slice(0, 6)}, which is not resumable`);
+      return session.yieldToLogin();
+    });
   }
 
   /** A resumable session went on to the next process of an upgrade: a `<resume/>` of it here is told to connect again. */
