@@ -4,7 +4,8 @@ import type { StreamManagement } from '../sm/stream-management.js';
 import type { AckClock } from './ack-clock.js';
 import type { FlowControl } from './flow-control.js';
 import { HeldStanzas } from './held-stanzas.js';
-import type { HoldVerdict, SessionHandle, SessionHooks, StanzaKind } from './hooks.js';
+import type { SessionHandle, SessionHooks, StanzaKind } from './hooks.js';
+import { parseElement } from '../xml/element.js';
 
 /** What delivery needs of a session: its hooks, limits and flow control, and where counted stanzas go. */
 export interface DeliveryPort {
@@ -31,9 +32,6 @@ export interface Attached {
   readonly sm: StreamManagement | undefined;
   readonly clock: AckClock | undefined;
 }
-
-/** What waits while stanzas handed to a new login wait for its `<enable/>`: everything, unkeyed. */
-const WAIT_FOR_ENABLE: HoldVerdict = {};
 
 /**
  * The way from the legacy server to an attached client, in one order: the session hooks (which may
@@ -67,14 +65,17 @@ export class ClientDelivery {
     const { hooks, handle } = this.port;
     const bytes = hooks.toClient(relayed, kind, 'live', handle);
     if (bytes === undefined) return;
-    const verdict = this.awaitingEnable ? WAIT_FOR_ENABLE : this.held.holding ? hooks.hold(bytes, handle) : undefined;
+    if (this.awaitingEnable) {
+      this.waitForEnable(s, bytes, kind);
+      return;
+    }
+    const verdict = this.held.holding ? hooks.hold(bytes, handle) : undefined;
     if (verdict !== undefined) {
       this.held.hold(verdict.bytes ?? bytes, verdict.key);
       // Held stanzas count against the queue's own limits: a hold buffer that reaches them goes out.
       const queue = s.sm?.queue;
       const { maxQueueStanzas, maxQueueBytes } = this.port.limits;
       if (this.held.length + (queue?.length ?? 0) >= maxQueueStanzas || this.held.bytes + (queue?.bytes ?? 0) >= maxQueueBytes) {
-        this.awaitingEnable = false;
         this.release(s);
       }
       return;
@@ -94,9 +95,27 @@ export class ClientDelivery {
     if (!on && s !== undefined) this.release(s);
   }
 
-  /** From now on every stanza for the client (first those handed to this login) waits, in order, until {@link stopAwaitingEnable}. */
+  /** From now on the stanzas handed to this login ({@link handedOver}), and what comes behind them, wait until {@link stopAwaitingEnable}. */
   awaitEnable(): void {
     this.awaitingEnable = true;
+  }
+
+  /** Whether stanzas wait for the client's `<enable/>` ({@link awaitEnable}). */
+  get waitingForEnable(): boolean {
+    return this.awaitingEnable;
+  }
+
+  /**
+   * A stanza handed to this login (a replaced session's queue, kept stanzas): through the hooks as
+   * a live one, and, while the login's `<enable/>` is awaited, it waits, whatever it is.
+   */
+  handedOver(s: Attached, relayed: Buffer, kind: StanzaKind): void {
+    if (!this.awaitingEnable) {
+      this.toClient(s, relayed, kind);
+      return;
+    }
+    const bytes = this.port.hooks.toClient(relayed, kind, 'live', this.port.handle);
+    if (bytes !== undefined) this.held.hold(bytes, undefined);
   }
 
   /** The client enabled stream management, or was waited for long enough: what waits goes out, in order. */
@@ -205,6 +224,30 @@ export class ClientDelivery {
   private stopWaitingForRoom(): void {
     this.stopWaiting?.();
     this.stopWaiting = undefined;
+  }
+
+  /**
+   * A live stanza while the stanzas handed to this login wait for its `<enable/>`: it waits behind
+   * them (kept under a CSI hook's key while the client is inactive, XEP-0352), except an answer to
+   * one of the client's own requests, which a client may wait for before it enables (an RFC 3921
+   * `<session/>`, say). What waits stays within what the queue could take once enabled; beyond
+   * that, everything goes out now, uncounted.
+   */
+  private waitForEnable(s: Attached, bytes: Buffer, kind: StanzaKind): void {
+    if (kind === 'iq') {
+      const type = parseElement(bytes).attrs.type as string | undefined;
+      if (type === 'result' || type === 'error') {
+        this.deliver(s, bytes);
+        return;
+      }
+    }
+    const verdict = this.held.holding ? this.port.hooks.hold(bytes, this.port.handle) : undefined;
+    this.held.hold(verdict?.bytes ?? bytes, verdict?.key);
+    const { maxQueueStanzas, maxQueueBytes } = this.port.limits;
+    if (this.held.length > maxQueueStanzas || this.held.bytes > maxQueueBytes) {
+      this.awaitingEnable = false;
+      this.release(s);
+    }
   }
 
   /**

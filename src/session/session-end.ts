@@ -184,8 +184,15 @@ export function endSession(core: SessionCore, cause: EndCause): void {
   let unacked = NOTHING_UNACKED;
   /** The stanzas answered through the upstream stream: if the server never reads the answers, the client's next session gets them. */
   let answered: readonly Buffer[] = [];
+  // Stanzas handed to this login that still wait for its <enable/>: with the user's stream gone,
+  // nothing can answer them, so the next session of the full JID gets them (kept-stanzas.ts).
+  const keepUnsent = core.delivery.waitingForEnable && how.unacked === 'lost' && isBound(s);
   // What was never sent: what waited for room, what hooks held back (a client without stream management may be held back too).
-  const unsent = core.delivery.takeUnsent();
+  let unsent = core.delivery.takeUnsent();
+  if (keepUnsent) {
+    core.deps.lingering.kept.keep(s.jid, unsent, core.deps.settings.strandedMs, core.log);
+    unsent = [];
+  }
   if ((sm !== undefined || unsent.length > 0) && isBound(s)) {
     // The unacked queue, then what was never sent, then the stanzas that overflowed, in that order.
     // RFC 6120 §4.9.1.1: a stream error is followed by the closing of the stream; bounces

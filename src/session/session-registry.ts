@@ -203,13 +203,20 @@ export class SessionRegistry {
    * (`Session.yieldToLogin`).
    */
   replaceByLogin(bareJid: string, resource: string): Buffer[] {
-    const smIds = [...(this.resumableByJid.get(fullJidKey(bareJid, resource)) ?? [])];
-    return smIds.flatMap((smId) => {
-      // The index holds resumable sessions only: an entry left behind by one that ended is a leak.
-      const session = this.resumable.get(smId);
-      if (session === undefined) throw new InvariantError(`the login index names ${smId.slice(0, 6)}, which is not resumable`);
-      return session.yieldToLogin();
-    });
+    const key = fullJidKey(bareJid, resource);
+    const smIds = [...(this.resumableByJid.get(key) ?? [])];
+    // The index holds resumable sessions only: an entry left behind by one that ended is a leak.
+    // It is removed (later logins of the resource go on) and reported before any session yields.
+    const stale = smIds.filter((smId) => !this.resumable.has(smId));
+    if (stale.length > 0) {
+      for (const smId of stale) {
+        this.resumableByJid.get(key)?.delete(smId);
+        this.jidKeyOf.delete(smId);
+      }
+      if (this.resumableByJid.get(key)?.size === 0) this.resumableByJid.delete(key);
+      throw new InvariantError(`the login index named ${stale.length} session(s) no longer resumable`);
+    }
+    return smIds.flatMap((smId) => this.resumable.get(smId)!.yieldToLogin());
   }
 
   /** A resumable session went on to the next process of an upgrade: a `<resume/>` of it here is told to connect again. */

@@ -161,7 +161,7 @@ function setupPort(core: SessionCore, upstream: UpstreamStream): SetupPort {
           core.inheritedLost(handedOver.slice(i));
           break;
         }
-        core.delivery.toClient(s, bytes, stanzaKindOf(bytes));
+        core.delivery.handedOver(s, bytes, stanzaKindOf(bytes));
       }
       core.inheritedFor = undefined;
     },

@@ -782,6 +782,82 @@ describe('Session: hibernation expiry', () => {
       expect(bounces.map((xml) => parseElement(xml).attrs.id)).toEqual(['m1', 'q1']);
     });
 
+    it('lets an answer to the login’s own request through while the handed-over stanzas wait for its <enable/>', async () => {
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      // RFC 3921 §3: some clients wait for this answer before they enable stream management.
+      c2.send(`<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>`);
+      c2.stanzaFromServer(`<iq type='result' id='sess'/>`);
+      c2.stanzaFromServer(`<iq from='bob@${DOMAIN}/lap' to='${c.jid}' id='q2' type='get'><ping xmlns='${NS.ping}'/></iq>`);
+      expect(afterBind(c2)).toEqual([
+        ['iq', 'bind_2'],
+        ['iq', 'sess'],
+      ]);
+      c2.client.write(`<enable xmlns='${SM}' resume='true'/>`);
+      expect(afterBind(c2).map(([name, id]) => (name === 'enabled' ? name : (id ?? name)))).toEqual([
+        'bind_2',
+        'sess',
+        'enabled',
+        'm1',
+        'q1',
+        'presence',
+        'q2',
+      ]);
+    });
+
+    it('keeps what waits for <enable/> for the next login of the resource when the legacy server ends the login’s stream', async () => {
+      rig = new Rig({ strandedMs: H });
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      c2.upstream.write(`<stream:error><conflict xmlns='${NS.streams}'/></stream:error>`);
+      await settle();
+      expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ jid: c.jid, reason: 'upstream-lost', unacked: { lost: 0 } });
+      expect(rig.lingering.kept.count).toBe(1);
+      const c3 = rig.connect();
+      await c3.authenticate();
+      c3.client.write(bindPhone);
+      c3.upstream.answerBind(c.jid);
+      c3.client.write(`<enable xmlns='${SM}' resume='true'/>`);
+      expect(afterBind(c3).map(([name, id]) => (name === 'enabled' ? name : (id ?? name)))).toEqual([
+        'bind_2',
+        'enabled',
+        'm1',
+        'q1',
+        'presence',
+      ]);
+    });
+
+    it('holds as much as the queue could take before <enable/>; a stanza beyond that releases everything', async () => {
+      rig = new Rig({ maxQueueStanzas: 4 });
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      c2.stanzaFromServer(c2.messageTo('live1', `erin@${DOMAIN}/z`, 'a fourth'));
+      expect(afterBind(c2), 'four waiting: what the queue takes once enabled').toEqual([['iq', 'bind_2']]);
+      c2.stanzaFromServer(c2.messageTo('live2', `erin@${DOMAIN}/z`, 'a fifth'));
+      expect(afterBind(c2).map(([name, id]) => id ?? name)).toEqual(['bind_2', 'm1', 'q1', 'presence', 'live1', 'live2']);
+    });
+
+    it('keeps the latest presence of a contact only, while the client is inactive (XEP-0352) and the hand-over waits', async () => {
+      rig = new Rig({}, [
+        clientStateIndication(
+          () => true,
+          () => Date.now(),
+        ),
+      ]);
+      const { c } = await hibernatingWithUnacked();
+      const c2 = await loginAgain(c);
+      c2.upstream.answerBind(c.jid);
+      c2.send(`<inactive xmlns='urn:xmpp:csi:0'/>`);
+      c2.stanzaFromServer(`<presence from='dave@${DOMAIN}/x' to='${c.jid}' id='p1'/>`);
+      c2.stanzaFromServer(`<presence from='dave@${DOMAIN}/x' to='${c.jid}' id='p2'/>`);
+      c2.client.write(`<enable xmlns='${SM}' resume='true'/>`);
+      const presences = c2.client.elements().filter((el) => el.name === 'presence' && el.attrs.from === `dave@${DOMAIN}/x`);
+      expect(presences.map((el) => el.attrs.id)).toEqual(['p2']);
+    });
+
     it('keeps what it could not hand over when a pipelined element ends the new session first', async () => {
       rig = new Rig({ strandedMs: H });
       const { c } = await hibernatingWithUnacked();
