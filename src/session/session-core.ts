@@ -37,10 +37,8 @@ interface SessionWiring {
   fromClient(element: ScannedElement): void;
 }
 
-/** Who the session is: its ids, the session object itself, and its logger. */
+/** Who the session is: the session object itself (its ids), and its logger. */
 interface SessionIdentity {
-  readonly sid: string;
-  readonly addressKey: string;
   readonly session: Session;
   readonly log: Logger;
   /** Whether the client's presence was out there (as an upgrade's previous process saw it). */
@@ -56,13 +54,12 @@ interface SessionIdentity {
  * closes and stream errors go to the links themselves.
  */
 export class SessionCore {
-  readonly sid: string;
-  readonly addressKey: string;
   /** The session itself: what hooks see, and what the registry knows. */
   readonly session: Session;
   /** Set once by the session's constructor, then changed only by {@link transition}. */
   state!: State;
-  logger: Logger;
+  /** The session's logger; a child naming the JID once bound. */
+  log: Logger;
   /** The domain the client named, once the proxy serves it. */
   domainName: string | undefined;
   /** The legacy server's features after authentication, as it sent them (`serverOffers`). */
@@ -90,10 +87,8 @@ export class SessionCore {
     readonly wiring: SessionWiring,
     identity: SessionIdentity,
   ) {
-    this.sid = identity.sid;
-    this.addressKey = identity.addressKey;
     this.session = identity.session;
-    this.logger = identity.log;
+    this.log = identity.log;
     this.traceXml = identity.log.isLevelEnabled('trace');
     this.startedMs = deps.now();
     this.presence = new ClientPresence(identity.presenceShown);
@@ -112,8 +107,12 @@ export class SessionCore {
     });
   }
 
-  get log(): Logger {
-    return this.logger;
+  get sid(): string {
+    return this.session.sid;
+  }
+
+  get addressKey(): string {
+    return this.session.addressKey;
   }
 
   /** The bare JID once bound. */

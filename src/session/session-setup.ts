@@ -179,7 +179,7 @@ function becomeActive(core: SessionCore, jid: string): void {
   core.transition({ name: 'active', link: s.link, upstream: s.upstream, jid, sm: undefined, clock: undefined });
   core.deps.registry.bound(core.session);
   s.upstream.startKeepalive(core.deps.settings.upstreamKeepaliveMs);
-  core.logger = core.logger.child({ jid });
+  core.log = core.log.child({ jid });
   core.log.info('bound');
   core.deps.hooks.bound(core.session);
 }

@@ -58,8 +58,6 @@ export class Session implements SessionHandle {
     };
     const presenceShown = 'link' in start ? false : start.session.presenceShown;
     const core = new SessionCore(deps, wiring, {
-      sid: this.sid,
-      addressKey: this.addressKey,
       session: this,
       log: start.log,
       presenceShown,

@@ -7,6 +7,7 @@
  * (sm-scenarios.ts).
  */
 import { pino } from 'pino';
+import { ENABLE_WAIT_MS } from '../../src/session/session-setup.js';
 import { expect, vi } from 'vitest';
 import type { StreamError } from '../../src/errors.js';
 import type { SmEventMap } from '../../src/session/events.js';
@@ -441,6 +442,15 @@ export class Connection {
     this.upstream.answerBind(this.jid);
     expect(this.session.stateName).toBe('active');
     return this;
+  }
+
+  /**
+   * The legacy server grants this connection's bind of `jid`, and the client sends no `<enable/>`:
+   * what a new login is handed reaches it ENABLE_WAIT_MS later (session-setup.ts).
+   */
+  async boundWithoutEnable(jid: string): Promise<void> {
+    this.upstream.answerBind(jid);
+    await advance(ENABLE_WAIT_MS);
   }
 
   /** `<enable/>`; returns the `<enabled/>` answer. */

@@ -307,8 +307,7 @@ describe('Session: a client held back (XEP-0352, README, Client state indication
     c2.client.write(`<iq type='set' id='bind_2'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
     c.upstream.closeStream();
     await settle();
-    c2.upstream.answerBind(c.jid);
-    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+    await c2.boundWithoutEnable(c.jid);
     const received = c2.client.elements();
     const after = received.slice(received.findIndex((el) => el.attrs.id === 'bind_2') + 1);
     expect(after.map((el) => [el.name, el.attrs.id ?? el.attrs.from])).toEqual([
@@ -584,8 +583,7 @@ describe('Session: hibernation expiry', () => {
     c.upstream.closeStream();
     await settle();
     expect(c2.upstream.sent.some((xml) => xml.includes('bind_2'))).toBe(true);
-    c2.upstream.answerBind(c.jid);
-    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+    await c2.boundWithoutEnable(c.jid);
     expect(c2.session.stateName).toBe('active');
     const received = c2.client.elements();
     const bindAt = received.findIndex((el) => el.attrs.id === 'bind_2');
@@ -627,8 +625,7 @@ describe('Session: hibernation expiry', () => {
       c.upstream.closeStream();
       await settle();
       expect(relayed(c2)).toBe(true);
-      c2.upstream.answerBind(c.jid);
-      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+      await c2.boundWithoutEnable(c.jid);
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -668,8 +665,7 @@ describe('Session: hibernation expiry', () => {
       c.upstream.closeStream();
       await settle();
       expect(rig.seen.sessionEnded.at(-1)).toMatchObject({ reason: 'replaced', code: 'PROXY_ERR_SM_REPLACED' });
-      c2.upstream.answerBind(c.jid);
-      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+      await c2.boundWithoutEnable(c.jid);
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm2'],
@@ -685,8 +681,7 @@ describe('Session: hibernation expiry', () => {
       c2.client.write(bindPhone);
       expect(c.session.stateName).toBe('closed');
       expect(relayed(c2), 'no stream of the session is left to wait for').toBe(true);
-      c2.upstream.answerBind(c.jid);
-      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+      await c2.boundWithoutEnable(c.jid);
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -714,8 +709,7 @@ describe('Session: hibernation expiry', () => {
       expect(c2.client.elements().at(-1)?.name).toBe('failed');
       c2.client.write(bindPhone);
       expect(relayed(c2)).toBe(true);
-      c2.upstream.answerBind(c.jid);
-      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+      await c2.boundWithoutEnable(c.jid);
       expect(afterBind(c2)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -896,8 +890,7 @@ describe('Session: hibernation expiry', () => {
       const { c } = await hibernatingWithUnacked();
       await advance(60_000);
       const c2 = await loginAgain(c);
-      c2.upstream.answerBind(c.jid);
-      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+      await c2.boundWithoutEnable(c.jid);
       const m1 = c2.client.elements().find((el) => el.attrs.id === 'm1');
       expect(m1?.getChild('delay', 'urn:xmpp:delay')?.attrs.stamp).toBe(new Date(T0).toISOString());
     });
@@ -914,8 +907,7 @@ describe('Session: hibernation expiry', () => {
       await c3.authenticate();
       c3.client.write(bindPhone);
       expect(relayed(c3)).toBe(true);
-      c3.upstream.answerBind(c.jid);
-      await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+      await c3.boundWithoutEnable(c.jid);
       expect(afterBind(c3)).toEqual([
         ['iq', 'bind_2'],
         ['message', 'm1'],
@@ -996,8 +988,7 @@ describe('Session: hibernation expiry', () => {
     const c3 = rig.connect();
     await c3.authenticate();
     c3.client.write(`<iq type='set' id='bind_3'><bind xmlns='${NS.bind}'><resource>phone</resource></bind></iq>`);
-    c3.upstream.answerBind(c.jid);
-    await advance(ENABLE_WAIT_MS); // no <enable/> after the bind result: the hand-over waited for one
+    await c3.boundWithoutEnable(c.jid);
     const received = c3.client.elements();
     const bindAt = received.findIndex((el) => el.attrs.id === 'bind_3');
     expect(received.slice(bindAt).map((el) => [el.name, el.attrs.id])).toEqual([
